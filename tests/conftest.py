@@ -1,0 +1,49 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_data() -> Path:
+    """../shared/data, or skip: it is not in the repo and some machines do not have it."""
+    if not (SHARED_DATA / "concepts" / "manifest.json").exists():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (tests that use real photos need it)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh data dir for each test, via YOLLAVA_HOME."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("YOLLAVA_HOME", str(path))
+    return path
+
+
+def run_cli(*args: str, home: Path, input: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the real `yollava` in a subprocess: real exit codes, real stdout/stderr."""
+    env = {**os.environ, "YOLLAVA_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "yollava_cli", *map(str, args)],
+        capture_output=True, text=True, env=env, input=input, timeout=timeout,
+    )
+
+
+def snapshot(home: Path) -> tuple:
+    """Every registry row and every stored file: equal snapshots mean nothing changed."""
+    import sqlite3
+
+    db_path = home / "registry.db"
+    rows = []
+    if db_path.exists():
+        conn = sqlite3.connect(db_path)
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        for table in tables:
+            rows.append((table, sorted(map(repr, conn.execute(f"SELECT * FROM {table}")))))
+        conn.close()
+    files = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file() and "registry.db" not in p.name)
+    return rows, files

@@ -1,0 +1,185 @@
+"""`add`, `list`, `show`, `rm` through the real command line, on real photos and odd files."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import REPO, run_cli, shared_data, snapshot
+
+
+def make_photo(path, size=(64, 48), mode="RGB", color=(200, 30, 30), **save):
+    Image.new(mode, size, color).save(path, **save)
+    return path
+
+
+def add_json(home, *args):
+    result = run_cli("add", *args, "--no-train", "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_add_shared_concept_then_again_adds_nothing(home):
+    train = shared_data() / "concepts" / "dog" / "train"
+    first = add_json(home, "dog", train, "--kind", "pet")
+    assert (first["new_photos"], first["total_photos"], first["created"]) == (3, 3, True)
+    shown = json.loads(run_cli("show", "dog", "--json", home=home).stdout)
+    assert len(shown["photos"]) == 3 and shown["kind"] == "pet" and shown["status"] == "added"
+    assert all((home / p["stored"]).exists() for p in shown["photos"])
+    again = add_json(home, "dog", train)
+    assert (again["new_photos"], again["total_photos"]) == (0, 3)
+
+
+def test_list_show_rm(home, tmp_path):
+    add_json(home, "<bo>", make_photo(tmp_path / "a.png"), "--kind", "pet")
+    # a2.png has a.png's bytes: one stored photo shared by both concepts
+    add_json(home, "mam", make_photo(tmp_path / "b.png", color=(1, 2, 3)), make_photo(tmp_path / "a2.png"))
+    listed = json.loads(run_cli("list", "--json", home=home).stdout)["concepts"]
+    assert [(c["name"], c["photos"]) for c in listed] == [("bo", 1), ("mam", 2)]
+    plain = run_cli("list", home=home).stdout.splitlines()
+    assert plain[0].split("\t")[:4] == ["bo", "pet", "added", "1"]  # piped: tab-separated
+
+    refused = run_cli("rm", "bo", home=home)  # no terminal, no --yes: refuse rather than hang
+    assert refused.returncode == 1 and "--yes" in refused.stderr
+    removed = json.loads(run_cli("rm", "bo", "--yes", "--json", home=home).stdout)
+    assert removed["removed"] == "bo"
+    assert removed["photos_deleted"] == 0  # mam still uses the same photo
+    assert len(list((home / "photos").rglob("*.jpg"))) == 2
+    run_cli("rm", "mam", "--yes", home=home)
+    assert list((home / "photos").rglob("*.jpg")) == []
+    missing = run_cli("show", "mamm", home=home)
+    assert missing.returncode == 1 and "unknown concept 'mamm'" in missing.stderr
+
+
+def test_replace_and_collisions(home, tmp_path):
+    add_json(home, "bo-cat", make_photo(tmp_path / "a.png"), "--kind", "pet")
+    clash = run_cli("add", "bo_cat", tmp_path / "a.png", home=home)
+    assert clash.returncode == 1 and "too close" in clash.stderr
+    kind_change = run_cli("add", "bo-cat", tmp_path / "a.png", "--kind", "person", home=home)
+    assert kind_change.returncode == 1 and "--replace" in kind_change.stderr
+    replaced = add_json(home, "bo-cat", make_photo(tmp_path / "b.png", color=(9, 9, 9)), "--kind", "person", "--replace")
+    assert (replaced["created"], replaced["kind"], replaced["total_photos"]) == (True, "person", 1)
+    assert len(list((home / "photos").rglob("*.jpg"))) == 1  # the replaced photo is gone
+
+
+def test_odd_but_valid_photos_are_converted(home, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    make_photo(folder / "cmyk.jpg", mode="CMYK", color=(0, 100, 200, 0))
+    Image.new("I;16", (40, 30), 40000).save(folder / "deep.png")
+    make_photo(folder / "palette.png", mode="P", color=5)
+    make_photo(folder / "alpha.png", mode="RGBA", color=(10, 20, 30, 0))
+    big = make_photo(folder / "big.jpg", size=(3000, 2000))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: stored upright
+    make_photo(folder / "rotated.jpg", size=(80, 40), exif=exif)
+    result = add_json(home, "odd", folder)
+    assert result["new_photos"] == 6 and result["skipped"] == []
+    sizes = {p["source"].rsplit("/", 1)[-1]: p["size"] for p in json.loads(run_cli("show", "odd", "--json", home=home).stdout)["photos"]}
+    assert sizes["rotated.jpg"] == [40, 80]
+    assert sizes["big.jpg"] == [1024, 683]
+    for stored in (home / "photos").rglob("*.jpg"):
+        assert Image.open(stored).mode == "RGB"
+    alpha = next(p for p in json.loads(run_cli("show", "odd", "--json", home=home).stdout)["photos"] if p["source"].endswith("alpha.png"))
+    assert Image.open(alpha["stored"]).getpixel((0, 0)) == (255, 255, 255)  # transparent -> white
+    assert big.exists()
+
+
+def test_mixed_folder_adds_good_and_names_bad(home, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    make_photo(folder / "good.jpg")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image")
+    result = run_cli("add", "mix", folder, "--no-train", home=home)
+    assert result.returncode == 0
+    assert "skipped" in result.stderr and "empty.jpg" in result.stderr and "notes.png" in result.stderr
+    assert "1 new photo" in result.stdout
+    before = snapshot(home)
+    strict = run_cli("add", "mix2", folder, "--strict", home=home)
+    assert strict.returncode == 1 and "--strict" in strict.stderr
+    assert snapshot(home) == before
+
+
+def bad_inputs(tmp_path):
+    """(description, args) pairs that must each fail cleanly."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "empty_dir").mkdir()
+    (folder / "text.txt").write_text("hello")
+    make_photo(folder / "full.jpg", size=(200, 200))
+    (folder / "truncated.jpg").write_bytes((folder / "full.jpg").read_bytes()[:300])
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
+    Image.new("1", (8000, 7000)).save(folder / "bomb.png")
+    (folder / "only_bad").mkdir()
+    (folder / "only_bad" / "a.jpg").write_bytes(b"junk")
+    good = make_photo(folder / "good.jpg")
+    return [
+        ("missing path", ["bo", folder / "nope.jpg"], "no such file"),
+        ("directory with no photos", ["bo", folder / "empty_dir"], "no photos"),
+        ("non-image file", ["bo", folder / "text.txt"], "not an image"),
+        ("truncated jpeg", ["bo", folder / "truncated.jpg"], "truncated"),
+        ("zero-byte file", ["bo", folder / "zero.jpg"], "empty file"),
+        ("HEIC", ["bo", folder / "photo.heic"], "HEIC"),
+        ("decompression bomb", ["bo", folder / "bomb.png"], "MP limit"),
+        ("no usable photo", ["bo", folder / "only_bad"], "no usable photo"),
+        ("invalid name", ["Bo Cat!", good], "invalid concept name"),
+        ("reserved name", ["image", good], "reserved"),
+        ("latent-token-shaped name", ["bo_3", good], "latent tokens"),
+    ]
+
+
+def test_bad_inputs_fail_in_one_line_and_store_nothing(home, tmp_path):
+    add_json(home, "keep", make_photo(tmp_path / "keep.png"))
+    before = snapshot(home)
+    for description, args, expected in bad_inputs(tmp_path):
+        result = run_cli("add", *args, "--no-train", home=home)
+        assert result.returncode == 1, description
+        assert expected in result.stderr, (description, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (description, result.stderr)
+        assert "Traceback" not in result.stderr, description
+        assert snapshot(home) == before, description
+
+
+def test_usage_errors_exit_2(home):
+    assert run_cli("add", home=home).returncode == 2
+    assert run_cli("add", "bo", "x.jpg", "--kind", "planet", home=home).returncode == 2
+
+
+def test_two_processes_add_concurrently(home, tmp_path):
+    folders = []
+    for i in range(2):
+        folder = tmp_path / f"c{i}"
+        folder.mkdir()
+        for j in range(12):
+            make_photo(folder / f"{j}.png", size=(600, 400), color=(i * 100, j * 20, 7))
+        folders.append(folder)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "yollava_cli", "add", f"c{i}", folders[i], "--no-train", "--json"],
+            env={**__import__("os").environ, "YOLLAVA_HOME": str(home)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert json.loads(stdout)["new_photos"] == 12
+    import sqlite3
+
+    conn = sqlite3.connect(home / "registry.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT count(*) FROM concept_photos").fetchone()[0] == 24
+    assert conn.execute("SELECT count(*) FROM photos").fetchone()[0] == 24
+
+
+def test_completions_are_current():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from gen_completions import OUT, render
+
+    for name, text in render().items():
+        assert (OUT / name).read_text() == text, f"completions/{name} is stale: run python scripts/gen_completions.py"

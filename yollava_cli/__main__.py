@@ -1,0 +1,3 @@
+from yollava_cli.cli import main
+
+main()

@@ -1,0 +1,227 @@
+"""Concepts in the registry: naming rules, adding photos, describing and removing concepts."""
+
+import difflib
+import json
+import re
+from enum import Enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from yollava_cli.errors import UserError
+from yollava_cli.images import BadPhoto, expand_photo_paths, jpeg_bytes, read_photo
+from yollava_cli.store import Registry, now
+
+KINDS = ("person", "pet", "object", "place", "character")
+Kind = Enum("Kind", {k: k for k in KINDS}, type=str)  # for the CLI's choices
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+# Words that mean something else in prompts or on the command line.
+RESERVED_NAMES = {"image", "pocket", "user", "assistant", "system", "all", "none", "s", "pad", "unk"}
+
+
+def parse_name(raw: str) -> str:
+    """`<bo>` and `bo` both name the concept `bo`; anything else is refused with the rule."""
+    name = raw.strip()
+    if name.startswith("<") and name.endswith(">"):
+        name = name[1:-1]
+    if not NAME_PATTERN.match(name):
+        raise UserError(
+            f"invalid concept name {raw!r}: use 1-32 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit (e.g. bo or <bo>)"
+        )
+    if re.search(r"_\d+$", name):
+        raise UserError(
+            f"invalid concept name {raw!r}: a name may not end in _<number>, "
+            "which is the shape of latent tokens like <bo_0>"
+        )
+    if name in RESERVED_NAMES:
+        raise UserError(f"invalid concept name {raw!r}: it is reserved; pick another name")
+    return name
+
+
+def get_concept(registry: Registry, raw_name: str) -> dict:
+    """The concept called `raw_name`, or a one-line error that lists close names."""
+    name = parse_name(raw_name)
+    concept = registry.concept(name)
+    if concept is None:
+        names = [c["name"] for c in registry.concepts()]
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else (
+            "; `yollava list` shows your concepts" if names else "; add one with `yollava add NAME PHOTOS...`"
+        )
+        raise UserError(f"unknown concept {name!r}{hint}")
+    return concept
+
+
+@dataclass
+class AddResult:
+    concept: str
+    kind: str
+    created: bool
+    new_photos: int
+    total_photos: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def add_concept(
+    registry: Registry,
+    raw_name: str,
+    inputs: list[Path],
+    kind: str | None = None,
+    replace: bool = False,
+    strict: bool = False,
+) -> AddResult:
+    """Add photos to a concept (creating it), all in one transaction.
+
+    Adding to an existing concept appends only photos it does not have yet; `replace` starts
+    the concept afresh. Unusable files are skipped and reported, or refused with `strict`.
+    """
+    name = parse_name(raw_name)
+    if kind is not None and kind not in KINDS:
+        raise UserError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
+    check_collisions(registry, name, kind, replace)
+
+    photos, skipped = [], []
+    for path in expand_photo_paths(inputs):
+        try:
+            photos.append(read_photo(path))
+        except BadPhoto as e:
+            if strict:
+                raise UserError(f"{path}: {e} (--strict refuses the whole add; drop --strict to skip it)") from None
+            skipped.append((str(path), str(e)))
+    if not photos:
+        reasons = "; ".join(f"{p}: {r}" for p, r in skipped)
+        raise UserError(f"no usable photo for {name!r} ({reasons})")
+    encoded = {p.sha256: (p, jpeg_bytes(p.image)) for p in photos}  # encode outside the write lock
+
+    with registry.transaction() as db:
+        concept = registry.concept(name)
+        orphaned: list[str] = []
+        if concept and replace:
+            orphaned = delete_concept_rows(registry, concept)
+            concept = None
+        created = concept is None
+        if created:
+            kind = kind or "object"
+            db.execute(
+                "INSERT INTO concepts (name, kind, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                [name, kind, now(), now()],
+            )
+            concept = registry.concept(name)
+        kind = concept["kind"]
+        new = 0
+        for sha, (photo, jpeg) in encoded.items():
+            registry.store_photo(sha, jpeg, *photo.image.size)
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO concept_photos (concept_id, sha256, role, source_path, added_at) "
+                "VALUES (?, ?, 'train', ?, ?)",
+                [concept["id"], sha, str(photo.path.resolve()), now()],
+            )
+            new += cursor.rowcount
+        if new and not created:
+            # New photos make earlier negatives and tokens stale: the concept must be mined and trained again.
+            db.execute(
+                "UPDATE concepts SET status = 'added', updated_at = ? WHERE id = ?", [now(), concept["id"]]
+            )
+        removed = registry.delete_unused_photos(orphaned)
+        total = db.execute(
+            "SELECT count(*) FROM concept_photos WHERE concept_id = ?", [concept["id"]]
+        ).fetchone()[0]
+    registry.unlink_photo_files(removed)
+    return AddResult(name, kind, created, new, total, skipped)
+
+
+def check_collisions(registry: Registry, name: str, kind: str | None, replace: bool) -> None:
+    """Refuse look-alike names (bo-cat vs bo_cat) and a kind change, unless replacing."""
+    if replace:
+        return
+    for other in registry.concepts():
+        if other["name"] == name:
+            if kind and kind != other["kind"]:
+                raise UserError(
+                    f"concept {name!r} exists as a {other['kind']}; use --replace to start it afresh as a {kind}"
+                )
+        elif other["name"].replace("-", "_") == name.replace("-", "_"):
+            raise UserError(
+                f"{name!r} is too close to the existing concept {other['name']!r}; "
+                "pick another name or use that one"
+            )
+
+
+def delete_concept_rows(registry: Registry, concept: dict) -> list[str]:
+    """Delete a concept's rows (inside the caller's transaction); returns its photo hashes."""
+    db = registry.db
+    shas = [
+        r[0]
+        for r in db.execute(
+            "SELECT sha256 FROM concept_photos WHERE concept_id = ? UNION "
+            "SELECT sha256 FROM negatives WHERE concept_id = ?",
+            [concept["id"], concept["id"]],
+        ).fetchall()
+    ]
+    db.execute("DELETE FROM concepts WHERE id = ?", [concept["id"]])  # cascades to its rows
+    return shas
+
+
+def remove_concept(registry: Registry, raw_name: str) -> dict:
+    """Remove a concept, its checkpoints, and the photos no other concept uses."""
+    concept = get_concept(registry, raw_name)
+    checkpoint_files = [
+        registry.root / r["file"]
+        for r in registry.db.query("SELECT file FROM checkpoints WHERE concept_id = ?", [concept["id"]])
+    ]
+    with registry.transaction():
+        removed = registry.delete_unused_photos(delete_concept_rows(registry, concept))
+    registry.unlink_photo_files(removed)
+    for path in checkpoint_files:
+        path.unlink(missing_ok=True)
+    return {"removed": concept["name"], "photos_deleted": len(removed)}
+
+
+def describe_concept(registry: Registry, raw_name: str) -> dict:
+    """Everything `show` reports about one concept, as plain JSON-able data."""
+    concept = get_concept(registry, raw_name)
+    photos = registry.concept_photos(concept["id"])
+    negatives = {
+        r["kind"]: r["n"]
+        for r in registry.db.query(
+            "SELECT kind, count(*) AS n FROM negatives WHERE concept_id = ? GROUP BY kind", [concept["id"]]
+        )
+    }
+    checkpoint = registry.db.execute(
+        "SELECT file, base_model, k, metrics, created_at FROM checkpoints "
+        "WHERE concept_id = ? AND is_current = 1",
+        [concept["id"]],
+    ).fetchone()
+    return {
+        "name": concept["name"],
+        "kind": concept["kind"],
+        "status": concept["status"],
+        "base_model": concept["base_model"],
+        "threshold": concept["threshold"],
+        "metrics": json.loads(concept["metrics"]) if concept["metrics"] else None,
+        "created_at": concept["created_at"],
+        "updated_at": concept["updated_at"],
+        "photos": [
+            {
+                "sha256": p["sha256"],
+                "role": p["role"],
+                "source": p["source_path"],
+                "stored": str(registry.root / p["file"]),
+                "size": [p["width"], p["height"]],
+            }
+            for p in photos
+        ],
+        "negatives": {"hard": negatives.get("hard", 0), "easy": negatives.get("easy", 0)},
+        "checkpoint": (
+            {**dict(checkpoint), "metrics": json.loads(checkpoint["metrics"] or "null")} if checkpoint else None
+        ),
+    }
+
+
+def list_concepts(registry: Registry) -> list[dict]:
+    rows = registry.db.query(
+        "SELECT c.name, c.kind, c.status, c.base_model, count(cp.sha256) AS photos, c.updated_at "
+        "FROM concepts c LEFT JOIN concept_photos cp ON cp.concept_id = c.id "
+        "GROUP BY c.id ORDER BY c.name"
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,112 @@
+"""Reading users' photos: every odd file becomes either a clean RGB image or a one-line reason."""
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from yollava_cli.errors import UserError
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
+MAX_FILE_BYTES = 100 * 1024 * 1024
+MAX_PIXELS = 50_000_000  # refuse before decoding: a decompression bomb must not eat the RAM
+STORE_MAX_SIDE = 1024  # photos are downscaled on import; models look at <= 768 px anyway
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
+
+
+class BadPhoto(Exception):
+    """This one file cannot be used; the message says why in a few words."""
+
+
+@dataclass
+class Photo:
+    path: Path
+    sha256: str  # of the source file's bytes: the same file added twice is one photo
+    image: Image.Image  # RGB, EXIF orientation applied, downscaled to STORE_MAX_SIDE
+
+
+def expand_photo_paths(inputs: list[Path]) -> list[Path]:
+    """Files as given, and the photo-suffixed files under each directory (recursive, sorted)."""
+    found: list[Path] = []
+    for given in inputs:
+        if not given.exists():
+            raise UserError(f"{given}: no such file or directory")
+        if given.is_dir():
+            inside = sorted(
+                Path(dirpath) / name
+                for dirpath, _dirs, names in os.walk(given)  # followlinks=False: no symlink loops
+                for name in names
+                if not name.startswith(".") and Path(name).suffix.lower() in PHOTO_SUFFIXES
+            )
+            if not inside:
+                raise UserError(
+                    f"{given}: no photos in this folder (looked for {', '.join(sorted(PHOTO_SUFFIXES))})"
+                )
+            found.extend(inside)
+        else:
+            found.append(given)
+    return found
+
+
+def read_photo(path: Path, max_side: int = STORE_MAX_SIDE) -> Photo:
+    """Decode and normalise one photo, or raise BadPhoto with the reason."""
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise BadPhoto(f"file is over {MAX_FILE_BYTES // 2**20} MB")
+        data = path.read_bytes()
+    except OSError as e:
+        raise BadPhoto(f"cannot read it ({e.strerror or e})") from None
+    if not data:
+        raise BadPhoto("empty file (0 bytes)")
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+        raise BadPhoto("HEIC/HEIF/AVIF is not supported; convert it to JPEG or PNG first")
+    image = decode(data, max_side)
+    return Photo(path=path, sha256=hashlib.sha256(data).hexdigest(), image=image)
+
+
+def decode(data: bytes, max_side: int) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_PIXELS:
+            raise BadPhoto(
+                f"image is {image.width}x{image.height} pixels, over the "
+                f"{MAX_PIXELS // 1_000_000} MP limit; downscale it first"
+            )
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except UnidentifiedImageError:
+        raise BadPhoto("not an image format Pillow can read (use JPEG or PNG)") from None
+    except Image.DecompressionBombError:
+        raise BadPhoto(f"image is over the {MAX_PIXELS // 1_000_000} MP limit; downscale it first") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadPhoto(f"corrupt or truncated image data ({e})") from None
+    image = to_rgb(image)
+    if max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for any mode: alpha over white, 16-bit and float scaled to 8 bits, CMYK/palette converted."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = pixels.max() if pixels.size else 0
+        scale = 255.0 / top if top > 255 else 1.0
+        image = Image.fromarray(np.clip(pixels * scale, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 95) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

@@ -1,0 +1,100 @@
+"""Registry schema as small named migrations, each applied once, in order.
+
+Add a new function at the end to change the schema; never edit one that has shipped.
+The schema version is the number of migrations applied.
+"""
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def migration(fn):
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    statements = [
+        """CREATE TABLE concepts (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'added',   -- added | mined | trained
+            base_model TEXT,
+            base_fingerprint TEXT,
+            threshold REAL,                          -- calibrated yes-probability cut
+            metrics TEXT,                            -- JSON
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL)""",
+        # Content-addressed store: one row per distinct photo file (sha256 of the source bytes).
+        """CREATE TABLE photos (
+            sha256 TEXT PRIMARY KEY,
+            file TEXT NOT NULL,                      -- path relative to the data dir
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            created_at TEXT NOT NULL)""",
+        """CREATE TABLE concept_photos (
+            concept_id INTEGER NOT NULL REFERENCES concepts(id) ON DELETE CASCADE,
+            sha256 TEXT NOT NULL REFERENCES photos(sha256),
+            role TEXT NOT NULL DEFAULT 'train',      -- train | validation
+            source_path TEXT NOT NULL,
+            added_at TEXT NOT NULL,
+            PRIMARY KEY (concept_id, sha256))""",
+        """CREATE TABLE pools (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            path TEXT NOT NULL,
+            created_at TEXT NOT NULL)""",
+        """CREATE TABLE pool_files (
+            pool_id INTEGER NOT NULL REFERENCES pools(id) ON DELETE CASCADE,
+            path TEXT NOT NULL,                      -- relative to the pool's folder
+            sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime REAL NOT NULL,
+            PRIMARY KEY (pool_id, path))""",
+        """CREATE TABLE embeddings (
+            sha256 TEXT NOT NULL,
+            embedder TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            vector BLOB NOT NULL,                    -- float32, little endian
+            PRIMARY KEY (sha256, embedder))""",
+        """CREATE TABLE negatives (
+            concept_id INTEGER NOT NULL REFERENCES concepts(id) ON DELETE CASCADE,
+            sha256 TEXT NOT NULL REFERENCES photos(sha256),
+            kind TEXT NOT NULL,                      -- hard | easy
+            score REAL,
+            source_path TEXT NOT NULL,
+            embedder TEXT,
+            PRIMARY KEY (concept_id, sha256))""",
+        """CREATE TABLE checkpoints (
+            id INTEGER PRIMARY KEY,
+            concept_id INTEGER NOT NULL REFERENCES concepts(id) ON DELETE CASCADE,
+            file TEXT NOT NULL,                      -- safetensors, relative to the data dir
+            base_model TEXT NOT NULL,
+            base_fingerprint TEXT NOT NULL,
+            k INTEGER NOT NULL,
+            metrics TEXT,                            -- JSON
+            config TEXT,                             -- JSON
+            data_hash TEXT,
+            is_current INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL)""",
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,                      -- mine | train | eval
+            concept_id INTEGER REFERENCES concepts(id) ON DELETE SET NULL,
+            status TEXT NOT NULL,                    -- running | done | failed | interrupted
+            params TEXT,                             -- JSON
+            results TEXT,                            -- JSON
+            started_at TEXT NOT NULL,
+            finished_at TEXT)""",
+        "CREATE INDEX concept_photos_by_sha ON concept_photos(sha256)",
+        "CREATE INDEX negatives_by_sha ON negatives(sha256)",
+        "CREATE INDEX checkpoints_by_concept ON checkpoints(concept_id)",
+    ]
+    for sql in statements:
+        db.execute(sql)

@@ -1,0 +1,142 @@
+"""The registry: a SQLite database (registry.db) plus a content-addressed photo store.
+
+Every change goes through `Registry.transaction()` (BEGIN IMMEDIATE, so concurrent writers
+queue on the busy timeout instead of failing) and files are written atomically before the
+rows that point at them, so a crash leaves at worst an unreferenced file, never a row that
+points at nothing.
+"""
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlite_utils
+
+from yollava_cli.errors import UserError
+from yollava_cli.fileio import atomic_write_bytes
+from yollava_cli.migrations import MIGRATIONS
+
+BUSY_TIMEOUT_S = 60
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Registry:
+    """Open (creating and migrating if needed) the registry under `root`."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                root / "registry.db", timeout=BUSY_TIMEOUT_S, isolation_level=None
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+        except (OSError, sqlite3.OperationalError) as e:
+            raise UserError(
+                f"{root}: cannot open the data dir ({e}); make it writable or set YOLLAVA_HOME"
+            ) from None
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self.db = sqlite_utils.Database(conn, execute_plugins=False)
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        """One write transaction; nested calls join the outer one."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield self.db
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        known = {fn.__name__ for fn in MIGRATIONS}
+        with self.transaction() as db:  # holds the write lock: two processes never both migrate
+            applied = {r["name"] for r in db.query("SELECT name FROM _migrations")}
+            if applied - known:
+                raise UserError(
+                    f"{self.root / 'registry.db'} was written by a newer yollava "
+                    f"(unknown migrations {sorted(applied - known)}); upgrade yollava"
+                )
+            for fn in MIGRATIONS:
+                if fn.__name__ not in applied:
+                    fn(db)
+                    db.execute("INSERT INTO _migrations VALUES (?, ?)", [fn.__name__, now()])
+
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("SELECT count(*) FROM _migrations").fetchone()[0]
+
+    # -- photos -------------------------------------------------------------------------
+
+    def photo_file(self, sha256: str) -> Path:
+        return self.root / "photos" / sha256[:2] / f"{sha256}.jpg"
+
+    def store_photo(self, sha256: str, jpeg: bytes, width: int, height: int) -> bool:
+        """Write the photo file (if new) and its row; returns True when the photo is new."""
+        if self.db.execute("SELECT 1 FROM photos WHERE sha256 = ?", [sha256]).fetchone():
+            return False
+        path = self.photo_file(sha256)
+        if not path.exists():
+            atomic_write_bytes(path, jpeg)
+        self.db.execute(
+            "INSERT INTO photos (sha256, file, width, height, bytes, created_at) VALUES (?,?,?,?,?,?)",
+            [sha256, str(path.relative_to(self.root)), width, height, len(jpeg), now()],
+        )
+        return True
+
+    def delete_unused_photos(self, candidates: list[str]) -> list[str]:
+        """Drop rows and files of the given photos that nothing references any more."""
+        removed = []
+        for sha in candidates:
+            used = self.db.execute(
+                "SELECT 1 FROM concept_photos WHERE sha256 = ? UNION ALL "
+                "SELECT 1 FROM negatives WHERE sha256 = ? LIMIT 1",
+                [sha, sha],
+            ).fetchone()
+            if not used:
+                self.db.execute("DELETE FROM photos WHERE sha256 = ?", [sha])
+                removed.append(sha)
+        return removed
+
+    def unlink_photo_files(self, shas: list[str]) -> None:
+        """Remove files after the transaction that dropped their rows has committed."""
+        for sha in shas:
+            self.photo_file(sha).unlink(missing_ok=True)
+
+    # -- concepts -----------------------------------------------------------------------
+
+    def concept(self, name: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM concepts WHERE name = ?", [name]).fetchone()
+        return dict(row) if row else None
+
+    def concepts(self) -> list[dict]:
+        return [dict(r) for r in self.db.query("SELECT * FROM concepts ORDER BY name")]
+
+    def concept_photos(self, concept_id: int) -> list[dict]:
+        return list(
+            self.db.query(
+                "SELECT cp.sha256, cp.role, cp.source_path, cp.added_at, p.file, p.width, p.height "
+                "FROM concept_photos cp JOIN photos p USING (sha256) "
+                "WHERE cp.concept_id = ? ORDER BY cp.added_at, cp.source_path",
+                [concept_id],
+            )
+        )
