@@ -1,0 +1,190 @@
+"""The model backend on tiny random LLaVA and LLaVA-OneVision models (built from configs, no download)."""
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from PIL import Image
+
+from tiny import tiny_llava, tiny_onevision
+from yollava_cli.backend import VLM, Prompt, concept_prompt, load_vlm
+from yollava_cli.errors import UserError
+
+BUILDERS = {"llava": tiny_llava, "onevision": tiny_onevision}
+
+
+def photo(color=(200, 30, 30), size=(40, 30)):
+    return Image.new("RGB", size, color)
+
+
+@pytest.fixture(params=list(BUILDERS))
+def vlm(request, tmp_path):
+    model, processor = BUILDERS[request.param]()
+    return VLM(model, processor, f"tiny-{request.param}", cache_dir=tmp_path)
+
+
+def test_prompt_carries_concept_prompt_and_matches_the_processor(vlm):
+    vlm.add_concept("bo", 16)
+    prompt = Prompt("Is <bo> in this photo?", [photo()], concepts=["bo"])
+    text = vlm.render(prompt)
+    assert concept_prompt("bo", 16) in text
+    assert concept_prompt("bo", 16) == "<bo> is " + "".join(f"<bo_{i}>" for i in range(16)) + "."
+    assert text.index(concept_prompt("bo", 16)) < text.index("<image>") < text.index("Is <bo> in")
+    bo_id = vlm.tokenizer.convert_tokens_to_ids("<bo>")
+    assert bo_id in vlm.tokenize("Is <bo> here?")  # one token, not pieces
+    # our placeholder expansion (from cached features) equals the processor's own
+    reference = vlm.processor(images=[photo()], text=text, return_tensors="pt")["input_ids"][0]
+    assert torch.equal(vlm.encode(prompt).input_ids, reference)
+
+
+def test_plain_forward_matches_the_models_own_image_path(vlm):
+    prompt = Prompt("What is this?", [photo()])
+    text = vlm.render(prompt)
+    inputs = vlm.processor(images=[photo()], text=text, return_tensors="pt")
+    ours = vlm.forward(vlm.collate([vlm.encode(prompt)]))
+    with torch.no_grad():
+        theirs = vlm.model(**inputs).logits  # pixel_values path inside transformers
+    finite = torch.isfinite(ours)
+    assert torch.allclose(ours[finite], theirs[..., : ours.shape[-1]][finite], atol=1e-5)
+
+
+def test_two_concepts_at_once_and_unloading(vlm):
+    bo_ids = vlm.add_concept("bo", 4, seed=1)
+    mam_ids = vlm.add_concept("mam", 4, seed=2)
+    assert not set(bo_ids) & set(mam_ids)
+    rows = vlm.embedding(torch.tensor([bo_ids + mam_ids]))[0]
+    assert torch.equal(rows[:5], vlm.embedding.tables["bo"].data)
+    assert torch.equal(rows[5:], vlm.embedding.tables["mam"].data)
+    prompt = Prompt("Is <bo> with <mam>?", [photo()], concepts=["bo", "mam"])
+    assert concept_prompt("bo", 4) in vlm.render(prompt) and concept_prompt("mam", 4) in vlm.render(prompt)
+    vlm.remove_concept("bo")
+    rows = vlm.embedding(torch.tensor([mam_ids]))[0]
+    assert torch.equal(rows, vlm.embedding.tables["mam"].data)
+    assert 0.0 < vlm.yes_probabilities([Prompt("Is <mam> here?", [photo()], concepts=["mam"])])[0] < 1.0
+
+
+def test_labels_cover_only_the_answer(vlm):
+    vlm.add_concept("bo", 2)
+    answer = "Yes, <bo> is in this photo."
+    encoded = vlm.encode(Prompt("Is <bo> in this photo?", [photo()], concepts=["bo"]), answer)
+    kept = encoded.labels[encoded.labels != -100]
+    first = int((encoded.labels != -100).nonzero()[0])
+    assert (encoded.labels[:first] == -100).all()
+    assert vlm.tokenizer.decode(kept, skip_special_tokens=True).strip() == answer
+    assert kept.tolist()[-1] != vlm.image_token_id
+
+
+def test_labels_do_not_depend_on_the_templates_separators(vlm):
+    vlm.processor.chat_template = vlm.tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n"
+        "{% else %}ANSWER >> {{ m['content'][0]['text'] }}<|im_end|>{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}ANSWER >> {% endif %}"
+    )
+    encoded = vlm.encode(Prompt("What color?", [photo()]), "Red.")
+    kept = encoded.labels[encoded.labels != -100]
+    assert vlm.tokenizer.decode(kept).replace(" ", "") == "Red.<|im_end|>"
+
+
+def test_training_step_changes_only_concept_rows(vlm):
+    vlm.add_concept("bo", 4)
+    before = {name: t.detach().clone() for name, t in vlm.model.state_dict().items()}
+    params = vlm.concept_parameters("bo")
+    start = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    batch = vlm.collate([
+        vlm.encode(Prompt("Is <bo> in this photo?", [photo()], concepts=["bo"]), "Yes, <bo> is here."),
+        vlm.encode(Prompt("What does <bo> look like?", concepts=["bo"]), "<bo> is red."),
+    ])
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = vlm.loss(batch)
+        loss.backward()
+        optimizer.step()
+    assert torch.isfinite(loss)
+    after = vlm.model.state_dict()
+    concept_keys = {k for k in after if ".tables." in k or ".rows." in k}
+    assert len(concept_keys) == 2
+    for name, tensor in before.items():
+        if name not in concept_keys:
+            assert torch.equal(tensor, after[name]), f"{name} changed"
+    assert all(not torch.equal(a, p) for a, p in zip(start, params))
+    frozen = [p for n, p in vlm.model.named_parameters() if n not in concept_keys]
+    assert all(p.grad is None for p in frozen)
+
+
+def test_streaming_generation_delivers_text_in_order(vlm):
+    pieces = []
+    answer = vlm.generate(Prompt("What is this?", [photo()]), max_new_tokens=12, on_text=pieces.append)
+    assert pieces and "".join(pieces).strip() == answer
+    again = vlm.generate(Prompt("What is this?", [photo()]), max_new_tokens=12)
+    assert again == answer  # greedy by default: reproducible
+
+
+def test_generation_stops_when_asked(vlm):
+    stop = threading.Event()
+    stop.set()
+    pieces = []
+    vlm.generate(Prompt("What is this?", [photo()]), max_new_tokens=50, on_text=pieces.append, stop=stop)
+    assert len("".join(pieces)) < 10
+
+
+def test_yes_probability_is_deterministic_and_batch_independent(vlm):
+    prompts = [Prompt("Is this red?", [photo()]), Prompt("Is this a long question about the colour?", [photo((0, 0, 255))])]
+    batched = vlm.yes_probabilities(prompts)
+    single = [vlm.yes_probabilities([p])[0] for p in prompts]
+    assert batched == pytest.approx(single, abs=1e-5)
+    assert all(0.0 < p < 1.0 for p in batched)
+    assert vlm.yes_probabilities(prompts) == batched
+
+
+def test_feature_cache_runs_the_vision_tower_once_per_photo(vlm, tmp_path):
+    image = photo()
+    first = vlm.image_features([image], ["a" * 64])[0]
+    again = vlm.image_features([image], ["a" * 64])[0]
+    assert vlm.vision_calls == 1 and torch.equal(first, again)
+    model, processor = vlm.model, vlm.processor
+    fresh = VLM(model, processor, vlm.ref, cache_dir=tmp_path)  # a later process: reads the disk cache
+    assert torch.equal(fresh.image_features([image], ["a" * 64])[0], first)
+    assert fresh.vision_calls == 0
+    vlm.image_features([image])  # no key: never cached
+    vlm.image_features([image])
+    assert vlm.vision_calls == 3
+
+
+def test_concept_refuses_another_base_model(tmp_path):
+    a = VLM(*tiny_llava(seed=0), "tiny-a")
+    a.add_concept("bo", 4, seed=3)
+    a.save_concept("bo", tmp_path / "bo.safetensors", {"epochs": 1})
+    same = VLM(*tiny_llava(seed=0), "tiny-a")
+    meta = same.load_concept(tmp_path / "bo.safetensors")
+    assert meta["k"] == 4 and torch.equal(same.embedding.tables["bo"], a.embedding.tables["bo"])
+    other = VLM(*tiny_llava(seed=1), "tiny-b")
+    with pytest.raises(UserError, match="trained on base model 'tiny-a'"):
+        other.load_concept(tmp_path / "bo.safetensors")
+
+
+def test_load_local_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLLAVA_HOME", str(tmp_path / "home"))
+    model, processor = tiny_llava()
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    loaded = load_vlm(str(tmp_path / "m"))
+    assert loaded.fingerprint == VLM(*tiny_llava(), "x").fingerprint
+    with pytest.raises(UserError, match="not a model directory"):
+        load_vlm(str(tmp_path / "missing"))
+
+
+def test_unreachable_hub_id_is_one_line_suggesting_pocket(tmp_path):
+    code = (
+        "from yollava_cli.backend import load_vlm\n"
+        "from yollava_cli.errors import UserError\n"
+        "try:\n    load_vlm('llava-hf/no-such-model-here')\n"
+        "except UserError as e:\n    print(e)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "YOLLAVA_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "--model pocket" in result.stdout and len(result.stdout.strip().splitlines()) == 1

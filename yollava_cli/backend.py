@@ -1,0 +1,470 @@
+"""One interface to LLaVA-family vision-language models, used by train, ask, find and eval.
+
+The base model is never modified. Concept tokens live in two small wrappers around the frozen
+input embedding and output head (`ConceptEmbedding`, `ConceptHead`): each concept owns a
+(k+1, hidden) table of input rows and one output row for its identifier. So several concepts can
+be loaded at once, unloading is dropping a table, AdamW's weight decay can never touch a base row,
+and models that tie input and output embeddings (SmolLM2) need no untying: the identifier simply
+gets its own output row, as the paper trains it.
+
+Images go through `image_features` (cached per photo hash and model fingerprint, since the vision
+tower and projector are frozen) and reach the model as transformers' `mm_encoder_outputs`, for
+training, scoring and generation alike.
+"""
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from yollava_cli.errors import UserError
+from yollava_cli.fileio import atomic_write_bytes
+
+POCKET = "pocket"
+YES_WORDS = ("Yes", "yes", " Yes", " yes", "YES")
+NO_WORDS = ("No", "no", " No", " no", "NO")
+
+
+def token_names(name: str, k: int) -> list[str]:
+    """The identifier `<bo>` then k latent tokens `<bo_0>`...; unique per concept name."""
+    return [f"<{name}>"] + [f"<{name}_{i}>" for i in range(k)]
+
+
+def concept_prompt(name: str, k: int) -> str:
+    """`<bo> is <bo_0><bo_1>...<bo_15>.`, the personal prompt the paper prepends."""
+    identifier, *latents = token_names(name, k)
+    return f"{identifier} is {''.join(latents)}."
+
+
+@dataclass
+class Prompt:
+    """One question to the model: text, photos (with their hashes for the feature cache), concepts."""
+
+    question: str
+    images: list[Image.Image] = field(default_factory=list)
+    image_keys: list[str | None] = field(default_factory=list)  # photo sha256, or None: no caching
+    concepts: list[str] = field(default_factory=list)
+    history: list[tuple[str, str]] = field(default_factory=list)  # earlier (question, answer) turns
+
+
+@dataclass
+class Encoded:
+    input_ids: torch.Tensor  # (T,)
+    labels: torch.Tensor  # (T,), -100 everywhere but the answer
+    features: list[torch.Tensor]  # one (n_tokens, hidden) per image, in order
+
+
+class ConceptEmbedding(torch.nn.Module):
+    """The frozen input embedding, with concept token rows looked up from their own tables."""
+
+    def __init__(self, base: torch.nn.Embedding):
+        super().__init__()
+        self.base = base
+        self.tables = torch.nn.ParameterDict()
+        self.slot: torch.Tensor | None = None  # token id -> row in the concatenated tables, or -1
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.base(ids.clamp(max=self.base.num_embeddings - 1))
+        if self.slot is None or not len(self.tables):
+            return out
+        slot = self.slot[ids]
+        if not bool((slot >= 0).any()):
+            return out
+        table = torch.cat(list(self.tables.values())).to(out.dtype)
+        return torch.where((slot >= 0).unsqueeze(-1), table[slot.clamp(min=0)], out)
+
+
+class ConceptHead(torch.nn.Module):
+    """The frozen output head, widened to the tokenizer: identifiers get their own trainable row,
+    latent tokens and the image placeholder can never be generated."""
+
+    def __init__(self, base: torch.nn.Module, width: int, blocked: list[int]):
+        super().__init__()
+        self.base = base
+        self.width = width
+        self.rows = torch.nn.ParameterDict()
+        self.blocked = set(blocked)
+        self.identifier_ids: dict[str, int] = {}
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.base(hidden)
+        if logits.shape[-1] < self.width:
+            logits = F.pad(logits, (0, self.width - logits.shape[-1]), value=float("-inf"))
+        block = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        block[list(self.blocked)] = True
+        logits = logits.masked_fill(block, float("-inf"))
+        if len(self.rows):
+            ids = torch.tensor([self.identifier_ids[n] for n in self.rows], device=logits.device)
+            rows = torch.stack(list(self.rows.values())).to(hidden.dtype)
+            logits = logits.index_copy(-1, ids, (hidden @ rows.T).to(logits.dtype))
+        return logits
+
+
+class VLM:
+    """A loaded base model with its processor, concept tables, and feature cache."""
+
+    def __init__(self, model, processor, ref: str, cache_dir: Path | None = None):
+        self.model = model.eval().requires_grad_(False)
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.ref = ref
+        self.device = next(model.parameters()).device
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids(processor.image_token)
+        self.feature_cache: dict[str, torch.Tensor] = {}
+        self.vision_calls = 0  # photos that went through the vision tower: tests and benches read it
+        self.k: dict[str, int] = {}
+        embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+        if isinstance(embedding, ConceptEmbedding):  # the same model wrapped again: start clean
+            embedding, head = embedding.base, head.base
+        self.fingerprint = fingerprint(embedding.weight, model)
+        self.cache_dir = cache_dir / "features" / self.fingerprint.replace(":", "-") if cache_dir else None
+        self.embedding = ConceptEmbedding(embedding)
+        model.set_input_embeddings(self.embedding)
+        self.head = ConceptHead(head, len(self.tokenizer), [self.image_token_id])
+        model.set_output_embeddings(self.head)
+
+    # -- concepts -----------------------------------------------------------------------
+
+    def add_concept(self, name: str, k: int, input_rows: torch.Tensor | None = None,
+                    output_row: torch.Tensor | None = None, seed: int = 0) -> list[int]:
+        """Load (or replace) a concept's k+1 token rows; new rows start near the word 'thing'."""
+        names = token_names(name, k)
+        missing = [t for t in names if t not in self.tokenizer.get_vocab()]
+        if missing:
+            self.tokenizer.add_tokens(missing)
+            self.head.width = len(self.tokenizer)
+        ids = self.tokenizer.convert_tokens_to_ids(names)
+        base = self.embedding.base.weight
+        if input_rows is None:
+            generator = torch.Generator().manual_seed(seed)
+            word = self.tokenizer.encode("thing", add_special_tokens=False) or list(range(base.shape[0]))
+            start = base[word].mean(0).float().cpu()
+            noise = torch.randn(k + 1, base.shape[1], generator=generator) * start.std() * 0.1
+            input_rows = start + noise
+        if output_row is None:
+            output_row = input_rows[0].clone()
+        if tuple(input_rows.shape) != (k + 1, base.shape[1]) or tuple(output_row.shape) != (base.shape[1],):
+            raise UserError(
+                f"concept <{name}> has rows of shape {tuple(input_rows.shape)}, this model needs "
+                f"({k + 1}, {base.shape[1]}): it was made for another base model"
+            )
+        self.embedding.tables[name] = torch.nn.Parameter(input_rows.to(self.device, torch.float32))
+        self.head.rows[name] = torch.nn.Parameter(output_row.to(self.device, torch.float32))
+        self.head.identifier_ids[name] = ids[0]
+        self.head.blocked.update(ids[1:])
+        self.k[name] = k
+        self._reindex()
+        return ids
+
+    def remove_concept(self, name: str) -> None:
+        del self.embedding.tables[name], self.head.rows[name], self.head.identifier_ids[name], self.k[name]
+        self._reindex()
+
+    def _reindex(self) -> None:
+        slot = torch.full((len(self.tokenizer),), -1, dtype=torch.long, device=self.device)
+        offset = 0
+        for name, table in self.embedding.tables.items():
+            ids = self.tokenizer.convert_tokens_to_ids(token_names(name, self.k[name]))
+            slot[ids] = torch.arange(offset, offset + len(ids), device=self.device)
+            offset += len(ids)
+        self.embedding.slot = slot
+
+    def concept_parameters(self, name: str) -> list[torch.nn.Parameter]:
+        """The only tensors training may change: the concept's input rows and identifier output row."""
+        return [self.embedding.tables[name], self.head.rows[name]]
+
+    def save_concept(self, name: str, path: Path, metadata: dict) -> None:
+        """Write the concept's rows as safetensors (atomically), with the base fingerprint."""
+        tensors = {
+            "input_rows": self.embedding.tables[name].detach().cpu().contiguous(),
+            "output_row": self.head.rows[name].detach().cpu().contiguous(),
+        }
+        meta = {**metadata, "name": name, "k": self.k[name], "base_model": self.ref,
+                "base_fingerprint": self.fingerprint}
+        tmp = path.with_name(f".{path.name}.partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata={"yollava": json.dumps(meta)})
+        atomic_write_bytes(path, tmp.read_bytes())
+        tmp.unlink()
+
+    def load_concept(self, path: Path, name: str | None = None) -> dict:
+        """Load rows saved by `save_concept`; refuses a concept trained on another base model."""
+        tensors, meta = read_concept_file(path)
+        if meta["base_fingerprint"] != self.fingerprint:
+            raise UserError(
+                f"{path}: concept <{meta['name']}> was trained on base model {meta['base_model']!r} "
+                f"({meta['base_fingerprint']}), not on {self.ref!r} ({self.fingerprint}); "
+                f"use --model {meta['base_model']} or retrain it on this model"
+            )
+        self.add_concept(name or meta["name"], meta["k"], tensors["input_rows"], tensors["output_row"])
+        return meta
+
+    # -- prompts ------------------------------------------------------------------------
+
+    def render(self, prompt: Prompt, answer: str | None = None) -> str:
+        """The prompt in the model's own chat template; the concept prompt opens the first turn."""
+        messages = []
+        prefix = " ".join(concept_prompt(n, self.k[n]) for n in prompt.concepts)
+        for i, (question, reply) in enumerate([*prompt.history, (prompt.question, answer)]):
+            content = [{"type": "text", "text": prefix + " "}] if i == 0 and prefix else []
+            if i == len(prompt.history):
+                content += [{"type": "image"} for _ in prompt.images]
+            content.append({"type": "text", "text": question})
+            messages.append({"role": "user", "content": content})
+            if reply is not None:
+                messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
+        return self.processor.apply_chat_template(
+            messages, add_generation_prompt=answer is None, tokenize=False
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and text.startswith(bos))
+        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+
+    def encode(self, prompt: Prompt, answer: str | None = None) -> Encoded:
+        """Token ids with each image placeholder expanded to its feature count; labels cover only
+        the answer (everything after the generation prompt), whatever the template's separators."""
+        features = self.image_features(prompt.images, prompt.image_keys)
+        question_ids = self.tokenize(self.render(prompt))
+        ids = question_ids if answer is None else self.tokenize(self.render(prompt, answer))
+        if ids[: len(question_ids)] != question_ids:
+            raise RuntimeError("chat template renders the prompt differently with an answer")
+        labels = [-100] * len(question_ids) + ids[len(question_ids):]
+        counts = iter(f.shape[0] for f in features)
+        expanded_ids, expanded_labels = [], []
+        for token, label in zip(ids, labels):
+            n = next(counts) if token == self.image_token_id else 1
+            expanded_ids += [token] * n
+            expanded_labels += [label] * n
+        return Encoded(torch.tensor(expanded_ids), torch.tensor(expanded_labels), features)
+
+    def collate(self, batch: list[Encoded]) -> dict:
+        """Right-padded tensors for a forward pass."""
+        width = max(len(e.input_ids) for e in batch)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, e in enumerate(batch):
+            n = len(e.input_ids)
+            input_ids[row, :n], labels[row, :n], mask[row, :n] = e.input_ids, e.labels, 1
+        features = [f for e in batch for f in e.features]
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "features": features}
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Logits for a collated batch (image features spliced in at the placeholders)."""
+        inputs = {"input_ids": batch["input_ids"].to(self.device),
+                  "attention_mask": batch["attention_mask"].to(self.device)}
+        if batch["features"]:
+            inputs["mm_encoder_outputs"] = mm_outputs(batch["features"], self.model.dtype, self.device)
+        return self.model(**inputs).logits
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        """Mean cross-entropy over answer tokens only."""
+        logits = self.forward(batch)[:, :-1].float()
+        labels = batch["labels"][:, 1:].to(self.device)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+    # -- answers ------------------------------------------------------------------------
+
+    def yes_probabilities(self, prompts: list[Prompt]) -> list[float]:
+        """P(yes) from the next-token logits of yes vs no words: deterministic and calibrated."""
+        yes, no = self._word_ids(YES_WORDS), self._word_ids(NO_WORDS)
+        encoded = [self.encode(p) for p in prompts]
+        batch = self.collate(encoded)
+        with torch.no_grad():
+            logits = self.forward(batch).float()
+        last = torch.tensor([len(e.input_ids) - 1 for e in encoded], device=logits.device)
+        final = logits[torch.arange(len(encoded), device=logits.device), last]
+        margin = torch.logsumexp(final[:, yes], -1) - torch.logsumexp(final[:, no], -1)
+        return torch.sigmoid(margin).tolist()
+
+    def _word_ids(self, words) -> list[int]:
+        return sorted({self.tokenizer.encode(w, add_special_tokens=False)[0] for w in words})
+
+    def generate(self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0,
+                 seed: int = 0, on_text: Callable[[str], None] | None = None,
+                 stop: threading.Event | None = None) -> str:
+        """Answer a prompt; `on_text` receives the text as it is generated (greedy by default)."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        encoded = self.encode(prompt)
+        inputs = {"input_ids": encoded.input_ids[None].to(self.device),
+                  "attention_mask": torch.ones(1, len(encoded.input_ids), dtype=torch.long, device=self.device)}
+        if encoded.features:
+            inputs["mm_encoder_outputs"] = mm_outputs(encoded.features, self.model.dtype, self.device)
+        streamer = CallbackStreamer(self.tokenizer, on_text) if on_text else None
+
+        class Stop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), bool(stop and stop.is_set()), dtype=torch.bool)
+
+        torch.manual_seed(seed)
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        with torch.no_grad():
+            out = self.model.generate(
+                **inputs, max_new_tokens=max_new_tokens, streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([Stop()]),
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling,
+            )
+        return self.tokenizer.decode(out[0, len(encoded.input_ids):], skip_special_tokens=True).strip()
+
+    # -- images -------------------------------------------------------------------------
+
+    def image_features(self, images: list[Image.Image], keys: list[str | None] | None = None) -> list[torch.Tensor]:
+        """Projected image features, one (n_tokens, hidden) tensor per image, cached by photo hash."""
+        keys = list(keys or []) + [None] * (len(images) - len(keys or []))
+        out = []
+        for image, key in zip(images, keys):
+            cached = self._cached(key)
+            if cached is None:
+                cached = self._compute_features(image)
+                self._store(key, cached)
+            out.append(cached)
+        return out
+
+    def _cached(self, key: str | None) -> torch.Tensor | None:
+        if key is None:
+            return None
+        if key not in self.feature_cache and self.cache_dir and (self.cache_dir / f"{key}.safetensors").exists():
+            self.feature_cache[key] = load_file(str(self.cache_dir / f"{key}.safetensors"))["features"]
+        return self.feature_cache.get(key)
+
+    def _store(self, key: str | None, features: torch.Tensor) -> None:
+        if key is None:
+            return
+        self.feature_cache[key] = features
+        if self.cache_dir:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_dir / f".{key}.{os.getpid()}.tmp"
+            save_file({"features": features.contiguous()}, str(tmp))
+            os.replace(tmp, self.cache_dir / f"{key}.safetensors")
+
+    def _compute_features(self, image: Image.Image) -> torch.Tensor:
+        self.vision_calls += 1
+        pixels = self.processor.image_processor(images=[image.convert("RGB")], return_tensors="pt")
+        extra = {k: v.to(self.device) for k, v in pixels.items() if k in ("image_sizes",)}
+        config = self.model.config
+        for option in ("vision_feature_layer", "vision_feature_select_strategy"):
+            if getattr(config, option, None) is not None:
+                extra[option] = getattr(config, option)
+        with torch.no_grad():
+            result = self.model.get_image_features(
+                pixel_values=pixels["pixel_values"].to(self.device, self.model.dtype), **extra
+            )
+        features = getattr(result, "pooler_output", result)
+        features = features[0] if isinstance(features, (list, tuple)) else features
+        return features.reshape(-1, features.shape[-1]).detach().float().cpu()
+
+
+class CallbackStreamer:
+    """Hands newly decoded text to a callback as tokens arrive (the prompt is skipped)."""
+
+    def __init__(self, tokenizer, callback: Callable[[str], None]):
+        self.tokenizer, self.callback = tokenizer, callback
+        self.ids: list[int] = []
+        self.sent = 0
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.ids += value.reshape(-1).tolist()
+        self._emit(final=False)
+
+    def end(self) -> None:
+        self._emit(final=True)
+
+    def _emit(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") and not final:  # half of a multi-byte character: wait for the rest
+            return
+        if len(text) > self.sent:
+            self.callback(text[self.sent:])
+            self.sent = len(text)
+
+
+def mm_outputs(features: list[torch.Tensor], dtype: torch.dtype, device) -> dict:
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    return {"image": BaseModelOutputWithPooling(pooler_output=[f.to(device, dtype) for f in features])}
+
+
+def fingerprint(weight: torch.Tensor, model) -> str:
+    """Architecture, vocabulary size and a hash of the input embedding matrix: a concept's rows
+    mean something only next to the exact embedding matrix they were trained with."""
+    weight = weight.detach()
+    digest = hashlib.sha256(weight.float().cpu().numpy().tobytes()).hexdigest()[:16]
+    return f"{type(model).__name__}:{weight.shape[0]}:{digest}"
+
+
+def read_concept_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of a concept checkpoint, or a one-line error."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {})["yollava"])
+            tensors = {name: f.get_tensor(name) for name in ("input_rows", "output_row")}
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: not a yollava concept checkpoint ({e})") from None
+    return tensors, meta
+
+
+def resolve_model_ref(explicit: str | None = None) -> str:
+    """--model, else $YOLLAVA_MODEL, else the config default (pocket)."""
+    from yollava_cli.config import MODEL_ENV, load_config
+
+    return explicit or os.environ.get(MODEL_ENV) or load_config()["model"]
+
+
+def load_vlm(ref: str | None = None, on_status: Callable[[str], None] | None = None) -> VLM:
+    """Load `pocket`, a local HF-format directory, or a hub id; one-line errors when it cannot."""
+    from yollava_cli.config import data_dir
+
+    ref = resolve_model_ref(ref)
+    cache = data_dir() / "models"
+    if ref == POCKET:
+        from yollava_cli.pocket import PocketUnavailable, load_pocket
+
+        try:
+            model, processor = load_pocket(cache / POCKET, on_status=on_status)
+        except PocketUnavailable as e:
+            raise UserError(str(e)) from None
+        return VLM(model, processor, ref, cache)
+    model, processor = load_transformers_model(ref, on_status)
+    return VLM(model, processor, ref, cache)
+
+
+def load_transformers_model(ref: str, on_status=None):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    local = Path(ref).expanduser()
+    if not local.is_dir() and (local.exists() or ref.startswith((".", "/", "~"))):
+        raise UserError(f"{ref}: not a model directory; pass a local HF-format folder, a hub id, or pocket")
+    source = str(local) if local.is_dir() else ref
+    cuda = torch.cuda.is_available()
+    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
+    if on_status:
+        on_status(f"Loading {source} ({'cuda' if cuda else 'cpu'}, {str(dtype).removeprefix('torch.')})...")
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        where = "from the Hugging Face hub" if not local.is_dir() else "from that folder"
+        raise UserError(
+            f"cannot load model {ref!r} {where} ({first[:200]}); check the id and your network "
+            f"(offline: HF_HUB_OFFLINE=1 uses only cached models), or use --model pocket"
+        ) from None
+    return model.to("cuda" if cuda else "cpu"), processor
