@@ -2,6 +2,8 @@
 complete -c yollava -f
 complete -c yollava -n "__fish_use_subcommand" -a add -d "Add photos of a concept (creating it)."
 complete -c yollava -n "__fish_use_subcommand" -a list -d "List your concepts."
+complete -c yollava -n "__fish_use_subcommand" -a mine -d "Choose a concept's negatives: hard (look-alikes) and easy (random) photos from your pools."
+complete -c yollava -n "__fish_use_subcommand" -a pool -d "Folders of everyday photos to mine negatives from."
 complete -c yollava -n "__fish_use_subcommand" -a rm -d "Remove a concept, its checkpoints, and photos no other concept uses."
 complete -c yollava -n "__fish_use_subcommand" -a show -d "Show one concept: photos, kind, status, negatives, checkpoint and metrics."
 complete -c yollava -n "__fish_seen_subcommand_from add" -F  # add: files
@@ -12,6 +14,24 @@ complete -c yollava -n "__fish_seen_subcommand_from add" -l no-train -d "Only st
 complete -c yollava -n "__fish_seen_subcommand_from add" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from list" -F  # list: files
 complete -c yollava -n "__fish_seen_subcommand_from list" -l json -d "Print one JSON document on stdout, nothing else."
+complete -c yollava -n "__fish_seen_subcommand_from mine" -F  # mine: files
+complete -c yollava -n "__fish_seen_subcommand_from mine" -l pool -r -d "Pool(s) to mine (default: the configured default pools, else all)."
+complete -c yollava -n "__fish_seen_subcommand_from mine" -l hard -r -d "Hard negatives: the pool photos most like the concept."
+complete -c yollava -n "__fish_seen_subcommand_from mine" -l easy -r -d "Easy negatives: random other pool photos."
+complete -c yollava -n "__fish_seen_subcommand_from mine" -l seed -r -d "Seed for the easy draw."
+complete -c yollava -n "__fish_seen_subcommand_from mine" -l duplicate-above -r -d "Skip pool photos this similar to the concept's own (likely the subject itself)."
+complete -c yollava -n "__fish_seen_subcommand_from mine" -l embedder -r -d "auto, efficientnet-lite0, or open_clip:ARCH:PRETRAINED (a tag or a local file)."
+complete -c yollava -n "__fish_seen_subcommand_from mine" -l json -d "Print one JSON document on stdout, nothing else."
+complete -c yollava -n "__fish_seen_subcommand_from pool" -a add -d "Register a folder as a negative pool and embed its photos (cached)."
+complete -c yollava -n "__fish_seen_subcommand_from pool" -a list -d "List negative pools."
+complete -c yollava -n "__fish_seen_subcommand_from pool" -a rm -d "Forget a pool (its folder and cached embeddings are left alone)."
+complete -c yollava -n "__fish_seen_subcommand_from add" -F  # pool add: files
+complete -c yollava -n "__fish_seen_subcommand_from add" -l embedder -r -d "auto, efficientnet-lite0, or open_clip:ARCH:PRETRAINED (a tag or a local file)."
+complete -c yollava -n "__fish_seen_subcommand_from add" -l json -d "Print one JSON document on stdout, nothing else."
+complete -c yollava -n "__fish_seen_subcommand_from list" -F  # pool list: files
+complete -c yollava -n "__fish_seen_subcommand_from list" -l json -d "Print one JSON document on stdout, nothing else."
+complete -c yollava -n "__fish_seen_subcommand_from rm" -F  # pool rm: files
+complete -c yollava -n "__fish_seen_subcommand_from rm" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from rm" -F  # rm: files
 complete -c yollava -n "__fish_seen_subcommand_from rm" -l yes -d "Do not ask for confirmation."
 complete -c yollava -n "__fish_seen_subcommand_from rm" -s y -d "Do not ask for confirmation."

@@ -5,15 +5,17 @@ Exit codes: 0 ok, 1 user error (one line on stderr), 2 usage error, 130 interrup
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from typer.core import TyperGroup
 
-from yollava_cli import concepts
+from yollava_cli import concepts, mining
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
 from yollava_cli.store import Registry
@@ -65,6 +67,109 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 def open_registry() -> Registry:
     return Registry(data_dir())
+
+
+def status(message: str) -> None:
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def progress_bar(description: str):
+    """A progress bar on stderr (silent when stderr is not a terminal); yields a (done, total) callback."""
+    bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=err, transient=True)
+    task = bar.add_task(description, total=None)
+    with bar:
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+pool_app = typer.Typer(cls=YollavaGroup, help="Folders of everyday photos to mine negatives from.",
+                       no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(pool_app, name="pool")
+EmbedderOption = Annotated[
+    Optional[str],
+    typer.Option("--embedder", help="auto, efficientnet-lite0, or open_clip:ARCH:PRETRAINED (a tag or a local file)."),
+]
+
+
+@pool_app.command("add")
+def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, json_: JsonFlag = False):
+    """Register a folder as a negative pool and embed its photos (cached).
+
+    Example: yollava pool add library ~/Pictures
+    """
+    from yollava_cli.embeddings import load_embedder
+
+    model = load_embedder(embedder, on_status=status)
+    with progress_bar(f"Embedding {folder} ({model.id})") as on_progress:
+        result = mining.add_pool(open_registry(), name, folder, model, on_progress)
+    if json_:
+        return print_json(result)
+    out.print(
+        f"Pool {result['pool']}: {result['photos']} photos ({result['embedded']} newly embedded, "
+        f"{result['unreadable']} unreadable) with {result['embedder']}.", markup=False, highlight=False,
+    )
+
+
+@pool_app.command("list")
+def pool_list(json_: JsonFlag = False):
+    """List negative pools.
+
+    Example: yollava pool list
+    """
+    rows = mining.list_pools(open_registry())
+    if json_:
+        return print_json({"pools": rows})
+    print_table(["name", "photos", "path"], [[r["name"], str(r["photos"]), r["path"]] for r in rows])
+
+
+@pool_app.command("rm")
+def pool_rm(name: str, json_: JsonFlag = False):
+    """Forget a pool (its folder and cached embeddings are left alone).
+
+    Example: yollava pool rm library
+    """
+    result = mining.remove_pool(open_registry(), name)
+    if json_:
+        return print_json(result)
+    out.print(f"Removed pool {name}.", markup=False)
+
+
+@app.command()
+def mine(
+    name: str,
+    pool: Annotated[Optional[list[str]], typer.Option("--pool", help="Pool(s) to mine (default: the configured default pools, else all).")] = None,
+    hard: Annotated[int, typer.Option(min=0, help="Hard negatives: the pool photos most like the concept.")] = 100,
+    easy: Annotated[int, typer.Option(min=0, help="Easy negatives: random other pool photos.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed for the easy draw.")] = 0,
+    duplicate_above: Annotated[Optional[float], typer.Option(help="Skip pool photos this similar to the concept's own (likely the subject itself).")] = None,
+    embedder: EmbedderOption = None,
+    json_: JsonFlag = False,
+):
+    """Choose a concept's negatives: hard (look-alikes) and easy (random) photos from your pools.
+
+    Example: yollava mine bo --pool library --hard 100 --easy 100
+    """
+    from yollava_cli.embeddings import load_embedder
+
+    model = load_embedder(embedder, on_status=status)
+    with progress_bar(f"Embedding photos ({model.id})") as on_progress:
+        result = mining.mine(open_registry(), name, model, pool, hard, easy, seed, duplicate_above,
+                             on_status=status, on_progress=on_progress)
+    data = {"concept": result.concept, "embedder": result.embedder, "negatives": result.negatives,
+            "excluded_near_duplicates": result.excluded, "candidates": result.pool_size,
+            "newly_embedded": result.embedded, "source": result.source}
+    if json_:
+        return print_json(data)
+    kinds = [n["kind"] for n in result.negatives]
+    out.print(
+        f"<{result.concept}>: {kinds.count('hard')} hard and {kinds.count('easy')} easy negatives from "
+        f"{result.pool_size} candidates ({result.source}; {result.embedded} newly embedded).",
+        markup=False, highlight=False,
+    )
+    for item in result.excluded:
+        status(f"left out {item['photo']}: similarity {item['score']} (probably <{result.concept}> itself)")
+    print_table(["kind", "score", "photo"], [[n["kind"], f"{n['score']:.3f}", n["photo"]] for n in result.negatives[:10]])
 
 
 @app.command()
@@ -135,6 +240,8 @@ def show(name: str, json_: JsonFlag = False):
     out.print(
         f"negatives: {info['negatives']['hard']} hard, {info['negatives']['easy']} easy", markup=False
     )
+    for item in info["negatives"]["hardest"]:
+        out.print(f"  hard {item['score']:.3f}  {item['photo']}", markup=False, highlight=False)
     if info["checkpoint"]:
         out.print(f"checkpoint: {info['checkpoint']['file']}", markup=False, highlight=False)
     if info["metrics"]:

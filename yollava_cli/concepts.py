@@ -187,6 +187,10 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
             "SELECT kind, count(*) AS n FROM negatives WHERE concept_id = ? GROUP BY kind", [concept["id"]]
         )
     }
+    hardest = registry.db.execute(
+        "SELECT source_path, score FROM negatives WHERE concept_id = ? AND kind = 'hard' ORDER BY score DESC LIMIT 5",
+        [concept["id"]],
+    ).fetchall()
     checkpoint = registry.db.execute(
         "SELECT file, base_model, k, metrics, created_at FROM checkpoints "
         "WHERE concept_id = ? AND is_current = 1",
@@ -211,7 +215,11 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
             }
             for p in photos
         ],
-        "negatives": {"hard": negatives.get("hard", 0), "easy": negatives.get("easy", 0)},
+        "negatives": {
+            "hard": negatives.get("hard", 0),
+            "easy": negatives.get("easy", 0),
+            "hardest": [{"photo": r["source_path"], "score": r["score"]} for r in hardest],
+        },
         "checkpoint": (
             {**dict(checkpoint), "metrics": json.loads(checkpoint["metrics"] or "null")} if checkpoint else None
         ),

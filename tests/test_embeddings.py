@@ -1,0 +1,78 @@
+"""Embedders: the open_clip path on a randomly initialised tiny open_clip model (no download)."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from yollava_cli.embeddings import embed_photos, load_embedder
+from yollava_cli.errors import UserError
+from yollava_cli.store import Registry
+
+TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture
+def tiny_open_clip(tmp_path):
+    if importlib.util.find_spec("open_clip") is None:
+        pytest.skip("open_clip_torch is not installed (bash scripts/install.sh --open-clip installs it)")
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "yollava-tiny.json").write_text(json.dumps(TINY))
+    open_clip.add_model_config(tmp_path / "yollava-tiny.json")
+    torch.manual_seed(0)
+    model, _, preprocess = open_clip.create_model_and_transforms("yollava-tiny", pretrained=None)
+    weights = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    return model, preprocess, weights
+
+
+def photos():
+    return [Image.new("RGB", (80, 60), (200, 30, 30)), Image.new("RGB", (50, 90), (10, 90, 250))]
+
+
+def test_open_clip_embedder_loads_a_local_checkpoint(tiny_open_clip):
+    import torch
+
+    model, preprocess, weights = tiny_open_clip
+    embedder = load_embedder(f"open_clip:yollava-tiny:{weights}")
+    assert embedder.id == "open_clip:yollava-tiny:tiny.safetensors" and embedder.dim == 32
+    vectors = embedder.embed(photos())
+    with torch.no_grad():
+        expected = model.eval().encode_image(torch.stack([preprocess(p) for p in photos()]))
+    expected = torch.nn.functional.normalize(expected, dim=-1).numpy()
+    assert vectors.shape == (2, 32) and np.allclose(vectors, expected, atol=1e-5)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_open_clip_vectors_are_cached_per_embedder(tiny_open_clip, tmp_path):
+    _, _, weights = tiny_open_clip
+    registry = Registry(tmp_path / "home")
+    embedder = load_embedder(f"open_clip:yollava-tiny:{weights}")
+    images = dict(zip(["a" * 64, "b" * 64], photos()))
+    loaders = {sha: (lambda im=im: im) for sha, im in images.items()}
+    first, embedded = embed_photos(registry, embedder, loaders)
+    again, embedded_again = embed_photos(registry, embedder, loaders)
+    assert (embedded, embedded_again) == (2, 0)
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    rows = registry.db.execute("SELECT DISTINCT embedder FROM embeddings").fetchall()
+    assert [r[0] for r in rows] == [embedder.id]
+
+
+def test_missing_open_clip_weights_are_a_one_line_error(tiny_open_clip, tmp_path):
+    with pytest.raises(UserError, match="efficientnet-lite0") as error:
+        load_embedder(f"open_clip:yollava-tiny:{tmp_path / 'missing.safetensors'}")
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_embedder_is_refused():
+    with pytest.raises(UserError, match="unknown embedder"):
+        load_embedder("resnet")

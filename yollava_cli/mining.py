@@ -1,0 +1,261 @@
+"""Negative pools and mining: the photos that teach a concept what it is *not* (paper sec. 3.2).
+
+Hard negatives are the pool photos most similar to the concept's own photos (round-robin over
+its photos, so every view contributes); easy negatives are a seeded random draw of the rest.
+Pool photos nearly identical to the concept's photos are probably the subject itself and are
+left out. Chosen negatives are copied into the photo store, so training never depends on the
+pool folder still being there.
+"""
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from yollava_cli.concepts import get_concept
+from yollava_cli.config import load_config
+from yollava_cli.embeddings import Embedder, embed_photos
+from yollava_cli.errors import UserError
+from yollava_cli.images import BadPhoto, expand_photo_paths, jpeg_bytes, read_photo
+from yollava_cli.store import Registry, now
+
+POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MIN_CONCEPT_POOL = 20  # other concepts' photos stand in for a pool only when there are this many
+SEARCH_CHUNK = 65536  # pool rows per matrix product: bounded memory for any pool size
+EMBED_SIDE = 512  # photos are decoded at this size for embedding; embedders look at <= 256 px
+
+
+@dataclass
+class Candidate:
+    sha256: str
+    source: str  # where the photo came from: a pool file or a stored concept photo
+    load: Callable[[], object]
+
+
+@dataclass
+class MineResult:
+    concept: str
+    embedder: str
+    negatives: list[dict]
+    excluded: list[dict] = field(default_factory=list)
+    pool_size: int = 0
+    embedded: int = 0
+    source: str = ""
+
+
+# -- pools ------------------------------------------------------------------------------
+
+
+def pool_by_name(registry: Registry, name: str) -> dict:
+    row = registry.db.execute("SELECT * FROM pools WHERE name = ?", [name]).fetchone()
+    if row is None:
+        names = [r["name"] for r in registry.db.query("SELECT name FROM pools")]
+        known = f" (pools: {', '.join(names)})" if names else "; add one with `yollava pool add NAME DIR`"
+        raise UserError(f"unknown pool {name!r}{known}")
+    return dict(row)
+
+
+def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on_progress=None) -> dict:
+    """Register a folder of everyday photos as a negative pool and embed it."""
+    if not POOL_NAME.match(name):
+        raise UserError(f"invalid pool name {name!r}: use letters, digits, '.', '-', '_' (e.g. library)")
+    folder = folder.expanduser().resolve()
+    if not folder.is_dir():
+        raise UserError(f"{folder}: not a folder; a pool is a folder of photos")
+    with registry.transaction() as db:
+        existing = db.execute("SELECT path FROM pools WHERE name = ?", [name]).fetchone()
+        if existing and existing[0] != str(folder):
+            raise UserError(f"pool {name!r} already points at {existing[0]}; `yollava pool rm {name}` first")
+        if not existing:
+            db.execute("INSERT INTO pools (name, path, created_at) VALUES (?, ?, ?)", [name, str(folder), now()])
+    pool = pool_by_name(registry, name)
+    candidates, skipped = scan_pool(registry, pool)
+    vectors, embedded = embed_photos(registry, embedder, {c.sha256: c.load for c in candidates}, on_progress)
+    return {"pool": name, "path": str(folder), "photos": len(candidates), "embedded": embedded,
+            "unreadable": len(candidates) - len(vectors) + len(skipped), "embedder": embedder.id}
+
+
+def list_pools(registry: Registry) -> list[dict]:
+    return [dict(r) for r in registry.db.query(
+        "SELECT p.name, p.path, count(f.path) AS photos, p.created_at FROM pools p "
+        "LEFT JOIN pool_files f ON f.pool_id = p.id GROUP BY p.id ORDER BY p.name"
+    )]
+
+
+def remove_pool(registry: Registry, name: str) -> dict:
+    pool = pool_by_name(registry, name)
+    with registry.transaction() as db:
+        db.execute("DELETE FROM pools WHERE id = ?", [pool["id"]])
+    return {"removed": name}
+
+
+def scan_pool(registry: Registry, pool: dict) -> tuple[list[Candidate], list[str]]:
+    """Bring the pool's file list up to date: unchanged files keep their hash, new or changed files
+    are hashed, vanished files are dropped. A pool whose folder lost files keeps working."""
+    folder = Path(pool["path"])
+    if not folder.is_dir():
+        raise UserError(f"pool {pool['name']!r}: folder {folder} is gone; `yollava pool rm {pool['name']}` or restore it")
+    known = {r["path"]: dict(r) for r in registry.db.query("SELECT * FROM pool_files WHERE pool_id = ?", [pool["id"]])}
+    try:
+        paths = expand_photo_paths([folder])
+    except UserError:
+        paths = []
+    current, skipped = {}, []
+    for path in paths:
+        rel = str(path.relative_to(folder))
+        try:
+            stat = path.stat()
+            row = known.get(rel)
+            if row and row["size"] == stat.st_size and row["mtime"] == stat.st_mtime:
+                current[rel] = row
+            else:
+                current[rel] = {"path": rel, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                "size": stat.st_size, "mtime": stat.st_mtime}
+        except OSError:
+            skipped.append(rel)
+    with registry.transaction() as db:
+        for rel in known.keys() - current.keys():
+            db.execute("DELETE FROM pool_files WHERE pool_id = ? AND path = ?", [pool["id"], rel])
+        for rel, row in current.items():
+            if known.get(rel) != {**row, "pool_id": pool["id"]}:
+                db.execute(
+                    "INSERT OR REPLACE INTO pool_files (pool_id, path, sha256, size, mtime) VALUES (?, ?, ?, ?, ?)",
+                    [pool["id"], rel, row["sha256"], row["size"], row["mtime"]],
+                )
+    candidates = [Candidate(row["sha256"], str(folder / rel), file_loader(folder / rel)) for rel, row in current.items()]
+    return candidates, skipped
+
+
+def file_loader(path: Path) -> Callable[[], object]:
+    def load():
+        try:
+            return read_photo(path, max_side=EMBED_SIDE).image
+        except BadPhoto:
+            return None
+    return load
+
+
+# -- mining -----------------------------------------------------------------------------
+
+
+def top_k(queries: np.ndarray, matrix: np.ndarray, k: int, chunk: int = SEARCH_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine top-k of each query over the rows of `matrix` (float16/32, in RAM or memory-mapped),
+    one matrix product per chunk of rows: (scores, indices), each (n_queries, k), best first."""
+    queries = np.asarray(queries, dtype=np.float32)
+    k = min(k, len(matrix))
+    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_index = np.zeros((len(queries), 0), dtype=np.int64)
+    for start in range(0, len(matrix), chunk):
+        scores = queries @ np.asarray(matrix[start : start + chunk], dtype=np.float32).T
+        take = min(k, scores.shape[1])
+        part = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        best_scores = np.concatenate([best_scores, np.take_along_axis(scores, part, 1)], axis=1)
+        best_index = np.concatenate([best_index, part + start], axis=1)
+        if best_scores.shape[1] > k:
+            keep = np.argpartition(-best_scores, k - 1, axis=1)[:, :k]
+            best_scores = np.take_along_axis(best_scores, keep, 1)
+            best_index = np.take_along_axis(best_index, keep, 1)
+    order = np.argsort(-best_scores, axis=1)
+    return np.take_along_axis(best_scores, order, 1), np.take_along_axis(best_index, order, 1)
+
+
+def select_negatives(queries: np.ndarray, matrix: np.ndarray, hard: int, easy: int, seed: int,
+                     duplicate_above: float) -> tuple[list[tuple[int, float]], list[int], list[tuple[int, float]]]:
+    """(hard [(row, score)], easy [row], near-duplicates [(row, score)]) over the candidate rows."""
+    scores, index = top_k(queries, matrix, hard + 64)
+    duplicates = {}
+    for row, score in zip(index.ravel(), scores.ravel()):
+        if score >= duplicate_above:
+            duplicates[int(row)] = max(float(score), duplicates.get(int(row), -1.0))
+    chosen: dict[int, float] = {}
+    for rank in range(scores.shape[1]):  # round-robin over the concept's photos, best first
+        for q in range(len(queries)):
+            row, score = int(index[q, rank]), float(scores[q, rank])
+            if len(chosen) < hard and row not in duplicates and row not in chosen:
+                chosen[row] = score
+    rest = np.array(sorted(set(range(len(matrix))) - chosen.keys() - duplicates.keys()), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    easy_rows = rng.choice(rest, size=min(easy, len(rest)), replace=False).tolist() if len(rest) else []
+    return list(chosen.items()), sorted(easy_rows), sorted(duplicates.items(), key=lambda x: -x[1])
+
+
+def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str] | None = None,
+         hard: int = 100, easy: int = 100, seed: int = 0, duplicate_above: float | None = None,
+         on_status=None, on_progress=None) -> MineResult:
+    """Choose and store a concept's hard and easy negatives (replacing earlier ones)."""
+    concept = get_concept(registry, raw_name)
+    own = {p["sha256"]: registry.root / p["file"] for p in registry.concept_photos(concept["id"])}
+    candidates, source = gather_candidates(registry, concept, pools, on_status)
+    candidates = [c for c in candidates if c.sha256 not in own]
+    loaders = {sha: file_loader(path) for sha, path in own.items()}
+    loaders.update({c.sha256: c.load for c in candidates})
+    vectors, embedded = embed_photos(registry, embedder, loaders, on_progress)
+    candidates = list({c.sha256: c for c in candidates if c.sha256 in vectors}.values())
+    if not candidates:
+        raise UserError(f"no readable photos to mine negatives from ({source})")
+    queries = np.stack([vectors[sha] for sha in own if sha in vectors])
+    matrix = np.stack([vectors[c.sha256] for c in candidates])
+    duplicate_above = embedder.duplicate_above if duplicate_above is None else duplicate_above
+    hard_rows, easy_rows, duplicate_rows = select_negatives(queries, matrix, hard, easy, seed, duplicate_above)
+    picked = [(candidates[r], "hard", s) for r, s in hard_rows]
+    picked += [(candidates[r], "easy", float((queries @ matrix[r]).max())) for r in easy_rows]
+    result = store_negatives(registry, concept, picked, embedder.id)
+    result.excluded = [{"photo": candidates[r].source, "score": round(s, 4)} for r, s in duplicate_rows]
+    result.pool_size, result.embedded, result.source = len(candidates), embedded, source
+    return result
+
+
+def gather_candidates(registry: Registry, concept: dict, pools: list[str] | None, on_status) -> tuple[list[Candidate], str]:
+    """The chosen pools, else the configured default pools, else every pool, else other concepts' photos."""
+    names = pools or load_config().get("default_pools") or [r["name"] for r in registry.db.query("SELECT name FROM pools")]
+    if names:
+        candidates = []
+        for name in names:
+            candidates += scan_pool(registry, pool_by_name(registry, name))[0]
+        return candidates, f"pool {', '.join(names)}"
+    others = list(registry.db.query(
+        "SELECT DISTINCT p.sha256, p.file FROM concept_photos cp JOIN photos p USING (sha256) WHERE cp.concept_id != ?",
+        [concept["id"]],
+    ))
+    if len(others) < MIN_CONCEPT_POOL:
+        raise UserError(
+            "no pool to mine negatives from: add a folder of everyday photos (your photo library is best) "
+            "with `yollava pool add NAME DIR`"
+        )
+    if on_status:
+        on_status(f"No pool registered: mining among your other concepts' {len(others)} photos")
+    return [Candidate(r["sha256"], str(registry.root / r["file"]), file_loader(registry.root / r["file"])) for r in others], "other concepts"
+
+
+def store_negatives(registry: Registry, concept: dict, picked: list, embedder_id: str) -> MineResult:
+    """Copy the chosen photos into the store and replace the concept's negatives in one transaction."""
+    ready = []
+    for candidate, kind, score in picked:
+        if registry.db.execute("SELECT 1 FROM photos WHERE sha256 = ?", [candidate.sha256]).fetchone():
+            ready.append((candidate, kind, score, None))  # already stored (another concept's photo)
+            continue
+        try:
+            photo = read_photo(Path(candidate.source))
+        except BadPhoto:
+            continue  # vanished or broken since it was embedded: fewer negatives, never a bad one
+        if photo.sha256 == candidate.sha256:  # else the file changed since it was embedded
+            ready.append((candidate, kind, score, photo))
+    encoded = {c.sha256: jpeg_bytes(p.image) for c, _, _, p in ready if p is not None}
+    with registry.transaction() as db:
+        old = [r[0] for r in db.execute("SELECT sha256 FROM negatives WHERE concept_id = ?", [concept["id"]])]
+        db.execute("DELETE FROM negatives WHERE concept_id = ?", [concept["id"]])
+        for candidate, kind, score, photo in ready:
+            if photo is not None:
+                registry.store_photo(candidate.sha256, encoded[candidate.sha256], *photo.image.size)
+            db.execute(
+                "INSERT OR IGNORE INTO negatives (concept_id, sha256, kind, score, source_path, embedder) VALUES (?,?,?,?,?,?)",
+                [concept["id"], candidate.sha256, kind, score, candidate.source, embedder_id],
+            )
+        db.execute("UPDATE concepts SET status = 'mined', updated_at = ? WHERE id = ?", [now(), concept["id"]])
+        removed = registry.delete_unused_photos(old)
+    registry.unlink_photo_files(removed)
+    negatives = [{"photo": c.source, "kind": kind, "score": round(score, 4)} for c, kind, score, _ in ready]
+    return MineResult(concept["name"], embedder_id, negatives)
