@@ -3,11 +3,11 @@ _yollava() {
   local cur="${COMP_WORDS[COMP_CWORD]}" cmdpath="" w words
   for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
     [[ "$w" == -* ]] && continue
-    case "$cmdpath${cmdpath:+ }$w" in "add"|"list"|"mine"|"pool"|"pool add"|"pool list"|"pool rm"|"rm"|"show") cmdpath="$cmdpath${cmdpath:+ }$w" ;; esac
+    case "$cmdpath${cmdpath:+ }$w" in "add"|"list"|"mine"|"pool"|"pool add"|"pool list"|"pool rm"|"rm"|"show"|"train") cmdpath="$cmdpath${cmdpath:+ }$w" ;; esac
   done
   case "$cmdpath" in
-    "") words="add list mine pool rm show --help" ;;
-    "add") words="--kind --replace --strict --no-train --json --help" ;;
+    "") words="add list mine pool rm show train --help" ;;
+    "add") words="--kind --replace --strict --no-train --model --json --help" ;;
     "list") words="--json --help" ;;
     "mine") words="--pool --hard --easy --seed --duplicate-above --embedder --json --help" ;;
     "pool") words="--help add list rm" ;;
@@ -16,6 +16,7 @@ _yollava() {
     "pool rm") words="--json --help" ;;
     "rm") words="--yes -y --json --help" ;;
     "show") words="--json --help" ;;
+    "train") words="--k --epochs --lr --batch-size --seed --resume --model --json --help" ;;
   esac
   if [[ "$cur" == -* || -z "$cmdpath" ]]; then
     COMPREPLY=($(compgen -W "$words" -- "$cur"))

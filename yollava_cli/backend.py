@@ -214,7 +214,9 @@ class VLM:
         messages = []
         prefix = " ".join(concept_prompt(n, self.k[n]) for n in prompt.concepts)
         for i, (question, reply) in enumerate([*prompt.history, (prompt.question, answer)]):
-            content = [{"type": "text", "text": prefix + " "}] if i == 0 and prefix else []
+            # a newline, not a space, before what follows: a space before an added token (<image>,
+            # <bo>) becomes a stray token in byte-level BPE tokenizers
+            content = [{"type": "text", "text": prefix + "\n"}] if i == 0 and prefix else []
             if i == len(prompt.history):
                 content += [{"type": "image"} for _ in prompt.images]
             content.append({"type": "text", "text": question})

@@ -83,6 +83,64 @@ def progress_bar(description: str):
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
+ModelOption = Annotated[
+    Optional[str], typer.Option("--model", help="Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config.")
+]
+
+
+class TrainView:
+    """Renders training events: a bar for the data build, one for the steps, a line per epoch."""
+
+    def __init__(self, bar: Progress, epochs: int):
+        self.bar, self.epochs = bar, epochs
+        self.data_task = self.train_task = None
+
+    def __call__(self, kind: str, **info) -> None:
+        if kind == "data":
+            if self.data_task is None:
+                self.data_task = self.bar.add_task("Describing photos", total=info["total"], info="")
+            self.bar.update(self.data_task, completed=info["done"])
+        elif kind == "step":
+            if self.train_task is None:
+                self.train_task = self.bar.add_task("Training", total=self.epochs * info["steps"], info="")
+            self.bar.update(self.train_task, completed=info["epoch"] * info["steps"] + info["step"],
+                            info=f"epoch {info['epoch'] + 1}/{self.epochs}  loss {info['loss']:.3f}")
+        elif kind == "epoch":
+            v = info["validation"]
+            self.bar.console.print(
+                f"epoch {info['epoch']:>2}: loss {info['loss']:.3f}  train acc {info['train_accuracy']:.2f}  "
+                f"validation acc {v['weighted']:.2f} (positive {v['positive']:.2f}, negative {v['negative']:.2f})",
+                markup=False, highlight=False,
+            )
+
+
+@contextmanager
+def train_view(epochs: int):
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err)
+    with bar:
+        yield TrainView(bar, epochs)
+
+
+def train_summary(result) -> dict:
+    return {"concept": result.concept, "checkpoint": result.checkpoint, "best_epoch": result.best_epoch,
+            "threshold": result.threshold, "interrupted": result.interrupted, "history": result.history}
+
+
+def render_train(result, json_: bool) -> None:
+    data = train_summary(result)
+    if json_:
+        return print_json(data)
+    if result.interrupted:
+        status(f"Interrupted: kept the best checkpoint so far (epoch {result.best_epoch}); continue with `yollava train {result.concept} --resume`.")
+        raise typer.Exit(130)
+    best = result.history[result.best_epoch - 1]["validation"] if result.best_epoch else None
+    out.print(
+        f"Trained <{result.concept}>: best epoch {result.best_epoch}, validation accuracy "
+        f"{best['weighted']:.2f}, threshold {result.threshold:.3f}.", markup=False, highlight=False,
+    )
+
+
 pool_app = typer.Typer(cls=YollavaGroup, help="Folders of everyday photos to mine negatives from.",
                        no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(pool_app, name="pool")
@@ -180,13 +238,15 @@ def add(
     replace: Annotated[bool, typer.Option("--replace", help="Start the concept afresh, dropping what it had.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse the whole add if any file is unusable.")] = False,
     no_train: Annotated[bool, typer.Option("--no-train", help="Only store the photos; do not mine or train.")] = False,
+    model: ModelOption = None,
     json_: JsonFlag = False,
 ):
-    """Add photos of a concept (creating it).
+    """Add photos of a concept (creating it), then mine its negatives and train it.
 
     Example: yollava add bo ~/Pictures/bo --kind pet
     """
-    result = concepts.add_concept(open_registry(), name, photos, kind=kind and kind.value, replace=replace, strict=strict)
+    registry = open_registry()
+    result = concepts.add_concept(registry, name, photos, kind=kind and kind.value, replace=replace, strict=strict)
     data = {
         "concept": result.concept,
         "kind": result.kind,
@@ -195,17 +255,55 @@ def add(
         "total_photos": result.total_photos,
         "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
     }
-    if json_:
-        return print_json(data)
     for path, reason in result.skipped:
-        err.print(f"skipped {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
+        status(f"skipped {path}: {reason}")
     verb = "Created" if result.created else "Updated"
-    out.print(
-        f"{verb} <{result.concept}> ({result.kind}): {result.new_photos} new photo(s), "
-        f"{result.total_photos} in all.",
-        markup=False,
-        highlight=False,
-    )
+    if not json_:
+        out.print(f"{verb} <{result.concept}> ({result.kind}): {result.new_photos} new photo(s), "
+                  f"{result.total_photos} in all.", markup=False, highlight=False)
+    if not no_train and (result.new_photos or registry.concept(result.concept)["status"] != "trained"):
+        trained = prepare(registry, result.concept, model)
+        data["trained"] = train_summary(trained)
+        if not json_:
+            render_train(trained, False)
+    if json_:
+        print_json(data)
+
+
+def prepare(registry: Registry, name: str, model: str | None, config=None, resume: bool = False):
+    """Mine (if the concept has no negatives yet) and train, with progress on stderr."""
+    from yollava_cli.backend import load_vlm
+    from yollava_cli.embeddings import load_embedder
+    from yollava_cli.training import TrainConfig, prepare_concept
+
+    config = config or TrainConfig()
+    with train_view(config.epochs) as view:
+        return prepare_concept(
+            registry, name, lambda: load_vlm(model, on_status=status), lambda: load_embedder(on_status=status),
+            config, resume, on_status=status, on_event=view,
+        )
+
+
+@app.command()
+def train(
+    name: str,
+    k: Annotated[int, typer.Option("--k", min=1, max=64, help="Latent tokens per concept.")] = 16,
+    epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping may end sooner).")] = 15,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (same flags).")] = False,
+    model: ModelOption = None,
+    json_: JsonFlag = False,
+):
+    """(Re)train a concept's tokens from its photos and mined negatives. Ctrl-C keeps the best so far.
+
+    Example: yollava train bo --epochs 15
+    """
+    from yollava_cli.training import TrainConfig
+
+    config = TrainConfig(k=k, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    render_train(prepare(open_registry(), name, model, config, resume), json_)
 
 
 @app.command("list")

@@ -98,3 +98,17 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     ]
     for sql in statements:
         db.execute(sql)
+
+
+@migration
+def m002_answers(db: sqlite_utils.Database) -> None:
+    # The base model's answers about a photo (attribute conversations, captions), keyed by
+    # photo, base-model fingerprint and prompt: generated once, reused by every retrain.
+    db.execute(
+        """CREATE TABLE answers (
+            sha256 TEXT NOT NULL,
+            model TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            answer TEXT NOT NULL,
+            PRIMARY KEY (sha256, model, prompt))"""
+    )

@@ -222,8 +222,8 @@ def gather_candidates(registry: Registry, concept: dict, pools: list[str] | None
     ))
     if len(others) < MIN_CONCEPT_POOL:
         raise UserError(
-            "no pool to mine negatives from: add a folder of everyday photos (your photo library is best) "
-            "with `yollava pool add NAME DIR`"
+            f"no pool to mine negatives for <{concept['name']}> from: add a folder of everyday photos (your photo "
+            f"library is best) with `yollava pool add NAME DIR`, then `yollava train {concept['name']}`"
         )
     if on_status:
         on_status(f"No pool registered: mining among your other concepts' {len(others)} photos")

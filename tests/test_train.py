@@ -1,0 +1,136 @@
+"""Training on a tiny random LLaVA: what may change, the data mix, resume, and base-model refusal."""
+
+import pytest
+import torch
+from PIL import Image
+
+from tiny import tiny_llava
+from yollava_cli.backend import VLM
+from yollava_cli.concepts import add_concept, describe_concept
+from yollava_cli.errors import UserError
+from yollava_cli.mining import Candidate, file_loader, store_negatives
+from yollava_cli.store import Registry
+from yollava_cli.synthesis import build_training_data, templates
+from yollava_cli.training import TrainConfig, calibrate, epoch_examples, recognition_metrics, split_data, train_concept
+
+FAST = TrainConfig(k=4, epochs=3, batch_size=8, positive_repeats=1, attributes_per_epoch=4)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A concept `bo` (3 reddish photos) with 12 negatives (bluish), in a fresh registry."""
+    registry = Registry(tmp_path / "home")
+    photos = tmp_path / "bo"
+    photos.mkdir()
+    for i in range(3):
+        Image.new("RGB", (48, 40), (200 + i * 20, 40, 30)).save(photos / f"{i}.png")
+    add_concept(registry, "bo", [photos], kind="pet")
+    negatives = tmp_path / "negatives"
+    negatives.mkdir()
+    picked = []
+    for i in range(12):
+        path = negatives / f"{i}.png"
+        Image.new("RGB", (48, 40), (20, 40 + i * 10, 200)).save(path)
+        import hashlib
+
+        candidate = Candidate(hashlib.sha256(path.read_bytes()).hexdigest(), str(path), file_loader(path))
+        picked.append((candidate, "hard" if i < 6 else "easy", 0.5))
+    store_negatives(registry, registry.concept("bo"), picked, "test")
+    return registry
+
+
+def tiny_vlm(seed=0):
+    return VLM(*tiny_llava(seed=seed), f"tiny-{seed}")
+
+
+def test_the_data_uses_the_papers_templates_and_the_stated_mix(registry):
+    vlm = tiny_vlm()
+    data = build_training_data(registry, vlm, registry.concept("bo"))
+    table = templates()["recognition"]
+    assert len(table["positive"]) == 30 and len(table["negative"]) == 30
+    assert table["positive"][0] == {"question": "Is {sks} in this photo?", "answer": "Yes, {sks} is in this photo."}
+    assert len(data.positives) == 3 and len(data.negatives) == 12
+    assert len(data.attributes) == 30  # 10 questions x 3 photos
+    assert all("<bo>" in q and "this subject" not in q.lower() for q, _ in data.attributes)
+    split = split_data(data, FAST)
+    assert len(split.val_negatives) == 4 and len(split.negatives) == 8  # 2 hard + 2 easy held out
+    assert not set(split.val_negatives) & {sha for sha, _ in split.negatives}
+    assert all("-crop" in key for key in split.val_positives)  # 3 photos: too few to hold one out
+    config = TrainConfig(positive_repeats=2, negative_ratio=2.0, attributes_per_epoch=12)
+    examples = epoch_examples("bo", split, 0, config)
+    labels = [e.label for e in examples]
+    assert labels.count("positive") == 12  # 3 photos x (original + mirror) x 2 repeats
+    assert labels.count("negative") == 8  # all 8 training negatives (fewer than 2 x 12)
+    assert labels.count("attribute") == 12
+    assert all(e.image is None for e in examples if e.label == "attribute")
+    assert sum(e.image.endswith("-flip") for e in examples if e.label == "positive") == 6
+    positives = {(t["question"].format(sks="<bo>"), t["answer"].format(sks="<bo>")) for t in table["positive"]}
+    assert all((e.question, e.answer) in positives for e in examples if e.label == "positive")
+    assert [e.question for e in epoch_examples("bo", split, 0, config)] == [e.question for e in examples]
+    assert [e.question for e in epoch_examples("bo", split, 1, config)] != [e.question for e in examples]
+
+
+def test_training_changes_only_the_concept_rows_and_records_a_checkpoint(registry):
+    vlm = tiny_vlm()
+    before = {k: v.clone() for k, v in vlm.model.state_dict().items()}
+    result = train_concept(registry, vlm, "bo", FAST)
+    after = vlm.model.state_dict()
+    changed = {k for k in after if k not in before or not torch.equal(before[k], after[k])}
+    assert changed == {"model.language_model.embed_tokens.tables.bo", "lm_head.rows.bo"}
+    assert len(result.history) == 3 and 1 <= result.best_epoch <= 3
+    info = describe_concept(registry, "bo")
+    assert info["status"] == "trained" and info["base_model"] == "tiny-0"
+    assert info["checkpoint"]["k"] == 4 and 0.0 < info["threshold"] < 1.0
+    assert (registry.root / info["checkpoint"]["file"]).exists()
+    assert not (registry.root / "checkpoints" / "bo" / "resume.safetensors").exists()
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(registry, tmp_path):
+    straight = train_concept(registry, tiny_vlm(), "bo", FAST)
+    reference = tiny_vlm()
+    reference.load_concept(registry.root / describe_concept(registry, "bo")["checkpoint"]["file"])
+
+    seen = []
+
+    def interrupt(kind, **info):
+        if kind == "step" and info["epoch"] == 1:
+            seen.append(info)
+            raise KeyboardInterrupt
+
+    stopped = train_concept(registry, tiny_vlm(), "bo", FAST, on_event=interrupt)
+    assert stopped.interrupted and len(stopped.history) == 1 and seen
+    assert (registry.root / "checkpoints" / "bo" / "resume.safetensors").exists()
+    resumed_vlm = tiny_vlm()
+    resumed = train_concept(registry, resumed_vlm, "bo", FAST, resume=True)
+    assert not resumed.interrupted
+    assert resumed.history == straight.history
+    assert resumed.best_epoch == straight.best_epoch and resumed.threshold == straight.threshold
+    # equal up to float32 rounding (~2e-9 seen): the restored AdamW state takes another code path
+    assert torch.allclose(resumed_vlm.embedding.tables["bo"], reference.embedding.tables["bo"], rtol=0, atol=1e-6)
+    assert torch.allclose(resumed_vlm.head.rows["bo"], reference.head.rows["bo"], rtol=0, atol=1e-6)
+    with pytest.raises(UserError, match="nothing to resume"):
+        train_concept(registry, tiny_vlm(), "bo", FAST, resume=True)
+
+
+def test_a_concept_trained_on_one_base_is_refused_by_another(registry):
+    train_concept(registry, tiny_vlm(seed=0), "bo", FAST)
+    checkpoint = registry.root / describe_concept(registry, "bo")["checkpoint"]["file"]
+    with pytest.raises(UserError, match="trained on base model 'tiny-0'"):
+        tiny_vlm(seed=1).load_concept(checkpoint)
+
+
+def test_no_negatives_is_a_clear_error(tmp_path):
+    registry = Registry(tmp_path / "home")
+    Image.new("RGB", (30, 30), "red").save(tmp_path / "a.png")
+    add_concept(registry, "solo", [tmp_path / "a.png"])
+    with pytest.raises(UserError, match="yollava mine solo"):
+        train_concept(registry, tiny_vlm(), "solo", FAST)
+
+
+def test_metrics_and_calibration_by_hand():
+    metrics = recognition_metrics([0.9, 0.6, 0.4], [0.1, 0.55, 0.3, 0.2])
+    assert metrics["positive"] == pytest.approx(2 / 3) and metrics["negative"] == pytest.approx(3 / 4)
+    assert metrics["weighted"] == pytest.approx((2 / 3 + 3 / 4) / 2)
+    threshold = calibrate(metrics)
+    assert 0.3 < threshold < 0.4  # between the best negative below and the weakest positive
+    assert recognition_metrics([0.9, 0.6, 0.4], [0.1, 0.55, 0.3, 0.2], threshold)["positive"] == 1.0

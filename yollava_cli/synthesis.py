@@ -1,0 +1,103 @@
+"""Training data for a concept (paper sec. 3.2-3.3, appendix F-G), built once and cached.
+
+Recognition: the concept's photos (and their mirror images) with the 30 positive question/answer
+templates, its negatives with the 30 negative ones. Attribute conversations: the base model
+answers 10 questions about each photo under a neutral name ("this subject", or "Riley" for
+people); the name is replaced by the identifier and the pair is trained *without* the photo, so
+the tokens themselves must carry the appearance.
+"""
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import cache
+from importlib import resources
+
+from PIL import Image
+
+from yollava_cli.backend import VLM, Prompt
+from yollava_cli.store import Registry
+
+ATTRIBUTE_MAX_TOKENS = 48  # short answers keep training sequences (and steps) short
+
+
+@cache
+def templates() -> dict:
+    return json.loads(resources.files("yollava_cli").joinpath("data/templates.json").read_text())
+
+
+def identifier(name: str) -> str:
+    return f"<{name}>"
+
+
+def recognition_pair(name: str, positive: bool, index: int) -> tuple[str, str]:
+    table = templates()["recognition"]["positive" if positive else "negative"]
+    pair = table[index % len(table)]
+    return pair["question"].format(sks=identifier(name)), pair["answer"].format(sks=identifier(name))
+
+
+def score_question(name: str) -> str:
+    """The recognition question scored by yes/no probability (template 1 starts with Yes / No)."""
+    return templates()["score_question"].format(sks=identifier(name))
+
+
+@dataclass
+class TrainingData:
+    positives: list[str]  # photo sha256s of the concept
+    negatives: list[tuple[str, str]]  # (sha256, hard|easy)
+    attributes: list[tuple[str, str]]  # (question, answer) with the identifier, no photo
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_training_data(registry: Registry, vlm: VLM, concept: dict,
+                        on_progress: Callable[[int, int], None] | None = None) -> TrainingData:
+    photos = registry.concept_photos(concept["id"])
+    negatives = [(r["sha256"], r["kind"]) for r in registry.db.query(
+        "SELECT sha256, kind FROM negatives WHERE concept_id = ? ORDER BY kind, score DESC", [concept["id"]]
+    )]
+    attributes = attribute_conversations(registry, vlm, concept, photos, on_progress)
+    return TrainingData([p["sha256"] for p in photos], negatives, attributes)
+
+
+def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos: list[dict],
+                            on_progress=None) -> list[tuple[str, str]]:
+    spec = templates()["attributes"]["person" if concept["kind"] == "person" else "other"]
+    neutral = spec["neutral_name"]
+    total = len(photos) * len(spec["questions"])
+    pairs, done = [], 0
+    for photo in photos:
+        image = None
+        for question in spec["questions"]:
+            answer = cached_answer(registry, vlm, photo["sha256"], question)
+            if answer is None:
+                image = image or Image.open(registry.root / photo["file"]).convert("RGB")
+                answer = vlm.generate(Prompt(question, [image], [photo["sha256"]]), max_new_tokens=ATTRIBUTE_MAX_TOKENS)
+                store_answer(registry, vlm, photo["sha256"], question, answer)
+            done += 1
+            if on_progress:
+                on_progress(done, total)
+            if answer:
+                pairs.append((rename(question, neutral, concept["name"]), rename(answer, neutral, concept["name"])))
+    return pairs
+
+
+def rename(text: str, neutral: str, name: str) -> str:
+    """'this subject' / 'Riley' (any case) becomes the identifier, as the paper does."""
+    return re.sub(re.escape(neutral), identifier(name), text, flags=re.IGNORECASE)
+
+
+def cached_answer(registry: Registry, vlm: VLM, sha: str, prompt: str) -> str | None:
+    row = registry.db.execute(
+        "SELECT answer FROM answers WHERE sha256 = ? AND model = ? AND prompt = ?", [sha, vlm.fingerprint, prompt]
+    ).fetchone()
+    return row[0] if row else None
+
+
+def store_answer(registry: Registry, vlm: VLM, sha: str, prompt: str, answer: str) -> None:
+    with registry.transaction() as db:
+        db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", [sha, vlm.fingerprint, prompt, answer])

@@ -1,0 +1,333 @@
+"""Learning a concept as soft tokens (paper sec. 3-4): only the concept's k+1 input rows and its
+identifier's output row change; the base model stays frozen.
+
+Each epoch is a seeded, balanced draw: every photo and its mirror image `positive_repeats` times,
+`negative_ratio` negatives per positive (half hard, half easy), and a sample of the attribute
+conversations. Checkpoints are selected on held-out data (negatives the run never trains on, and a
+held-out photo when there are at least 5, else unseen crops of the photos), scored with the yes/no
+probability, not on the training photos as the official code does. After each epoch the full
+state (rows, optimizer, history) is saved, so an interrupted run resumes to the same result.
+"""
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from yollava_cli.backend import VLM, Prompt
+from yollava_cli.concepts import get_concept
+from yollava_cli.errors import UserError
+from yollava_cli.fileio import atomic_write_bytes
+from yollava_cli.store import Registry, now
+from yollava_cli.synthesis import TrainingData, build_training_data, recognition_pair, score_question
+
+MIN_PHOTOS_TO_HOLD_OUT = 5
+
+
+@dataclass
+class TrainConfig:
+    k: int = 16
+    epochs: int = 15
+    lr: float = 1e-3
+    batch_size: int = 8
+    seed: int = 0
+    positive_repeats: int = 2  # each photo and its mirror image, this many times per epoch
+    negative_ratio: float = 2.0  # negatives per positive example in an epoch
+    attributes_per_epoch: int = 12
+    validation_fraction: float = 0.2  # of the negatives, held out for checkpoint selection
+    patience: int = 5  # stop after this many epochs without a better validation score
+    weight_decay: float = 0.01
+
+
+@dataclass
+class Example:
+    question: str
+    answer: str
+    image: str | None = None  # photo sha256, with "-flip" / "-crop<i>" for derived views
+    label: str = "attribute"  # positive | negative | attribute
+
+
+@dataclass
+class Split:
+    positives: list[str]
+    negatives: list[tuple[str, str]]
+    val_positives: list[str]
+    val_negatives: list[str]
+    attributes: list[tuple[str, str]]
+
+
+@dataclass
+class TrainResult:
+    concept: str
+    checkpoint: str
+    best_epoch: int
+    threshold: float
+    history: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def split_data(data: TrainingData, config: TrainConfig) -> Split:
+    rng = random.Random(f"split:{config.seed}")
+    val_negatives, train_negatives = [], []
+    for kind in ("hard", "easy"):
+        shas = [sha for sha, k in data.negatives if k == kind]
+        rng.shuffle(shas)
+        cut = max(2, round(len(shas) * config.validation_fraction)) if len(shas) >= 4 else 0
+        val_negatives += shas[:cut]
+        train_negatives += [(sha, kind) for sha in shas[cut:]]
+    positives = list(data.positives)
+    if len(positives) >= MIN_PHOTOS_TO_HOLD_OUT:
+        rng.shuffle(positives)
+        val_positives, positives = positives[:1], positives[1:]
+    else:  # too few photos to spare one: judge on crops of them that training never sees
+        val_positives = [f"{sha}-crop{i}" for sha in positives for i in range(2)]
+    return Split(positives, train_negatives, val_positives, val_negatives, data.attributes)
+
+
+def epoch_examples(name: str, split: Split, epoch: int, config: TrainConfig) -> list[Example]:
+    """The epoch's examples, drawn from (seed, epoch) alone: resuming replays the same epochs."""
+    rng = random.Random(f"epoch:{config.seed}:{epoch}")
+    examples = []
+    for _ in range(config.positive_repeats):
+        for sha in split.positives:
+            for view in (sha, f"{sha}-flip"):
+                examples.append(Example(*recognition_pair(name, True, rng.randrange(30)), view, "positive"))
+    wanted = min(len(split.negatives), round(len(examples) * config.negative_ratio))
+    by_kind = {kind: [s for s, k in split.negatives if k == kind] for kind in ("hard", "easy")}
+    hard = rng.sample(by_kind["hard"], min(len(by_kind["hard"]), wanted // 2 + wanted % 2))
+    easy = rng.sample(by_kind["easy"], min(len(by_kind["easy"]), wanted - len(hard)))
+    for sha in hard + easy:
+        examples.append(Example(*recognition_pair(name, False, rng.randrange(30)), sha, "negative"))
+    for question, answer in rng.sample(split.attributes, min(len(split.attributes), config.attributes_per_epoch)):
+        examples.append(Example(question, answer))
+    rng.shuffle(examples)
+    return examples
+
+
+class PhotoViews:
+    """Photos from the store and their derived views (mirror, crops), loaded lazily."""
+
+    def __init__(self, registry: Registry):
+        self.files = {r["sha256"]: registry.root / r["file"] for r in registry.db.query("SELECT sha256, file FROM photos")}
+
+    def __call__(self, key: str) -> Image.Image:
+        sha, _, view = key.partition("-")
+        image = Image.open(self.files[sha]).convert("RGB")
+        if view == "flip":
+            return ImageOps.mirror(image)
+        if view.startswith("crop"):
+            w, h = image.size
+            corner = int(view[4:]) % 2  # top-left or bottom-right 80% crop
+            return image.crop((0, 0, int(w * 0.8), int(h * 0.8)) if corner == 0 else (int(w * 0.2), int(h * 0.2), w, h))
+        return image
+
+
+class Trainer:
+    def __init__(self, registry: Registry, vlm: VLM, name: str, config: TrainConfig,
+                 on_event: Callable[..., None] | None = None):
+        self.registry, self.vlm, self.config = registry, vlm, config
+        self.concept = get_concept(registry, name)
+        self.name = self.concept["name"]
+        self.views = PhotoViews(registry)
+        self.on_event = on_event or (lambda kind, **info: None)
+        self.folder = registry.root / "checkpoints" / self.name
+
+    def encode(self, example: Example):
+        images = [self.views(example.image)] if example.image else []
+        keys = [example.image] if example.image else []
+        prompt = Prompt(example.question, images, keys, concepts=[self.name])
+        return self.vlm.encode(prompt, example.answer)
+
+    def probabilities(self, keys: list[str]) -> list[float]:
+        question = score_question(self.name)
+        out = []
+        for start in range(0, len(keys), 16):
+            chunk = keys[start : start + 16]
+            prompts = [Prompt(question, [self.views(k)], [k], [self.name]) for k in chunk]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.vlm.device.type == "cpu"):
+                out += self.vlm.yes_probabilities(prompts)
+        return out
+
+    def score(self, positives: list[str], negatives: list[str]) -> dict:
+        probs = self.probabilities(positives + negatives)
+        pos, neg = probs[: len(positives)], probs[len(positives) :]
+        return recognition_metrics(pos, neg)
+
+    def run(self, resume: bool = False) -> TrainResult:
+        data = build_training_data(self.registry, self.vlm, self.concept,
+                                   on_progress=lambda d, t: self.on_event("data", done=d, total=t))
+        if not data.negatives:
+            raise UserError(f"<{self.name}> has no negatives yet: run `yollava mine {self.name}` first (it needs a pool)")
+        split = split_data(data, self.config)
+        state = self.load_resume_state(data) if resume else None
+        if resume and state is None:
+            raise UserError(f"nothing to resume for <{self.name}>: train it without --resume")
+        start_epoch, history, best = 0, [], None
+        self.vlm.add_concept(self.name, self.config.k, seed=self.config.seed)
+        params = self.vlm.concept_parameters(self.name)
+        optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        if state:
+            start_epoch, history, best = self.restore(state, params, optimizer)
+        run_id = self.start_run(resume)
+        probe = split.positives[:3] + [sha for sha, _ in split.negatives[:9]]  # train accuracy, cheaply
+        try:
+            for epoch in range(start_epoch, self.config.epochs):
+                if best and epoch - best["epoch"] > self.config.patience:
+                    break
+                examples = epoch_examples(self.name, split, epoch, self.config)
+                steps = (len(examples) + self.config.batch_size - 1) // self.config.batch_size
+                losses = []
+                for step in range(steps):
+                    batch = [self.encode(e) for e in examples[step * self.config.batch_size : (step + 1) * self.config.batch_size]]
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.vlm.device.type == "cpu"):
+                        loss = self.vlm.loss(self.vlm.collate(batch))
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(loss.item())
+                    self.on_event("step", epoch=epoch, step=step + 1, steps=steps, loss=losses[-1])
+                validation = self.score(split.val_positives, split.val_negatives)
+                train = self.score(probe[:3], probe[3:])
+                history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses),
+                                "train_accuracy": train["weighted"], "validation": validation})
+                if best is None or selection_key(validation) > selection_key(best["validation"]):
+                    best = {"epoch": epoch + 1, "validation": validation, "threshold": calibrate(validation)}
+                    self.save_rows(self.folder / f"run{run_id}.safetensors", data, best)
+                self.save_resume_state(params, optimizer, history, best, data)
+                self.on_event("epoch", **history[-1])
+        except KeyboardInterrupt:
+            return self.finish(run_id, data, history, best, interrupted=True)
+        return self.finish(run_id, data, history, best, interrupted=False)
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def save_rows(self, path: Path, data: TrainingData, best: dict) -> None:
+        self.vlm.save_concept(self.name, path, {"config": asdict(self.config), "data_hash": data.hash,
+                                                "best": best, "kind": self.concept["kind"]})
+
+    def save_resume_state(self, params, optimizer, history, best, data) -> None:
+        tensors = {"input_rows": params[0].detach().clone(), "output_row": params[1].detach().clone()}
+        opt = optimizer.state_dict()
+        for index, values in opt["state"].items():
+            for key, value in values.items():
+                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).clone()
+        meta = {"config": asdict(self.config), "data_hash": data.hash, "history": history, "best": best,
+                "param_groups": opt["param_groups"], "fingerprint": self.vlm.fingerprint}
+        path = self.folder / "resume.safetensors"
+        tmp = path.with_name(".resume.partial")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"yollava": json.dumps(meta)})
+        atomic_write_bytes(path, tmp.read_bytes())
+        tmp.unlink()
+
+    def load_resume_state(self, data: TrainingData) -> dict | None:
+        path = self.folder / "resume.safetensors"
+        if not path.exists():
+            return None
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["yollava"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if meta["config"] != asdict(self.config) or meta["data_hash"] != data.hash or meta["fingerprint"] != self.vlm.fingerprint:
+            raise UserError(
+                f"the interrupted run of <{self.name}> used other settings, data or base model; "
+                "train without --resume (or with the same flags)"
+            )
+        return {"meta": meta, "tensors": tensors}
+
+    def restore(self, state, params, optimizer) -> tuple[int, list, dict]:
+        tensors, meta = state["tensors"], state["meta"]
+        with torch.no_grad():
+            params[0].copy_(tensors["input_rows"])
+            params[1].copy_(tensors["output_row"])
+        opt_state = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                opt_state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+        return len(meta["history"]), meta["history"], meta["best"]
+
+    # -- registry -----------------------------------------------------------------------
+
+    def start_run(self, resume: bool) -> int:
+        with self.registry.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (kind, concept_id, status, params, started_at) VALUES ('train', ?, 'running', ?, ?)",
+                [self.concept["id"], json.dumps({**asdict(self.config), "resume": resume}), now()],
+            )
+        return cursor.lastrowid
+
+    def finish(self, run_id: int, data: TrainingData, history: list, best: dict | None, interrupted: bool) -> TrainResult:
+        status = "interrupted" if interrupted else "done"
+        checkpoint = self.folder / f"run{run_id}.safetensors"
+        with self.registry.transaction() as db:
+            db.execute("UPDATE runs SET status = ?, results = ?, finished_at = ? WHERE id = ?",
+                       [status, json.dumps({"history": history, "best": best}), now(), run_id])
+            if best is not None:
+                metrics = {"best_epoch": best["epoch"], "validation": best["validation"], "epochs_run": len(history),
+                           "train_accuracy": history[best["epoch"] - 1]["train_accuracy"] if len(history) >= best["epoch"] else None}
+                db.execute("UPDATE checkpoints SET is_current = 0 WHERE concept_id = ?", [self.concept["id"]])
+                db.execute(
+                    "INSERT INTO checkpoints (concept_id, file, base_model, base_fingerprint, k, metrics, config, data_hash, is_current, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                    [self.concept["id"], str(checkpoint.relative_to(self.registry.root)), self.vlm.ref, self.vlm.fingerprint,
+                     self.config.k, json.dumps(metrics), json.dumps(asdict(self.config)), data.hash, now()],
+                )
+                db.execute(
+                    "UPDATE concepts SET status = 'trained', base_model = ?, base_fingerprint = ?, threshold = ?, metrics = ?, updated_at = ? WHERE id = ?",
+                    [self.vlm.ref, self.vlm.fingerprint, best["threshold"], json.dumps(metrics), now(), self.concept["id"]],
+                )
+        if not interrupted:
+            (self.folder / "resume.safetensors").unlink(missing_ok=True)
+        if best is not None:
+            self.vlm.load_concept(checkpoint)  # leave the best rows loaded, not the last ones
+        return TrainResult(self.name, str(checkpoint) if best else "", best["epoch"] if best else 0,
+                           best["threshold"] if best else 0.5, history, interrupted)
+
+
+def recognition_metrics(pos: list[float], neg: list[float], threshold: float = 0.5) -> dict:
+    """Positive, negative and weighted accuracy (their mean, as the paper reports), mean P(yes)."""
+    p = sum(x >= threshold for x in pos) / len(pos) if pos else 0.0
+    n = sum(x < threshold for x in neg) / len(neg) if neg else 0.0
+    return {"positive": p, "negative": n, "weighted": (p + n) / 2,
+            "mean_yes_positive": sum(pos) / len(pos) if pos else 0.0,
+            "mean_yes_negative": sum(neg) / len(neg) if neg else 0.0,
+            "probabilities": {"positive": [round(x, 4) for x in pos], "negative": [round(x, 4) for x in neg]}}
+
+
+def selection_key(metrics: dict) -> tuple[float, float]:
+    """Weighted accuracy first, then the gap between positives' and negatives' mean P(yes)."""
+    return (metrics["weighted"], metrics["mean_yes_positive"] - metrics["mean_yes_negative"])
+
+
+def calibrate(metrics: dict) -> float:
+    """The yes-probability cut that best separates held-out positives from negatives: a midpoint
+    between neighbouring scores (never glued to one photo's score), nearest 0.5 among equals."""
+    pos, neg = metrics["probabilities"]["positive"], metrics["probabilities"]["negative"]
+    cuts = sorted({0.0, 1.0, *pos, *neg})
+    candidates = [(a + b) / 2 for a, b in zip(cuts, cuts[1:])] or [0.5]
+    return max(candidates, key=lambda t: (recognition_metrics(pos, neg, t)["weighted"], -abs(t - 0.5)))
+
+
+def train_concept(registry: Registry, vlm: VLM, name: str, config: TrainConfig | None = None,
+                  resume: bool = False, on_event=None) -> TrainResult:
+    return Trainer(registry, vlm, name, config or TrainConfig(), on_event).run(resume)
+
+
+def prepare_concept(registry: Registry, name: str, load_vlm: Callable[[], VLM], load_embedder: Callable[[], object],
+                    config: TrainConfig | None = None, resume: bool = False, on_status=None, on_progress=None,
+                    on_event=None) -> TrainResult:
+    """Mine (when the concept has no negatives yet) and train: what `add` and `ask` run for a new concept."""
+    from yollava_cli.mining import mine
+
+    concept = get_concept(registry, name)
+    has_negatives = registry.db.execute("SELECT 1 FROM negatives WHERE concept_id = ? LIMIT 1", [concept["id"]]).fetchone()
+    if concept["status"] == "added" or not has_negatives:
+        mine(registry, name, load_embedder(), on_status=on_status, on_progress=on_progress)
+    return train_concept(registry, load_vlm(), name, config, resume, on_event)
