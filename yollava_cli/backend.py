@@ -278,6 +278,10 @@ class VLM:
 
     # -- answers ------------------------------------------------------------------------
 
+    def fast(self):
+        """bf16 autocast on CPU, for training steps and batch scoring (measured faster than fp32)."""
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.device.type == "cpu")
+
     def yes_probabilities(self, prompts: list[Prompt]) -> list[float]:
         """P(yes) from the next-token logits of yes vs no words: deterministic and calibrated."""
         yes, no = self._word_ids(YES_WORDS), self._word_ids(NO_WORDS)

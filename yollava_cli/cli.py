@@ -306,6 +306,172 @@ def train(
     render_train(prepare(open_registry(), name, model, config, resume), json_)
 
 
+class Generation:
+    """Shared generation flags."""
+
+    MaxTokens = Annotated[int, typer.Option("--max-tokens", min=1, help="Longest answer, in tokens.")]
+    Temperature = Annotated[float, typer.Option(min=0.0, help="0 = greedy (reproducible); higher = more varied.")]
+    Seed = Annotated[int, typer.Option(help="Sampling seed (with --temperature > 0).")]
+
+
+def session(names: list[str], question: str, model: Optional[str], no_train: bool):
+    """Open the registry and model and load the concepts a question needs."""
+    from yollava_cli.backend import load_vlm
+    from yollava_cli.chat import load_concepts, mentioned_concepts
+
+    registry = open_registry()
+    wanted = mentioned_concepts(question, names)
+    for name in wanted:
+        concepts.get_concept(registry, name)  # unknown names fail before the model loads
+    vlm = load_vlm(model, on_status=status)
+    train = None if no_train else (lambda name: prepare(registry, name, model))
+    load_concepts(registry, vlm, wanted, train)
+    return registry, vlm, wanted
+
+
+@app.command()
+def ask(
+    name_or_question: Annotated[list[str], typer.Argument(metavar="[NAME] QUESTION", help="Optional concept name, then the question.")],
+    image: Annotated[Optional[list[Path]], typer.Option("--image", help="A photo to ask about (repeatable).")] = None,
+    max_tokens: Generation.MaxTokens = 256,
+    temperature: Generation.Temperature = 0.0,
+    seed: Generation.Seed = 0,
+    no_train: Annotated[bool, typer.Option("--no-train", help="Refuse untrained concepts instead of training them first.")] = False,
+    model: ModelOption = None,
+    json_: JsonFlag = False,
+):
+    """Ask about your concepts, streaming the answer. Every <name> in the question is loaded.
+
+    \b
+    Examples:
+      yollava ask bo "what should I buy him for his birthday?"
+      yollava ask "is <bo> in this photo?" --image park.jpg
+    """
+    from yollava_cli.chat import GenerationOptions, ask as answer, open_images
+
+    if len(name_or_question) > 2:
+        raise UserError("quote the question: yollava ask [NAME] \"QUESTION\"")
+    *names, question = name_or_question
+    _, vlm, wanted = session(names, question, model, no_train)
+    images, keys = open_images(image or [])
+    stream = None if json_ else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    result = answer(vlm, wanted, question, images, keys, GenerationOptions(max_tokens, temperature, seed), stream)
+    if json_:
+        return print_json(result)
+    sys.stdout.write("\n")
+
+
+@app.command()
+def chat(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Concepts to load.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="A photo to talk about.")] = None,
+    max_tokens: Generation.MaxTokens = 256,
+    temperature: Generation.Temperature = 0.0,
+    seed: Generation.Seed = 0,
+    model: ModelOption = None,
+):
+    """An interactive chat. /image PATH, /concepts, /reset, /quit; Ctrl-C stops an answer, Ctrl-D exits.
+
+    Example: yollava chat bo mam --image park.jpg
+    """
+    from yollava_cli.chat import ChatSession, GenerationOptions
+
+    _, vlm, wanted = session(names or [], "", model, no_train=False)
+    chat_session = ChatSession(vlm, wanted, GenerationOptions(max_tokens, temperature, seed))
+    if image:
+        chat_session.set_image(image)
+    status(f"Chatting about {', '.join(f'<{n}>' for n in wanted) or 'nothing personal'} on {vlm.ref}. /quit or Ctrl-D to leave.")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            sys.stdout.write("\n")
+            return
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+            continue
+        if not line:
+            continue
+        if line.startswith("/"):
+            command, _, argument = line.partition(" ")
+            if command == "/quit":
+                return
+            if command == "/reset":
+                chat_session.reset()
+                status("History and photo cleared.")
+            elif command == "/concepts":
+                status(", ".join(f"<{n}>" for n in chat_session.concepts) or "(none)")
+            elif command == "/image" and argument:
+                try:
+                    chat_session.set_image(Path(argument.strip()).expanduser())
+                    status(f"Now talking about {argument.strip()}.")
+                except UserError as e:
+                    status(f"error: {e}")
+            else:
+                status("commands: /image PATH, /concepts, /reset, /quit")
+            continue
+        sys.stdout.write("yollava> ")
+        sys.stdout.flush()
+        try:
+            chat_session.say(line, lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+        except KeyboardInterrupt:
+            sys.stdout.write(" [stopped]")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+@app.command()
+def find(
+    name: str,
+    photos: Annotated[list[Path], typer.Argument(help="Photos and/or folders (searched recursively).")],
+    threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Match cut (default: calibrated at training).")] = None,
+    top: Annotated[Optional[int], typer.Option(min=1, help="Show only the best N.")] = None,
+    no_train: Annotated[bool, typer.Option("--no-train", help="Refuse an untrained concept instead of training it.")] = False,
+    model: ModelOption = None,
+    json_: JsonFlag = False,
+):
+    """Find a concept across photos: one line per photo with P(yes), best first.
+    Exit 0 if any photo matches, 1 if none (like grep).
+
+    Example: yollava find bo ~/Pictures/2024 --top 20
+    """
+    from yollava_cli.chat import find as search
+
+    registry, vlm, _ = session([name], "", model, no_train)
+    with progress_bar(f"Looking for <{concepts.parse_name(name)}>") as on_progress:
+        result = search(registry, vlm, name, photos, threshold, on_progress)
+    shown = result["results"][:top] if top else result["results"]
+    matched = any(r["match"] for r in result["results"])
+    for item in result["skipped"]:
+        status(f"skipped {item['path']}: {item['reason']}")
+    if json_:
+        print_json({**result, "results": shown})
+    else:
+        for r in shown:
+            sys.stdout.write(f"{r['probability']:.3f}\t{'match' if r['match'] else '-'}\t{r['path']}\n")
+    raise typer.Exit(0 if matched else 1)
+
+
+@app.command()
+def explain(
+    name: str,
+    max_tokens: Generation.MaxTokens = 40,
+    model: ModelOption = None,
+    json_: JsonFlag = False,
+):
+    """Ask the model what each of a concept's latent tokens describes (a window into what it learned).
+
+    Example: yollava explain bo
+    """
+    from yollava_cli.chat import GenerationOptions, explain as explain_tokens
+
+    _, vlm, wanted = session([name], "", model, no_train=True)
+    rows = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens))
+    if json_:
+        return print_json({"concept": wanted[0], "tokens": rows})
+    print_table(["token", "explanation"], [[r["token"], r["explanation"]] for r in rows])
+
+
 @app.command("list")
 def list_(json_: JsonFlag = False):
     """List your concepts.

@@ -44,7 +44,7 @@ def get_concept(registry: Registry, raw_name: str) -> dict:
     concept = registry.concept(name)
     if concept is None:
         names = [c["name"] for c in registry.concepts()]
-        close = difflib.get_close_matches(name, names, n=3)
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else (
             "; `yollava list` shows your concepts" if names else "; add one with `yollava add NAME PHOTOS...`"
         )

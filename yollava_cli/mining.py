@@ -200,6 +200,11 @@ def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str]
     matrix = np.stack([vectors[c.sha256] for c in candidates])
     duplicate_above = embedder.duplicate_above if duplicate_above is None else duplicate_above
     hard_rows, easy_rows, duplicate_rows = select_negatives(queries, matrix, hard, easy, seed, duplicate_above)
+    if not hard_rows and not easy_rows:
+        raise UserError(
+            f"all {len(candidates)} candidate photos look like <{concept['name']}> itself (similarity >= "
+            f"{duplicate_above}): use a pool of other photos, or a higher --duplicate-above"
+        )
     picked = [(candidates[r], "hard", s) for r, s in hard_rows]
     picked += [(candidates[r], "easy", float((queries @ matrix[r]).max())) for r in easy_rows]
     result = store_negatives(registry, concept, picked, embedder.id)

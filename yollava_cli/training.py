@@ -150,7 +150,7 @@ class Trainer:
         for start in range(0, len(keys), 16):
             chunk = keys[start : start + 16]
             prompts = [Prompt(question, [self.views(k)], [k], [self.name]) for k in chunk]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.vlm.device.type == "cpu"):
+            with self.vlm.fast():
                 out += self.vlm.yes_probabilities(prompts)
         return out
 
@@ -185,7 +185,7 @@ class Trainer:
                 losses = []
                 for step in range(steps):
                     batch = [self.encode(e) for e in examples[step * self.config.batch_size : (step + 1) * self.config.batch_size]]
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.vlm.device.type == "cpu"):
+                    with self.vlm.fast():
                         loss = self.vlm.loss(self.vlm.collate(batch))
                     optimizer.zero_grad()
                     loss.backward()

@@ -1,0 +1,136 @@
+"""ask, chat, find and explain through the real command line, on a tiny random LLaVA saved to disk."""
+
+import json
+import os
+import pty
+import select
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli, shared_data
+from tiny import tiny_llava
+from yollava_cli.backend import VLM
+from yollava_cli.chat import GenerationOptions, ask, mentioned_concepts, with_identifiers
+
+
+def test_concepts_come_from_the_name_and_the_question():
+    assert mentioned_concepts("is <bo> with <mam> here?", []) == ["bo", "mam"]
+    assert mentioned_concepts("what about <mam> and <bo>?", ["<bo>"]) == ["bo", "mam"]
+    assert mentioned_concepts("<image> and <bo_3>", []) == []
+    assert with_identifiers("what should I buy him?", ["bo"]) == "About <bo>: what should I buy him?"
+    assert with_identifiers("is <bo> here?", ["bo"]) == "is <bo> here?"
+
+
+def test_streaming_callback_receives_the_answer_in_order():
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.add_concept("bo", 4)
+    pieces = []
+    result = ask(vlm, ["bo"], "what should I buy him?", [], [], GenerationOptions(max_tokens=16), pieces.append)
+    assert len(pieces) > 1 and "".join(pieces).strip() == result["answer"]
+    assert result["timings"]["first_token_s"] <= result["timings"]["total_s"]
+    assert result["concepts"] == ["bo"] and result["timings"]["tokens"] > 0
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A data dir where <bo> is trained (1 epoch) on a tiny LLaVA saved as a local model folder."""
+    root = tmp_path_factory.mktemp("chat")
+    home, model_dir = root / "home", root / "model"
+    model, processor = tiny_llava()
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    data = shared_data()
+    shutil.copytree(data / "concepts" / "dog" / "train", root / "bo")
+    (root / "pool").mkdir()
+    for photo in sorted((data / "pool" / "imagenet-sample").glob("*.jpg"))[::40]:  # 25 varied photos
+        shutil.copy(photo, root / "pool")
+    for args in (["add", "bo", root / "bo", "--kind", "pet", "--no-train"],
+                 ["pool", "add", "blue", root / "pool"],
+                 ["train", "bo", "--model", model_dir, "--epochs", "1", "--k", "4"]):
+        result = run_cli(*args, home=home)
+        assert result.returncode == 0, result.stderr
+    return home, model_dir, root
+
+
+def test_ask_json_shape(trained):
+    home, model_dir, root = trained
+    result = run_cli("ask", "bo", "what should I buy him?", "--max-tokens", "8", "--model", model_dir, "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data) == {"answer", "concepts", "model", "timings"}
+    assert data["concepts"] == ["bo"] and data["model"] == str(model_dir)
+    assert set(data["timings"]) == {"first_token_s", "total_s", "tokens"}
+    streamed = run_cli("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "8",
+                       "--model", model_dir, home=home)
+    assert streamed.returncode == 0 and streamed.stdout.strip()
+
+
+def test_unknown_concept_lists_close_names(trained):
+    home, model_dir, _ = trained
+    result = run_cli("ask", "is <bp> here?", "--model", model_dir, home=home)
+    assert result.returncode == 1 and "unknown concept 'bp'; did you mean bo?" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_find_ranks_and_exits_like_grep(trained):
+    home, model_dir, root = trained
+    everything = run_cli("find", "bo", root / "bo", root / "pool", "--threshold", "0", "--model", model_dir, "--json", home=home)
+    assert everything.returncode == 0, everything.stderr
+    results = json.loads(everything.stdout)["results"]
+    assert len(results) == 28
+    assert [r["probability"] for r in results] == sorted((r["probability"] for r in results), reverse=True)
+    nothing = run_cli("find", "bo", root / "pool", "--threshold", "1", "--model", model_dir, home=home)
+    assert nothing.returncode == 1 and nothing.stdout.count("\t-\t") == 25
+    top = run_cli("find", "bo", root / "pool", "--top", "3", "--threshold", "0", "--model", model_dir, home=home)
+    assert top.returncode == 0 and len(top.stdout.strip().splitlines()) == 3
+
+
+def test_explain_lists_each_latent_token(trained):
+    home, model_dir, _ = trained
+    result = run_cli("explain", "bo", "--max-tokens", "4", "--model", model_dir, "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    assert [t["token"] for t in json.loads(result.stdout)["tokens"]] == [f"<bo_{i}>" for i in range(4)]
+
+
+def read_until(fd, marker: bytes, timeout: float = 60) -> bytes:
+    seen, deadline = b"", time.time() + timeout
+    while marker not in seen and time.time() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    return seen
+
+
+def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained):
+    home, model_dir, _ = trained
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "yollava_cli", "chat", "bo", "--model", str(model_dir), "--max-tokens", "400"],
+        stdin=secondary, stdout=secondary, stderr=secondary, env={**os.environ, "YOLLAVA_HOME": str(home)},
+        start_new_session=True,
+    )
+    os.close(secondary)
+    try:
+        assert b"you> " in read_until(primary, b"you> ")
+        os.write(primary, b"/concepts\n")
+        assert b"<bo>" in read_until(primary, b"you> ")
+        os.write(primary, b"tell me a long story about <bo>\n")
+        read_until(primary, b"yollava> ", timeout=30)
+        time.sleep(0.3)
+        os.killpg(proc.pid, 2)  # what Ctrl-C sends to the terminal's foreground process group
+        after = read_until(primary, b"you> ")
+        assert b"[stopped]" in after and b"you> " in after
+        os.write(primary, b"\x04")  # Ctrl-D
+        proc.wait(timeout=30)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
