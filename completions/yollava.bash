@@ -3,13 +3,14 @@ _yollava() {
   local cur="${COMP_WORDS[COMP_CWORD]}" cmdpath="" w words
   for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
     [[ "$w" == -* ]] && continue
-    case "$cmdpath${cmdpath:+ }$w" in "add"|"ask"|"chat"|"explain"|"find"|"list"|"mine"|"pool"|"pool add"|"pool list"|"pool rm"|"rm"|"show"|"train") cmdpath="$cmdpath${cmdpath:+ }$w" ;; esac
+    case "$cmdpath${cmdpath:+ }$w" in "add"|"ask"|"chat"|"eval"|"explain"|"find"|"list"|"mine"|"pool"|"pool add"|"pool list"|"pool rm"|"rm"|"show"|"train") cmdpath="$cmdpath${cmdpath:+ }$w" ;; esac
   done
   case "$cmdpath" in
-    "") words="add ask chat explain find list mine pool rm show train --help" ;;
+    "") words="add ask chat eval explain find list mine pool rm show train --help" ;;
     "add") words="--kind --replace --strict --no-train --model --json --help" ;;
     "ask") words="--image --max-tokens --temperature --seed --no-train --model --json --help" ;;
     "chat") words="--image --max-tokens --temperature --seed --model --help" ;;
+    "eval") words="--methods --subjects --pool --folds --epochs --report --history --model --json --help" ;;
     "explain") words="--max-tokens --model --json --help" ;;
     "find") words="--threshold --top --no-train --model --json --help" ;;
     "list") words="--json --help" ;;

@@ -83,8 +83,8 @@ class ConceptEmbedding(torch.nn.Module):
 
 
 class ConceptHead(torch.nn.Module):
-    """The frozen output head, widened to the tokenizer: identifiers get their own trainable row,
-    latent tokens and the image placeholder can never be generated."""
+    """The frozen output head, fitted to the tokenizer's size: identifiers get their own trainable
+    row; latent tokens, the image placeholder and padding rows can never be generated."""
 
     def __init__(self, base: torch.nn.Module, width: int, blocked: list[int]):
         super().__init__()
@@ -95,7 +95,7 @@ class ConceptHead(torch.nn.Module):
         self.identifier_ids: dict[str, int] = {}
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.base(hidden)
+        logits = self.base(hidden)[..., : self.width]  # rows past the tokenizer are padding, not tokens
         if logits.shape[-1] < self.width:
             logits = F.pad(logits, (0, self.width - logits.shape[-1]), value=float("-inf"))
         block = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
@@ -282,17 +282,27 @@ class VLM:
         """bf16 autocast on CPU, for training steps and batch scoring (measured faster than fp32)."""
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.device.type == "cpu")
 
+    def next_token_logits(self, prompts: list[Prompt]) -> torch.Tensor:
+        """(n, vocab) logits of the first answer token of each prompt, in one batch."""
+        encoded = [self.encode(p) for p in prompts]
+        with torch.no_grad():
+            logits = self.forward(self.collate(encoded)).float()
+        last = torch.tensor([len(e.input_ids) - 1 for e in encoded], device=logits.device)
+        return logits[torch.arange(len(encoded), device=logits.device), last]
+
     def yes_probabilities(self, prompts: list[Prompt]) -> list[float]:
         """P(yes) from the next-token logits of yes vs no words: deterministic and calibrated."""
+        final = self.next_token_logits(prompts)
         yes, no = self._word_ids(YES_WORDS), self._word_ids(NO_WORDS)
-        encoded = [self.encode(p) for p in prompts]
-        batch = self.collate(encoded)
-        with torch.no_grad():
-            logits = self.forward(batch).float()
-        last = torch.tensor([len(e.input_ids) - 1 for e in encoded], device=logits.device)
-        final = logits[torch.arange(len(encoded), device=logits.device), last]
         margin = torch.logsumexp(final[:, yes], -1) - torch.logsumexp(final[:, no], -1)
         return torch.sigmoid(margin).tolist()
+
+    def choose(self, prompts: list[Prompt], letters: list[str]) -> list[str]:
+        """Multiple choice scored from the option letters' next-token logits, not parsed text."""
+        final = self.next_token_logits(prompts)
+        ids = [self._word_ids((letter, f" {letter}")) for letter in letters]
+        scores = torch.stack([torch.logsumexp(final[:, i], -1) for i in ids], dim=1)
+        return [letters[i] for i in scores.argmax(1).tolist()]
 
     def _word_ids(self, words) -> list[int]:
         return sorted({self.tokenizer.encode(w, add_special_tokens=False)[0] for w in words})

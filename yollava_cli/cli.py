@@ -472,6 +472,60 @@ def explain(
     print_table(["token", "explanation"], [[r["token"], r["explanation"]] for r in rows])
 
 
+@app.command("eval")
+def eval_(
+    dataset: Annotated[Optional[Path], typer.Argument(help="A dataset folder laid out like shared/data/concepts.")] = None,
+    methods: Annotated[str, typer.Option(help="Comma-separated: yollava, vanilla, description, auto-description, embedding.")] = "yollava,vanilla,description,auto-description,embedding",
+    subjects: Annotated[Optional[str], typer.Option(help="Comma-separated subjects (default: all).")] = None,
+    pool: Annotated[Optional[list[Path]], typer.Option("--pool", help="Folder(s) of negatives to mine (default: other subjects' train photos).")] = None,
+    folds: Annotated[int, typer.Option(min=1, help="Leave-photos-out rotations per subject, for steadier figures.")] = 1,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per subject.")] = 15,
+    report: Annotated[Optional[Path], typer.Option(help="Write report.json, report.md and chart.png here.")] = None,
+    history: Annotated[bool, typer.Option("--history", help="List earlier eval runs instead.")] = False,
+    model: ModelOption = None,
+    json_: JsonFlag = False,
+):
+    """Measure personalization: recognition, multiple choice and captions, yollava vs prompting baselines.
+
+    \b
+    Examples:
+      yollava eval ../shared/data/concepts --pool ../shared/data/pool/imagenet-sample --report out/
+      yollava eval --history --json
+    """
+    from yollava_cli import evaluation
+
+    registry = open_registry()
+    if history:
+        rows = evaluation.history(registry)
+        if json_:
+            return print_json({"runs": rows})
+        return print_table(["id", "finished", "model", "dataset", "weighted recognition"],
+                           [[str(r["id"]), r["finished_at"], r["model"], r["dataset"],
+                             ", ".join(f"{m} {v:.3f}" for m, v in r["weighted"].items() if v is not None)] for r in rows])
+    if dataset is None:
+        raise UserError("name a dataset folder (or pass --history)")
+    from yollava_cli.backend import load_vlm
+    from yollava_cli.embeddings import load_embedder
+    from yollava_cli.training import TrainConfig
+
+    data = evaluation.load_dataset(dataset, subjects.split(",") if subjects else None)
+    vlm = load_vlm(model, on_status=status)
+    embedder = load_embedder(on_status=status)
+    with progress_bar("Evaluating subjects") as on_progress:
+        def on_event(kind, **info):
+            if kind == "subject":
+                on_progress(info["index"], info["total"])
+                status(f"<{info['subject']}> ({info['index'] + 1}/{info['total']}, fold {info['fold'] + 1}/{folds})")
+        result = evaluation.run_eval(data, vlm, embedder, data_dir() / "eval", methods.split(","), pool or [],
+                                     TrainConfig(epochs=epochs), folds, on_event)
+    result["run_id"] = evaluation.record_run(registry, result)
+    if report:
+        result["report_files"] = [str(p) for p in evaluation.write_report(result, report)]
+    if json_:
+        return print_json(result)
+    out.print(evaluation.markdown(result), markup=False, highlight=False)
+
+
 @app.command("list")
 def list_(json_: JsonFlag = False):
     """List your concepts.

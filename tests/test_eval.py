@@ -1,0 +1,104 @@
+"""eval: metric arithmetic by hand, dataset validation, and a small resumable run on a tiny model."""
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from conftest import shared_data
+from tiny import tiny_llava
+from yollava_cli.backend import VLM
+from yollava_cli.errors import UserError
+from yollava_cli.evaluation import auc, bootstrap_ci, load_dataset, run_eval, summarise, write_report
+from yollava_cli.training import TrainConfig, recognition_metrics
+
+SUBJECTS = ["dog", "cat", "backpack"]
+FAST = TrainConfig(k=2, epochs=1, positive_repeats=1, attributes_per_epoch=2)
+
+
+def test_metric_arithmetic_by_hand():
+    assert auc([0.9, 0.4], [0.5, 0.1]) == 0.75  # 3 of 4 pairs ordered right
+    assert auc([0.5], [0.5]) == 0.5  # a tie counts half
+    metrics = recognition_metrics([0.9, 0.4], [0.5, 0.1])
+    assert (metrics["positive"], metrics["negative"], metrics["weighted"]) == (0.5, 0.5, 0.5)  # 0.5 counts as yes
+    low, high = bootstrap_ci([0.2, 0.4, 0.6, 0.8])
+    assert low < 0.5 < high and 0.2 <= low and high <= 0.8
+    overall = summarise({"a": {"m": {"recognition": {"positive": 1.0, "negative": 0.5, "weighted": 0.75, "auc": 1.0,
+                                                     "weighted_at_threshold": 0.75}}},
+                         "b": {"m": {"recognition": {"positive": 0.0, "negative": 1.0, "weighted": 0.5, "auc": 0.5,
+                                                     "weighted_at_threshold": 0.5}}}}, ["m"])
+    assert overall["m"]["recognition"]["weighted"] == pytest.approx(0.625)
+    assert overall["m"]["recognition"]["auc"] == pytest.approx(0.75)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """Three shared subjects in the shared layout, with its QA files cut down to them."""
+    source = shared_data() / "concepts"
+    root = tmp_path / "dataset"
+    root.mkdir()
+    manifest = json.loads((source / "manifest.json").read_text())
+    for subject in SUBJECTS:
+        shutil.copytree(source / subject, root / subject)
+    (root / "manifest.json").write_text(json.dumps({s: manifest[s] for s in SUBJECTS}))
+    for name in ("descriptions.json", "text_qa.json"):
+        data = json.loads((source / name).read_text())
+        (root / name).write_text(json.dumps({k: v for k, v in data.items() if k.strip("<>") in SUBJECTS}))
+    visual = json.loads((source / "visual_qa.json").read_text())
+    (root / "visual_qa.json").write_text(json.dumps({k: v for k, v in visual.items() if v["subject"].strip("<>") in SUBJECTS}))
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for photo in sorted((shared_data() / "pool" / "imagenet-sample").glob("*.jpg"))[::40]:
+        shutil.copy(photo, pool)
+    return root, pool
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda root: (root / "text_qa.json").unlink(), "text_qa.json: missing"),
+    (lambda root: (root / "manifest.json").write_text("{not json"), "manifest.json: malformed JSON"),
+    (lambda root: (root / "descriptions.json").write_text(json.dumps({"<ghost>": "x"})), "unknown subject '<ghost>'"),
+    (lambda root: (root / "dog" / "test" / "04.jpg").unlink(), "does not exist"),
+])
+def test_dataset_problems_are_one_line_errors(dataset, breakage, message):
+    root, _ = dataset
+    breakage(root)
+    with pytest.raises(UserError, match=message) as error:
+        load_dataset(root)
+    assert "\n" not in str(error.value)
+
+
+def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
+    from yollava_cli.embeddings import load_embedder
+
+    root, pool = dataset
+    data = load_dataset(root)
+    embedder = load_embedder("efficientnet-lite0")
+    methods = ["yollava", "vanilla", "description", "auto-description", "embedding"]
+    seen = []
+
+    def stop_at_second_subject(kind, **info):
+        if kind == "subject" and info["index"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(data, VLM(*tiny_llava(), "tiny"), embedder, tmp_path / "eval", methods, [pool], FAST,
+                 on_event=stop_at_second_subject)
+    result = run_eval(data, VLM(*tiny_llava(), "tiny"), embedder, tmp_path / "eval", methods, [pool], FAST,
+                      on_event=lambda kind, **info: seen.append((kind, info.get("subject"))) )
+    evaluated = {subject for kind, subject in seen if kind == "method"}
+    assert evaluated == {"cat", "backpack"}  # dog finished before the interruption: not recomputed
+    assert set(result["methods"]) == set(methods) and set(result["subjects"]) == set(SUBJECTS)
+    for method in methods:
+        recognition = result["methods"][method]["recognition"]
+        assert set(recognition) >= {"positive", "negative", "weighted", "auc"}
+        assert recognition["weighted"] == pytest.approx((recognition["positive"] + recognition["negative"]) / 2)
+    assert "text_mcq" not in result["methods"]["embedding"]
+    assert result["methods"]["vanilla"]["text_mcq"]["n"] == 15
+    assert result["methods"]["yollava"]["visual_mcq"]["n"] == sum(len(data.subjects[s].test) for s in SUBJECTS)
+    forgetting = result["forgetting"]  # a random tiny model may well fail it; the count must be right
+    assert forgetting["compared"] == 6 and forgetting["passed"] == (forgetting["identical"] == 6)
+    files = write_report(result, tmp_path / "report")
+    assert json.loads(files[0].read_text())["model"] == "tiny"
+    assert "| yollava |" in files[1].read_text()
+    assert Image.open(files[2]).size[0] > 500

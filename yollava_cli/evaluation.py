@@ -1,0 +1,449 @@
+"""The paper's benchmark as one command: recognition, text-only and visual multiple choice, and
+caption recall, for the trained soft tokens and the prompting baselines side by side.
+
+Each dataset is evaluated in a registry of its own (under the data dir's eval/ folder), so
+subjects never mix with the user's concepts and trained subjects are reused by later runs.
+Finished subjects are written to a results file as they complete: an interrupted run resumes.
+"""
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from yollava_cli.backend import VLM, Prompt
+from yollava_cli.concepts import add_concept, parse_name
+from yollava_cli.errors import UserError
+from yollava_cli.fileio import atomic_write_bytes
+from yollava_cli.images import read_photo
+from yollava_cli.store import Registry, now
+from yollava_cli.synthesis import cached_answer, score_question, store_answer
+from yollava_cli.training import TrainConfig, calibrate, prepare_concept, recognition_metrics
+
+METHODS = ("yollava", "vanilla", "description", "auto-description", "embedding")
+PETS = {"dog", "cat"}
+CAPTION_PROMPT = "Describe this photo in one sentence."
+SUBJECT_PROMPT = "Describe the main subject of this photo in one sentence."
+FORGETTING_QUESTIONS = ("What is in this photo?", "What color is the main object?")
+CAPTION_TOKENS = 32
+
+
+@dataclass
+class Subject:
+    name: str
+    kind: str
+    train: list[Path]
+    test: list[Path]
+
+
+@dataclass
+class Dataset:
+    root: Path
+    subjects: dict[str, Subject]
+    descriptions: dict[str, str]
+    text_qa: dict[str, list[dict]]
+    visual_qa: dict[Path, dict]
+
+
+def read_json(path: Path):
+    if not path.exists():
+        raise UserError(f"{path}: missing; a dataset needs manifest.json, descriptions.json, text_qa.json and visual_qa.json")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path}: malformed JSON ({e})") from None
+
+
+def subject_key(raw: str, path: Path, known: dict) -> str:
+    name = raw.strip("<>")
+    if name not in known:
+        raise UserError(f"{path}: unknown subject {raw!r} (not in manifest.json)")
+    return name
+
+
+def load_dataset(root: Path, only: list[str] | None = None) -> Dataset:
+    """Read and check a dataset laid out like ../shared/data/concepts; one-line errors naming the file."""
+    if not root.is_dir():
+        raise UserError(f"{root}: not a dataset folder")
+    manifest_path = root / "manifest.json"
+    manifest = read_json(manifest_path)
+    if not isinstance(manifest, dict) or not manifest:
+        raise UserError(f"{manifest_path}: expected an object of subjects")
+    subjects = {}
+    for name, entry in manifest.items():
+        try:
+            parse_name(name)
+            train, test = [root / p for p in entry["train"]], [root / p for p in entry["test"]]
+            kind = "pet" if entry.get("class") in PETS else "object"
+        except (KeyError, TypeError, UserError) as e:
+            raise UserError(f"{manifest_path}: bad entry for subject {name!r} ({e})") from None
+        for photo in train + test:
+            if not photo.is_file():
+                raise UserError(f"{manifest_path}: subject {name!r} lists {photo}, which does not exist")
+        if not train or not test:
+            raise UserError(f"{manifest_path}: subject {name!r} needs train and test photos")
+        subjects[name] = Subject(name, kind, train, test)
+    descriptions = {subject_key(k, root / "descriptions.json", subjects): v for k, v in read_json(root / "descriptions.json").items()}
+    text_qa = {subject_key(k, root / "text_qa.json", subjects): v for k, v in read_json(root / "text_qa.json").items()}
+    visual_qa = {}
+    for photo, item in read_json(root / "visual_qa.json").items():
+        try:
+            subject_key(item["subject"], root / "visual_qa.json", subjects)
+            item["options"], item["correct_answer"], item["question"]
+        except (KeyError, TypeError):
+            raise UserError(f"{root / 'visual_qa.json'}: entry {photo!r} needs subject, question, options, correct_answer") from None
+        visual_qa[root / photo] = item
+    if only:
+        unknown = [s for s in only if s not in subjects]
+        if unknown:
+            raise UserError(f"unknown subject(s) {', '.join(unknown)}; the dataset has {', '.join(sorted(subjects))}")
+        subjects = {s: subjects[s] for s in only}
+    return Dataset(root, subjects, descriptions, text_qa, visual_qa)
+
+
+# -- metrics ----------------------------------------------------------------------------
+
+
+def auc(pos: list[float], neg: list[float]) -> float | None:
+    """Probability that a random positive outscores a random negative (ties count half)."""
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def bootstrap_ci(values: list[float], rounds: int = 1000, seed: int = 0) -> list[float] | None:
+    """95% interval of the mean, resampling subjects."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(rounds, len(values)), replace=True).mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def mcq_prompt(item: dict) -> str:
+    options = "\n".join(f"{letter}. {text}" for letter, text in sorted(item["options"].items()))
+    return f"{item['question']}\n{options}\nAnswer with the option's letter."
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+class Evaluation:
+    def __init__(self, dataset: Dataset, vlm: VLM, registry: Registry, embedder, methods: list[str],
+                 config: TrainConfig, on_event: Callable[..., None]):
+        self.dataset, self.vlm, self.registry, self.embedder = dataset, vlm, registry, embedder
+        self.methods, self.config, self.on_event = methods, config, on_event
+        self.images: dict[Path, tuple] = {}
+        self.auto_descriptions: dict[str, str] = {}
+
+    def photo(self, path: Path):
+        if path not in self.images:
+            photo = read_photo(path)
+            self.images[path] = (photo.image, photo.sha256)
+        return self.images[path]
+
+    def prompt(self, method: str, subject: str, question: str, photos: list[Path]) -> Prompt:
+        loaded = [self.photo(p) for p in photos]
+        prefix = {"description": self.dataset.descriptions.get(subject, ""),
+                  "auto-description": self.auto_description(subject) if method == "auto-description" else ""}.get(method, "")
+        text = f"{prefix}\n{question}" if prefix else question
+        return Prompt(text, [i for i, _ in loaded], [k for _, k in loaded], [subject] if method == "yollava" else [])
+
+    def auto_description(self, subject: str) -> str:
+        """The base model describes the train photos, then sums them up in one sentence (paper Table 27)."""
+        if subject not in self.auto_descriptions:
+            self.auto_descriptions[subject] = self.describe(subject)
+        return self.auto_descriptions[subject]
+
+    def describe(self, subject: str) -> str:
+        captions = []
+        for path in self.dataset.subjects[subject].train:
+            image, sha = self.photo(path)
+            answer = cached_answer(self.registry, self.vlm, sha, SUBJECT_PROMPT)
+            if answer is None:
+                answer = self.vlm.generate(Prompt(SUBJECT_PROMPT, [image], [sha]), max_new_tokens=CAPTION_TOKENS)
+                store_answer(self.registry, self.vlm, sha, SUBJECT_PROMPT, answer)
+            captions.append(answer)
+        joined = "\n".join(f"- {c}" for c in captions)
+        key = hashlib.sha256(joined.encode()).hexdigest()
+        summary = cached_answer(self.registry, self.vlm, key, "summary")
+        if summary is None:
+            summary = self.vlm.generate(Prompt(
+                f"These sentences describe photos of the same subject:\n{joined}\nDescribe the subject's appearance in one sentence."
+            ), max_new_tokens=CAPTION_TOKENS)
+            store_answer(self.registry, self.vlm, key, "summary", summary)
+        return f"<{subject}> is the subject of these photos: {summary}"
+
+    def train(self, subject: Subject) -> dict:
+        add_concept(self.registry, subject.name, subject.train, kind=subject.kind)
+        concept = self.registry.concept(subject.name)
+        if concept["status"] != "trained" or concept["base_fingerprint"] != self.vlm.fingerprint:
+            prepare_concept(self.registry, subject.name, lambda: self.vlm, lambda: self.embedder, self.config,
+                            on_event=lambda stage, **info: self.on_event("train", subject=subject.name, stage=stage, **info))
+            concept = self.registry.concept(subject.name)
+        if subject.name not in self.vlm.k:
+            row = self.registry.db.execute(
+                "SELECT file FROM checkpoints WHERE concept_id = ? AND is_current = 1", [concept["id"]]).fetchone()
+            self.vlm.load_concept(self.registry.root / row[0])
+        return concept
+
+    def scores(self, method: str, subject: str, photos: list[Path]) -> list[float]:
+        if method == "embedding":
+            return self.similarities(subject, photos)
+        out = []
+        for start in range(0, len(photos), 16):
+            prompts = [self.prompt(method, subject, score_question(subject), [p]) for p in photos[start : start + 16]]
+            with self.vlm.fast():
+                out += self.vlm.yes_probabilities(prompts)
+        return out
+
+    def similarities(self, subject: str, photos: list[Path]) -> list[float]:
+        train = self.embedder.embed([self.photo(p)[0] for p in self.dataset.subjects[subject].train])
+        tested = self.embedder.embed([self.photo(p)[0] for p in photos])
+        return (tested @ train.T).max(axis=1).tolist()
+
+    def embedding_threshold(self, subject: str, concept: dict) -> float:
+        """Calibrated on training data only: each train photo against the others (positives) and the
+        concept's mined negatives against the train photos."""
+        train = self.embedder.embed([self.photo(p)[0] for p in self.dataset.subjects[subject].train])
+        sims = train @ train.T
+        np.fill_diagonal(sims, -1)
+        pos = sims.max(axis=1).tolist()
+        files = [self.registry.root / r[0] for r in self.registry.db.execute(
+            "SELECT p.file FROM negatives n JOIN photos p USING (sha256) WHERE n.concept_id = ?", [concept["id"]])]
+        neg = (self.embedder.embed([read_photo(f).image for f in files]) @ train.T).max(axis=1).tolist() if files else []
+        return calibrate(recognition_metrics(pos, neg))
+
+    def evaluate_subject(self, subject: Subject) -> dict:
+        concept = self.train(subject)
+        others = [p for s in self.dataset.subjects.values() if s.name != subject.name for p in s.test]
+        results = {}
+        for method in self.methods:
+            self.on_event("method", subject=subject.name, method=method)
+            pos, neg = self.scores(method, subject.name, subject.test), self.scores(method, subject.name, others)
+            threshold = {"yollava": concept["threshold"], "embedding": self.embedding_threshold(subject.name, concept)}.get(method, 0.5)
+            at_half = recognition_metrics(pos, neg, 0.5 if method != "embedding" else threshold)
+            at_threshold = recognition_metrics(pos, neg, threshold)
+            entry = {"recognition": {"positive": at_half["positive"], "negative": at_half["negative"],
+                                     "weighted": at_half["weighted"], "auc": auc(pos, neg),
+                                     "threshold": threshold, "weighted_at_threshold": at_threshold["weighted"]}}
+            if method != "embedding":
+                entry.update(self.language_metrics(method, subject))
+            results[method] = entry
+        return results
+
+    def language_metrics(self, method: str, subject: Subject) -> dict:
+        text = self.dataset.text_qa.get(subject.name, [])
+        visual = [(p, item) for p, item in self.dataset.visual_qa.items() if item["subject"].strip("<>") == subject.name and p in subject.test]
+        text_right = visual_right = 0
+        if text:
+            chosen = self.vlm.choose([self.prompt(method, subject.name, mcq_prompt(q), []) for q in text], ["A", "B"])
+            text_right = sum(c == q["correct_answer"] for c, q in zip(chosen, text))
+        if visual:
+            chosen = self.vlm.choose([self.prompt(method, subject.name, mcq_prompt(q), [p]) for p, q in visual], ["A", "B"])
+            visual_right = sum(c == q["correct_answer"] for c, (_, q) in zip(chosen, visual))
+        captions = [self.vlm.generate(self.prompt(method, subject.name, CAPTION_PROMPT, [p]), max_new_tokens=CAPTION_TOKENS)
+                    for p in subject.test]
+        recalled = sum(f"<{subject.name}>" in c for c in captions)
+        return {"text_mcq": {"accuracy": text_right / len(text) if text else None, "n": len(text)},
+                "visual_mcq": {"accuracy": visual_right / len(visual) if visual else None, "n": len(visual)},
+                "caption_recall": {"recall": recalled / len(captions), "n": len(captions)}}
+
+    def forgetting_check(self) -> dict:
+        """With every concept loaded, generic answers must equal the bare base model's (appendix B)."""
+        photos = [s.test[0] for s in list(self.dataset.subjects.values())[:3]]
+        prompts = [self.prompt("vanilla", "", q, [p]) for p in photos for q in FORGETTING_QUESTIONS]
+        loaded = {name: (self.vlm.embedding.tables[name].detach().clone(), self.vlm.head.rows[name].detach().clone(), self.vlm.k[name])
+                  for name in list(self.vlm.k)}
+        with_concepts = [self.vlm.generate(p, max_new_tokens=CAPTION_TOKENS) for p in prompts]
+        for name in loaded:
+            self.vlm.remove_concept(name)
+        bare = [self.vlm.generate(p, max_new_tokens=CAPTION_TOKENS) for p in prompts]
+        for name, (rows, head, k) in loaded.items():
+            self.vlm.add_concept(name, k, rows, head)
+        same = sum(a == b for a, b in zip(with_concepts, bare))
+        return {"passed": same == len(prompts), "identical": same, "compared": len(prompts), "concepts_loaded": len(loaded)}
+
+
+def summarise(per_subject: dict[str, dict], methods: list[str]) -> dict:
+    overall = {}
+    for method in methods:
+        rows = [r[method] for r in per_subject.values() if method in r]
+        entry = {}
+        for group, fields in (("recognition", ("positive", "negative", "weighted", "auc", "weighted_at_threshold")),
+                              ("text_mcq", ("accuracy",)), ("visual_mcq", ("accuracy",)), ("caption_recall", ("recall",))):
+            present = [r[group] for r in rows if group in r]
+            if not present:
+                continue
+            entry[group] = {}
+            for name in fields:
+                values = [p[name] for p in present if p.get(name) is not None]
+                entry[group][name] = float(np.mean(values)) if values else None
+                entry[group][f"{name}_ci95"] = bootstrap_ci(values)
+            if "n" in present[0]:
+                entry[group]["n"] = sum(p["n"] for p in present)
+        overall[method] = entry
+    return overall
+
+
+def results_path(eval_root: Path, dataset: Dataset, model_fingerprint: str, methods: list[str], config: TrainConfig,
+                 pools: list[Path]) -> Path:
+    settings = json.dumps([str(dataset.root.resolve()), model_fingerprint, sorted(methods), vars(config),
+                           [str(p.resolve()) for p in pools]], sort_keys=True, default=str)
+    return eval_root / f"results-{hashlib.sha256(settings.encode()).hexdigest()[:16]}.json"
+
+
+def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: list[str], pools: list[Path],
+             config: TrainConfig | None = None, folds: int = 1, on_event: Callable[..., None] | None = None) -> dict:
+    """Evaluate every subject (resuming finished ones), then summarise with intervals."""
+    from yollava_cli.mining import add_pool
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    config = config or TrainConfig()
+    on_event = on_event or (lambda kind, **info: None)
+    start = time.perf_counter()
+    folded = []
+    for fold in range(folds):
+        fold_data = rotate(dataset, fold) if folds > 1 else dataset
+        registry = Registry(eval_root / f"fold{fold}")
+        for i, pool in enumerate(pools):
+            add_pool(registry, f"pool{i}", pool, embedder, lambda d, t: on_event("pool", done=d, total=t))
+        path = results_path(eval_root, fold_data, vlm.fingerprint, methods, config, pools).with_suffix(f".fold{fold}.json")
+        done = json.loads(path.read_text()) if path.exists() else {}
+        evaluation = Evaluation(fold_data, vlm, registry, embedder, methods, config, on_event)
+        for index, subject in enumerate(fold_data.subjects.values()):
+            on_event("subject", subject=subject.name, index=index, total=len(fold_data.subjects), fold=fold)
+            if subject.name not in done:
+                done[subject.name] = evaluation.evaluate_subject(subject)
+                atomic_write_bytes(path, json.dumps(done, indent=1).encode())
+            else:
+                evaluation.train(subject)  # loaded for the forgetting check
+        folded.append((done, evaluation.forgetting_check()))
+    per_subject = {name: merge_folds([f[0][name] for f in folded]) for name in dataset.subjects}
+    forgetting = {k: sum(f[1][k] for f in folded) for k in ("identical", "compared")}
+    forgetting["passed"] = all(f[1]["passed"] for f in folded)
+    return {"model": vlm.ref, "dataset": str(dataset.root), "methods": summarise(per_subject, methods),
+            "subjects": per_subject, "forgetting": forgetting, "folds": folds,
+            "negatives": f"pools {', '.join(map(str, pools))}" if pools else "other subjects' train photos",
+            "wall_s": round(time.perf_counter() - start, 1), "finished_at": now()}
+
+
+def rotate(dataset: Dataset, fold: int) -> Dataset:
+    """Leave-photos-out rotation: within each subject, a different slice of its photos is the test set."""
+    subjects = {}
+    for name, s in dataset.subjects.items():
+        photos = sorted(s.train + s.test)
+        k = len(s.test)
+        start = (fold * k) % len(photos)
+        test = [photos[(start + i) % len(photos)] for i in range(k)]
+        subjects[name] = Subject(name, s.kind, [p for p in photos if p not in test], test)
+    return Dataset(dataset.root, subjects, dataset.descriptions, dataset.text_qa, dataset.visual_qa)
+
+
+def merge_folds(results: list[dict]) -> dict:
+    """One subject's results over folds: counts add up, everything else is averaged."""
+    merged = {}
+    for method, groups in results[0].items():
+        merged[method] = {}
+        for group, values in groups.items():
+            merged[method][group] = {}
+            for key in values:
+                found = [r[method][group][key] for r in results if r[method][group][key] is not None]
+                merged[method][group][key] = sum(found) if key == "n" else (float(np.mean(found)) if found else None)
+    return merged
+
+
+def record_run(registry: Registry, result: dict) -> int:
+    """Keep the run in the user's registry, so cron jobs can track drift (`eval --history`)."""
+    with registry.transaction() as db:
+        cursor = db.execute(
+            "INSERT INTO runs (kind, status, params, results, started_at, finished_at) VALUES ('eval', 'done', ?, ?, ?, ?)",
+            [json.dumps({"model": result["model"], "dataset": result["dataset"], "folds": result["folds"]}),
+             json.dumps(result), result["finished_at"], result["finished_at"]],
+        )
+    return cursor.lastrowid
+
+
+def history(registry: Registry) -> list[dict]:
+    rows = registry.db.query("SELECT id, results, finished_at FROM runs WHERE kind = 'eval' ORDER BY id")
+    out = []
+    for row in rows:
+        result = json.loads(row["results"])
+        out.append({"id": row["id"], "finished_at": row["finished_at"], "model": result["model"],
+                    "dataset": result["dataset"], "wall_s": result.get("wall_s"),
+                    "weighted": {m: v.get("recognition", {}).get("weighted") for m, v in result["methods"].items()}})
+    return out
+
+
+def write_report(result: dict, folder: Path) -> list[Path]:
+    """report.json, report.md and chart.png (weighted recognition and MCQ accuracy per method)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "report.json", json.dumps(result, indent=2).encode())
+    atomic_write_bytes(folder / "report.md", markdown(result).encode())
+    chart(result, folder / "chart.png")
+    return [folder / "report.json", folder / "report.md", folder / "chart.png"]
+
+
+def fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# yollava eval: {result['dataset']}", "",
+             f"Model `{result['model']}`, {len(result['subjects'])} subjects, {result['folds']} fold(s), "
+             f"negatives from {result['negatives']}, {result['wall_s']} s.", "",
+             "| method | positive | negative | weighted (95% CI) | AUC | text MCQ | visual MCQ | caption recall |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for method, m in result["methods"].items():
+        r = m.get("recognition", {})
+        ci = r.get("weighted_ci95")
+        lines.append(f"| {method} | {fmt(r.get('positive'))} | {fmt(r.get('negative'))} | {fmt(r.get('weighted'))}"
+                     f"{f' ({ci[0]:.2f}-{ci[1]:.2f})' if ci else ''} | {fmt(r.get('auc'))} | "
+                     f"{fmt(m.get('text_mcq', {}).get('accuracy'))} | {fmt(m.get('visual_mcq', {}).get('accuracy'))} | "
+                     f"{fmt(m.get('caption_recall', {}).get('recall'))} |")
+    lines += ["", "## Weighted recognition per subject", "",
+              "| subject | " + " | ".join(result["methods"]) + " |", "| --- |" + " --- |" * len(result["methods"])]
+    for subject, methods in result["subjects"].items():
+        lines.append(f"| {subject} | " + " | ".join(fmt(methods.get(m, {}).get("recognition", {}).get("weighted")) for m in result["methods"]) + " |")
+    f = result["forgetting"]
+    lines += ["", f"Forgetting check: {'PASS' if f['passed'] else 'FAIL'} ({f['identical']}/{f['compared']} answers identical "
+              "to the bare base model with every concept loaded).", ""]
+    return "\n".join(lines)
+
+
+def chart(result: dict, path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    series = [("weighted recognition", "recognition", "weighted", (52, 101, 164)),
+              ("text MCQ", "text_mcq", "accuracy", (115, 210, 22)), ("visual MCQ", "visual_mcq", "accuracy", (245, 121, 0))]
+    methods = list(result["methods"])
+    width, height, left, bottom = 140 * len(methods) + 80, 360, 50, 60
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    plot = height - bottom - 40
+    for tick in range(0, 11, 2):
+        y = height - bottom - plot * tick / 10
+        draw.line([(left, y), (width - 10, y)], fill=(225, 225, 225))
+        draw.text((8, y - 6), f"{tick / 10:.1f}", fill="black")
+    for i, method in enumerate(methods):
+        x0 = left + 20 + i * 140
+        for j, (_, group, key, color) in enumerate(series):
+            value = result["methods"][method].get(group, {}).get(key)
+            if value is not None:
+                draw.rectangle([x0 + j * 36, height - bottom - plot * value, x0 + j * 36 + 30, height - bottom], fill=color)
+        draw.text((x0, height - bottom + 8), method, fill="black")
+    for j, (label, _, _, color) in enumerate(series):
+        draw.rectangle([left + j * 170, 10, left + j * 170 + 12, 22], fill=color)
+        draw.text((left + j * 170 + 18, 10), label, fill="black")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
