@@ -3,16 +3,19 @@ _yollava() {
   local cur="${COMP_WORDS[COMP_CWORD]}" cmdpath="" w words
   for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
     [[ "$w" == -* ]] && continue
-    case "$cmdpath${cmdpath:+ }$w" in "add"|"ask"|"chat"|"eval"|"explain"|"find"|"list"|"mine"|"pool"|"pool add"|"pool list"|"pool rm"|"rm"|"show"|"train") cmdpath="$cmdpath${cmdpath:+ }$w" ;; esac
+    case "$cmdpath${cmdpath:+ }$w" in "add"|"ask"|"chat"|"doctor"|"eval"|"explain"|"export"|"find"|"import"|"list"|"mine"|"pool"|"pool add"|"pool list"|"pool rm"|"rm"|"show"|"train") cmdpath="$cmdpath${cmdpath:+ }$w" ;; esac
   done
   case "$cmdpath" in
-    "") words="add ask chat eval explain find list mine pool rm show train --help" ;;
+    "") words="add ask chat doctor eval explain export find import list mine pool rm show train --help" ;;
     "add") words="--kind --replace --strict --no-train --model --json --help" ;;
     "ask") words="--image --max-tokens --temperature --seed --no-train --model --json --help" ;;
     "chat") words="--image --max-tokens --temperature --seed --model --help" ;;
+    "doctor") words="--fix --json --help" ;;
     "eval") words="--methods --subjects --pool --folds --epochs --report --history --model --json --help" ;;
     "explain") words="--max-tokens --model --json --help" ;;
+    "export") words="--with-photos --json --help" ;;
     "find") words="--threshold --top --no-train --model --json --help" ;;
+    "import") words="--as --skip-model-check --model --json --help" ;;
     "list") words="--json --help" ;;
     "mine") words="--pool --hard --easy --seed --duplicate-above --embedder --json --help" ;;
     "pool") words="--help add list rm" ;;

@@ -3,9 +3,12 @@ complete -c yollava -f
 complete -c yollava -n "__fish_use_subcommand" -a add -d "Add photos of a concept (creating it), then mine its negatives and train it."
 complete -c yollava -n "__fish_use_subcommand" -a ask -d "Ask about your concepts, streaming the answer. Every <name> in the question is loaded."
 complete -c yollava -n "__fish_use_subcommand" -a chat -d "An interactive chat. /image PATH, /concepts, /reset, /quit; Ctrl-C stops an answer, Ctrl-D exits."
+complete -c yollava -n "__fish_use_subcommand" -a doctor -d "Check the registry against its files (missing, orphan, damaged; stale runs). Exit 1 if problems remain."
 complete -c yollava -n "__fish_use_subcommand" -a eval -d "Measure personalization: recognition, multiple choice and captions, yollava vs prompting baselines."
 complete -c yollava -n "__fish_use_subcommand" -a explain -d "Ask the model what each of a concept's latent tokens describes (a window into what it learned)."
+complete -c yollava -n "__fish_use_subcommand" -a export -d "Write a trained concept to one portable bundle file (zip of safetensors + JSON)."
 complete -c yollava -n "__fish_use_subcommand" -a find -d "Find a concept across photos: one line per photo with P(yes), best first."
+complete -c yollava -n "__fish_use_subcommand" -a import -d "Add a concept from a bundle, after verifying it (checksums, shapes, values, base model)."
 complete -c yollava -n "__fish_use_subcommand" -a list -d "List your concepts."
 complete -c yollava -n "__fish_use_subcommand" -a mine -d "Choose a concept's negatives: hard (look-alikes) and easy (random) photos from your pools."
 complete -c yollava -n "__fish_use_subcommand" -a pool -d "Folders of everyday photos to mine negatives from."
@@ -33,6 +36,9 @@ complete -c yollava -n "__fish_seen_subcommand_from chat" -l max-tokens -r -d "L
 complete -c yollava -n "__fish_seen_subcommand_from chat" -l temperature -r -d "0 = greedy (reproducible); higher = more varied."
 complete -c yollava -n "__fish_seen_subcommand_from chat" -l seed -r -d "Sampling seed (with --temperature > 0)."
 complete -c yollava -n "__fish_seen_subcommand_from chat" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
+complete -c yollava -n "__fish_seen_subcommand_from doctor" -F  # doctor: files
+complete -c yollava -n "__fish_seen_subcommand_from doctor" -l fix -d "Repair what is safe to repair."
+complete -c yollava -n "__fish_seen_subcommand_from doctor" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -F  # eval: files
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l methods -r -d "Comma-separated: yollava, vanilla, description, auto-description, embedding."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l subjects -r -d "Comma-separated subjects (default: all)."
@@ -47,12 +53,20 @@ complete -c yollava -n "__fish_seen_subcommand_from explain" -F  # explain: file
 complete -c yollava -n "__fish_seen_subcommand_from explain" -l max-tokens -r -d "Longest answer, in tokens."
 complete -c yollava -n "__fish_seen_subcommand_from explain" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
 complete -c yollava -n "__fish_seen_subcommand_from explain" -l json -d "Print one JSON document on stdout, nothing else."
+complete -c yollava -n "__fish_seen_subcommand_from export" -F  # export: files
+complete -c yollava -n "__fish_seen_subcommand_from export" -l with-photos -d "Include the training photos."
+complete -c yollava -n "__fish_seen_subcommand_from export" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from find" -F  # find: files
 complete -c yollava -n "__fish_seen_subcommand_from find" -l threshold -r -d "Match cut (default: calibrated at training)."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l top -r -d "Show only the best N."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l no-train -d "Refuse an untrained concept instead of training it."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l json -d "Print one JSON document on stdout, nothing else."
+complete -c yollava -n "__fish_seen_subcommand_from import" -F  # import: files
+complete -c yollava -n "__fish_seen_subcommand_from import" -l as -r -d "Import under another name."
+complete -c yollava -n "__fish_seen_subcommand_from import" -l skip-model-check -d "Do not load the base model to compare fingerprints now (it is still checked at use)."
+complete -c yollava -n "__fish_seen_subcommand_from import" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
+complete -c yollava -n "__fish_seen_subcommand_from import" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from list" -F  # list: files
 complete -c yollava -n "__fish_seen_subcommand_from list" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from mine" -F  # mine: files

@@ -4,6 +4,7 @@ Exit codes: 0 ok, 1 user error (one line on stderr), 2 usage error, 130 interrup
 """
 
 import json
+import sqlite3
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,11 @@ class YollavaGroup(TyperGroup):
             return super().invoke(ctx)
         except UserError as e:
             err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except (OSError, sqlite3.Error) as e:  # disk full, read-only or vanished files: say so in one line
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            err.print(f"error: {getattr(e, 'strerror', None) or e}{where} (is the disk full or the data dir read-only?)",
+                      markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted", markup=False, highlight=False)
@@ -210,6 +216,7 @@ def mine(
     """
     from yollava_cli.embeddings import load_embedder
 
+    concepts.get_concept(open_registry(), name)  # an unknown name fails before the embedder loads
     model = load_embedder(embedder, on_status=status)
     with progress_bar(f"Embedding photos ({model.id})") as on_progress:
         result = mining.mine(open_registry(), name, model, pool, hard, easy, seed, duplicate_above,
@@ -352,8 +359,8 @@ def ask(
     if len(name_or_question) > 2:
         raise UserError("quote the question: yollava ask [NAME] \"QUESTION\"")
     *names, question = name_or_question
+    images, keys = open_images(image or [])  # bad photos fail before the model loads
     _, vlm, wanted = session(names, question, model, no_train)
-    images, keys = open_images(image or [])
     stream = None if json_ else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
     result = answer(vlm, wanted, question, images, keys, GenerationOptions(max_tokens, temperature, seed), stream)
     if json_:
@@ -436,7 +443,9 @@ def find(
     Example: yollava find bo ~/Pictures/2024 --top 20
     """
     from yollava_cli.chat import find as search
+    from yollava_cli.images import expand_photo_paths
 
+    expand_photo_paths(photos)  # missing paths fail before the model loads
     registry, vlm, _ = session([name], "", model, no_train)
     with progress_bar(f"Looking for <{concepts.parse_name(name)}>") as on_progress:
         result = search(registry, vlm, name, photos, threshold, on_progress)
@@ -524,6 +533,72 @@ def eval_(
     if json_:
         return print_json(result)
     out.print(evaluation.markdown(result), markup=False, highlight=False)
+
+
+@app.command("export")
+def export(
+    name: str,
+    file: Path,
+    with_photos: Annotated[bool, typer.Option("--with-photos", help="Include the training photos.")] = False,
+    json_: JsonFlag = False,
+):
+    """Write a trained concept to one portable bundle file (zip of safetensors + JSON).
+
+    Example: yollava export bo bo.yollava
+    """
+    from yollava_cli.bundles import export_concept
+
+    result = export_concept(open_registry(), name, file, with_photos)
+    if json_:
+        return print_json(result)
+    out.print(f"Wrote <{result['concept']}> to {result['file']} ({result['bytes']} bytes, {result['photos']} photos).", markup=False, highlight=False)
+
+
+@app.command("import")
+def import_(
+    file: Path,
+    as_: Annotated[Optional[str], typer.Option("--as", help="Import under another name.")] = None,
+    skip_model_check: Annotated[bool, typer.Option("--skip-model-check", help="Do not load the base model to compare fingerprints now (it is still checked at use).")] = False,
+    model: ModelOption = None,
+    json_: JsonFlag = False,
+):
+    """Add a concept from a bundle, after verifying it (checksums, shapes, values, base model).
+
+    Example: yollava import bo.yollava --as bo2
+    """
+    from yollava_cli.bundles import check_bundle, import_concept
+
+    manifest = check_bundle(file)[0]
+    fingerprint = None
+    if not skip_model_check:
+        from yollava_cli.backend import load_vlm
+
+        fingerprint = load_vlm(model or manifest["base_model"], on_status=status).fingerprint
+    result = import_concept(open_registry(), file, as_, fingerprint)
+    if json_:
+        return print_json(result)
+    out.print(f"Imported <{result['concept']}> (trained on {result['base_model']}, k={result['k']}, {result['photos']} photos).", markup=False, highlight=False)
+
+
+@app.command()
+def doctor(
+    fix: Annotated[bool, typer.Option("--fix", help="Repair what is safe to repair.")] = False,
+    json_: JsonFlag = False,
+):
+    """Check the registry against its files (missing, orphan, damaged; stale runs). Exit 1 if problems remain.
+
+    Example: yollava doctor --fix
+    """
+    from yollava_cli.doctor import examine, summary_line
+
+    report = examine(open_registry(), fix)
+    if json_:
+        print_json(report)
+    else:
+        for item in report["problems"]:
+            status(f"{'fixed: ' if item['fixed'] else ''}{item['kind']}: {item['detail']}")
+        out.print(summary_line(report), markup=False, highlight=False)
+    raise typer.Exit(0 if report["ok"] else 1)
 
 
 @app.command("list")

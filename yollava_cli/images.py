@@ -55,6 +55,10 @@ def expand_photo_paths(inputs: list[Path]) -> list[Path]:
 def read_photo(path: Path, max_side: int = STORE_MAX_SIDE) -> Photo:
     """Decode and normalise one photo, or raise BadPhoto with the reason."""
     try:
+        if not path.exists():
+            raise BadPhoto("no such file")
+        if not path.is_file():  # a FIFO or device would block or never end
+            raise BadPhoto("not a regular file")
         if path.stat().st_size > MAX_FILE_BYTES:
             raise BadPhoto(f"file is over {MAX_FILE_BYTES // 2**20} MB")
         data = path.read_bytes()

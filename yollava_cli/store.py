@@ -6,6 +6,8 @@ rows that point at them, so a crash leaves at worst an unreferenced file, never 
 points at nothing.
 """
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,6 +82,25 @@ class Registry:
                 if fn.__name__ not in applied:
                     fn(db)
                     db.execute("INSERT INTO _migrations VALUES (?, ?)", [fn.__name__, now()])
+
+    @contextmanager
+    def lock(self, name: str, doing: str) -> Iterator[None]:
+        """An exclusive per-name lock for long work (training a concept). It is an flock, which the
+        OS releases when its process dies, so a killed run never leaves a stale lock behind."""
+        path = self.root / "locks" / f"{name}.lock"
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise UserError(f"another yollava process (pid {holder}) is {doing}; wait for it to finish") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
 
     @property
     def schema_version(self) -> int:

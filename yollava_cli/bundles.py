@@ -1,0 +1,170 @@
+"""Portable concept bundles: one zip with the token rows (safetensors) and a JSON manifest,
+optionally the training photos. Import trusts nothing in the file: members are read by fixed
+names only (never used as paths), sizes are capped, checksums, shapes, dtypes and finiteness are
+verified, and no pickle is ever loaded."""
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from yollava_cli.concepts import get_concept, parse_name
+from yollava_cli.errors import UserError
+from yollava_cli.fileio import atomic_write_bytes
+from yollava_cli.images import BadPhoto, decode, jpeg_bytes
+from yollava_cli.store import Registry, now
+
+FORMAT = "yollava-concept-bundle/1"
+MAX_BUNDLE_BYTES = 256 * 2**20
+MAX_MEMBER_BYTES = 64 * 2**20
+MAX_PHOTOS = 200
+TENSORS, MANIFEST = "concept.safetensors", "manifest.json"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: bool = False) -> dict:
+    concept = get_concept(registry, raw_name)
+    row = registry.db.execute(
+        "SELECT * FROM checkpoints WHERE concept_id = ? AND is_current = 1", [concept["id"]]
+    ).fetchone()
+    if row is None:
+        raise UserError(f"<{concept['name']}> is not trained yet: nothing to export (run `yollava train {concept['name']}`)")
+    tensors = (registry.root / row["file"]).read_bytes()
+    photos = {}
+    if with_photos:
+        for photo in registry.concept_photos(concept["id"]):
+            photos[f"photos/{photo['sha256']}.jpg"] = (registry.root / photo["file"]).read_bytes()
+    manifest = {
+        "format": FORMAT, "name": concept["name"], "kind": concept["kind"], "k": row["k"],
+        "base_model": row["base_model"], "base_fingerprint": row["base_fingerprint"],
+        "threshold": concept["threshold"], "metrics": json.loads(row["metrics"] or "null"),
+        "config": json.loads(row["config"] or "null"), "data_hash": row["data_hash"], "exported_at": now(),
+        "checksums": {TENSORS: sha256(tensors), **{name: sha256(data) for name, data in photos.items()}},
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr(MANIFEST, json.dumps(manifest, indent=2))
+        bundle.writestr(TENSORS, tensors)
+        for name, data in photos.items():
+            bundle.writestr(name, data)
+    atomic_write_bytes(path, buffer.getvalue())
+    return {"concept": concept["name"], "file": str(path), "bytes": len(buffer.getvalue()), "photos": len(photos)}
+
+
+def read_member(bundle: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    try:
+        info = bundle.getinfo(name)
+    except KeyError:
+        raise UserError(f"{path}: not a yollava bundle (no {name})") from None
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise UserError(f"{path}: {name} is {info.file_size} bytes, over the {MAX_MEMBER_BYTES // 2**20} MB limit")
+    return bundle.read(name)
+
+
+def check_bundle(path: Path) -> tuple[dict, bytes, dict[str, bytes], dict[str, torch.Tensor]]:
+    """Everything import needs, verified; a one-line error naming the problem otherwise."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    if path.stat().st_size > MAX_BUNDLE_BYTES:
+        raise UserError(f"{path}: over the {MAX_BUNDLE_BYTES // 2**20} MB bundle limit")
+    try:
+        bundle = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UserError(f"{path}: not a yollava bundle ({e})") from None
+    with bundle:
+        names = bundle.namelist()
+        photo_names = [n for n in names if n.startswith("photos/")]
+        unexpected = [n for n in names if n not in (MANIFEST, TENSORS) and n not in photo_names]
+        if unexpected or len(photo_names) > MAX_PHOTOS:
+            raise UserError(f"{path}: unexpected content in the bundle ({(unexpected or photo_names)[0]!r}); refusing it")
+        try:
+            manifest = json.loads(read_member(bundle, MANIFEST, path))
+        except ValueError:
+            raise UserError(f"{path}: manifest.json is not valid JSON") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise UserError(f"{path}: not a {FORMAT} bundle")
+        tensors_bytes = read_member(bundle, TENSORS, path)
+        photos = {n: read_member(bundle, n, path) for n in photo_names}
+    checksums = manifest.get("checksums") or {}
+    for name, data in {TENSORS: tensors_bytes, **photos}.items():
+        if checksums.get(name) != sha256(data):
+            raise UserError(f"{path}: checksum mismatch for {name}: the bundle was altered or damaged")
+    try:
+        tensors = load_safetensors(tensors_bytes)
+        k, fingerprint = int(manifest["k"]), str(manifest["base_fingerprint"])
+        parse_name(manifest["name"])
+    except (SafetensorError, KeyError, TypeError, ValueError, UserError) as e:
+        raise UserError(f"{path}: malformed bundle ({e})") from None
+    rows, head = tensors.get("input_rows"), tensors.get("output_row")
+    if rows is None or head is None or set(tensors) != {"input_rows", "output_row"}:
+        raise UserError(f"{path}: the tensors are not a concept's token rows")
+    if rows.dtype != torch.float32 or head.dtype != torch.float32:
+        raise UserError(f"{path}: token rows must be float32, got {rows.dtype} / {head.dtype}")
+    if rows.ndim != 2 or rows.shape[0] != k + 1 or head.shape != (rows.shape[1],):
+        raise UserError(f"{path}: token rows have shapes {tuple(rows.shape)} / {tuple(head.shape)}, expected ({k + 1}, H) / (H,)")
+    if not (torch.isfinite(rows).all() and torch.isfinite(head).all()):
+        raise UserError(f"{path}: token rows hold NaN or infinite values")
+    if not fingerprint.count(":") == 2:
+        raise UserError(f"{path}: malformed base-model fingerprint {fingerprint!r}")
+    return manifest, tensors_bytes, photos, tensors
+
+
+def import_concept(registry: Registry, path: Path, new_name: str | None = None, base_fingerprint: str | None = None) -> dict:
+    """Add the bundle's concept as trained (under `new_name` if given); `base_fingerprint`, when
+    known, must match the bundle's."""
+    manifest, tensors_bytes, photos, rows = check_bundle(path)
+    name = parse_name(new_name or manifest["name"])
+    if base_fingerprint is not None and base_fingerprint != manifest["base_fingerprint"]:
+        raise UserError(
+            f"{path}: <{manifest['name']}> was trained on {manifest['base_model']!r} ({manifest['base_fingerprint']}), "
+            f"not on this base model ({base_fingerprint}); use --model {manifest['base_model']}"
+        )
+    if registry.concept(name):
+        raise UserError(f"concept {name!r} exists already; import with --as NEWNAME or `yollava rm {name}` first")
+    decoded = []
+    for member, data in photos.items():
+        try:
+            image = decode(data, 1024)
+        except BadPhoto as e:
+            raise UserError(f"{path}: {member} is not a usable photo ({e})") from None
+        decoded.append((sha256(data), jpeg_bytes(image), image.size))
+    checkpoint = registry.root / "checkpoints" / name / f"imported-{sha256(tensors_bytes)[:12]}.safetensors"
+    meta = {"name": name, "k": manifest["k"], "base_model": manifest["base_model"],
+            "base_fingerprint": manifest["base_fingerprint"], "imported_from": path.name}
+    atomic_write_bytes(checkpoint, save_safetensors(rows, metadata={"yollava": json.dumps(meta)}))
+    try:
+        record_import(registry, name, manifest, decoded, checkpoint, path)
+    except BaseException:
+        checkpoint.unlink(missing_ok=True)  # the registry never saw it
+        raise
+    return {"concept": name, "base_model": manifest["base_model"], "k": manifest["k"], "photos": len(decoded)}
+
+
+def record_import(registry: Registry, name: str, manifest: dict, decoded: list, checkpoint: Path, path: Path) -> None:
+    with registry.transaction() as db:
+        stamp = now()
+        db.execute(
+            "INSERT INTO concepts (name, kind, status, base_model, base_fingerprint, threshold, metrics, created_at, updated_at) "
+            "VALUES (?, ?, 'trained', ?, ?, ?, ?, ?, ?)",
+            [name, manifest.get("kind") or "object", manifest["base_model"], manifest["base_fingerprint"],
+             manifest.get("threshold"), json.dumps(manifest.get("metrics")), stamp, stamp],
+        )
+        concept_id = registry.concept(name)["id"]
+        for sha, jpeg, size in decoded:
+            registry.store_photo(sha, jpeg, *size)
+            db.execute("INSERT OR IGNORE INTO concept_photos VALUES (?, ?, 'train', ?, ?)", [concept_id, sha, f"bundle:{path.name}", stamp])
+        db.execute(
+            "INSERT INTO checkpoints (concept_id, file, base_model, base_fingerprint, k, metrics, config, data_hash, is_current, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            [concept_id, str(checkpoint.relative_to(registry.root)), manifest["base_model"], manifest["base_fingerprint"],
+             manifest["k"], json.dumps(manifest.get("metrics")), json.dumps(manifest.get("config")), manifest.get("data_hash"), stamp],
+        )

