@@ -23,7 +23,7 @@ _yollava() {
     "pool list") words="--json --help" ;;
     "pool rm") words="--json --help" ;;
     "rm") words="--yes -y --json --help" ;;
-    "show") words="--json --help" ;;
+    "show") words="--data --json --help" ;;
     "train") words="--k --epochs --lr --batch-size --seed --resume --model --json --help" ;;
   esac
   if [[ "$cur" == -* || -z "$cmdpath" ]]; then

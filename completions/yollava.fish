@@ -92,6 +92,7 @@ complete -c yollava -n "__fish_seen_subcommand_from rm" -l yes -d "Do not ask fo
 complete -c yollava -n "__fish_seen_subcommand_from rm" -s y -d "Do not ask for confirmation."
 complete -c yollava -n "__fish_seen_subcommand_from rm" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from show" -F  # show: files
+complete -c yollava -n "__fish_seen_subcommand_from show" -l data -d "Also show the training data: counts and attribute conversations."
 complete -c yollava -n "__fish_seen_subcommand_from show" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from train" -F  # train: files
 complete -c yollava -n "__fish_seen_subcommand_from train" -l k -r -d "Latent tokens per concept."

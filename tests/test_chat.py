@@ -134,3 +134,13 @@ def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained):
         if proc.poll() is None:
             proc.kill()
         os.close(primary)
+
+
+def test_show_data_lists_the_training_conversations(trained):
+    home, _, _ = trained
+    info = json.loads(run_cli("show", "bo", "--data", "--json", home=home).stdout)
+    data = info["training_data"]
+    assert data["positive_photos"] == 3 and data["hard_negatives"] + data["easy_negatives"] > 0
+    assert len(data["attribute_conversations"]) == 30
+    assert all("<bo>" in c["question"] for c in data["attribute_conversations"])
+    assert info["checkpoint"]["k"] == 4 and info["status"] == "trained"

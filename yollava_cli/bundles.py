@@ -33,9 +33,7 @@ def sha256(data: bytes) -> str:
 
 def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: bool = False) -> dict:
     concept = get_concept(registry, raw_name)
-    row = registry.db.execute(
-        "SELECT * FROM checkpoints WHERE concept_id = ? AND is_current = 1", [concept["id"]]
-    ).fetchone()
+    row = registry.current_checkpoint(concept["id"])
     if row is None:
         raise UserError(f"<{concept['name']}> is not trained yet: nothing to export (run `yollava train {concept['name']}`)")
     tensors = (registry.root / row["file"]).read_bytes()

@@ -45,13 +45,11 @@ def load_concepts(registry: Registry, vlm: VLM, names: list[str], train_missing:
                 raise UserError(f"<{name}> is not trained yet: run `yollava train {name}` (or drop --no-train)")
             train_missing(name)
             concept = get_concept(registry, name)
-        row = registry.db.execute(
-            "SELECT file FROM checkpoints WHERE concept_id = ? AND is_current = 1", [concept["id"]]
-        ).fetchone()
-        if row is None:
+        checkpoint = registry.current_checkpoint(concept["id"])
+        if checkpoint is None:
             raise UserError(f"<{name}> has no checkpoint: run `yollava train {name}`")
         if name not in vlm.k:
-            vlm.load_concept(registry.root / row[0], name)
+            vlm.load_concept(registry.root / checkpoint["file"], name)
         loaded.append(concept)
     return loaded
 

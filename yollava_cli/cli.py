@@ -620,14 +620,25 @@ def list_(json_: JsonFlag = False):
 
 
 @app.command()
-def show(name: str, json_: JsonFlag = False):
+def show(
+    name: str,
+    data: Annotated[bool, typer.Option("--data", help="Also show the training data: counts and attribute conversations.")] = False,
+    json_: JsonFlag = False,
+):
     """Show one concept: photos, kind, status, negatives, checkpoint and metrics.
 
-    Example: yollava show bo
+    Example: yollava show bo --data
     """
-    info = concepts.describe_concept(open_registry(), name)
+    registry = open_registry()
+    info = concepts.describe_concept(registry, name)
+    if data:
+        from yollava_cli.synthesis import inspect_training_data
+
+        info["training_data"] = inspect_training_data(registry, concepts.get_concept(registry, name))
     if json_:
         return print_json(info)
+    for item in info.get("training_data", {}).get("attribute_conversations", []):
+        out.print(f"Q: {item['question']}\nA: {item['answer']}", markup=False, highlight=False)
     out.print(f"<{info['name']}>  {info['kind']}, {info['status']}", markup=False, highlight=False)
     out.print(f"base model: {info['base_model'] or '-'}", markup=False, highlight=False)
     out.print(

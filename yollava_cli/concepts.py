@@ -191,11 +191,7 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
         "SELECT source_path, score FROM negatives WHERE concept_id = ? AND kind = 'hard' ORDER BY score DESC LIMIT 5",
         [concept["id"]],
     ).fetchall()
-    checkpoint = registry.db.execute(
-        "SELECT file, base_model, k, metrics, created_at FROM checkpoints "
-        "WHERE concept_id = ? AND is_current = 1",
-        [concept["id"]],
-    ).fetchone()
+    checkpoint = registry.current_checkpoint(concept["id"])
     return {
         "name": concept["name"],
         "kind": concept["kind"],
@@ -221,7 +217,8 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
             "hardest": [{"photo": r["source_path"], "score": r["score"]} for r in hardest],
         },
         "checkpoint": (
-            {**dict(checkpoint), "metrics": json.loads(checkpoint["metrics"] or "null")} if checkpoint else None
+            {key: checkpoint[key] for key in ("file", "base_model", "k", "data_hash", "created_at")}
+            | {"metrics": json.loads(checkpoint["metrics"] or "null")} if checkpoint else None
         ),
     }
 

@@ -166,14 +166,14 @@ class Evaluation:
         captions = []
         for path in self.dataset.subjects[subject].train:
             image, sha = self.photo(path)
-            answer = cached_answer(self.registry, self.vlm, sha, SUBJECT_PROMPT)
+            answer = cached_answer(self.registry, self.vlm.fingerprint, sha, SUBJECT_PROMPT)
             if answer is None:
                 answer = self.vlm.generate(Prompt(SUBJECT_PROMPT, [image], [sha]), max_new_tokens=CAPTION_TOKENS)
                 store_answer(self.registry, self.vlm, sha, SUBJECT_PROMPT, answer)
             captions.append(answer)
         joined = "\n".join(f"- {c}" for c in captions)
         key = hashlib.sha256(joined.encode()).hexdigest()
-        summary = cached_answer(self.registry, self.vlm, key, "summary")
+        summary = cached_answer(self.registry, self.vlm.fingerprint, key, "summary")
         if summary is None:
             summary = self.vlm.generate(Prompt(
                 f"These sentences describe photos of the same subject:\n{joined}\nDescribe the subject's appearance in one sentence."
@@ -189,9 +189,7 @@ class Evaluation:
                             on_event=lambda stage, **info: self.on_event("train", subject=subject.name, stage=stage, **info))
             concept = self.registry.concept(subject.name)
         if subject.name not in self.vlm.k:
-            row = self.registry.db.execute(
-                "SELECT file FROM checkpoints WHERE concept_id = ? AND is_current = 1", [concept["id"]]).fetchone()
-            self.vlm.load_concept(self.registry.root / row[0])
+            self.vlm.load_concept(self.registry.root / self.registry.current_checkpoint(concept["id"])["file"])
         return concept
 
     def scores(self, method: str, subject: str, photos: list[Path]) -> list[float]:

@@ -152,6 +152,12 @@ class Registry:
     def concepts(self) -> list[dict]:
         return [dict(r) for r in self.db.query("SELECT * FROM concepts ORDER BY name")]
 
+    def current_checkpoint(self, concept_id: int) -> dict | None:
+        row = self.db.execute(
+            "SELECT * FROM checkpoints WHERE concept_id = ? AND is_current = 1", [concept_id]
+        ).fetchone()
+        return dict(row) if row else None
+
     def concept_photos(self, concept_id: int) -> list[dict]:
         return list(
             self.db.query(

@@ -73,7 +73,7 @@ def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos:
     for photo in photos:
         image = None
         for question in spec["questions"]:
-            answer = cached_answer(registry, vlm, photo["sha256"], question)
+            answer = cached_answer(registry, vlm.fingerprint, photo["sha256"], question)
             if answer is None:
                 image = image or Image.open(registry.root / photo["file"]).convert("RGB")
                 answer = vlm.generate(Prompt(question, [image], [photo["sha256"]]), max_new_tokens=ATTRIBUTE_MAX_TOKENS)
@@ -91,9 +91,9 @@ def rename(text: str, neutral: str, name: str) -> str:
     return re.sub(re.escape(neutral), identifier(name), text, flags=re.IGNORECASE)
 
 
-def cached_answer(registry: Registry, vlm: VLM, sha: str, prompt: str) -> str | None:
+def cached_answer(registry: Registry, fingerprint: str, sha: str, prompt: str) -> str | None:
     row = registry.db.execute(
-        "SELECT answer FROM answers WHERE sha256 = ? AND model = ? AND prompt = ?", [sha, vlm.fingerprint, prompt]
+        "SELECT answer FROM answers WHERE sha256 = ? AND model = ? AND prompt = ?", [sha, fingerprint, prompt]
     ).fetchone()
     return row[0] if row else None
 
@@ -101,3 +101,22 @@ def cached_answer(registry: Registry, vlm: VLM, sha: str, prompt: str) -> str | 
 def store_answer(registry: Registry, vlm: VLM, sha: str, prompt: str, answer: str) -> None:
     with registry.transaction() as db:
         db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", [sha, vlm.fingerprint, prompt, answer])
+
+
+def inspect_training_data(registry: Registry, concept: dict) -> dict:
+    """What training used (for `show --data`): counts, and the attribute conversations cached for
+    the base model the concept was trained on. Generates nothing."""
+    spec = templates()["attributes"]["person" if concept["kind"] == "person" else "other"]
+    photos = registry.concept_photos(concept["id"])
+    conversations = []
+    for photo in photos:
+        for question in spec["questions"]:
+            answer = cached_answer(registry, concept["base_fingerprint"] or "", photo["sha256"], question)
+            if answer:
+                conversations.append({"photo": photo["sha256"][:12], "question": rename(question, spec["neutral_name"], concept["name"]),
+                                      "answer": rename(answer, spec["neutral_name"], concept["name"])})
+    kinds = dict(registry.db.execute(
+        "SELECT kind, count(*) FROM negatives WHERE concept_id = ? GROUP BY kind", [concept["id"]]).fetchall())
+    return {"positive_photos": len(photos), "positive_views": 2 * len(photos), "hard_negatives": kinds.get("hard", 0),
+            "easy_negatives": kinds.get("easy", 0), "recognition_templates": {"positive": 30, "negative": 30},
+            "attribute_conversations": conversations}
