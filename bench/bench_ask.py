@@ -1,0 +1,78 @@
+"""ask and find on `pocket` with a trained concept, on this CPU.
+
+Reports time to first token (cold: first question after loading, photo features not cached;
+warm: the same question again), tokens/s, and `find` photos/s with a cold vs warm feature cache.
+Medians of --repeats runs.  Run:  python bench/bench_ask.py  (after bench_train.py; writes bench/results/ask.json)
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--subject", default="dog")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    os.environ["YOLLAVA_HOME"] = tempfile.mkdtemp(prefix="yollava-bench-")
+    from yollava_cli.backend import load_vlm
+    from yollava_cli.chat import GenerationOptions, ask, find, open_images
+    from yollava_cli.concepts import add_concept
+    from yollava_cli.config import data_dir
+    from yollava_cli.embeddings import load_embedder
+    from yollava_cli.mining import add_pool, mine
+    from yollava_cli.store import Registry
+    from yollava_cli.training import TrainConfig, train_concept
+
+    registry = Registry(data_dir())
+    add_concept(registry, args.subject, [DATA / "concepts" / args.subject / "train"], kind="pet")
+    embedder = load_embedder("efficientnet-lite0")
+    add_pool(registry, "imagenet", DATA / "pool" / "imagenet-sample", embedder)
+    mine(registry, args.subject, embedder)
+    vlm = load_vlm("pocket")
+    train_concept(registry, vlm, args.subject, TrainConfig(epochs=3))
+
+    photo = sorted((DATA / "concepts" / args.subject / "test").glob("*.jpg"))[0]
+    images, keys = open_images([photo])
+    options = GenerationOptions(max_tokens=48)
+    cold = ask(vlm, [args.subject], f"What is <{args.subject}> doing?", images, keys, options)["timings"]
+    warm = [ask(vlm, [args.subject], f"What is <{args.subject}> doing?", images, keys, options)["timings"] for _ in range(args.repeats)]
+    text = [ask(vlm, [args.subject], "What should I buy him for his birthday?", [], [], options)["timings"] for _ in range(args.repeats)]
+    rate = lambda t: (t["tokens"] - 1) / (t["total_s"] - t["first_token_s"]) if t["tokens"] > 1 else None
+
+    folder = DATA / "pool" / "imagenet-sample"
+    sample = sorted(folder.glob("*.jpg"))[:64]
+    scratch = Path(tempfile.mkdtemp())
+    for p in sample:
+        (scratch / p.name).symlink_to(p)
+    vlm.feature_cache.clear()
+    start = time.perf_counter()
+    find(registry, vlm, args.subject, [scratch])
+    cold_find = len(sample) / (time.perf_counter() - start)
+    warm_find = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        find(registry, vlm, args.subject, [scratch])
+        warm_find.append(len(sample) / (time.perf_counter() - start))
+    report = {
+        "machine": f"{os.cpu_count()} CPU cores", "repeats": args.repeats,
+        "ttft_s": {"cold_with_photo": cold["first_token_s"], "warm_with_photo": statistics.median(t["first_token_s"] for t in warm),
+                   "warm_text_only": statistics.median(t["first_token_s"] for t in text)},
+        "tokens_per_s": statistics.median(r for r in map(rate, warm + text) if r),
+        "find_photos_per_s": {"cold_cache": round(cold_find, 1), "warm_cache": round(statistics.median(warm_find), 1)},
+    }
+    (REPO / "bench" / "results").mkdir(exist_ok=True)
+    (REPO / "bench" / "results" / "ask.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

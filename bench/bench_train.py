@@ -1,0 +1,73 @@
+"""Training one shared concept on `pocket` with default settings, on this CPU.
+
+Reports total train time (one full default run), median time per step, peak RSS, and the speed-up
+from the image-feature cache: the median step time of one epoch with the cache on vs off, measured
+in the same process.  Run:  python bench/bench_train.py [--subject dog]   (writes bench/results/train.json)
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--subject", default="dog")
+    args = parser.parse_args()
+    os.environ["YOLLAVA_HOME"] = tempfile.mkdtemp(prefix="yollava-bench-")
+    from yollava_cli.backend import load_vlm
+    from yollava_cli.concepts import add_concept
+    from yollava_cli.config import data_dir
+    from yollava_cli.embeddings import load_embedder
+    from yollava_cli.mining import add_pool, mine
+    from yollava_cli.store import Registry
+    from yollava_cli.training import TrainConfig, train_concept
+
+    registry = Registry(data_dir())
+    add_concept(registry, args.subject, [DATA / "concepts" / args.subject / "train"], kind="pet")
+    embedder = load_embedder("efficientnet-lite0")
+    add_pool(registry, "imagenet", DATA / "pool" / "imagenet-sample", embedder)
+    mine(registry, args.subject, embedder)
+    vlm = load_vlm("pocket")
+
+    steps = []
+    on_event = lambda kind, **info: steps.append(time.perf_counter()) if kind == "step" else None
+    start = time.perf_counter()
+    result = train_concept(registry, vlm, args.subject, TrainConfig(), on_event=on_event)
+    total = time.perf_counter() - start  # includes describing the photos once (attribute conversations)
+    step_times = [b - a for a, b in zip(steps, steps[1:])]
+
+    def one_epoch_step_median(cache: bool) -> float:
+        if not cache:
+            vlm.feature_cache.clear()
+            vlm._cached, vlm._store = (lambda key: None), (lambda key, features: None)
+        times = []
+        train_concept(registry, vlm, args.subject, TrainConfig(epochs=1),
+                      on_event=lambda kind, **info: times.append(time.perf_counter()) if kind == "step" else None)
+        return statistics.median(b - a for a, b in zip(times, times[1:]))
+
+    cached = one_epoch_step_median(True)
+    uncached = one_epoch_step_median(False)
+    report = {
+        "machine": f"{os.cpu_count()} CPU cores", "subject": args.subject, "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch, "validation": result.history[result.best_epoch - 1]["validation"]["weighted"],
+        "total_train_s": round(total, 1), "steps": len(steps), "median_step_s": round(statistics.median(step_times), 3),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "feature_cache": {"step_s_cached": round(cached, 3), "step_s_uncached": round(uncached, 3),
+                          "speedup": round(uncached / cached, 2)},
+    }
+    (REPO / "bench" / "results").mkdir(exist_ok=True)
+    (REPO / "bench" / "results" / "train.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
