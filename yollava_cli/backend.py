@@ -49,7 +49,7 @@ class Prompt:
     """One question to the model: text, photos (with their hashes for the feature cache), concepts."""
 
     question: str
-    images: list[Image.Image] = field(default_factory=list)
+    images: list = field(default_factory=list)  # PIL images, or zero-argument loaders used only on a cache miss
     image_keys: list[str | None] = field(default_factory=list)  # photo sha256, or None: no caching
     concepts: list[str] = field(default_factory=list)
     history: list[tuple[str, str]] = field(default_factory=list)  # earlier (question, answer) turns
@@ -336,14 +336,14 @@ class VLM:
 
     # -- images -------------------------------------------------------------------------
 
-    def image_features(self, images: list[Image.Image], keys: list[str | None] | None = None) -> list[torch.Tensor]:
+    def image_features(self, images: list, keys: list[str | None] | None = None) -> list[torch.Tensor]:
         """Projected image features, one (n_tokens, hidden) tensor per image, cached by photo hash."""
         keys = list(keys or []) + [None] * (len(images) - len(keys or []))
         out = []
         for image, key in zip(images, keys):
             cached = self._cached(key)
             if cached is None:
-                cached = self._compute_features(image)
+                cached = self._compute_features(image() if callable(image) else image)
                 self._store(key, cached)
             out.append(cached)
         return out

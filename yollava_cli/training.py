@@ -139,7 +139,7 @@ class Trainer:
         self.folder = registry.root / "checkpoints" / self.name
 
     def encode(self, example: Example):
-        images = [self.views(example.image)] if example.image else []
+        images = [lambda: self.views(example.image)] if example.image else []  # decoded only on a cache miss
         keys = [example.image] if example.image else []
         prompt = Prompt(example.question, images, keys, concepts=[self.name])
         return self.vlm.encode(prompt, example.answer)
@@ -149,7 +149,7 @@ class Trainer:
         out = []
         for start in range(0, len(keys), 16):
             chunk = keys[start : start + 16]
-            prompts = [Prompt(question, [self.views(k)], [k], [self.name]) for k in chunk]
+            prompts = [Prompt(question, [lambda k=k: self.views(k)], [k], [self.name]) for k in chunk]
             with self.vlm.fast():
                 out += self.vlm.yes_probabilities(prompts)
         return out
