@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 from PIL import Image
 
 from conftest import REPO, run_cli, shared_data, snapshot

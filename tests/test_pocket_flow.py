@@ -23,7 +23,7 @@ def flow(tmp_path_factory):
     from yollava_cli.mining import add_pool, mine
     from yollava_cli.store import Registry
     from yollava_cli.synthesis import score_question
-    from yollava_cli.training import PhotoViews, TrainConfig, train_concept
+    from yollava_cli.training import TrainConfig, train_concept
 
     data = shared_data()
     root = tmp_path_factory.mktemp("flow")

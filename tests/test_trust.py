@@ -1,7 +1,6 @@
 """Trust: bundles that refuse tampering, locks, doctor, kill -9 fault injection, and a bad-input suite
 across every verb (one-line error, non-zero exit, no traceback, nothing stored changed)."""
 
-import io
 import json
 import os
 import random
@@ -19,10 +18,8 @@ from safetensors.torch import save as save_safetensors
 
 from conftest import run_cli, shared_data, snapshot
 from tiny import tiny_llava
-from yollava_cli.backend import VLM
-from yollava_cli.bundles import check_bundle, export_concept, import_concept
+from yollava_cli.bundles import export_concept
 from yollava_cli.doctor import examine
-from yollava_cli.errors import UserError
 from yollava_cli.store import Registry
 
 
@@ -266,7 +263,6 @@ def bad_input_cases(world, tmp_path):
     (d / "bad_only" / "x.png").write_bytes(b"junk")
     (d / "manifest_bad").mkdir()
     (d / "manifest_bad" / "manifest.json").write_text("[1, 2")
-    model = world["model"]
     return [
         ("add", ["add", "bo", d / "missing.jpg"], "no such file"),
         ("add", ["add", "bo", d / "empty"], "no photos"),
