@@ -142,6 +142,7 @@ class Evaluation:
         self.methods, self.config, self.on_event = methods, config, on_event
         self.images: dict[Path, tuple] = {}
         self.auto_descriptions: dict[str, str] = {}
+        self.embedded: dict[Path, np.ndarray] = {}
 
     def photo(self, path: Path):
         if path not in self.images:
@@ -202,15 +203,21 @@ class Evaluation:
                 out += self.vlm.yes_probabilities(prompts)
         return out
 
+    def vectors(self, photos: list[Path]) -> np.ndarray:
+        """Embedder vectors, computed once per photo for the whole run."""
+        missing = [p for p in photos if p not in self.embedded]
+        if missing:
+            self.embedded.update(zip(missing, self.embedder.embed([self.photo(p)[0] for p in missing])))
+        return np.stack([self.embedded[p] for p in photos])
+
     def similarities(self, subject: str, photos: list[Path]) -> list[float]:
-        train = self.embedder.embed([self.photo(p)[0] for p in self.dataset.subjects[subject].train])
-        tested = self.embedder.embed([self.photo(p)[0] for p in photos])
-        return (tested @ train.T).max(axis=1).tolist()
+        train = self.vectors(self.dataset.subjects[subject].train)
+        return (self.vectors(photos) @ train.T).max(axis=1).tolist()
 
     def embedding_threshold(self, subject: str, concept: dict) -> float:
         """Calibrated on training data only: each train photo against the others (positives) and the
         concept's mined negatives against the train photos."""
-        train = self.embedder.embed([self.photo(p)[0] for p in self.dataset.subjects[subject].train])
+        train = self.vectors(self.dataset.subjects[subject].train)
         sims = train @ train.T
         np.fill_diagonal(sims, -1)
         pos = sims.max(axis=1).tolist()
