@@ -5,6 +5,7 @@ so vectors of different embedders never mix and a photo is embedded once per emb
 """
 
 import importlib.util
+import logging
 import os
 from collections.abc import Callable, Iterable
 
@@ -77,6 +78,7 @@ def load_open_clip(arch: str, pretrained: str) -> OpenClipEmbedder:
         raise UserError("embedder open_clip needs the open_clip_torch package: pip install open_clip_torch")
     import open_clip
 
+    logging.disable(logging.ERROR)  # open_clip logs failed downloads itself; we say it once, below
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
     except Exception as e:  # open_clip raises RuntimeError, OSError or hub errors when weights are missing
@@ -84,20 +86,22 @@ def load_open_clip(arch: str, pretrained: str) -> OpenClipEmbedder:
             f"cannot load open_clip {arch} weights {pretrained!r} ({str(e).splitlines()[0][:160]}); "
             f"pass a local checkpoint as open_clip:{arch}:/path/to/weights or use --embedder {OFFLINE_EMBEDDER}"
         ) from None
+    finally:
+        logging.disable(logging.NOTSET)
     return OpenClipEmbedder(model, preprocess, f"open_clip:{arch}:{os.path.basename(pretrained)}")
 
 
-def load_embedder(name: str | None = None, on_status: Callable[[str], None] | None = None) -> Embedder:
+def load_embedder(name: str | None = None) -> Embedder:
     """`efficientnet-lite0`, `open_clip:ARCH:PRETRAINED` (a tag or a local file), or auto:
-    open_clip ViT-B-32 (LAION) where it is installed and its weights load, else EfficientNet."""
+    open_clip ViT-B-32 (LAION) where it is installed and its weights load, else EfficientNet
+    (quietly: the chosen embedder's id is in every result)."""
     name = name or os.environ.get(EMBEDDER_ENV) or "auto"
     if name == "auto":
         if importlib.util.find_spec("open_clip") is not None:
             try:
                 return load_embedder(OPEN_CLIP_DEFAULT)
-            except UserError as e:
-                if on_status:
-                    on_status(f"{e}; using {OFFLINE_EMBEDDER}")
+            except UserError:
+                pass
         return EfficientNetEmbedder()
     if name.startswith("efficientnet-"):
         return EfficientNetEmbedder(name.removeprefix("efficientnet-"))
