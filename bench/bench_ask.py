@@ -13,8 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from setup_concept import DATA, prepared_concept
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 
 
 def main():
@@ -22,22 +23,10 @@ def main():
     parser.add_argument("--subject", default="dog")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    os.environ["YOLLAVA_HOME"] = tempfile.mkdtemp(prefix="yollava-bench-")
-    from yollava_cli.backend import load_vlm
     from yollava_cli.chat import GenerationOptions, ask, find, open_images
-    from yollava_cli.concepts import add_concept
-    from yollava_cli.config import data_dir
-    from yollava_cli.embeddings import load_embedder
-    from yollava_cli.mining import add_pool, mine
-    from yollava_cli.store import Registry
     from yollava_cli.training import TrainConfig, train_concept
 
-    registry = Registry(data_dir())
-    add_concept(registry, args.subject, [DATA / "concepts" / args.subject / "train"], kind="pet")
-    embedder = load_embedder("efficientnet-lite0")
-    add_pool(registry, "imagenet", DATA / "pool" / "imagenet-sample", embedder)
-    mine(registry, args.subject, embedder)
-    vlm = load_vlm("pocket")
+    registry, vlm = prepared_concept(args.subject)
     train_concept(registry, vlm, args.subject, TrainConfig(epochs=3))
 
     photo = sorted((DATA / "concepts" / args.subject / "test").glob("*.jpg"))[0]

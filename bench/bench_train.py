@@ -10,33 +10,21 @@ import json
 import os
 import resource
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
+from setup_concept import prepared_concept
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--subject", default="dog")
     args = parser.parse_args()
-    os.environ["YOLLAVA_HOME"] = tempfile.mkdtemp(prefix="yollava-bench-")
-    from yollava_cli.backend import load_vlm
-    from yollava_cli.concepts import add_concept
-    from yollava_cli.config import data_dir
-    from yollava_cli.embeddings import load_embedder
-    from yollava_cli.mining import add_pool, mine
-    from yollava_cli.store import Registry
     from yollava_cli.training import TrainConfig, train_concept
 
-    registry = Registry(data_dir())
-    add_concept(registry, args.subject, [DATA / "concepts" / args.subject / "train"], kind="pet")
-    embedder = load_embedder("efficientnet-lite0")
-    add_pool(registry, "imagenet", DATA / "pool" / "imagenet-sample", embedder)
-    mine(registry, args.subject, embedder)
-    vlm = load_vlm("pocket")
+    registry, vlm = prepared_concept(args.subject)
 
     steps = []
     on_event = lambda kind, **info: steps.append(time.perf_counter()) if kind == "step" else None
