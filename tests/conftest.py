@@ -12,7 +12,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def shared_data() -> Path:
     """../shared/data, or skip: it is not in the repo and some machines do not have it."""
     if not (SHARED_DATA / "concepts" / "manifest.json").exists():
-        pytest.skip(f"shared data not found at {SHARED_DATA} (tests that use real photos need it)")
+        pytest.skip(reason=f"shared data not found at {SHARED_DATA} (tests that use real photos need it)")
     return SHARED_DATA
 
 

@@ -21,7 +21,7 @@ TINY = {
 @pytest.fixture
 def tiny_open_clip(tmp_path):
     if importlib.util.find_spec("open_clip") is None:
-        pytest.skip("open_clip_torch is not installed (bash scripts/install.sh --open-clip installs it)")
+        pytest.skip(reason="open_clip_torch is not installed (bash scripts/install.sh --open-clip installs it)")
     import open_clip
     import torch
     from safetensors.torch import save_file

