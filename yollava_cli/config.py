@@ -7,7 +7,6 @@ from pathlib import Path
 import platformdirs
 
 from yollava_cli.errors import UserError
-from yollava_cli.fileio import atomic_write_bytes
 
 HOME_ENV = "YOLLAVA_HOME"
 MODEL_ENV = "YOLLAVA_MODEL"
@@ -35,7 +34,3 @@ def load_config() -> dict:
     if not isinstance(stored, dict):
         raise UserError(f"{path}: config must be a JSON object; fix or delete the file")
     return {**DEFAULTS, **stored}
-
-
-def save_config(config: dict) -> None:
-    atomic_write_bytes(config_path(), json.dumps(config, indent=2).encode() + b"\n")
