@@ -78,9 +78,9 @@ def test_describes_a_real_photo_and_streams(pocket_model):
 
 
 def test_heldout_categories_and_yes_no(pocket_model):
-    """30 of the 100 classes never trained on (the build script measures all 100: 0.34 / 0.66).
+    """30 of the 100 classes never trained on (the build script measures all 100: 0.66 / 0.87).
 
-    Thresholds guard against regressions well above chance (24 categories; balanced yes/no)."""
+    Thresholds guard against regressions well above chance (25 categories; balanced yes/no)."""
     model, processor = pocket_model
     need(POOL)
     files = sorted(POOL.glob("*.jpg"))
@@ -102,8 +102,8 @@ def test_heldout_categories_and_yes_no(pocket_model):
                 logits = model(**processor(images=[image], text=prompt, return_tensors="pt")).logits[0, -1]
             assert logits.argmax().item() in (yes, no)  # the answer is a clean Yes/No token
             correct += (logits[yes] > logits[no]).item() == truth
-    assert hits / 30 >= 0.2, f"held-out category accuracy {hits / 30:.2f}"
-    assert correct / 60 >= 0.55, f"held-out presence accuracy {correct / 60:.2f}"
+    assert hits / 30 >= 0.5, f"held-out category accuracy {hits / 30:.2f}"
+    assert correct / 60 >= 0.75, f"held-out presence accuracy {correct / 60:.2f}"
 
 
 def test_image_token_is_never_generated(pocket_model):

@@ -124,7 +124,9 @@ class VLM:
         embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
         if isinstance(embedding, ConceptEmbedding):  # the same model wrapped again: start clean
             embedding, head = embedding.base, head.base
-        self.fingerprint = fingerprint(embedding.weight, model)
+        else:  # before wrapping: the concept tables must not enter the hash
+            model.yollava_fingerprint = fingerprint(embedding.weight, model)
+        self.fingerprint = model.yollava_fingerprint
         self.cache_dir = cache_dir / "features" / self.fingerprint.replace(":", "-") if cache_dir else None
         self.embedding = ConceptEmbedding(embedding)
         model.set_input_embeddings(self.embedding)
@@ -348,6 +350,10 @@ class VLM:
             out.append(cached)
         return out
 
+    def has_features(self, key: str) -> bool:
+        """Whether a photo's features are cached (in memory or on disk), so it need not be decoded."""
+        return self._cached(key) is not None
+
     def _cached(self, key: str | None) -> torch.Tensor | None:
         if key is None:
             return None
@@ -417,11 +423,15 @@ def mm_outputs(features: list[torch.Tensor], dtype: torch.dtype, device) -> dict
 
 
 def fingerprint(weight: torch.Tensor, model) -> str:
-    """Architecture, vocabulary size and a hash of the input embedding matrix: a concept's rows
-    mean something only next to the exact embedding matrix they were trained with."""
-    weight = weight.detach()
-    digest = hashlib.sha256(weight.float().cpu().numpy().tobytes()).hexdigest()[:16]
-    return f"{type(model).__name__}:{weight.shape[0]}:{digest}"
+    """Architecture, vocabulary size and a hash of the input embedding matrix plus the head of every
+    other tensor: a concept's rows (and a cached image feature) mean something only next to the
+    exact model they came from, and pocket's projector and merged LoRA change without touching the
+    embedding."""
+    digest = hashlib.sha256(weight.detach().float().cpu().numpy().tobytes())
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.is_floating_point() and tensor is not weight:
+            digest.update(tensor.detach().flatten()[:256].float().cpu().numpy().tobytes())
+    return f"{type(model).__name__}:{weight.shape[0]}:{digest.hexdigest()[:16]}"
 
 
 def read_concept_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

