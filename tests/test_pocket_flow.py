@@ -52,7 +52,7 @@ def flow(tmp_path_factory):
 
     vlm.add_concept("dog", 16)  # the untrained starting point
     before = p_yes()
-    result = train_concept(registry, vlm, "dog", TrainConfig(epochs=4))
+    result = train_concept(registry, vlm, "dog", TrainConfig(epochs=8))
     after = p_yes()
     yield {"registry": registry, "vlm": vlm, "before": before, "after": after, "result": result, "tests": tests}
     mp.undo()
@@ -69,8 +69,9 @@ def test_after_training_its_own_photos_score_above_other_subjects(flow):
     assert flow["result"].best_epoch >= 1 and 0.0 < flow["result"].threshold < 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="pocket's grounding is too weak so far: training lowers P(yes) on every photo "
-                                       "(dog 0.74 -> 0.61); the raw yes-probability does not rise on its own photos")
+@pytest.mark.xfail(strict=True, reason="an untrained <dog> already gets P(yes) ~0.87 on every photo (pocket's "
+                                       "yes-bias), so training lowers it everywhere: own photos 0.87 -> 0.54, others "
+                                       "further (-> 0.41); the raw yes-probability does not rise on its own photos")
 def test_training_raises_yes_on_its_own_photos_more_than_on_others(flow):
     own_gain = mean(flow["after"]["dog"]) - mean(flow["before"]["dog"])
     others_gain = mean([p for s in OTHERS for p in flow["after"][s]]) - mean([p for s in OTHERS for p in flow["before"][s]])
@@ -81,10 +82,11 @@ def test_find_ranks_its_own_photos_first_on_average(flow):
     from yollava_cli.chat import find
 
     tests = flow["tests"]
-    result = find(flow["registry"], flow["vlm"], "dog", tests["dog"] + tests["cat"] + tests["dog6"])
+    others = [p for s in OTHERS for p in tests[s]]
+    result = find(flow["registry"], flow["vlm"], "dog", tests["dog"] + others)
     ranks = {r["path"]: i for i, r in enumerate(result["results"])}
     own = statistics.mean(ranks[str(p)] for p in tests["dog"])
-    other = statistics.mean(ranks[str(p)] for p in tests["cat"] + tests["dog6"])
+    other = statistics.mean(ranks[str(p)] for p in others)
     assert own < other, result["results"]
 
 
