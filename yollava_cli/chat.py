@@ -1,11 +1,13 @@
 """Talking to the model about your concepts: one-off questions, multi-turn chats, and recognition
 over many photos. Concepts come from the names given and from every `<name>` in the question."""
 
+import hashlib
 import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
@@ -13,7 +15,7 @@ from PIL import Image
 from yollava_cli.backend import VLM, Prompt
 from yollava_cli.concepts import RESERVED_NAMES, get_concept, parse_name
 from yollava_cli.errors import UserError
-from yollava_cli.images import BadPhoto, expand_photo_paths, read_photo
+from yollava_cli.images import BadPhoto, decode, expand_photo_paths, photo_bytes, read_photo
 from yollava_cli.store import Registry
 from yollava_cli.synthesis import score_question
 
@@ -130,12 +132,14 @@ def find(registry: Registry, vlm: VLM, name: str, inputs: list[Path], threshold:
     for start in range(0, len(paths), FIND_BATCH):
         prompts, batch_paths = [], []
         for path in paths[start : start + FIND_BATCH]:
-            try:
-                photo = read_photo(path, max_side=512)
+            try:  # a photo whose features are cached is hashed, not decoded
+                data = photo_bytes(path)
+                sha256 = hashlib.sha256(data).hexdigest()
+                image = partial(decode, data, 512) if vlm.has_features(sha256) else decode(data, 512)
             except BadPhoto as e:
                 skipped.append({"path": str(path), "reason": str(e)})
                 continue
-            prompts.append(Prompt(question, [photo.image], [photo.sha256], [concept["name"]]))
+            prompts.append(Prompt(question, [image], [sha256], [concept["name"]]))
             batch_paths.append(path)
         if prompts:
             with vlm.fast():

@@ -54,6 +54,12 @@ def expand_photo_paths(inputs: list[Path]) -> list[Path]:
 
 def read_photo(path: Path, max_side: int = STORE_MAX_SIDE) -> Photo:
     """Decode and normalise one photo, or raise BadPhoto with the reason."""
+    data = photo_bytes(path)
+    return Photo(path=path, sha256=hashlib.sha256(data).hexdigest(), image=decode(data, max_side))
+
+
+def photo_bytes(path: Path) -> bytes:
+    """The file's bytes after the checks that need no decoding (decode() does the rest)."""
     try:
         if not path.exists():
             raise BadPhoto("no such file")
@@ -68,8 +74,7 @@ def read_photo(path: Path, max_side: int = STORE_MAX_SIDE) -> Photo:
         raise BadPhoto("empty file (0 bytes)")
     if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
         raise BadPhoto("HEIC/HEIF/AVIF is not supported; convert it to JPEG or PNG first")
-    image = decode(data, max_side)
-    return Photo(path=path, sha256=hashlib.sha256(data).hexdigest(), image=image)
+    return data
 
 
 def decode(data: bytes, max_side: int) -> Image.Image:
