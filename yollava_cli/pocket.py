@@ -180,7 +180,10 @@ def _language_model_files(cache_dir: Path, on_status=None) -> Path:
     if (target / "model.safetensors").exists():
         return target
     from transformers import LlamaForCausalLM
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    gguf_utils.tqdm = lambda items, **_: items  # our own status line says what is happening; no 2nd bar
 
     if on_status:
         on_status("Building pocket from installed packages (one time)...")
