@@ -417,9 +417,9 @@ def chat(
             else:
                 status("commands: /image PATH, /concepts, /reset, /quit")
             continue
-        sys.stdout.write("yollava> ")
-        sys.stdout.flush()
-        try:
+        try:  # the prompt is inside: a Ctrl-C right after it still only stops this answer
+            sys.stdout.write("yollava> ")
+            sys.stdout.flush()
             chat_session.say(line, lambda text: (sys.stdout.write(text), sys.stdout.flush()))
         except KeyboardInterrupt:
             sys.stdout.write(" [stopped]")
