@@ -115,7 +115,7 @@ def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained):
     home, model_dir, _ = trained
     primary, secondary = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "yollava_cli", "chat", "bo", "--model", str(model_dir), "--max-tokens", "400"],
+        [sys.executable, "-m", "yollava_cli", "chat", "bo", "--model", str(model_dir), "--max-tokens", "3000"],
         stdin=secondary, stdout=secondary, stderr=secondary, env={**os.environ, "YOLLAVA_HOME": str(home)},
         start_new_session=True,
     )
@@ -125,7 +125,7 @@ def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained):
         os.write(primary, b"/concepts\n")
         assert b"<bo>" in read_until(primary, b"you> ")
         os.write(primary, b"tell me a long story about <bo>\n")
-        # At once: the tiny model writes 400 tokens in under 0.3 s, and a Ctrl-C any time after the
+        # At once: the tiny model writes 400 tokens in under 0.3 s (hence 3000), and a Ctrl-C after the
         # prompt appears must stop only this answer.
         read_until(primary, b"yollava> ", timeout=30)
         os.killpg(proc.pid, 2)  # what Ctrl-C sends to the terminal's foreground process group
