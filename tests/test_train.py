@@ -10,7 +10,7 @@ from yollava_cli.concepts import add_concept, describe_concept
 from yollava_cli.errors import UserError
 from yollava_cli.mining import Candidate, file_loader, store_negatives
 from yollava_cli.store import Registry
-from yollava_cli.synthesis import build_training_data, templates
+from yollava_cli.synthesis import SUBJECT_QUESTION, build_training_data, store_answer, subject_word, templates
 from yollava_cli.training import TrainConfig, calibrate, epoch_examples, recognition_metrics, split_data, train_concept
 
 FAST = TrainConfig(k=4, epochs=3, batch_size=8, positive_repeats=1, attributes_per_epoch=4)
@@ -68,6 +68,18 @@ def test_the_data_uses_the_papers_templates_and_the_stated_mix(registry):
     assert all((e.question, e.answer) in positives for e in examples if e.label == "positive")
     assert [e.question for e in epoch_examples("bo", split, 0, config)] == [e.question for e in examples]
     assert [e.question for e in epoch_examples("bo", split, 1, config)] != [e.question for e in examples]
+
+
+def test_the_identifier_starts_at_the_base_models_word_for_the_subject(registry):
+    vlm = tiny_vlm()
+    photos = registry.concept_photos(registry.concept("bo")["id"])
+    for photo, answer in zip(photos, ["A dog.", "Dog", "a cat!"]):
+        store_answer(registry, vlm, photo["sha256"], SUBJECT_QUESTION, answer)
+    assert subject_word(registry, vlm, photos) == "dog"  # articles and case dropped, most frequent wins
+    vlm.add_concept("bo", 4, init_word="dog")
+    rows = vlm.embedding.tables["bo"].detach()
+    assert torch.allclose(rows[0], vlm.word_embedding("dog")) and torch.allclose(vlm.head.rows["bo"].detach(), rows[0])
+    assert not torch.allclose(rows[1], vlm.word_embedding("dog"))  # the latent tokens keep the neutral start
 
 
 def test_training_changes_only_the_concept_rows_and_records_a_checkpoint(registry):

@@ -136,27 +136,29 @@ class VLM:
     # -- concepts -----------------------------------------------------------------------
 
     def add_concept(self, name: str, k: int, input_rows: torch.Tensor | None = None,
-                    output_row: torch.Tensor | None = None, seed: int = 0) -> list[int]:
-        """Load (or replace) a concept's k+1 token rows; new rows start near the word 'thing'."""
+                    output_row: torch.Tensor | None = None, seed: int = 0, init_word: str | None = None) -> list[int]:
+        """Load (or replace) a concept's k+1 token rows. New rows start near the word 'thing'; with
+        `init_word` the identifier starts at that word (textual inversion's initializer token), so
+        "Is <bo> in this photo?" already means "is a dog in it" before the first step."""
         names = token_names(name, k)
         missing = [t for t in names if t not in self.tokenizer.get_vocab()]
         if missing:
             self.tokenizer.add_tokens(missing)
             self.head.width = len(self.tokenizer)
         ids = self.tokenizer.convert_tokens_to_ids(names)
-        base = self.embedding.base.weight
         if input_rows is None:
             generator = torch.Generator().manual_seed(seed)
-            word = self.tokenizer.encode("thing", add_special_tokens=False) or list(range(base.shape[0]))
-            start = base[word].mean(0).float().cpu()
-            noise = torch.randn(k + 1, base.shape[1], generator=generator) * start.std() * 0.1
-            input_rows = start + noise
+            start = self.word_embedding("thing")
+            input_rows = start + torch.randn(k + 1, start.shape[0], generator=generator) * start.std() * 0.1
+            if init_word:
+                input_rows[0] = self.word_embedding(init_word)
         if output_row is None:
             output_row = input_rows[0].clone()
-        if tuple(input_rows.shape) != (k + 1, base.shape[1]) or tuple(output_row.shape) != (base.shape[1],):
+        width = self.embedding.base.weight.shape[1]
+        if tuple(input_rows.shape) != (k + 1, width) or tuple(output_row.shape) != (width,):
             raise UserError(
                 f"concept <{name}> has rows of shape {tuple(input_rows.shape)}, this model needs "
-                f"({k + 1}, {base.shape[1]}): it was made for another base model"
+                f"({k + 1}, {width}): it was made for another base model"
             )
         self.embedding.tables[name] = torch.nn.Parameter(input_rows.to(self.device, torch.float32))
         self.head.rows[name] = torch.nn.Parameter(output_row.to(self.device, torch.float32))
@@ -165,6 +167,12 @@ class VLM:
         self.k[name] = k
         self._reindex()
         return ids
+
+    def word_embedding(self, text: str) -> torch.Tensor:
+        """The mean input embedding of a word's tokens (as it reads mid-sentence, after a space)."""
+        base = self.embedding.base.weight
+        ids = self.tokenizer.encode(" " + text.strip(), add_special_tokens=False) or list(range(base.shape[0]))
+        return base[ids].mean(0).float().cpu()
 
     def remove_concept(self, name: str) -> None:
         del self.embedding.tables[name], self.head.rows[name], self.head.identifier_ids[name], self.k[name]

@@ -296,7 +296,7 @@ def train(
     name: str,
     k: Annotated[int, typer.Option("--k", min=1, max=64, help="Latent tokens per concept.")] = 16,
     epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping may end sooner).")] = 15,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-2,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     seed: Annotated[int, typer.Option()] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (same flags).")] = False,

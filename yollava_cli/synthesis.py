@@ -10,6 +10,7 @@ the tokens themselves must carry the appearance.
 import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -21,6 +22,8 @@ from yollava_cli.backend import VLM, Prompt
 from yollava_cli.store import Registry
 
 ATTRIBUTE_MAX_TOKENS = 48  # short answers keep training sequences (and steps) short
+SUBJECT_QUESTION = "What is the main subject of this photo? Answer with one word."
+ARTICLES = {"a", "an", "the", "this", "it", "is"}
 
 
 @cache
@@ -48,6 +51,7 @@ class TrainingData:
     positives: list[str]  # photo sha256s of the concept
     negatives: list[tuple[str, str]]  # (sha256, hard|easy)
     attributes: list[tuple[str, str]]  # (question, answer) with the identifier, no photo
+    subject_word: str | None = None  # what the base model calls the subject: the identifier's start
 
     @property
     def hash(self) -> str:
@@ -61,7 +65,7 @@ def build_training_data(registry: Registry, vlm: VLM, concept: dict,
         "SELECT sha256, kind FROM negatives WHERE concept_id = ? ORDER BY kind, score DESC", [concept["id"]]
     )]
     attributes = attribute_conversations(registry, vlm, concept, photos, on_progress)
-    return TrainingData([p["sha256"] for p in photos], negatives, attributes)
+    return TrainingData([p["sha256"] for p in photos], negatives, attributes, subject_word(registry, vlm, photos))
 
 
 def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos: list[dict],
@@ -84,6 +88,23 @@ def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos:
             if answer:
                 pairs.append((rename(question, neutral, concept["name"]), rename(answer, neutral, concept["name"])))
     return pairs
+
+
+def subject_word(registry: Registry, vlm: VLM, photos: list[dict]) -> str | None:
+    """The base model's most frequent one-word name for the subject across the photos ("dog").
+    Starting the identifier there makes "Is <bo> in this photo?" mean "is a dog in it" from step 0;
+    from the neutral start a small model says yes to every photo and training mostly learns "no"."""
+    words = []
+    for photo in photos:
+        answer = cached_answer(registry, vlm.fingerprint, photo["sha256"], SUBJECT_QUESTION)
+        if answer is None:
+            image = Image.open(registry.root / photo["file"]).convert("RGB")
+            answer = vlm.generate(Prompt(SUBJECT_QUESTION, [image], [photo["sha256"]]), max_new_tokens=8)
+            store_answer(registry, vlm, photo["sha256"], SUBJECT_QUESTION, answer)
+        content = [w for w in re.findall(r"[a-z][a-z-]*", answer.lower()) if w not in ARTICLES]
+        if content:
+            words.append(" ".join(content[:2]))
+    return Counter(words).most_common(1)[0][0] if words else None
 
 
 def rename(text: str, neutral: str, name: str) -> str:
