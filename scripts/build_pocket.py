@@ -285,18 +285,13 @@ def train(trainer: Trainer, views, classes, phrases, steps: int, stage: int, bat
                               weight_decay=0.0)
     base = [g["lr"] for g in optim.param_groups]
     warmup = max(1, steps // 20)
-    feats, tags = views["tokens"], views["classes"]
-    n, count = feats.shape[:2]
     for step in range(steps):
         f = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g, b in zip(optim.param_groups, base):
             g["lr"] = b * f
         # One task per batch keeps sequence lengths alike (little padding: ~30% faster steps).
         task = "caption" if stage == 1 else rng.choices(list(TASKS), list(TASKS.values()))[0]
-        picks = [(rng.randrange(n), rng.randrange(count)) for _ in range(batch)]
-        tokens = torch.stack([feats[i, v] for i, v in picks])
-        pairs = [example(classes[i], classes, phrases, rng, task) for i, _ in picks]
-        loss = trainer.loss(tokens, torch.stack([tags[i, v] for i, v in picks]), pairs)
+        loss = batch_loss(trainer, views, classes, phrases, rng, batch, task)
         optim.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -305,17 +300,21 @@ def train(trainer: Trainer, views, classes, phrases, steps: int, stage: int, bat
             print(f"stage {stage} step {step}/{steps} loss {loss.item():.3f}", flush=True)
 
 
+def batch_loss(trainer: Trainer, views, classes, phrases, rng: random.Random, batch: int, task: str) -> torch.Tensor:
+    """The loss on `batch` random (photo, augmented view) picks, each asked one `task` question."""
+    feats, tags = views["tokens"], views["classes"]
+    picks = [(rng.randrange(feats.shape[0]), rng.randrange(feats.shape[1])) for _ in range(batch)]
+    pairs = [example(classes[i], classes, phrases, rng, task) for i, _ in picks]
+    return trainer.loss(torch.stack([feats[i, v] for i, v in picks]), torch.stack([tags[i, v] for i, v in picks]), pairs)
+
+
 def time_step(trainer: Trainer, views, classes, phrases, batch: int, steps: int = 10) -> float:
     """Median seconds of a stage-2 step, from forward+backward timings plus 15% for the optimizer
     (no optimizer step here: the weights do not move)."""
-    rng, feats, tags = random.Random(-1), views["tokens"], views["classes"]
-    times = []
+    rng, times = random.Random(-1), []
     for _ in range(steps):
         t = time.time()
-        picks = [(rng.randrange(feats.shape[0]), rng.randrange(feats.shape[1])) for _ in range(batch)]
-        pairs = [example(classes[i], classes, phrases, rng, "presence") for i, _ in picks]
-        loss = trainer.loss(torch.stack([feats[i, v] for i, v in picks]), torch.stack([tags[i, v] for i, v in picks]),
-                            pairs)
+        loss = batch_loss(trainer, views, classes, phrases, rng, batch, "presence")
         loss.backward()
         loss.item()  # waits for the device
         times.append(time.time() - t)
