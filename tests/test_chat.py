@@ -146,5 +146,6 @@ def test_show_data_lists_the_training_conversations(trained):
     data = info["training_data"]
     assert data["positive_photos"] == 3 and data["hard_negatives"] + data["easy_negatives"] > 0
     assert len(data["attribute_conversations"]) == 30
+    assert "subject_word" in data  # what the base model called the photos (a random model: any word or None)
     assert all("<bo>" in c["question"] for c in data["attribute_conversations"])
     assert info["checkpoint"]["k"] == 4 and info["status"] == "trained"

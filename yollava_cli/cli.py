@@ -639,6 +639,8 @@ def show(
         return print_json(info)
     for item in info.get("training_data", {}).get("attribute_conversations", []):
         out.print(f"Q: {item['question']}\nA: {item['answer']}", markup=False, highlight=False)
+    if info.get("training_data", {}).get("subject_word"):
+        out.print(f"identifier started at: {info['training_data']['subject_word']!r}", markup=False, highlight=False)
     out.print(f"<{info['name']}>  {info['kind']}, {info['status']}", markup=False, highlight=False)
     out.print(f"base model: {info['base_model'] or '-'}", markup=False, highlight=False)
     out.print(

@@ -94,13 +94,21 @@ def subject_word(registry: Registry, vlm: VLM, photos: list[dict]) -> str | None
     """The base model's most frequent one-word name for the subject across the photos ("dog").
     Starting the identifier there makes "Is <bo> in this photo?" mean "is a dog in it" from step 0;
     from the neutral start a small model says yes to every photo and training mostly learns "no"."""
-    words = []
+    answers = []
     for photo in photos:
         answer = cached_answer(registry, vlm.fingerprint, photo["sha256"], SUBJECT_QUESTION)
         if answer is None:
             image = Image.open(registry.root / photo["file"]).convert("RGB")
             answer = vlm.generate(Prompt(SUBJECT_QUESTION, [image], [photo["sha256"]]), max_new_tokens=8)
             store_answer(registry, vlm, photo["sha256"], SUBJECT_QUESTION, answer)
+        answers.append(answer)
+    return most_common_word(answers)
+
+
+def most_common_word(answers: list[str]) -> str | None:
+    """'A dog.', 'Dog', 'a cat!' -> 'dog': up to two content words per answer, the most frequent."""
+    words = []
+    for answer in answers:
         content = [w for w in re.findall(r"[a-z][a-z-]*", answer.lower()) if w not in ARTICLES]
         if content:
             words.append(" ".join(content[:2]))
@@ -136,8 +144,10 @@ def inspect_training_data(registry: Registry, concept: dict) -> dict:
             if answer:
                 conversations.append({"photo": photo["sha256"][:12], "question": rename(question, spec["neutral_name"], concept["name"]),
                                       "answer": rename(answer, spec["neutral_name"], concept["name"])})
+    names = [cached_answer(registry, concept["base_fingerprint"] or "", p["sha256"], SUBJECT_QUESTION) for p in photos]
     kinds = dict(registry.db.execute(
         "SELECT kind, count(*) FROM negatives WHERE concept_id = ? GROUP BY kind", [concept["id"]]).fetchall())
     return {"positive_photos": len(photos), "positive_views": 2 * len(photos), "hard_negatives": kinds.get("hard", 0),
             "easy_negatives": kinds.get("easy", 0), "recognition_templates": {"positive": 30, "negative": 30},
+            "subject_word": most_common_word([n for n in names if n]),
             "attribute_conversations": conversations}
