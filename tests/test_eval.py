@@ -102,3 +102,25 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
     assert json.loads(files[0].read_text())["model"] == "tiny"
     assert "| yollava |" in files[1].read_text()
     assert Image.open(files[2]).size[0] > 500
+
+
+def test_baselines_read_the_identifier_without_its_trained_rows():
+    import torch
+
+    from yollava_cli.backend import Prompt
+    from yollava_cli.evaluation import Evaluation
+
+    vlm = VLM(*tiny_llava(), "tiny")
+    evaluator = Evaluation(None, vlm, None, None, [], FAST, lambda *args, **info: None)
+    question = [Prompt("Is <dog> in this photo?", [], [], [])]  # no concept prompt: the bare identifier
+    vlm.add_concept("dog", 2)
+    neutral = vlm.yes_probabilities(question)
+    width = vlm.embedding.tables["dog"].shape[1]
+    vlm.add_concept("dog", 2, torch.randn(3, width, generator=torch.Generator().manual_seed(1)), torch.randn(width))
+    trained = vlm.yes_probabilities(question)
+    assert trained != neutral
+    with evaluator.identifier_for("vanilla", "dog"):
+        assert vlm.yes_probabilities(question) == neutral
+    with evaluator.identifier_for("yollava", "dog"):
+        assert vlm.yes_probabilities(question) == trained
+    assert vlm.yes_probabilities(question) == trained  # the trained rows are back

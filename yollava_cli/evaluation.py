@@ -11,6 +11,7 @@ import io
 import json
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,17 +233,33 @@ class Evaluation:
         results = {}
         for method in self.methods:
             self.on_event("method", subject=subject.name, method=method)
-            pos, neg = self.scores(method, subject.name, subject.test), self.scores(method, subject.name, others)
-            threshold = {"yollava": concept["threshold"], "embedding": self.embedding_threshold(subject.name, concept)}.get(method, 0.5)
-            at_half = recognition_metrics(pos, neg, 0.5 if method != "embedding" else threshold)
-            at_threshold = recognition_metrics(pos, neg, threshold)
-            entry = {"recognition": {"positive": at_half["positive"], "negative": at_half["negative"],
-                                     "weighted": at_half["weighted"], "auc": auc(pos, neg),
-                                     "threshold": threshold, "weighted_at_threshold": at_threshold["weighted"]}}
-            if method != "embedding":
-                entry.update(self.language_metrics(method, subject))
+            with self.identifier_for(method, subject.name):
+                pos, neg = self.scores(method, subject.name, subject.test), self.scores(method, subject.name, others)
+                threshold = {"yollava": concept["threshold"], "embedding": self.embedding_threshold(subject.name, concept)}.get(method, 0.5)
+                at_half = recognition_metrics(pos, neg, 0.5 if method != "embedding" else threshold)
+                at_threshold = recognition_metrics(pos, neg, threshold)
+                entry = {"recognition": {"positive": at_half["positive"], "negative": at_half["negative"],
+                                         "weighted": at_half["weighted"], "auc": auc(pos, neg),
+                                         "threshold": threshold, "weighted_at_threshold": at_threshold["weighted"]}}
+                if method != "embedding":
+                    entry.update(self.language_metrics(method, subject))
             results[method] = entry
         return results
+
+    @contextmanager
+    def identifier_for(self, method: str, subject: str):
+        """Baselines must read <subject> as a new word that carries nothing: the question names the
+        identifier, whose trained row (which starts at the subject's word) would otherwise leak in."""
+        if method == "yollava" or subject not in self.vlm.k:
+            yield
+            return
+        k = self.vlm.k[subject]
+        rows, head = self.vlm.embedding.tables[subject].detach().clone(), self.vlm.head.rows[subject].detach().clone()
+        self.vlm.add_concept(subject, k)
+        try:
+            yield
+        finally:
+            self.vlm.add_concept(subject, k, rows, head)
 
     def language_metrics(self, method: str, subject: Subject) -> dict:
         text = self.dataset.text_qa.get(subject.name, [])
