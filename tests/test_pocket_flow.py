@@ -71,10 +71,11 @@ def test_after_training_its_own_photos_score_above_other_subjects(flow):
 
 def test_training_keeps_yes_on_its_own_photos_and_lowers_it_on_others(flow):
     # "before" is an identifier with no personal information, where pocket says yes to every photo
-    # (~0.87). Trained, its own photos stay there (+0.01 to +0.02 measured) while others fall ~0.5.
+    # (~0.87). Trained, its own photos stay there (+0.01 to +0.02 measured, seeds 0 and 1) while
+    # others fall by ~0.54; the bounds leave room for another CPU's bf16 rounding.
     own_gain = mean(flow["after"]["dog"]) - mean(flow["before"]["dog"])
     others_gain = mean([p for s in OTHERS for p in flow["after"][s]]) - mean([p for s in OTHERS for p in flow["before"][s]])
-    assert own_gain > -0.05 and others_gain < own_gain - 0.25, (flow["before"], flow["after"])
+    assert own_gain > -0.1 and others_gain < own_gain - 0.25, (flow["before"], flow["after"])
 
 
 def test_find_ranks_its_own_photos_first_on_average(flow):
