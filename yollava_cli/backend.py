@@ -191,12 +191,14 @@ class VLM:
         """The only tensors training may change: the concept's input rows and identifier output row."""
         return [self.embedding.tables[name], self.head.rows[name]]
 
+    def concept_rows(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """A detached copy of the concept's input rows and output row, for `add_concept` to restore."""
+        return self.embedding.tables[name].detach().cpu().clone(), self.head.rows[name].detach().cpu().clone()
+
     def save_concept(self, name: str, path: Path, metadata: dict) -> None:
         """Write the concept's rows as safetensors (atomically), with the base fingerprint."""
-        tensors = {
-            "input_rows": self.embedding.tables[name].detach().cpu().contiguous(),
-            "output_row": self.head.rows[name].detach().cpu().contiguous(),
-        }
+        input_rows, output_row = self.concept_rows(name)
+        tensors = {"input_rows": input_rows.contiguous(), "output_row": output_row.contiguous()}
         meta = {**metadata, "name": name, "k": self.k[name], "base_model": self.ref,
                 "base_fingerprint": self.fingerprint}
         tmp = path.with_name(f".{path.name}.partial")

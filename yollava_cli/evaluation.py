@@ -253,8 +253,7 @@ class Evaluation:
         if method == "yollava" or subject not in self.vlm.k:
             yield
             return
-        k = self.vlm.k[subject]
-        rows, head = self.vlm.embedding.tables[subject].detach().clone(), self.vlm.head.rows[subject].detach().clone()
+        k, (rows, head) = self.vlm.k[subject], self.vlm.concept_rows(subject)
         self.vlm.add_concept(subject, k)
         try:
             yield
@@ -282,8 +281,7 @@ class Evaluation:
         """With every concept loaded, generic answers must equal the bare base model's (appendix B)."""
         photos = [s.test[0] for s in list(self.dataset.subjects.values())[:3]]
         prompts = [self.prompt("vanilla", "", q, [p]) for p in photos for q in FORGETTING_QUESTIONS]
-        loaded = {name: (self.vlm.embedding.tables[name].detach().clone(), self.vlm.head.rows[name].detach().clone(), self.vlm.k[name])
-                  for name in list(self.vlm.k)}
+        loaded = {name: (*self.vlm.concept_rows(name), self.vlm.k[name]) for name in list(self.vlm.k)}
         with_concepts = [self.vlm.generate(p, max_new_tokens=CAPTION_TOKENS) for p in prompts]
         for name in loaded:
             self.vlm.remove_concept(name)

@@ -75,12 +75,11 @@ def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos:
     total = len(photos) * len(spec["questions"])
     pairs, done = [], 0
     for photo in photos:
-        image = None
         for question in spec["questions"]:
             answer = cached_answer(registry, vlm.fingerprint, photo["sha256"], question)
             if answer is None:
-                image = image or Image.open(registry.root / photo["file"]).convert("RGB")
-                answer = vlm.generate(Prompt(question, [image], [photo["sha256"]]), max_new_tokens=ATTRIBUTE_MAX_TOKENS)
+                prompt = Prompt(question, [photo_loader(registry, photo)], [photo["sha256"]])
+                answer = vlm.generate(prompt, max_new_tokens=ATTRIBUTE_MAX_TOKENS)
                 store_answer(registry, vlm, photo["sha256"], question, answer)
             done += 1
             if on_progress:
@@ -88,6 +87,11 @@ def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos:
             if answer:
                 pairs.append((rename(question, neutral, concept["name"]), rename(answer, neutral, concept["name"])))
     return pairs
+
+
+def photo_loader(registry: Registry, photo: dict) -> Callable[[], Image.Image]:
+    """The stored photo, decoded only if the model's feature cache does not already hold it."""
+    return lambda: Image.open(registry.root / photo["file"]).convert("RGB")
 
 
 def subject_word(registry: Registry, vlm: VLM, photos: list[dict]) -> str | None:
@@ -98,8 +102,8 @@ def subject_word(registry: Registry, vlm: VLM, photos: list[dict]) -> str | None
     for photo in photos:
         answer = cached_answer(registry, vlm.fingerprint, photo["sha256"], SUBJECT_QUESTION)
         if answer is None:
-            image = Image.open(registry.root / photo["file"]).convert("RGB")
-            answer = vlm.generate(Prompt(SUBJECT_QUESTION, [image], [photo["sha256"]]), max_new_tokens=8)
+            prompt = Prompt(SUBJECT_QUESTION, [photo_loader(registry, photo)], [photo["sha256"]])
+            answer = vlm.generate(prompt, max_new_tokens=8)
             store_answer(registry, vlm, photo["sha256"], SUBJECT_QUESTION, answer)
         answers.append(answer)
     return most_common_word(answers)
