@@ -2,7 +2,9 @@
 
 Reports time to first token (cold: first question after loading, photo features not cached;
 warm: the same question again), tokens/s, and `find` photos/s with a cold vs warm feature cache.
-Medians of --repeats runs.  Run:  python bench/bench_ask.py  (after bench_train.py; writes bench/results/ask.json)
+Baselines in the same process: decoding with pocket as transformers loads it (fp32 matrices), and
+scoring each find batch with one plain forward (logits at every position, no shared opening).
+Medians of --repeats runs.  Run:  python bench/bench_ask.py  (writes bench/results/ask.json)
 """
 
 import argparse
@@ -23,7 +25,12 @@ def main():
     parser.add_argument("--subject", default="dog")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    import torch
+
+    from yollava_cli.backend import Prompt
     from yollava_cli.chat import GenerationOptions, ask, find, open_images
+    from yollava_cli.config import data_dir
+    from yollava_cli.pocket import load_pocket
     from yollava_cli.training import TrainConfig, train_concept
 
     registry, vlm = prepared_concept(args.subject)
@@ -36,6 +43,19 @@ def main():
     warm = [ask(vlm, [args.subject], f"What is <{args.subject}> doing?", images, keys, options)["timings"] for _ in range(args.repeats)]
     text = [ask(vlm, [args.subject], "What should I buy him for his birthday?", [], [], options)["timings"] for _ in range(args.repeats)]
     rate = lambda t: (t["tokens"] - 1) / (t["total_s"] - t["first_token_s"]) if t["tokens"] > 1 else None
+
+    def decode_rate(model, autocast) -> float:
+        """tokens/s over exactly 48 greedy tokens after a short text prompt."""
+        ids = vlm.encode(Prompt("Write a story about a dog.")).input_ids[None]
+        with torch.no_grad(), autocast:
+            start = time.perf_counter()
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=48, min_new_tokens=48, do_sample=False)
+        return 48 / (time.perf_counter() - start)
+
+    plain_model, _ = load_pocket(data_dir() / "models" / "pocket")  # as transformers loads it: fp32 on CPU
+    decode = {"ours": statistics.median(decode_rate(vlm.model, vlm.fast()) for _ in range(args.repeats)),
+              "plain": statistics.median(decode_rate(plain_model, torch.autocast("cpu", enabled=False)) for _ in range(args.repeats))}
+    del plain_model
 
     folder = DATA / "pool" / "imagenet-sample"
     sample = sorted(folder.glob("*.jpg"))[:64]
@@ -51,12 +71,31 @@ def main():
         start = time.perf_counter()
         find(registry, vlm, args.subject, [scratch])
         warm_find.append(len(sample) / (time.perf_counter() - start))
+
+    def plain_scoring(prompts):  # the baseline: one forward of the whole batch, logits everywhere
+        encoded = [vlm.encode(p) for p in prompts]
+        with torch.no_grad():
+            logits = vlm.forward(vlm.collate(encoded))
+        return torch.stack([logits[i, len(e.input_ids) - 1] for i, e in enumerate(encoded)]).float()
+
+    ours_scoring = vlm.next_token_logits
+    plain_find = []
+    for _ in range(args.repeats):
+        vlm.next_token_logits = plain_scoring
+        start = time.perf_counter()
+        find(registry, vlm, args.subject, [scratch])
+        plain_find.append(len(sample) / (time.perf_counter() - start))
+        vlm.next_token_logits = ours_scoring
     report = {
         "machine": f"{os.cpu_count()} CPU cores", "repeats": args.repeats,
         "ttft_s": {"cold_with_photo": cold["first_token_s"], "warm_with_photo": statistics.median(t["first_token_s"] for t in warm),
                    "warm_text_only": statistics.median(t["first_token_s"] for t in text)},
         "tokens_per_s": statistics.median(r for r in map(rate, warm + text) if r),
-        "find_photos_per_s": {"cold_cache": round(cold_find, 1), "warm_cache": round(statistics.median(warm_find), 1)},
+        "decode_48_tokens_per_s": {"ours": round(decode["ours"], 1), "plain_fp32": round(decode["plain"], 1),
+                                   "ratio": round(decode["ours"] / decode["plain"], 2)},
+        "find_photos_per_s": {"cold_cache": round(cold_find, 1), "warm_cache": round(statistics.median(warm_find), 1),
+                              "warm_cache_plain_scoring": round(statistics.median(plain_find), 1),
+                              "ratio": round(statistics.median(warm_find) / statistics.median(plain_find), 2)},
     }
     (REPO / "bench" / "results").mkdir(exist_ok=True)
     (REPO / "bench" / "results" / "ask.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -45,7 +45,7 @@ def test_plain_forward_matches_the_models_own_image_path(vlm):
     text = vlm.render(prompt)
     inputs = vlm.processor(images=[photo()], text=text, return_tensors="pt")
     ours = vlm.forward(vlm.collate([vlm.encode(prompt)]))
-    with torch.no_grad():
+    with torch.no_grad(), vlm.fast():  # as every pass of ours runs
         theirs = vlm.model(**inputs).logits  # pixel_values path inside transformers
     finite = torch.isfinite(ours)
     assert torch.allclose(ours[finite], theirs[..., : ours.shape[-1]][finite], atol=1e-5)
@@ -139,6 +139,20 @@ def test_yes_probability_is_deterministic_and_batch_independent(vlm):
     assert batched == pytest.approx(single, abs=1e-5)
     assert all(0.0 < p < 1.0 for p in batched)
     assert vlm.yes_probabilities(prompts) == batched
+
+
+def test_scoring_shares_the_common_opening_and_equals_a_full_pass(vlm):
+    vlm.add_concept("bo", 4, seed=1)
+    prompts = [Prompt("Is <bo> in this photo?", [photo()], concepts=["bo"]),
+               Prompt("Is <bo> in this photo, the blue one?", [photo((0, 0, 255), (60, 20))], concepts=["bo"]),
+               Prompt("Is <bo> here?", concepts=["bo"], history=[("Hi", "Hello")])]
+    scored = vlm.next_token_logits(prompts)
+    for prompt, logits in zip(prompts, scored):
+        full = vlm.forward(vlm.collate([vlm.encode(prompt)]))[0, -1].float()
+        finite = torch.isfinite(full)
+        assert torch.equal(finite, torch.isfinite(logits))
+        assert torch.allclose(logits[finite], full[finite], atol=0.01)  # a few bf16 ulps
+        assert logits.argmax() == full.argmax()
 
 
 def test_feature_cache_runs_the_vision_tower_once_per_photo(vlm, tmp_path):

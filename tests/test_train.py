@@ -115,13 +115,24 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(registry, tmp_pa
     resumed_vlm = tiny_vlm()
     resumed = train_concept(registry, resumed_vlm, "bo", FAST, resume=True)
     assert not resumed.interrupted
-    assert resumed.history == straight.history
-    assert resumed.best_epoch == straight.best_epoch and resumed.threshold == straight.threshold
-    # equal up to float32 rounding (~2e-9 seen): the restored AdamW state takes another code path
-    assert torch.allclose(resumed_vlm.embedding.tables["bo"], reference.embedding.tables["bo"], rtol=0, atol=1e-6)
-    assert torch.allclose(resumed_vlm.head.rows["bo"], reference.head.rows["bo"], rtol=0, atol=1e-6)
+    # the same run up to rounding: the restored AdamW state takes another float path (~2e-9), and
+    # bf16 matmuls on CPU can round the last bits differently (seen in full test sessions)
+    assert [h["epoch"] for h in resumed.history] == [h["epoch"] for h in straight.history]
+    assert numbers(resumed.history) == pytest.approx(numbers(straight.history), abs=1e-3)
+    assert resumed.best_epoch == straight.best_epoch and resumed.threshold == pytest.approx(straight.threshold, abs=1e-3)
+    assert torch.allclose(resumed_vlm.embedding.tables["bo"], reference.embedding.tables["bo"], rtol=0, atol=1e-5)
+    assert torch.allclose(resumed_vlm.head.rows["bo"], reference.head.rows["bo"], rtol=0, atol=1e-5)  # a wrong resume is off by ~lr
     with pytest.raises(UserError, match="nothing to resume"):
         train_concept(registry, tiny_vlm(), "bo", FAST, resume=True)
+
+
+def numbers(value) -> list[float]:
+    """Every number in a nested history record, in order."""
+    if isinstance(value, dict):
+        return [n for key in sorted(value) for n in numbers(value[key])]
+    if isinstance(value, (list, tuple)):
+        return [n for item in value for n in numbers(item)]
+    return [float(value)] if isinstance(value, (int, float)) else []
 
 
 def test_a_concept_trained_on_one_base_is_refused_by_another(registry):

@@ -142,8 +142,7 @@ def find(registry: Registry, vlm: VLM, name: str, inputs: list[Path], threshold:
             prompts.append(Prompt(question, [image], [sha256], [concept["name"]]))
             batch_paths.append(path)
         if prompts:
-            with vlm.fast():
-                scored += zip(batch_paths, vlm.yes_probabilities(prompts))
+            scored += zip(batch_paths, vlm.yes_probabilities(prompts))
         if on_progress:
             on_progress(min(start + FIND_BATCH, len(paths)), len(paths))
     scored.sort(key=lambda item: -item[1])

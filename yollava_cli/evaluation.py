@@ -200,8 +200,7 @@ class Evaluation:
         out = []
         for start in range(0, len(photos), 16):
             prompts = [self.prompt(method, subject, score_question(subject), [p]) for p in photos[start : start + 16]]
-            with self.vlm.fast():
-                out += self.vlm.yes_probabilities(prompts)
+            out += self.vlm.yes_probabilities(prompts)
         return out
 
     def vectors(self, photos: list[Path]) -> np.ndarray:

@@ -152,8 +152,7 @@ class Trainer:
         for start in range(0, len(keys), 16):
             chunk = keys[start : start + 16]
             prompts = [Prompt(question, [lambda k=k: self.views(k)], [k], [self.name]) for k in chunk]
-            with self.vlm.fast():
-                out += self.vlm.yes_probabilities(prompts)
+            out += self.vlm.yes_probabilities(prompts)
         return out
 
     def score(self, positives: list[str], negatives: list[str]) -> dict:
@@ -187,8 +186,7 @@ class Trainer:
                 losses = []
                 for step in range(steps):
                     batch = [self.encode(e) for e in examples[step * self.config.batch_size : (step + 1) * self.config.batch_size]]
-                    with self.vlm.fast():
-                        loss = self.vlm.loss(self.vlm.collate(batch))
+                    loss = self.vlm.loss(self.vlm.collate(batch))
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
