@@ -17,6 +17,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -358,11 +359,16 @@ class VLM:
         torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         with torch.no_grad(), self.fast():
-            out = self.model.generate(
-                **inputs, max_new_tokens=max_new_tokens, streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([Stop()]),
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling,
-            )
+            # the prompt (all but its last token) runs through oneDNN's GEMM; then one token at a
+            # time, where ATen's own bf16 matrix-vector kernel decodes ~1.5x faster on CPU
+            opening = {**inputs, "input_ids": inputs["input_ids"][:, :-1], "attention_mask": inputs["attention_mask"][:, :-1]}
+            cache = self.model(**opening, use_cache=True, logits_to_keep=1).cache
+            with onednn(enabled=self.device.type != "cpu"):
+                out = self.model.generate(
+                    input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], cache=cache,
+                    max_new_tokens=max_new_tokens, streamer=streamer, stopping_criteria=StoppingCriteriaList([Stop()]),
+                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling,
+                )
         return self.tokenizer.decode(out[0, len(encoded.input_ids):], skip_special_tokens=True).strip()
 
     # -- images -------------------------------------------------------------------------
@@ -443,6 +449,18 @@ class CallbackStreamer:
         if len(text) > self.sent:
             self.callback(text[self.sent:])
             self.sent = len(text)
+
+
+@contextmanager
+def onednn(enabled: bool):
+    """Switch oneDNN (mkldnn) on or off for a block, restoring it after. Not torch's own
+    `mkldnn.flags`: that also sets TF32 and warns on every CPU-only torch."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def shared_opening(ids: torch.Tensor, limit: int, image_token_id: int) -> int:
