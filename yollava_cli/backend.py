@@ -363,7 +363,7 @@ class VLM:
             # time, where ATen's own bf16 matrix-vector kernel decodes ~1.5x faster on CPU
             opening = {**inputs, "input_ids": inputs["input_ids"][:, :-1], "attention_mask": inputs["attention_mask"][:, :-1]}
             cache = self.model(**opening, use_cache=True, logits_to_keep=1).cache
-            with onednn(enabled=self.device.type != "cpu"):
+            with without_onednn():
                 out = self.model.generate(
                     input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], cache=cache,
                     max_new_tokens=max_new_tokens, streamer=streamer, stopping_criteria=StoppingCriteriaList([Stop()]),
@@ -452,11 +452,11 @@ class CallbackStreamer:
 
 
 @contextmanager
-def onednn(enabled: bool):
-    """Switch oneDNN (mkldnn) on or off for a block, restoring it after. Not torch's own
+def without_onednn():
+    """Switch oneDNN (mkldnn, a CPU library) off for a block, restoring it after. Not torch's own
     `mkldnn.flags`: that also sets TF32 and warns on every CPU-only torch."""
     before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = enabled
+    torch.backends.mkldnn.enabled = False
     try:
         yield
     finally:
