@@ -45,7 +45,7 @@ def test_plain_forward_matches_the_models_own_image_path(vlm):
     text = vlm.render(prompt)
     inputs = vlm.processor(images=[photo()], text=text, return_tensors="pt")
     ours = vlm.forward(vlm.collate([vlm.encode(prompt)]))
-    with torch.no_grad(), vlm.fast():  # as every pass of ours runs
+    with torch.no_grad(), vlm.conversation([], True):  # as every pass of ours runs
         theirs = vlm.model(**inputs).logits  # pixel_values path inside transformers
     finite = torch.isfinite(ours)
     assert torch.allclose(ours[finite], theirs[..., : ours.shape[-1]][finite], atol=1e-5)
@@ -202,3 +202,21 @@ def test_unreachable_hub_id_is_one_line_suggesting_pocket(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "YOLLAVA_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert "--model pocket" in result.stdout and len(result.stdout.strip().splitlines()) == 1
+
+
+def test_a_loaded_concept_never_leaks_into_a_conversation_without_it(vlm):
+    """Trained identifier rows compete with ordinary words in the head: one that scores above every
+    word must still never be generated where its concept is not in the prompt (issue: pocket ended
+    "What is in this photo?" on a loaded concept's identifier nobody mentioned)."""
+    names = ["bo", "mam", "rex"]
+    for seed, name in enumerate(names):
+        vlm.add_concept(name, 2, seed=seed)
+        with torch.no_grad():  # an output row that beats every word on any hidden state
+            vlm.head.rows[name].copy_(vlm.head.base.weight.float().sum(0) * 1e3)
+    generic = vlm.generate(Prompt("What is in this photo?", [photo()]), max_new_tokens=8)
+    assert not any(f"<{n}>" in generic for n in names), generic
+    with_bo = vlm.generate(Prompt("What is <bo> doing?", [photo()], concepts=["bo"]), max_new_tokens=8)
+    assert "<bo>" in with_bo  # the mentioned concept still can be said
+    assert "<mam>" not in with_bo and "<rex>" not in with_bo
+    logits = vlm.next_token_logits([Prompt("What is this?", [photo()])])[0]
+    assert all(logits[vlm.head.identifier_ids[n]] == float("-inf") for n in names)

@@ -139,3 +139,53 @@ def test_efficientnet_top1_on_imagenet_sample():
         predictions = net(torch.stack([preprocess(Image.open(f)) for f in files])).argmax(-1)
     top1 = (predictions == torch.arange(0, 1000, 10)).float().mean().item()
     assert top1 >= 0.6, f"EfficientNet-Lite0 top-1 {top1:.2f} on 100 photos"
+
+
+TEXT_PROMPTS = [
+    "What should I buy my dog for his birthday?", "Give me three tips for a rainy Sunday.",
+    "My cat is scared of the vacuum cleaner. How can I help her?", "Write a haiku about autumn.",
+    "What is the capital of France?", "How do I boil an egg?", "Name a good name for a corgi.",
+    "Why is the sky blue?", "Suggest a gift for a friend who loves hiking.", "What is 12 times 7?",
+    "How often should I walk a puppy?", "Tell me a short joke.", "What do plush toys need to stay clean?",
+    "Translate 'good morning' into Spanish.", "What is a backpack used for?", "How do I keep sneakers white?",
+    "Describe a sunset in one sentence.", "What should I pack for a beach day?",
+    "Is chocolate safe for dogs?", "Recommend a board game for a family of four.",
+]
+
+
+def test_text_turns_answer_exactly_as_the_bare_language_model(pocket_cache):
+    """pocket's grounding adapter is on only where a photo is in the conversation: a text-only
+    turn through the tool gives the same greedy tokens as bare SmolLM2-135M-Instruct run with the
+    same arithmetic (bf16 matrices, autocast, prompt then one-token decoding), while a photo turn
+    still answers like the grounded model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from yollava_cli.backend import VLM, Prompt, store_matrices_in_bf16, without_onednn
+
+    vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")
+    lm_dir = pocket_cache / "smollm2-135m-instruct"
+    bare = LlamaForCausalLM(LlamaConfig.from_json_file(lm_dir / "config.json"))
+    from safetensors.torch import load_file
+
+    bare.model.load_state_dict(load_file(str(lm_dir / "model.safetensors")))
+    bare.tie_weights()
+    bare.lm_head = store_matrices_in_bf16(bare.model, bare.lm_head)
+    bare.eval()
+    differing = []
+    for question in TEXT_PROMPTS:
+        ids = torch.tensor([vlm.tokenize(vlm.render(Prompt(question)))])
+        with torch.no_grad(), vlm.fast():
+            cache = bare.model(input_ids=ids[:, :-1], use_cache=True).cache
+            with without_onednn():
+                out = bare.generate(input_ids=ids, cache=cache, max_new_tokens=24, do_sample=False,
+                                    pad_token_id=vlm.tokenizer.eos_token_id)
+        expected = vlm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        ours = vlm.generate(Prompt(question), max_new_tokens=24)
+        if ours != expected:
+            differing.append((question, ours, expected))
+    assert not differing, differing
+    photo = Image.open(need(DATA / "concepts" / "dog" / "test" / "03.jpg"))
+    grounded = vlm.generate(Prompt("What is in this photo?", [photo]), max_new_tokens=12)
+    switch = vlm.grounding
+    switch.rows, vlm.grounding = False, None  # the same photo turn with the adapter forced off
+    assert vlm.generate(Prompt("What is in this photo?", [photo]), max_new_tokens=12) != grounded

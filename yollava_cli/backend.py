@@ -62,6 +62,7 @@ class Encoded:
     input_ids: torch.Tensor  # (T,)
     labels: torch.Tensor  # (T,), -100 everywhere but the answer
     features: list[torch.Tensor]  # one (n_tokens, hidden) per image, in order
+    concepts: list[str] = field(default_factory=list)  # the concepts the prompt opens with
 
 
 class ConceptEmbedding(torch.nn.Module):
@@ -95,6 +96,9 @@ class ConceptHead(torch.nn.Module):
         self.rows = torch.nn.ParameterDict()
         self.blocked = set(blocked)
         self.identifier_ids: dict[str, int] = {}
+        # Concepts this pass may generate: those in the conversation. A loaded concept that is not
+        # in it must never be said (its trained row otherwise competes with ordinary words).
+        self.active: set[str] = set()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.base(hidden)[..., : self.width]  # rows past the tokenizer are padding, not tokens
@@ -102,10 +106,12 @@ class ConceptHead(torch.nn.Module):
             logits = F.pad(logits, (0, self.width - logits.shape[-1]), value=float("-inf"))
         block = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
         block[list(self.blocked)] = True
+        block[[i for n, i in self.identifier_ids.items() if n not in self.active]] = True
         logits = logits.masked_fill(block, float("-inf"))
-        if len(self.rows):
-            ids = torch.tensor([self.identifier_ids[n] for n in self.rows], device=logits.device)
-            rows = torch.stack(list(self.rows.values())).to(hidden.dtype)
+        names = [n for n in self.rows if n in self.active]
+        if names:
+            ids = torch.tensor([self.identifier_ids[n] for n in names], device=logits.device)
+            rows = torch.stack([self.rows[n] for n in names]).to(hidden.dtype)
             logits = logits.index_copy(-1, ids, (hidden @ rows.T).to(logits.dtype))
         return logits
 
@@ -137,6 +143,8 @@ class VLM:
             head = store_matrices_in_bf16(model.get_decoder(), head)
         self.head = ConceptHead(head, len(self.tokenizer), [self.image_token_id])
         model.set_output_embeddings(self.head)
+        # pocket's grounding adapter (pocket.Grounding), switched on only where a photo is
+        self.grounding = getattr(getattr(model, "model", None), "grounding", None)
 
     # -- concepts -----------------------------------------------------------------------
 
@@ -264,7 +272,7 @@ class VLM:
             n = next(counts) if token == self.image_token_id else 1
             expanded_ids += [token] * n
             expanded_labels += [label] * n
-        return Encoded(torch.tensor(expanded_ids), torch.tensor(expanded_labels), features)
+        return Encoded(torch.tensor(expanded_ids), torch.tensor(expanded_labels), features, list(prompt.concepts))
 
     def collate(self, batch: list[Encoded]) -> dict:
         """Right-padded tensors for a forward pass."""
@@ -277,7 +285,9 @@ class VLM:
             n = len(e.input_ids)
             input_ids[row, :n], labels[row, :n], mask[row, :n] = e.input_ids, e.labels, 1
         features = [f for e in batch for f in e.features]
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "features": features}
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "features": features,
+                "concepts": sorted({c for e in batch for c in e.concepts}),
+                "photo_rows": torch.tensor([bool(e.features) for e in batch])}
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits for a collated batch (image features spliced in at the placeholders)."""
@@ -285,7 +295,7 @@ class VLM:
                   "attention_mask": batch["attention_mask"].to(self.device)}
         if batch["features"]:
             inputs["mm_encoder_outputs"] = mm_outputs(batch["features"], self.dtype, self.device)
-        with self.fast():
+        with self.conversation(batch["concepts"], batch["photo_rows"]):
             return self.model(**inputs).logits
 
     def loss(self, batch: dict) -> torch.Tensor:
@@ -302,6 +312,22 @@ class VLM:
         keeps the residual stream, norms and softmax in fp32."""
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.device.type == "cpu")
 
+    @contextmanager
+    def conversation(self, concepts: list[str], photo_rows: torch.Tensor | bool):
+        """Every language-model pass runs inside this: `fast()`, only the conversation's concepts
+        can be generated, and pocket's grounding is on exactly for the rows that hold a photo."""
+        active, rows = self.head.active, self.grounding.rows if self.grounding else None
+        self.head.active = set(concepts)
+        if self.grounding:
+            self.grounding.rows = photo_rows
+        try:
+            with self.fast():
+                yield
+        finally:
+            self.head.active = active
+            if self.grounding:
+                self.grounding.rows = rows
+
     def next_token_logits(self, prompts: list[Prompt]) -> torch.Tensor:
         """(n, vocab) logits of the first answer token of each prompt, in one batch. The opening the
         prompts share (chat header, concept prompt) runs once, its cache copied to every row, and
@@ -310,9 +336,12 @@ class VLM:
         batch = self.collate(encoded)
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
         lengths = torch.tensor([len(e.input_ids) for e in encoded], device=self.device)
-        shared = shared_opening(ids, int(lengths.min()) - 1, self.image_token_id)
+        photos = batch["photo_rows"]
+        # rows with and without a photo run with different weights (pocket): no common cache then
+        same_weights = bool(photos.all()) or not bool(photos.any())
+        shared = shared_opening(ids, int(lengths.min()) - 1, self.image_token_id) if same_weights else 0
         base = self.model.base_model  # the multimodal model without the head
-        with torch.no_grad(), self.fast():
+        with torch.no_grad(), self.conversation(batch["concepts"], photos):
             inputs = {"input_ids": ids[:, shared:], "attention_mask": mask}
             if shared:
                 cache = base(input_ids=ids[:1, :shared], attention_mask=mask[:1, :shared], use_cache=True).cache
@@ -358,7 +387,7 @@ class VLM:
 
         torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        with torch.no_grad(), self.fast():
+        with torch.no_grad(), self.conversation(encoded.concepts, bool(encoded.features)):
             # the prompt (all but its last token, no head) runs through oneDNN's GEMM; then one token
             # at a time, where ATen's own bf16 matrix-vector kernel decodes ~1.5x faster on CPU
             cache = self.model.base_model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **images).cache
@@ -493,7 +522,7 @@ def mm_outputs(features: list[torch.Tensor], dtype: torch.dtype, device) -> dict
 def fingerprint(weight: torch.Tensor, model) -> str:
     """Architecture, vocabulary size and a hash of the input embedding matrix plus the head of every
     other tensor: a concept's rows (and a cached image feature) mean something only next to the
-    exact model they came from, and pocket's projector and merged LoRA change without touching the
+    exact model they came from, and pocket's projector and grounding adapter change without touching the
     embedding."""
     digest = hashlib.sha256(weight.detach().float().cpu().numpy().tobytes())
     for tensor in [*model.parameters(), *model.buffers()]:

