@@ -54,6 +54,27 @@ def fresh_home(world, tmp_path):
 # -- bundles ----------------------------------------------------------------------------------
 
 
+def test_facts_travel_in_bundles_and_malformed_facts_are_refused(world, tmp_path):
+    home = fresh_home(world, tmp_path)
+    assert run_cli("note", "bo", "loves tennis balls", home=home).returncode == 0
+    bundle = tmp_path / "bo.yollava"
+    assert run_cli("export", "bo", bundle, home=home).returncode == 0
+    assert run_cli("import", bundle, "--as", "bo2", "--model", world["model"], home=home).returncode == 0
+    assert run_cli("note", "bo2", home=home).stdout == "1\tloves tennis balls\n"
+    for facts, message in ((["ok", "x" * 600], "keep a fact under 500"), ("not a list", "facts must be a list")):
+        bad = tmp_path / "bad.yollava"
+        with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(bad, "w") as dst:
+            for item in src.namelist():
+                data = src.read(item)
+                if item == "manifest.json":
+                    data = json.dumps({**json.loads(data), "facts": facts}).encode()
+                dst.writestr(item, data)
+        before = snapshot(home)
+        result = run_cli("import", bad, "--as", "bo3", "--skip-model-check", home=home)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert snapshot(home) == before
+
+
 def test_export_import_round_trip(world, tmp_path):
     home = fresh_home(world, tmp_path)
     bundle = tmp_path / "bo.yollava"
@@ -310,6 +331,13 @@ def bad_input_cases(world, tmp_path):
         ("eval", ["eval", d / "empty"], "manifest.json: missing"),
         ("eval", ["eval", world["data"] / "concepts", "--subjects", "unicorn"], "unknown subject"),
         ("eval", ["eval"], "name a dataset"),
+        ("note", ["note", "bo", ""], "fact is empty"),
+        ("note", ["note", "bo", "x" * 501], "keep a fact under 500"),
+        ("note", ["note", "bo", "loves\tballs"], "control character"),
+        ("note", ["note", "bo", "--rm", "7"], "has no fact 7"),
+        ("note", ["note", "nobody", "likes balls"], "unknown concept"),
+        ("add", ["add", "newone", good, "--no-train", "--note", "ok", "--note", " "], "fact is empty"),
+        ("add", ["add", "newone", good, "--no-train", "--notes-file", d / "missing.txt"], "cannot read the notes file"),
     ]
 
 

@@ -55,6 +55,7 @@ class Prompt:
     image_keys: list[str | None] = field(default_factory=list)  # photo sha256, or None: no caching
     concepts: list[str] = field(default_factory=list)
     history: list[tuple[str, str]] = field(default_factory=list)  # earlier (question, answer) turns
+    notes: list[str] = field(default_factory=list)  # the owner's facts, as sentences after the concept prompts
 
 
 @dataclass
@@ -237,7 +238,7 @@ class VLM:
     def render(self, prompt: Prompt, answer: str | None = None) -> str:
         """The prompt in the model's own chat template; the concept prompt opens the first turn."""
         messages = []
-        prefix = " ".join(concept_prompt(n, self.k[n]) for n in prompt.concepts)
+        prefix = " ".join([concept_prompt(n, self.k[n]) for n in prompt.concepts] + prompt.notes)
         for i, (question, reply) in enumerate([*prompt.history, (prompt.question, answer)]):
             # a newline, not a space, before what follows: a space before an added token (<image>,
             # <bo>) becomes a stray token in byte-level BPE tokenizers

@@ -46,6 +46,7 @@ def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: b
         "base_model": row["base_model"], "base_fingerprint": row["base_fingerprint"],
         "threshold": concept["threshold"], "metrics": json.loads(row["metrics"] or "null"),
         "config": json.loads(row["config"] or "null"), "data_hash": row["data_hash"], "exported_at": now(),
+        "facts": [f["text"] for f in registry.facts(concept["id"])],
         "checksums": {TENSORS: sha256(tensors), **{name: sha256(data) for name, data in photos.items()}},
     }
     buffer = io.BytesIO()
@@ -113,7 +114,18 @@ def check_bundle(path: Path) -> tuple[dict, bytes, dict[str, bytes], dict[str, t
         raise UserError(f"{path}: token rows hold NaN or infinite values")
     if not fingerprint.count(":") == 2:
         raise UserError(f"{path}: malformed base-model fingerprint {fingerprint!r}")
+    check_facts(manifest.get("facts", []), path)
     return manifest, tensors_bytes, photos, tensors
+
+
+def check_facts(facts, path: Path) -> None:
+    """The bundle's facts: a list of at most MAX_FACTS strings, each a fact `note` would accept."""
+    from yollava_cli.facts import MAX_FACTS, check_fact
+
+    if not isinstance(facts, list) or len(facts) > MAX_FACTS or not all(isinstance(f, str) for f in facts):
+        raise UserError(f"{path}: malformed bundle (facts must be a list of at most {MAX_FACTS} strings)")
+    for i, fact in enumerate(facts, 1):
+        check_fact(fact, f"{path}: fact {i}")
 
 
 def import_concept(registry: Registry, path: Path, new_name: str | None = None, base_fingerprint: str | None = None) -> dict:
@@ -160,6 +172,8 @@ def record_import(registry: Registry, name: str, manifest: dict, decoded: list, 
         for sha, jpeg, size in decoded:
             registry.store_photo(sha, jpeg, *size)
             db.execute("INSERT OR IGNORE INTO concept_photos VALUES (?, ?, 'train', ?, ?)", [concept_id, sha, f"bundle:{path.name}", stamp])
+        for fact in manifest.get("facts", []):
+            db.execute("INSERT INTO facts (concept_id, text, created_at) VALUES (?, ?, ?)", [concept_id, fact.strip(), stamp])
         db.execute(
             "INSERT INTO checkpoints (concept_id, file, base_model, base_fingerprint, k, metrics, config, data_hash, is_current, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",

@@ -77,8 +77,10 @@ class GenerationOptions:
 
 def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image], keys: list[str],
         options: GenerationOptions, on_text: Callable[[str], None] | None = None,
-        history: list[tuple[str, str]] | None = None, stop: threading.Event | None = None) -> dict:
-    """Answer one question, streaming text to `on_text`; returns the answer with timings."""
+        history: list[tuple[str, str]] | None = None, stop: threading.Event | None = None,
+        notes: list[str] | None = None) -> dict:
+    """Answer one question, streaming text to `on_text`; returns the answer with timings. `notes`:
+    the concepts' facts, carried in their opening line."""
     start = time.perf_counter()
     first: list[float] = []
 
@@ -88,7 +90,7 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
         if on_text:
             on_text(text)
 
-    prompt = Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []))
+    prompt = Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []), list(notes or []))
     answer = vlm.generate(prompt, options.max_tokens, options.temperature, options.seed, stream, stop)
     tokens = len(vlm.tokenizer.encode(answer, add_special_tokens=False))
     return {"answer": answer, "concepts": concepts, "model": vlm.ref,
@@ -106,6 +108,7 @@ class ChatSession:
     images: list[Image.Image] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     history: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def set_image(self, path: Path) -> None:
         self.images, self.keys = open_images([path])
@@ -115,7 +118,8 @@ class ChatSession:
         self.images, self.keys, self.history = [], [], []
 
     def say(self, text: str, on_text: Callable[[str], None], stop: threading.Event | None = None) -> str:
-        result = ask(self.vlm, self.concepts, text, self.images, self.keys, self.options, on_text, self.history, stop)
+        result = ask(self.vlm, self.concepts, text, self.images, self.keys, self.options, on_text, self.history, stop,
+                     self.notes)
         self.history.append((with_identifiers(text, self.concepts), result["answer"]))
         return result["answer"]
 

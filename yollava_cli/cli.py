@@ -245,15 +245,25 @@ def add(
     replace: Annotated[bool, typer.Option("--replace", help="Start the concept afresh, dropping what it had.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse the whole add if any file is unusable.")] = False,
     no_train: Annotated[bool, typer.Option("--no-train", help="Only store the photos; do not mine or train.")] = False,
+    note: Annotated[Optional[list[str]], typer.Option("--note", help="A fact photos cannot show, e.g. \"is scared of the vacuum cleaner\" (repeatable).")] = None,
+    notes_file: Annotated[Optional[Path], typer.Option("--notes-file", help="A text file of facts, one a line.")] = None,
     model: ModelOption = None,
     json_: JsonFlag = False,
 ):
     """Add photos of a concept (creating it), then mine its negatives and train it.
 
-    Example: yollava add bo ~/Pictures/bo --kind pet
+    \b
+    Examples:
+      yollava add bo ~/Pictures/bo --kind pet
+      yollava add bo ~/Pictures/bo --kind pet --note "is 4 years old" --note "loves tennis balls"
     """
-    registry = open_registry()
+    from yollava_cli.facts import add_facts, check_fact, read_notes_file
+
+    notes = [check_fact(n) for n in note or []] + (read_notes_file(notes_file) if notes_file else [])
+    registry = open_registry()  # bad facts were refused above, before anything is stored
     result = concepts.add_concept(registry, name, photos, kind=kind and kind.value, replace=replace, strict=strict)
+    if notes:
+        add_facts(registry, result.concept, notes)
     data = {
         "concept": result.concept,
         "kind": result.kind,
@@ -261,6 +271,7 @@ def add(
         "new_photos": result.new_photos,
         "total_photos": result.total_photos,
         "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
+        "facts_added": len(notes),
     }
     for path, reason in result.skipped:
         status(f"skipped {path}: {reason}")
@@ -360,9 +371,12 @@ def ask(
         raise UserError("quote the question: yollava ask [NAME] \"QUESTION\"")
     *names, question = name_or_question
     images, keys = open_images(image or [])  # bad photos fail before the model loads
-    _, vlm, wanted = session(names, question, model, no_train)
+    from yollava_cli.facts import prompt_notes
+
+    registry, vlm, wanted = session(names, question, model, no_train)
     stream = None if json_ else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-    result = answer(vlm, wanted, question, images, keys, GenerationOptions(max_tokens, temperature, seed), stream)
+    result = answer(vlm, wanted, question, images, keys, GenerationOptions(max_tokens, temperature, seed), stream,
+                    notes=prompt_notes(registry, wanted))
     if json_:
         return print_json(result)
     sys.stdout.write("\n")
@@ -383,8 +397,11 @@ def chat(
     """
     from yollava_cli.chat import ChatSession, GenerationOptions
 
-    _, vlm, wanted = session(names or [], "", model, no_train=False)
-    chat_session = ChatSession(vlm, wanted, GenerationOptions(max_tokens, temperature, seed))
+    from yollava_cli.facts import prompt_notes
+
+    registry, vlm, wanted = session(names or [], "", model, no_train=False)
+    chat_session = ChatSession(vlm, wanted, GenerationOptions(max_tokens, temperature, seed),
+                               notes=prompt_notes(registry, wanted))
     if image:
         chat_session.set_image(image)
     status(f"Chatting about {', '.join(f'<{n}>' for n in wanted) or 'nothing personal'} on {vlm.ref}. /quit or Ctrl-D to leave.")
@@ -425,6 +442,40 @@ def chat(
             sys.stdout.write(" [stopped]")
         sys.stdout.write("\n")
         sys.stdout.flush()
+
+
+@app.command()
+def note(
+    name: str,
+    fact: Annotated[Optional[str], typer.Argument(help="The fact to add; leave out to list the concept's facts.")] = None,
+    rm: Annotated[Optional[int], typer.Option("--rm", min=1, help="Remove fact number N (as listed).")] = None,
+    json_: JsonFlag = False,
+):
+    """Note what you know about a concept and photos cannot show; answers use it at once.
+
+    \b
+    Examples:
+      yollava note bo "is scared of the vacuum cleaner"
+      yollava note bo            # list, numbered
+      yollava note bo --rm 2
+    """
+    from yollava_cli import facts
+
+    registry = open_registry()
+    if fact is not None and rm is not None:
+        raise UserError("give a fact to add or --rm N, not both")
+    if rm is not None:
+        removed = facts.remove_fact(registry, name, rm)
+        if json_:
+            return print_json({"concept": concepts.parse_name(name), "removed": removed})
+        return out.print(f"Removed fact {removed['number']}: {removed['text']}", markup=False, highlight=False)
+    listed = facts.add_facts(registry, name, [fact]) if fact is not None else facts.list_facts(registry, name)
+    if json_:
+        return print_json({"concept": concepts.parse_name(name), "facts": listed})
+    if not listed:
+        return status(f"No facts about <{concepts.parse_name(name)}> yet. Add one: yollava note {concepts.parse_name(name)} \"loves tennis balls\"")
+    for item in listed:
+        sys.stdout.write(f"{item['number']}\t{item['text']}\n")
 
 
 @app.command()
@@ -648,6 +699,8 @@ def show(
     )
     for item in info["negatives"]["hardest"]:
         out.print(f"  hard {item['score']:.3f}  {item['photo']}", markup=False, highlight=False)
+    for item in info["facts"]:
+        out.print(f"fact {item['number']}: {item['text']}", markup=False, highlight=False, soft_wrap=True)
     if info["checkpoint"]:
         out.print(f"checkpoint: {info['checkpoint']['file']}", markup=False, highlight=False)
     if info["metrics"]:

@@ -211,6 +211,7 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
             }
             for p in photos
         ],
+        "facts": [{"number": f["number"], "text": f["text"]} for f in registry.facts(concept["id"])],
         "negatives": {
             "hard": negatives.get("hard", 0),
             "easy": negatives.get("easy", 0),

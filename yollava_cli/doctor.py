@@ -9,6 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from yollava_cli.errors import UserError
+from yollava_cli.facts import check_fact
 from yollava_cli.migrations import MIGRATIONS
 from yollava_cli.store import Registry, now
 
@@ -53,6 +54,14 @@ def examine(registry: Registry, fix: bool = False) -> dict:
     ) if not running(registry, r["name"])]
     found += [problem("run", f"run {r['id']} ({r['name'] or 'eval'}) was left running by a process that died") for r in stale_runs]
 
+    bad_facts = []  # written around `note` (by hand, an old tool): reported, never rewritten
+    for r in db.query("SELECT f.text, c.name FROM facts f JOIN concepts c ON c.id = f.concept_id ORDER BY f.id"):
+        try:
+            check_fact(r["text"])
+        except UserError as e:
+            bad_facts.append(problem("fact", f"<{r['name']}>: {e} (see `yollava note {r['name']}`; remove it with --rm N)"))
+    found += bad_facts
+
     if fix and found:
         with registry.transaction() as tx:
             for sha in bad_photos:
@@ -74,7 +83,7 @@ def examine(registry: Registry, fix: bool = False) -> dict:
         for path in orphans + stray + temporary:
             path.unlink(missing_ok=True)
         for item in found:
-            item["fixed"] = item["kind"] != "database"
+            item["fixed"] = item["kind"] not in ("database", "fact")
     return {"registry": str(root / "registry.db"), "schema_version": registry.schema_version,
             "schema_expected": len(MIGRATIONS), "problems": found,
             "ok": not [p for p in found if not p["fixed"]]}

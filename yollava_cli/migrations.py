@@ -112,3 +112,17 @@ def m002_answers(db: sqlite_utils.Database) -> None:
             answer TEXT NOT NULL,
             PRIMARY KEY (sha256, model, prompt))"""
     )
+
+
+@migration
+def m003_facts(db: sqlite_utils.Database) -> None:
+    # What the owner knows and photos cannot show ("is scared of the vacuum cleaner"), in the
+    # owner's own words, numbered by insertion order.
+    db.execute(
+        """CREATE TABLE facts (
+            id INTEGER PRIMARY KEY,
+            concept_id INTEGER NOT NULL REFERENCES concepts(id) ON DELETE CASCADE,
+            text TEXT NOT NULL,
+            created_at TEXT NOT NULL)"""
+    )
+    db.execute("CREATE INDEX facts_by_concept ON facts(concept_id)")

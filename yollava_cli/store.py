@@ -167,3 +167,8 @@ class Registry:
                 [concept_id],
             )
         )
+
+    def facts(self, concept_id: int) -> list[dict]:
+        """The concept's facts in the order they were noted (`note` numbers them from 1)."""
+        rows = self.db.execute("SELECT id, text, created_at FROM facts WHERE concept_id = ? ORDER BY id", [concept_id])
+        return [{"number": i, "text": r["text"], "created_at": r["created_at"]} for i, r in enumerate(rows, 1)]

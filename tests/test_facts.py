@@ -1,0 +1,69 @@
+"""Personal facts (`note`): stored in the owner's words, carried in the concept's opening line,
+travelling in bundles, checked by doctor."""
+
+import json
+import sqlite3
+
+from PIL import Image
+
+from conftest import run_cli
+from tiny import tiny_llava
+from yollava_cli.backend import VLM, Prompt, concept_prompt
+from yollava_cli.facts import as_sentence, prompt_notes
+from yollava_cli.store import Registry
+
+
+def photo_folder(tmp_path):
+    folder = tmp_path / "bo"
+    folder.mkdir()
+    for i, color in enumerate([(200, 30, 30), (30, 200, 30)]):
+        Image.new("RGB", (64, 48), color).save(folder / f"{i}.jpg")
+    return folder
+
+
+def test_note_adds_lists_and_removes_in_the_owners_words(home, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("# about bo\nloves chasing tennis balls\n\n<bo> is scared of the vacuum cleaner.\n")
+    added = run_cli("add", "bo", photo_folder(tmp_path), "--no-train", "--note", "is 4 years old",
+                    "--notes-file", notes, "--json", home=home)
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["facts_added"] == 3
+    assert run_cli("note", "bo", "Bo's birthday is on May 3", home=home).returncode == 0
+    listed = run_cli("note", "bo", home=home).stdout.splitlines()
+    assert listed == ["1\tis 4 years old", "2\tloves chasing tennis balls",
+                      "3\t<bo> is scared of the vacuum cleaner.", "4\tBo's birthday is on May 3"]
+    removed = json.loads(run_cli("note", "bo", "--rm", "2", "--json", home=home).stdout)
+    assert removed["removed"]["text"] == "loves chasing tennis balls"
+    shown = json.loads(run_cli("show", "bo", "--json", home=home).stdout)
+    assert [f["text"] for f in shown["facts"]] == ["is 4 years old", "<bo> is scared of the vacuum cleaner.",
+                                                    "Bo's birthday is on May 3"]
+    assert "fact 2: <bo> is scared of the vacuum cleaner." in run_cli("show", "bo", home=home).stdout
+
+
+def test_a_bad_fact_in_add_stores_nothing(home, tmp_path):
+    result = run_cli("add", "bo", photo_folder(tmp_path), "--no-train", "--note", "ok", "--note", "a\nb", home=home)
+    assert result.returncode == 1 and "control character" in result.stderr and "Traceback" not in result.stderr
+    assert Registry(home).concept("bo") is None
+
+
+def test_facts_ride_in_the_opening_line_after_the_concept_prompt(home, tmp_path):
+    assert run_cli("add", "bo", photo_folder(tmp_path), "--no-train", "--note", "is 4 years old",
+                   "--note", "Bo sleeps a lot", home=home).returncode == 0
+    notes = prompt_notes(Registry(home), ["bo"])
+    assert notes == ["<bo> is 4 years old.", "Bo sleeps a lot."]
+    assert as_sentence("bo", "<bo> loves balls!") == "<bo> loves balls!"
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.add_concept("bo", 2)
+    text = vlm.render(Prompt("How old is <bo>?", concepts=["bo"], notes=notes))
+    assert f"{concept_prompt('bo', 2)} <bo> is 4 years old. Bo sleeps a lot.\nHow old is <bo>?" in text
+
+
+def test_doctor_reports_a_fact_written_around_note(home, tmp_path):
+    assert run_cli("add", "bo", photo_folder(tmp_path), "--no-train", "--note", "fine", home=home).returncode == 0
+    conn = sqlite3.connect(home / "registry.db")
+    conn.execute("UPDATE facts SET text = 'two\nlines'")
+    conn.commit()
+    conn.close()
+    result = run_cli("doctor", "--fix", home=home)
+    assert result.returncode == 1 and "fact: <bo>" in result.stderr
+    assert Registry(home).facts(Registry(home).concept("bo")["id"])[0]["text"] == "two\nlines"  # never rewritten

@@ -1,0 +1,86 @@
+"""Personal facts: what a concept's owner knows and photos cannot show ("is scared of the vacuum
+cleaner"). They are stored in the owner's words, never rewritten, and reach answers through the
+concept's opening line (`<bo> is <bo_0>...<bo_15>. <bo> is scared of the vacuum cleaner.`), as
+retrieval-augmented personalization does: a new fact works at once, with no retraining. They
+never enter what the model generates about photos (captions, attribute conversations)."""
+
+import re
+from pathlib import Path
+
+from yollava_cli.concepts import get_concept
+from yollava_cli.errors import UserError
+from yollava_cli.store import Registry, now
+
+MAX_CHARS = 500
+MAX_FACTS = 100  # per concept: they all ride in every prompt about it
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_fact(text: str, where: str = "fact") -> str:
+    """The fact as given (outer spaces trimmed), or a one-line error saying what to fix."""
+    fact = text.strip()
+    if not fact:
+        raise UserError(f"{where} is empty: write what you know, e.g. \"is scared of the vacuum cleaner\"")
+    if len(fact) > MAX_CHARS:
+        raise UserError(f"{where} is {len(fact)} characters long; keep a fact under {MAX_CHARS} (split it in two)")
+    if CONTROL.search(fact):
+        raise UserError(f"{where} holds a control character (a newline or tab?); give one fact per line")
+    return fact
+
+
+def read_notes_file(path: Path) -> list[str]:
+    """One fact a line; blank lines and lines starting with # are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the notes file ({e}); give a UTF-8 text file, one fact a line") from None
+    return [check_fact(line, f"{path} line {i}") for i, line in enumerate(lines, 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def add_facts(registry: Registry, name: str, texts: list[str]) -> list[dict]:
+    """Append facts to a concept in one transaction (all or none); returns the full list."""
+    facts = [check_fact(t) for t in texts]
+    concept = get_concept(registry, name)
+    with registry.transaction() as db:
+        count = db.execute("SELECT count(*) FROM facts WHERE concept_id = ?", [concept["id"]]).fetchone()[0]
+        if count + len(facts) > MAX_FACTS:
+            raise UserError(f"<{concept['name']}> would have {count + len(facts)} facts; the limit is {MAX_FACTS} "
+                            f"(remove some with `yollava note {concept['name']} --rm N`)")
+        for fact in facts:
+            db.execute("INSERT INTO facts (concept_id, text, created_at) VALUES (?, ?, ?)", [concept["id"], fact, now()])
+    return list_facts(registry, name)
+
+
+def list_facts(registry: Registry, name: str) -> list[dict]:
+    """The concept's facts, numbered from 1 in the order they were noted."""
+    return registry.facts(get_concept(registry, name)["id"])
+
+
+def remove_fact(registry: Registry, name: str, number: int) -> dict:
+    """Remove fact `number` (as `note NAME` lists it); returns the removed fact."""
+    concept = get_concept(registry, name)
+    with registry.transaction() as db:
+        rows = db.execute("SELECT id, text FROM facts WHERE concept_id = ? ORDER BY id", [concept["id"]]).fetchall()
+        if not 1 <= number <= len(rows):
+            raise UserError(f"<{concept['name']}> has no fact {number}; `yollava note {concept['name']}` lists "
+                            f"{len(rows)} fact(s)")
+        db.execute("DELETE FROM facts WHERE id = ?", [rows[number - 1]["id"]])
+    return {"number": number, "text": rows[number - 1]["text"]}
+
+
+def fact_texts(registry: Registry, name: str) -> list[str]:
+    return [f["text"] for f in list_facts(registry, name)]
+
+
+def as_sentence(name: str, fact: str) -> str:
+    """How a fact reads in the prompt: a predicate ("is 4 years old") gets its subject, and every
+    fact ends like a sentence. The stored words are never changed."""
+    identifier = f"<{name}>"
+    sentence = fact if identifier in fact or fact[:1].isupper() else f"{identifier} {fact}"
+    return sentence if sentence[-1:] in ".!?" else sentence + "."
+
+
+def prompt_notes(registry: Registry, names: list[str]) -> list[str]:
+    """Every fact of the given concepts, as the sentences their opening line carries."""
+    return [as_sentence(name, fact) for name in names for fact in fact_texts(registry, name)]
