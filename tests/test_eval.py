@@ -42,7 +42,7 @@ def dataset(tmp_path):
     for subject in SUBJECTS:
         shutil.copytree(source / subject, root / subject)
     (root / "manifest.json").write_text(json.dumps({s: manifest[s] for s in SUBJECTS}))
-    for name in ("descriptions.json", "text_qa.json"):
+    for name in ("descriptions.json", "text_qa.json", "facts.json"):
         data = json.loads((source / name).read_text())
         (root / name).write_text(json.dumps({k: v for k, v in data.items() if k.strip("<>") in SUBJECTS}))
     visual = json.loads((source / "visual_qa.json").read_text())
@@ -96,11 +96,14 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
     assert "text_mcq" not in result["methods"]["embedding"]
     assert result["methods"]["vanilla"]["text_mcq"]["n"] == 15
     assert result["methods"]["yollava"]["visual_mcq"]["n"] == sum(len(data.subjects[s].test) for s in SUBJECTS)
-    forgetting = result["forgetting"]  # a random tiny model may well fail it; the count must be right
-    assert forgetting["compared"] == 6 and forgetting["passed"] == (forgetting["identical"] == 6)
+    forgetting = result["forgetting"]  # every concept loaded: generic answers must not change at all
+    assert forgetting == {"identical": 6, "compared": 6, "passed": True}
+    facts = result["methods"]["yollava"]["facts"]
+    assert facts["n"] == 9 and 0.0 <= facts["accuracy"] <= 1.0
+    assert (facts["gift_asked"], result["methods"]["vanilla"]["facts_control"]["gift_asked"]) == (2, 2)  # dog, cat
     files = write_report(result, tmp_path / "report")
     assert json.loads(files[0].read_text())["model"] == "tiny"
-    assert "| yollava |" in files[1].read_text()
+    assert "| yollava |" in files[1].read_text() and "| vanilla | " in files[1].read_text().split("Personal facts")[1]
     assert Image.open(files[2]).size[0] > 500
 
 

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import numpy as np
 from yollava_cli.backend import VLM, Prompt
 from yollava_cli.concepts import add_concept, parse_name
 from yollava_cli.errors import UserError
+from yollava_cli.facts import as_sentence
 from yollava_cli.fileio import atomic_write_bytes
 from yollava_cli.images import read_photo
 from yollava_cli.store import Registry, now
@@ -32,6 +33,7 @@ CAPTION_PROMPT = "Describe this photo in one sentence."
 SUBJECT_PROMPT = "Describe the main subject of this photo in one sentence."
 FORGETTING_QUESTIONS = ("What is in this photo?", "What color is the main object?")
 CAPTION_TOKENS = 32
+FACT_TOKENS = 48
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Dataset:
     descriptions: dict[str, str]
     text_qa: dict[str, list[dict]]
     visual_qa: dict[Path, dict]
+    facts: dict[str, dict] = field(default_factory=dict)  # facts.json, optional: {subject: {facts, questions, gift?}}
 
 
 def read_json(path: Path):
@@ -99,12 +102,18 @@ def load_dataset(root: Path, only: list[str] | None = None) -> Dataset:
         except (KeyError, TypeError):
             raise UserError(f"{root / 'visual_qa.json'}: entry {photo!r} needs subject, question, options, correct_answer") from None
         visual_qa[root / photo] = item
+    facts = {}
+    if (root / "facts.json").exists():
+        for key, entry in read_json(root / "facts.json").items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("facts"), list) or not isinstance(entry.get("questions"), list):
+                raise UserError(f"{root / 'facts.json'}: entry {key!r} needs a facts list and a questions list")
+            facts[subject_key(key, root / "facts.json", subjects)] = entry
     if only:
         unknown = [s for s in only if s not in subjects]
         if unknown:
             raise UserError(f"unknown subject(s) {', '.join(unknown)}; the dataset has {', '.join(sorted(subjects))}")
         subjects = {s: subjects[s] for s in only}
-    return Dataset(root, subjects, descriptions, text_qa, visual_qa)
+    return Dataset(root, subjects, descriptions, text_qa, visual_qa, facts)
 
 
 # -- metrics ----------------------------------------------------------------------------
@@ -274,7 +283,30 @@ class Evaluation:
         recalled = sum(f"<{subject.name}>" in c for c in captions)
         return {"text_mcq": {"accuracy": text_right / len(text) if text else None, "n": len(text)},
                 "visual_mcq": {"accuracy": visual_right / len(visual) if visual else None, "n": len(visual)},
-                "caption_recall": {"recall": recalled / len(captions), "n": len(captions)}}
+                "caption_recall": {"recall": recalled / len(captions), "n": len(captions)},
+                **self.facts_metrics(method, subject.name)}
+
+    def facts_metrics(self, method: str, subject: str) -> dict:
+        """The owner's facts noted (in the concept's opening line) or not (the control), each
+        paraphrased question asked; right when the answer contains an expected word. The gift
+        question counts a hit when its answer builds on a fact."""
+        entry = self.dataset.facts.get(subject)
+        if not entry:
+            return {}
+        questions = entry["questions"] + ([entry["gift"]] if entry.get("gift") else [])
+        notes = [as_sentence(subject, fact) for fact in entry["facts"]]
+        out = {}
+        for setting, given in (("facts", notes), ("facts_control", [])):
+            right = []
+            for item in questions:
+                prompt = self.prompt(method, subject, item["question"], [])
+                prompt.notes = given
+                answer = self.vlm.generate(prompt, max_new_tokens=FACT_TOKENS).lower()
+                right.append(any(word.lower() in answer for word in item["answer_contains"]))
+            asked = len(entry["questions"])
+            out[setting] = {"accuracy": sum(right[:asked]) / asked, "n": asked,
+                            "gift_hits": int(right[asked]) if entry.get("gift") else None}
+        return out
 
     def forgetting_check(self) -> dict:
         """With every concept loaded, generic answers must equal the bare base model's (appendix B)."""
@@ -297,7 +329,8 @@ def summarise(per_subject: dict[str, dict], methods: list[str]) -> dict:
         rows = [r[method] for r in per_subject.values() if method in r]
         entry = {}
         for group, fields in (("recognition", ("positive", "negative", "weighted", "auc", "weighted_at_threshold")),
-                              ("text_mcq", ("accuracy",)), ("visual_mcq", ("accuracy",)), ("caption_recall", ("recall",))):
+                              ("text_mcq", ("accuracy",)), ("visual_mcq", ("accuracy",)), ("caption_recall", ("recall",)),
+                              ("facts", ("accuracy",)), ("facts_control", ("accuracy",))):
             present = [r[group] for r in rows if group in r]
             if not present:
                 continue
@@ -308,6 +341,9 @@ def summarise(per_subject: dict[str, dict], methods: list[str]) -> dict:
                 entry[group][f"{name}_ci95"] = bootstrap_ci(values)
             if "n" in present[0]:
                 entry[group]["n"] = sum(p["n"] for p in present)
+            if "gift_hits" in present[0]:
+                gifts = [p["gift_hits"] for p in present if p["gift_hits"] is not None]
+                entry[group]["gift_hits"], entry[group]["gift_asked"] = sum(gifts), len(gifts)
         overall[method] = entry
     return overall
 
@@ -365,7 +401,7 @@ def rotate(dataset: Dataset, fold: int) -> Dataset:
         start = (fold * k) % len(photos)
         test = [photos[(start + i) % len(photos)] for i in range(k)]
         subjects[name] = Subject(name, s.kind, [p for p in photos if p not in test], test)
-    return Dataset(dataset.root, subjects, dataset.descriptions, dataset.text_qa, dataset.visual_qa)
+    return Dataset(dataset.root, subjects, dataset.descriptions, dataset.text_qa, dataset.visual_qa, dataset.facts)
 
 
 def merge_folds(results: list[dict]) -> dict:
@@ -377,7 +413,8 @@ def merge_folds(results: list[dict]) -> dict:
             merged[method][group] = {}
             for key in values:
                 found = [r[method][group][key] for r in results if r[method][group][key] is not None]
-                merged[method][group][key] = sum(found) if key == "n" else (float(np.mean(found)) if found else None)
+                counted = key in ("n", "gift_hits")
+                merged[method][group][key] = None if not found else sum(found) if counted else float(np.mean(found))
     return merged
 
 
@@ -433,6 +470,14 @@ def markdown(result: dict) -> str:
               "| subject | " + " | ".join(result["methods"]) + " |", "| --- |" + " --- |" * len(result["methods"])]
     for subject, methods in result["subjects"].items():
         lines.append(f"| {subject} | " + " | ".join(fmt(methods.get(m, {}).get("recognition", {}).get("weighted")) for m in result["methods"]) + " |")
+    with_facts = {m: v for m, v in result["methods"].items() if "facts" in v}
+    if with_facts:
+        lines += ["", "## Personal facts (questions about noted facts; gift answers that build on one)", "",
+                  "| method | facts in the prompt | no facts (control) | gift hits |", "| --- | --- | --- | --- |"]
+        for method, m in with_facts.items():
+            f, c = m["facts"], m.get("facts_control", {})
+            lines.append(f"| {method} | {fmt(f.get('accuracy'))} | {fmt(c.get('accuracy'))} | "
+                         f"{f.get('gift_hits', 0)}/{f.get('gift_asked', 0)} (control {c.get('gift_hits', 0)}) |")
     f = result["forgetting"]
     lines += ["", f"Forgetting check: {'PASS' if f['passed'] else 'FAIL'} ({f['identical']}/{f['compared']} answers identical "
               "to the bare base model with every concept loaded).", ""]
