@@ -11,6 +11,7 @@ complete -c yollava -n "__fish_use_subcommand" -a find -d "Find a concept across
 complete -c yollava -n "__fish_use_subcommand" -a import -d "Add a concept from a bundle, after verifying it (checksums, shapes, values, base model)."
 complete -c yollava -n "__fish_use_subcommand" -a list -d "List your concepts."
 complete -c yollava -n "__fish_use_subcommand" -a mine -d "Choose a concept's negatives: hard (look-alikes) and easy (random) photos from your pools."
+complete -c yollava -n "__fish_use_subcommand" -a note -d "Note what you know about a concept and photos cannot show; answers use it at once."
 complete -c yollava -n "__fish_use_subcommand" -a pool -d "Folders of everyday photos to mine negatives from."
 complete -c yollava -n "__fish_use_subcommand" -a rm -d "Remove a concept, its checkpoints, and photos no other concept uses."
 complete -c yollava -n "__fish_use_subcommand" -a show -d "Show one concept: photos, kind, status, negatives, checkpoint and metrics."
@@ -20,6 +21,8 @@ complete -c yollava -n "__fish_seen_subcommand_from add" -l kind -r -d "What it 
 complete -c yollava -n "__fish_seen_subcommand_from add" -l replace -d "Start the concept afresh, dropping what it had."
 complete -c yollava -n "__fish_seen_subcommand_from add" -l strict -d "Refuse the whole add if any file is unusable."
 complete -c yollava -n "__fish_seen_subcommand_from add" -l no-train -d "Only store the photos; do not mine or train."
+complete -c yollava -n "__fish_seen_subcommand_from add" -l note -r -d "A fact photos cannot show, e.g. 'is scared of the vacuum cleaner' (repeatable)."
+complete -c yollava -n "__fish_seen_subcommand_from add" -l notes-file -r -d "A text file of facts, one a line."
 complete -c yollava -n "__fish_seen_subcommand_from add" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
 complete -c yollava -n "__fish_seen_subcommand_from add" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from ask" -F  # ask: files
@@ -77,6 +80,9 @@ complete -c yollava -n "__fish_seen_subcommand_from mine" -l seed -r -d "Seed fo
 complete -c yollava -n "__fish_seen_subcommand_from mine" -l duplicate-above -r -d "Skip pool photos this similar to the concept's own (likely the subject itself)."
 complete -c yollava -n "__fish_seen_subcommand_from mine" -l embedder -r -d "auto, efficientnet-lite0, or open_clip:ARCH:PRETRAINED (a tag or a local file)."
 complete -c yollava -n "__fish_seen_subcommand_from mine" -l json -d "Print one JSON document on stdout, nothing else."
+complete -c yollava -n "__fish_seen_subcommand_from note" -F  # note: files
+complete -c yollava -n "__fish_seen_subcommand_from note" -l rm -r -d "Remove fact number N (as listed)."
+complete -c yollava -n "__fish_seen_subcommand_from note" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from pool" -a add -d "Register a folder as a negative pool and embed its photos (cached)."
 complete -c yollava -n "__fish_seen_subcommand_from pool" -a list -d "List negative pools."
 complete -c yollava -n "__fish_seen_subcommand_from pool" -a rm -d "Forget a pool (its folder and cached embeddings are left alone)."

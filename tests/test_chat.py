@@ -64,12 +64,17 @@ def test_ask_json_shape(trained):
     result = run_cli("ask", "bo", "what should I buy him?", "--max-tokens", "8", "--model", model_dir, "--json", home=home)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {"answer", "concepts", "model", "timings"}
+    assert set(data) == {"answer", "concepts", "model", "timings", "verdicts"} and data["verdicts"] == []
     assert data["concepts"] == ["bo"] and data["model"] == str(model_dir)
     assert set(data["timings"]) == {"first_token_s", "total_s", "tokens"}
     streamed = run_cli("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "8",
                        "--model", model_dir, home=home)
     assert streamed.returncode == 0 and streamed.stdout.strip()
+    grounded = json.loads(run_cli("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "4",
+                                  "--model", model_dir, "--json", home=home).stdout)
+    verdict = grounded["verdicts"][0]  # the recognizer's word on the photo, before the question
+    assert verdict["concept"] == "bo" and 0 <= verdict["probability"] <= 1
+    assert verdict["line"] == f"<bo> is {'' if verdict['present'] else 'not '}in this photo."
 
 
 def test_unknown_concept_lists_close_names(trained):
@@ -90,6 +95,23 @@ def test_find_ranks_and_exits_like_grep(trained):
     assert nothing.returncode == 1 and nothing.stdout.count("\t-\t") == 25
     top = run_cli("find", "bo", root / "pool", "--top", "3", "--threshold", "0", "--model", model_dir, home=home)
     assert top.returncode == 0 and len(top.stdout.strip().splitlines()) == 3
+
+
+def test_find_by_each_signal(trained):
+    home, model_dir, root = trained
+    runs = {by: json.loads(run_cli("find", "bo", root / "bo", root / "pool", "--by", by, "--verify", "5",
+                                   "--model", model_dir, "--json", home=home).stdout) for by in ("head", "fused", "tokens")}
+    assert {r["signal"] for r in runs["head"]["results"]} == {"head"}
+    assert {r["signal"] for r in runs["tokens"]["results"]} == {"tokens"}
+    fused = [r for r in runs["fused"]["results"] if r["signal"] == "fused"]
+    assert len(fused) >= 5 and len(runs["fused"]["results"]) == 28  # the 5 best and those near the threshold
+    head_best = sorted(runs["head"]["results"], key=lambda r: -r["probability"])[:5]
+    assert {r["path"] for r in head_best} <= {r["path"] for r in fused}
+    own = {str(p) for p in (root / "bo").glob("*.jpg")}  # the head has seen these: they must rank first
+    assert {r["path"] for r in head_best[:3]} == own
+    for args, message in ((["--by", "words"], "unknown signal --by 'words'"), (["--verify", "-1"], "--verify -1")):
+        bad = run_cli("find", "bo", root / "bo", *args, "--model", model_dir, home=home)
+        assert bad.returncode == 1 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_explain_lists_each_latent_token(trained):

@@ -74,7 +74,7 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
     root, pool = dataset
     data = load_dataset(root)
     embedder = load_embedder("efficientnet-lite0")
-    methods = ["yollava", "vanilla", "description", "auto-description", "embedding"]
+    methods = ["yollava", "vanilla", "description", "auto-description", "embedding", "head", "fused", "ask", "word-init"]
     seen = []
 
     def stop_at_second_subject(kind, **info):
@@ -93,7 +93,10 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
         recognition = result["methods"][method]["recognition"]
         assert set(recognition) >= {"positive", "negative", "weighted", "auc"}
         assert recognition["weighted"] == pytest.approx((recognition["positive"] + recognition["negative"]) / 2)
-    assert "text_mcq" not in result["methods"]["embedding"]
+    for method in ("embedding", "head", "fused", "ask", "word-init"):
+        assert "text_mcq" not in result["methods"][method]
+    for subject in SUBJECTS:  # ask's answers are read as yes (1) / no (0); the head's are probabilities
+        assert set(result["subjects"][subject]["ask"]["recognition"]) >= {"weighted", "auc"}
     assert result["methods"]["vanilla"]["text_mcq"]["n"] == 15
     assert result["methods"]["yollava"]["visual_mcq"]["n"] == sum(len(data.subjects[s].test) for s in SUBJECTS)
     forgetting = result["forgetting"]  # every concept loaded: generic answers must not change at all

@@ -88,6 +88,12 @@ def test_export_import_round_trip(world, tmp_path):
     assert shown["status"] == "trained" and len(shown["photos"]) == 3
     asked = run_cli("ask", "bo2", "hi?", "--max-tokens", "4", "--model", world["model"], "--json", home=other)
     assert asked.returncode == 0, asked.stderr
+    from yollava_cli.recognition import load
+
+    registry = Registry(other)  # the concept head came along, and find can use it
+    assert load(other / registry.current_checkpoint(registry.concept("bo2")["id"])["file"]) is not None
+    found = run_cli("find", "bo2", world["data"] / "concepts" / "dog" / "test", "--by", "head", "--json", home=other)
+    assert found.returncode in (0, 1) and json.loads(found.stdout)["by"] == "head", found.stderr
     again = run_cli("import", bundle, "--as", "bo2", "--model", world["model"], home=other)
     assert again.returncode == 1 and "exists already" in again.stderr
 
@@ -133,7 +139,28 @@ def bad_bundles(bundle, tmp_path):
         ("manifest not JSON", lambda m: m.update({"manifest.json": b"{oops"}), "not valid JSON"),
         ("foreign format", lambda m: m.update({"manifest.json": json.dumps({"format": "other/1"}).encode()}), "not a yollava-concept-bundle"),
         ("no tensors", lambda m: m.pop("concept.safetensors"), "no concept.safetensors"),
+        ("NaN head", tampered_head(bundle, "head.weights", torch.tensor([float("nan"), 1.0, 0.0])), "finite float32"),
+        ("head of two widths", tampered_head(bundle, "head.negatives", torch.zeros(4, 7)), "wrong shapes"),
+        ("head without its JSON", tampered_head(bundle, None, None), "malformed concept head"),
     ]
+
+
+def tampered_head(bundle_path, name, value):
+    """The bundle's own checkpoint with one concept-head tensor replaced (None: its JSON dropped)."""
+    from safetensors.torch import load as load_tensors
+
+    from yollava_cli.bundles import safe_metadata
+
+    def edit(members):
+        data = members["concept.safetensors"]
+        tensors, meta = load_tensors(data), json.loads(safe_metadata(data)["yollava"])
+        if name is None:
+            meta.pop("recognizer")
+        else:
+            tensors[name] = value
+        members["concept.safetensors"] = save_safetensors(tensors, metadata={"yollava": json.dumps(meta)})
+        reseal(members)
+    return edit
 
 
 def test_tampered_and_foreign_bundles_are_refused(world, tmp_path):

@@ -6,6 +6,7 @@ verified, and no pickle is ever loaded."""
 import hashlib
 import io
 import json
+import math
 import zipfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from yollava_cli.concepts import get_concept, parse_name
 from yollava_cli.errors import UserError
 from yollava_cli.fileio import atomic_write_bytes
 from yollava_cli.images import BadPhoto, decode, jpeg_bytes
+from yollava_cli.recognition import HEAD_TENSORS
 from yollava_cli.store import Registry, now
 
 FORMAT = "yollava-concept-bundle/1"
@@ -104,8 +106,8 @@ def check_bundle(path: Path) -> tuple[dict, bytes, dict[str, bytes], dict[str, t
     except (SafetensorError, KeyError, TypeError, ValueError, UserError) as e:
         raise UserError(f"{path}: malformed bundle ({e})") from None
     rows, head = tensors.get("input_rows"), tensors.get("output_row")
-    if rows is None or head is None or set(tensors) != {"input_rows", "output_row"}:
-        raise UserError(f"{path}: the tensors are not a concept's token rows")
+    if rows is None or head is None or set(tensors) - {"input_rows", "output_row"} not in (set(), set(HEAD_TENSORS)):
+        raise UserError(f"{path}: the tensors are not a concept's token rows (and concept head)")
     if rows.dtype != torch.float32 or head.dtype != torch.float32:
         raise UserError(f"{path}: token rows must be float32, got {rows.dtype} / {head.dtype}")
     if rows.ndim != 2 or rows.shape[0] != k + 1 or head.shape != (rows.shape[1],):
@@ -115,7 +117,35 @@ def check_bundle(path: Path) -> tuple[dict, bytes, dict[str, bytes], dict[str, t
     if not fingerprint.count(":") == 2:
         raise UserError(f"{path}: malformed base-model fingerprint {fingerprint!r}")
     check_facts(manifest.get("facts", []), path)
+    manifest["recognizer"] = check_recognizer(tensors, tensors_bytes, path)
     return manifest, tensors_bytes, photos, tensors
+
+
+def check_recognizer(tensors: dict[str, torch.Tensor], tensors_bytes: bytes, path: Path) -> dict | None:
+    """The concept head's tensors (float32, finite, one embedding width) and its JSON (embedder,
+    three fusion weights, thresholds in [0, 1]), or None when the bundle has no head."""
+    if "head.weights" not in tensors:
+        return None
+    positives, negatives, weights = (tensors[k] for k in HEAD_TENSORS)
+    if any(t.dtype != torch.float32 or not torch.isfinite(t).all() for t in (positives, negatives, weights)):
+        raise UserError(f"{path}: the concept head's tensors must be finite float32 values")
+    if positives.ndim != 2 or negatives.ndim != 2 or positives.shape[1] != negatives.shape[1] or weights.shape != (3,):
+        raise UserError(f"{path}: the concept head's tensors have the wrong shapes")
+    try:
+        info = json.loads(safe_metadata(tensors_bytes)["yollava"])["recognizer"]
+        fusion, thresholds = [float(w) for w in info["fusion"]], {str(k): float(v) for k, v in info["thresholds"].items()}
+        embedder = str(info["embedder"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}: malformed concept head ({e})") from None
+    if len(fusion) != 3 or not all(map(math.isfinite, fusion)) or not all(0 <= v <= 1 for v in thresholds.values()):
+        raise UserError(f"{path}: malformed concept head (fusion weights or thresholds out of range)")
+    return {"embedder": embedder, "fusion": fusion, "thresholds": thresholds}
+
+
+def safe_metadata(data: bytes) -> dict:
+    """The JSON header's __metadata__ of a safetensors blob (format: 8-byte length, then JSON)."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
 
 
 def check_facts(facts, path: Path) -> None:
@@ -150,6 +180,8 @@ def import_concept(registry: Registry, path: Path, new_name: str | None = None, 
     checkpoint = registry.root / "checkpoints" / name / f"imported-{sha256(tensors_bytes)[:12]}.safetensors"
     meta = {"name": name, "k": manifest["k"], "base_model": manifest["base_model"],
             "base_fingerprint": manifest["base_fingerprint"], "imported_from": path.name}
+    if manifest["recognizer"]:
+        meta["recognizer"] = manifest["recognizer"]
     atomic_write_bytes(checkpoint, save_safetensors(rows, metadata={"yollava": json.dumps(meta)}))
     try:
         record_import(registry, name, manifest, decoded, checkpoint, path)

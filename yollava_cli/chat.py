@@ -2,6 +2,7 @@
 over many photos. Concepts come from the names given and from every `<name>` in the question."""
 
 import hashlib
+import json
 import re
 import threading
 import time
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from yollava_cli.backend import VLM, Prompt
@@ -78,9 +80,10 @@ class GenerationOptions:
 def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image], keys: list[str],
         options: GenerationOptions, on_text: Callable[[str], None] | None = None,
         history: list[tuple[str, str]] | None = None, stop: threading.Event | None = None,
-        notes: list[str] | None = None) -> dict:
+        notes: list[str] | None = None, verdicts: list[dict] | None = None) -> dict:
     """Answer one question, streaming text to `on_text`; returns the answer with timings. `notes`:
-    the concepts' facts, carried in their opening line."""
+    the concepts' facts, carried in their opening line; `verdicts`: the recognizer's word on the
+    photo (`recognize`), one grounding line each before the question."""
     start = time.perf_counter()
     first: list[float] = []
 
@@ -90,10 +93,11 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
         if on_text:
             on_text(text)
 
-    prompt = Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []), list(notes or []))
+    lines = list(notes or []) + [v["line"] for v in verdicts or []]
+    prompt = Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []), lines)
     answer = vlm.generate(prompt, options.max_tokens, options.temperature, options.seed, stream, stop)
     tokens = len(vlm.tokenizer.encode(answer, add_special_tokens=False))
-    return {"answer": answer, "concepts": concepts, "model": vlm.ref,
+    return {"answer": answer, "concepts": concepts, "model": vlm.ref, "verdicts": verdicts or [],
             "timings": {"first_token_s": round(first[0], 4) if first else None,
                         "total_s": round(time.perf_counter() - start, 4), "tokens": tokens}}
 
@@ -124,34 +128,131 @@ class ChatSession:
         return result["answer"]
 
 
-def find(registry: Registry, vlm: VLM, name: str, inputs: list[Path], threshold: float | None = None,
-         on_progress: Callable[[int, int], None] | None = None) -> dict:
-    """P(yes) that the concept is in each photo (recursive for folders), best first."""
+SIGNALS = ("fused", "head", "tokens")
+VERIFY = 32  # photos the language model checks per search, best head scores first
+
+
+def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], threshold: float | None = None,
+         on_progress: Callable[[int, int], None] | None = None, by: str = "fused", verify: int = VERIFY) -> dict:
+    """P(the concept is in each photo) for every photo (recursive for folders), best first.
+
+    `by`: `tokens` asks the language model about every photo; `head` scores cached image
+    embeddings with the concept head (thousands per second); `fused` (default) scores all with the
+    head, then has the language model verify the `verify` best and every photo near the head's
+    threshold, and fuses both there. Photos it did not verify keep the head's score. `vlm` may be
+    None for `head`."""
+    if by not in SIGNALS:
+        raise UserError(f"unknown signal --by {by!r}: use {', '.join(SIGNALS)}")
+    if verify < 0:
+        raise UserError(f"--verify {verify}: give how many photos the language model checks (0 or more)")
     concept = get_concept(registry, name)
-    threshold = concept["threshold"] if threshold is None else threshold
-    threshold = 0.5 if threshold is None else threshold
     paths = expand_photo_paths(inputs)
-    scored, skipped = [], []
-    question = score_question(concept["name"])
-    for start in range(0, len(paths), FIND_BATCH):
-        prompts, batch_paths = [], []
-        for path in paths[start : start + FIND_BATCH]:
-            try:  # a photo whose features are cached is hashed, not decoded
-                data = photo_bytes(path)
-                sha256 = hashlib.sha256(data).hexdigest()
-                image = partial(decode, data, 512) if vlm.has_features(sha256) else decode(data, 512)
+    photos, skipped = read_for_find(paths, vlm, need_pixels=by == "tokens")
+    recognizer = current_recognizer(registry, concept) if by != "tokens" else None
+    thresholds = json.loads(concept["metrics"] or "{}").get("thresholds", {"tokens": concept["threshold"]})
+    scores: dict[int, tuple[float, str]] = {}
+    if recognizer is not None:
+        from yollava_cli.embeddings import embed_photos, load_embedder
+
+        vectors = embed_photos(registry, load_embedder(recognizer.embedder),
+                               {p["sha256"]: p["decode"] for p in photos}, on_progress)[0]
+        kept = [p for p in photos if p["sha256"] in vectors]
+        head = recognizer.head_probabilities(np.stack([vectors[p["sha256"]] for p in kept])) if kept else []
+        scores = {id(p): (prob, "head") for p, prob in zip(kept, head)}
+        if by == "fused":
+            cut = thresholds.get("head", 0.5)
+            ranked = sorted(kept, key=lambda p: -scores[id(p)][0])
+            checked = ranked[:verify] + [p for p in ranked[verify:] if abs(scores[id(p)][0] - cut) < NEAR]
+            tokens = yes_probabilities(vlm, concept["name"], checked, on_progress)
+            fused = recognizer.fused_probabilities(np.stack([vectors[p["sha256"]] for p in checked]), tokens) if checked else []
+            scores.update({id(p): (prob, "fused") for p, prob in zip(checked, fused)})
+    else:
+        scores = {id(p): (prob, "tokens") for p, prob in zip(photos, yes_probabilities(vlm, concept["name"], photos, on_progress))}
+    cuts = {signal: (threshold if threshold is not None else thresholds.get(signal) or 0.5) for signal in SIGNALS}
+    results = [{"path": str(p["path"]), "probability": round(scores[id(p)][0], 4), "signal": scores[id(p)][1],
+                "match": scores[id(p)][0] >= cuts[scores[id(p)][1]]} for p in photos if id(p) in scores]
+    results.sort(key=lambda r: (-r["match"], -r["probability"]))
+    return {"concept": concept["name"], "by": by, "thresholds": {s: cuts[s] for s in SIGNALS},
+            "threshold": cuts[by], "results": results, "skipped": skipped}
+
+
+NEAR = 0.25  # head scores this close to its threshold are verified too
+
+
+def read_for_find(paths: list[Path], vlm: VLM, need_pixels: bool) -> tuple[list[dict], list[dict]]:
+    """Each readable photo's hash and a decoder (called only when a cache misses)."""
+    photos, skipped = [], []
+
+    def lazy(path: Path, data: bytes):  # a photo that fails to decode later is skipped, not fatal
+        def load():
+            try:
+                return decode(data, 512)
             except BadPhoto as e:
                 skipped.append({"path": str(path), "reason": str(e)})
-                continue
-            prompts.append(Prompt(question, [image], [sha256], [concept["name"]]))
-            batch_paths.append(path)
-        if prompts:
-            scored += zip(batch_paths, vlm.yes_probabilities(prompts))
+                return None
+        return load
+
+    for path in paths:
+        try:  # a photo whose features are cached is hashed, not decoded
+            data = photo_bytes(path)
+            sha256 = hashlib.sha256(data).hexdigest()
+            loader = lazy(path, data)
+            if need_pixels and not (vlm and vlm.has_features(sha256)):
+                loader = partial(lambda image: image, decode(data, 512))
+        except BadPhoto as e:
+            skipped.append({"path": str(path), "reason": str(e)})
+            continue
+        photos.append({"path": path, "sha256": sha256, "decode": loader})
+    return photos, skipped
+
+
+def yes_probabilities(vlm: VLM, name: str, photos: list[dict], on_progress=None) -> list[float]:
+    """The soft tokens' P(yes) for "is <name> in this photo?", in scoring batches."""
+    question, out = score_question(name), []
+    for start in range(0, len(photos), FIND_BATCH):
+        batch = photos[start : start + FIND_BATCH]
+        out += vlm.yes_probabilities([Prompt(question, [p["decode"]], [p["sha256"]], [name]) for p in batch])
         if on_progress:
-            on_progress(min(start + FIND_BATCH, len(paths)), len(paths))
-    scored.sort(key=lambda item: -item[1])
-    results = [{"path": str(p), "probability": round(prob, 4), "match": prob >= threshold} for p, prob in scored]
-    return {"concept": concept["name"], "threshold": threshold, "results": results, "skipped": skipped}
+            on_progress(min(start + FIND_BATCH, len(photos)), len(photos))
+    return out
+
+
+def recognize(registry: Registry, vlm: VLM, concepts: list[str], images: list[Image.Image], keys: list[str]) -> list[dict]:
+    """For one photo: whether each loaded concept is in it, by its fused recognizer, with the
+    grounding line `ask` puts before the question (as RAP puts its retriever's finds), so "is <bo>
+    here?" and "what is <bo> doing?" start from the right premise. Concepts without a head are
+    left to the tokens alone."""
+    if len(images) != 1:
+        return []
+    from yollava_cli.embeddings import embed_photos, load_embedder
+    from yollava_cli.recognition import load
+
+    verdicts = []
+    for name in concepts:
+        concept = get_concept(registry, name)
+        checkpoint = registry.current_checkpoint(concept["id"])
+        recognizer = load(registry.root / checkpoint["file"]) if checkpoint else None
+        if recognizer is None:
+            continue
+        vector = embed_photos(registry, load_embedder(recognizer.embedder), {keys[0]: lambda: images[0]})[0][keys[0]]
+        tokens = vlm.yes_probabilities([Prompt(score_question(name), images, keys, [name])])
+        probability = recognizer.fused_probabilities(vector[None], tokens)[0]
+        present = probability >= recognizer.thresholds.get("fused", 0.5)
+        verdicts.append({"concept": name, "present": present, "probability": round(probability, 4),
+                         "line": f"<{name}> is {'' if present else 'not '}in this photo."})
+    return verdicts
+
+
+def current_recognizer(registry: Registry, concept: dict):
+    """The concept head and fusion stored with the current checkpoint, or a one-line error."""
+    from yollava_cli.recognition import load
+
+    checkpoint = registry.current_checkpoint(concept["id"])
+    recognizer = load(registry.root / checkpoint["file"]) if checkpoint else None
+    if recognizer is None:
+        raise UserError(f"<{concept['name']}> has no concept head (trained before heads existed, or without an "
+                        f"image embedder): retrain it with `yollava train {concept['name']}`, or use --by tokens")
+    return recognizer
 
 
 def explain(vlm: VLM, name: str, options: GenerationOptions) -> list[dict]:

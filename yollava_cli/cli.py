@@ -375,8 +375,10 @@ def ask(
 
     registry, vlm, wanted = session(names, question, model, no_train)
     stream = None if json_ else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    from yollava_cli.chat import recognize
+
     result = answer(vlm, wanted, question, images, keys, GenerationOptions(max_tokens, temperature, seed), stream,
-                    notes=prompt_notes(registry, wanted))
+                    notes=prompt_notes(registry, wanted), verdicts=recognize(registry, vlm, wanted, images, keys))
     if json_:
         return print_json(result)
     sys.stdout.write("\n")
@@ -484,22 +486,34 @@ def find(
     photos: Annotated[list[Path], typer.Argument(help="Photos and/or folders (searched recursively).")],
     threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Match cut (default: calibrated at training).")] = None,
     top: Annotated[Optional[int], typer.Option(min=1, help="Show only the best N.")] = None,
+    by: Annotated[str, typer.Option("--by", help="Signal: fused (head + tokens), head (image embeddings only, fastest) or tokens (the language model on every photo).")] = "fused",
+    verify: Annotated[int, typer.Option("--verify", help="With --by fused: how many of the head's best photos the language model checks (plus those near the threshold).")] = 32,
     no_train: Annotated[bool, typer.Option("--no-train", help="Refuse an untrained concept instead of training it.")] = False,
     model: ModelOption = None,
     json_: JsonFlag = False,
 ):
-    """Find a concept across photos: one line per photo with P(yes), best first.
+    """Find a concept across photos: one line per photo with P(it is there), matches first.
     Exit 0 if any photo matches, 1 if none (like grep).
 
-    Example: yollava find bo ~/Pictures/2024 --top 20
+    \b
+    Examples:
+      yollava find bo ~/Pictures/2024 --top 20
+      yollava find bo ~/Pictures --by head      # embeddings only: thousands of photos a second once cached
     """
+    from yollava_cli.chat import SIGNALS
+
+    if by not in SIGNALS:
+        raise UserError(f"unknown signal --by {by!r}: use {', '.join(SIGNALS)}")
+    if verify < 0:
+        raise UserError(f"--verify {verify}: give how many photos the language model checks (0 or more)")
     from yollava_cli.chat import find as search
     from yollava_cli.images import expand_photo_paths
 
     expand_photo_paths(photos)  # missing paths fail before the model loads
-    registry, vlm, _ = session([name], "", model, no_train)
+    # the head alone needs no language model: it scores cached image embeddings
+    registry, vlm = (open_registry(), None) if by == "head" else session([name], "", model, no_train)[:2]
     with progress_bar(f"Looking for <{concepts.parse_name(name)}>") as on_progress:
-        result = search(registry, vlm, name, photos, threshold, on_progress)
+        result = search(registry, vlm, name, photos, threshold, on_progress, by, verify)
     shown = result["results"][:top] if top else result["results"]
     matched = any(r["match"] for r in result["results"])
     for item in result["skipped"]:
@@ -508,7 +522,7 @@ def find(
         print_json({**result, "results": shown})
     else:
         for r in shown:
-            sys.stdout.write(f"{r['probability']:.3f}\t{'match' if r['match'] else '-'}\t{r['path']}\n")
+            sys.stdout.write(f"{r['probability']:.3f}\t{'match' if r['match'] else '-'}\t{r['signal']}\t{r['path']}\n")
     raise typer.Exit(0 if matched else 1)
 
 
@@ -535,7 +549,7 @@ def explain(
 @app.command("eval")
 def eval_(
     dataset: Annotated[Optional[Path], typer.Argument(help="A dataset folder laid out like shared/data/concepts.")] = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated: yollava, vanilla, description, auto-description, embedding.")] = "yollava,vanilla,description,auto-description,embedding",
+    methods: Annotated[str, typer.Option(help="Comma-separated: yollava, vanilla, description, auto-description, embedding, head, fused, ask, word-init.")] = "yollava,vanilla,description,auto-description,embedding,head,fused,ask,word-init",
     subjects: Annotated[Optional[str], typer.Option(help="Comma-separated subjects (default: all).")] = None,
     pool: Annotated[Optional[list[Path]], typer.Option("--pool", help="Folder(s) of negatives to mine (default: other subjects' train photos).")] = None,
     folds: Annotated[int, typer.Option(min=1, help="Leave-photos-out rotations per subject, for steadier figures.")] = 1,

@@ -27,7 +27,9 @@ from yollava_cli.store import Registry, now
 from yollava_cli.synthesis import cached_answer, score_question, store_answer
 from yollava_cli.training import TrainConfig, calibrate, prepare_concept, recognition_metrics
 
-METHODS = ("yollava", "vanilla", "description", "auto-description", "embedding")
+METHODS = ("yollava", "vanilla", "description", "auto-description", "embedding", "head", "fused", "ask", "word-init")
+RECOGNITION_ONLY = {"embedding", "head", "fused", "ask", "word-init"}  # no language metrics for these
+ASK_TOKENS = 4
 PETS = {"dog", "cat"}
 CAPTION_PROMPT = "Describe this photo in one sentence."
 SUBJECT_PROMPT = "Describe the main subject of this photo in one sentence."
@@ -153,6 +155,7 @@ class Evaluation:
         self.images: dict[Path, tuple] = {}
         self.auto_descriptions: dict[str, str] = {}
         self.embedded: dict[Path, np.ndarray] = {}
+        self.token_scores: dict[tuple, list[float]] = {}
 
     def photo(self, path: Path):
         if path not in self.images:
@@ -165,13 +168,20 @@ class Evaluation:
         prefix = {"description": self.dataset.descriptions.get(subject, ""),
                   "auto-description": self.auto_description(subject) if method == "auto-description" else ""}.get(method, "")
         text = f"{prefix}\n{question}" if prefix else question
-        return Prompt(text, [i for i, _ in loaded], [k for _, k in loaded], [subject] if method == "yollava" else [])
+        return Prompt(text, [i for i, _ in loaded], [k for _, k in loaded], [subject] if method in ("yollava", "word-init") else [])
 
     def auto_description(self, subject: str) -> str:
         """The base model describes the train photos, then sums them up in one sentence (paper Table 27)."""
         if subject not in self.auto_descriptions:
             self.auto_descriptions[subject] = self.describe(subject)
         return self.auto_descriptions[subject]
+
+    def subject_word(self, subject: str) -> str | None:
+        """The base model's word for the subject, as training started from it (cached answers)."""
+        from yollava_cli.synthesis import subject_word
+
+        concept = self.registry.concept(subject)
+        return subject_word(self.registry, self.vlm, self.registry.concept_photos(concept["id"]))
 
     def describe(self, subject: str) -> str:
         captions = []
@@ -206,11 +216,45 @@ class Evaluation:
     def scores(self, method: str, subject: str, photos: list[Path]) -> list[float]:
         if method == "embedding":
             return self.similarities(subject, photos)
+        if method in ("head", "fused", "ask"):
+            return self.recognizer_scores(method, subject, photos)
+        key = (subject, tuple(photos))
+        if method == "yollava" and key in self.token_scores:  # fused and ask build on them
+            return self.token_scores[key]
         out = []
         for start in range(0, len(photos), 16):
             prompts = [self.prompt(method, subject, score_question(subject), [p]) for p in photos[start : start + 16]]
             out += self.vlm.yes_probabilities(prompts)
+        if method == "yollava":
+            self.token_scores[key] = out
         return out
+
+    def recognizer(self, subject: str):
+        from yollava_cli.recognition import load
+
+        concept = self.registry.concept(subject)
+        return load(self.registry.root / self.registry.current_checkpoint(concept["id"])["file"])
+
+    def recognizer_scores(self, method: str, subject: str, photos: list[Path]) -> list[float]:
+        """`head`: the concept head alone; `fused`: head and tokens; `ask`: what a user sees, the
+        free-text answer to the recognition question with the fused verdict as its grounding line,
+        read as yes (1) or no (0)."""
+        recognizer = self.recognizer(subject)
+        if recognizer is None:
+            raise UserError(f"<{subject}> has no concept head: this eval needs an image embedder at training")
+        vectors = self.vectors(photos)
+        if method == "head":
+            return recognizer.head_probabilities(vectors)
+        tokens = self.scores("yollava", subject, photos)
+        fused = recognizer.fused_probabilities(vectors, tokens)
+        if method == "fused":
+            return fused
+        cut, answers = recognizer.thresholds.get("fused", 0.5), []
+        for path, probability in zip(photos, fused):
+            prompt = self.prompt("yollava", subject, score_question(subject), [path])
+            prompt.notes = [f"<{subject}> is {'' if probability >= cut else 'not '}in this photo."]
+            answers.append(float(self.vlm.generate(prompt, max_new_tokens=ASK_TOKENS).lower().startswith("yes")))
+        return answers
 
     def vectors(self, photos: list[Path]) -> np.ndarray:
         """Embedder vectors, computed once per photo for the whole run."""
@@ -239,17 +283,19 @@ class Evaluation:
         concept = self.train(subject)
         others = [p for s in self.dataset.subjects.values() if s.name != subject.name for p in s.test]
         results = {}
+        thresholds = json.loads(concept["metrics"] or "{}").get("thresholds", {})
         for method in self.methods:
             self.on_event("method", subject=subject.name, method=method)
             with self.identifier_for(method, subject.name):
                 pos, neg = self.scores(method, subject.name, subject.test), self.scores(method, subject.name, others)
-                threshold = {"yollava": concept["threshold"], "embedding": self.embedding_threshold(subject.name, concept)}.get(method, 0.5)
+                threshold = {"yollava": concept["threshold"], "embedding": self.embedding_threshold(subject.name, concept),
+                             "head": thresholds.get("head", 0.5), "fused": thresholds.get("fused", 0.5)}.get(method, 0.5)
                 at_half = recognition_metrics(pos, neg, 0.5 if method != "embedding" else threshold)
                 at_threshold = recognition_metrics(pos, neg, threshold)
                 entry = {"recognition": {"positive": at_half["positive"], "negative": at_half["negative"],
                                          "weighted": at_half["weighted"], "auc": auc(pos, neg),
                                          "threshold": threshold, "weighted_at_threshold": at_threshold["weighted"]}}
-                if method != "embedding":
+                if method not in RECOGNITION_ONLY:
                     entry.update(self.language_metrics(method, subject))
             results[method] = entry
         return results
@@ -258,11 +304,14 @@ class Evaluation:
     def identifier_for(self, method: str, subject: str):
         """Baselines must read <subject> as a new word that carries nothing: the question names the
         identifier, whose trained row (which starts at the subject's word) would otherwise leak in."""
-        if method == "yollava" or subject not in self.vlm.k:
+        if method in ("yollava", "head", "fused", "ask") or subject not in self.vlm.k:
             yield
             return
         k, (rows, head) = self.vlm.k[subject], self.vlm.concept_rows(subject)
-        self.vlm.add_concept(subject, k)
+        if method == "word-init":  # training's starting point: the identifier at the subject's word, zero epochs
+            self.vlm.add_concept(subject, k, seed=self.config.seed, init_word=self.subject_word(subject))
+        else:
+            self.vlm.add_concept(subject, k)
         try:
             yield
         finally:
@@ -375,6 +424,8 @@ def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: lis
         path = results_path(eval_root, fold_data, vlm.fingerprint, methods, config, pools).with_suffix(f".fold{fold}.json")
         done = json.loads(path.read_text()) if path.exists() else {}
         evaluation = Evaluation(fold_data, vlm, registry, embedder, methods, config, on_event)
+        for subject in fold_data.subjects.values():  # first all, as a user's concepts: each head knows the others
+            add_concept(registry, subject.name, subject.train, kind=subject.kind)
         for index, subject in enumerate(fold_data.subjects.values()):
             on_event("subject", subject=subject.name, index=index, total=len(fold_data.subjects), fold=fold)
             if subject.name not in done:

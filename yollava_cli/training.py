@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from safetensors import safe_open
@@ -132,8 +133,8 @@ class PhotoViews:
 
 class Trainer:
     def __init__(self, registry: Registry, vlm: VLM, name: str, config: TrainConfig,
-                 on_event: Callable[..., None] | None = None):
-        self.registry, self.vlm, self.config = registry, vlm, config
+                 on_event: Callable[..., None] | None = None, embedder=None):
+        self.registry, self.vlm, self.config, self.embedder = registry, vlm, config, embedder
         self.concept = get_concept(registry, name)
         self.name = self.concept["name"]
         self.views = PhotoViews(registry)
@@ -205,7 +206,41 @@ class Trainer:
                 self.on_event("epoch", **history[-1])
         except KeyboardInterrupt:
             return self.finish(run_id, data, history, best, interrupted=True)
+        if best is not None and self.embedder is not None:
+            self.on_event("head")
+            best["thresholds"] = self.fit_recognizer(split, best)
         return self.finish(run_id, data, history, best, interrupted=False)
+
+    def fit_recognizer(self, split: Split, best: dict) -> dict:
+        """The concept head over image embeddings (positives and their mirror images against the
+        training negatives and the user's other concepts' photos) and its fusion with the tokens,
+        fitted on the validation data the checkpoint was chosen on; stored in the checkpoint.
+        Returns the three calibrated thresholds."""
+        from yollava_cli.embeddings import embed_photos
+        from yollava_cli.recognition import attach, fit_fusion, train_head
+
+        others = [r["sha256"] for r in self.registry.db.execute(
+            "SELECT DISTINCT sha256 FROM concept_photos WHERE concept_id != ?", [self.concept["id"]])]
+        negatives = list(dict.fromkeys([sha for sha, _ in split.negatives] + others))
+        stored = embed_photos(self.registry, self.embedder, {sha: lambda sha=sha: self.views(sha)
+                                                             for sha in split.positives + negatives})[0]
+        flips = self.embedder.embed([self.views(f"{sha}-flip") for sha in split.positives])
+        recognizer = train_head(self.embedder.id, np.concatenate([np.stack([stored[s] for s in split.positives]), flips]),
+                                split.positives * 2, np.stack([stored[s] for s in negatives if s in stored]))
+        held_out = split.val_positives + split.val_negatives
+        vectors = self.embedder.embed([self.views(key) for key in held_out])
+        tokens = best["validation"]["probabilities"]["positive"] + best["validation"]["probabilities"]["negative"]
+        labels = [1] * len(split.val_positives) + [0] * len(split.val_negatives)
+        head = recognizer.head_logits(vectors)
+        fit_fusion(recognizer, head, tokens, labels)
+        cut = len(split.val_positives)
+        thresholds = {"tokens": best["threshold"]}
+        for signal, probabilities in (("head", recognizer.head_probabilities(vectors)),
+                                      ("fused", recognizer.fused_probabilities(vectors, tokens))):
+            thresholds[signal] = calibrate(recognition_metrics(probabilities[:cut], probabilities[cut:]))
+        recognizer.thresholds = thresholds
+        attach(self.registry.root / best["file"], recognizer)
+        return thresholds
 
     # -- checkpoints --------------------------------------------------------------------
 
@@ -273,6 +308,7 @@ class Trainer:
                        [status, json.dumps({"history": history, "best": best}), now(), run_id])
             if best is not None:
                 metrics = {"best_epoch": best["epoch"], "validation": best["validation"], "epochs_run": len(history),
+                           "thresholds": best.get("thresholds", {"tokens": best["threshold"]}),
                            "train_accuracy": history[best["epoch"] - 1]["train_accuracy"] if len(history) >= best["epoch"] else None}
                 db.execute("UPDATE checkpoints SET is_current = 0 WHERE concept_id = ?", [self.concept["id"]])
                 db.execute(
@@ -318,8 +354,9 @@ def calibrate(metrics: dict) -> float:
 
 
 def train_concept(registry: Registry, vlm: VLM, name: str, config: TrainConfig | None = None,
-                  resume: bool = False, on_event=None) -> TrainResult:
-    trainer = Trainer(registry, vlm, name, config or TrainConfig(), on_event)
+                  resume: bool = False, on_event=None, embedder=None) -> TrainResult:
+    """Train the concept's tokens, then (given an image embedder) its head and fused recognizer."""
+    trainer = Trainer(registry, vlm, name, config or TrainConfig(), on_event, embedder)
     with registry.lock(f"train-{trainer.name}", f"training <{trainer.name}>"):
         return trainer.run(resume)
 
@@ -332,6 +369,7 @@ def prepare_concept(registry: Registry, name: str, load_vlm: Callable[[], VLM], 
 
     concept = get_concept(registry, name)
     has_negatives = registry.db.execute("SELECT 1 FROM negatives WHERE concept_id = ? LIMIT 1", [concept["id"]]).fetchone()
+    embedder = load_embedder()
     if concept["status"] == "added" or not has_negatives:
-        mine(registry, name, load_embedder(), on_status=on_status, on_progress=on_progress)
-    return train_concept(registry, load_vlm(), name, config, resume, on_event)
+        mine(registry, name, embedder, on_status=on_status, on_progress=on_progress)
+    return train_concept(registry, load_vlm(), name, config, resume, on_event, embedder)

@@ -1,0 +1,60 @@
+"""Personal facts on pocket, for the 20 shared subjects (facts.json): each paraphrased question
+asked with the subject's facts in its opening line and without (the control), through the tool's
+own prompt path with the concept at neutral rows (no training, so every subject costs seconds),
+plus the bare language model with the facts pasted into a plain prompt (no concept prompt).
+
+    python bench/bench_facts.py   # writes bench/results/facts.json
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "concepts"
+OUT = Path(__file__).resolve().parent / "results" / "facts.json"
+TOKENS = 48
+
+
+def main() -> None:
+    os.environ.setdefault("YOLLAVA_HOME", tempfile.mkdtemp(prefix="yollava-bench-"))
+    from yollava_cli.backend import Prompt, load_vlm
+    from yollava_cli.facts import as_sentence
+
+    facts = json.loads((DATA / "facts.json").read_text())
+    vlm = load_vlm("pocket")
+    settings = {"facts in the prompt": [], "no facts (control)": [], "bare, facts pasted as plain text": []}
+    gifts = {name: [] for name in settings}
+    answers = []
+    start = time.perf_counter()
+    for subject, entry in facts.items():
+        name = subject.strip("<>")
+        vlm.add_concept(name, 16)  # neutral rows: what the prompt alone carries
+        notes = [as_sentence(name, f) for f in entry["facts"]]
+        plain = " ".join(f.replace(f"<{name}>", name.capitalize()) for f in entry["facts"])
+        items = [(q, False) for q in entry["questions"]] + ([(entry["gift"], True)] if entry.get("gift") else [])
+        for item, is_gift in items:
+            prompts = {"facts in the prompt": Prompt(item["question"], concepts=[name], notes=notes),
+                       "no facts (control)": Prompt(item["question"], concepts=[name]),
+                       "bare, facts pasted as plain text": Prompt(f"{plain}\n{item['question'].replace(f'<{name}>', name.capitalize())}")}
+            for setting, prompt in prompts.items():
+                answer = vlm.generate(prompt, max_new_tokens=TOKENS)
+                hit = any(w.lower() in answer.lower() for w in item["answer_contains"])
+                (gifts if is_gift else settings)[setting].append(hit)
+                answers.append({"subject": name, "setting": setting, "question": item["question"], "answer": answer, "hit": hit})
+        vlm.remove_concept(name)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    result = {"commit": commit, "model": "pocket", "subjects": len(facts), "max_new_tokens": TOKENS,
+              "wall_s": round(time.perf_counter() - start, 1),
+              "accuracy": {s: {"right": sum(v), "asked": len(v), "accuracy": round(sum(v) / len(v), 3)} for s, v in settings.items()},
+              "gift_hits": {s: {"hits": sum(v), "asked": len(v)} for s, v in gifts.items()},
+              "answers": answers}
+    OUT.write_text(json.dumps(result, indent=1) + "\n")
+    json.dump({k: result[k] for k in ("accuracy", "gift_hits", "wall_s")}, sys.stdout, indent=1)
+
+
+if __name__ == "__main__":
+    main()

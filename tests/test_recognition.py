@@ -1,0 +1,80 @@
+"""The concept head and its fusion with the tokens, on vectors built so the answer is known."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from yollava_cli.recognition import attach, fit_fusion, load, train_head
+
+
+def unit(x):
+    x = np.asarray(x, np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def world(seed=0, dim=64):
+    """The concept's photos around one direction; a look-alike (another corgi) a little off it; the
+    rest of the world elsewhere. Test photos are new draws of each."""
+    rng = np.random.default_rng(seed)
+    concept, other = unit(rng.normal(size=dim)), unit(rng.normal(size=dim))
+    lookalike = unit(concept + 0.4 * other)
+
+    def around(center, n, spread=0.35):
+        return unit(center + spread * rng.normal(size=(n, dim)) / np.sqrt(dim))
+
+    random = unit(rng.normal(size=(60, dim)))
+    return {"positives": around(concept, 4), "negatives": np.concatenate([around(lookalike, 4), random]),
+            "test_positives": around(concept, 20), "test_lookalikes": around(lookalike, 20)}
+
+
+def test_the_head_tells_the_concept_from_a_lookalike_where_plain_cosine_cannot():
+    from yollava_cli.evaluation import auc
+
+    head_perfect = cosine_perfect = 0
+    for seed in range(10):
+        w = world(seed)
+        head = train_head("test", w["positives"], [str(i) for i in range(4)], w["negatives"])
+        pos, look = head.head_probabilities(w["test_positives"]), head.head_probabilities(w["test_lookalikes"])
+        head_perfect += auc(pos, look) == 1.0 and min(pos) > 0.5
+        cosine = [(w[k] @ w["positives"].T).max(1).tolist() for k in ("test_positives", "test_lookalikes")]
+        cosine_perfect += auc(*cosine) == 1.0
+        assert head.weights[0] > 0 > head.weights[1]  # close to the concept: yes; close to a known other: no
+    assert head_perfect >= 9 and cosine_perfect <= 6, (head_perfect, cosine_perfect)
+
+
+def test_fusion_leans_on_the_signal_that_separates_validation_data():
+    w = world(1)
+    head = train_head("test", w["positives"], ["a", "b", "c", "d"], w["negatives"])
+    vectors = np.concatenate([w["test_positives"][:6], w["test_lookalikes"][:6]])
+    labels = [1] * 6 + [0] * 6
+    noise = [0.5] * 12  # tokens that know nothing
+    fit_fusion(head, head.head_logits(vectors), noise, labels)
+    assert abs(head.fusion[1]) < abs(head.fusion[0])
+    fused = head.fused_probabilities(vectors, noise)
+    assert min(fused[:6]) > max(fused[6:])
+    knowing = [0.99] * 6 + [0.01] * 6  # tokens that know everything pull the other way too
+    blind = train_head("test", w["positives"], ["a", "b", "c", "d"], w["negatives"][4:])  # never saw the look-alike
+    fit_fusion(blind, blind.head_logits(vectors), knowing, labels)
+    assert blind.fusion[1] > 0.5
+    assert min(blind.fused_probabilities(vectors, knowing)[:6]) > max(blind.fused_probabilities(vectors, knowing)[6:])
+
+
+def test_the_recognizer_rides_in_the_checkpoint_file(tmp_path):
+    import json
+
+    path = tmp_path / "run1.safetensors"
+    rows = {"input_rows": torch.zeros(3, 8), "output_row": torch.zeros(8)}
+    save_file(rows, str(path), metadata={"yollava": json.dumps({"name": "bo", "k": 2})})
+    assert load(path) is None  # a checkpoint from before heads
+    w = world(2)
+    head = train_head("efficientnet-lite0", w["positives"], list("abcd"), w["negatives"])
+    head.thresholds = {"tokens": 0.6, "head": 0.5, "fused": 0.45}
+    attach(path, head)
+    again = load(path)
+    assert again.embedder == "efficientnet-lite0" and again.thresholds == head.thresholds
+    assert again.head_probabilities(w["test_positives"]) == pytest.approx(head.head_probabilities(w["test_positives"]), abs=1e-5)
+    from yollava_cli.backend import read_concept_file
+
+    tensors, meta = read_concept_file(path)  # the token rows are untouched
+    assert torch.equal(tensors["input_rows"], rows["input_rows"]) and meta["name"] == "bo"
