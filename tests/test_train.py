@@ -157,3 +157,13 @@ def test_metrics_and_calibration_by_hand():
     threshold = calibrate(metrics)
     assert 0.3 < threshold < 0.4  # between the best negative below and the weakest positive
     assert recognition_metrics([0.9, 0.6, 0.4], [0.1, 0.55, 0.3, 0.2], threshold)["positive"] == 1.0
+
+
+def test_early_stopping_runs_patience_epochs_after_the_best(registry, monkeypatch):
+    import yollava_cli.training as training
+
+    monkeypatch.setattr(training, "selection_key", lambda metrics: 0.0)  # no epoch beats the first
+    config = TrainConfig(k=4, epochs=5, batch_size=8, positive_repeats=1, attributes_per_epoch=4, patience=1)
+    result = train_concept(registry, tiny_vlm(), "bo", config)
+    assert result.best_epoch == 1
+    assert [h["epoch"] for h in result.history] == [1, 2]  # the best, then `patience` epochs without a better one

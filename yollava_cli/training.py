@@ -179,7 +179,7 @@ class Trainer:
         probe = split.positives[:3] + [sha for sha, _ in split.negatives[:9]]  # train accuracy, cheaply
         try:
             for epoch in range(start_epoch, self.config.epochs):
-                if best and epoch - best["epoch"] > self.config.patience:
+                if best and epoch - best["epoch"] >= self.config.patience:  # epochs run since the best one
                     break
                 examples = epoch_examples(self.name, split, epoch, self.config)
                 steps = (len(examples) + self.config.batch_size - 1) // self.config.batch_size
