@@ -167,3 +167,18 @@ def test_early_stopping_runs_patience_epochs_after_the_best(registry, monkeypatc
     result = train_concept(registry, tiny_vlm(), "bo", config)
     assert result.best_epoch == 1
     assert [h["epoch"] for h in result.history] == [1, 2]  # the best, then `patience` epochs without a better one
+
+
+def test_a_run_that_fails_is_recorded_as_failed_with_its_error(registry):
+    import json
+
+    def break_disk(kind, **info):
+        if kind == "step" and info["epoch"] == 1:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        train_concept(registry, tiny_vlm(), "bo", FAST, on_event=break_disk)
+    status, results, finished = registry.db.execute("SELECT status, results, finished_at FROM runs WHERE kind = 'train'").fetchone()
+    assert status == "failed" and finished
+    assert json.loads(results)["error"] == "OSError: [Errno 28] No space left on device"
+    assert len(json.loads(results)["history"]) == 1

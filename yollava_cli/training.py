@@ -205,6 +205,9 @@ class Trainer:
                 self.on_event("epoch", **history[-1])
         except KeyboardInterrupt:
             return self.finish(run_id, data, history, best, interrupted=True)
+        except Exception as e:
+            self.fail(run_id, history, best, e)
+            raise
         return self.finish(run_id, data, history, best, interrupted=False)
 
     # -- checkpoints --------------------------------------------------------------------
@@ -264,6 +267,14 @@ class Trainer:
                 [self.concept["id"], json.dumps({**asdict(self.config), "resume": resume}), now()],
             )
         return cursor.lastrowid
+
+    def fail(self, run_id: int, history: list, best: dict | None, error: Exception) -> None:
+        """Mark the run `failed` with the error's first line, so it is not left `running` (which
+        doctor would later report as a killed process)."""
+        line = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+        with self.registry.transaction() as db:
+            db.execute("UPDATE runs SET status = 'failed', results = ?, finished_at = ? WHERE id = ?",
+                       [json.dumps({"error": line, "history": history, "best": best}), now(), run_id])
 
     def finish(self, run_id: int, data: TrainingData, history: list, best: dict | None, interrupted: bool) -> TrainResult:
         status = "interrupted" if interrupted else "done"
