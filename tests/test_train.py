@@ -182,3 +182,12 @@ def test_a_run_that_fails_is_recorded_as_failed_with_its_error(registry):
     assert status == "failed" and finished
     assert json.loads(results)["error"] == "OSError: [Errno 28] No space left on device"
     assert len(json.loads(results)["history"]) == 1
+
+
+def test_show_data_counts_the_templates_it_reads(registry, monkeypatch):
+    import yollava_cli.synthesis as synthesis
+
+    table = {**synthesis.templates(), "recognition": {"positive": [{}] * 2, "negative": [{}] * 3}}
+    monkeypatch.setattr(synthesis, "templates", lambda: table)
+    counts = synthesis.inspect_training_data(registry, registry.concept("bo"))["recognition_templates"]
+    assert counts == {"positive": 2, "negative": 3}
