@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from yollava_cli.backend import VLM, Prompt
+from yollava_cli.backend import SCORE_BATCH, VLM, Prompt
 from yollava_cli.concepts import RESERVED_NAMES, get_concept, parse_name
 from yollava_cli.errors import UserError
 from yollava_cli.images import BadPhoto, decode, expand_photo_paths, photo_bytes, read_photo
@@ -20,7 +20,6 @@ from yollava_cli.store import Registry
 from yollava_cli.synthesis import score_question
 
 MENTION = re.compile(r"<([a-z0-9][a-z0-9_-]{0,31})>")
-FIND_BATCH = 16
 
 
 def mentioned_concepts(question: str, names: list[str]) -> list[str]:
@@ -129,9 +128,9 @@ def find(registry: Registry, vlm: VLM, name: str, inputs: list[Path], threshold:
     paths = expand_photo_paths(inputs)
     scored, skipped = [], []
     question = score_question(concept["name"])
-    for start in range(0, len(paths), FIND_BATCH):
+    for start in range(0, len(paths), SCORE_BATCH):
         prompts, batch_paths = [], []
-        for path in paths[start : start + FIND_BATCH]:
+        for path in paths[start : start + SCORE_BATCH]:
             try:  # a photo whose features are cached is hashed, not decoded
                 data = photo_bytes(path)
                 sha256 = hashlib.sha256(data).hexdigest()
@@ -144,7 +143,7 @@ def find(registry: Registry, vlm: VLM, name: str, inputs: list[Path], threshold:
         if prompts:
             scored += zip(batch_paths, vlm.yes_probabilities(prompts))
         if on_progress:
-            on_progress(min(start + FIND_BATCH, len(paths)), len(paths))
+            on_progress(min(start + SCORE_BATCH, len(paths)), len(paths))
     scored.sort(key=lambda item: -item[1])
     results = [{"path": str(p), "probability": round(prob, 4), "match": prob >= threshold} for p, prob in scored]
     return {"concept": concept["name"], "threshold": threshold, "results": results, "skipped": skipped}

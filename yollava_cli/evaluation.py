@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yollava_cli.backend import VLM, Prompt
+from yollava_cli.backend import SCORE_BATCH, VLM, Prompt
 from yollava_cli.concepts import add_concept, parse_name
 from yollava_cli.errors import UserError
 from yollava_cli.fileio import atomic_write_bytes
@@ -198,8 +198,8 @@ class Evaluation:
         if method == "embedding":
             return self.similarities(subject, photos)
         out = []
-        for start in range(0, len(photos), 16):
-            prompts = [self.prompt(method, subject, score_question(subject), [p]) for p in photos[start : start + 16]]
+        for start in range(0, len(photos), SCORE_BATCH):
+            prompts = [self.prompt(method, subject, score_question(subject), [p]) for p in photos[start : start + SCORE_BATCH]]
             out += self.vlm.yes_probabilities(prompts)
         return out
 

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from yollava_cli.backend import VLM, Prompt
+from yollava_cli.backend import SCORE_BATCH, VLM, Prompt
 from yollava_cli.concepts import get_concept
 from yollava_cli.errors import UserError
 from yollava_cli.fileio import atomic_write_bytes
@@ -149,8 +149,8 @@ class Trainer:
     def probabilities(self, keys: list[str]) -> list[float]:
         question = score_question(self.name)
         out = []
-        for start in range(0, len(keys), 16):
-            chunk = keys[start : start + 16]
+        for start in range(0, len(keys), SCORE_BATCH):
+            chunk = keys[start : start + SCORE_BATCH]
             prompts = [Prompt(question, [lambda k=k: self.views(k)], [k], [self.name]) for k in chunk]
             out += self.vlm.yes_probabilities(prompts)
         return out
