@@ -191,3 +191,22 @@ def test_show_data_counts_the_templates_it_reads(registry, monkeypatch):
     monkeypatch.setattr(synthesis, "templates", lambda: table)
     counts = synthesis.inspect_training_data(registry, registry.concept("bo"))["recognition_templates"]
     assert counts == {"positive": 2, "negative": 3}
+
+
+def test_cli_training_options_default_to_train_config(monkeypatch):
+    import importlib
+
+    import typer.main
+
+    import yollava_cli.cli as cli
+    import yollava_cli.train_config as train_config
+
+    monkeypatch.setattr(train_config.TrainConfig, "lr", 5e-4)
+    monkeypatch.setattr(train_config.TrainConfig, "epochs", 7)
+    try:
+        commands = typer.main.get_command(importlib.reload(cli).app).commands
+        assert {p.name: p.default for p in commands["train"].params}["lr"] == 5e-4
+        assert {p.name: p.default for p in commands["eval"].params}["epochs"] == 7
+    finally:
+        monkeypatch.undo()
+        importlib.reload(cli)

@@ -20,6 +20,7 @@ from yollava_cli import concepts, mining
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
 from yollava_cli.store import Registry
+from yollava_cli.train_config import TrainConfig
 
 out = Console()
 err = Console(stderr=True)
@@ -281,7 +282,7 @@ def prepare(registry: Registry, name: str, model: str | None, config=None, resum
     """Mine (if the concept has no negatives yet) and train, with progress on stderr."""
     from yollava_cli.backend import load_vlm
     from yollava_cli.embeddings import load_embedder
-    from yollava_cli.training import TrainConfig, prepare_concept
+    from yollava_cli.training import prepare_concept
 
     config = config or TrainConfig()
     with train_view(config.epochs) as view:
@@ -294,11 +295,11 @@ def prepare(registry: Registry, name: str, model: str | None, config=None, resum
 @app.command()
 def train(
     name: str,
-    k: Annotated[int, typer.Option("--k", min=1, max=64, help="Latent tokens per concept.")] = 16,
-    epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping may end sooner).")] = 15,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    seed: Annotated[int, typer.Option()] = 0,
+    k: Annotated[int, typer.Option("--k", min=1, max=64, help="Latent tokens per concept.")] = TrainConfig.k,
+    epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping may end sooner).")] = TrainConfig.epochs,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = TrainConfig.lr,
+    batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size,
+    seed: Annotated[int, typer.Option()] = TrainConfig.seed,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (same flags).")] = False,
     model: ModelOption = None,
     json_: JsonFlag = False,
@@ -307,8 +308,6 @@ def train(
 
     Example: yollava train bo --epochs 15
     """
-    from yollava_cli.training import TrainConfig
-
     config = TrainConfig(k=k, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     render_train(prepare(open_registry(), name, model, config, resume), json_)
 
@@ -488,7 +487,7 @@ def eval_(
     subjects: Annotated[Optional[str], typer.Option(help="Comma-separated subjects (default: all).")] = None,
     pool: Annotated[Optional[list[Path]], typer.Option("--pool", help="Folder(s) of negatives to mine (default: other subjects' train photos).")] = None,
     folds: Annotated[int, typer.Option(min=1, help="Leave-photos-out rotations per subject, for steadier figures.")] = 1,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per subject.")] = 15,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per subject.")] = TrainConfig.epochs,
     report: Annotated[Optional[Path], typer.Option(help="Write report.json, report.md and chart.png here.")] = None,
     history: Annotated[bool, typer.Option("--history", help="List earlier eval runs instead.")] = False,
     model: ModelOption = None,
@@ -515,7 +514,6 @@ def eval_(
         raise UserError("name a dataset folder (or pass --history)")
     from yollava_cli.backend import load_vlm
     from yollava_cli.embeddings import load_embedder
-    from yollava_cli.training import TrainConfig
 
     data = evaluation.load_dataset(dataset, subjects.split(",") if subjects else None)
     vlm = load_vlm(model, on_status=status)
