@@ -6,7 +6,7 @@ import sys
 
 from PIL import Image
 
-from conftest import REPO, run_cli, shared_data, snapshot
+from conftest import REPO, invoke, run_cli, shared_data, snapshot
 
 
 def make_photo(path, size=(64, 48), mode="RGB", color=(200, 30, 30), **save):
@@ -182,3 +182,29 @@ def test_completions_are_current():
 
     for name, text in render().items():
         assert (OUT / name).read_text() == text, f"completions/{name} is stale: run python scripts/gen_completions.py"
+
+
+def test_the_disk_hint_is_given_only_for_disk_errors(home, monkeypatch):
+    import errno
+    import sqlite3
+
+    import yollava_cli.concepts
+
+    def fail_with(error):
+        def list_concepts(registry):
+            raise error
+        monkeypatch.setattr(yollava_cli.concepts, "list_concepts", list_concepts)
+        result = invoke("list", home=home)
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+        return result.stderr
+
+    hint = "is the disk full or the data dir read-only?"
+    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+        assert hint in fail_with(OSError(code, "boom", "/data/x.jpg"))
+    vanished = fail_with(FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/x.jpg"))
+    assert vanished.strip() == "error: No such file or directory: /data/x.jpg"
+    assert hint not in fail_with(OSError(errno.EIO, "Input/output error"))
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL
+    assert hint in fail_with(full)
+    assert hint not in fail_with(sqlite3.OperationalError("no such table: concepts"))

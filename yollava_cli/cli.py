@@ -3,6 +3,7 @@
 Exit codes: 0 ok, 1 user error (one line on stderr), 2 usage error, 130 interrupted.
 """
 
+import errno
 import json
 import sqlite3
 import sys
@@ -24,6 +25,15 @@ from yollava_cli.train_config import TrainConfig
 
 out = Console()
 err = Console(stderr=True)
+NO_SPACE_OR_ACCESS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
+
+
+def disk_trouble(e: OSError | sqlite3.Error) -> bool:
+    """Whether the error means no space or no write access: only then is the hint about a full
+    disk or a read-only data dir true; on other errors it would send the user the wrong way."""
+    if isinstance(e, sqlite3.Error):
+        return (getattr(e, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY)
+    return e.errno in NO_SPACE_OR_ACCESS
 
 
 class YollavaGroup(TyperGroup):
@@ -37,7 +47,8 @@ class YollavaGroup(TyperGroup):
             raise typer.Exit(1) from None
         except (OSError, sqlite3.Error) as e:  # disk full, read-only or vanished files: say so in one line
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
-            err.print(f"error: {getattr(e, 'strerror', None) or e}{where} (is the disk full or the data dir read-only?)",
+            hint = " (is the disk full or the data dir read-only?)" if disk_trouble(e) else ""
+            err.print(f"error: {getattr(e, 'strerror', None) or e}{where}{hint}",
                       markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
