@@ -178,7 +178,7 @@ def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, json_: Js
 
     model = load_embedder(embedder)
     with progress_bar(f"Embedding {folder} ({model.id})") as on_progress:
-        result = mining.add_pool(open_registry(), name, folder, model, on_progress)
+        result = mining.add_pool(open_registry(), name, folder, model, on_progress, on_status=status)
     if json_:
         return print_json(result)
     out.print(
@@ -235,7 +235,7 @@ def mine(
                              on_status=status, on_progress=on_progress)
     data = {"concept": result.concept, "embedder": result.embedder, "negatives": result.negatives,
             "excluded_near_duplicates": result.excluded, "candidates": result.pool_size,
-            "newly_embedded": result.embedded, "source": result.source}
+            "newly_embedded": result.embedded, "source": result.source, "dropped": result.dropped}
     if json_:
         return print_json(data)
     kinds = [n["kind"] for n in result.negatives]
