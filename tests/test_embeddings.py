@@ -102,10 +102,13 @@ def test_auto_remembers_its_fallback_per_data_dir(tmp_path, monkeypatch):
     said = []
     for home in ("a", "a", "b"):
         monkeypatch.setenv("YOLLAVA_HOME", str(tmp_path / home))
-        assert embeddings.load_embedder(on_status=said.append).id == "efficientnet-lite0"
+        embedder = embeddings.load_embedder()
+        assert embedder.id == "efficientnet-lite0"
+        said.append(embedder.note)
     assert len(tries) == 2  # once per data dir
-    assert len(said) == 3 and all(line.startswith("embedder: efficientnet-lite0 (auto: ") for line in said)
-    assert "offline" in said[0] and "did not load on" in said[1]
+    assert all(line.startswith("embedder: efficientnet-lite0 (auto: open_clip's weights did not load") for line in said)
+    assert "not tried again for 7 days" in said[0] and "did not load on" in said[1]
+    assert "offline" in (tmp_path / "a" / embeddings.AUTO_STATE).read_text()
     embeddings.load_embedder("auto")  # asked for by name: try again now
     assert len(tries) == 3
     state = tmp_path / "b" / embeddings.AUTO_STATE

@@ -73,3 +73,12 @@ def test_negatives_that_cannot_be_stored_are_reported(pooled, monkeypatch):
     assert len(result.negatives) == 3
     assert result.dropped == [{"photo": victim, "reason": "no such file"}]
     assert any("dropped 1 chosen negative" in line and victim in line for line in said)
+
+
+def test_mine_names_the_embedder_auto_chose(pooled):
+    registry, _ = pooled
+    embedder = ColorEmbedder()
+    embedder.note = "embedder: color (auto: a test)"
+    said = []
+    mining.mine(registry, "bo", embedder, hard=2, easy=2, on_status=said.append)
+    assert said == ["embedder: color (auto: a test)"]

@@ -176,7 +176,7 @@ def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, json_: Js
     """
     from yollava_cli.embeddings import load_embedder
 
-    model = load_embedder(embedder, on_status=status)
+    model = load_embedder(embedder)
     with progress_bar(f"Embedding {folder} ({model.id})") as on_progress:
         result = mining.add_pool(open_registry(), name, folder, model, on_progress, on_status=status)
     if json_:
@@ -229,7 +229,7 @@ def mine(
     from yollava_cli.embeddings import load_embedder
 
     concepts.get_concept(open_registry(), name)  # an unknown name fails before the embedder loads
-    model = load_embedder(embedder, on_status=status)
+    model = load_embedder(embedder)
     with progress_bar(f"Embedding photos ({model.id})") as on_progress:
         result = mining.mine(open_registry(), name, model, pool, hard, easy, seed, duplicate_above,
                              on_status=status, on_progress=on_progress)
@@ -298,7 +298,7 @@ def prepare(registry: Registry, name: str, model: str | None, config=None, resum
     config = config or TrainConfig()
     with train_view(config.epochs) as view:
         return prepare_concept(
-            registry, name, lambda: load_vlm(model, on_status=status), lambda: load_embedder(on_status=status),
+            registry, name, lambda: load_vlm(model, on_status=status), load_embedder,
             config, resume, on_status=status, on_event=view,
         )
 
@@ -528,7 +528,9 @@ def eval_(
 
     data = evaluation.load_dataset(dataset, subjects.split(",") if subjects else None)
     vlm = load_vlm(model, on_status=status)
-    embedder = load_embedder(on_status=status)
+    embedder = load_embedder()
+    if embedder.note:
+        status(embedder.note)
     with progress_bar("Evaluating subjects") as on_progress:
         def on_event(kind, **info):
             if kind == "subject":

@@ -75,6 +75,8 @@ def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on
     pool = pool_by_name(registry, name)
     candidates, skipped = scan_pool(registry, pool, on_status)
     vectors, embedded = embed_photos(registry, embedder, {c.sha256: c.load for c in candidates}, on_progress)
+    if embedder.note and on_status:
+        on_status(embedder.note)
     return {"pool": name, "path": str(folder), "photos": len(candidates), "embedded": embedded,
             "unreadable": len(candidates) - len(vectors) + len(skipped), "embedder": embedder.id}
 
@@ -215,6 +217,8 @@ def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str]
     picked = [(candidates[r], "hard", s) for r, s in hard_rows]
     picked += [(candidates[r], "easy", float((queries @ matrix[r]).max())) for r in easy_rows]
     result = store_negatives(registry, concept, picked, embedder.id)
+    if embedder.note and on_status:
+        on_status(embedder.note)
     if result.dropped and on_status:
         on_status(f"dropped {len(result.dropped)} chosen negative(s) that could not be stored: "
                   + "; ".join(f"{d['photo']} ({d['reason']})" for d in result.dropped))
