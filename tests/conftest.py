@@ -33,6 +33,21 @@ def run_cli(*args: str, home: Path, input: str | None = None, timeout: int = 300
     )
 
 
+def invoke(*args: str, home: Path, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run `yollava` in this process (typer's CliRunner), answering like run_cli: no interpreter
+    start-up per call. For crash, signal and exit-code-race tests keep run_cli. An exception the
+    CLI did not turn into an exit code is re-raised, as a subprocess would print its traceback."""
+    from typer.testing import CliRunner
+
+    from yollava_cli.cli import app
+
+    result = CliRunner().invoke(app, list(map(str, args)), input=input, prog_name="yollava",
+                                env={"YOLLAVA_HOME": str(home), "COLUMNS": "200"})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
 def snapshot(home: Path) -> tuple:
     """Every registry row and every stored file: equal snapshots mean nothing changed."""
     import sqlite3

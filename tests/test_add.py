@@ -6,7 +6,7 @@ import sys
 
 from PIL import Image
 
-from conftest import REPO, run_cli, shared_data, snapshot
+from conftest import REPO, invoke, shared_data, snapshot
 
 
 def make_photo(path, size=(64, 48), mode="RGB", color=(200, 30, 30), **save):
@@ -15,7 +15,7 @@ def make_photo(path, size=(64, 48), mode="RGB", color=(200, 30, 30), **save):
 
 
 def add_json(home, *args):
-    result = run_cli("add", *args, "--no-train", "--json", home=home)
+    result = invoke("add", *args, "--no-train", "--json", home=home)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -24,7 +24,7 @@ def test_add_shared_concept_then_again_adds_nothing(home):
     train = shared_data() / "concepts" / "dog" / "train"
     first = add_json(home, "dog", train, "--kind", "pet")
     assert (first["new_photos"], first["total_photos"], first["created"]) == (3, 3, True)
-    shown = json.loads(run_cli("show", "dog", "--json", home=home).stdout)
+    shown = json.loads(invoke("show", "dog", "--json", home=home).stdout)
     assert len(shown["photos"]) == 3 and shown["kind"] == "pet" and shown["status"] == "added"
     assert all((home / p["stored"]).exists() for p in shown["photos"])
     again = add_json(home, "dog", train)
@@ -35,28 +35,28 @@ def test_list_show_rm(home, tmp_path):
     add_json(home, "<bo>", make_photo(tmp_path / "a.png"), "--kind", "pet")
     # a2.png has a.png's bytes: one stored photo shared by both concepts
     add_json(home, "mam", make_photo(tmp_path / "b.png", color=(1, 2, 3)), make_photo(tmp_path / "a2.png"))
-    listed = json.loads(run_cli("list", "--json", home=home).stdout)["concepts"]
+    listed = json.loads(invoke("list", "--json", home=home).stdout)["concepts"]
     assert [(c["name"], c["photos"]) for c in listed] == [("bo", 1), ("mam", 2)]
-    plain = run_cli("list", home=home).stdout.splitlines()
+    plain = invoke("list", home=home).stdout.splitlines()
     assert plain[0].split("\t")[:4] == ["bo", "pet", "added", "1"]  # piped: tab-separated
 
-    refused = run_cli("rm", "bo", home=home)  # no terminal, no --yes: refuse rather than hang
+    refused = invoke("rm", "bo", home=home)  # no terminal, no --yes: refuse rather than hang
     assert refused.returncode == 1 and "--yes" in refused.stderr
-    removed = json.loads(run_cli("rm", "bo", "--yes", "--json", home=home).stdout)
+    removed = json.loads(invoke("rm", "bo", "--yes", "--json", home=home).stdout)
     assert removed["removed"] == "bo"
     assert removed["photos_deleted"] == 0  # mam still uses the same photo
     assert len(list((home / "photos").rglob("*.jpg"))) == 2
-    run_cli("rm", "mam", "--yes", home=home)
+    invoke("rm", "mam", "--yes", home=home)
     assert list((home / "photos").rglob("*.jpg")) == []
-    missing = run_cli("show", "mamm", home=home)
+    missing = invoke("show", "mamm", home=home)
     assert missing.returncode == 1 and "unknown concept 'mamm'" in missing.stderr
 
 
 def test_replace_and_collisions(home, tmp_path):
     add_json(home, "bo-cat", make_photo(tmp_path / "a.png"), "--kind", "pet")
-    clash = run_cli("add", "bo_cat", tmp_path / "a.png", home=home)
+    clash = invoke("add", "bo_cat", tmp_path / "a.png", home=home)
     assert clash.returncode == 1 and "too close" in clash.stderr
-    kind_change = run_cli("add", "bo-cat", tmp_path / "a.png", "--kind", "person", home=home)
+    kind_change = invoke("add", "bo-cat", tmp_path / "a.png", "--kind", "person", home=home)
     assert kind_change.returncode == 1 and "--replace" in kind_change.stderr
     replaced = add_json(home, "bo-cat", make_photo(tmp_path / "b.png", color=(9, 9, 9)), "--kind", "person", "--replace")
     assert (replaced["created"], replaced["kind"], replaced["total_photos"]) == (True, "person", 1)
@@ -76,12 +76,12 @@ def test_odd_but_valid_photos_are_converted(home, tmp_path):
     make_photo(folder / "rotated.jpg", size=(80, 40), exif=exif)
     result = add_json(home, "odd", folder)
     assert result["new_photos"] == 6 and result["skipped"] == []
-    sizes = {p["source"].rsplit("/", 1)[-1]: p["size"] for p in json.loads(run_cli("show", "odd", "--json", home=home).stdout)["photos"]}
+    sizes = {p["source"].rsplit("/", 1)[-1]: p["size"] for p in json.loads(invoke("show", "odd", "--json", home=home).stdout)["photos"]}
     assert sizes["rotated.jpg"] == [40, 80]
     assert sizes["big.jpg"] == [1024, 683]
     for stored in (home / "photos").rglob("*.jpg"):
         assert Image.open(stored).mode == "RGB"
-    alpha = next(p for p in json.loads(run_cli("show", "odd", "--json", home=home).stdout)["photos"] if p["source"].endswith("alpha.png"))
+    alpha = next(p for p in json.loads(invoke("show", "odd", "--json", home=home).stdout)["photos"] if p["source"].endswith("alpha.png"))
     assert Image.open(alpha["stored"]).getpixel((0, 0)) == (255, 255, 255)  # transparent -> white
     assert big.exists()
 
@@ -92,12 +92,12 @@ def test_mixed_folder_adds_good_and_names_bad(home, tmp_path):
     make_photo(folder / "good.jpg")
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "notes.png").write_text("not an image")
-    result = run_cli("add", "mix", folder, "--no-train", home=home)
+    result = invoke("add", "mix", folder, "--no-train", home=home)
     assert result.returncode == 0
     assert "skipped" in result.stderr and "empty.jpg" in result.stderr and "notes.png" in result.stderr
     assert "1 new photo" in result.stdout
     before = snapshot(home)
-    strict = run_cli("add", "mix2", folder, "--strict", home=home)
+    strict = invoke("add", "mix2", folder, "--strict", home=home)
     assert strict.returncode == 1 and "--strict" in strict.stderr
     assert snapshot(home) == before
 
@@ -135,7 +135,7 @@ def test_bad_inputs_fail_in_one_line_and_store_nothing(home, tmp_path):
     add_json(home, "keep", make_photo(tmp_path / "keep.png"))
     before = snapshot(home)
     for description, args, expected in bad_inputs(tmp_path):
-        result = run_cli("add", *args, "--no-train", home=home)
+        result = invoke("add", *args, "--no-train", home=home)
         assert result.returncode == 1, description
         assert expected in result.stderr, (description, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, (description, result.stderr)
@@ -144,8 +144,8 @@ def test_bad_inputs_fail_in_one_line_and_store_nothing(home, tmp_path):
 
 
 def test_usage_errors_exit_2(home):
-    assert run_cli("add", home=home).returncode == 2
-    assert run_cli("add", "bo", "x.jpg", "--kind", "planet", home=home).returncode == 2
+    assert invoke("add", home=home).returncode == 2
+    assert invoke("add", "bo", "x.jpg", "--kind", "planet", home=home).returncode == 2
 
 
 def test_two_processes_add_concurrently(home, tmp_path):
@@ -182,3 +182,29 @@ def test_completions_are_current():
 
     for name, text in render().items():
         assert (OUT / name).read_text() == text, f"completions/{name} is stale: run python scripts/gen_completions.py"
+
+
+def test_the_disk_hint_is_given_only_for_disk_errors(home, monkeypatch):
+    import errno
+    import sqlite3
+
+    import yollava_cli.concepts
+
+    def fail_with(error):
+        def list_concepts(registry):
+            raise error
+        monkeypatch.setattr(yollava_cli.concepts, "list_concepts", list_concepts)
+        result = invoke("list", home=home)
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+        return result.stderr
+
+    hint = "is the disk full or the data dir read-only?"
+    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+        assert hint in fail_with(OSError(code, "boom", "/data/x.jpg"))
+    vanished = fail_with(FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/x.jpg"))
+    assert vanished.strip() == "error: No such file or directory: /data/x.jpg"
+    assert hint not in fail_with(OSError(errno.EIO, "Input/output error"))
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL
+    assert hint in fail_with(full)
+    assert hint not in fail_with(sqlite3.OperationalError("no such table: concepts"))

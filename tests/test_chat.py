@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import run_cli, shared_data
+from conftest import invoke, shared_data
 from tiny import tiny_llava
 from yollava_cli.backend import VLM
 from yollava_cli.chat import GenerationOptions, ask, mentioned_concepts, with_identifiers
@@ -54,20 +54,20 @@ def trained(tmp_path_factory):
     for args in (["add", "bo", root / "bo", "--kind", "pet", "--no-train"],
                  ["pool", "add", "blue", root / "pool"],
                  ["train", "bo", "--model", model_dir, "--epochs", "1", "--k", "4"]):
-        result = run_cli(*args, home=home)
+        result = invoke(*args, home=home)
         assert result.returncode == 0, result.stderr
     return home, model_dir, root
 
 
 def test_ask_json_shape(trained):
     home, model_dir, root = trained
-    result = run_cli("ask", "bo", "what should I buy him?", "--max-tokens", "8", "--model", model_dir, "--json", home=home)
+    result = invoke("ask", "bo", "what should I buy him?", "--max-tokens", "8", "--model", model_dir, "--json", home=home)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert set(data) == {"answer", "concepts", "model", "timings", "verdicts"} and data["verdicts"] == []
     assert data["concepts"] == ["bo"] and data["model"] == str(model_dir)
     assert set(data["timings"]) == {"first_token_s", "total_s", "tokens"}
-    streamed = run_cli("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "8",
+    streamed = invoke("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "8",
                        "--model", model_dir, home=home)
     assert streamed.returncode == 0 and streamed.stdout.strip()
     grounded = json.loads(run_cli("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "4",
@@ -79,21 +79,21 @@ def test_ask_json_shape(trained):
 
 def test_unknown_concept_lists_close_names(trained):
     home, model_dir, _ = trained
-    result = run_cli("ask", "is <bp> here?", "--model", model_dir, home=home)
+    result = invoke("ask", "is <bp> here?", "--model", model_dir, home=home)
     assert result.returncode == 1 and "unknown concept 'bp'; did you mean bo?" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_find_ranks_and_exits_like_grep(trained):
     home, model_dir, root = trained
-    everything = run_cli("find", "bo", root / "bo", root / "pool", "--threshold", "0", "--model", model_dir, "--json", home=home)
+    everything = invoke("find", "bo", root / "bo", root / "pool", "--threshold", "0", "--model", model_dir, "--json", home=home)
     assert everything.returncode == 0, everything.stderr
     results = json.loads(everything.stdout)["results"]
     assert len(results) == 28
     assert [r["probability"] for r in results] == sorted((r["probability"] for r in results), reverse=True)
-    nothing = run_cli("find", "bo", root / "pool", "--threshold", "1", "--model", model_dir, home=home)
+    nothing = invoke("find", "bo", root / "pool", "--threshold", "1", "--model", model_dir, home=home)
     assert nothing.returncode == 1 and nothing.stdout.count("\t-\t") == 25
-    top = run_cli("find", "bo", root / "pool", "--top", "3", "--threshold", "0", "--model", model_dir, home=home)
+    top = invoke("find", "bo", root / "pool", "--top", "3", "--threshold", "0", "--model", model_dir, home=home)
     assert top.returncode == 0 and len(top.stdout.strip().splitlines()) == 3
 
 
@@ -116,7 +116,7 @@ def test_find_by_each_signal(trained):
 
 def test_explain_lists_each_latent_token(trained):
     home, model_dir, _ = trained
-    result = run_cli("explain", "bo", "--max-tokens", "4", "--model", model_dir, "--json", home=home)
+    result = invoke("explain", "bo", "--max-tokens", "4", "--model", model_dir, "--json", home=home)
     assert result.returncode == 0, result.stderr
     assert [t["token"] for t in json.loads(result.stdout)["tokens"]] == [f"<bo_{i}>" for i in range(4)]
 
@@ -164,7 +164,7 @@ def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained):
 
 def test_show_data_lists_the_training_conversations(trained):
     home, _, _ = trained
-    info = json.loads(run_cli("show", "bo", "--data", "--json", home=home).stdout)
+    info = json.loads(invoke("show", "bo", "--data", "--json", home=home).stdout)
     data = info["training_data"]
     assert data["positive_photos"] == 3 and data["hard_negatives"] + data["easy_negatives"] > 0
     assert len(data["attribute_conversations"]) == 30

@@ -76,3 +76,43 @@ def test_missing_open_clip_weights_are_a_one_line_error(tiny_open_clip, tmp_path
 def test_unknown_embedder_is_refused():
     with pytest.raises(UserError, match="unknown embedder"):
         load_embedder("resnet")
+
+
+def test_auto_remembers_its_fallback_per_data_dir(tmp_path, monkeypatch):
+    """Offline, auto must not wait for the hub on every command: one try per data dir, again
+    after AUTO_RETRY or when asked for explicitly; and it says which embedder it used."""
+    import importlib.util
+    from datetime import datetime, timedelta, timezone
+
+    import yollava_cli.embeddings as embeddings
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "open_clip" else find_spec(name, *a))
+    tries = []
+
+    def offline(arch, pretrained):
+        tries.append(arch)
+        raise UserError("cannot load open_clip ViT-B-32 weights (we are offline)")
+
+    class Offline:
+        id = embeddings.OFFLINE_EMBEDDER
+
+    monkeypatch.setattr(embeddings, "load_open_clip", offline)
+    monkeypatch.setattr(embeddings, "EfficientNetEmbedder", Offline)
+    said = []
+    for home in ("a", "a", "b"):
+        monkeypatch.setenv("YOLLAVA_HOME", str(tmp_path / home))
+        embedder = embeddings.load_embedder()
+        assert embedder.id == "efficientnet-lite0"
+        said.append(embedder.note)
+    assert len(tries) == 2  # once per data dir
+    assert all(line.startswith("embedder: efficientnet-lite0 (auto: open_clip's weights did not load") for line in said)
+    assert "not tried again for 7 days" in said[0] and "did not load on" in said[1]
+    assert "offline" in (tmp_path / "a" / embeddings.AUTO_STATE).read_text()
+    embeddings.load_embedder("auto")  # asked for by name: try again now
+    assert len(tries) == 3
+    state = tmp_path / "b" / embeddings.AUTO_STATE
+    old = datetime.now(timezone.utc) - embeddings.AUTO_RETRY - timedelta(hours=1)
+    state.write_text(json.dumps({"since": old.isoformat(), "reason": "x"}))
+    embeddings.load_embedder()
+    assert len(tries) == 4  # the remembered fallback has expired

@@ -130,3 +130,50 @@ def test_baselines_read_the_identifier_without_its_trained_rows():
     with evaluator.identifier_for("yollava", "dog"):
         assert vlm.yes_probabilities(question) == trained
     assert vlm.yes_probabilities(question) == trained  # the trained rows are back
+
+
+def test_eval_retrains_a_subject_trained_under_other_settings(tmp_path, monkeypatch):
+    from dataclasses import asdict, replace
+
+    import yollava_cli.evaluation as evaluation
+    from yollava_cli.evaluation import Evaluation, Subject
+    from yollava_cli.store import Registry, now
+
+    photo = tmp_path / "a.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(photo)
+    registry = Registry(tmp_path / "eval")
+    trained_with = []
+
+    def prepare_concept(registry, name, load_vlm, load_embedder, config, **_):
+        """What training leaves behind, minus the training: a current checkpoint with its config."""
+        trained_with.append(config.epochs)
+        concept = registry.concept(name)
+        with registry.transaction() as db:
+            db.execute("UPDATE checkpoints SET is_current = 0 WHERE concept_id = ?", [concept["id"]])
+            db.execute("INSERT INTO checkpoints (concept_id, file, base_model, base_fingerprint, k, config, is_current, "
+                       "created_at) VALUES (?, 'x', 'fake', 'fp', 2, ?, 1, ?)", [concept["id"], json.dumps(asdict(config)), now()])
+            db.execute("UPDATE concepts SET status = 'trained', base_fingerprint = 'fp', threshold = 0.5 WHERE id = ?", [concept["id"]])
+
+    class LoadedVLM:
+        fingerprint, k = "fp", {"dog": 2}  # already loaded: nothing to read from disk
+
+    monkeypatch.setattr(evaluation, "prepare_concept", prepare_concept)
+    subject = Subject("dog", "pet", [photo], [photo])
+    for config in (FAST, FAST, replace(FAST, epochs=3), replace(FAST, epochs=3)):
+        Evaluation(None, LoadedVLM(), registry, None, [], config, lambda *a, **k: None).train(subject)
+    assert trained_with == [1, 3]  # reused under the same settings, retrained under new ones
+
+
+def test_eval_results_are_keyed_on_the_code_that_produced_them(tmp_path, monkeypatch):
+    import yollava_cli.evaluation as evaluation
+    from yollava_cli.evaluation import Dataset, results_path
+
+    from yollava_cli import __version__
+
+    assert evaluation.code_version().startswith(f"{__version__}+")
+    dataset = Dataset(tmp_path, {}, {}, {}, {})
+    keys = set()
+    for version in ("0.1.0+aaa", "0.1.0+bbb"):
+        monkeypatch.setattr(evaluation, "code_version", lambda: version)
+        keys.add(results_path(tmp_path / "eval", dataset, "fp", ["yollava"], FAST, []))
+    assert len(keys) == 2

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_cli, shared_data
+from conftest import invoke, shared_data
 from yollava_cli.mining import select_negatives, top_k
 
 pytestmark = pytest.mark.skipif(
@@ -27,8 +27,8 @@ def pooled_home(tmp_path_factory):
     """A data dir with the corgi `dog` and the 1000-photo ImageNet sample embedded as a pool."""
     data = shared_data()
     home = tmp_path_factory.mktemp("home")
-    ok_json(run_cli("add", "dog", data / "concepts" / "dog" / "train", "--kind", "pet", "--no-train", "--json", home=home))
-    added = ok_json(run_cli("pool", "add", "imagenet", data / "pool" / "imagenet-sample", "--json", home=home))
+    ok_json(invoke("add", "dog", data / "concepts" / "dog" / "train", "--kind", "pet", "--no-train", "--json", home=home))
+    added = ok_json(invoke("pool", "add", "imagenet", data / "pool" / "imagenet-sample", "--json", home=home))
     assert added["photos"] == 1000 and added["embedded"] == 1000
     return home
 
@@ -36,7 +36,7 @@ def pooled_home(tmp_path_factory):
 def test_hard_negatives_of_a_corgi_are_mostly_dogs(pooled_home):
     files = sorted(p.name for p in (shared_data() / "pool" / "imagenet-sample").glob("*.jpg"))
     class_of = {name: i for i, name in enumerate(files)}
-    result = ok_json(run_cli("mine", "dog", "--json", home=pooled_home))
+    result = ok_json(invoke("mine", "dog", "--json", home=pooled_home))
     assert result["embedder"] == "efficientnet-lite0"
     hard = [n for n in result["negatives"] if n["kind"] == "hard"]
     easy = [n for n in result["negatives"] if n["kind"] == "easy"]
@@ -47,16 +47,16 @@ def test_hard_negatives_of_a_corgi_are_mostly_dogs(pooled_home):
     assert len({c // 100 for c in easy_classes}) >= 8  # spread over the class range
     assert sum(c in DOG_BREEDS for c in easy_classes) < 30
     assert not {n["photo"] for n in hard} & {n["photo"] for n in easy}
-    shown = ok_json(run_cli("show", "dog", "--json", home=pooled_home))
+    shown = ok_json(invoke("show", "dog", "--json", home=pooled_home))
     assert shown["status"] == "mined" and shown["negatives"]["hard"] == 100 and shown["negatives"]["easy"] == 100
 
 
 def test_second_mine_embeds_nothing_and_is_reproducible(pooled_home):
-    first = ok_json(run_cli("mine", "dog", "--json", home=pooled_home))
-    second = ok_json(run_cli("mine", "dog", "--json", home=pooled_home))
+    first = ok_json(invoke("mine", "dog", "--json", home=pooled_home))
+    second = ok_json(invoke("mine", "dog", "--json", home=pooled_home))
     assert second["newly_embedded"] == 0
     assert first["negatives"] == second["negatives"]
-    other_seed = ok_json(run_cli("mine", "dog", "--seed", "1", "--json", home=pooled_home))
+    other_seed = ok_json(invoke("mine", "dog", "--seed", "1", "--json", home=pooled_home))
     assert [n for n in other_seed["negatives"] if n["kind"] == "easy"] != [n for n in first["negatives"] if n["kind"] == "easy"]
 
 
@@ -66,12 +66,12 @@ def test_a_deleted_pool_file_does_not_break_mining(tmp_path, home):
     folder.mkdir()
     for photo in sorted((data / "pool" / "imagenet-sample").glob("*.jpg"))[150:190]:
         shutil.copy(photo, folder)
-    ok_json(run_cli("add", "dog", data / "concepts" / "dog" / "train", "--no-train", "--json", home=home))
-    ok_json(run_cli("pool", "add", "mini", folder, "--json", home=home))
-    first = ok_json(run_cli("mine", "dog", "--hard", "5", "--easy", "5", "--json", home=home))
+    ok_json(invoke("add", "dog", data / "concepts" / "dog" / "train", "--no-train", "--json", home=home))
+    ok_json(invoke("pool", "add", "mini", folder, "--json", home=home))
+    first = ok_json(invoke("mine", "dog", "--hard", "5", "--easy", "5", "--json", home=home))
     victim = first["negatives"][0]["photo"]
     (folder / victim.rsplit("/", 1)[-1]).unlink()
-    again = ok_json(run_cli("mine", "dog", "--hard", "5", "--easy", "5", "--json", home=home))
+    again = ok_json(invoke("mine", "dog", "--hard", "5", "--easy", "5", "--json", home=home))
     assert victim not in {n["photo"] for n in again["negatives"]} and len(again["negatives"]) == 10
     assert again["newly_embedded"] == 0 and again["candidates"] == 39
 
@@ -79,13 +79,13 @@ def test_a_deleted_pool_file_does_not_break_mining(tmp_path, home):
 def test_no_pool_uses_other_concepts_or_says_how_to_add_one(home):
     data = shared_data()
     concepts = data / "concepts"
-    run_cli("add", "dog", concepts / "dog" / "train", "--no-train", home=home)
-    refused = run_cli("mine", "dog", home=home)
+    invoke("add", "dog", concepts / "dog" / "train", "--no-train", home=home)
+    refused = invoke("mine", "dog", home=home)
     assert refused.returncode == 1 and "yollava pool add" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     for subject in ["cat", "dog6", "dog5", "backpack", "clock", "can", "duck_toy"]:
-        run_cli("add", subject, concepts / subject / "train", concepts / subject / "test", "--no-train", home=home)
-    mined = run_cli("mine", "dog", "--hard", "5", "--easy", "3", "--json", home=home)
+        invoke("add", subject, concepts / subject / "train", concepts / subject / "test", "--no-train", home=home)
+    mined = invoke("mine", "dog", "--hard", "5", "--easy", "3", "--json", home=home)
     result = ok_json(mined)
     assert result["source"] == "other concepts" and "other concepts" in mined.stderr
     assert len(result["negatives"]) == 8

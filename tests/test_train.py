@@ -157,3 +157,56 @@ def test_metrics_and_calibration_by_hand():
     threshold = calibrate(metrics)
     assert 0.3 < threshold < 0.4  # between the best negative below and the weakest positive
     assert recognition_metrics([0.9, 0.6, 0.4], [0.1, 0.55, 0.3, 0.2], threshold)["positive"] == 1.0
+
+
+def test_early_stopping_runs_patience_epochs_after_the_best(registry, monkeypatch):
+    import yollava_cli.training as training
+
+    monkeypatch.setattr(training, "selection_key", lambda metrics: 0.0)  # no epoch beats the first
+    config = TrainConfig(k=4, epochs=5, batch_size=8, positive_repeats=1, attributes_per_epoch=4, patience=1)
+    result = train_concept(registry, tiny_vlm(), "bo", config)
+    assert result.best_epoch == 1
+    assert [h["epoch"] for h in result.history] == [1, 2]  # the best, then `patience` epochs without a better one
+
+
+def test_a_run_that_fails_is_recorded_as_failed_with_its_error(registry):
+    import json
+
+    def break_disk(kind, **info):
+        if kind == "step" and info["epoch"] == 1:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        train_concept(registry, tiny_vlm(), "bo", FAST, on_event=break_disk)
+    status, results, finished = registry.db.execute("SELECT status, results, finished_at FROM runs WHERE kind = 'train'").fetchone()
+    assert status == "failed" and finished
+    assert json.loads(results)["error"] == "OSError: [Errno 28] No space left on device"
+    assert len(json.loads(results)["history"]) == 1
+
+
+def test_show_data_counts_the_templates_it_reads(registry, monkeypatch):
+    import yollava_cli.synthesis as synthesis
+
+    table = {**synthesis.templates(), "recognition": {"positive": [{}] * 2, "negative": [{}] * 3}}
+    monkeypatch.setattr(synthesis, "templates", lambda: table)
+    counts = synthesis.inspect_training_data(registry, registry.concept("bo"))["recognition_templates"]
+    assert counts == {"positive": 2, "negative": 3}
+
+
+def test_cli_training_options_default_to_train_config(monkeypatch):
+    import importlib
+
+    import typer.main
+
+    import yollava_cli.cli as cli
+    import yollava_cli.train_config as train_config
+
+    monkeypatch.setattr(train_config.TrainConfig, "lr", 5e-4)
+    monkeypatch.setattr(train_config.TrainConfig, "epochs", 7)
+    try:
+        commands = typer.main.get_command(importlib.reload(cli).app).commands
+        assert {p.name: p.default for p in commands["train"].params}["lr"] == 5e-4
+        assert {p.name: p.default for p in commands["eval"].params}["epochs"] == 7
+    finally:
+        monkeypatch.undo()
+        importlib.reload(cli)

@@ -3,7 +3,6 @@ across every verb (one-line error, non-zero exit, no traceback, nothing stored c
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -251,37 +250,75 @@ def consistent(home) -> None:
     assert {p["kind"] for p in report["problems"]} <= {"orphan", "run"}, report["problems"]
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_kill_9_during_add_leaves_a_consistent_registry(world, tmp_path, seed):
+def wait_for(marker, proc, timeout: float = 180) -> None:
+    """Poll until the operation has visibly got halfway; a process that ends first fails the test,
+    since a kill after the end would prove nothing."""
+    deadline = time.monotonic() + timeout
+    while not marker():
+        assert proc.poll() is None, f"the process ended (exit {proc.returncode}) before the kill could land mid-operation"
+        assert time.monotonic() < deadline, "the operation never reached the point to kill it at"
+        time.sleep(0.01)
+
+
+def kill_9(proc) -> None:
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the process had already exited: the kill landed on nothing"
+
+
+def scalar(home, sql: str):
+    import sqlite3
+
+    conn = sqlite3.connect(home / "registry.db", timeout=30)
+    try:
+        return conn.execute(sql).fetchone()[0]
+    finally:
+        conn.close()
+
+
+# `add` writes its photo files inside its one transaction; a short pause per photo keeps that
+# window open long enough to kill the process in it, between two stored photos
+SLOW_ADD = ("import sys, time; from yollava_cli.store import Registry; store = Registry.store_photo; "
+            "Registry.store_photo = lambda self, *a: (time.sleep(0.05), store(self, *a))[1]; "
+            "from yollava_cli.cli import main; sys.argv = ['yollava', *sys.argv[1:]]; main()")
+
+
+@pytest.mark.parametrize("stored", [1, 20, 40])
+def test_kill_9_during_add_leaves_a_consistent_registry(world, tmp_path, stored):
     home = tmp_path / "home"
     folder = tmp_path / "many"
     folder.mkdir()
     for i, photo in enumerate(sorted((world["data"] / "pool" / "imagenet-sample").glob("*.jpg"))[:60]):
         shutil.copy(photo, folder / f"{i}.jpg")
-    proc = subprocess.Popen([sys.executable, "-m", "yollava_cli", "add", "many", folder, "--no-train"],
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_ADD, "add", "many", folder, "--no-train"],
                             env={**os.environ, "YOLLAVA_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(random.Random(seed).uniform(0.5, 3.0))
-    proc.kill()
-    proc.wait()
-    if (home / "registry.db").exists():
-        consistent(home)
+    wait_for(lambda: len(list((home / "photos").rglob("*.jpg"))) >= stored, proc)
+    kill_9(proc)
+    assert scalar(home, "SELECT count(*) FROM concept_photos") == 0  # killed inside the transaction: nothing committed
+    consistent(home)
     result = run_cli("add", "many", folder, "--no-train", "--json", home=home)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["total_photos"] == 60
     assert run_cli("doctor", "--fix", home=home).returncode == 0
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_kill_9_during_train_then_resume(world, tmp_path, seed):
+@pytest.mark.parametrize("point", ["first epoch", "after an epoch"])
+def test_kill_9_during_train_then_resume(world, tmp_path, point):
     home = fresh_home(world, tmp_path)
+    runs = scalar(home, "SELECT count(*) FROM runs")
+    resume_file = home / "checkpoints" / "bo" / "resume.safetensors"
     args = ["train", "bo", "--model", str(world["model"]), "--epochs", "3", "--k", "4"]
     proc = subprocess.Popen([sys.executable, "-m", "yollava_cli", *args],
                             env={**os.environ, "YOLLAVA_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(random.Random(seed).uniform(3.0, 12.0))
-    proc.kill()
-    proc.wait()
+    if point == "first epoch":  # the run has started (its row is written just before the first step)
+        wait_for(lambda: scalar(home, "SELECT count(*) FROM runs") > runs, proc)
+    else:  # an epoch has ended (its resume state is saved) and more are to come
+        wait_for(resume_file.exists, proc)
+    kill_9(proc)
+    assert scalar(home, "SELECT status FROM runs ORDER BY id DESC LIMIT 1") == "running"  # it never finished
     consistent(home)
-    resumable = (home / "checkpoints" / "bo" / "resume.safetensors").exists()
+    resumable = resume_file.exists()
+    assert resumable or point == "first epoch"
     result = run_cli(*args, *(["--resume"] if resumable else []), home=home)
     assert result.returncode == 0, result.stderr
     fixed = run_cli("doctor", "--fix", home=home)

@@ -33,6 +33,7 @@ from yollava_cli.fileio import atomic_write_bytes
 POCKET = "pocket"
 YES_WORDS = ("Yes", "yes", " Yes", " yes", "YES")
 NO_WORDS = ("No", "no", " No", " no", "NO")
+SCORE_BATCH = 16  # prompts per yes/no scoring pass (find, training validation, eval): bounded memory
 
 
 def token_names(name: str, k: int) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from yollava_cli.backend import VLM, Prompt
+from yollava_cli.backend import SCORE_BATCH, VLM, Prompt
 from yollava_cli.concepts import RESERVED_NAMES, get_concept, parse_name
 from yollava_cli.errors import UserError
 from yollava_cli.images import BadPhoto, decode, expand_photo_paths, photo_bytes, read_photo
@@ -22,7 +22,6 @@ from yollava_cli.store import Registry
 from yollava_cli.synthesis import score_question
 
 MENTION = re.compile(r"<([a-z0-9][a-z0-9_-]{0,31})>")
-FIND_BATCH = 16
 
 
 def mentioned_concepts(question: str, names: list[str]) -> list[str]:
@@ -209,11 +208,11 @@ def read_for_find(paths: list[Path], vlm: VLM, need_pixels: bool) -> tuple[list[
 def yes_probabilities(vlm: VLM, name: str, photos: list[dict], on_progress=None) -> list[float]:
     """The soft tokens' P(yes) for "is <name> in this photo?", in scoring batches."""
     question, out = score_question(name), []
-    for start in range(0, len(photos), FIND_BATCH):
-        batch = photos[start : start + FIND_BATCH]
+    for start in range(0, len(photos), SCORE_BATCH):
+        batch = photos[start : start + SCORE_BATCH]
         out += vlm.yes_probabilities([Prompt(question, [p["decode"]], [p["sha256"]], [name]) for p in batch])
         if on_progress:
-            on_progress(min(start + FIND_BATCH, len(photos)), len(photos))
+            on_progress(min(start + SCORE_BATCH, len(photos)), len(photos))
     return out
 
 

@@ -3,6 +3,7 @@
 Exit codes: 0 ok, 1 user error (one line on stderr), 2 usage error, 130 interrupted.
 """
 
+import errno
 import json
 import sqlite3
 import sys
@@ -20,9 +21,19 @@ from yollava_cli import concepts, mining
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
 from yollava_cli.store import Registry
+from yollava_cli.train_config import TrainConfig
 
 out = Console()
 err = Console(stderr=True)
+NO_SPACE_OR_ACCESS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
+
+
+def disk_trouble(e: OSError | sqlite3.Error) -> bool:
+    """Whether the error means no space or no write access: only then is the hint about a full
+    disk or a read-only data dir true; on other errors it would send the user the wrong way."""
+    if isinstance(e, sqlite3.Error):
+        return (getattr(e, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY)
+    return e.errno in NO_SPACE_OR_ACCESS
 
 
 class YollavaGroup(TyperGroup):
@@ -36,7 +47,8 @@ class YollavaGroup(TyperGroup):
             raise typer.Exit(1) from None
         except (OSError, sqlite3.Error) as e:  # disk full, read-only or vanished files: say so in one line
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
-            err.print(f"error: {getattr(e, 'strerror', None) or e}{where} (is the disk full or the data dir read-only?)",
+            hint = " (is the disk full or the data dir read-only?)" if disk_trouble(e) else ""
+            err.print(f"error: {getattr(e, 'strerror', None) or e}{where}{hint}",
                       markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
@@ -166,7 +178,7 @@ def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, json_: Js
 
     model = load_embedder(embedder)
     with progress_bar(f"Embedding {folder} ({model.id})") as on_progress:
-        result = mining.add_pool(open_registry(), name, folder, model, on_progress)
+        result = mining.add_pool(open_registry(), name, folder, model, on_progress, on_status=status)
     if json_:
         return print_json(result)
     out.print(
@@ -223,7 +235,7 @@ def mine(
                              on_status=status, on_progress=on_progress)
     data = {"concept": result.concept, "embedder": result.embedder, "negatives": result.negatives,
             "excluded_near_duplicates": result.excluded, "candidates": result.pool_size,
-            "newly_embedded": result.embedded, "source": result.source}
+            "newly_embedded": result.embedded, "source": result.source, "dropped": result.dropped}
     if json_:
         return print_json(data)
     kinds = [n["kind"] for n in result.negatives]
@@ -292,7 +304,7 @@ def prepare(registry: Registry, name: str, model: str | None, config=None, resum
     """Mine (if the concept has no negatives yet) and train, with progress on stderr."""
     from yollava_cli.backend import load_vlm
     from yollava_cli.embeddings import load_embedder
-    from yollava_cli.training import TrainConfig, prepare_concept
+    from yollava_cli.training import prepare_concept
 
     config = config or TrainConfig()
     with train_view(config.epochs) as view:
@@ -305,11 +317,11 @@ def prepare(registry: Registry, name: str, model: str | None, config=None, resum
 @app.command()
 def train(
     name: str,
-    k: Annotated[int, typer.Option("--k", min=1, max=64, help="Latent tokens per concept.")] = 16,
-    epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping may end sooner).")] = 15,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
-    seed: Annotated[int, typer.Option()] = 0,
+    k: Annotated[int, typer.Option("--k", min=1, max=64, help="Latent tokens per concept.")] = TrainConfig.k,
+    epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping may end sooner).")] = TrainConfig.epochs,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = TrainConfig.lr,
+    batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size,
+    seed: Annotated[int, typer.Option()] = TrainConfig.seed,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (same flags).")] = False,
     model: ModelOption = None,
     json_: JsonFlag = False,
@@ -318,8 +330,6 @@ def train(
 
     Example: yollava train bo --epochs 15
     """
-    from yollava_cli.training import TrainConfig
-
     config = TrainConfig(k=k, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     render_train(prepare(open_registry(), name, model, config, resume), json_)
 
@@ -553,7 +563,7 @@ def eval_(
     subjects: Annotated[Optional[str], typer.Option(help="Comma-separated subjects (default: all).")] = None,
     pool: Annotated[Optional[list[Path]], typer.Option("--pool", help="Folder(s) of negatives to mine (default: other subjects' train photos).")] = None,
     folds: Annotated[int, typer.Option(min=1, help="Leave-photos-out rotations per subject, for steadier figures.")] = 1,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per subject.")] = 15,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per subject.")] = TrainConfig.epochs,
     report: Annotated[Optional[Path], typer.Option(help="Write report.json, report.md and chart.png here.")] = None,
     history: Annotated[bool, typer.Option("--history", help="List earlier eval runs instead.")] = False,
     model: ModelOption = None,
@@ -580,11 +590,12 @@ def eval_(
         raise UserError("name a dataset folder (or pass --history)")
     from yollava_cli.backend import load_vlm
     from yollava_cli.embeddings import load_embedder
-    from yollava_cli.training import TrainConfig
 
     data = evaluation.load_dataset(dataset, subjects.split(",") if subjects else None)
     vlm = load_vlm(model, on_status=status)
     embedder = load_embedder()
+    if embedder.note:
+        status(embedder.note)
     with progress_bar("Evaluating subjects") as on_progress:
         def on_event(kind, **info):
             if kind == "subject":

@@ -5,22 +5,28 @@ so vectors of different embedders never mix and a photo is embedded once per emb
 """
 
 import importlib.util
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
+from yollava_cli.fileio import atomic_write_bytes
 from yollava_cli.store import Registry
 
 OFFLINE_EMBEDDER = "efficientnet-lite0"
 OPEN_CLIP_DEFAULT = "open_clip:ViT-B-32:laion2b_s34b_b79k"
 EMBEDDER_ENV = "YOLLAVA_EMBEDDER"
 BATCH = 32
+AUTO_STATE = "auto-embedder.json"  # in the data dir: when auto last fell back from open_clip, and why
+AUTO_RETRY = timedelta(days=7)
 
 
 class Embedder:
@@ -32,6 +38,9 @@ class Embedder:
     # embedder: for EfficientNet the dog subject's own photos score 0.67-0.88 against each other,
     # another corgi 0.62-0.66, the closest ImageNet photo 0.59.
     duplicate_above: float = 0.8
+    # How `auto` came to choose this embedder, said by the command that uses it once it succeeds
+    # (a refused command keeps its one-line error).
+    note: str | None = None
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         raise NotImplementedError
@@ -93,22 +102,49 @@ def load_open_clip(arch: str, pretrained: str) -> OpenClipEmbedder:
 
 def load_embedder(name: str | None = None) -> Embedder:
     """`efficientnet-lite0`, `open_clip:ARCH:PRETRAINED` (a tag or a local file), or auto:
-    open_clip ViT-B-32 (LAION) where it is installed and its weights load, else EfficientNet
-    (quietly: the chosen embedder's id is in every result)."""
+    open_clip ViT-B-32 (LAION) where it is installed and its weights load, else EfficientNet.
+    Auto's fallback is remembered in the data dir for AUTO_RETRY, so an offline machine does not
+    wait through the hub's retries on every command; an explicit `auto` tries again at once."""
+    explicit = name
     name = name or os.environ.get(EMBEDDER_ENV) or "auto"
     if name == "auto":
-        if importlib.util.find_spec("open_clip") is not None:
-            try:
-                return load_embedder(OPEN_CLIP_DEFAULT)
-            except UserError:
-                pass
-        return EfficientNetEmbedder()
+        if importlib.util.find_spec("open_clip") is None:
+            return noted(EfficientNetEmbedder(), "open_clip is not installed")
+        state_file = data_dir() / AUTO_STATE
+        fallback = read_auto_state(state_file)
+        since = datetime.fromisoformat(fallback["since"]) if fallback else None
+        if since and explicit != "auto" and datetime.now(timezone.utc) - since < AUTO_RETRY:
+            return noted(EfficientNetEmbedder(), f"open_clip's weights did not load on {since:%Y-%m-%d}; tried again "
+                                                 f"after {since + AUTO_RETRY:%Y-%m-%d}, or now with --embedder auto")
+        try:
+            embedder = load_embedder(OPEN_CLIP_DEFAULT)
+        except UserError as e:
+            atomic_write_bytes(state_file, json.dumps({"since": datetime.now(timezone.utc).isoformat(), "reason": str(e)}).encode())
+            return noted(EfficientNetEmbedder(), f"open_clip's weights did not load (reason in {state_file}); "
+                                                 f"not tried again for {AUTO_RETRY.days} days, or now with --embedder auto")
+        state_file.unlink(missing_ok=True)
+        return noted(embedder, "open_clip loaded")
     if name.startswith("efficientnet-"):
         return EfficientNetEmbedder(name.removeprefix("efficientnet-"))
     if name.startswith("open_clip:") and name.count(":") >= 2:
         _, arch, pretrained = name.split(":", 2)
         return load_open_clip(arch, pretrained)
     raise UserError(f"unknown embedder {name!r}: use auto, {OFFLINE_EMBEDDER} or open_clip:ARCH:PRETRAINED")
+
+
+def noted(embedder: Embedder, why: str) -> Embedder:
+    embedder.note = f"embedder: {embedder.id} (auto: {why})"
+    return embedder
+
+
+def read_auto_state(path) -> dict | None:
+    """Auto's remembered fallback, or None (none yet, or unreadable: then auto simply tries again)."""
+    try:
+        state = json.loads(path.read_text())
+        datetime.fromisoformat(state["since"])
+        return state
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def cached_vectors(registry: Registry, embedder_id: str, shas: Iterable[str]) -> dict[str, np.ndarray]:

@@ -12,12 +12,14 @@ import json
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-from yollava_cli.backend import VLM, Prompt
+from yollava_cli import __version__
+from yollava_cli.backend import SCORE_BATCH, VLM, Prompt
 from yollava_cli.concepts import add_concept, parse_name
 from yollava_cli.errors import UserError
 from yollava_cli.facts import as_sentence
@@ -205,7 +207,9 @@ class Evaluation:
     def train(self, subject: Subject) -> dict:
         add_concept(self.registry, subject.name, subject.train, kind=subject.kind)
         concept = self.registry.concept(subject.name)
-        if concept["status"] != "trained" or concept["base_fingerprint"] != self.vlm.fingerprint:
+        checkpoint = self.registry.current_checkpoint(concept["id"])
+        other_config = checkpoint is None or json.loads(checkpoint["config"] or "{}") != asdict(self.config)
+        if concept["status"] != "trained" or concept["base_fingerprint"] != self.vlm.fingerprint or other_config:
             prepare_concept(self.registry, subject.name, lambda: self.vlm, lambda: self.embedder, self.config,
                             on_event=lambda stage, **info: self.on_event("train", subject=subject.name, stage=stage, **info))
             concept = self.registry.concept(subject.name)
@@ -222,8 +226,8 @@ class Evaluation:
         if method == "yollava" and key in self.token_scores:  # fused and ask build on them
             return self.token_scores[key]
         out = []
-        for start in range(0, len(photos), 16):
-            prompts = [self.prompt(method, subject, score_question(subject), [p]) for p in photos[start : start + 16]]
+        for start in range(0, len(photos), SCORE_BATCH):
+            prompts = [self.prompt(method, subject, score_question(subject), [p]) for p in photos[start : start + SCORE_BATCH]]
             out += self.vlm.yes_probabilities(prompts)
         if method == "yollava":
             self.token_scores[key] = out
@@ -397,10 +401,21 @@ def summarise(per_subject: dict[str, dict], methods: list[str]) -> dict:
     return overall
 
 
+@cache
+def code_version() -> str:
+    """The package version and a hash of its code and templates, computed once: results that other
+    code produced (before a bug fix, say) are never served from the cache."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for path in sorted([*package.glob("*.py"), *package.glob("data/*.json")]):
+        digest.update(f"{path.relative_to(package)}\0".encode() + path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
 def results_path(eval_root: Path, dataset: Dataset, model_fingerprint: str, methods: list[str], config: TrainConfig,
                  pools: list[Path]) -> Path:
     settings = json.dumps([str(dataset.root.resolve()), model_fingerprint, sorted(methods), vars(config),
-                           [str(p.resolve()) for p in pools]], sort_keys=True, default=str)
+                           [str(p.resolve()) for p in pools], code_version()], sort_keys=True, default=str)
     return eval_root / f"results-{hashlib.sha256(settings.encode()).hexdigest()[:16]}.json"
 
 

@@ -44,6 +44,7 @@ class MineResult:
     pool_size: int = 0
     embedded: int = 0
     source: str = ""
+    dropped: list[dict] = field(default_factory=list)  # chosen but not storable: {"photo", "reason"}
 
 
 # -- pools ------------------------------------------------------------------------------
@@ -58,7 +59,7 @@ def pool_by_name(registry: Registry, name: str) -> dict:
     return dict(row)
 
 
-def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on_progress=None) -> dict:
+def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on_progress=None, on_status=None) -> dict:
     """Register a folder of everyday photos as a negative pool and embed it."""
     if not POOL_NAME.match(name):
         raise UserError(f"invalid pool name {name!r}: use letters, digits, '.', '-', '_' (e.g. library)")
@@ -72,8 +73,10 @@ def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on
         if not existing:
             db.execute("INSERT INTO pools (name, path, created_at) VALUES (?, ?, ?)", [name, str(folder), now()])
     pool = pool_by_name(registry, name)
-    candidates, skipped = scan_pool(registry, pool)
+    candidates, skipped = scan_pool(registry, pool, on_status)
     vectors, embedded = embed_photos(registry, embedder, {c.sha256: c.load for c in candidates}, on_progress)
+    if embedder.note and on_status:
+        on_status(embedder.note)
     return {"pool": name, "path": str(folder), "photos": len(candidates), "embedded": embedded,
             "unreadable": len(candidates) - len(vectors) + len(skipped), "embedder": embedder.id}
 
@@ -92,9 +95,10 @@ def remove_pool(registry: Registry, name: str) -> dict:
     return {"removed": name}
 
 
-def scan_pool(registry: Registry, pool: dict) -> tuple[list[Candidate], list[str]]:
+def scan_pool(registry: Registry, pool: dict, on_status=None) -> tuple[list[Candidate], list[str]]:
     """Bring the pool's file list up to date: unchanged files keep their hash, new or changed files
-    are hashed, vanished files are dropped. A pool whose folder lost files keeps working."""
+    are hashed, vanished files are dropped. A pool whose folder lost files keeps working. A folder
+    that yields no photo at all while rows exist (an unmounted drive) keeps its rows and is skipped."""
     folder = Path(pool["path"])
     if not folder.is_dir():
         raise UserError(f"pool {pool['name']!r}: folder {folder} is gone; `yollava pool rm {pool['name']}` or restore it")
@@ -116,6 +120,11 @@ def scan_pool(registry: Registry, pool: dict) -> tuple[list[Candidate], list[str
                                 "size": stat.st_size, "mtime": stat.st_mtime}
         except OSError:
             skipped.append(rel)
+    if known and not current:
+        if on_status:
+            on_status(f"pool {pool['name']!r}: no photos in {folder} now (an unmounted drive?); "
+                      f"kept its {len(known)} known files and skipped it this time")
+        return [], skipped
     with registry.transaction() as db:
         for rel in known.keys() - current.keys():
             db.execute("DELETE FROM pool_files WHERE pool_id = ? AND path = ?", [pool["id"], rel])
@@ -208,6 +217,11 @@ def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str]
     picked = [(candidates[r], "hard", s) for r, s in hard_rows]
     picked += [(candidates[r], "easy", float((queries @ matrix[r]).max())) for r in easy_rows]
     result = store_negatives(registry, concept, picked, embedder.id)
+    if embedder.note and on_status:
+        on_status(embedder.note)
+    if result.dropped and on_status:
+        on_status(f"dropped {len(result.dropped)} chosen negative(s) that could not be stored: "
+                  + "; ".join(f"{d['photo']} ({d['reason']})" for d in result.dropped))
     result.excluded = [{"photo": candidates[r].source, "score": round(s, 4)} for r, s in duplicate_rows]
     result.pool_size, result.embedded, result.source = len(candidates), embedded, source
     return result
@@ -219,7 +233,7 @@ def gather_candidates(registry: Registry, concept: dict, pools: list[str] | None
     if names:
         candidates = []
         for name in names:
-            candidates += scan_pool(registry, pool_by_name(registry, name))[0]
+            candidates += scan_pool(registry, pool_by_name(registry, name), on_status)[0]
         return candidates, f"pool {', '.join(names)}"
     others = list(registry.db.query(
         "SELECT DISTINCT p.sha256, p.file FROM concept_photos cp JOIN photos p USING (sha256) WHERE cp.concept_id != ?",
@@ -237,17 +251,20 @@ def gather_candidates(registry: Registry, concept: dict, pools: list[str] | None
 
 def store_negatives(registry: Registry, concept: dict, picked: list, embedder_id: str) -> MineResult:
     """Copy the chosen photos into the store and replace the concept's negatives in one transaction."""
-    ready = []
+    ready, dropped = [], []
     for candidate, kind, score in picked:
         if registry.db.execute("SELECT 1 FROM photos WHERE sha256 = ?", [candidate.sha256]).fetchone():
             ready.append((candidate, kind, score, None))  # already stored (another concept's photo)
             continue
         try:
             photo = read_photo(Path(candidate.source))
-        except BadPhoto:
-            continue  # vanished or broken since it was embedded: fewer negatives, never a bad one
-        if photo.sha256 == candidate.sha256:  # else the file changed since it was embedded
+        except BadPhoto as e:  # vanished or broken since it was embedded: fewer negatives, never a bad one
+            dropped.append({"photo": candidate.source, "reason": str(e)})
+            continue
+        if photo.sha256 == candidate.sha256:
             ready.append((candidate, kind, score, photo))
+        else:
+            dropped.append({"photo": candidate.source, "reason": "changed since it was embedded"})
     encoded = {c.sha256: jpeg_bytes(p.image) for c, _, _, p in ready if p is not None}
     with registry.transaction() as db:
         old = [r[0] for r in db.execute("SELECT sha256 FROM negatives WHERE concept_id = ?", [concept["id"]])]
@@ -263,4 +280,4 @@ def store_negatives(registry: Registry, concept: dict, picked: list, embedder_id
         removed = registry.delete_unused_photos(old)
     registry.unlink_photo_files(removed)
     negatives = [{"photo": c.source, "kind": kind, "score": round(score, 4)} for c, kind, score, _ in ready]
-    return MineResult(concept["name"], embedder_id, negatives)
+    return MineResult(concept["name"], embedder_id, negatives, dropped=dropped)

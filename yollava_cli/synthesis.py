@@ -152,6 +152,6 @@ def inspect_training_data(registry: Registry, concept: dict) -> dict:
     kinds = dict(registry.db.execute(
         "SELECT kind, count(*) FROM negatives WHERE concept_id = ? GROUP BY kind", [concept["id"]]).fetchall())
     return {"positive_photos": len(photos), "positive_views": 2 * len(photos), "hard_negatives": kinds.get("hard", 0),
-            "easy_negatives": kinds.get("easy", 0), "recognition_templates": {"positive": 30, "negative": 30},
+            "easy_negatives": kinds.get("easy", 0), "recognition_templates": {side: len(pairs) for side, pairs in templates()["recognition"].items()},
             "subject_word": most_common_word([n for n in names if n]),
             "attribute_conversations": conversations}

@@ -21,31 +21,15 @@ from PIL import Image, ImageOps
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from yollava_cli.backend import VLM, Prompt
+from yollava_cli.backend import SCORE_BATCH, VLM, Prompt
 from yollava_cli.concepts import get_concept
 from yollava_cli.errors import UserError
 from yollava_cli.fileio import atomic_write_bytes
 from yollava_cli.store import Registry, now
 from yollava_cli.synthesis import TrainingData, build_training_data, recognition_pair, score_question
+from yollava_cli.train_config import TrainConfig
 
 MIN_PHOTOS_TO_HOLD_OUT = 5
-
-
-@dataclass
-class TrainConfig:
-    k: int = 16
-    epochs: int = 15
-    # The paper's rate. With the identifier starting at the base model's word for the subject,
-    # the first epochs are the best ones; 1e-2 wiped that start out within an epoch (pocket `dog`).
-    lr: float = 1e-3
-    batch_size: int = 8
-    seed: int = 0
-    positive_repeats: int = 2  # each photo and its mirror image, this many times per epoch
-    negative_ratio: float = 2.0  # negatives per positive example in an epoch
-    attributes_per_epoch: int = 12
-    validation_fraction: float = 0.2  # of the negatives, held out for checkpoint selection
-    patience: int = 3  # stop after this many epochs without a better validation score
-    weight_decay: float = 0.01
 
 
 @dataclass
@@ -150,8 +134,8 @@ class Trainer:
     def probabilities(self, keys: list[str]) -> list[float]:
         question = score_question(self.name)
         out = []
-        for start in range(0, len(keys), 16):
-            chunk = keys[start : start + 16]
+        for start in range(0, len(keys), SCORE_BATCH):
+            chunk = keys[start : start + SCORE_BATCH]
             prompts = [Prompt(question, [lambda k=k: self.views(k)], [k], [self.name]) for k in chunk]
             out += self.vlm.yes_probabilities(prompts)
         return out
@@ -180,7 +164,7 @@ class Trainer:
         probe = split.positives[:3] + [sha for sha, _ in split.negatives[:9]]  # train accuracy, cheaply
         try:
             for epoch in range(start_epoch, self.config.epochs):
-                if best and epoch - best["epoch"] > self.config.patience:
+                if best and epoch - best["epoch"] >= self.config.patience:  # epochs run since the best one
                     break
                 examples = epoch_examples(self.name, split, epoch, self.config)
                 steps = (len(examples) + self.config.batch_size - 1) // self.config.batch_size
@@ -204,11 +188,14 @@ class Trainer:
                     self.save_rows(file, data, best)
                 self.save_resume_state(params, optimizer, history, best, data)
                 self.on_event("epoch", **history[-1])
+            if best is not None and self.embedder is not None:
+                self.on_event("head")
+                best["thresholds"] = self.fit_recognizer(split, best)
         except KeyboardInterrupt:
             return self.finish(run_id, data, history, best, interrupted=True)
-        if best is not None and self.embedder is not None:
-            self.on_event("head")
-            best["thresholds"] = self.fit_recognizer(split, best)
+        except Exception as e:
+            self.fail(run_id, history, best, e)
+            raise
         return self.finish(run_id, data, history, best, interrupted=False)
 
     def fit_recognizer(self, split: Split, best: dict) -> dict:
@@ -299,6 +286,14 @@ class Trainer:
                 [self.concept["id"], json.dumps({**asdict(self.config), "resume": resume}), now()],
             )
         return cursor.lastrowid
+
+    def fail(self, run_id: int, history: list, best: dict | None, error: Exception) -> None:
+        """Mark the run `failed` with the error's first line, so it is not left `running` (which
+        doctor would later report as a killed process)."""
+        line = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
+        with self.registry.transaction() as db:
+            db.execute("UPDATE runs SET status = 'failed', results = ?, finished_at = ? WHERE id = ?",
+                       [json.dumps({"error": line, "history": history, "best": best}), now(), run_id])
 
     def finish(self, run_id: int, data: TrainingData, history: list, best: dict | None, interrupted: bool) -> TrainResult:
         status = "interrupted" if interrupted else "done"
