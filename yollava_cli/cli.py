@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from yollava_cli import concepts, mining
+from yollava_cli import concepts
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
 from yollava_cli.store import Registry
@@ -162,6 +162,7 @@ def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, json_: Js
 
     Example: yollava pool add library ~/Pictures
     """
+    from yollava_cli import mining
     from yollava_cli.embeddings import load_embedder
 
     model = load_embedder(embedder)
@@ -181,6 +182,8 @@ def pool_list(json_: JsonFlag = False):
 
     Example: yollava pool list
     """
+    from yollava_cli import mining
+
     rows = mining.list_pools(open_registry())
     if json_:
         return print_json({"pools": rows})
@@ -193,6 +196,8 @@ def pool_rm(name: str, json_: JsonFlag = False):
 
     Example: yollava pool rm library
     """
+    from yollava_cli import mining
+
     result = mining.remove_pool(open_registry(), name)
     if json_:
         return print_json(result)
@@ -214,6 +219,7 @@ def mine(
 
     Example: yollava mine bo --pool library --hard 100 --easy 100
     """
+    from yollava_cli import mining
     from yollava_cli.embeddings import load_embedder
 
     concepts.get_concept(open_registry(), name)  # an unknown name fails before the embedder loads
