@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from tiny import tiny_llava, tiny_onevision
-from yollava_cli.backend import VLM, Prompt, concept_prompt, load_vlm
+from yollava_cli import backend
+from yollava_cli.backend import VLM, CallbackStreamer, Prompt, concept_prompt, decode_answer, load_vlm, repeats_itself
 from yollava_cli.errors import UserError
 
 BUILDERS = {"llava": tiny_llava, "onevision": tiny_onevision}
@@ -130,6 +131,40 @@ def test_generation_stops_when_asked(vlm):
     pieces = []
     vlm.generate(Prompt("What is this?", [photo()]), max_new_tokens=50, on_text=pieces.append, stop=stop)
     assert len("".join(pieces)) < 10
+
+
+def test_a_looping_answer_stops_early_and_others_are_unchanged(monkeypatch):
+    model, processor = tiny_llava()
+    model.generation_config.suppress_tokens = [processor.tokenizer.eos_token_id]  # never ends by itself
+    vlm = VLM(model, processor, "tiny")
+    vlm.add_concept("bo", 4)
+    prompt = Prompt("what should I buy <bo>?", concepts=["bo"])
+    short, guarded = vlm.generate(prompt, 12), vlm.generate(prompt, 80)
+    monkeypatch.setattr(backend, "LOOP_NGRAM", 10**6)  # the guard off
+    assert vlm.generate(prompt, 12) == short  # an answer that does not loop is the same greedy answer
+    unguarded = vlm.generate(prompt, 80)
+    count = lambda text: len(vlm.tokenizer.encode(text, add_special_tokens=False))
+    assert unguarded.startswith(guarded) and count(guarded) < count(unguarded) * 0.6
+
+
+def test_repeats_itself_needs_the_whole_ngram_again():
+    assert repeats_itself([1, 2, 3, 9, 1, 2, 3], 3) and repeats_itself([5] * 4, 3)
+    assert not repeats_itself([1, 2, 3, 9, 1, 2, 4], 3) and not repeats_itself([1, 2, 3], 3)
+
+
+def test_a_concept_token_after_a_word_is_decoded_with_a_space(vlm):
+    vlm.add_concept("dog", 2)
+    tok = vlm.tokenizer
+    dog = tok.convert_tokens_to_ids("<dog>")
+    ids = tok.encode("A", add_special_tokens=False) + [dog] + tok.encode(". He is (", add_special_tokens=False) + [dog]
+    assert decode_answer(tok, ids) == "A <dog>. He is (<dog>"
+    pieces = []
+    streamer = CallbackStreamer(tok, pieces.append)
+    streamer.put(torch.tensor([0]))  # the prompt, skipped
+    for token in ids:
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    assert "".join(pieces) == "A <dog>. He is (<dog>"
 
 
 def test_yes_probability_is_deterministic_and_batch_independent(vlm):
