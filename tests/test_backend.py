@@ -227,6 +227,16 @@ def test_load_local_directory(tmp_path, monkeypatch):
         load_vlm(str(tmp_path / "missing"))
 
 
+def test_loading_pocket_says_so_first(tmp_path, monkeypatch):
+    from yollava_cli import pocket
+
+    monkeypatch.setenv("YOLLAVA_HOME", str(tmp_path))
+    monkeypatch.setattr(pocket, "load_pocket", lambda cache, on_status=None: tiny_llava())  # no real build
+    said = []
+    load_vlm("pocket", on_status=said.append)
+    assert said == ["Loading pocket..."]
+
+
 def test_unreachable_hub_id_is_one_line_suggesting_pocket(tmp_path):
     code = (
         "from yollava_cli.backend import load_vlm\n"

@@ -557,6 +557,8 @@ def load_vlm(ref: str | None = None, on_status: Callable[[str], None] | None = N
     if ref == POCKET:
         from yollava_cli.pocket import PocketUnavailable, load_pocket
 
+        if on_status:  # ~2 s of silence otherwise, before the first token
+            on_status(f"Loading {POCKET}...")
         try:
             model, processor = load_pocket(cache / POCKET, on_status=on_status)
         except PocketUnavailable as e:
