@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli, shared_data
 from tiny import tiny_llava
 from yollava_cli.backend import VLM
-from yollava_cli.chat import GenerationOptions, ask, mentioned_concepts, with_identifiers
+from yollava_cli.chat import GenerationOptions, ask, input_history, mentioned_concepts, with_identifiers
 
 
 def test_concepts_come_from_the_name_and_the_question():
@@ -138,6 +138,29 @@ def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained):
         if proc.poll() is None:
             proc.kill()
         os.close(primary)
+
+
+def test_chat_loads_concepts_mentioned_after_it_started(trained, tmp_path):
+    home, model_dir, root = trained
+    shutil.copytree(home, tmp_path / "home")
+    assert run_cli("add", "cat", shared_data() / "concepts" / "cat" / "train", "--no-train", home=tmp_path / "home").returncode == 0
+    lines = "is <bo> here?\n/concepts\nis <cat> here?\nis <bq> here?\n/concepts\n/quit\n"
+    result = run_cli("chat", "--model", model_dir, "--max-tokens", "4", home=tmp_path / "home", input=lines)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("yollava> ") == 1  # only the question whose concepts could be loaded
+    said = [line for line in result.stderr.splitlines() if line.startswith(("<", "error"))]
+    assert said == ["<bo>", "error: <cat> is not trained yet: run `yollava train cat`, then ask again",
+                        "error: unknown concept 'bq'; did you mean bo?", "<bo>"]
+
+
+def test_chat_keeps_its_input_history(tmp_path):
+    readline = pytest.importorskip("readline")
+    readline.clear_history()
+    with input_history(tmp_path / "history"):
+        readline.add_history("is <bo> here?")
+    readline.clear_history()
+    with input_history(tmp_path / "history"):  # a later chat: Up recalls it
+        assert readline.get_history_item(readline.get_current_history_length()) == "is <bo> here?"
 
 
 def test_show_data_lists_the_training_conversations(trained):

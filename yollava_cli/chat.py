@@ -5,7 +5,8 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -106,6 +107,27 @@ class ChatSession:
     images: list[Image.Image] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     history: list[tuple[str, str]] = field(default_factory=list)
+    registry: Registry | None = None  # where concepts mentioned mid-chat are loaded from
+
+    def load_mentioned(self, text: str) -> list[str]:
+        """Load each `<name>` in `text` that is not loaded yet (its current checkpoint); returns one
+        line per concept that cannot be, saying why. Chat never trains: that takes minutes."""
+        problems = []
+        for name in mentioned_concepts(text, []):
+            if name in self.concepts:
+                continue
+            try:
+                concept = get_concept(self.registry, name)
+                checkpoint = self.registry.current_checkpoint(concept["id"])
+                if concept["status"] != "trained" or checkpoint is None:
+                    raise UserError(f"<{name}> is not trained yet: run `yollava train {name}`, then ask again")
+                if name not in self.vlm.k:
+                    self.vlm.load_concept(self.registry.root / checkpoint["file"], name)
+            except UserError as e:
+                problems.append(str(e))
+                continue
+            self.concepts.append(name)
+        return problems
 
     def set_image(self, path: Path) -> None:
         self.images, self.keys = open_images([path])
@@ -118,6 +140,29 @@ class ChatSession:
         result = ask(self.vlm, self.concepts, text, self.images, self.keys, self.options, on_text, self.history, stop)
         self.history.append((with_identifiers(text, self.concepts), result["answer"]))
         return result["answer"]
+
+
+@contextmanager
+def input_history(path: Path) -> Iterator[None]:
+    """Line editing for `input()`, with Up recalling earlier lines (of this and earlier chats, kept
+    in `path`), where Python has readline."""
+    try:
+        import readline
+    except ImportError:
+        yield
+        return
+    try:
+        readline.read_history_file(path)
+    except OSError:  # no history yet, or unreadable: start without
+        pass
+    readline.set_history_length(1000)
+    try:
+        yield
+    finally:
+        try:
+            readline.write_history_file(path)
+        except OSError:
+            pass
 
 
 def find(registry: Registry, vlm: VLM, name: str, inputs: list[Path], threshold: float | None = None,

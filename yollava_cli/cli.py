@@ -387,13 +387,19 @@ def chat(
 
     Example: yollava chat bo mam --image park.jpg
     """
-    from yollava_cli.chat import ChatSession, GenerationOptions
+    from yollava_cli.chat import ChatSession, GenerationOptions, input_history
 
-    _, vlm, wanted = session(names or [], "", model, no_train=False)
-    chat_session = ChatSession(vlm, wanted, GenerationOptions(max_tokens, temperature, seed))
+    registry, vlm, wanted = session(names or [], "", model, no_train=False)
+    chat_session = ChatSession(vlm, wanted, GenerationOptions(max_tokens, temperature, seed), registry=registry)
     if image:
         chat_session.set_image(image)
     status(f"Chatting about {', '.join(f'<{n}>' for n in wanted) or 'nothing personal'} on {vlm.ref}. /quit or Ctrl-D to leave.")
+    with input_history(data_dir() / "history"):
+        chat_loop(chat_session)
+
+
+def chat_loop(chat_session) -> None:
+    """Read lines until /quit or Ctrl-D: a /command, else a question answered as it streams."""
     while True:
         try:
             line = input("you> ").strip()
@@ -422,6 +428,11 @@ def chat(
                     status(f"error: {e}")
             else:
                 status("commands: /image PATH, /concepts, /reset, /quit")
+            continue
+        problems = chat_session.load_mentioned(line)
+        if problems:
+            for problem in problems:
+                status(f"error: {problem}")
             continue
         try:  # the prompt is inside: a Ctrl-C right after it still only stops this answer
             sys.stdout.write("yollava> ")
