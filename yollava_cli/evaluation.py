@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ class Dataset:
     descriptions: dict[str, str]
     text_qa: dict[str, list[dict]]
     visual_qa: dict[Path, dict]
+    others: dict[str, Subject] = field(default_factory=dict)  # not evaluated (--subjects); their train photos are negatives
 
 
 def read_json(path: Path):
@@ -103,7 +104,9 @@ def load_dataset(root: Path, only: list[str] | None = None) -> Dataset:
         unknown = [s for s in only if s not in subjects]
         if unknown:
             raise UserError(f"unknown subject(s) {', '.join(unknown)}; the dataset has {', '.join(sorted(subjects))}")
+        others = {s: v for s, v in subjects.items() if s not in only}
         subjects = {s: subjects[s] for s in only}
+        return Dataset(root, subjects, descriptions, text_qa, visual_qa, others)
     return Dataset(root, subjects, descriptions, text_qa, visual_qa)
 
 
@@ -327,6 +330,9 @@ def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: lis
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if len(dataset.subjects) < 2:
+        raise UserError("eval needs at least 2 subjects: each subject's test negatives are the other subjects' "
+                        "test photos; name another in --subjects")
     config = config or TrainConfig()
     on_event = on_event or (lambda kind, **info: None)
     start = time.perf_counter()
@@ -336,6 +342,9 @@ def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: lis
         registry = Registry(eval_root / f"fold{fold}")
         for i, pool in enumerate(pools):
             add_pool(registry, f"pool{i}", pool, embedder, lambda d, t: on_event("pool", done=d, total=t))
+        if not pools:  # every subject's train photos are there first, so mining finds the others' (subset or not)
+            for subject in [*fold_data.subjects.values(), *fold_data.others.values()]:
+                add_concept(registry, subject.name, subject.train, kind=subject.kind)
         path = results_path(eval_root, fold_data, vlm.fingerprint, methods, config, pools).with_suffix(f".fold{fold}.json")
         done = json.loads(path.read_text()) if path.exists() else {}
         evaluation = Evaluation(fold_data, vlm, registry, embedder, methods, config, on_event)
@@ -365,7 +374,7 @@ def rotate(dataset: Dataset, fold: int) -> Dataset:
         start = (fold * k) % len(photos)
         test = [photos[(start + i) % len(photos)] for i in range(k)]
         subjects[name] = Subject(name, s.kind, [p for p in photos if p not in test], test)
-    return Dataset(dataset.root, subjects, dataset.descriptions, dataset.text_qa, dataset.visual_qa)
+    return Dataset(dataset.root, subjects, dataset.descriptions, dataset.text_qa, dataset.visual_qa, dataset.others)
 
 
 def merge_folds(results: list[dict]) -> dict:
@@ -435,7 +444,10 @@ def markdown(result: dict) -> str:
         lines.append(f"| {subject} | " + " | ".join(fmt(methods.get(m, {}).get("recognition", {}).get("weighted")) for m in result["methods"]) + " |")
     f = result["forgetting"]
     lines += ["", f"Forgetting check: {'PASS' if f['passed'] else 'FAIL'} ({f['identical']}/{f['compared']} answers identical "
-              "to the bare base model with every concept loaded).", ""]
+              "to the bare base model with every concept loaded).",
+              "Generic questions about photos (no concept named) are asked with and without the trained concepts loaded; "
+              "PASS means every answer came out identical, so loading concepts changed nothing else. FAIL means some "
+              "answer changed: the concept tokens leak into unrelated answers.", ""]
     return "\n".join(lines)
 
 
