@@ -56,6 +56,7 @@ def trained(tmp_path_factory):
                  ["train", "bo", "--model", model_dir, "--epochs", "1", "--k", "4"]):
         result = run_cli(*args, home=home)
         assert result.returncode == 0, result.stderr
+    assert "Mining negatives for <bo>...\nMined " in result.stderr  # train named the step it was doing
     return home, model_dir, root
 
 

@@ -195,11 +195,14 @@ def find(registry: Registry, vlm: VLM, name: str, inputs: list[Path], threshold:
     return {"concept": concept["name"], "threshold": threshold, "results": results, "skipped": skipped}
 
 
-def explain(vlm: VLM, name: str, options: GenerationOptions) -> list[dict]:
+def explain(vlm: VLM, name: str, options: GenerationOptions,
+            on_progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Ask the model what each latent token stands for (paper appendix K)."""
     k = vlm.k[name]
     explanations = []
     for i in range(k):
         prompt = Prompt(f"In a few words, what does <{name}_{i}> describe about <{name}>?", concepts=[name])
         explanations.append({"token": f"<{name}_{i}>", "explanation": vlm.generate(prompt, options.max_tokens, options.temperature, options.seed)})
+        if on_progress:
+            on_progress(i + 1, k)
     return explanations

@@ -95,22 +95,38 @@ ModelOption = Annotated[
 
 
 class TrainView:
-    """Renders training events: a bar for the data build, one for the steps, a line per epoch."""
+    """Renders training events: a counted bar for each step that takes a while (mining's embedding,
+    the attribute conversations, each epoch), a line per epoch; the bars are cleared at the end."""
 
     def __init__(self, bar: Progress, epochs: int):
         self.bar, self.epochs = bar, epochs
-        self.data_task = self.train_task = None
+        self.tasks: dict[str, int] = {}
+
+    def count(self, label: str, done: int, total: int | None, info: str = "") -> None:
+        """Show `label` with done/total, replacing the other bars: one step at a time."""
+        for other in [t for t in self.tasks if t != label]:
+            self.bar.remove_task(self.tasks.pop(other))
+        if label not in self.tasks:
+            self.tasks[label] = self.bar.add_task(label, total=total, info=info)
+        self.bar.update(self.tasks[label], completed=done, total=total, info=info)
+
+    def note(self, text: str) -> None:
+        """Print a line and end the bars: the step that follows has nothing to count."""
+        for label in list(self.tasks):
+            self.bar.remove_task(self.tasks.pop(label))
+        self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def embedding(self, done: int, total: int) -> None:
+        self.count("Embedding photos to mine negatives", done, total)
 
     def __call__(self, kind: str, **info) -> None:
         if kind == "data":
-            if self.data_task is None:
-                self.data_task = self.bar.add_task("Describing photos", total=info["total"], info="")
-            self.bar.update(self.data_task, completed=info["done"])
-        elif kind == "step":
-            if self.train_task is None:
-                self.train_task = self.bar.add_task("Training", total=self.epochs * info["steps"], info="")
-            self.bar.update(self.train_task, completed=info["epoch"] * info["steps"] + info["step"],
-                            info=f"epoch {info['epoch'] + 1}/{self.epochs}  loss {info['loss']:.3f}")
+            self.count("Writing attribute conversations", info["done"], info["total"])
+        elif kind in ("epoch_start", "step", "validate"):
+            # per epoch: early stopping may end training before the last one, so an ETA over all of them misleads
+            label = f"Training epoch {info['epoch'] + 1} (of at most {self.epochs})"
+            doing = "validating" if kind == "validate" else f"loss {info['loss']:.3f}" if kind == "step" else ""
+            self.count(label, info.get("step", info["steps"] if kind == "validate" else 0), info["steps"], doing)
         elif kind == "epoch":
             v = info["validation"]
             self.bar.console.print(
@@ -123,7 +139,7 @@ class TrainView:
 @contextmanager
 def train_view(epochs: int):
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err)
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=True)
     with bar:
         yield TrainView(bar, epochs)
 
@@ -293,7 +309,7 @@ def prepare(registry: Registry, name: str, model: str | None, config=None, resum
     with train_view(config.epochs) as view:
         return prepare_concept(
             registry, name, lambda: load_vlm(model, on_status=status), load_embedder,
-            config, resume, on_status=status, on_event=view,
+            config, resume, on_status=status, on_progress=view.embedding, on_event=view,
         )
 
 
@@ -492,7 +508,8 @@ def explain(
     from yollava_cli.chat import GenerationOptions, explain as explain_tokens
 
     _, vlm, wanted = session([name], "", model, no_train=True)
-    rows = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens))
+    with progress_bar(f"Explaining <{wanted[0]}>'s latent tokens") as on_progress:
+        rows = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens), on_progress)
     if json_:
         return print_json({"concept": wanted[0], "tokens": rows})
     print_table(["token", "explanation"], [[r["token"], r["explanation"]] for r in rows])
@@ -537,11 +554,18 @@ def eval_(
     data = evaluation.load_dataset(dataset, subjects.split(",") if subjects else None)
     vlm = load_vlm(model, on_status=status)
     embedder = load_embedder()
-    with progress_bar("Evaluating subjects") as on_progress:
+    with train_view(epochs) as view:
         def on_event(kind, **info):
-            if kind == "subject":
-                on_progress(info["index"], info["total"])
-                status(f"<{info['subject']}> ({info['index'] + 1}/{info['total']}, fold {info['fold'] + 1}/{folds})")
+            if kind == "pool":
+                view.count("Embedding the pool's photos", info["done"], info["total"])
+            elif kind == "embed":
+                view.embedding(info["done"], info["total"])
+            elif kind == "subject":
+                view.note(f"<{info['subject']}> ({info['index'] + 1}/{info['total']}, fold {info['fold'] + 1}/{folds})")
+            elif kind == "train":
+                view(info.pop("stage"), **info)
+            elif kind == "method":
+                view.note(f"  scoring with {info['method']}")
         result = evaluation.run_eval(data, vlm, embedder, data_dir() / "eval", methods.split(","), pool or [],
                                      TrainConfig(epochs=epochs), folds, on_event)
     result["run_id"] = evaluation.record_run(registry, result)

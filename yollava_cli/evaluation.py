@@ -191,6 +191,7 @@ class Evaluation:
         concept = self.registry.concept(subject.name)
         if concept["status"] != "trained" or concept["base_fingerprint"] != self.vlm.fingerprint:
             prepare_concept(self.registry, subject.name, lambda: self.vlm, lambda: self.embedder, self.config,
+                            on_progress=lambda done, total: self.on_event("embed", done=done, total=total),
                             on_event=lambda stage, **info: self.on_event("train", subject=subject.name, stage=stage, **info))
             concept = self.registry.concept(subject.name)
         if subject.name not in self.vlm.k:
