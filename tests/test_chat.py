@@ -164,6 +164,32 @@ def test_chat_keeps_its_input_history(tmp_path):
         assert readline.get_history_item(readline.get_current_history_length()) == "is <bo> here?"
 
 
+def test_show_reads_like_git_show_and_never_wraps(trained):
+    home, _, _ = trained
+    env = {**os.environ, "YOLLAVA_HOME": str(home), "COLUMNS": "40"}  # narrow: nothing may wrap anyway
+    show = lambda *args: subprocess.run([sys.executable, "-m", "yollava_cli", "show", "bo", *args],
+                                        capture_output=True, text=True, env=env).stdout.splitlines()
+    lines = show()
+    info = json.loads(run_cli("show", "bo", "--json", home=home).stdout)
+    v = info["metrics"]["validation"]
+    assert lines[:9] == [
+        "<bo>  pet, trained", f"base model: {info['base_model']}", "photos: 3",
+        f"negatives: {info['negatives']['hard']} hard, {info['negatives']['easy']} easy", "attribute conversations: 30",
+        f"checkpoint: {info['checkpoint']['file']} (k=4, {info['checkpoint']['created_at']})", "best epoch: 1 of 1 run",
+        f"validation: weighted {v['weighted']:.2f}, positive {v['positive']:.2f}, negative {v['negative']:.2f}",
+        f"threshold: {info['threshold']:.3f}",
+    ]
+    assert not any(line.startswith("metrics") for line in lines)
+    for item in info["negatives"]["hardest"]:
+        assert f"  {item['score']:.3f}  {item['photo']}" in lines  # score and path on one line
+    for photo in info["photos"]:
+        assert f"{photo['sha256'][:12]}\ttrain\t{photo['size'][0]}x{photo['size'][1]}\t{photo['source']}" in lines
+    with_data = show("--data")
+    assert with_data[:9] == lines[:9] and with_data.index("attribute conversations:") > with_data.index("photos:")
+    assert sum(line.startswith("Q: ") for line in with_data) == 30
+    assert info["attribute_conversations"] == 30 and {"name", "photos", "negatives", "checkpoint", "metrics"} <= set(info)
+
+
 def test_show_data_lists_the_training_conversations(trained):
     home, _, _ = trained
     info = json.loads(run_cli("show", "bo", "--data", "--json", home=home).stdout)

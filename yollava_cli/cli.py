@@ -678,25 +678,49 @@ def show(
         info["training_data"] = inspect_training_data(registry, concepts.get_concept(registry, name))
     if json_:
         return print_json(info)
-    for item in info.get("training_data", {}).get("attribute_conversations", []):
-        out.print(f"Q: {item['question']}\nA: {item['answer']}", markup=False, highlight=False)
-    if info.get("training_data", {}).get("subject_word"):
-        out.print(f"identifier started at: {info['training_data']['subject_word']!r}", markup=False, highlight=False)
-    out.print(f"<{info['name']}>  {info['kind']}, {info['status']}", markup=False, highlight=False)
-    out.print(f"base model: {info['base_model'] or '-'}", markup=False, highlight=False)
-    out.print(
-        f"negatives: {info['negatives']['hard']} hard, {info['negatives']['easy']} easy", markup=False
-    )
-    for item in info["negatives"]["hardest"]:
-        out.print(f"  hard {item['score']:.3f}  {item['photo']}", markup=False, highlight=False)
+    render_concept(info)
+
+
+def line(text: str = "") -> None:
+    """One line on stdout, never wrapped (a path stays whole, piped or not)."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def render_concept(info: dict) -> None:
+    """Like `git show`: header, counts, the current checkpoint's figures, then the details."""
+    line(f"<{info['name']}>  {info['kind']}, {info['status']}")
+    line(f"base model: {info['base_model'] or '-'}")
+    line(f"photos: {len(info['photos'])}")
+    line(f"negatives: {info['negatives']['hard']} hard, {info['negatives']['easy']} easy")
+    line(f"attribute conversations: {info['attribute_conversations']}")
     if info["checkpoint"]:
-        out.print(f"checkpoint: {info['checkpoint']['file']}", markup=False, highlight=False)
-    if info["metrics"]:
-        out.print(f"metrics: {json.dumps(info['metrics'])}", markup=False, highlight=False)
+        line(f"checkpoint: {info['checkpoint']['file']} (k={info['checkpoint']['k']}, {info['checkpoint']['created_at']})")
+    metrics = info["metrics"] or {}
+    if metrics.get("validation"):
+        v = metrics["validation"]
+        line(f"best epoch: {metrics['best_epoch']} of {metrics.get('epochs_run', '?')} run")
+        line(f"validation: weighted {v['weighted']:.2f}, positive {v['positive']:.2f}, negative {v['negative']:.2f}")
+    if info["threshold"] is not None:
+        line(f"threshold: {info['threshold']:.3f}")
+    if info["negatives"]["hardest"]:
+        line()
+        line("hardest negatives:")
+        for item in info["negatives"]["hardest"]:
+            line(f"  {item['score']:.3f}  {item['photo']}")
+    line()
+    line("photos:")
     print_table(
         ["photo", "role", "size", "source"],
         [[p["sha256"][:12], p["role"], "x".join(map(str, p["size"])), p["source"]] for p in info["photos"]],
     )
+    data = info.get("training_data")
+    if data:
+        line()
+        line(f"identifier started at: {data['subject_word']!r}")
+        line("attribute conversations:")
+        for item in data["attribute_conversations"]:
+            line(f"Q: {item['question']}")
+            line(f"A: {item['answer']}")
 
 
 @app.command()
