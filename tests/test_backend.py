@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from tiny import tiny_llava, tiny_onevision
-from yollava_cli.backend import VLM, Prompt, concept_prompt, load_vlm
+from yollava_cli import backend
+from yollava_cli.backend import VLM, CallbackStreamer, Prompt, concept_prompt, decode_answer, load_vlm, repeats_itself
 from yollava_cli.errors import UserError
 
 BUILDERS = {"llava": tiny_llava, "onevision": tiny_onevision}
@@ -142,6 +143,48 @@ def test_generation_stops_when_asked(tmp_path):
     assert pieces and len(stopped) < len(unstopped) and unstopped.startswith(stopped)
 
 
+def test_loading_a_concept_reads_the_vocabulary_once(vlm, monkeypatch):
+    calls = []
+    get_vocab = vlm.tokenizer.get_vocab
+    monkeypatch.setattr(vlm.tokenizer, "get_vocab", lambda: calls.append(1) or get_vocab())
+    vlm.add_concept("bo", 16)  # once per token was 0.44 s of `ask`'s start on pocket
+    assert len(calls) == 1
+
+
+def test_a_looping_answer_stops_early_and_others_are_unchanged(monkeypatch):
+    model, processor = tiny_llava()
+    model.generation_config.suppress_tokens = [processor.tokenizer.eos_token_id]  # never ends by itself
+    vlm = VLM(model, processor, "tiny")
+    vlm.add_concept("bo", 4)
+    prompt = Prompt("what should I buy <bo>?", concepts=["bo"])
+    short, guarded = vlm.generate(prompt, 12), vlm.generate(prompt, 80)
+    monkeypatch.setattr(backend, "LOOP_NGRAM", 10**6)  # the guard off
+    assert vlm.generate(prompt, 12) == short  # an answer that does not loop is the same greedy answer
+    unguarded = vlm.generate(prompt, 80)
+    count = lambda text: len(vlm.tokenizer.encode(text, add_special_tokens=False))
+    assert unguarded.startswith(guarded) and count(guarded) < count(unguarded) * 0.6
+
+
+def test_repeats_itself_needs_the_whole_ngram_again():
+    assert repeats_itself([1, 2, 3, 9, 1, 2, 3], 3) and repeats_itself([5] * 4, 3)
+    assert not repeats_itself([1, 2, 3, 9, 1, 2, 4], 3) and not repeats_itself([1, 2, 3], 3)
+
+
+def test_a_concept_token_after_a_word_is_decoded_with_a_space(vlm):
+    vlm.add_concept("dog", 2)
+    tok = vlm.tokenizer
+    dog = tok.convert_tokens_to_ids("<dog>")
+    ids = tok.encode("A", add_special_tokens=False) + [dog] + tok.encode(". He is (", add_special_tokens=False) + [dog]
+    assert decode_answer(tok, ids) == "A <dog>. He is (<dog>"
+    pieces = []
+    streamer = CallbackStreamer(tok, pieces.append)
+    streamer.put(torch.tensor([0]))  # the prompt, skipped
+    for token in ids:
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    assert "".join(pieces) == "A <dog>. He is (<dog>"
+
+
 def test_yes_probability_is_deterministic_and_batch_independent(vlm):
     prompts = [Prompt("Is this red?", [photo()]), Prompt("Is this a long question about the colour?", [photo((0, 0, 255))])]
     batched = vlm.yes_probabilities(prompts)
@@ -200,6 +243,16 @@ def test_load_local_directory(tmp_path, monkeypatch):
     assert loaded.fingerprint == VLM(*tiny_llava(), "x").fingerprint
     with pytest.raises(UserError, match="not a model directory"):
         load_vlm(str(tmp_path / "missing"))
+
+
+def test_loading_pocket_says_so_first(tmp_path, monkeypatch):
+    from yollava_cli import pocket
+
+    monkeypatch.setenv("YOLLAVA_HOME", str(tmp_path))
+    monkeypatch.setattr(pocket, "load_pocket", lambda cache, on_status=None: tiny_llava())  # no real build
+    said = []
+    load_vlm("pocket", on_status=said.append)
+    assert said == ["Loading pocket..."]
 
 
 def test_unreachable_hub_id_is_one_line_suggesting_pocket(tmp_path):

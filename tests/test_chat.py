@@ -14,7 +14,7 @@ import pytest
 from conftest import invoke, shared_data
 from tiny import tiny_llava
 from yollava_cli.backend import VLM
-from yollava_cli.chat import GenerationOptions, ask, mentioned_concepts, with_identifiers
+from yollava_cli.chat import GenerationOptions, ask, input_history, mentioned_concepts, with_identifiers
 
 
 def test_concepts_come_from_the_name_and_the_question():
@@ -56,6 +56,7 @@ def trained(tmp_path_factory):
                  ["train", "bo", "--model", model_dir, "--epochs", "1", "--k", "4"]):
         result = invoke(*args, home=home)
         assert result.returncode == 0, result.stderr
+    assert "Mining negatives for <bo>...\nMined " in result.stderr  # train named the step it was doing
     return home, model_dir, root
 
 
@@ -160,6 +161,55 @@ def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained):
         if proc.poll() is None:
             proc.kill()
         os.close(primary)
+
+
+def test_chat_loads_concepts_mentioned_after_it_started(trained, tmp_path):
+    home, model_dir, root = trained
+    shutil.copytree(home, tmp_path / "home")
+    assert run_cli("add", "cat", shared_data() / "concepts" / "cat" / "train", "--no-train", home=tmp_path / "home").returncode == 0
+    lines = "is <bo> here?\n/concepts\nis <cat> here?\nis <bq> here?\n/concepts\n/quit\n"
+    result = run_cli("chat", "--model", model_dir, "--max-tokens", "4", home=tmp_path / "home", input=lines)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("yollava> ") == 1  # only the question whose concepts could be loaded
+    said = [line for line in result.stderr.splitlines() if line.startswith(("<", "error"))]
+    assert said == ["<bo>", "error: <cat> is not trained yet: run `yollava train cat`, then ask again",
+                        "error: unknown concept 'bq'; did you mean bo?", "<bo>"]
+
+
+def test_chat_keeps_its_input_history(tmp_path):
+    readline = pytest.importorskip("readline")
+    readline.clear_history()
+    with input_history(tmp_path / "history"):
+        readline.add_history("is <bo> here?")
+    readline.clear_history()
+    with input_history(tmp_path / "history"):  # a later chat: Up recalls it
+        assert readline.get_history_item(readline.get_current_history_length()) == "is <bo> here?"
+
+
+def test_show_reads_like_git_show_and_never_wraps(trained):
+    home, _, _ = trained
+    env = {**os.environ, "YOLLAVA_HOME": str(home), "COLUMNS": "40"}  # narrow: nothing may wrap anyway
+    show = lambda *args: subprocess.run([sys.executable, "-m", "yollava_cli", "show", "bo", *args],
+                                        capture_output=True, text=True, env=env).stdout.splitlines()
+    lines = show()
+    info = json.loads(run_cli("show", "bo", "--json", home=home).stdout)
+    v = info["metrics"]["validation"]
+    assert lines[:9] == [
+        "<bo>  pet, trained", f"base model: {info['base_model']}", "photos: 3",
+        f"negatives: {info['negatives']['hard']} hard, {info['negatives']['easy']} easy", "attribute conversations: 30",
+        f"checkpoint: {info['checkpoint']['file']} (k=4, {info['checkpoint']['created_at']})", "best epoch: 1 of 1 run",
+        f"validation: weighted {v['weighted']:.2f}, positive {v['positive']:.2f}, negative {v['negative']:.2f}",
+        f"threshold: {info['threshold']:.3f}",
+    ]
+    assert not any(line.startswith("metrics") for line in lines)
+    for item in info["negatives"]["hardest"]:
+        assert f"  {item['score']:.3f}  {item['photo']}" in lines  # score and path on one line
+    for photo in info["photos"]:
+        assert f"{photo['sha256'][:12]}\ttrain\t{photo['size'][0]}x{photo['size'][1]}\t{photo['source']}" in lines
+    with_data = show("--data")
+    assert with_data[:9] == lines[:9] and with_data.index("attribute conversations:") > with_data.index("photos:")
+    assert sum(line.startswith("Q: ") for line in with_data) == 30
+    assert info["attribute_conversations"] == 30 and {"name", "photos", "negatives", "checkpoint", "metrics"} <= set(info)
 
 
 def test_show_data_lists_the_training_conversations(trained):

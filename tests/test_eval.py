@@ -10,7 +10,7 @@ from conftest import shared_data
 from tiny import tiny_llava
 from yollava_cli.backend import VLM
 from yollava_cli.errors import UserError
-from yollava_cli.evaluation import auc, bootstrap_ci, load_dataset, run_eval, summarise, write_report
+from yollava_cli.evaluation import auc, bootstrap_ci, load_dataset, markdown, run_eval, summarise, write_report
 from yollava_cli.training import TrainConfig, recognition_metrics
 
 SUBJECTS = ["dog", "cat", "backpack"]
@@ -108,6 +108,28 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
     assert json.loads(files[0].read_text())["model"] == "tiny"
     assert "| yollava |" in files[1].read_text() and "| vanilla | " in files[1].read_text().split("Personal facts")[1]
     assert Image.open(files[2]).size[0] > 500
+
+
+def test_a_subset_without_pool_mines_the_other_subjects_train_photos(tmp_path):
+    from yollava_cli.embeddings import load_embedder
+    from yollava_cli.store import Registry
+
+    data = load_dataset(shared_data() / "concepts", ["dog", "cat"])  # the other 18 subjects are not evaluated
+    result = run_eval(data, VLM(*tiny_llava(), "tiny"), load_embedder("efficientnet-lite0"), tmp_path / "eval",
+                      ["yollava", "embedding"], [], FAST)
+    assert set(result["subjects"]) == {"dog", "cat"} and result["negatives"] == "other subjects' train photos"
+    registry = Registry(tmp_path / "eval" / "fold0")
+    owners = {r[0] for r in registry.db.execute(
+        "SELECT DISTINCT owner.name FROM negatives n JOIN concepts c ON c.id = n.concept_id "
+        "JOIN concept_photos cp ON cp.sha256 = n.sha256 JOIN concepts owner ON owner.id = cp.concept_id WHERE c.name = 'dog'")}
+    assert "dog" not in owners and owners - {"cat"}  # subjects outside the subset count too
+    assert "FAIL means some answer changed" in markdown(result)
+
+
+def test_one_subject_is_refused_not_scored_perfect(tmp_path):
+    data = load_dataset(shared_data() / "concepts", ["dog"])
+    with pytest.raises(UserError, match="at least 2 subjects"):
+        run_eval(data, None, None, tmp_path / "eval", ["yollava"], [], FAST)
 
 
 def test_baselines_read_the_identifier_without_its_trained_rows():

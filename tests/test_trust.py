@@ -97,6 +97,30 @@ def test_export_import_round_trip(world, tmp_path):
     assert again.returncode == 1 and "exists already" in again.stderr
 
 
+def test_importing_photos_already_stored_reuses_them(world, tmp_path):
+    home = fresh_home(world, tmp_path)
+    bundle = tmp_path / "bo.yollava"
+    assert run_cli("export", "bo", bundle, "--with-photos", home=home).returncode == 0
+    before = sorted(p.name for p in (home / "photos").rglob("*.jpg"))
+    imported = run_cli("import", bundle, "--as", "bo2", "--skip-model-check", home=home)
+    assert imported.returncode == 0, imported.stderr
+    assert sorted(p.name for p in (home / "photos").rglob("*.jpg")) == before  # one photo, one file
+    photos = lambda name: sorted(p["sha256"] for p in json.loads(run_cli("show", name, "--json", home=home).stdout)["photos"])
+    assert photos("bo2") == photos("bo")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    from yollava_cli.fileio import atomic_write_bytes
+
+    before = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "report.md", b"# shared")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def rebuild(bundle_path, tmp_path, edit, name="edited.yollava"):
     """A copy of the bundle with `edit(members)` applied to its {name: bytes} members."""
     with zipfile.ZipFile(bundle_path) as z:

@@ -31,6 +31,7 @@ from yollava_cli.errors import UserError
 from yollava_cli.fileio import atomic_write_bytes
 
 POCKET = "pocket"
+LOOP_NGRAM = 8  # an answer whose last 8 tokens already occurred in it is looping: stop it
 YES_WORDS = ("Yes", "yes", " Yes", " yes", "YES")
 NO_WORDS = ("No", "no", " No", " no", "NO")
 SCORE_BATCH = 16  # prompts per yes/no scoring pass (find, training validation, eval): bounded memory
@@ -156,7 +157,8 @@ class VLM:
         `init_word` the identifier starts at that word (textual inversion's initializer token), so
         "Is <bo> in this photo?" already means "is a dog in it" before the first step."""
         names = token_names(name, k)
-        missing = [t for t in names if t not in self.tokenizer.get_vocab()]
+        vocab = self.tokenizer.get_vocab()  # builds a dict of the whole vocabulary: ~25 ms for pocket's
+        missing = [t for t in names if t not in vocab]
         if missing:
             self.tokenizer.add_tokens(missing)
             self.head.width = len(self.tokenizer)
@@ -385,7 +387,8 @@ class VLM:
 
         class Stop(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), bool(stop and stop.is_set()), dtype=torch.bool)
+                done = bool(stop and stop.is_set()) or repeats_itself(input_ids[0, ids.shape[1]:].tolist(), LOOP_NGRAM)
+                return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
 
         torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
@@ -399,7 +402,7 @@ class VLM:
                     max_new_tokens=max_new_tokens, streamer=streamer, stopping_criteria=StoppingCriteriaList([Stop()]),
                     pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling,
                 )
-        return self.tokenizer.decode(out[0, len(encoded.input_ids):], skip_special_tokens=True).strip()
+        return decode_answer(self.tokenizer, out[0, len(encoded.input_ids):].tolist()).strip()
 
     # -- images -------------------------------------------------------------------------
 
@@ -473,12 +476,36 @@ class CallbackStreamer:
         self._emit(final=True)
 
     def _emit(self, final: bool) -> None:
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = decode_answer(self.tokenizer, self.ids)
         if text.endswith("\ufffd") and not final:  # half of a multi-byte character: wait for the rest
             return
         if len(text) > self.sent:
             self.callback(text[self.sent:])
             self.sent = len(text)
+
+
+def repeats_itself(tokens: list[int], n: int) -> bool:
+    """Whether the last n tokens already occurred earlier in `tokens`. A small model answering
+    greedily that repeats a phrase once repeats it until max tokens ("He's a <dog>. He's a <dog>...")."""
+    if len(tokens) <= n:
+        return False
+    tail = tokens[-n:]
+    return any(tokens[i : i + n] == tail for i in range(len(tokens) - n))
+
+
+def decode_answer(tokenizer, ids: list[int]) -> str:
+    """Decoded text, with a space before a concept token that follows a letter or digit: `<bo>` is
+    an added token with no leading space of its own, so plain decode glues it on (`a<bo>`)."""
+    added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items() if not t.special}
+    text, run = "", []
+    for token in ids:
+        if token in added:
+            text += tokenizer.decode(run, skip_special_tokens=True)
+            text += (" " if text[-1:].isalnum() else "") + added[token]
+            run = []
+        else:
+            run.append(token)
+    return text + tokenizer.decode(run, skip_special_tokens=True)
 
 
 @contextmanager
@@ -562,6 +589,8 @@ def load_vlm(ref: str | None = None, on_status: Callable[[str], None] | None = N
     if ref == POCKET:
         from yollava_cli.pocket import PocketUnavailable, load_pocket
 
+        if on_status:  # ~2 s of silence otherwise, before the first token
+            on_status(f"Loading {POCKET}...")
         try:
             model, processor = load_pocket(cache / POCKET, on_status=on_status)
         except PocketUnavailable as e:

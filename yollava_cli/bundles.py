@@ -172,6 +172,11 @@ def import_concept(registry: Registry, path: Path, new_name: str | None = None, 
         raise UserError(f"concept {name!r} exists already; import with --as NEWNAME or `yollava rm {name}` first")
     decoded = []
     for member, data in photos.items():
+        stored = registry.db.execute("SELECT sha256, file, width, height FROM photos WHERE sha256 = ?",
+                                     [member.removeprefix("photos/").removesuffix(".jpg")]).fetchone()
+        if stored and (registry.root / stored["file"]).read_bytes() == data:  # exported from here: the same photo
+            decoded.append((stored["sha256"], data, (stored["width"], stored["height"])))
+            continue
         try:
             image = decode(data, 1024)
         except BadPhoto as e:

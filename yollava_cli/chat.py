@@ -6,7 +6,8 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -112,6 +113,27 @@ class ChatSession:
     keys: list[str] = field(default_factory=list)
     history: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    registry: Registry | None = None  # where concepts mentioned mid-chat are loaded from
+
+    def load_mentioned(self, text: str) -> list[str]:
+        """Load each `<name>` in `text` that is not loaded yet (its current checkpoint); returns one
+        line per concept that cannot be, saying why. Chat never trains: that takes minutes."""
+        problems = []
+        for name in mentioned_concepts(text, []):
+            if name in self.concepts:
+                continue
+            try:
+                concept = get_concept(self.registry, name)
+                checkpoint = self.registry.current_checkpoint(concept["id"])
+                if concept["status"] != "trained" or checkpoint is None:
+                    raise UserError(f"<{name}> is not trained yet: run `yollava train {name}`, then ask again")
+                if name not in self.vlm.k:
+                    self.vlm.load_concept(self.registry.root / checkpoint["file"], name)
+            except UserError as e:
+                problems.append(str(e))
+                continue
+            self.concepts.append(name)
+        return problems
 
     def set_image(self, path: Path) -> None:
         self.images, self.keys = open_images([path])
@@ -125,6 +147,29 @@ class ChatSession:
                      self.notes)
         self.history.append((with_identifiers(text, self.concepts), result["answer"]))
         return result["answer"]
+
+
+@contextmanager
+def input_history(path: Path) -> Iterator[None]:
+    """Line editing for `input()`, with Up recalling earlier lines (of this and earlier chats, kept
+    in `path`), where Python has readline."""
+    try:
+        import readline
+    except ImportError:
+        yield
+        return
+    try:
+        readline.read_history_file(path)
+    except OSError:  # no history yet, or unreadable: start without
+        pass
+    readline.set_history_length(1000)
+    try:
+        yield
+    finally:
+        try:
+            readline.write_history_file(path)
+        except OSError:
+            pass
 
 
 SIGNALS = ("fused", "head", "tokens")
@@ -254,11 +299,14 @@ def current_recognizer(registry: Registry, concept: dict):
     return recognizer
 
 
-def explain(vlm: VLM, name: str, options: GenerationOptions) -> list[dict]:
+def explain(vlm: VLM, name: str, options: GenerationOptions,
+            on_progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Ask the model what each latent token stands for (paper appendix K)."""
     k = vlm.k[name]
     explanations = []
     for i in range(k):
         prompt = Prompt(f"In a few words, what does <{name}_{i}> describe about <{name}>?", concepts=[name])
         explanations.append({"token": f"<{name}_{i}>", "explanation": vlm.generate(prompt, options.max_tokens, options.temperature, options.seed)})
+        if on_progress:
+            on_progress(i + 1, k)
     return explanations

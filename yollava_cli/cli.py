@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from yollava_cli import concepts, mining
+from yollava_cli import concepts
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
 from yollava_cli.store import Registry
@@ -107,22 +107,40 @@ ModelOption = Annotated[
 
 
 class TrainView:
-    """Renders training events: a bar for the data build, one for the steps, a line per epoch."""
+    """Renders training events: a counted bar for each step that takes a while (mining's embedding,
+    the attribute conversations, each epoch), a line per epoch; the bars are cleared at the end."""
 
     def __init__(self, bar: Progress, epochs: int):
         self.bar, self.epochs = bar, epochs
-        self.data_task = self.train_task = None
+        self.tasks: dict[str, int] = {}
+
+    def count(self, label: str, done: int, total: int | None, info: str = "") -> None:
+        """Show `label` with done/total, replacing the other bars: one step at a time."""
+        for other in [t for t in self.tasks if t != label]:
+            self.bar.remove_task(self.tasks.pop(other))
+        if label not in self.tasks:
+            self.tasks[label] = self.bar.add_task(label, total=total, info=info)
+        self.bar.update(self.tasks[label], completed=done, total=total, info=info)
+
+    def note(self, text: str) -> None:
+        """Print a line and end the bars: the step that follows has nothing to count."""
+        for label in list(self.tasks):
+            self.bar.remove_task(self.tasks.pop(label))
+        self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def embedding(self, done: int, total: int) -> None:
+        self.count("Embedding photos to mine negatives", done, total)
 
     def __call__(self, kind: str, **info) -> None:
         if kind == "data":
-            if self.data_task is None:
-                self.data_task = self.bar.add_task("Describing photos", total=info["total"], info="")
-            self.bar.update(self.data_task, completed=info["done"])
-        elif kind == "step":
-            if self.train_task is None:
-                self.train_task = self.bar.add_task("Training", total=self.epochs * info["steps"], info="")
-            self.bar.update(self.train_task, completed=info["epoch"] * info["steps"] + info["step"],
-                            info=f"epoch {info['epoch'] + 1}/{self.epochs}  loss {info['loss']:.3f}")
+            self.count("Writing attribute conversations", info["done"], info["total"])
+        elif kind == "head":
+            self.note("Fitting the concept head and its fusion with the tokens...")
+        elif kind in ("epoch_start", "step", "validate"):
+            # per epoch: early stopping may end training before the last one, so an ETA over all of them misleads
+            label = f"Training epoch {info['epoch'] + 1} (of at most {self.epochs})"
+            doing = "validating" if kind == "validate" else f"loss {info['loss']:.3f}" if kind == "step" else ""
+            self.count(label, info.get("step", info["steps"] if kind == "validate" else 0), info["steps"], doing)
         elif kind == "epoch":
             v = info["validation"]
             self.bar.console.print(
@@ -135,14 +153,15 @@ class TrainView:
 @contextmanager
 def train_view(epochs: int):
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err)
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=True)
     with bar:
         yield TrainView(bar, epochs)
 
 
 def train_summary(result) -> dict:
     return {"concept": result.concept, "checkpoint": result.checkpoint, "best_epoch": result.best_epoch,
-            "threshold": result.threshold, "interrupted": result.interrupted, "history": result.history}
+            "threshold": result.threshold, "thresholds": result.thresholds, "interrupted": result.interrupted,
+            "history": result.history}
 
 
 def render_train(result, json_: bool) -> None:
@@ -155,7 +174,9 @@ def render_train(result, json_: bool) -> None:
     best = result.history[result.best_epoch - 1]["validation"] if result.best_epoch else None
     out.print(
         f"Trained <{result.concept}>: best epoch {result.best_epoch}, validation accuracy "
-        f"{best['weighted']:.2f}, threshold {result.threshold:.3f}.", markup=False, highlight=False,
+        f"{best['weighted']:.2f}, threshold {result.threshold:.3f}"
+        + (f" (head {result.thresholds['head']:.3f}, fused {result.thresholds['fused']:.3f})." if "fused" in result.thresholds else "."),
+        markup=False, highlight=False,
     )
 
 
@@ -174,6 +195,7 @@ def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, json_: Js
 
     Example: yollava pool add library ~/Pictures
     """
+    from yollava_cli import mining
     from yollava_cli.embeddings import load_embedder
 
     model = load_embedder(embedder)
@@ -193,6 +215,8 @@ def pool_list(json_: JsonFlag = False):
 
     Example: yollava pool list
     """
+    from yollava_cli import mining
+
     rows = mining.list_pools(open_registry())
     if json_:
         return print_json({"pools": rows})
@@ -205,6 +229,8 @@ def pool_rm(name: str, json_: JsonFlag = False):
 
     Example: yollava pool rm library
     """
+    from yollava_cli import mining
+
     result = mining.remove_pool(open_registry(), name)
     if json_:
         return print_json(result)
@@ -226,6 +252,7 @@ def mine(
 
     Example: yollava mine bo --pool library --hard 100 --easy 100
     """
+    from yollava_cli import mining
     from yollava_cli.embeddings import load_embedder
 
     concepts.get_concept(open_registry(), name)  # an unknown name fails before the embedder loads
@@ -310,7 +337,7 @@ def prepare(registry: Registry, name: str, model: str | None, config=None, resum
     with train_view(config.epochs) as view:
         return prepare_concept(
             registry, name, lambda: load_vlm(model, on_status=status), load_embedder,
-            config, resume, on_status=status, on_event=view,
+            config, resume, on_status=status, on_progress=view.embedding, on_event=view,
         )
 
 
@@ -407,16 +434,22 @@ def chat(
 
     Example: yollava chat bo mam --image park.jpg
     """
-    from yollava_cli.chat import ChatSession, GenerationOptions
+    from yollava_cli.chat import ChatSession, GenerationOptions, input_history
 
     from yollava_cli.facts import prompt_notes
 
     registry, vlm, wanted = session(names or [], "", model, no_train=False)
     chat_session = ChatSession(vlm, wanted, GenerationOptions(max_tokens, temperature, seed),
-                               notes=prompt_notes(registry, wanted))
+                               notes=prompt_notes(registry, wanted), registry=registry)
     if image:
         chat_session.set_image(image)
     status(f"Chatting about {', '.join(f'<{n}>' for n in wanted) or 'nothing personal'} on {vlm.ref}. /quit or Ctrl-D to leave.")
+    with input_history(data_dir() / "history"):
+        chat_loop(chat_session)
+
+
+def chat_loop(chat_session) -> None:
+    """Read lines until /quit or Ctrl-D: a /command, else a question answered as it streams."""
     while True:
         try:
             line = input("you> ").strip()
@@ -445,6 +478,11 @@ def chat(
                     status(f"error: {e}")
             else:
                 status("commands: /image PATH, /concepts, /reset, /quit")
+            continue
+        problems = chat_session.load_mentioned(line)
+        if problems:
+            for problem in problems:
+                status(f"error: {problem}")
             continue
         try:  # the prompt is inside: a Ctrl-C right after it still only stops this answer
             sys.stdout.write("yollava> ")
@@ -550,7 +588,8 @@ def explain(
     from yollava_cli.chat import GenerationOptions, explain as explain_tokens
 
     _, vlm, wanted = session([name], "", model, no_train=True)
-    rows = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens))
+    with progress_bar(f"Explaining <{wanted[0]}>'s latent tokens") as on_progress:
+        rows = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens), on_progress)
     if json_:
         return print_json({"concept": wanted[0], "tokens": rows})
     print_table(["token", "explanation"], [[r["token"], r["explanation"]] for r in rows])
@@ -596,11 +635,18 @@ def eval_(
     embedder = load_embedder()
     if embedder.note:
         status(embedder.note)
-    with progress_bar("Evaluating subjects") as on_progress:
+    with train_view(epochs) as view:
         def on_event(kind, **info):
-            if kind == "subject":
-                on_progress(info["index"], info["total"])
-                status(f"<{info['subject']}> ({info['index'] + 1}/{info['total']}, fold {info['fold'] + 1}/{folds})")
+            if kind == "pool":
+                view.count("Embedding the pool's photos", info["done"], info["total"])
+            elif kind == "embed":
+                view.embedding(info["done"], info["total"])
+            elif kind == "subject":
+                view.note(f"<{info['subject']}> ({info['index'] + 1}/{info['total']}, fold {info['fold'] + 1}/{folds})")
+            elif kind == "train":
+                view(info.pop("stage"), **info)
+            elif kind == "method":
+                view.note(f"  scoring with {info['method']}")
         result = evaluation.run_eval(data, vlm, embedder, data_dir() / "eval", methods.split(","), pool or [],
                                      TrainConfig(epochs=epochs), folds, on_event)
     result["run_id"] = evaluation.record_run(registry, result)
@@ -713,27 +759,53 @@ def show(
         info["training_data"] = inspect_training_data(registry, concepts.get_concept(registry, name))
     if json_:
         return print_json(info)
-    for item in info.get("training_data", {}).get("attribute_conversations", []):
-        out.print(f"Q: {item['question']}\nA: {item['answer']}", markup=False, highlight=False)
-    if info.get("training_data", {}).get("subject_word"):
-        out.print(f"identifier started at: {info['training_data']['subject_word']!r}", markup=False, highlight=False)
-    out.print(f"<{info['name']}>  {info['kind']}, {info['status']}", markup=False, highlight=False)
-    out.print(f"base model: {info['base_model'] or '-'}", markup=False, highlight=False)
-    out.print(
-        f"negatives: {info['negatives']['hard']} hard, {info['negatives']['easy']} easy", markup=False
-    )
-    for item in info["negatives"]["hardest"]:
-        out.print(f"  hard {item['score']:.3f}  {item['photo']}", markup=False, highlight=False)
+    render_concept(info)
+
+
+def line(text: str = "") -> None:
+    """One line on stdout, never wrapped (a path stays whole, piped or not)."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def render_concept(info: dict) -> None:
+    """Like `git show`: header, counts, the current checkpoint's figures, then the details."""
+    line(f"<{info['name']}>  {info['kind']}, {info['status']}")
+    line(f"base model: {info['base_model'] or '-'}")
+    line(f"photos: {len(info['photos'])}")
+    line(f"negatives: {info['negatives']['hard']} hard, {info['negatives']['easy']} easy")
+    line(f"attribute conversations: {info['attribute_conversations']}")
     for item in info["facts"]:
-        out.print(f"fact {item['number']}: {item['text']}", markup=False, highlight=False, soft_wrap=True)
+        line(f"fact {item['number']}: {item['text']}")
     if info["checkpoint"]:
-        out.print(f"checkpoint: {info['checkpoint']['file']}", markup=False, highlight=False)
-    if info["metrics"]:
-        out.print(f"metrics: {json.dumps(info['metrics'])}", markup=False, highlight=False)
+        line(f"checkpoint: {info['checkpoint']['file']} (k={info['checkpoint']['k']}, {info['checkpoint']['created_at']})")
+    metrics = info["metrics"] or {}
+    if metrics.get("validation"):
+        v = metrics["validation"]
+        line(f"best epoch: {metrics['best_epoch']} of {metrics.get('epochs_run', '?')} run")
+        line(f"validation: weighted {v['weighted']:.2f}, positive {v['positive']:.2f}, negative {v['negative']:.2f}")
+    if metrics.get("thresholds", {}).get("fused") is not None:
+        line("thresholds: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["thresholds"].items()))
+    elif info["threshold"] is not None:
+        line(f"threshold: {info['threshold']:.3f}")
+    if info["negatives"]["hardest"]:
+        line()
+        line("hardest negatives:")
+        for item in info["negatives"]["hardest"]:
+            line(f"  {item['score']:.3f}  {item['photo']}")
+    line()
+    line("photos:")
     print_table(
         ["photo", "role", "size", "source"],
         [[p["sha256"][:12], p["role"], "x".join(map(str, p["size"])), p["source"]] for p in info["photos"]],
     )
+    data = info.get("training_data")
+    if data:
+        line()
+        line(f"identifier started at: {data['subject_word']!r}")
+        line("attribute conversations:")
+        for item in data["attribute_conversations"]:
+            line(f"Q: {item['question']}")
+            line(f"A: {item['answer']}")
 
 
 @app.command()

@@ -5,6 +5,7 @@ import json
 import re
 from enum import Enum
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from yollava_cli.errors import UserError
@@ -217,11 +218,25 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
             "easy": negatives.get("easy", 0),
             "hardest": [{"photo": r["source_path"], "score": r["score"]} for r in hardest],
         },
+        "attribute_conversations": attribute_conversation_count(registry, concept),
         "checkpoint": (
             {key: checkpoint[key] for key in ("file", "base_model", "k", "data_hash", "created_at")}
             | {"metrics": json.loads(checkpoint["metrics"] or "null")} if checkpoint else None
         ),
     }
+
+
+def attribute_conversation_count(registry: Registry, concept: dict) -> int:
+    """How many attribute conversations training has for the concept (cached answers of its base
+    model); read here, not through synthesis, which would import torch into `show`."""
+    templates = json.loads(resources.files("yollava_cli").joinpath("data/templates.json").read_text())
+    questions = templates["attributes"]["person" if concept["kind"] == "person" else "other"]["questions"]
+    marks = ",".join("?" * len(questions))
+    return registry.db.execute(
+        f"SELECT count(*) FROM answers a JOIN concept_photos cp ON cp.sha256 = a.sha256 WHERE cp.concept_id = ? "
+        f"AND a.model = ? AND a.answer != '' AND a.prompt IN ({marks})",
+        [concept["id"], concept["base_fingerprint"] or "", *questions],
+    ).fetchone()[0]
 
 
 def list_concepts(registry: Registry) -> list[dict]:

@@ -56,6 +56,7 @@ class Dataset:
     text_qa: dict[str, list[dict]]
     visual_qa: dict[Path, dict]
     facts: dict[str, dict] = field(default_factory=dict)  # facts.json, optional: {subject: {facts, questions, gift?}}
+    others: dict[str, Subject] = field(default_factory=dict)  # not evaluated (--subjects); their train photos are negatives
 
 
 def read_json(path: Path):
@@ -116,7 +117,9 @@ def load_dataset(root: Path, only: list[str] | None = None) -> Dataset:
         unknown = [s for s in only if s not in subjects]
         if unknown:
             raise UserError(f"unknown subject(s) {', '.join(unknown)}; the dataset has {', '.join(sorted(subjects))}")
+        others = {s: v for s, v in subjects.items() if s not in only}
         subjects = {s: subjects[s] for s in only}
+        return Dataset(root, subjects, descriptions, text_qa, visual_qa, facts, others)
     return Dataset(root, subjects, descriptions, text_qa, visual_qa, facts)
 
 
@@ -211,6 +214,7 @@ class Evaluation:
         other_config = checkpoint is None or json.loads(checkpoint["config"] or "{}") != asdict(self.config)
         if concept["status"] != "trained" or concept["base_fingerprint"] != self.vlm.fingerprint or other_config:
             prepare_concept(self.registry, subject.name, lambda: self.vlm, lambda: self.embedder, self.config,
+                            on_progress=lambda done, total: self.on_event("embed", done=done, total=total),
                             on_event=lambda stage, **info: self.on_event("train", subject=subject.name, stage=stage, **info))
             concept = self.registry.concept(subject.name)
         if subject.name not in self.vlm.k:
@@ -427,6 +431,9 @@ def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: lis
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if len(dataset.subjects) < 2:
+        raise UserError("eval needs at least 2 subjects: each subject's test negatives are the other subjects' "
+                        "test photos; name another in --subjects")
     config = config or TrainConfig()
     on_event = on_event or (lambda kind, **info: None)
     start = time.perf_counter()
@@ -436,11 +443,13 @@ def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: lis
         registry = Registry(eval_root / f"fold{fold}")
         for i, pool in enumerate(pools):
             add_pool(registry, f"pool{i}", pool, embedder, lambda d, t: on_event("pool", done=d, total=t))
+        # every subject's train photos first, as a user's concepts: without --pool mining finds the
+        # others' (subset or not), and each concept head knows the others
+        for subject in [*fold_data.subjects.values(), *fold_data.others.values()]:
+            add_concept(registry, subject.name, subject.train, kind=subject.kind)
         path = results_path(eval_root, fold_data, vlm.fingerprint, methods, config, pools).with_suffix(f".fold{fold}.json")
         done = json.loads(path.read_text()) if path.exists() else {}
         evaluation = Evaluation(fold_data, vlm, registry, embedder, methods, config, on_event)
-        for subject in fold_data.subjects.values():  # first all, as a user's concepts: each head knows the others
-            add_concept(registry, subject.name, subject.train, kind=subject.kind)
         for index, subject in enumerate(fold_data.subjects.values()):
             on_event("subject", subject=subject.name, index=index, total=len(fold_data.subjects), fold=fold)
             if subject.name not in done:
@@ -467,7 +476,7 @@ def rotate(dataset: Dataset, fold: int) -> Dataset:
         start = (fold * k) % len(photos)
         test = [photos[(start + i) % len(photos)] for i in range(k)]
         subjects[name] = Subject(name, s.kind, [p for p in photos if p not in test], test)
-    return Dataset(dataset.root, subjects, dataset.descriptions, dataset.text_qa, dataset.visual_qa, dataset.facts)
+    return Dataset(dataset.root, subjects, dataset.descriptions, dataset.text_qa, dataset.visual_qa, dataset.facts, dataset.others)
 
 
 def merge_folds(results: list[dict]) -> dict:
@@ -546,7 +555,10 @@ def markdown(result: dict) -> str:
                          f"{f.get('gift_hits', 0)}/{f.get('gift_asked', 0)} (control {c.get('gift_hits', 0)}) |")
     f = result["forgetting"]
     lines += ["", f"Forgetting check: {'PASS' if f['passed'] else 'FAIL'} ({f['identical']}/{f['compared']} answers identical "
-              "to the bare base model with every concept loaded).", ""]
+              "to the bare base model with every concept loaded).",
+              "Generic questions about photos (no concept named) are asked with and without the trained concepts loaded; "
+              "PASS means every answer came out identical, so loading concepts changed nothing else. FAIL means some "
+              "answer changed: the concept tokens leak into unrelated answers.", ""]
     return "\n".join(lines)
 
 

@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from yollava_cli.errors import UserError
@@ -102,6 +101,8 @@ def decode(data: bytes, max_side: int) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB for any mode: alpha over white, 16-bit and float scaled to 8 bits, CMYK/palette converted."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        import numpy as np  # only here: numpy costs every command ~40 ms of start-up
+
         pixels = np.asarray(image, dtype=np.float64)
         top = pixels.max() if pixels.size else 0
         scale = 255.0 / top if top > 255 else 1.0

@@ -5,10 +5,12 @@ The schema version is the number of migrations applied.
 """
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import sqlite_utils
+if TYPE_CHECKING:
+    from yollava_cli.store import Database
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+MIGRATIONS: list[Callable[["Database"], None]] = []
 
 
 def migration(fn):
@@ -17,7 +19,7 @@ def migration(fn):
 
 
 @migration
-def m001_initial(db: sqlite_utils.Database) -> None:
+def m001_initial(db: "Database") -> None:
     statements = [
         """CREATE TABLE concepts (
             id INTEGER PRIMARY KEY,
@@ -101,7 +103,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
 
 
 @migration
-def m002_answers(db: sqlite_utils.Database) -> None:
+def m002_answers(db: "Database") -> None:
     # The base model's answers about a photo (attribute conversations, captions), keyed by
     # photo, base-model fingerprint and prompt: generated once, reused by every retrain.
     db.execute(

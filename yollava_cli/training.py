@@ -57,6 +57,7 @@ class TrainResult:
     threshold: float
     history: list[dict] = field(default_factory=list)
     interrupted: bool = False
+    thresholds: dict = field(default_factory=dict)  # tokens, head, fused: calibrated on validation data
 
 
 def split_data(data: TrainingData, config: TrainConfig) -> Split:
@@ -168,6 +169,7 @@ class Trainer:
                     break
                 examples = epoch_examples(self.name, split, epoch, self.config)
                 steps = (len(examples) + self.config.batch_size - 1) // self.config.batch_size
+                self.on_event("epoch_start", epoch=epoch, steps=steps)
                 losses = []
                 for step in range(steps):
                     batch = [self.encode(e) for e in examples[step * self.config.batch_size : (step + 1) * self.config.batch_size]]
@@ -177,6 +179,7 @@ class Trainer:
                     optimizer.step()
                     losses.append(loss.item())
                     self.on_event("step", epoch=epoch, step=step + 1, steps=steps, loss=losses[-1])
+                self.on_event("validate", epoch=epoch, steps=steps)
                 validation = self.score(split.val_positives, split.val_negatives)
                 train = self.score(probe[:3], probe[3:])
                 history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses),
@@ -321,7 +324,8 @@ class Trainer:
         if best is not None:
             self.vlm.load_concept(checkpoint)  # leave the best rows loaded, not the last ones
         return TrainResult(self.name, str(checkpoint or ""), best["epoch"] if best else 0,
-                           best["threshold"] if best else 0.5, history, interrupted)
+                           best["threshold"] if best else 0.5, history, interrupted,
+                           (best or {}).get("thresholds", {}))
 
 
 def recognition_metrics(pos: list[float], neg: list[float], threshold: float = 0.5) -> dict:
@@ -366,5 +370,10 @@ def prepare_concept(registry: Registry, name: str, load_vlm: Callable[[], VLM], 
     has_negatives = registry.db.execute("SELECT 1 FROM negatives WHERE concept_id = ? LIMIT 1", [concept["id"]]).fetchone()
     embedder = load_embedder()
     if concept["status"] == "added" or not has_negatives:
-        mine(registry, name, embedder, on_status=on_status, on_progress=on_progress)
+        if on_status:
+            on_status(f"Mining negatives for <{concept['name']}>...")
+        mined = mine(registry, name, embedder, on_status=on_status, on_progress=on_progress)
+        if on_status:
+            kinds = [n["kind"] for n in mined.negatives]
+            on_status(f"Mined {kinds.count('hard')} hard and {kinds.count('easy')} easy negatives ({mined.source}).")
     return train_concept(registry, load_vlm(), name, config, resume, on_event, embedder)

@@ -1,0 +1,49 @@
+"""Progress that does not mislead: each long step names itself, counts what it can, and its bar
+ends with it."""
+
+import io
+
+from rich.console import Console
+from rich.progress import Progress
+
+from tiny import tiny_llava
+from yollava_cli.backend import VLM
+from yollava_cli.chat import GenerationOptions, explain
+from yollava_cli.cli import TrainView, train_view
+
+
+def view(epochs: int = 15) -> TrainView:
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    return TrainView(Progress(console=console), epochs)
+
+
+def shown(train_view: TrainView) -> list[tuple[str, float, float | None]]:
+    return [(t.description, t.completed, t.total) for t in train_view.bar.tasks]
+
+
+def test_training_counts_one_epoch_at_a_time_and_names_each_step():
+    v = view(epochs=15)
+    v("data", done=12, total=30)
+    assert shown(v) == [("Writing attribute conversations", 12, 30)]
+    v("epoch_start", epoch=0, steps=6)
+    v("step", epoch=0, step=3, steps=6, loss=1.25)
+    # early stopping may end after any epoch: a bar over all 15 (90 steps) promised a wrong ETA and froze at 30/90
+    assert shown(v) == [("Training epoch 1 (of at most 15)", 3, 6)]
+    v("validate", epoch=0, steps=6)
+    assert shown(v) == [("Training epoch 1 (of at most 15)", 6, 6)]
+    v("epoch_start", epoch=1, steps=6)
+    assert shown(v) == [("Training epoch 2 (of at most 15)", 0, 6)]
+    v.embedding(5, 40)
+    assert shown(v) == [("Embedding photos to mine negatives", 5, 40)]
+    v.note("<dog> (1/2, fold 1/1)")
+    assert shown(v) == []
+    with train_view(15) as v:
+        assert v.bar.live.transient  # the bars are cleared at the end, not left frozen
+
+
+def test_explain_counts_the_tokens():
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.add_concept("bo", 3)
+    counted = []
+    explain(vlm, "bo", GenerationOptions(max_tokens=2), lambda done, total: counted.append((done, total)))
+    assert counted == [(1, 3), (2, 3), (3, 3)]
