@@ -1,5 +1,5 @@
 """Commands that load no model must not pay for importing torch and transformers (~1.5 s on 2
-cores), nor numpy: `--help`, `list` and `show` start in ~0.3 s (bench/bench_startup.py)."""
+cores): `--help`, `list` and `show` start in ~0.3 s (bench/bench_startup.py)."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-HEAVY = {"torch", "transformers", "numpy"}
+HEAVY = {"torch", "transformers"}
 
 
 def test_importing_the_cli_imports_no_model_library():

@@ -11,7 +11,7 @@ TABLES = {"concepts", "photos", "concept_photos", "pools", "pool_files", "embedd
 
 def test_migrates_an_empty_data_dir(tmp_path):
     registry = Registry(tmp_path / "new")
-    tables = {r["name"] for r in registry.db.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = set(registry.db.table_names())
     assert TABLES <= tables
     assert registry.schema_version == len(MIGRATIONS)
     assert registry.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -5,12 +5,10 @@ The schema version is the number of migrations applied.
 """
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from yollava_cli.store import Database
+import sqlite_utils
 
-MIGRATIONS: list[Callable[["Database"], None]] = []
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
 
 
 def migration(fn):
@@ -19,7 +17,7 @@ def migration(fn):
 
 
 @migration
-def m001_initial(db: "Database") -> None:
+def m001_initial(db: sqlite_utils.Database) -> None:
     statements = [
         """CREATE TABLE concepts (
             id INTEGER PRIMARY KEY,
@@ -103,7 +101,7 @@ def m001_initial(db: "Database") -> None:
 
 
 @migration
-def m002_answers(db: "Database") -> None:
+def m002_answers(db: sqlite_utils.Database) -> None:
     # The base model's answers about a photo (attribute conversations, captions), keyed by
     # photo, base-model fingerprint and prompt: generated once, reused by every retrain.
     db.execute(

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+import sqlite_utils
+
 from yollava_cli.errors import UserError
 from yollava_cli.fileio import atomic_write_bytes
 from yollava_cli.migrations import MIGRATIONS
@@ -23,25 +25,6 @@ BUSY_TIMEOUT_S = 60
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class Database:
-    """The calls yollava makes on its SQLite connection: `execute` (a cursor) and `query` (dicts).
-    sqlite_utils' Database did this, but importing it imports numpy (and pandas, where installed)
-    into the start of every command, `yollava list` included."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def execute(self, sql: str, parameters=()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, parameters)
-
-    def query(self, sql: str, parameters=()) -> Iterator[dict]:
-        for row in self.conn.execute(sql, parameters):
-            yield dict(row)
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 class Registry:
@@ -62,14 +45,14 @@ class Registry:
             ) from None
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
         conn.execute("PRAGMA foreign_keys=ON")
-        self.db = Database(conn)
+        self.db = sqlite_utils.Database(conn, execute_plugins=False)
         self._migrate()
 
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[Database]:
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
         """One write transaction; nested calls join the outer one."""
         conn = self.db.conn
         if conn.in_transaction:
