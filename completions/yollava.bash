@@ -14,7 +14,7 @@ _yollava() {
     "eval") words="--methods --subjects --pool --folds --epochs --report --history --model --json --help" ;;
     "explain") words="--max-tokens --model --json --help" ;;
     "export") words="--with-photos --json --help" ;;
-    "find") words="--threshold --top --no-train --model --json --help" ;;
+    "find") words="--threshold --top --by --verify --no-train --model --json --help" ;;
     "import") words="--as --skip-model-check --model --json --help" ;;
     "list") words="--json --help" ;;
     "mine") words="--pool --hard --easy --seed --duplicate-above --embedder --json --help" ;;

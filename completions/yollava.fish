@@ -7,7 +7,7 @@ complete -c yollava -n "__fish_use_subcommand" -a doctor -d "Check the registry 
 complete -c yollava -n "__fish_use_subcommand" -a eval -d "Measure personalization: recognition, multiple choice and captions, yollava vs prompting baselines."
 complete -c yollava -n "__fish_use_subcommand" -a explain -d "Ask the model what each of a concept's latent tokens describes (a window into what it learned)."
 complete -c yollava -n "__fish_use_subcommand" -a export -d "Write a trained concept to one portable bundle file (zip of safetensors + JSON)."
-complete -c yollava -n "__fish_use_subcommand" -a find -d "Find a concept across photos: one line per photo with P(yes), best first."
+complete -c yollava -n "__fish_use_subcommand" -a find -d "Find a concept across photos: one line per photo with P(it is there), matches first."
 complete -c yollava -n "__fish_use_subcommand" -a import -d "Add a concept from a bundle, after verifying it (checksums, shapes, values, base model)."
 complete -c yollava -n "__fish_use_subcommand" -a list -d "List your concepts."
 complete -c yollava -n "__fish_use_subcommand" -a mine -d "Choose a concept's negatives: hard (look-alikes) and easy (random) photos from your pools."
@@ -43,7 +43,7 @@ complete -c yollava -n "__fish_seen_subcommand_from doctor" -F  # doctor: files
 complete -c yollava -n "__fish_seen_subcommand_from doctor" -l fix -d "Repair what is safe to repair."
 complete -c yollava -n "__fish_seen_subcommand_from doctor" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -F  # eval: files
-complete -c yollava -n "__fish_seen_subcommand_from eval" -l methods -r -d "Comma-separated: yollava, vanilla, description, auto-description, embedding."
+complete -c yollava -n "__fish_seen_subcommand_from eval" -l methods -r -d "Comma-separated: yollava, vanilla, description, auto-description, embedding, head, fused, ask, word-init."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l subjects -r -d "Comma-separated subjects (default: all)."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l pool -r -d "Folder(s) of negatives to mine (default: other subjects' train photos)."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l folds -r -d "Leave-photos-out rotations per subject, for steadier figures."
@@ -62,6 +62,8 @@ complete -c yollava -n "__fish_seen_subcommand_from export" -l json -d "Print on
 complete -c yollava -n "__fish_seen_subcommand_from find" -F  # find: files
 complete -c yollava -n "__fish_seen_subcommand_from find" -l threshold -r -d "Match cut (default: calibrated at training)."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l top -r -d "Show only the best N."
+complete -c yollava -n "__fish_seen_subcommand_from find" -l by -r -d "Signal: fused (head + tokens), head (image embeddings only, fastest) or tokens (the language model on every photo)."
+complete -c yollava -n "__fish_seen_subcommand_from find" -l verify -r -d "With --by fused: how many of the head's best photos the language model checks (plus those near the threshold)."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l no-train -d "Refuse an untrained concept instead of training it."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l json -d "Print one JSON document on stdout, nothing else."
