@@ -56,7 +56,8 @@ def trained(tmp_path_factory):
                  ["train", "bo", "--model", model_dir, "--epochs", "1", "--k", "4"]):
         result = invoke(*args, home=home)
         assert result.returncode == 0, result.stderr
-    assert "Mining negatives for <bo>...\nMined " in result.stderr  # train named the step it was doing
+    steps = result.stderr  # train named the steps it was doing, in order
+    assert steps.index("Mining negatives for <bo>...") < steps.index("\nMined ") < steps.index("Fitting the concept head")
     return home, model_dir, root
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from yollava_cli.backend import SCORE_BATCH, VLM, Prompt
 from yollava_cli.concepts import RESERVED_NAMES, get_concept, parse_name
 from yollava_cli.errors import UserError
+from yollava_cli.facts import prompt_notes
 from yollava_cli.images import BadPhoto, decode, expand_photo_paths, photo_bytes, read_photo
 from yollava_cli.store import Registry
 from yollava_cli.synthesis import score_question
@@ -133,6 +134,7 @@ class ChatSession:
                 problems.append(str(e))
                 continue
             self.concepts.append(name)
+            self.notes += prompt_notes(self.registry, [name])
         return problems
 
     def set_image(self, path: Path) -> None:
@@ -143,8 +145,9 @@ class ChatSession:
         self.images, self.keys, self.history = [], [], []
 
     def say(self, text: str, on_text: Callable[[str], None], stop: threading.Event | None = None) -> str:
+        verdicts = recognize(self.registry, self.vlm, self.concepts, self.images, self.keys) if self.registry else []
         result = ask(self.vlm, self.concepts, text, self.images, self.keys, self.options, on_text, self.history, stop,
-                     self.notes)
+                     self.notes, verdicts)
         self.history.append((with_identifiers(text, self.concepts), result["answer"]))
         return result["answer"]
 
