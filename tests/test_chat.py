@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import invoke, shared_data
+from conftest import invoke, run_cli, shared_data
 from tiny import tiny_llava
 from yollava_cli.backend import VLM
 from yollava_cli.chat import GenerationOptions, ask, input_history, mentioned_concepts, with_identifiers
@@ -72,7 +72,7 @@ def test_ask_json_shape(trained):
     streamed = invoke("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "8",
                        "--model", model_dir, home=home)
     assert streamed.returncode == 0 and streamed.stdout.strip()
-    grounded = json.loads(run_cli("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "4",
+    grounded = json.loads(invoke("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "4",
                                   "--model", model_dir, "--json", home=home).stdout)
     verdict = grounded["verdicts"][0]  # the recognizer's word on the photo, before the question
     assert verdict["concept"] == "bo" and 0 <= verdict["probability"] <= 1
@@ -101,7 +101,7 @@ def test_find_ranks_and_exits_like_grep(trained):
 
 def test_find_by_each_signal(trained):
     home, model_dir, root = trained
-    runs = {by: json.loads(run_cli("find", "bo", root / "bo", root / "pool", "--by", by, "--verify", "5",
+    runs = {by: json.loads(invoke("find", "bo", root / "bo", root / "pool", "--by", by, "--verify", "5",
                                    "--model", model_dir, "--json", home=home).stdout) for by in ("head", "fused", "tokens")}
     assert {r["signal"] for r in runs["head"]["results"]} == {"head"}
     assert {r["signal"] for r in runs["tokens"]["results"]} == {"tokens"}
@@ -112,7 +112,7 @@ def test_find_by_each_signal(trained):
     own = {str(p) for p in (root / "bo").glob("*.jpg")}  # the head has seen these: they must rank first
     assert {r["path"] for r in head_best[:3]} == own
     for args, message in ((["--by", "words"], "unknown signal --by 'words'"), (["--verify", "-1"], "--verify -1")):
-        bad = run_cli("find", "bo", root / "bo", *args, "--model", model_dir, home=home)
+        bad = invoke("find", "bo", root / "bo", *args, "--model", model_dir, home=home)
         assert bad.returncode == 1 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 

@@ -6,7 +6,7 @@ import sqlite3
 
 from PIL import Image
 
-from conftest import run_cli
+from conftest import invoke
 from tiny import tiny_llava
 from yollava_cli.backend import VLM, Prompt, concept_prompt
 from yollava_cli.facts import as_sentence, prompt_notes
@@ -24,30 +24,30 @@ def photo_folder(tmp_path):
 def test_note_adds_lists_and_removes_in_the_owners_words(home, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("# about bo\nloves chasing tennis balls\n\n<bo> is scared of the vacuum cleaner.\n")
-    added = run_cli("add", "bo", photo_folder(tmp_path), "--no-train", "--note", "is 4 years old",
+    added = invoke("add", "bo", photo_folder(tmp_path), "--no-train", "--note", "is 4 years old",
                     "--notes-file", notes, "--json", home=home)
     assert added.returncode == 0, added.stderr
     assert json.loads(added.stdout)["facts_added"] == 3
-    assert run_cli("note", "bo", "Bo's birthday is on May 3", home=home).returncode == 0
-    listed = run_cli("note", "bo", home=home).stdout.splitlines()
+    assert invoke("note", "bo", "Bo's birthday is on May 3", home=home).returncode == 0
+    listed = invoke("note", "bo", home=home).stdout.splitlines()
     assert listed == ["1\tis 4 years old", "2\tloves chasing tennis balls",
                       "3\t<bo> is scared of the vacuum cleaner.", "4\tBo's birthday is on May 3"]
-    removed = json.loads(run_cli("note", "bo", "--rm", "2", "--json", home=home).stdout)
+    removed = json.loads(invoke("note", "bo", "--rm", "2", "--json", home=home).stdout)
     assert removed["removed"]["text"] == "loves chasing tennis balls"
-    shown = json.loads(run_cli("show", "bo", "--json", home=home).stdout)
+    shown = json.loads(invoke("show", "bo", "--json", home=home).stdout)
     assert [f["text"] for f in shown["facts"]] == ["is 4 years old", "<bo> is scared of the vacuum cleaner.",
                                                     "Bo's birthday is on May 3"]
-    assert "fact 2: <bo> is scared of the vacuum cleaner." in run_cli("show", "bo", home=home).stdout
+    assert "fact 2: <bo> is scared of the vacuum cleaner." in invoke("show", "bo", home=home).stdout
 
 
 def test_a_bad_fact_in_add_stores_nothing(home, tmp_path):
-    result = run_cli("add", "bo", photo_folder(tmp_path), "--no-train", "--note", "ok", "--note", "a\nb", home=home)
+    result = invoke("add", "bo", photo_folder(tmp_path), "--no-train", "--note", "ok", "--note", "a\nb", home=home)
     assert result.returncode == 1 and "control character" in result.stderr and "Traceback" not in result.stderr
     assert Registry(home).concept("bo") is None
 
 
 def test_facts_ride_in_the_opening_line_after_the_concept_prompt(home, tmp_path):
-    assert run_cli("add", "bo", photo_folder(tmp_path), "--no-train", "--note", "is 4 years old",
+    assert invoke("add", "bo", photo_folder(tmp_path), "--no-train", "--note", "is 4 years old",
                    "--note", "Bo sleeps a lot", home=home).returncode == 0
     notes = prompt_notes(Registry(home), ["bo"])
     assert notes == ["<bo> is 4 years old.", "Bo sleeps a lot."]
@@ -59,11 +59,11 @@ def test_facts_ride_in_the_opening_line_after_the_concept_prompt(home, tmp_path)
 
 
 def test_doctor_reports_a_fact_written_around_note(home, tmp_path):
-    assert run_cli("add", "bo", photo_folder(tmp_path), "--no-train", "--note", "fine", home=home).returncode == 0
+    assert invoke("add", "bo", photo_folder(tmp_path), "--no-train", "--note", "fine", home=home).returncode == 0
     conn = sqlite3.connect(home / "registry.db")
     conn.execute("UPDATE facts SET text = 'two\nlines'")
     conn.commit()
     conn.close()
-    result = run_cli("doctor", "--fix", home=home)
+    result = invoke("doctor", "--fix", home=home)
     assert result.returncode == 1 and "fact: <bo>" in result.stderr
     assert Registry(home).facts(Registry(home).concept("bo")["id"])[0]["text"] == "two\nlines"  # never rewritten
