@@ -283,3 +283,21 @@ def test_a_loaded_concept_never_leaks_into_a_conversation_without_it(vlm):
     assert "<mam>" not in with_bo and "<rex>" not in with_bo
     logits = vlm.next_token_logits([Prompt("What is this?", [photo()])])[0]
     assert all(logits[vlm.head.identifier_ids[n]] == float("-inf") for n in names)
+
+
+def test_a_verdict_settles_only_the_first_yes_or_no():
+    """`yes=` decides the answer's opening yes/no word and nothing else: an answer that opens with
+    another word is unchanged."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    prompt = Prompt("Is <bo> in this photo?", [photo()])
+    free = vlm.generate(prompt, max_new_tokens=6)
+    first = vlm.tokenizer.decode(vlm.tokenizer.encode(free, add_special_tokens=False)[:1]).strip().lower()
+    if first not in ("yes", "no"):
+        assert vlm.generate(prompt, max_new_tokens=6, yes=True) == free == vlm.generate(prompt, max_new_tokens=6, yes=False)
+    yes_id = vlm.tokenizer.encode("Yes", add_special_tokens=False)[0]
+    with torch.no_grad():  # now the model opens every answer with "Yes"
+        vlm.head.base.weight[yes_id] = vlm.head.base.weight.float().sum(0).to(vlm.head.base.weight.dtype) * 1e3
+    assert vlm.generate(prompt, max_new_tokens=1).startswith("Yes")
+    assert vlm.generate(prompt, max_new_tokens=1, yes=True).startswith("Yes")
+    settled = vlm.generate(prompt, max_new_tokens=2, yes=False)  # the tiny vocabulary spells "No" in pieces
+    assert settled[:1] in ("N", "n") and not settled.startswith("Yes")

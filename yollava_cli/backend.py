@@ -375,9 +375,13 @@ class VLM:
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0,
                  seed: int = 0, on_text: Callable[[str], None] | None = None,
-                 stop: threading.Event | None = None) -> str:
-        """Answer a prompt; `on_text` receives the text as it is generated (greedy by default)."""
-        from transformers import StoppingCriteria, StoppingCriteriaList
+                 stop: threading.Event | None = None, yes: bool | None = None) -> str:
+        """Answer a prompt; `on_text` receives the text as it is generated (greedy by default).
+        `yes`: a recognizer's verdict on the question's premise. When the answer opens with a yes or
+        a no word, that word follows the verdict (the model still writes everything after it):
+        a small model reads a photo less well than the recognizer, and a grounding line alone did
+        not move its first word (3 of 10 answers agreed on <dog>'s look-alikes)."""
+        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         encoded = self.encode(prompt)
         ids = encoded.input_ids[None].to(self.device)
@@ -390,6 +394,19 @@ class VLM:
                 done = bool(stop and stop.is_set()) or repeats_itself(input_ids[0, ids.shape[1]:].tolist(), LOOP_NGRAM)
                 return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
 
+        yes_ids, no_ids = self._word_ids(YES_WORDS), self._word_ids(NO_WORDS)
+
+        class Settle(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                if yes is None or input_ids.shape[1] != ids.shape[1]:  # only the answer's first token
+                    return scores
+                if int(scores[0].argmax()) in yes_ids + no_ids:
+                    scores = scores.clone()
+                    scores[:, no_ids if yes else yes_ids] = float("-inf")
+                    best = scores[:, yes_ids if yes else no_ids].max()
+                    scores[:, yes_ids if yes else no_ids] += scores.max() - best + 1.0
+                return scores
+
         torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         with torch.no_grad(), self.conversation(encoded.concepts, bool(encoded.features)):
@@ -400,6 +417,7 @@ class VLM:
                 out = self.model.generate(
                     input_ids=ids, attention_mask=mask, cache=cache,
                     max_new_tokens=max_new_tokens, streamer=streamer, stopping_criteria=StoppingCriteriaList([Stop()]),
+                    logits_processor=LogitsProcessorList([Settle()]),
                     pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling,
                 )
         return decode_answer(self.tokenizer, out[0, len(encoded.input_ids):].tolist()).strip()

@@ -21,7 +21,7 @@ from yollava_cli.errors import UserError
 from yollava_cli.facts import prompt_notes
 from yollava_cli.images import BadPhoto, decode, expand_photo_paths, photo_bytes, read_photo
 from yollava_cli.store import Registry
-from yollava_cli.synthesis import score_question
+from yollava_cli.synthesis import asks_if_present, score_question
 
 MENTION = re.compile(r"<([a-z0-9][a-z0-9_-]{0,31})>")
 
@@ -96,7 +96,10 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
 
     lines = list(notes or []) + [v["line"] for v in verdicts or []]
     prompt = Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []), lines)
-    answer = vlm.generate(prompt, options.max_tokens, options.temperature, options.seed, stream, stop)
+    # asked whether a concept is here, the yes or no follows the fused recognizer (see VLM.generate)
+    settled = [v["present"] for v in verdicts or [] if asks_if_present(question, v["concept"])]
+    answer = vlm.generate(prompt, options.max_tokens, options.temperature, options.seed, stream, stop,
+                          yes=settled[0] if len(settled) == 1 else None)
     tokens = len(vlm.tokenizer.encode(answer, add_special_tokens=False))
     return {"answer": answer, "concepts": concepts, "model": vlm.ref, "verdicts": verdicts or [],
             "timings": {"first_token_s": round(first[0], 4) if first else None,

@@ -261,7 +261,8 @@ class Evaluation:
         for path, probability in zip(photos, fused):
             prompt = self.prompt("yollava", subject, score_question(subject), [path])
             prompt.notes = [f"<{subject}> is {'' if probability >= cut else 'not '}in this photo."]
-            answers.append(float(self.vlm.generate(prompt, max_new_tokens=ASK_TOKENS).lower().startswith("yes")))
+            answer = self.vlm.generate(prompt, max_new_tokens=ASK_TOKENS, yes=probability >= cut)  # as `ask` does
+            answers.append(float(answer.lower().startswith("yes")))
         return answers
 
     def vectors(self, photos: list[Path]) -> np.ndarray:

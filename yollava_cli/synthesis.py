@@ -46,6 +46,16 @@ def score_question(name: str) -> str:
     return templates()["score_question"].format(sks=identifier(name))
 
 
+def asks_if_present(question: str, name: str) -> bool:
+    """Whether the question is one of the recognition templates about <name> ("Is <bo> in this
+    photo?", "Can you see <bo> in this image?", ...): the one question the recognizer answers."""
+    def norm(text: str) -> str:
+        return " ".join(re.sub(r"[^\w<>' ]", " ", text.lower()).split())
+
+    table = templates()["recognition"]["positive"] + templates()["recognition"]["negative"]
+    return norm(question) in {norm(pair["question"].format(sks=identifier(name))) for pair in table}
+
+
 @dataclass
 class TrainingData:
     positives: list[str]  # photo sha256s of the concept
