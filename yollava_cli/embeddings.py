@@ -114,7 +114,7 @@ def load_embedder(name: str | None = None) -> Embedder:
         fallback = read_auto_state(state_file)
         since = datetime.fromisoformat(fallback["since"]) if fallback else None
         if since and explicit != "auto" and datetime.now(timezone.utc) - since < AUTO_RETRY:
-            return noted(EfficientNetEmbedder(), f"open_clip's weights did not load on {since:%Y-%m-%d}; tried again "
+            return noted(EfficientNetEmbedder(), f"open_clip's weights did not load on {since:%Y-%m-%d}; it tries again "
                                                  f"after {since + AUTO_RETRY:%Y-%m-%d}, or now with --embedder auto")
         try:
             embedder = load_embedder(OPEN_CLIP_DEFAULT)
