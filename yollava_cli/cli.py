@@ -23,8 +23,8 @@ from yollava_cli.errors import UserError
 from yollava_cli.store import Registry
 from yollava_cli.train_config import TrainConfig
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # piped output is never wrapped at 80 columns
+err = Console(stderr=True, soft_wrap=True)
 NO_SPACE_OR_ACCESS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
 
 
