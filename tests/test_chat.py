@@ -200,8 +200,9 @@ def test_show_reads_like_git_show_and_never_wraps(trained):
         f"negatives: {info['negatives']['hard']} hard, {info['negatives']['easy']} easy", "attribute conversations: 30",
         f"checkpoint: {info['checkpoint']['file']} (k=4, {info['checkpoint']['created_at']})", "best epoch: 1 of 1 run",
         f"validation: weighted {v['weighted']:.2f}, positive {v['positive']:.2f}, negative {v['negative']:.2f}",
-        f"threshold: {info['threshold']:.3f}",
+        "thresholds: " + ", ".join(f"{k} {t:.3f}" for k, t in info["metrics"]["thresholds"].items()),
     ]
+    assert list(info["metrics"]["thresholds"]) == ["tokens", "head", "fused"]
     assert not any(line.startswith("metrics") for line in lines)
     for item in info["negatives"]["hardest"]:
         assert f"  {item['score']:.3f}  {item['photo']}" in lines  # score and path on one line
