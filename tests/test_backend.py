@@ -174,15 +174,16 @@ def test_a_concept_token_after_a_word_is_decoded_with_a_space(vlm):
     vlm.add_concept("dog", 2)
     tok = vlm.tokenizer
     dog = tok.convert_tokens_to_ids("<dog>")
-    ids = tok.encode("A", add_special_tokens=False) + [dog] + tok.encode(". He is (", add_special_tokens=False) + [dog]
-    assert decode_answer(tok, ids) == "A <dog>. He is (<dog>"
+    ids = (tok.encode("A", add_special_tokens=False) + [dog] + tok.encode(". He is (", add_special_tokens=False) + [dog]
+           + tok.encode(") is:", add_special_tokens=False) + [dog])
+    assert decode_answer(tok, ids) == "A <dog>. He is (<dog>) is: <dog>"
     pieces = []
     streamer = CallbackStreamer(tok, pieces.append)
     streamer.put(torch.tensor([0]))  # the prompt, skipped
     for token in ids:
         streamer.put(torch.tensor([token]))
     streamer.end()
-    assert "".join(pieces) == "A <dog>. He is (<dog>"
+    assert "".join(pieces) == "A <dog>. He is (<dog>) is: <dog>"
 
 
 def test_yes_probability_is_deterministic_and_batch_independent(vlm):

@@ -512,14 +512,14 @@ def repeats_itself(tokens: list[int], n: int) -> bool:
 
 
 def decode_answer(tokenizer, ids: list[int]) -> str:
-    """Decoded text, with a space before a concept token that follows a letter or digit: `<bo>` is
+    """Decoded text, with a space before a concept token that follows a word or a punctuation mark: `<bo>` is
     an added token with no leading space of its own, so plain decode glues it on (`a<bo>`)."""
     added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items() if not t.special}
     text, run = "", []
     for token in ids:
         if token in added:
             text += tokenizer.decode(run, skip_special_tokens=True)
-            text += (" " if text[-1:].isalnum() else "") + added[token]
+            text += (" " if text[-1:].isalnum() or text[-1:] in ".,;:!?" else "") + added[token]
             run = []
         else:
             run.append(token)
