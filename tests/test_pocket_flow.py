@@ -56,7 +56,7 @@ def flow(tmp_path_factory):
     word = subject_word(registry, vlm, registry.concept_photos(registry.concept("dog")["id"]))
     vlm.add_concept("dog", config.k, seed=config.seed, init_word=word)
     before = p_yes()
-    result = train_concept(registry, vlm, "dog", config)
+    result = train_concept(registry, vlm, "dog", config, embedder=embedder)  # tokens, then head and fusion
     after = p_yes()
     yield {"registry": registry, "vlm": vlm, "before": before, "after": after, "result": result, "tests": tests,
            "word": word}
