@@ -77,12 +77,12 @@ def main():
         (scratch / p.name).symlink_to(p)
     vlm.feature_cache.clear()
     start = time.perf_counter()
-    find(registry, vlm, args.subject, [scratch])
+    find(registry, vlm, args.subject, [scratch], by="tokens")
     cold_find = len(sample) / (time.perf_counter() - start)
     warm_find = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        find(registry, vlm, args.subject, [scratch])
+        find(registry, vlm, args.subject, [scratch], by="tokens")
         warm_find.append(len(sample) / (time.perf_counter() - start))
 
     def plain_scoring(prompts):  # the baseline: one forward of the whole batch, logits everywhere
@@ -96,7 +96,7 @@ def main():
     for _ in range(args.repeats):
         vlm.next_token_logits = plain_scoring
         start = time.perf_counter()
-        find(registry, vlm, args.subject, [scratch])
+        find(registry, vlm, args.subject, [scratch], by="tokens")
         plain_find.append(len(sample) / (time.perf_counter() - start))
         vlm.next_token_logits = ours_scoring
     report = {
