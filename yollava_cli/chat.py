@@ -275,13 +275,11 @@ def recognize(registry: Registry, vlm: VLM, concepts: list[str], images: list[Im
     if len(images) != 1:
         return []
     from yollava_cli.embeddings import embed_photos, load_embedder
-    from yollava_cli.recognition import load
+    from yollava_cli.recognition import current
 
     verdicts = []
     for name in concepts:
-        concept = get_concept(registry, name)
-        checkpoint = registry.current_checkpoint(concept["id"])
-        recognizer = load(registry.root / checkpoint["file"]) if checkpoint else None
+        recognizer = current(registry, get_concept(registry, name))
         if recognizer is None:
             continue
         vector = embed_photos(registry, load_embedder(recognizer.embedder), {keys[0]: lambda: images[0]})[0][keys[0]]
@@ -295,10 +293,9 @@ def recognize(registry: Registry, vlm: VLM, concepts: list[str], images: list[Im
 
 def current_recognizer(registry: Registry, concept: dict):
     """The concept head and fusion stored with the current checkpoint, or a one-line error."""
-    from yollava_cli.recognition import load
+    from yollava_cli.recognition import current
 
-    checkpoint = registry.current_checkpoint(concept["id"])
-    recognizer = load(registry.root / checkpoint["file"]) if checkpoint else None
+    recognizer = current(registry, concept)
     if recognizer is None:
         raise UserError(f"<{concept['name']}> has no concept head (trained before heads existed, or without an "
                         f"image embedder): retrain it with `yollava train {concept['name']}`, or use --by tokens")

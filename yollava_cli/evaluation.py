@@ -237,17 +237,13 @@ class Evaluation:
             self.token_scores[key] = out
         return out
 
-    def recognizer(self, subject: str):
-        from yollava_cli.recognition import load
-
-        concept = self.registry.concept(subject)
-        return load(self.registry.root / self.registry.current_checkpoint(concept["id"])["file"])
-
     def recognizer_scores(self, method: str, subject: str, photos: list[Path]) -> list[float]:
         """`head`: the concept head alone; `fused`: head and tokens; `ask`: what a user sees, the
         free-text answer to the recognition question with the fused verdict as its grounding line,
         read as yes (1) or no (0)."""
-        recognizer = self.recognizer(subject)
+        from yollava_cli.recognition import current
+
+        recognizer = current(self.registry, self.registry.concept(subject))
         if recognizer is None:
             raise UserError(f"<{subject}> has no concept head: this eval needs an image embedder at training")
         vectors = self.vectors(photos)

@@ -140,3 +140,9 @@ def load(path: Path) -> Recognizer | None:
     info = meta["recognizer"]
     return Recognizer(info["embedder"], tensors["head.positives"], tensors["head.negatives"],
                       tensors["head.weights"].astype(np.float64), list(info["fusion"]), dict(info["thresholds"]))
+
+
+def current(registry, concept: dict) -> Recognizer | None:
+    """The recognizer stored with the concept's current checkpoint, if it has one."""
+    checkpoint = registry.current_checkpoint(concept["id"])
+    return load(registry.root / checkpoint["file"]) if checkpoint else None
