@@ -34,19 +34,23 @@ class Registry:
         self.root = root
         try:
             root.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                root / "registry.db", timeout=BUSY_TIMEOUT_S, isolation_level=None
-            )
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
+            # Switching a new database to WAL fails at once, without waiting on the busy
+            # timeout, while another process is doing the same; so opening is serialised.
+            with open(root / "registry.open-lock", "a") as guard:
+                fcntl.flock(guard, fcntl.LOCK_EX)
+                conn = sqlite3.connect(
+                    root / "registry.db", timeout=BUSY_TIMEOUT_S, isolation_level=None
+                )
+                conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+                conn.execute("PRAGMA foreign_keys=ON")
+                self.db = sqlite_utils.Database(conn, execute_plugins=False)
+                self._migrate()
         except (OSError, sqlite3.OperationalError) as e:
             raise UserError(
                 f"{root}: cannot open the data dir ({e}); make it writable or set YOLLAVA_HOME"
             ) from None
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
-        conn.execute("PRAGMA foreign_keys=ON")
-        self.db = sqlite_utils.Database(conn, execute_plugins=False)
-        self._migrate()
 
     def close(self) -> None:
         self.db.close()
