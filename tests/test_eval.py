@@ -101,9 +101,10 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
     assert result["methods"]["yollava"]["visual_mcq"]["n"] == sum(len(data.subjects[s].test) for s in SUBJECTS)
     forgetting = result["forgetting"]  # every concept loaded: generic answers must not change at all
     assert forgetting == {"identical": 6, "compared": 6, "passed": True}
-    facts = result["methods"]["yollava"]["facts"]
+    facts = result["methods"]["yollava"]["facts_prompt"]
     assert facts["n"] == 9 and 0.0 <= facts["accuracy"] <= 1.0
-    assert (facts["gift_asked"], result["methods"]["vanilla"]["facts_control"]["gift_asked"]) == (2, 2)  # dog, cat
+    assert (facts["gift_asked"], result["methods"]["vanilla"]["facts_none"]["gift_asked"]) == (2, 2)  # dog, cat
+    assert "facts_tokens" not in result["methods"]["yollava"]  # only a run that trains facts into the tokens has it
     files = write_report(result, tmp_path / "report")
     assert json.loads(files[0].read_text())["model"] == "tiny"
     assert "| yollava |" in files[1].read_text() and "| vanilla | " in files[1].read_text().split("Personal facts")[1]

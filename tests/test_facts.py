@@ -67,3 +67,24 @@ def test_doctor_reports_a_fact_written_around_note(home, tmp_path):
     result = invoke("doctor", "--fix", home=home)
     assert result.returncode == 1 and "fact: <bo>" in result.stderr
     assert Registry(home).facts(Registry(home).concept("bo")["id"])[0]["text"] == "two\nlines"  # never rewritten
+
+
+def test_facts_in_tokens_become_text_only_conversations_each_epoch():
+    """With facts_in_tokens, every epoch trains each fact once (a generic question about the
+    concept answered in the owner's words, no photo); without it, none of them."""
+    from yollava_cli.synthesis import TrainingData, fact_conversations
+    from yollava_cli.train_config import TrainConfig
+    from yollava_cli.training import epoch_examples, split_data
+
+    facts = ["is 4 years old", "<bo> is scared of the vacuum cleaner."]
+    data = TrainingData([f"p{i}" for i in range(5)], [(f"n{i}", "hard") for i in range(10)], [("What color is <bo>?", "Brown.")],
+                        "dog", [fact_conversations("bo", fact) for fact in facts])
+    config = TrainConfig(facts_in_tokens=True)
+    for epoch in range(3):
+        answers = [e.answer for e in epoch_examples("bo", split_data(data, config), epoch, config) if e.image is None]
+        assert answers.count("<bo> is 4 years old.") == 1 and answers.count("<bo> is scared of the vacuum cleaner.") == 1
+    questions = {q for q, _ in fact_conversations("bo", facts[0])}
+    assert len(questions) >= 8 and all("<bo>" in q for q in questions)
+    plain = TrainingData(*(getattr(data, f) for f in ("positives", "negatives", "attributes", "subject_word")))
+    assert plain.hash != data.hash  # a new fact marks the data (and a resume) as changed
+    assert all("is 4 years old" not in e.answer for e in epoch_examples("bo", split_data(plain, config), 0, config))

@@ -60,6 +60,24 @@ def test_fusion_leans_on_the_signal_that_separates_validation_data():
     assert min(blind.fused_probabilities(vectors, knowing)[:6]) > max(blind.fused_probabilities(vectors, knowing)[6:])
 
 
+def test_one_held_out_photo_cannot_hand_the_decision_to_the_tokens():
+    """Training holds out one photo of the concept. If the head misses it and the tokens happen
+    to say yes, the fusion must stay with the head on everything else (it failed so on the
+    shared subjects with a weak pull toward zero weights instead of toward the head)."""
+    w = world(2)
+    head = train_head("test", w["positives"], ["a", "b", "c", "d"], w["negatives"])
+    rng = np.random.default_rng(0)
+    missed = unit(rng.normal(size=(1, 64)))  # a photo of the concept that looks like nothing the head knows
+    vectors = np.concatenate([missed, w["negatives"][:20]])
+    tokens = [0.999] + rng.choice([0.999, 0.001], size=20).tolist()  # tokens: right on it, a coin elsewhere
+    fit_fusion(head, head.head_logits(vectors), tokens, [1] + [0] * 20)
+    test = np.concatenate([w["test_positives"], w["test_lookalikes"]])
+    coin = rng.choice([0.999, 0.001], size=len(test)).tolist()
+    fused = np.array(head.fused_probabilities(test, coin)) >= 0.5
+    alone = np.array(head.head_probabilities(test)) >= 0.5
+    assert (fused == alone).mean() >= 0.95, head.fusion
+
+
 def test_the_recognizer_rides_in_the_checkpoint_file(tmp_path):
     import json
 

@@ -349,6 +349,7 @@ def train(
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = TrainConfig.lr,
     batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size,
     seed: Annotated[int, typer.Option()] = TrainConfig.seed,
+    facts_in_tokens: Annotated[bool, typer.Option("--facts-in-tokens", help="Also train the concept's noted facts into its tokens (they are always in the prompt).")] = TrainConfig.facts_in_tokens,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (same flags).")] = False,
     model: ModelOption = None,
     json_: JsonFlag = False,
@@ -357,7 +358,7 @@ def train(
 
     Example: yollava train bo --epochs 15
     """
-    config = TrainConfig(k=k, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    config = TrainConfig(k=k, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, facts_in_tokens=facts_in_tokens)
     render_train(prepare(open_registry(), name, model, config, resume), json_)
 
 
@@ -603,6 +604,7 @@ def eval_(
     pool: Annotated[Optional[list[Path]], typer.Option("--pool", help="Folder(s) of negatives to mine (default: other subjects' train photos).")] = None,
     folds: Annotated[int, typer.Option(min=1, help="Leave-photos-out rotations per subject, for steadier figures.")] = 1,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs per subject.")] = TrainConfig.epochs,
+    facts_in_tokens: Annotated[bool, typer.Option("--facts-in-tokens", help="Train each subject's facts into its tokens (facts metric: tokens, both).")] = TrainConfig.facts_in_tokens,
     report: Annotated[Optional[Path], typer.Option(help="Write report.json, report.md and chart.png here.")] = None,
     history: Annotated[bool, typer.Option("--history", help="List earlier eval runs instead.")] = False,
     model: ModelOption = None,
@@ -648,7 +650,7 @@ def eval_(
             elif kind == "method":
                 view.note(f"  scoring with {info['method']}")
         result = evaluation.run_eval(data, vlm, embedder, data_dir() / "eval", methods.split(","), pool or [],
-                                     TrainConfig(epochs=epochs), folds, on_event)
+                                     TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens), folds, on_event)
     result["run_id"] = evaluation.record_run(registry, result)
     if report:
         result["report_files"] = [str(p) for p in evaluation.write_report(result, report)]

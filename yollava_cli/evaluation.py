@@ -22,7 +22,7 @@ from yollava_cli import __version__
 from yollava_cli.backend import SCORE_BATCH, VLM, Prompt
 from yollava_cli.concepts import add_concept, parse_name
 from yollava_cli.errors import UserError
-from yollava_cli.facts import as_sentence
+from yollava_cli.facts import as_sentence, set_facts
 from yollava_cli.fileio import atomic_write_bytes
 from yollava_cli.images import read_photo
 from yollava_cli.store import Registry, now
@@ -38,6 +38,11 @@ SUBJECT_PROMPT = "Describe the main subject of this photo in one sentence."
 FORGETTING_QUESTIONS = ("What is in this photo?", "What color is the main object?")
 CAPTION_TOKENS = 32
 FACT_TOKENS = 48
+# The facts metric's settings, two per run: with and without the facts in the prompt, on tokens
+# trained without them (facts_in_tokens off) or with them (on).
+FACT_SETTINGS = {False: (("facts_prompt", True), ("facts_none", False)), True: (("facts_both", True), ("facts_tokens", False))}
+FACT_LABELS = {"facts_none": "no facts (control)", "facts_prompt": "in the prompt", "facts_tokens": "in the tokens",
+               "facts_both": "prompt and tokens"}
 
 
 @dataclass
@@ -209,6 +214,8 @@ class Evaluation:
 
     def train(self, subject: Subject) -> dict:
         add_concept(self.registry, subject.name, subject.train, kind=subject.kind)
+        if self.config.facts_in_tokens and subject.name in self.dataset.facts:
+            set_facts(self.registry, subject.name, self.dataset.facts[subject.name]["facts"])
         concept = self.registry.concept(subject.name)
         checkpoint = self.registry.current_checkpoint(concept["id"])
         other_config = checkpoint is None or json.loads(checkpoint["config"] or "{}") != asdict(self.config)
@@ -341,20 +348,20 @@ class Evaluation:
                 **self.facts_metrics(method, subject.name)}
 
     def facts_metrics(self, method: str, subject: str) -> dict:
-        """The owner's facts noted (in the concept's opening line) or not (the control), each
-        paraphrased question asked; right when the answer contains an expected word. The gift
-        question counts a hit when its answer builds on a fact."""
+        """The owner's facts in the concept's opening line or not, on tokens trained with or
+        without them (FACT_SETTINGS); each paraphrased question asked, right when the answer
+        contains an expected word. The gift question counts a hit when its answer builds on a fact."""
         entry = self.dataset.facts.get(subject)
         if not entry:
             return {}
         questions = entry["questions"] + ([entry["gift"]] if entry.get("gift") else [])
         notes = [as_sentence(subject, fact) for fact in entry["facts"]]
         out = {}
-        for setting, given in (("facts", notes), ("facts_control", [])):
+        for setting, in_prompt in FACT_SETTINGS[self.config.facts_in_tokens]:
             right = []
             for item in questions:
                 prompt = self.prompt(method, subject, item["question"], [])
-                prompt.notes = given
+                prompt.notes = notes if in_prompt else []
                 answer = self.vlm.generate(prompt, max_new_tokens=FACT_TOKENS).lower()
                 right.append(any(word.lower() in answer for word in item["answer_contains"]))
             asked = len(entry["questions"])
@@ -384,7 +391,7 @@ def summarise(per_subject: dict[str, dict], methods: list[str]) -> dict:
         entry = {}
         for group, fields in (("recognition", ("positive", "negative", "weighted", "auc", "weighted_at_threshold")),
                               ("text_mcq", ("accuracy",)), ("visual_mcq", ("accuracy",)), ("caption_recall", ("recall",)),
-                              ("facts", ("accuracy",)), ("facts_control", ("accuracy",))):
+                              *((setting, ("accuracy",)) for setting in FACT_LABELS)):
             present = [r[group] for r in rows if group in r]
             if not present:
                 continue
@@ -542,14 +549,16 @@ def markdown(result: dict) -> str:
               "| subject | " + " | ".join(result["methods"]) + " |", "| --- |" + " --- |" * len(result["methods"])]
     for subject, methods in result["subjects"].items():
         lines.append(f"| {subject} | " + " | ".join(fmt(methods.get(m, {}).get("recognition", {}).get("weighted")) for m in result["methods"]) + " |")
-    with_facts = {m: v for m, v in result["methods"].items() if "facts" in v}
-    if with_facts:
-        lines += ["", "## Personal facts (questions about noted facts; gift answers that build on one)", "",
-                  "| method | facts in the prompt | no facts (control) | gift hits |", "| --- | --- | --- | --- |"]
-        for method, m in with_facts.items():
-            f, c = m["facts"], m.get("facts_control", {})
-            lines.append(f"| {method} | {fmt(f.get('accuracy'))} | {fmt(c.get('accuracy'))} | "
-                         f"{f.get('gift_hits', 0)}/{f.get('gift_asked', 0)} (control {c.get('gift_hits', 0)}) |")
+    settings = [s for s in FACT_LABELS if any(s in m for m in result["methods"].values())]
+    if settings:
+        lines += ["", "## Personal facts (accuracy on questions about noted facts; gift answers that build on one)", "",
+                  "| method | " + " | ".join(f"{FACT_LABELS[s]} | gift hits" for s in settings) + " |",
+                  "| --- |" + " --- | --- |" * len(settings)]
+        for method, m in result["methods"].items():
+            if any(s in m for s in settings):
+                lines.append(f"| {method} | " + " | ".join(
+                    f"{fmt(m.get(s, {}).get('accuracy'))} | {m.get(s, {}).get('gift_hits', 0)}/{m.get(s, {}).get('gift_asked', 0)}"
+                    for s in settings) + " |")
     f = result["forgetting"]
     lines += ["", f"Forgetting check: {'PASS' if f['passed'] else 'FAIL'} ({f['identical']}/{f['compared']} answers identical "
               "to the bare base model with every concept loaded).",

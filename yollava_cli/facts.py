@@ -52,6 +52,18 @@ def add_facts(registry: Registry, name: str, texts: list[str]) -> list[dict]:
     return list_facts(registry, name)
 
 
+def set_facts(registry: Registry, name: str, texts: list[str]) -> None:
+    """Make the concept's facts exactly these, in this order (eval notes a dataset's facts so)."""
+    facts = [check_fact(t) for t in texts]
+    if fact_texts(registry, name) == facts:
+        return
+    concept = get_concept(registry, name)
+    with registry.transaction() as db:
+        db.execute("DELETE FROM facts WHERE concept_id = ?", [concept["id"]])
+        for fact in facts:
+            db.execute("INSERT INTO facts (concept_id, text, created_at) VALUES (?, ?, ?)", [concept["id"], fact, now()])
+
+
 def list_facts(registry: Registry, name: str) -> list[dict]:
     """The concept's facts, numbered from 1 in the order they were noted."""
     return registry.facts(get_concept(registry, name)["id"])

@@ -8,13 +8,15 @@ regression on leave-one-photo-out similarities, so its 0.5 means what it says on
 seen. That second similarity is what tells `<dog>` from another corgi the user also owns, where
 plain cosine to the concept's photos fails. It trains in well under a second.
 
-The fused recognizer is a logistic regression over the head's logit and the tokens' yes/no
-margin, fitted on the validation data training already holds out (never on test photos). The
-head and fusion ride in the concept's checkpoint file (safetensors + JSON), so bundles carry them.
+The fused recognizer adds the tokens' vote (2 P(yes) - 1, times a weight) and a bias to the
+head's logit, fitted by logistic regression on the validation data training already holds out
+(never on test photos). That is one or two photos of the concept, so the head's logit stays as
+it is and the weight and bias are pulled toward 0 the harder the fewer photos there are: the
+tokens earn a say only as far as the held-out photos show they add something. The head and the
+fusion ride in the concept's checkpoint file (safetensors + JSON), so bundles carry them.
 """
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +29,11 @@ from yollava_cli.fileio import atomic_write_bytes
 
 HEAD_TENSORS = ("head.positives", "head.negatives", "head.weights")
 # The fits see a handful of positives: keep weights modest. Similarities differ by hundredths
-# where logits differ by units, so the head's penalty is the smaller.
-HEAD_L2, FUSION_L2 = 1e-5, 1e-2
+# where logits differ by units, so the head's penalty is the smaller. The fusion's penalty keeps
+# it near the head alone: a held-out photo or two cannot hand the decision to the weaker signal.
+HEAD_L2, FUSION_L2 = 1e-5, 1.0
+HEAD_ALONE = np.array([1.0, 0.0, 0.0])  # fusion weights: head logit, token vote, bias
+FUSION_VERSION = 2  # 1 weighed the tokens' logit, not their bounded vote: its weights are not reused
 
 
 @dataclass
@@ -39,7 +44,7 @@ class Recognizer:
     positives: np.ndarray  # (P, d) unit vectors: the concept's photos and their mirror images
     negatives: np.ndarray  # (N, d): mined negatives and the user's other concepts' photos
     weights: np.ndarray  # (3,): similarity to the concept, to the nearest non-concept, bias
-    fusion: list[float] = field(default_factory=lambda: [1.0, 0.0, 0.0])  # head logit, token margin, bias
+    fusion: list[float] = field(default_factory=HEAD_ALONE.tolist)  # head logit, token vote, bias
     thresholds: dict = field(default_factory=dict)  # tokens, head, fused: P cuts calibrated on validation data
 
     def features(self, vectors: np.ndarray) -> np.ndarray:
@@ -61,27 +66,28 @@ def sigmoid(x) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(x, dtype=np.float64), -60, 60)))
 
 
-def logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
-
-
 def fusion_inputs(head_logits: np.ndarray, token_probabilities: list[float]) -> np.ndarray:
-    return np.stack([np.asarray(head_logits, dtype=np.float64),
-                     np.array([logit(p) for p in token_probabilities]), np.ones(len(token_probabilities))], 1)
+    """The head's logit, the tokens' vote 2 P(yes) - 1 (bounded: a confident token answer on one
+    odd photo cannot outweigh everything else in the fit) and a constant."""
+    votes = 2 * np.asarray(token_probabilities, dtype=np.float64) - 1
+    return np.stack([np.asarray(head_logits, dtype=np.float64), votes, np.ones(len(votes))], 1)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 200) -> np.ndarray:
-    """Class-balanced logistic regression (the last column of x is the bias), by L-BFGS."""
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, offset: np.ndarray | None = None, steps: int = 200) -> np.ndarray:
+    """Class-balanced logistic regression by L-BFGS; the last column of x is the bias. Without an
+    offset the weights (not the bias) shrink toward 0; with one (a logit every row starts from),
+    the bias shrinks too: the offset alone is the prior."""
     xs, ys = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    start = torch.tensor(offset if offset is not None else np.zeros(len(x)), dtype=torch.float64)
     balance = torch.where(ys > 0, 0.5 / max(float(ys.sum()), 1.0), 0.5 / max(float((1 - ys).sum()), 1.0))
+    penalised = slice(None) if offset is not None else slice(None, -1)
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        loss = (balance * torch.nn.functional.binary_cross_entropy_with_logits(xs @ w, ys, reduction="none")).sum()
-        loss = loss + l2 * (w[:-1] ** 2).sum()
+        loss = (balance * torch.nn.functional.binary_cross_entropy_with_logits(start + xs @ w, ys, reduction="none")).sum()
+        loss = loss + l2 * (w[penalised] ** 2).sum()
         loss.backward()
         return loss
 
@@ -107,9 +113,14 @@ def train_head(embedder: str, positives: np.ndarray, groups: list[str], negative
 
 
 def fit_fusion(recognizer: Recognizer, head_logits: np.ndarray, token_probabilities: list[float], labels: list[int]) -> None:
-    """Fit the fusion on held-out validation data; without both classes there, trust the head."""
-    if 0 < sum(labels) < len(labels):
-        recognizer.fusion = fit_logistic(fusion_inputs(head_logits, token_probabilities), np.array(labels, float), FUSION_L2).tolist()
+    """Fit the fusion on held-out validation data, shrunk toward the head alone; without both
+    classes there, the head alone."""
+    recognizer.fusion = HEAD_ALONE.tolist()
+    rarer = min(sum(labels), len(labels) - sum(labels))  # the evidence counts as this many photos a side
+    if rarer:
+        inputs = fusion_inputs(head_logits, token_probabilities)
+        weights = fit_logistic(inputs[:, 1:], np.array(labels, float), FUSION_L2 / rarer, inputs[:, 0])
+        recognizer.fusion = [1.0, *weights.tolist()]
 
 
 # -- in the checkpoint file --------------------------------------------------------------------
@@ -123,7 +134,8 @@ def attach(path: Path, recognizer: Recognizer) -> None:
     tensors.update({"head.positives": torch.from_numpy(np.ascontiguousarray(recognizer.positives, np.float32)),
                     "head.negatives": torch.from_numpy(np.ascontiguousarray(recognizer.negatives, np.float32)),
                     "head.weights": torch.tensor(recognizer.weights, dtype=torch.float32)})
-    meta["recognizer"] = {"embedder": recognizer.embedder, "fusion": recognizer.fusion, "thresholds": recognizer.thresholds}
+    meta["recognizer"] = {"embedder": recognizer.embedder, "fusion": recognizer.fusion, "fusion_version": FUSION_VERSION,
+                          "thresholds": recognizer.thresholds}
     tmp = path.with_name(f".{path.name}.partial")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"yollava": json.dumps(meta)})
     atomic_write_bytes(path, tmp.read_bytes())
@@ -138,8 +150,10 @@ def load(path: Path) -> Recognizer | None:
             return None
         tensors = {k: f.get_tensor(k).numpy() for k in HEAD_TENSORS}
     info = meta["recognizer"]
+    current = info.get("fusion_version") == FUSION_VERSION
     return Recognizer(info["embedder"], tensors["head.positives"], tensors["head.negatives"],
-                      tensors["head.weights"].astype(np.float64), list(info["fusion"]), dict(info["thresholds"]))
+                      tensors["head.weights"].astype(np.float64), list(info["fusion"]) if current else HEAD_ALONE.tolist(),
+                      dict(info["thresholds"]))
 
 
 def current(registry, concept: dict) -> Recognizer | None:

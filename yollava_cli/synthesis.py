@@ -4,7 +4,9 @@ Recognition: the concept's photos (and their mirror images) with the 30 positive
 templates, its negatives with the 30 negative ones. Attribute conversations: the base model
 answers 10 questions about each photo under a neutral name ("this subject", or "Riley" for
 people); the name is replaced by the identifier and the pair is trained *without* the photo, so
-the tokens themselves must carry the appearance.
+the tokens themselves must carry the appearance. Fact conversations (only when training puts the
+owner's facts in the tokens): generic questions about the concept answered with one fact, in the
+owner's words; the model never writes them.
 """
 
 import hashlib
@@ -12,7 +14,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from importlib import resources
 
@@ -62,20 +64,30 @@ class TrainingData:
     negatives: list[tuple[str, str]]  # (sha256, hard|easy)
     attributes: list[tuple[str, str]]  # (question, answer) with the identifier, no photo
     subject_word: str | None = None  # what the base model calls the subject: the identifier's start
+    facts: list[list[tuple[str, str]]] = field(default_factory=list)  # per fact, its (question, answer) pairs
 
     @property
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_training_data(registry: Registry, vlm: VLM, concept: dict,
+def build_training_data(registry: Registry, vlm: VLM, concept: dict, facts: list[str] = (),
                         on_progress: Callable[[int, int], None] | None = None) -> TrainingData:
     photos = registry.concept_photos(concept["id"])
     negatives = [(r["sha256"], r["kind"]) for r in registry.db.query(
         "SELECT sha256, kind FROM negatives WHERE concept_id = ? ORDER BY kind, score DESC", [concept["id"]]
     )]
     attributes = attribute_conversations(registry, vlm, concept, photos, on_progress)
-    return TrainingData([p["sha256"] for p in photos], negatives, attributes, subject_word(registry, vlm, photos))
+    return TrainingData([p["sha256"] for p in photos], negatives, attributes, subject_word(registry, vlm, photos),
+                        [fact_conversations(concept["name"], fact) for fact in facts])
+
+
+def fact_conversations(name: str, fact: str) -> list[tuple[str, str]]:
+    """Each generic question about the concept ("What do you know about <bo>?") answered with the
+    fact as its sentence reads in prompts."""
+    from yollava_cli.facts import as_sentence
+
+    return [(question.format(sks=identifier(name)), as_sentence(name, fact)) for question in templates()["facts"]["questions"]]
 
 
 def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos: list[dict],

@@ -19,3 +19,6 @@ class TrainConfig:
     validation_fraction: float = 0.2  # of the negatives, held out for checkpoint selection
     patience: int = 3  # stop after this many epochs without a better validation score
     weight_decay: float = 0.01
+    # Also train the owner's facts into the tokens (text-only conversations, one per fact per
+    # epoch). Facts always ride in the prompt; eval's facts metric measures what this adds.
+    facts_in_tokens: bool = False

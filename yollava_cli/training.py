@@ -47,6 +47,7 @@ class Split:
     val_positives: list[str]
     val_negatives: list[str]
     attributes: list[tuple[str, str]]
+    facts: list[list[tuple[str, str]]]
 
 
 @dataclass
@@ -75,7 +76,7 @@ def split_data(data: TrainingData, config: TrainConfig) -> Split:
         val_positives, positives = positives[:1], positives[1:]
     else:  # too few photos to spare one: judge on crops of them that training never sees
         val_positives = [f"{sha}-crop{i}" for sha in positives for i in range(2)]
-    return Split(positives, train_negatives, val_positives, val_negatives, data.attributes)
+    return Split(positives, train_negatives, val_positives, val_negatives, data.attributes, data.facts)
 
 
 def epoch_examples(name: str, split: Split, epoch: int, config: TrainConfig) -> list[Example]:
@@ -94,6 +95,8 @@ def epoch_examples(name: str, split: Split, epoch: int, config: TrainConfig) -> 
         examples.append(Example(*recognition_pair(name, False, rng.randrange(30)), sha, "negative"))
     for question, answer in rng.sample(split.attributes, min(len(split.attributes), config.attributes_per_epoch)):
         examples.append(Example(question, answer))
+    for pairs in split.facts:
+        examples.append(Example(*rng.choice(pairs)))
     rng.shuffle(examples)
     return examples
 
@@ -147,7 +150,8 @@ class Trainer:
         return recognition_metrics(pos, neg)
 
     def run(self, resume: bool = False) -> TrainResult:
-        data = build_training_data(self.registry, self.vlm, self.concept,
+        facts = self.registry.facts(self.concept["id"]) if self.config.facts_in_tokens else []
+        data = build_training_data(self.registry, self.vlm, self.concept, [f["text"] for f in facts],
                                    on_progress=lambda d, t: self.on_event("data", done=d, total=t))
         if not data.negatives:
             raise UserError(f"<{self.name}> has no negatives yet: run `yollava mine {self.name}` first (it needs a pool)")
@@ -212,22 +216,30 @@ class Trainer:
         others = [r["sha256"] for r in self.registry.db.execute(
             "SELECT DISTINCT sha256 FROM concept_photos WHERE concept_id != ?", [self.concept["id"]])]
         negatives = list(dict.fromkeys([sha for sha, _ in split.negatives] + others))
+        every_photo = split.positives + [key for key in split.val_positives if "-" not in key]  # not crops
         stored = embed_photos(self.registry, self.embedder, {sha: lambda sha=sha: self.views(sha)
-                                                             for sha in split.positives + negatives})[0]
-        flips = self.embedder.embed([self.views(f"{sha}-flip") for sha in split.positives])
-        recognizer = train_head(self.embedder.id, np.concatenate([np.stack([stored[s] for s in split.positives]), flips]),
-                                split.positives * 2, np.stack([stored[s] for s in negatives if s in stored]))
+                                                             for sha in every_photo + negatives})[0]
+        negative_vectors = np.stack([stored[s] for s in negatives if s in stored])
+
+        def fit_head(positives: list[str]):
+            flips = self.embedder.embed([self.views(f"{sha}-flip") for sha in positives])
+            return train_head(self.embedder.id, np.concatenate([np.stack([stored[s] for s in positives]), flips]),
+                              positives * 2, negative_vectors)
+
+        recognizer = fit_head(split.positives)
         held_out = split.val_positives + split.val_negatives
         vectors = self.embedder.embed([self.views(key) for key in held_out])
         tokens = best["validation"]["probabilities"]["positive"] + best["validation"]["probabilities"]["negative"]
         labels = [1] * len(split.val_positives) + [0] * len(split.val_negatives)
-        head = recognizer.head_logits(vectors)
-        fit_fusion(recognizer, head, tokens, labels)
+        fit_fusion(recognizer, recognizer.head_logits(vectors), tokens, labels)
         cut = len(split.val_positives)
         thresholds = {"tokens": best["threshold"]}
         for signal, probabilities in (("head", recognizer.head_probabilities(vectors)),
                                       ("fused", recognizer.fused_probabilities(vectors, tokens))):
             thresholds[signal] = calibrate(recognition_metrics(probabilities[:cut], probabilities[cut:]))
+        if every_photo != split.positives:  # calibrated on the held-out photo, the head now keeps it too
+            final = fit_head(every_photo)
+            final.fusion, recognizer = recognizer.fusion, final
         recognizer.thresholds = thresholds
         attach(self.registry.root / best["file"], recognizer)
         return thresholds
