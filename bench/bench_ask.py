@@ -29,7 +29,7 @@ def main():
     import torch
     from transformers.generation.streamers import BaseStreamer
 
-    from yollava_cli.backend import Prompt
+    from yollava_cli.prompts import Prompt
     from yollava_cli.chat import GenerationOptions, ask, find, open_images
     from yollava_cli.config import data_dir
     from yollava_cli.pocket import load_pocket
@@ -50,7 +50,7 @@ def main():
 
     def plain_rate(model) -> float:
         """tokens/s after the first, transformers' own generate on the story prompt (EOS counted)."""
-        ids = vlm.encode(Prompt(story)).input_ids[None]
+        ids = vlm.prompts.encode(Prompt(story)).input_ids[None]
         times = []
 
         class Clock(BaseStreamer):  # put() gets the prompt, then each new token
@@ -75,7 +75,7 @@ def main():
     scratch = Path(tempfile.mkdtemp())
     for p in sample:
         (scratch / p.name).symlink_to(p)
-    vlm.feature_cache.clear()
+    vlm.features.memory.clear()
     start = time.perf_counter()
     find(registry, vlm, args.subject, [scratch], by="tokens")
     cold_find = len(sample) / (time.perf_counter() - start)
@@ -85,20 +85,13 @@ def main():
         find(registry, vlm, args.subject, [scratch], by="tokens")
         warm_find.append(len(sample) / (time.perf_counter() - start))
 
-    def plain_scoring(prompts):  # the baseline: one forward of the whole batch, logits everywhere
-        encoded = [vlm.encode(p) for p in prompts]
-        with torch.no_grad():
-            logits = vlm.forward(vlm.collate(encoded))
-        return torch.stack([logits[i, len(e.input_ids) - 1] for i, e in enumerate(encoded)]).float()
-
-    ours_scoring = vlm.next_token_logits
     plain_find = []
+    vlm.fast_scoring = False  # the baseline: one forward of the whole batch, logits everywhere
     for _ in range(args.repeats):
-        vlm.next_token_logits = plain_scoring
         start = time.perf_counter()
         find(registry, vlm, args.subject, [scratch], by="tokens")
         plain_find.append(len(sample) / (time.perf_counter() - start))
-        vlm.next_token_logits = ours_scoring
+    vlm.fast_scoring = True
     report = {
         "machine": f"{os.cpu_count()} CPU cores", "repeats": args.repeats,
         "ttft_s": {"cold_with_photo": cold["first_token_s"], "warm_with_photo": statistics.median(t["first_token_s"] for t in warm),

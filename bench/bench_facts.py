@@ -21,7 +21,8 @@ TOKENS = 48
 
 def main() -> None:
     os.environ.setdefault("YOLLAVA_HOME", tempfile.mkdtemp(prefix="yollava-bench-"))
-    from yollava_cli.backend import Prompt, load_vlm
+    from yollava_cli.backend import load_vlm
+    from yollava_cli.prompts import Prompt
     from yollava_cli.facts import as_sentence
 
     facts = json.loads((DATA / "facts.json").read_text())
@@ -32,7 +33,7 @@ def main() -> None:
     start = time.perf_counter()
     for subject, entry in facts.items():
         name = subject.strip("<>")
-        vlm.add_concept(name, 16)  # neutral rows: what the prompt alone carries
+        vlm.tokens.add(name, 16)  # neutral rows: what the prompt alone carries
         notes = [as_sentence(name, f) for f in entry["facts"]]
         plain = " ".join(f.replace(f"<{name}>", name.capitalize()) for f in entry["facts"])
         items = [(q, False) for q in entry["questions"]] + ([(entry["gift"], True)] if entry.get("gift") else [])
@@ -45,7 +46,7 @@ def main() -> None:
                 hit = any(w.lower() in answer.lower() for w in item["answer_contains"])
                 (gifts if is_gift else settings)[setting].append(hit)
                 answers.append({"subject": name, "setting": setting, "question": item["question"], "answer": answer, "hit": hit})
-        vlm.remove_concept(name)
+        vlm.tokens.remove(name)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"commit": commit, "model": "pocket", "subjects": len(facts), "max_new_tokens": TOKENS,
               "wall_s": round(time.perf_counter() - start, 1),

@@ -11,8 +11,10 @@ from PIL import Image
 
 from tiny import tiny_llava, tiny_onevision
 from yollava_cli import backend
-from yollava_cli.backend import VLM, CallbackStreamer, Prompt, concept_prompt, decode_answer, load_vlm, repeats_itself
+from yollava_cli.backend import VLM, CallbackStreamer, decode_answer, load_vlm, repeats_itself
+from yollava_cli.concept_tokens import concept_prompt
 from yollava_cli.errors import UserError
+from yollava_cli.prompts import Prompt
 
 BUILDERS = {"llava": tiny_llava, "onevision": tiny_onevision}
 
@@ -28,24 +30,24 @@ def vlm(request, tmp_path):
 
 
 def test_prompt_carries_concept_prompt_and_matches_the_processor(vlm):
-    vlm.add_concept("bo", 16)
+    vlm.tokens.add("bo", 16)
     prompt = Prompt("Is <bo> in this photo?", [photo()], concepts=["bo"])
-    text = vlm.render(prompt)
+    text = vlm.prompts.render(prompt)
     assert concept_prompt("bo", 16) in text
     assert concept_prompt("bo", 16) == "<bo> is " + "".join(f"<bo_{i}>" for i in range(16)) + "."
     assert text.index(concept_prompt("bo", 16)) < text.index("<image>") < text.index("Is <bo> in")
     bo_id = vlm.tokenizer.convert_tokens_to_ids("<bo>")
-    assert bo_id in vlm.tokenize("Is <bo> here?")  # one token, not pieces
+    assert bo_id in vlm.prompts.tokenize("Is <bo> here?")  # one token, not pieces
     # our placeholder expansion (from cached features) equals the processor's own
     reference = vlm.processor(images=[photo()], text=text, return_tensors="pt")["input_ids"][0]
-    assert torch.equal(vlm.encode(prompt).input_ids, reference)
+    assert torch.equal(vlm.prompts.encode(prompt).input_ids, reference)
 
 
 def test_plain_forward_matches_the_models_own_image_path(vlm):
     prompt = Prompt("What is this?", [photo()])
-    text = vlm.render(prompt)
+    text = vlm.prompts.render(prompt)
     inputs = vlm.processor(images=[photo()], text=text, return_tensors="pt")
-    ours = vlm.forward(vlm.collate([vlm.encode(prompt)]))
+    ours = vlm.forward(vlm.prompts.collate([vlm.prompts.encode(prompt)]))
     with torch.no_grad(), vlm.conversation([], True):  # as every pass of ours runs
         theirs = vlm.model(**inputs).logits  # pixel_values path inside transformers
     finite = torch.isfinite(ours)
@@ -53,24 +55,24 @@ def test_plain_forward_matches_the_models_own_image_path(vlm):
 
 
 def test_two_concepts_at_once_and_unloading(vlm):
-    bo_ids = vlm.add_concept("bo", 4, seed=1)
-    mam_ids = vlm.add_concept("mam", 4, seed=2)
+    bo_ids = vlm.tokens.add("bo", 4, seed=1)
+    mam_ids = vlm.tokens.add("mam", 4, seed=2)
     assert not set(bo_ids) & set(mam_ids)
-    rows = vlm.embedding(torch.tensor([bo_ids + mam_ids]))[0]
-    assert torch.equal(rows[:5], vlm.embedding.tables["bo"].data)
-    assert torch.equal(rows[5:], vlm.embedding.tables["mam"].data)
+    rows = vlm.tokens.embedding(torch.tensor([bo_ids + mam_ids]))[0]
+    assert torch.equal(rows[:5], vlm.tokens.embedding.tables["bo"].data)
+    assert torch.equal(rows[5:], vlm.tokens.embedding.tables["mam"].data)
     prompt = Prompt("Is <bo> with <mam>?", [photo()], concepts=["bo", "mam"])
-    assert concept_prompt("bo", 4) in vlm.render(prompt) and concept_prompt("mam", 4) in vlm.render(prompt)
-    vlm.remove_concept("bo")
-    rows = vlm.embedding(torch.tensor([mam_ids]))[0]
-    assert torch.equal(rows, vlm.embedding.tables["mam"].data)
+    assert concept_prompt("bo", 4) in vlm.prompts.render(prompt) and concept_prompt("mam", 4) in vlm.prompts.render(prompt)
+    vlm.tokens.remove("bo")
+    rows = vlm.tokens.embedding(torch.tensor([mam_ids]))[0]
+    assert torch.equal(rows, vlm.tokens.embedding.tables["mam"].data)
     assert 0.0 < vlm.yes_probabilities([Prompt("Is <mam> here?", [photo()], concepts=["mam"])])[0] < 1.0
 
 
 def test_labels_cover_only_the_answer(vlm):
-    vlm.add_concept("bo", 2)
+    vlm.tokens.add("bo", 2)
     answer = "Yes, <bo> is in this photo."
-    encoded = vlm.encode(Prompt("Is <bo> in this photo?", [photo()], concepts=["bo"]), answer)
+    encoded = vlm.prompts.encode(Prompt("Is <bo> in this photo?", [photo()], concepts=["bo"]), answer)
     kept = encoded.labels[encoded.labels != -100]
     first = int((encoded.labels != -100).nonzero()[0])
     assert (encoded.labels[:first] == -100).all()
@@ -85,20 +87,20 @@ def test_labels_do_not_depend_on_the_templates_separators(vlm):
         "{% else %}ANSWER >> {{ m['content'][0]['text'] }}<|im_end|>{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}ANSWER >> {% endif %}"
     )
-    encoded = vlm.encode(Prompt("What color?", [photo()]), "Red.")
+    encoded = vlm.prompts.encode(Prompt("What color?", [photo()]), "Red.")
     kept = encoded.labels[encoded.labels != -100]
     assert vlm.tokenizer.decode(kept).replace(" ", "") == "Red.<|im_end|>"
 
 
 def test_training_step_changes_only_concept_rows(vlm):
-    vlm.add_concept("bo", 4)
+    vlm.tokens.add("bo", 4)
     before = {name: t.detach().clone() for name, t in vlm.model.state_dict().items()}
-    params = vlm.concept_parameters("bo")
+    params = vlm.tokens.parameters("bo")
     start = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
-    batch = vlm.collate([
-        vlm.encode(Prompt("Is <bo> in this photo?", [photo()], concepts=["bo"]), "Yes, <bo> is here."),
-        vlm.encode(Prompt("What does <bo> look like?", concepts=["bo"]), "<bo> is red."),
+    batch = vlm.prompts.collate([
+        vlm.prompts.encode(Prompt("Is <bo> in this photo?", [photo()], concepts=["bo"]), "Yes, <bo> is here."),
+        vlm.prompts.encode(Prompt("What does <bo> look like?", concepts=["bo"]), "<bo> is red."),
     ])
     for _ in range(3):
         optimizer.zero_grad()
@@ -131,7 +133,7 @@ def test_generation_stops_when_asked(tmp_path):
     prompt = Prompt("What is this?", [photo()])
     unstopped = vlm.generate(prompt, max_new_tokens=40)
     # long without the stop, else an answer that ends early by itself would pass for a stopped one
-    assert len(vlm.tokenize(unstopped)) >= 30, unstopped
+    assert len(vlm.prompts.tokenize(unstopped)) >= 30, unstopped
     stop = threading.Event()
     pieces = []
 
@@ -147,7 +149,7 @@ def test_loading_a_concept_reads_the_vocabulary_once(vlm, monkeypatch):
     calls = []
     get_vocab = vlm.tokenizer.get_vocab
     monkeypatch.setattr(vlm.tokenizer, "get_vocab", lambda: calls.append(1) or get_vocab())
-    vlm.add_concept("bo", 16)  # once per token was 0.44 s of `ask`'s start on pocket
+    vlm.tokens.add("bo", 16)  # once per token was 0.44 s of `ask`'s start on pocket
     assert len(calls) == 1
 
 
@@ -155,7 +157,7 @@ def test_a_looping_answer_stops_early_and_others_are_unchanged(monkeypatch):
     model, processor = tiny_llava()
     model.generation_config.suppress_tokens = [processor.tokenizer.eos_token_id]  # never ends by itself
     vlm = VLM(model, processor, "tiny")
-    vlm.add_concept("bo", 4)
+    vlm.tokens.add("bo", 4)
     prompt = Prompt("what should I buy <bo>?", concepts=["bo"])
     short, guarded = vlm.generate(prompt, 12), vlm.generate(prompt, 80)
     monkeypatch.setattr(backend, "LOOP_NGRAM", 10**6)  # the guard off
@@ -171,7 +173,7 @@ def test_repeats_itself_needs_the_whole_ngram_again():
 
 
 def test_a_concept_token_after_a_word_is_decoded_with_a_space(vlm):
-    vlm.add_concept("dog", 2)
+    vlm.tokens.add("dog", 2)
     tok = vlm.tokenizer
     dog = tok.convert_tokens_to_ids("<dog>")
     ids = (tok.encode("A", add_special_tokens=False) + [dog] + tok.encode(". He is (", add_special_tokens=False) + [dog]
@@ -196,13 +198,13 @@ def test_yes_probability_is_deterministic_and_batch_independent(vlm):
 
 
 def test_scoring_shares_the_common_opening_and_equals_a_full_pass(vlm):
-    vlm.add_concept("bo", 4, seed=1)
+    vlm.tokens.add("bo", 4, seed=1)
     prompts = [Prompt("Is <bo> in this photo?", [photo()], concepts=["bo"]),
                Prompt("Is <bo> in this photo, the blue one?", [photo((0, 0, 255), (60, 20))], concepts=["bo"]),
                Prompt("Is <bo> here?", concepts=["bo"], history=[("Hi", "Hello")])]
     scored = vlm.next_token_logits(prompts)
     for prompt, logits in zip(prompts, scored):
-        full = vlm.forward(vlm.collate([vlm.encode(prompt)]))[0, -1].float()
+        full = vlm.forward(vlm.prompts.collate([vlm.prompts.encode(prompt)]))[0, -1].float()
         finite = torch.isfinite(full)
         assert torch.equal(finite, torch.isfinite(logits))
         assert torch.allclose(logits[finite], full[finite], atol=0.01)  # a few bf16 ulps
@@ -225,14 +227,14 @@ def test_feature_cache_runs_the_vision_tower_once_per_photo(vlm, tmp_path):
 
 def test_concept_refuses_another_base_model(tmp_path):
     a = VLM(*tiny_llava(seed=0), "tiny-a")
-    a.add_concept("bo", 4, seed=3)
-    a.save_concept("bo", tmp_path / "bo.safetensors", {"epochs": 1})
+    a.tokens.add("bo", 4, seed=3)
+    a.tokens.save("bo", tmp_path / "bo.safetensors", {"epochs": 1})
     same = VLM(*tiny_llava(seed=0), "tiny-a")
-    meta = same.load_concept(tmp_path / "bo.safetensors")
-    assert meta["k"] == 4 and torch.equal(same.embedding.tables["bo"], a.embedding.tables["bo"])
+    meta = same.tokens.load(tmp_path / "bo.safetensors")
+    assert meta["k"] == 4 and torch.equal(same.tokens.rows("bo")[0], a.tokens.rows("bo")[0])
     other = VLM(*tiny_llava(seed=1), "tiny-b")
     with pytest.raises(UserError, match="trained on base model 'tiny-a'"):
-        other.load_concept(tmp_path / "bo.safetensors")
+        other.tokens.load(tmp_path / "bo.safetensors")
 
 
 def test_load_local_directory(tmp_path, monkeypatch):
@@ -274,7 +276,7 @@ def test_a_loaded_concept_never_leaks_into_a_conversation_without_it(vlm):
     "What is in this photo?" on a loaded concept's identifier nobody mentioned)."""
     names = ["bo", "mam", "rex"]
     for seed, name in enumerate(names):
-        vlm.add_concept(name, 2, seed=seed)
+        vlm.tokens.add(name, 2, seed=seed)
         with torch.no_grad():  # an output row that beats every word on any hidden state
             vlm.head.rows[name].copy_(vlm.head.base.weight.float().sum(0) * 1e3)
     generic = vlm.generate(Prompt("What is in this photo?", [photo()]), max_new_tokens=8)

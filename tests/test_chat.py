@@ -27,7 +27,7 @@ def test_concepts_come_from_the_name_and_the_question():
 
 def test_streaming_callback_receives_the_answer_in_order():
     vlm = VLM(*tiny_llava(), "tiny")
-    vlm.add_concept("bo", 4)
+    vlm.tokens.add("bo", 4)
     pieces = []
     result = ask(vlm, ["bo"], "what should I buy him?", [], [], GenerationOptions(max_tokens=16), pieces.append)
     assert len(pieces) > 1 and "".join(pieces).strip() == result["answer"]

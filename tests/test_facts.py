@@ -8,8 +8,10 @@ from PIL import Image
 
 from conftest import invoke
 from tiny import tiny_llava
-from yollava_cli.backend import VLM, Prompt, concept_prompt
+from yollava_cli.backend import VLM
+from yollava_cli.concept_tokens import concept_prompt
 from yollava_cli.facts import as_sentence, prompt_notes
+from yollava_cli.prompts import Prompt
 from yollava_cli.store import Registry
 
 
@@ -53,8 +55,8 @@ def test_facts_ride_in_the_opening_line_after_the_concept_prompt(home, tmp_path)
     assert notes == ["<bo> is 4 years old.", "Bo sleeps a lot."]
     assert as_sentence("bo", "<bo> loves balls!") == "<bo> loves balls!"
     vlm = VLM(*tiny_llava(), "tiny")
-    vlm.add_concept("bo", 2)
-    text = vlm.render(Prompt("How old is <bo>?", concepts=["bo"], notes=notes))
+    vlm.tokens.add("bo", 2)
+    text = vlm.prompts.render(Prompt("How old is <bo>?", concepts=["bo"], notes=notes))
     assert f"{concept_prompt('bo', 2)} <bo> is 4 years old. Bo sleeps a lot.\nHow old is <bo>?" in text
 
 

@@ -114,7 +114,8 @@ def test_heldout_categories_and_yes_no(pocket_model):
 def test_the_tools_cpu_path_answers_like_the_plain_model(pocket_model, pocket_cache):
     """The tool keeps pocket's matrices in bf16 on CPU and decodes without oneDNN; transformers runs
     it in fp32. Greedy answers must agree (96 of the 100 held-out classes did when measured)."""
-    from yollava_cli.backend import VLM, Prompt
+    from yollava_cli.backend import VLM
+    from yollava_cli.prompts import Prompt
 
     model, processor = pocket_model
     vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")  # a second copy: VLM converts it in place
@@ -160,7 +161,8 @@ def test_text_turns_answer_exactly_as_the_bare_language_model(pocket_cache):
     still answers like the grounded model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from yollava_cli.backend import VLM, Prompt, store_matrices_in_bf16, without_onednn
+    from yollava_cli.backend import VLM, store_matrices_in_bf16, without_onednn
+    from yollava_cli.prompts import Prompt
 
     vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")
     lm_dir = pocket_cache / "smollm2-135m-instruct"
@@ -173,7 +175,7 @@ def test_text_turns_answer_exactly_as_the_bare_language_model(pocket_cache):
     bare.eval()
     differing = []
     for question in TEXT_PROMPTS:
-        ids = torch.tensor([vlm.tokenize(vlm.render(Prompt(question)))])
+        ids = torch.tensor([vlm.prompts.tokenize(vlm.prompts.render(Prompt(question)))])
         with torch.no_grad(), vlm.fast():
             cache = bare.model(input_ids=ids[:, :-1], use_cache=True).cache
             with without_onednn():

@@ -17,7 +17,8 @@ OTHERS = ["cat", "backpack", "dog6", "clock", "duck_toy"]
 
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory):
-    from yollava_cli.backend import Prompt, load_vlm
+    from yollava_cli.backend import load_vlm
+    from yollava_cli.prompts import Prompt
     from yollava_cli.concepts import add_concept
     from yollava_cli.embeddings import load_embedder
     from yollava_cli.mining import add_pool, mine
@@ -54,7 +55,7 @@ def flow(tmp_path_factory):
     # "before" is where training starts, zero epochs in: the identifier at the base model's word for
     # the subject ("dog"), which alone already separates; training must be credited only beyond it
     word = subject_word(registry, vlm, registry.concept_photos(registry.concept("dog")["id"]))
-    vlm.add_concept("dog", config.k, seed=config.seed, init_word=word)
+    vlm.tokens.add("dog", config.k, seed=config.seed, init_word=word)
     before = p_yes()
     result = train_concept(registry, vlm, "dog", config, embedder=embedder)  # tokens, then head and fusion
     after = p_yes()

@@ -43,7 +43,7 @@ def test_training_counts_one_epoch_at_a_time_and_names_each_step():
 
 def test_explain_counts_the_tokens():
     vlm = VLM(*tiny_llava(), "tiny")
-    vlm.add_concept("bo", 3)
+    vlm.tokens.add("bo", 3)
     counted = []
     explain(vlm, "bo", GenerationOptions(max_tokens=2), lambda done, total: counted.append((done, total)))
     assert counted == [(1, 3), (2, 3), (3, 3)]

@@ -92,7 +92,7 @@ def test_the_recognizer_rides_in_the_checkpoint_file(tmp_path):
     again = load(path)
     assert again.embedder == "efficientnet-lite0" and again.thresholds == head.thresholds
     assert again.head_probabilities(w["test_positives"]) == pytest.approx(head.head_probabilities(w["test_positives"]), abs=1e-5)
-    from yollava_cli.backend import read_concept_file
+    from yollava_cli.concept_tokens import read_concept_file
 
     tensors, meta = read_concept_file(path)  # the token rows are untouched
     assert torch.equal(tensors["input_rows"], rows["input_rows"]) and meta["name"] == "bo"

@@ -76,10 +76,10 @@ def test_the_identifier_starts_at_the_base_models_word_for_the_subject(registry)
     for photo, answer in zip(photos, ["A dog.", "Dog", "a cat!"]):
         store_answer(registry, vlm, photo["sha256"], SUBJECT_QUESTION, answer)
     assert subject_word(registry, vlm, photos) == "dog"  # articles and case dropped, most frequent wins
-    vlm.add_concept("bo", 4, init_word="dog")
-    rows = vlm.embedding.tables["bo"].detach()
-    assert torch.allclose(rows[0], vlm.word_embedding("dog")) and torch.allclose(vlm.head.rows["bo"].detach(), rows[0])
-    assert not torch.allclose(rows[1], vlm.word_embedding("dog"))  # the latent tokens keep the neutral start
+    vlm.tokens.add("bo", 4, init_word="dog")
+    rows = vlm.tokens.embedding.tables["bo"].detach()
+    assert torch.allclose(rows[0], vlm.tokens.word_embedding("dog")) and torch.allclose(vlm.head.rows["bo"].detach(), rows[0])
+    assert not torch.allclose(rows[1], vlm.tokens.word_embedding("dog"))  # the latent tokens keep the neutral start
 
 
 def test_training_changes_only_the_concept_rows_and_records_a_checkpoint(registry):
@@ -100,7 +100,7 @@ def test_training_changes_only_the_concept_rows_and_records_a_checkpoint(registr
 def test_resume_after_interruption_matches_an_uninterrupted_run(registry, tmp_path):
     straight = train_concept(registry, tiny_vlm(), "bo", FAST)
     reference = tiny_vlm()
-    reference.load_concept(registry.root / describe_concept(registry, "bo")["checkpoint"]["file"])
+    reference.tokens.load(registry.root / describe_concept(registry, "bo")["checkpoint"]["file"])
 
     seen = []
 
@@ -120,7 +120,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(registry, tmp_pa
     assert [h["epoch"] for h in resumed.history] == [h["epoch"] for h in straight.history]
     assert numbers(resumed.history) == pytest.approx(numbers(straight.history), abs=1e-3)
     assert resumed.best_epoch == straight.best_epoch and resumed.threshold == pytest.approx(straight.threshold, abs=1e-3)
-    assert torch.allclose(resumed_vlm.embedding.tables["bo"], reference.embedding.tables["bo"], rtol=0, atol=1e-5)
+    assert torch.allclose(resumed_vlm.tokens.rows("bo")[0], reference.tokens.rows("bo")[0], rtol=0, atol=1e-5)
     assert torch.allclose(resumed_vlm.head.rows["bo"], reference.head.rows["bo"], rtol=0, atol=1e-5)  # a wrong resume is off by ~lr
     with pytest.raises(UserError, match="nothing to resume"):
         train_concept(registry, tiny_vlm(), "bo", FAST, resume=True)
@@ -139,7 +139,7 @@ def test_a_concept_trained_on_one_base_is_refused_by_another(registry):
     train_concept(registry, tiny_vlm(seed=0), "bo", FAST)
     checkpoint = registry.root / describe_concept(registry, "bo")["checkpoint"]["file"]
     with pytest.raises(UserError, match="trained on base model 'tiny-0'"):
-        tiny_vlm(seed=1).load_concept(checkpoint)
+        tiny_vlm(seed=1).tokens.load(checkpoint)
 
 
 def test_no_negatives_is_a_clear_error(tmp_path):

@@ -1,11 +1,7 @@
-"""One interface to LLaVA-family vision-language models, used by train, ask, find and eval.
-
-The base model is never modified. Concept tokens live in two small wrappers around the frozen
-input embedding and output head (`ConceptEmbedding`, `ConceptHead`): each concept owns a
-(k+1, hidden) table of input rows and one output row for its identifier. So several concepts can
-be loaded at once, unloading is dropping a table, AdamW's weight decay can never touch a base row,
-and models that tie input and output embeddings (SmolLM2) need no untying: the identifier simply
-gets its own output row, as the paper trains it.
+"""One interface to LLaVA-family vision-language models, used by train, ask, find and eval: the
+model passes (forward, loss, scoring, generation) over three parts with one job each, the concept
+token rows (`concept_tokens`), prompt to tokens (`prompts`) and the image-feature cache
+(`features`). The base model is never modified.
 
 Images go through `image_features` (cached per photo hash and model fingerprint, since the vision
 tower and projector are frozen) and reach the model as transformers' `mm_encoder_outputs`, for
@@ -14,21 +10,20 @@ training, scoring and generation alike.
 
 import copy
 import hashlib
-import json
 import os
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
+from yollava_cli.concept_tokens import ConceptEmbedding, ConceptHead, ConceptTokens
 from yollava_cli.errors import UserError
-from yollava_cli.fileio import atomic_write_bytes
+from yollava_cli.features import FeatureCache
+from yollava_cli.prompts import Prompt, PromptEncoder
 
 POCKET = "pocket"
 LOOP_NGRAM = 8  # an answer whose last 8 tokens already occurred in it is looping: stop it
@@ -37,92 +32,11 @@ NO_WORDS = ("No", "no", " No", " no", "NO")
 SCORE_BATCH = 16  # prompts per yes/no scoring pass (find, training validation, eval): bounded memory
 
 
-def token_names(name: str, k: int) -> list[str]:
-    """The identifier `<bo>` then k latent tokens `<bo_0>`...; unique per concept name."""
-    return [f"<{name}>"] + [f"<{name}_{i}>" for i in range(k)]
-
-
-def concept_prompt(name: str, k: int) -> str:
-    """`<bo> is <bo_0><bo_1>...<bo_15>.`, the personal prompt the paper prepends."""
-    identifier, *latents = token_names(name, k)
-    return f"{identifier} is {''.join(latents)}."
-
-
-@dataclass
-class Prompt:
-    """One question to the model: text, photos (with their hashes for the feature cache), concepts."""
-
-    question: str
-    images: list = field(default_factory=list)  # PIL images, or zero-argument loaders used only on a cache miss
-    image_keys: list[str | None] = field(default_factory=list)  # photo sha256, or None: no caching
-    concepts: list[str] = field(default_factory=list)
-    history: list[tuple[str, str]] = field(default_factory=list)  # earlier (question, answer) turns
-    notes: list[str] = field(default_factory=list)  # the owner's facts, as sentences after the concept prompts
-
-
-@dataclass
-class Encoded:
-    input_ids: torch.Tensor  # (T,)
-    labels: torch.Tensor  # (T,), -100 everywhere but the answer
-    features: list[torch.Tensor]  # one (n_tokens, hidden) per image, in order
-    concepts: list[str] = field(default_factory=list)  # the concepts the prompt opens with
-
-
-class ConceptEmbedding(torch.nn.Module):
-    """The frozen input embedding, with concept token rows looked up from their own tables."""
-
-    def __init__(self, base: torch.nn.Embedding):
-        super().__init__()
-        self.base = base
-        self.tables = torch.nn.ParameterDict()
-        self.slot: torch.Tensor | None = None  # token id -> row in the concatenated tables, or -1
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        out = self.base(ids.clamp(max=self.base.num_embeddings - 1))
-        if self.slot is None or not len(self.tables):
-            return out
-        slot = self.slot[ids]
-        if not bool((slot >= 0).any()):
-            return out
-        table = torch.cat(list(self.tables.values())).to(out.dtype)
-        return torch.where((slot >= 0).unsqueeze(-1), table[slot.clamp(min=0)], out)
-
-
-class ConceptHead(torch.nn.Module):
-    """The frozen output head, fitted to the tokenizer's size: identifiers get their own trainable
-    row; latent tokens, the image placeholder and padding rows can never be generated."""
-
-    def __init__(self, base: torch.nn.Module, width: int, blocked: list[int]):
-        super().__init__()
-        self.base = base
-        self.width = width
-        self.rows = torch.nn.ParameterDict()
-        self.blocked = set(blocked)
-        self.identifier_ids: dict[str, int] = {}
-        # Concepts this pass may generate: those in the conversation. A loaded concept that is not
-        # in it must never be said (its trained row otherwise competes with ordinary words).
-        self.active: set[str] = set()
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.base(hidden)[..., : self.width]  # rows past the tokenizer are padding, not tokens
-        if logits.shape[-1] < self.width:
-            logits = F.pad(logits, (0, self.width - logits.shape[-1]), value=float("-inf"))
-        block = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-        block[list(self.blocked)] = True
-        block[[i for n, i in self.identifier_ids.items() if n not in self.active]] = True
-        logits = logits.masked_fill(block, float("-inf"))
-        names = [n for n in self.rows if n in self.active]
-        if names:
-            ids = torch.tensor([self.identifier_ids[n] for n in names], device=logits.device)
-            rows = torch.stack([self.rows[n] for n in names]).to(hidden.dtype)
-            logits = logits.index_copy(-1, ids, (hidden @ rows.T).to(logits.dtype))
-        return logits
-
-
 class VLM:
-    """A loaded base model with its processor, concept tables, and feature cache."""
+    """A loaded base model with its processor: `tokens` (the concepts' rows), `prompts` (prompt to
+    tokens) and `features` (the image-feature cache, which a caller may pass in)."""
 
-    def __init__(self, model, processor, ref: str, cache_dir: Path | None = None):
+    def __init__(self, model, processor, ref: str, cache_dir: Path | None = None, features: FeatureCache | None = None):
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -130,168 +44,28 @@ class VLM:
         self.device = next(model.parameters()).device
         self.dtype = model.dtype  # of activations and image features; on CPU the matrices become bf16 below
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(processor.image_token)
-        self.feature_cache: dict[str, torch.Tensor] = {}
         self.vision_calls = 0  # photos that went through the vision tower: tests and benches read it
-        self.k: dict[str, int] = {}
         embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
         if isinstance(embedding, ConceptEmbedding):  # the same model wrapped again: start clean
             embedding, head = embedding.base, head.base
         else:  # before wrapping: the concept tables must not enter the hash
             model.yollava_fingerprint = fingerprint(embedding.weight, model)
         self.fingerprint = model.yollava_fingerprint
-        self.cache_dir = cache_dir / "features" / self.fingerprint.replace(":", "-") if cache_dir else None
-        self.embedding = ConceptEmbedding(embedding)
-        model.set_input_embeddings(self.embedding)
+        folder = cache_dir / "features" / self.fingerprint.replace(":", "-") if cache_dir else None
+        self.features = features if features is not None else FeatureCache(folder)
+        embedding = ConceptEmbedding(embedding)
+        model.set_input_embeddings(embedding)
         if self.device.type == "cpu" and self.dtype == torch.float32:
             head = store_matrices_in_bf16(model.get_decoder(), head)
         self.head = ConceptHead(head, len(self.tokenizer), [self.image_token_id])
         model.set_output_embeddings(self.head)
+        self.tokens = ConceptTokens(self.tokenizer, embedding, self.head, self.device, self.fingerprint, ref)
+        self.prompts = PromptEncoder(processor, self.tokens, self.image_token_id, self.image_features)
         # pocket's grounding adapter (pocket.Grounding), switched on only where a photo is
         self.grounding = getattr(getattr(model, "model", None), "grounding", None)
+        self.fast_scoring = True  # off: score with one plain forward pass (what benches measure against)
 
-    # -- concepts -----------------------------------------------------------------------
-
-    def add_concept(self, name: str, k: int, input_rows: torch.Tensor | None = None,
-                    output_row: torch.Tensor | None = None, seed: int = 0, init_word: str | None = None) -> list[int]:
-        """Load (or replace) a concept's k+1 token rows. New rows start near the word 'thing'; with
-        `init_word` the identifier starts at that word (textual inversion's initializer token), so
-        "Is <bo> in this photo?" already means "is a dog in it" before the first step."""
-        names = token_names(name, k)
-        vocab = self.tokenizer.get_vocab()  # builds a dict of the whole vocabulary: ~25 ms for pocket's
-        missing = [t for t in names if t not in vocab]
-        if missing:
-            self.tokenizer.add_tokens(missing)
-            self.head.width = len(self.tokenizer)
-        ids = self.tokenizer.convert_tokens_to_ids(names)
-        if input_rows is None:
-            generator = torch.Generator().manual_seed(seed)
-            start = self.word_embedding("thing")
-            input_rows = start + torch.randn(k + 1, start.shape[0], generator=generator) * start.std() * 0.1
-            if init_word:
-                input_rows[0] = self.word_embedding(init_word)
-        if output_row is None:
-            output_row = input_rows[0].clone()
-        width = self.embedding.base.weight.shape[1]
-        if tuple(input_rows.shape) != (k + 1, width) or tuple(output_row.shape) != (width,):
-            raise UserError(
-                f"concept <{name}> has rows of shape {tuple(input_rows.shape)}, this model needs "
-                f"({k + 1}, {width}): it was made for another base model"
-            )
-        self.embedding.tables[name] = torch.nn.Parameter(input_rows.to(self.device, torch.float32))
-        self.head.rows[name] = torch.nn.Parameter(output_row.to(self.device, torch.float32))
-        self.head.identifier_ids[name] = ids[0]
-        self.head.blocked.update(ids[1:])
-        self.k[name] = k
-        self._reindex()
-        return ids
-
-    def word_embedding(self, text: str) -> torch.Tensor:
-        """The mean input embedding of a word's tokens (as it reads mid-sentence, after a space)."""
-        base = self.embedding.base.weight
-        ids = self.tokenizer.encode(" " + text.strip(), add_special_tokens=False) or list(range(base.shape[0]))
-        return base[ids].mean(0).float().cpu()
-
-    def remove_concept(self, name: str) -> None:
-        del self.embedding.tables[name], self.head.rows[name], self.head.identifier_ids[name], self.k[name]
-        self._reindex()
-
-    def _reindex(self) -> None:
-        slot = torch.full((len(self.tokenizer),), -1, dtype=torch.long, device=self.device)
-        offset = 0
-        for name, table in self.embedding.tables.items():
-            ids = self.tokenizer.convert_tokens_to_ids(token_names(name, self.k[name]))
-            slot[ids] = torch.arange(offset, offset + len(ids), device=self.device)
-            offset += len(ids)
-        self.embedding.slot = slot
-
-    def concept_parameters(self, name: str) -> list[torch.nn.Parameter]:
-        """The only tensors training may change: the concept's input rows and identifier output row."""
-        return [self.embedding.tables[name], self.head.rows[name]]
-
-    def concept_rows(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """A detached copy of the concept's input rows and output row, for `add_concept` to restore."""
-        return self.embedding.tables[name].detach().cpu().clone(), self.head.rows[name].detach().cpu().clone()
-
-    def save_concept(self, name: str, path: Path, metadata: dict) -> None:
-        """Write the concept's rows as safetensors (atomically), with the base fingerprint."""
-        input_rows, output_row = self.concept_rows(name)
-        tensors = {"input_rows": input_rows.contiguous(), "output_row": output_row.contiguous()}
-        meta = {**metadata, "name": name, "k": self.k[name], "base_model": self.ref,
-                "base_fingerprint": self.fingerprint}
-        tmp = path.with_name(f".{path.name}.partial")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(tmp), metadata={"yollava": json.dumps(meta)})
-        atomic_write_bytes(path, tmp.read_bytes())
-        tmp.unlink()
-
-    def load_concept(self, path: Path, name: str | None = None) -> dict:
-        """Load rows saved by `save_concept`; refuses a concept trained on another base model."""
-        tensors, meta = read_concept_file(path)
-        if meta["base_fingerprint"] != self.fingerprint:
-            raise UserError(
-                f"{path}: concept <{meta['name']}> was trained on base model {meta['base_model']!r} "
-                f"({meta['base_fingerprint']}), not on {self.ref!r} ({self.fingerprint}); "
-                f"use --model {meta['base_model']} or retrain it on this model"
-            )
-        self.add_concept(name or meta["name"], meta["k"], tensors["input_rows"], tensors["output_row"])
-        return meta
-
-    # -- prompts ------------------------------------------------------------------------
-
-    def render(self, prompt: Prompt, answer: str | None = None) -> str:
-        """The prompt in the model's own chat template; the concept prompt opens the first turn."""
-        messages = []
-        prefix = " ".join([concept_prompt(n, self.k[n]) for n in prompt.concepts] + prompt.notes)
-        for i, (question, reply) in enumerate([*prompt.history, (prompt.question, answer)]):
-            # a newline, not a space, before what follows: a space before an added token (<image>,
-            # <bo>) becomes a stray token in byte-level BPE tokenizers
-            content = [{"type": "text", "text": prefix + "\n"}] if i == 0 and prefix else []
-            if i == len(prompt.history):
-                content += [{"type": "image"} for _ in prompt.images]
-            content.append({"type": "text", "text": question})
-            messages.append({"role": "user", "content": content})
-            if reply is not None:
-                messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
-        return self.processor.apply_chat_template(
-            messages, add_generation_prompt=answer is None, tokenize=False
-        )
-
-    def tokenize(self, text: str) -> list[int]:
-        bos = self.tokenizer.bos_token
-        add_special = not (bos and text.startswith(bos))
-        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
-
-    def encode(self, prompt: Prompt, answer: str | None = None) -> Encoded:
-        """Token ids with each image placeholder expanded to its feature count; labels cover only
-        the answer (everything after the generation prompt), whatever the template's separators."""
-        features = self.image_features(prompt.images, prompt.image_keys)
-        question_ids = self.tokenize(self.render(prompt))
-        ids = question_ids if answer is None else self.tokenize(self.render(prompt, answer))
-        if ids[: len(question_ids)] != question_ids:
-            raise RuntimeError("chat template renders the prompt differently with an answer")
-        labels = [-100] * len(question_ids) + ids[len(question_ids):]
-        counts = iter(f.shape[0] for f in features)
-        expanded_ids, expanded_labels = [], []
-        for token, label in zip(ids, labels):
-            n = next(counts) if token == self.image_token_id else 1
-            expanded_ids += [token] * n
-            expanded_labels += [label] * n
-        return Encoded(torch.tensor(expanded_ids), torch.tensor(expanded_labels), features, list(prompt.concepts))
-
-    def collate(self, batch: list[Encoded]) -> dict:
-        """Right-padded tensors for a forward pass."""
-        width = max(len(e.input_ids) for e in batch)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, e in enumerate(batch):
-            n = len(e.input_ids)
-            input_ids[row, :n], labels[row, :n], mask[row, :n] = e.input_ids, e.labels, 1
-        features = [f for e in batch for f in e.features]
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "features": features,
-                "concepts": sorted({c for e in batch for c in e.concepts}),
-                "photo_rows": torch.tensor([bool(e.features) for e in batch])}
+    # -- passes -------------------------------------------------------------------------
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits for a collated batch (image features spliced in at the placeholders)."""
@@ -336,8 +110,12 @@ class VLM:
         """(n, vocab) logits of the first answer token of each prompt, in one batch. The opening the
         prompts share (chat header, concept prompt) runs once, its cache copied to every row, and
         the head runs only at each prompt's last position: `find` scores ~1.7x more photos/s."""
-        encoded = [self.encode(p) for p in prompts]
-        batch = self.collate(encoded)
+        encoded = [self.prompts.encode(p) for p in prompts]
+        batch = self.prompts.collate(encoded)
+        if not self.fast_scoring:  # the whole batch through the model, the head at every position
+            with torch.no_grad():
+                logits = self.forward(batch)
+            return torch.stack([logits[i, len(e.input_ids) - 1] for i, e in enumerate(encoded)]).float()
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
         lengths = torch.tensor([len(e.input_ids) for e in encoded], device=self.device)
         photos = batch["photo_rows"]
@@ -383,7 +161,7 @@ class VLM:
         not move its first word (3 of 10 answers agreed on <dog>'s look-alikes)."""
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-        encoded = self.encode(prompt)
+        encoded = self.prompts.encode(prompt)
         ids = encoded.input_ids[None].to(self.device)
         mask = torch.ones_like(ids)
         images = {"mm_encoder_outputs": mm_outputs(encoded.features, self.dtype, self.device)} if encoded.features else {}
@@ -429,33 +207,12 @@ class VLM:
         keys = list(keys or []) + [None] * (len(images) - len(keys or []))
         out = []
         for image, key in zip(images, keys):
-            cached = self._cached(key)
+            cached = self.features.get(key)
             if cached is None:
                 cached = self._compute_features(image() if callable(image) else image)
-                self._store(key, cached)
+                self.features.put(key, cached)
             out.append(cached)
         return out
-
-    def has_features(self, key: str) -> bool:
-        """Whether a photo's features are cached (in memory or on disk), so it need not be decoded."""
-        return self._cached(key) is not None
-
-    def _cached(self, key: str | None) -> torch.Tensor | None:
-        if key is None:
-            return None
-        if key not in self.feature_cache and self.cache_dir and (self.cache_dir / f"{key}.safetensors").exists():
-            self.feature_cache[key] = load_file(str(self.cache_dir / f"{key}.safetensors"))["features"]
-        return self.feature_cache.get(key)
-
-    def _store(self, key: str | None, features: torch.Tensor) -> None:
-        if key is None:
-            return
-        self.feature_cache[key] = features
-        if self.cache_dir:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_dir / f".{key}.{os.getpid()}.tmp"
-            save_file({"features": features.contiguous()}, str(tmp))
-            os.replace(tmp, self.cache_dir / f"{key}.safetensors")
 
     def _compute_features(self, image: Image.Image) -> torch.Tensor:
         self.vision_calls += 1
@@ -576,19 +333,6 @@ def fingerprint(weight: torch.Tensor, model) -> str:
         if tensor.is_floating_point() and tensor is not weight:
             digest.update(tensor.detach().flatten()[:256].float().cpu().numpy().tobytes())
     return f"{type(model).__name__}:{weight.shape[0]}:{digest.hexdigest()[:16]}"
-
-
-def read_concept_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and metadata of a concept checkpoint, or a one-line error."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {})["yollava"])
-            tensors = {name: f.get_tensor(name) for name in ("input_rows", "output_row")}
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path}: not a yollava concept checkpoint ({e})") from None
-    return tensors, meta
 
 
 def resolve_model_ref(explicit: str | None = None) -> str:

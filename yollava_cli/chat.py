@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from yollava_cli.backend import SCORE_BATCH, VLM, Prompt
+from yollava_cli.backend import SCORE_BATCH, VLM
 from yollava_cli.concepts import RESERVED_NAMES, get_concept, parse_name
 from yollava_cli.errors import UserError
 from yollava_cli.facts import prompt_notes
 from yollava_cli.images import BadPhoto, decode, expand_photo_paths, photo_bytes, read_photo
+from yollava_cli.prompts import Prompt
 from yollava_cli.store import Registry
 from yollava_cli.synthesis import asks_if_present, score_question
 
@@ -53,8 +54,8 @@ def load_concepts(registry: Registry, vlm: VLM, names: list[str], train_missing:
         checkpoint = registry.current_checkpoint(concept["id"])
         if checkpoint is None:
             raise UserError(f"<{name}> has no checkpoint: run `yollava train {name}`")
-        if name not in vlm.k:
-            vlm.load_concept(registry.root / checkpoint["file"], name)
+        if name not in vlm.tokens:
+            vlm.tokens.load(registry.root / checkpoint["file"], name)
         loaded.append(concept)
     return loaded
 
@@ -131,8 +132,8 @@ class ChatSession:
                 checkpoint = self.registry.current_checkpoint(concept["id"])
                 if concept["status"] != "trained" or checkpoint is None:
                     raise UserError(f"<{name}> is not trained yet: run `yollava train {name}`, then ask again")
-                if name not in self.vlm.k:
-                    self.vlm.load_concept(self.registry.root / checkpoint["file"], name)
+                if name not in self.vlm.tokens:
+                    self.vlm.tokens.load(self.registry.root / checkpoint["file"], name)
             except UserError as e:
                 problems.append(str(e))
                 continue
@@ -247,7 +248,7 @@ def read_for_find(paths: list[Path], vlm: VLM, need_pixels: bool) -> tuple[list[
             data = photo_bytes(path)
             sha256 = hashlib.sha256(data).hexdigest()
             loader = lazy(path, data)
-            if need_pixels and not (vlm and vlm.has_features(sha256)):
+            if need_pixels and not (vlm and sha256 in vlm.features):
                 loader = partial(lambda image: image, decode(data, 512))
         except BadPhoto as e:
             skipped.append({"path": str(path), "reason": str(e)})
@@ -305,7 +306,7 @@ def current_recognizer(registry: Registry, concept: dict):
 def explain(vlm: VLM, name: str, options: GenerationOptions,
             on_progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Ask the model what each latent token stands for (paper appendix K)."""
-    k = vlm.k[name]
+    k = vlm.tokens.latents(name)
     explanations = []
     for i in range(k):
         prompt = Prompt(f"In a few words, what does <{name}_{i}> describe about <{name}>?", concepts=[name])

@@ -20,7 +20,8 @@ from importlib import resources
 
 from PIL import Image
 
-from yollava_cli.backend import VLM, Prompt
+from yollava_cli.backend import VLM
+from yollava_cli.prompts import Prompt
 from yollava_cli.store import Registry
 
 ATTRIBUTE_MAX_TOKENS = 48  # short answers keep training sequences (and steps) short
