@@ -136,21 +136,21 @@ def test_one_subject_is_refused_not_scored_perfect(tmp_path):
 def test_baselines_read_the_identifier_without_its_trained_rows():
     import torch
 
-    from yollava_cli.backend import Prompt
-    from yollava_cli.evaluation import Evaluation
+    from yollava_cli.evaluation import METHODS, Evaluation
+    from yollava_cli.prompts import Prompt
 
     vlm = VLM(*tiny_llava(), "tiny")
     evaluator = Evaluation(None, vlm, None, None, [], FAST, lambda *args, **info: None)
     question = [Prompt("Is <dog> in this photo?", [], [], [])]  # no concept prompt: the bare identifier
-    vlm.add_concept("dog", 2)
+    vlm.tokens.add("dog", 2)
     neutral = vlm.yes_probabilities(question)
-    width = vlm.embedding.tables["dog"].shape[1]
-    vlm.add_concept("dog", 2, torch.randn(3, width, generator=torch.Generator().manual_seed(1)), torch.randn(width))
+    width = vlm.tokens.embedding.tables["dog"].shape[1]
+    vlm.tokens.add("dog", 2, torch.randn(3, width, generator=torch.Generator().manual_seed(1)), torch.randn(width))
     trained = vlm.yes_probabilities(question)
     assert trained != neutral
-    with evaluator.identifier_for("vanilla", "dog"):
+    with evaluator.identifier_for(METHODS["vanilla"], "dog"):
         assert vlm.yes_probabilities(question) == neutral
-    with evaluator.identifier_for("yollava", "dog"):
+    with evaluator.identifier_for(METHODS["yollava"], "dog"):
         assert vlm.yes_probabilities(question) == trained
     assert vlm.yes_probabilities(question) == trained  # the trained rows are back
 

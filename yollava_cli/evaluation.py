@@ -19,18 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from yollava_cli import __version__
-from yollava_cli.backend import SCORE_BATCH, VLM, Prompt
+from yollava_cli.backend import SCORE_BATCH, VLM
 from yollava_cli.concepts import add_concept, parse_name
 from yollava_cli.errors import UserError
 from yollava_cli.facts import as_sentence, set_facts
 from yollava_cli.fileio import atomic_write_bytes
 from yollava_cli.images import read_photo
+from yollava_cli.prompts import Prompt
 from yollava_cli.store import Registry, now
 from yollava_cli.synthesis import cached_answer, score_question, store_answer
 from yollava_cli.training import TrainConfig, calibrate, prepare_concept, recognition_metrics
 
-METHODS = ("yollava", "vanilla", "description", "auto-description", "embedding", "head", "fused", "ask", "word-init")
-RECOGNITION_ONLY = {"embedding", "head", "fused", "ask", "word-init"}  # no language metrics for these
 ASK_TOKENS = 4
 PETS = {"dog", "cat"}
 CAPTION_PROMPT = "Describe this photo in one sentence."
@@ -157,11 +156,145 @@ def mcq_prompt(item: dict) -> str:
 # -- the run ----------------------------------------------------------------------------
 
 
+class Method:
+    """One way to answer the benchmark: what the prompt carries, how a photo is scored for
+    recognition, where its yes/no cut sits. The base class is the bare model (`vanilla`): the
+    question names the identifier, which carries nothing."""
+
+    name = "vanilla"
+    language = True  # also asked the multiple-choice, caption and facts questions
+    trained = False  # reads the concept's trained rows; the others see the identifier as a blank new word
+    cut_at_half = True  # scores are probabilities, so 0.5 is a fair cut (cosine similarities are not)
+
+    def concepts(self, subject: str) -> list[str]:
+        return []
+
+    def prefix(self, run: "Evaluation", subject: str) -> str:
+        return ""
+
+    def scores(self, run: "Evaluation", subject: str, photos: list[Path]) -> list[float]:
+        return run.yes_probabilities(self, subject, photos)
+
+    def threshold(self, run: "Evaluation", subject: str, concept: dict) -> float:
+        return 0.5
+
+    def start_rows(self, run: "Evaluation", subject: str) -> dict:
+        """How the identifier's rows start for this method when it does not read the trained ones."""
+        return {}
+
+
+class Yollava(Method):
+    """The trained soft tokens, in the concept prompt: the paper's method."""
+
+    name, trained = "yollava", True
+
+    def concepts(self, subject):
+        return [subject]
+
+    def scores(self, run, subject, photos):
+        key = (subject, tuple(photos))  # fused and ask build on these
+        if key not in run.token_scores:
+            run.token_scores[key] = run.yes_probabilities(self, subject, photos)
+        return run.token_scores[key]
+
+    def threshold(self, run, subject, concept):
+        return concept["threshold"]
+
+
+class WordInit(Yollava):
+    """Training's starting point: the identifier at the base model's word for the subject, zero epochs."""
+
+    name, language, trained = "word-init", False, False
+
+    def scores(self, run, subject, photos):
+        return run.yes_probabilities(self, subject, photos)
+
+    def threshold(self, run, subject, concept):
+        return 0.5
+
+    def start_rows(self, run, subject):
+        return {"seed": run.config.seed, "init_word": run.subject_word(subject)}
+
+
+class Description(Method):
+    """The human-written description of the subject before the question."""
+
+    name = "description"
+
+    def prefix(self, run, subject):
+        return run.dataset.descriptions.get(subject, "")
+
+
+class AutoDescription(Method):
+    """The base model's own summary of the train photos before the question (paper Table 27)."""
+
+    name = "auto-description"
+
+    def prefix(self, run, subject):
+        return run.auto_description(subject)
+
+
+class Embedding(Method):
+    """Cosine similarity of image embeddings to the subject's train photos."""
+
+    name, language, cut_at_half = "embedding", False, False
+
+    def scores(self, run, subject, photos):
+        return run.similarities(subject, photos)
+
+    def threshold(self, run, subject, concept):
+        return run.embedding_threshold(subject, concept)
+
+
+class Head(Method):
+    """The concept head alone."""
+
+    name, language, trained = "head", False, True
+
+    def scores(self, run, subject, photos):
+        return run.recognizer(subject).head_probabilities(run.vectors(photos))
+
+    def threshold(self, run, subject, concept):
+        return run.recognizer(subject).thresholds.get("head", 0.5)
+
+
+class Fused(Head):
+    """The head and the tokens, fused."""
+
+    name = "fused"
+
+    def scores(self, run, subject, photos):
+        return run.recognizer(subject).fused_probabilities(run.vectors(photos), METHODS["yollava"].scores(run, subject, photos))
+
+    def threshold(self, run, subject, concept):
+        return run.recognizer(subject).thresholds.get("fused", 0.5)
+
+
+class Ask(Method):
+    """What a user sees: the free-text answer to the recognition question, with the fused verdict
+    as its grounding line and settling its yes/no as `ask` does, read as yes (1) or no (0)."""
+
+    name, language, trained = "ask", False, True
+
+    def scores(self, run, subject, photos):
+        fused, cut = METHODS["fused"].scores(run, subject, photos), run.recognizer(subject).thresholds.get("fused", 0.5)
+        answers = []
+        for path, probability in zip(photos, fused):
+            prompt = run.prompt(METHODS["yollava"], subject, score_question(subject), [path])
+            prompt.notes = [f"<{subject}> is {'' if probability >= cut else 'not '}in this photo."]
+            answer = run.vlm.generate(prompt, max_new_tokens=ASK_TOKENS, yes=probability >= cut)
+            answers.append(float(answer.lower().startswith("yes")))
+        return answers
+
+
+METHODS = {m.name: m for m in (Yollava(), Method(), Description(), AutoDescription(), Embedding(), Head(), Fused(), Ask(), WordInit())}
+
+
 class Evaluation:
     def __init__(self, dataset: Dataset, vlm: VLM, registry: Registry, embedder, methods: list[str],
                  config: TrainConfig, on_event: Callable[..., None]):
         self.dataset, self.vlm, self.registry, self.embedder = dataset, vlm, registry, embedder
-        self.methods, self.config, self.on_event = methods, config, on_event
+        self.methods, self.config, self.on_event = [METHODS[m] for m in methods], config, on_event
         self.images: dict[Path, tuple] = {}
         self.auto_descriptions: dict[str, str] = {}
         self.embedded: dict[Path, np.ndarray] = {}
@@ -173,12 +306,27 @@ class Evaluation:
             self.images[path] = (photo.image, photo.sha256)
         return self.images[path]
 
-    def prompt(self, method: str, subject: str, question: str, photos: list[Path]) -> Prompt:
+    def prompt(self, method: Method, subject: str, question: str, photos: list[Path]) -> Prompt:
         loaded = [self.photo(p) for p in photos]
-        prefix = {"description": self.dataset.descriptions.get(subject, ""),
-                  "auto-description": self.auto_description(subject) if method == "auto-description" else ""}.get(method, "")
+        prefix = method.prefix(self, subject)
         text = f"{prefix}\n{question}" if prefix else question
-        return Prompt(text, [i for i, _ in loaded], [k for _, k in loaded], [subject] if method in ("yollava", "word-init") else [])
+        return Prompt(text, [i for i, _ in loaded], [k for _, k in loaded], method.concepts(subject))
+
+    def yes_probabilities(self, method: Method, subject: str, photos: list[Path]) -> list[float]:
+        """P(yes) to the recognition question about each photo, in this method's prompt."""
+        out = []
+        for start in range(0, len(photos), SCORE_BATCH):
+            prompts = [self.prompt(method, subject, score_question(subject), [p]) for p in photos[start : start + SCORE_BATCH]]
+            out += self.vlm.yes_probabilities(prompts)
+        return out
+
+    def recognizer(self, subject: str):
+        from yollava_cli.recognition import current
+
+        recognizer = current(self.registry, self.registry.concept(subject))
+        if recognizer is None:
+            raise UserError(f"<{subject}> has no concept head: this eval needs an image embedder at training")
+        return recognizer
 
     def auto_description(self, subject: str) -> str:
         """The base model describes the train photos, then sums them up in one sentence (paper Table 27)."""
@@ -224,49 +372,9 @@ class Evaluation:
                             on_progress=lambda done, total: self.on_event("embed", done=done, total=total),
                             on_event=lambda stage, **info: self.on_event("train", subject=subject.name, stage=stage, **info))
             concept = self.registry.concept(subject.name)
-        if subject.name not in self.vlm.k:
-            self.vlm.load_concept(self.registry.root / self.registry.current_checkpoint(concept["id"])["file"])
+        if subject.name not in self.vlm.tokens:
+            self.vlm.tokens.load(self.registry.root / self.registry.current_checkpoint(concept["id"])["file"])
         return concept
-
-    def scores(self, method: str, subject: str, photos: list[Path]) -> list[float]:
-        if method == "embedding":
-            return self.similarities(subject, photos)
-        if method in ("head", "fused", "ask"):
-            return self.recognizer_scores(method, subject, photos)
-        key = (subject, tuple(photos))
-        if method == "yollava" and key in self.token_scores:  # fused and ask build on them
-            return self.token_scores[key]
-        out = []
-        for start in range(0, len(photos), SCORE_BATCH):
-            prompts = [self.prompt(method, subject, score_question(subject), [p]) for p in photos[start : start + SCORE_BATCH]]
-            out += self.vlm.yes_probabilities(prompts)
-        if method == "yollava":
-            self.token_scores[key] = out
-        return out
-
-    def recognizer_scores(self, method: str, subject: str, photos: list[Path]) -> list[float]:
-        """`head`: the concept head alone; `fused`: head and tokens; `ask`: what a user sees, the
-        free-text answer to the recognition question with the fused verdict as its grounding line,
-        read as yes (1) or no (0)."""
-        from yollava_cli.recognition import current
-
-        recognizer = current(self.registry, self.registry.concept(subject))
-        if recognizer is None:
-            raise UserError(f"<{subject}> has no concept head: this eval needs an image embedder at training")
-        vectors = self.vectors(photos)
-        if method == "head":
-            return recognizer.head_probabilities(vectors)
-        tokens = self.scores("yollava", subject, photos)
-        fused = recognizer.fused_probabilities(vectors, tokens)
-        if method == "fused":
-            return fused
-        cut, answers = recognizer.thresholds.get("fused", 0.5), []
-        for path, probability in zip(photos, fused):
-            prompt = self.prompt("yollava", subject, score_question(subject), [path])
-            prompt.notes = [f"<{subject}> is {'' if probability >= cut else 'not '}in this photo."]
-            answer = self.vlm.generate(prompt, max_new_tokens=ASK_TOKENS, yes=probability >= cut)  # as `ask` does
-            answers.append(float(answer.lower().startswith("yes")))
-        return answers
 
     def vectors(self, photos: list[Path]) -> np.ndarray:
         """Embedder vectors, computed once per photo for the whole run."""
@@ -295,41 +403,36 @@ class Evaluation:
         concept = self.train(subject)
         others = [p for s in self.dataset.subjects.values() if s.name != subject.name for p in s.test]
         results = {}
-        thresholds = json.loads(concept["metrics"] or "{}").get("thresholds", {})
         for method in self.methods:
-            self.on_event("method", subject=subject.name, method=method)
+            self.on_event("method", subject=subject.name, method=method.name)
             with self.identifier_for(method, subject.name):
-                pos, neg = self.scores(method, subject.name, subject.test), self.scores(method, subject.name, others)
-                threshold = {"yollava": concept["threshold"], "embedding": self.embedding_threshold(subject.name, concept),
-                             "head": thresholds.get("head", 0.5), "fused": thresholds.get("fused", 0.5)}.get(method, 0.5)
-                at_half = recognition_metrics(pos, neg, 0.5 if method != "embedding" else threshold)
+                pos, neg = method.scores(self, subject.name, subject.test), method.scores(self, subject.name, others)
+                threshold = method.threshold(self, subject.name, concept)
+                at_half = recognition_metrics(pos, neg, 0.5 if method.cut_at_half else threshold)
                 at_threshold = recognition_metrics(pos, neg, threshold)
                 entry = {"recognition": {"positive": at_half["positive"], "negative": at_half["negative"],
                                          "weighted": at_half["weighted"], "auc": auc(pos, neg),
                                          "threshold": threshold, "weighted_at_threshold": at_threshold["weighted"]}}
-                if method not in RECOGNITION_ONLY:
+                if method.language:
                     entry.update(self.language_metrics(method, subject))
-            results[method] = entry
+            results[method.name] = entry
         return results
 
     @contextmanager
-    def identifier_for(self, method: str, subject: str):
-        """Baselines must read <subject> as a new word that carries nothing: the question names the
+    def identifier_for(self, method: Method, subject: str):
+        """Methods that do not read the trained rows must not see them: the question names the
         identifier, whose trained row (which starts at the subject's word) would otherwise leak in."""
-        if method in ("yollava", "head", "fused", "ask") or subject not in self.vlm.k:
+        if method.trained or subject not in self.vlm.tokens:
             yield
             return
-        k, (rows, head) = self.vlm.k[subject], self.vlm.concept_rows(subject)
-        if method == "word-init":  # training's starting point: the identifier at the subject's word, zero epochs
-            self.vlm.add_concept(subject, k, seed=self.config.seed, init_word=self.subject_word(subject))
-        else:
-            self.vlm.add_concept(subject, k)
+        k, (rows, head) = self.vlm.tokens.latents(subject), self.vlm.tokens.rows(subject)
+        self.vlm.tokens.add(subject, k, **method.start_rows(self, subject))
         try:
             yield
         finally:
-            self.vlm.add_concept(subject, k, rows, head)
+            self.vlm.tokens.add(subject, k, rows, head)
 
-    def language_metrics(self, method: str, subject: Subject) -> dict:
+    def language_metrics(self, method: Method, subject: Subject) -> dict:
         text = self.dataset.text_qa.get(subject.name, [])
         visual = [(p, item) for p, item in self.dataset.visual_qa.items() if item["subject"].strip("<>") == subject.name and p in subject.test]
         text_right = visual_right = 0
@@ -347,7 +450,7 @@ class Evaluation:
                 "caption_recall": {"recall": recalled / len(captions), "n": len(captions)},
                 **self.facts_metrics(method, subject.name)}
 
-    def facts_metrics(self, method: str, subject: str) -> dict:
+    def facts_metrics(self, method: Method, subject: str) -> dict:
         """The owner's facts in the concept's opening line or not, on tokens trained with or
         without them (FACT_SETTINGS); each paraphrased question asked, right when the answer
         contains an expected word. The gift question counts a hit when its answer builds on a fact."""
@@ -372,14 +475,14 @@ class Evaluation:
     def forgetting_check(self) -> dict:
         """With every concept loaded, generic answers must equal the bare base model's (appendix B)."""
         photos = [s.test[0] for s in list(self.dataset.subjects.values())[:3]]
-        prompts = [self.prompt("vanilla", "", q, [p]) for p in photos for q in FORGETTING_QUESTIONS]
-        loaded = {name: (*self.vlm.concept_rows(name), self.vlm.k[name]) for name in list(self.vlm.k)}
+        prompts = [self.prompt(METHODS["vanilla"], "", q, [p]) for p in photos for q in FORGETTING_QUESTIONS]
+        loaded = {name: (*self.vlm.tokens.rows(name), self.vlm.tokens.latents(name)) for name in list(self.vlm.tokens)}
         with_concepts = [self.vlm.generate(p, max_new_tokens=CAPTION_TOKENS) for p in prompts]
         for name in loaded:
-            self.vlm.remove_concept(name)
+            self.vlm.tokens.remove(name)
         bare = [self.vlm.generate(p, max_new_tokens=CAPTION_TOKENS) for p in prompts]
         for name, (rows, head, k) in loaded.items():
-            self.vlm.add_concept(name, k, rows, head)
+            self.vlm.tokens.add(name, k, rows, head)
         same = sum(a == b for a, b in zip(with_concepts, bare))
         return {"passed": same == len(prompts), "identical": same, "compared": len(prompts), "concepts_loaded": len(loaded)}
 
