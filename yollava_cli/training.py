@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from yollava_cli.backend import SCORE_BATCH, VLM, Prompt
+from yollava_cli import resume as resume_state
+from yollava_cli.backend import SCORE_BATCH, VLM
 from yollava_cli.concepts import get_concept
 from yollava_cli.errors import UserError
-from yollava_cli.fileio import atomic_write_bytes
+from yollava_cli.prompts import Prompt
 from yollava_cli.store import Registry, now
 from yollava_cli.synthesis import TrainingData, build_training_data, recognition_pair, score_question
 from yollava_cli.train_config import TrainConfig
@@ -133,7 +132,7 @@ class Trainer:
         images = [lambda: self.views(example.image)] if example.image else []  # decoded only on a cache miss
         keys = [example.image] if example.image else []
         prompt = Prompt(example.question, images, keys, concepts=[self.name])
-        return self.vlm.encode(prompt, example.answer)
+        return self.vlm.prompts.encode(prompt, example.answer)
 
     def probabilities(self, keys: list[str]) -> list[float]:
         question = score_question(self.name)
@@ -156,15 +155,15 @@ class Trainer:
         if not data.negatives:
             raise UserError(f"<{self.name}> has no negatives yet: run `yollava mine {self.name}` first (it needs a pool)")
         split = split_data(data, self.config)
-        state = self.load_resume_state(data) if resume else None
+        state = resume_state.load(self.folder, self.produced_by(data), self.name) if resume else None
         if resume and state is None:
             raise UserError(f"nothing to resume for <{self.name}>: train it without --resume")
         start_epoch, history, best = 0, [], None
-        self.vlm.add_concept(self.name, self.config.k, seed=self.config.seed, init_word=data.subject_word)
-        params = self.vlm.concept_parameters(self.name)
+        self.vlm.tokens.add(self.name, self.config.k, seed=self.config.seed, init_word=data.subject_word)
+        params = self.vlm.tokens.parameters(self.name)
         optimizer = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
         if state:
-            start_epoch, history, best = self.restore(state, params, optimizer)
+            start_epoch, history, best = resume_state.restore(state, params, optimizer)
         run_id = self.start_run(resume)
         probe = split.positives[:3] + [sha for sha, _ in split.negatives[:9]]  # train accuracy, cheaply
         try:
@@ -177,7 +176,7 @@ class Trainer:
                 losses = []
                 for step in range(steps):
                     batch = [self.encode(e) for e in examples[step * self.config.batch_size : (step + 1) * self.config.batch_size]]
-                    loss = self.vlm.loss(self.vlm.collate(batch))
+                    loss = self.vlm.loss(self.vlm.prompts.collate(batch))
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
@@ -193,7 +192,7 @@ class Trainer:
                     best = {"epoch": epoch + 1, "validation": validation, "threshold": calibrate(validation),
                             "file": str(file.relative_to(self.registry.root))}  # a resumed run may keep an earlier run's file
                     self.save_rows(file, data, best)
-                self.save_resume_state(params, optimizer, history, best, data)
+                resume_state.save(self.folder, params, optimizer, {**self.produced_by(data), "history": history, "best": best})
                 self.on_event("epoch", **history[-1])
             if best is not None and self.embedder is not None:
                 self.on_event("head")
@@ -247,50 +246,12 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------
 
     def save_rows(self, path: Path, data: TrainingData, best: dict) -> None:
-        self.vlm.save_concept(self.name, path, {"config": asdict(self.config), "data_hash": data.hash,
+        self.vlm.tokens.save(self.name, path, {"config": asdict(self.config), "data_hash": data.hash,
                                                 "best": best, "kind": self.concept["kind"]})
 
-    def save_resume_state(self, params, optimizer, history, best, data) -> None:
-        tensors = {"input_rows": params[0].detach().clone(), "output_row": params[1].detach().clone()}
-        opt = optimizer.state_dict()
-        for index, values in opt["state"].items():
-            for key, value in values.items():
-                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).clone()
-        meta = {"config": asdict(self.config), "data_hash": data.hash, "history": history, "best": best,
-                "param_groups": opt["param_groups"], "fingerprint": self.vlm.fingerprint}
-        path = self.folder / "resume.safetensors"
-        tmp = path.with_name(".resume.partial")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"yollava": json.dumps(meta)})
-        atomic_write_bytes(path, tmp.read_bytes())
-        tmp.unlink()
-
-    def load_resume_state(self, data: TrainingData) -> dict | None:
-        path = self.folder / "resume.safetensors"
-        if not path.exists():
-            return None
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads(f.metadata()["yollava"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if meta["config"] != asdict(self.config) or meta["data_hash"] != data.hash or meta["fingerprint"] != self.vlm.fingerprint:
-            raise UserError(
-                f"the interrupted run of <{self.name}> used other settings, data or base model; "
-                "train without --resume (or with the same flags)"
-            )
-        return {"meta": meta, "tensors": tensors}
-
-    def restore(self, state, params, optimizer) -> tuple[int, list, dict]:
-        tensors, meta = state["tensors"], state["meta"]
-        with torch.no_grad():
-            params[0].copy_(tensors["input_rows"])
-            params[1].copy_(tensors["output_row"])
-        opt_state = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                opt_state.setdefault(int(index), {})[name] = value
-        optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-        return len(meta["history"]), meta["history"], meta["best"]
+    def produced_by(self, data: TrainingData) -> dict:
+        """What a resume state must match: these settings, this data, this base model."""
+        return {"config": asdict(self.config), "data_hash": data.hash, "fingerprint": self.vlm.fingerprint}
 
     # -- registry -----------------------------------------------------------------------
 
@@ -332,9 +293,9 @@ class Trainer:
                     [self.vlm.ref, self.vlm.fingerprint, best["threshold"], json.dumps(metrics), now(), self.concept["id"]],
                 )
         if not interrupted:
-            (self.folder / "resume.safetensors").unlink(missing_ok=True)
+            resume_state.discard(self.folder)
         if best is not None:
-            self.vlm.load_concept(checkpoint)  # leave the best rows loaded, not the last ones
+            self.vlm.tokens.load(checkpoint)  # leave the best rows loaded, not the last ones
         return TrainResult(self.name, str(checkpoint or ""), best["epoch"] if best else 0,
                            best["threshold"] if best else 0.5, history, interrupted,
                            (best or {}).get("thresholds", {}))
