@@ -12,6 +12,7 @@ any other LLaVA-family model (apply_chat_template, processor(...), generate, lab
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 from pathlib import Path
@@ -30,6 +31,7 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaProcessor,
 )
+from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 from transformers.models.llava.modeling_llava import LlavaModel, LlavaPreTrainedModel
@@ -227,11 +229,12 @@ class GroundedLinear(nn.Module):
     def __init__(self, base: nn.Linear, delta: torch.Tensor, grounding: Grounding):
         super().__init__()
         self.base = base
-        self.grounded = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
+        # no random init: the weight is set just below (init of 120 projections cost ~0.5 s a start)
+        self.grounded = nn.utils.skip_init(nn.Linear, base.in_features, base.out_features, bias=base.bias is not None)
         with torch.no_grad():
-            self.grounded.weight.copy_(base.weight + delta.to(base.weight.dtype))
+            self.grounded.weight = nn.Parameter(base.weight + delta.to(base.weight.dtype), requires_grad=False)
             if base.bias is not None:
-                self.grounded.bias.copy_(base.bias)
+                self.grounded.bias = nn.Parameter(base.bias.clone(), requires_grad=False)
         self.grounding = grounding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -274,15 +277,19 @@ def build_pocket(cache_dir: Path, on_status=None, weights: Path | None = WEIGHTS
         image_seq_length=NUM_IMAGE_TOKENS,
         tie_word_embeddings=True,
     )
-    model = PocketForConditionalGeneration(config)
+    # With `weights`, every tensor comes from a file: torch's random init (a third of `ask`'s start)
+    # is skipped. Without, the projector to be trained needs its usual random start.
+    with no_init_weights() if weights is not None else contextlib.nullcontext():
+        model = PocketForConditionalGeneration(config)
     lm_state = load_file(str(lm_dir / "model.safetensors"))
     embed = lm_state["embed_tokens.weight"]
     # The <image> row is never read (its positions are overwritten by image features) and is
     # suppressed in generation; give it the mean embedding so it is harmless.
     lm_state["embed_tokens.weight"] = torch.cat([embed, embed.mean(0, keepdim=True)])
-    model.model.language_model.load_state_dict(lm_state, strict=True)
+    # assign: the model takes the loaded tensors as they are (no second copy of 670 MB per start)
+    model.model.language_model.load_state_dict(lm_state, strict=True, assign=True)
     model.tie_weights()
-    model.model.vision_tower.load_state_dict(load_efficientnet_lite("lite0").state_dict(), strict=True)
+    model.model.vision_tower.load_state_dict(load_efficientnet_lite("lite0").state_dict(), strict=True, assign=True)
     names = [c["name"] for c in json.loads(CATEGORIES_JSON.read_text())["classes"]]
     model.model.class_name_ids.copy_(class_name_ids(tokenizer, names))
     if weights is not None:
