@@ -403,18 +403,15 @@ def ask(
       yollava ask bo "what should I buy him for his birthday?"
       yollava ask "is <bo> in this photo?" --image park.jpg
     """
-    from yollava_cli.chat import GenerationOptions, ask as answer, open_images
+    from yollava_cli.chat import GenerationOptions, ask as answer, open_images, recognize
+    from yollava_cli.facts import prompt_notes
 
     if len(name_or_question) > 2:
         raise UserError("quote the question: yollava ask [NAME] \"QUESTION\"")
     *names, question = name_or_question
     images, keys = open_images(image or [])  # bad photos fail before the model loads
-    from yollava_cli.facts import prompt_notes
-
     registry, vlm, wanted = session(names, question, model, no_train)
     stream = None if json_ else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-    from yollava_cli.chat import recognize
-
     result = answer(vlm, wanted, question, images, keys, GenerationOptions(max_tokens, temperature, seed), stream,
                     notes=prompt_notes(registry, wanted), verdicts=recognize(registry, vlm, wanted, images, keys))
     if json_:
@@ -436,7 +433,6 @@ def chat(
     Example: yollava chat bo mam --image park.jpg
     """
     from yollava_cli.chat import ChatSession, GenerationOptions, input_history
-
     from yollava_cli.facts import prompt_notes
 
     registry, vlm, wanted = session(names or [], "", model, no_train=False)
