@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from yollava_cli import concepts
+from yollava_cli import concepts, events
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
 from yollava_cli.store import Registry
@@ -107,8 +107,8 @@ ModelOption = Annotated[
 
 
 class TrainView:
-    """Renders training events: a counted bar for each step that takes a while (mining's embedding,
-    the attribute conversations, each epoch), a line per epoch; the bars are cleared at the end."""
+    """Renders training and eval events: a counted bar for each step that takes a while (mining's
+    embedding, the attribute conversations, each epoch), a line per epoch; the bars are cleared at the end."""
 
     def __init__(self, bar: Progress, epochs: int):
         self.bar, self.epochs = bar, epochs
@@ -131,23 +131,38 @@ class TrainView:
     def embedding(self, done: int, total: int) -> None:
         self.count("Embedding photos to mine negatives", done, total)
 
-    def __call__(self, kind: str, **info) -> None:
-        if kind == "data":
-            self.count("Writing attribute conversations", info["done"], info["total"])
-        elif kind == "head":
-            self.note("Fitting the concept head and its fusion with the tokens...")
-        elif kind in ("epoch_start", "step", "validate"):
-            # per epoch: early stopping may end training before the last one, so an ETA over all of them misleads
-            label = f"Training epoch {info['epoch'] + 1} (of at most {self.epochs})"
-            doing = "validating" if kind == "validate" else f"loss {info['loss']:.3f}" if kind == "step" else ""
-            self.count(label, info.get("step", info["steps"] if kind == "validate" else 0), info["steps"], doing)
-        elif kind == "epoch":
-            v = info["validation"]
-            self.bar.console.print(
-                f"epoch {info['epoch']:>2}: loss {info['loss']:.3f}  train acc {info['train_accuracy']:.2f}  "
-                f"validation acc {v['weighted']:.2f} (positive {v['positive']:.2f}, negative {v['negative']:.2f})",
-                markup=False, highlight=False,
-            )
+    def epoch(self, epoch: int, done: int, steps: int, doing: str = "") -> None:
+        # per epoch: early stopping may end training before the last one, so an ETA over all of them misleads
+        self.count(f"Training epoch {epoch + 1} (of at most {self.epochs})", done, steps, doing)
+
+    def __call__(self, event: events.EvalEvent) -> None:
+        match event:
+            case events.WritingConversations(done, total):
+                self.count("Writing attribute conversations", done, total)
+            case events.EpochStarted(epoch, steps):
+                self.epoch(epoch, 0, steps)
+            case events.Step(epoch, step, steps, loss):
+                self.epoch(epoch, step, steps, f"loss {loss:.3f}")
+            case events.Validating(epoch, steps):
+                self.epoch(epoch, steps, steps, "validating")
+            case events.EpochDone(epoch, loss, train_accuracy, v):
+                self.bar.console.print(
+                    f"epoch {epoch:>2}: loss {loss:.3f}  train acc {train_accuracy:.2f}  "
+                    f"validation acc {v['weighted']:.2f} (positive {v['positive']:.2f}, negative {v['negative']:.2f})",
+                    markup=False, highlight=False,
+                )
+            case events.FittingHead():
+                self.note("Fitting the concept head and its fusion with the tokens...")
+            case events.EmbeddingPool(done, total):
+                self.count("Embedding the pool's photos", done, total)
+            case events.EmbeddingToMine(done, total):
+                self.embedding(done, total)
+            case events.SubjectStarted(subject, index, total, fold, folds):
+                self.note(f"<{subject}> ({index + 1}/{total}, fold {fold + 1}/{folds})")
+            case events.Scoring(method=method):
+                self.note(f"  scoring with {method}")
+            case _:
+                raise TypeError(f"not a training or eval event: {event!r}")
 
 
 @contextmanager
@@ -638,19 +653,8 @@ def eval_(
     if embedder.note:
         status(embedder.note)
     with train_view(epochs) as view:
-        def on_event(kind, **info):
-            if kind == "pool":
-                view.count("Embedding the pool's photos", info["done"], info["total"])
-            elif kind == "embed":
-                view.embedding(info["done"], info["total"])
-            elif kind == "subject":
-                view.note(f"<{info['subject']}> ({info['index'] + 1}/{info['total']}, fold {info['fold'] + 1}/{folds})")
-            elif kind == "train":
-                view(info.pop("stage"), **info)
-            elif kind == "method":
-                view.note(f"  scoring with {info['method']}")
         result = evaluation.run_eval(data, vlm, embedder, data_dir() / "eval", methods.split(","), pool or [],
-                                     TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens), folds, on_event)
+                                     TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens), folds, view)
     result["run_id"] = evaluation.record_run(registry, result)
     if report:
         result["report_files"] = [str(p) for p in evaluation.write_report(result, report)]

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from yollava_cli.backend import SCORE_BATCH, VLM, Prompt
 from yollava_cli.concepts import get_concept
 from yollava_cli.errors import UserError
+from yollava_cli.events import EpochDone, EpochStarted, FittingHead, Step, TrainEvent, Validating, WritingConversations
 from yollava_cli.fileio import atomic_write_bytes
 from yollava_cli.store import Registry, now
 from yollava_cli.synthesis import TrainingData, build_training_data, recognition_pair, score_question
@@ -121,12 +122,12 @@ class PhotoViews:
 
 class Trainer:
     def __init__(self, registry: Registry, vlm: VLM, name: str, config: TrainConfig,
-                 on_event: Callable[..., None] | None = None, embedder=None):
+                 on_event: Callable[[TrainEvent], None] | None = None, embedder=None):
         self.registry, self.vlm, self.config, self.embedder = registry, vlm, config, embedder
         self.concept = get_concept(registry, name)
         self.name = self.concept["name"]
         self.views = PhotoViews(registry)
-        self.on_event = on_event or (lambda kind, **info: None)
+        self.on_event = on_event or (lambda event: None)
         self.folder = registry.root / "checkpoints" / self.name
 
     def encode(self, example: Example):
@@ -152,7 +153,7 @@ class Trainer:
     def run(self, resume: bool = False) -> TrainResult:
         facts = self.registry.facts(self.concept["id"]) if self.config.facts_in_tokens else []
         data = build_training_data(self.registry, self.vlm, self.concept, [f["text"] for f in facts],
-                                   on_progress=lambda d, t: self.on_event("data", done=d, total=t))
+                                   on_progress=lambda d, t: self.on_event(WritingConversations(d, t)))
         if not data.negatives:
             raise UserError(f"<{self.name}> has no negatives yet: run `yollava mine {self.name}` first (it needs a pool)")
         split = split_data(data, self.config)
@@ -173,7 +174,7 @@ class Trainer:
                     break
                 examples = epoch_examples(self.name, split, epoch, self.config)
                 steps = (len(examples) + self.config.batch_size - 1) // self.config.batch_size
-                self.on_event("epoch_start", epoch=epoch, steps=steps)
+                self.on_event(EpochStarted(epoch, steps))
                 losses = []
                 for step in range(steps):
                     batch = [self.encode(e) for e in examples[step * self.config.batch_size : (step + 1) * self.config.batch_size]]
@@ -182,8 +183,8 @@ class Trainer:
                     loss.backward()
                     optimizer.step()
                     losses.append(loss.item())
-                    self.on_event("step", epoch=epoch, step=step + 1, steps=steps, loss=losses[-1])
-                self.on_event("validate", epoch=epoch, steps=steps)
+                    self.on_event(Step(epoch, step + 1, steps, losses[-1]))
+                self.on_event(Validating(epoch, steps))
                 validation = self.score(split.val_positives, split.val_negatives)
                 train = self.score(probe[:3], probe[3:])
                 history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses),
@@ -194,9 +195,9 @@ class Trainer:
                             "file": str(file.relative_to(self.registry.root))}  # a resumed run may keep an earlier run's file
                     self.save_rows(file, data, best)
                 self.save_resume_state(params, optimizer, history, best, data)
-                self.on_event("epoch", **history[-1])
+                self.on_event(EpochDone(**history[-1]))
             if best is not None and self.embedder is not None:
-                self.on_event("head")
+                self.on_event(FittingHead())
                 best["thresholds"] = self.fit_recognizer(split, best)
         except KeyboardInterrupt:
             return self.finish(run_id, data, history, best, interrupted=True)
