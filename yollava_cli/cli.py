@@ -173,16 +173,9 @@ def train_view(epochs: int):
         yield TrainView(bar, epochs)
 
 
-def train_summary(result) -> dict:
-    return {"concept": result.concept, "checkpoint": result.checkpoint, "best_epoch": result.best_epoch,
-            "threshold": result.threshold, "thresholds": result.thresholds, "interrupted": result.interrupted,
-            "history": result.history}
-
-
 def render_train(result, json_: bool) -> None:
-    data = train_summary(result)
     if json_:
-        return print_json(data)
+        return print_json(result.to_json())
     if result.interrupted:
         status(f"Interrupted: kept the best checkpoint so far (epoch {result.best_epoch}); continue with `yollava train {result.concept} --resume`.")
         raise typer.Exit(130)
@@ -335,7 +328,7 @@ def add(
                   f"{result.total_photos} in all.", markup=False, highlight=False)
     if not no_train and (result.new_photos or registry.concept(result.concept)["status"] != "trained"):
         trained = prepare(registry, result.concept, model)
-        data["trained"] = train_summary(trained)
+        data["trained"] = trained.to_json()
         if not json_:
             render_train(trained, False)
     if json_:

@@ -57,9 +57,13 @@ class TrainResult:
     checkpoint: str
     best_epoch: int
     threshold: float
-    history: list[dict] = field(default_factory=list)
-    interrupted: bool = False
     thresholds: dict = field(default_factory=dict)  # tokens, head, fused: calibrated on validation data
+    interrupted: bool = False
+    history: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """What `train --json` prints: the fields, in their order, are the keys."""
+        return asdict(self)
 
 
 def split_data(data: TrainingData, config: TrainConfig) -> Split:
@@ -337,8 +341,7 @@ class Trainer:
         if best is not None:
             self.vlm.load_concept(checkpoint)  # leave the best rows loaded, not the last ones
         return TrainResult(self.name, str(checkpoint or ""), best["epoch"] if best else 0,
-                           best["threshold"] if best else 0.5, history, interrupted,
-                           (best or {}).get("thresholds", {}))
+                           best["threshold"] if best else 0.5, (best or {}).get("thresholds", {}), interrupted, history)
 
 
 def recognition_metrics(pos: list[float], neg: list[float], threshold: float = 0.5) -> dict:
