@@ -268,18 +268,15 @@ def mine(
     with progress_bar(f"Embedding photos ({model.id})") as on_progress:
         result = mining.mine(open_registry(), name, model, pool, hard, easy, seed, duplicate_above,
                              on_status=status, on_progress=on_progress)
-    data = {"concept": result.concept, "embedder": result.embedder, "negatives": result.negatives,
-            "excluded_near_duplicates": result.excluded, "candidates": result.pool_size,
-            "newly_embedded": result.embedded, "source": result.source, "dropped": result.dropped}
     if json_:
-        return print_json(data)
+        return print_json(result.to_json())
     kinds = [n["kind"] for n in result.negatives]
     out.print(
         f"<{result.concept}>: {kinds.count('hard')} hard and {kinds.count('easy')} easy negatives from "
-        f"{result.pool_size} candidates ({result.source}; {result.embedded} newly embedded).",
+        f"{result.candidates} candidates ({result.source}; {result.newly_embedded} newly embedded).",
         markup=False, highlight=False,
     )
-    for item in result.excluded:
+    for item in result.excluded_near_duplicates:
         status(f"left out {item['photo']}: similarity {item['score']} (probably <{result.concept}> itself)")
     print_table(["kind", "score", "photo"], [[n["kind"], f"{n['score']:.3f}", n["photo"]] for n in result.negatives[:10]])
 
