@@ -308,15 +308,7 @@ def add(
     result = concepts.add_concept(registry, name, photos, kind=kind and kind.value, replace=replace, strict=strict)
     if notes:
         add_facts(registry, result.concept, notes)
-    data = {
-        "concept": result.concept,
-        "kind": result.kind,
-        "created": result.created,
-        "new_photos": result.new_photos,
-        "total_photos": result.total_photos,
-        "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
-        "facts_added": len(notes),
-    }
+    data = {**result.to_json(), "facts_added": len(notes)}
     for path, reason in result.skipped:
         status(f"skipped {path}: {reason}")
     verb = "Created" if result.created else "Updated"
