@@ -4,15 +4,20 @@ kind string that nothing ever matches."""
 
 from dataclasses import dataclass
 
-# -- training (Trainer.run) ---------------------------------------------------------------
-
 
 @dataclass(frozen=True)
-class WritingConversations:
-    """The base model answering the attribute questions about each photo (cached after once)."""
+class Counted:
+    """A step that counts what it has done of how many; each subclass names the step."""
 
     done: int
     total: int
+
+
+# -- training (Trainer.run) ---------------------------------------------------------------
+
+
+class WritingConversations(Counted):
+    """The base model answering the attribute questions about each photo (cached after once)."""
 
 
 @dataclass(frozen=True)
@@ -55,18 +60,12 @@ TrainEvent = WritingConversations | EpochStarted | Step | Validating | EpochDone
 # -- eval (run_eval); each subject's training events pass through as they are -------------
 
 
-@dataclass(frozen=True)
-class EmbeddingPool:
-    done: int
-    total: int
+class EmbeddingPool(Counted):
+    """Embedding a --pool folder's photos (cached across runs)."""
 
 
-@dataclass(frozen=True)
-class EmbeddingToMine:
+class EmbeddingToMine(Counted):
     """Embedding the concept's photos and its candidate negatives before mining."""
-
-    done: int
-    total: int
 
 
 @dataclass(frozen=True)
