@@ -22,6 +22,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--subject", default="dog")
     args = parser.parse_args()
+    from yollava_cli.events import Step
     from yollava_cli.features import FeatureCache
     from yollava_cli.training import TrainConfig, train_concept
 
@@ -37,7 +38,7 @@ def main():
     registry, vlm = prepared_concept(args.subject)
 
     steps = []
-    on_event = lambda kind, **info: steps.append(time.perf_counter()) if kind == "step" else None
+    on_event = lambda event: steps.append(time.perf_counter()) if isinstance(event, Step) else None
     start = time.perf_counter()
     result = train_concept(registry, vlm, args.subject, TrainConfig(), on_event=on_event)
     total = time.perf_counter() - start  # includes describing the photos once (attribute conversations)
@@ -48,7 +49,7 @@ def main():
             vlm.features = NoFeatureCache(None)
         times = []
         train_concept(registry, vlm, args.subject, TrainConfig(epochs=1),
-                      on_event=lambda kind, **info: times.append(time.perf_counter()) if kind == "step" else None)
+                      on_event=lambda event: times.append(time.perf_counter()) if isinstance(event, Step) else None)
         return statistics.median(b - a for a, b in zip(times, times[1:]))
 
     cached = one_epoch_step_median(True)

@@ -10,6 +10,7 @@ from conftest import shared_data
 from tiny import tiny_llava
 from yollava_cli.backend import VLM
 from yollava_cli.errors import UserError
+from yollava_cli.events import Scoring, SubjectStarted
 from yollava_cli.evaluation import auc, bootstrap_ci, load_dataset, markdown, run_eval, summarise, write_report
 from yollava_cli.training import TrainConfig, recognition_metrics
 
@@ -77,16 +78,16 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
     methods = ["yollava", "vanilla", "description", "auto-description", "embedding", "head", "fused", "ask", "word-init"]
     seen = []
 
-    def stop_at_second_subject(kind, **info):
-        if kind == "subject" and info["index"] == 1:
+    def stop_at_second_subject(event):
+        if isinstance(event, SubjectStarted) and event.index == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run_eval(data, VLM(*tiny_llava(), "tiny"), embedder, tmp_path / "eval", methods, [pool], FAST,
                  on_event=stop_at_second_subject)
     result = run_eval(data, VLM(*tiny_llava(), "tiny"), embedder, tmp_path / "eval", methods, [pool], FAST,
-                      on_event=lambda kind, **info: seen.append((kind, info.get("subject"))) )
-    evaluated = {subject for kind, subject in seen if kind == "method"}
+                      on_event=seen.append)
+    evaluated = {e.subject for e in seen if isinstance(e, Scoring)}
     assert evaluated == {"cat", "backpack"}  # dog finished before the interruption: not recomputed
     assert set(result["methods"]) == set(methods) and set(result["subjects"]) == set(SUBJECTS)
     for method in methods:
@@ -140,7 +141,7 @@ def test_baselines_read_the_identifier_without_its_trained_rows():
     from yollava_cli.prompts import Prompt
 
     vlm = VLM(*tiny_llava(), "tiny")
-    evaluator = Evaluation(None, vlm, None, None, [], FAST, lambda *args, **info: None)
+    evaluator = Evaluation(None, vlm, None, None, [], FAST, lambda event: None)
     question = [Prompt("Is <dog> in this photo?", [], [], [])]  # no concept prompt: the bare identifier
     vlm.tokens.add("dog", 2)
     neutral = vlm.yes_probabilities(question)

@@ -2,11 +2,14 @@
 ends with it."""
 
 import io
+from typing import get_args
 
+import pytest
 from rich.console import Console
 from rich.progress import Progress
 
 from tiny import tiny_llava
+from yollava_cli import events
 from yollava_cli.backend import VLM
 from yollava_cli.chat import GenerationOptions, explain
 from yollava_cli.cli import TrainView, train_view
@@ -23,15 +26,15 @@ def shown(train_view: TrainView) -> list[tuple[str, float, float | None]]:
 
 def test_training_counts_one_epoch_at_a_time_and_names_each_step():
     v = view(epochs=15)
-    v("data", done=12, total=30)
+    v(events.WritingConversations(12, 30))
     assert shown(v) == [("Writing attribute conversations", 12, 30)]
-    v("epoch_start", epoch=0, steps=6)
-    v("step", epoch=0, step=3, steps=6, loss=1.25)
+    v(events.EpochStarted(0, 6))
+    v(events.Step(0, 3, 6, 1.25))
     # early stopping may end after any epoch: a bar over all 15 (90 steps) promised a wrong ETA and froze at 30/90
     assert shown(v) == [("Training epoch 1 (of at most 15)", 3, 6)]
-    v("validate", epoch=0, steps=6)
+    v(events.Validating(0, 6))
     assert shown(v) == [("Training epoch 1 (of at most 15)", 6, 6)]
-    v("epoch_start", epoch=1, steps=6)
+    v(events.EpochStarted(1, 6))
     assert shown(v) == [("Training epoch 2 (of at most 15)", 0, 6)]
     v.embedding(5, 40)
     assert shown(v) == [("Embedding photos to mine negatives", 5, 40)]
@@ -39,6 +42,21 @@ def test_training_counts_one_epoch_at_a_time_and_names_each_step():
     assert shown(v) == []
     with train_view(15) as v:
         assert v.bar.live.transient  # the bars are cleared at the end, not left frozen
+
+
+
+def test_the_view_renders_every_event_and_refuses_anything_else():
+    validation = {"weighted": 0.75, "positive": 1.0, "negative": 0.5}
+    every = [events.WritingConversations(1, 2), events.EpochStarted(0, 6), events.Step(0, 1, 6, 0.5),
+             events.Validating(0, 6), events.EpochDone(1, 0.5, 0.9, validation), events.FittingHead(),
+             events.EmbeddingPool(1, 2), events.EmbeddingToMine(1, 2), events.SubjectStarted("dog", 0, 2, 0, 1),
+             events.Scoring("dog", "yollava")]
+    assert {type(e) for e in every} == set(get_args(events.EvalEvent))  # a new event must be rendered too
+    v = view()
+    for event in every:
+        v(event)
+    with pytest.raises(TypeError):  # what the old ("step", **info) calls were: now an error, not ignored
+        v("step")
 
 
 def test_explain_counts_the_tokens():

@@ -8,6 +8,7 @@ from tiny import tiny_llava
 from yollava_cli.backend import VLM
 from yollava_cli.concepts import add_concept, describe_concept
 from yollava_cli.errors import UserError
+from yollava_cli.events import Step
 from yollava_cli.mining import Candidate, file_loader, store_negatives
 from yollava_cli.store import Registry
 from yollava_cli.synthesis import SUBJECT_QUESTION, build_training_data, store_answer, subject_word, templates
@@ -104,9 +105,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(registry, tmp_pa
 
     seen = []
 
-    def interrupt(kind, **info):
-        if kind == "step" and info["epoch"] == 1:
-            seen.append(info)
+    def interrupt(event):
+        if isinstance(event, Step) and event.epoch == 1:
+            seen.append(event)
             raise KeyboardInterrupt
 
     stopped = train_concept(registry, tiny_vlm(), "bo", FAST, on_event=interrupt)
@@ -172,8 +173,8 @@ def test_early_stopping_runs_patience_epochs_after_the_best(registry, monkeypatc
 def test_a_run_that_fails_is_recorded_as_failed_with_its_error(registry):
     import json
 
-    def break_disk(kind, **info):
-        if kind == "step" and info["epoch"] == 1:
+    def break_disk(event):
+        if isinstance(event, Step) and event.epoch == 1:
             raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space left"):

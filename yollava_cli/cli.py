@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from yollava_cli import concepts
+from yollava_cli import concepts, events
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
 from yollava_cli.store import Registry
@@ -107,8 +107,8 @@ ModelOption = Annotated[
 
 
 class TrainView:
-    """Renders training events: a counted bar for each step that takes a while (mining's embedding,
-    the attribute conversations, each epoch), a line per epoch; the bars are cleared at the end."""
+    """Renders training and eval events: a counted bar for each step that takes a while (mining's
+    embedding, the attribute conversations, each epoch), a line per epoch; the bars are cleared at the end."""
 
     def __init__(self, bar: Progress, epochs: int):
         self.bar, self.epochs = bar, epochs
@@ -131,23 +131,38 @@ class TrainView:
     def embedding(self, done: int, total: int) -> None:
         self.count("Embedding photos to mine negatives", done, total)
 
-    def __call__(self, kind: str, **info) -> None:
-        if kind == "data":
-            self.count("Writing attribute conversations", info["done"], info["total"])
-        elif kind == "head":
-            self.note("Fitting the concept head and its fusion with the tokens...")
-        elif kind in ("epoch_start", "step", "validate"):
-            # per epoch: early stopping may end training before the last one, so an ETA over all of them misleads
-            label = f"Training epoch {info['epoch'] + 1} (of at most {self.epochs})"
-            doing = "validating" if kind == "validate" else f"loss {info['loss']:.3f}" if kind == "step" else ""
-            self.count(label, info.get("step", info["steps"] if kind == "validate" else 0), info["steps"], doing)
-        elif kind == "epoch":
-            v = info["validation"]
-            self.bar.console.print(
-                f"epoch {info['epoch']:>2}: loss {info['loss']:.3f}  train acc {info['train_accuracy']:.2f}  "
-                f"validation acc {v['weighted']:.2f} (positive {v['positive']:.2f}, negative {v['negative']:.2f})",
-                markup=False, highlight=False,
-            )
+    def epoch(self, epoch: int, done: int, steps: int, doing: str = "") -> None:
+        # per epoch: early stopping may end training before the last one, so an ETA over all of them misleads
+        self.count(f"Training epoch {epoch + 1} (of at most {self.epochs})", done, steps, doing)
+
+    def __call__(self, event: events.EvalEvent) -> None:
+        match event:
+            case events.WritingConversations(done, total):
+                self.count("Writing attribute conversations", done, total)
+            case events.EpochStarted(epoch, steps):
+                self.epoch(epoch, 0, steps)
+            case events.Step(epoch, step, steps, loss):
+                self.epoch(epoch, step, steps, f"loss {loss:.3f}")
+            case events.Validating(epoch, steps):
+                self.epoch(epoch, steps, steps, "validating")
+            case events.EpochDone(epoch, loss, train_accuracy, v):
+                self.bar.console.print(
+                    f"epoch {epoch:>2}: loss {loss:.3f}  train acc {train_accuracy:.2f}  "
+                    f"validation acc {v['weighted']:.2f} (positive {v['positive']:.2f}, negative {v['negative']:.2f})",
+                    markup=False, highlight=False,
+                )
+            case events.FittingHead():
+                self.note("Fitting the concept head and its fusion with the tokens...")
+            case events.EmbeddingPool(done, total):
+                self.count("Embedding the pool's photos", done, total)
+            case events.EmbeddingToMine(done, total):
+                self.embedding(done, total)
+            case events.SubjectStarted(subject, index, total, fold, folds):
+                self.note(f"<{subject}> ({index + 1}/{total}, fold {fold + 1}/{folds})")
+            case events.Scoring(method=method):
+                self.note(f"  scoring with {method}")
+            case _:
+                raise TypeError(f"not a training or eval event: {event!r}")
 
 
 @contextmanager
@@ -158,16 +173,9 @@ def train_view(epochs: int):
         yield TrainView(bar, epochs)
 
 
-def train_summary(result) -> dict:
-    return {"concept": result.concept, "checkpoint": result.checkpoint, "best_epoch": result.best_epoch,
-            "threshold": result.threshold, "thresholds": result.thresholds, "interrupted": result.interrupted,
-            "history": result.history}
-
-
 def render_train(result, json_: bool) -> None:
-    data = train_summary(result)
     if json_:
-        return print_json(data)
+        return print_json(result.to_json())
     if result.interrupted:
         status(f"Interrupted: kept the best checkpoint so far (epoch {result.best_epoch}); continue with `yollava train {result.concept} --resume`.")
         raise typer.Exit(130)
@@ -260,18 +268,15 @@ def mine(
     with progress_bar(f"Embedding photos ({model.id})") as on_progress:
         result = mining.mine(open_registry(), name, model, pool, hard, easy, seed, duplicate_above,
                              on_status=status, on_progress=on_progress)
-    data = {"concept": result.concept, "embedder": result.embedder, "negatives": result.negatives,
-            "excluded_near_duplicates": result.excluded, "candidates": result.pool_size,
-            "newly_embedded": result.embedded, "source": result.source, "dropped": result.dropped}
     if json_:
-        return print_json(data)
+        return print_json(result.to_json())
     kinds = [n["kind"] for n in result.negatives]
     out.print(
         f"<{result.concept}>: {kinds.count('hard')} hard and {kinds.count('easy')} easy negatives from "
-        f"{result.pool_size} candidates ({result.source}; {result.embedded} newly embedded).",
+        f"{result.candidates} candidates ({result.source}; {result.newly_embedded} newly embedded).",
         markup=False, highlight=False,
     )
-    for item in result.excluded:
+    for item in result.excluded_near_duplicates:
         status(f"left out {item['photo']}: similarity {item['score']} (probably <{result.concept}> itself)")
     print_table(["kind", "score", "photo"], [[n["kind"], f"{n['score']:.3f}", n["photo"]] for n in result.negatives[:10]])
 
@@ -303,15 +308,7 @@ def add(
     result = concepts.add_concept(registry, name, photos, kind=kind and kind.value, replace=replace, strict=strict)
     if notes:
         add_facts(registry, result.concept, notes)
-    data = {
-        "concept": result.concept,
-        "kind": result.kind,
-        "created": result.created,
-        "new_photos": result.new_photos,
-        "total_photos": result.total_photos,
-        "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
-        "facts_added": len(notes),
-    }
+    data = {**result.to_json(), "facts_added": len(notes)}
     for path, reason in result.skipped:
         status(f"skipped {path}: {reason}")
     verb = "Created" if result.created else "Updated"
@@ -320,7 +317,7 @@ def add(
                   f"{result.total_photos} in all.", markup=False, highlight=False)
     if not no_train and (result.new_photos or registry.concept(result.concept)["status"] != "trained"):
         trained = prepare(registry, result.concept, model)
-        data["trained"] = train_summary(trained)
+        data["trained"] = trained.to_json()
         if not json_:
             render_train(trained, False)
     if json_:
@@ -634,19 +631,8 @@ def eval_(
     if embedder.note:
         status(embedder.note)
     with train_view(epochs) as view:
-        def on_event(kind, **info):
-            if kind == "pool":
-                view.count("Embedding the pool's photos", info["done"], info["total"])
-            elif kind == "embed":
-                view.embedding(info["done"], info["total"])
-            elif kind == "subject":
-                view.note(f"<{info['subject']}> ({info['index'] + 1}/{info['total']}, fold {info['fold'] + 1}/{folds})")
-            elif kind == "train":
-                view(info.pop("stage"), **info)
-            elif kind == "method":
-                view.note(f"  scoring with {info['method']}")
         result = evaluation.run_eval(data, vlm, embedder, data_dir() / "eval", methods.split(","), pool or [],
-                                     TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens), folds, on_event)
+                                     TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens), folds, view)
     result["run_id"] = evaluation.record_run(registry, result)
     if report:
         result["report_files"] = [str(p) for p in evaluation.write_report(result, report)]

@@ -4,7 +4,7 @@ import difflib
 import json
 import re
 from enum import Enum
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -60,7 +60,11 @@ class AddResult:
     created: bool
     new_photos: int
     total_photos: int
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def to_json(self) -> dict:
+        """What `add --json` prints of the add: the fields are the keys, a skipped file an object."""
+        return {**asdict(self), "skipped": [{"path": p, "reason": r} for p, r in self.skipped]}
 
 
 def add_concept(

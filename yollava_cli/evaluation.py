@@ -22,6 +22,7 @@ from yollava_cli import __version__
 from yollava_cli.backend import SCORE_BATCH, VLM
 from yollava_cli.concepts import add_concept, parse_name
 from yollava_cli.errors import UserError
+from yollava_cli.events import EmbeddingPool, EmbeddingToMine, Scoring, SubjectStarted
 from yollava_cli.facts import as_sentence, set_facts
 from yollava_cli.fileio import atomic_write_bytes
 from yollava_cli.images import read_photo
@@ -369,8 +370,8 @@ class Evaluation:
         other_config = checkpoint is None or json.loads(checkpoint["config"] or "{}") != asdict(self.config)
         if concept["status"] != "trained" or concept["base_fingerprint"] != self.vlm.fingerprint or other_config:
             prepare_concept(self.registry, subject.name, lambda: self.vlm, lambda: self.embedder, self.config,
-                            on_progress=lambda done, total: self.on_event("embed", done=done, total=total),
-                            on_event=lambda stage, **info: self.on_event("train", subject=subject.name, stage=stage, **info))
+                            on_progress=lambda done, total: self.on_event(EmbeddingToMine(done, total)),
+                            on_event=self.on_event)
             concept = self.registry.concept(subject.name)
         if subject.name not in self.vlm.tokens:
             self.vlm.tokens.load(self.registry.root / self.registry.current_checkpoint(concept["id"])["file"])
@@ -404,7 +405,7 @@ class Evaluation:
         others = [p for s in self.dataset.subjects.values() if s.name != subject.name for p in s.test]
         results = {}
         for method in self.methods:
-            self.on_event("method", subject=subject.name, method=method.name)
+            self.on_event(Scoring(subject.name, method.name))
             with self.identifier_for(method, subject.name):
                 pos, neg = method.scores(self, subject.name, subject.test), method.scores(self, subject.name, others)
                 threshold = method.threshold(self, subject.name, concept)
@@ -542,14 +543,14 @@ def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: lis
         raise UserError("eval needs at least 2 subjects: each subject's test negatives are the other subjects' "
                         "test photos; name another in --subjects")
     config = config or TrainConfig()
-    on_event = on_event or (lambda kind, **info: None)
+    on_event = on_event or (lambda event: None)
     start = time.perf_counter()
     folded = []
     for fold in range(folds):
         fold_data = rotate(dataset, fold) if folds > 1 else dataset
         registry = Registry(eval_root / f"fold{fold}")
         for i, pool in enumerate(pools):
-            add_pool(registry, f"pool{i}", pool, embedder, lambda d, t: on_event("pool", done=d, total=t))
+            add_pool(registry, f"pool{i}", pool, embedder, lambda d, t: on_event(EmbeddingPool(d, t)))
         # every subject's train photos first, as a user's concepts: without --pool mining finds the
         # others' (subset or not), and each concept head knows the others
         for subject in [*fold_data.subjects.values(), *fold_data.others.values()]:
@@ -558,7 +559,7 @@ def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: lis
         done = json.loads(path.read_text()) if path.exists() else {}
         evaluation = Evaluation(fold_data, vlm, registry, embedder, methods, config, on_event)
         for index, subject in enumerate(fold_data.subjects.values()):
-            on_event("subject", subject=subject.name, index=index, total=len(fold_data.subjects), fold=fold)
+            on_event(SubjectStarted(subject.name, index, len(fold_data.subjects), fold, folds))
             if subject.name not in done:
                 done[subject.name] = evaluation.evaluate_subject(subject)
                 atomic_write_bytes(path, json.dumps(done, indent=1).encode())

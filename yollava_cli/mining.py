@@ -10,7 +10,7 @@ pool folder still being there.
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +40,15 @@ class MineResult:
     concept: str
     embedder: str
     negatives: list[dict]
-    excluded: list[dict] = field(default_factory=list)
-    pool_size: int = 0
-    embedded: int = 0
+    excluded_near_duplicates: list[dict] = field(default_factory=list)  # {"photo", "score"}: probably the concept itself
+    candidates: int = 0
+    newly_embedded: int = 0
     source: str = ""
     dropped: list[dict] = field(default_factory=list)  # chosen but not storable: {"photo", "reason"}
+
+    def to_json(self) -> dict:
+        """What `mine --json` prints: the fields, in their order, are the keys."""
+        return asdict(self)
 
 
 # -- pools ------------------------------------------------------------------------------
@@ -222,8 +226,8 @@ def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str]
     if result.dropped and on_status:
         on_status(f"dropped {len(result.dropped)} chosen negative(s) that could not be stored: "
                   + "; ".join(f"{d['photo']} ({d['reason']})" for d in result.dropped))
-    result.excluded = [{"photo": candidates[r].source, "score": round(s, 4)} for r, s in duplicate_rows]
-    result.pool_size, result.embedded, result.source = len(candidates), embedded, source
+    result.excluded_near_duplicates = [{"photo": candidates[r].source, "score": round(s, 4)} for r, s in duplicate_rows]
+    result.candidates, result.newly_embedded, result.source = len(candidates), embedded, source
     return result
 
 

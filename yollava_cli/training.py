@@ -23,6 +23,7 @@ from yollava_cli import resume as resume_state
 from yollava_cli.backend import SCORE_BATCH, VLM
 from yollava_cli.concepts import get_concept
 from yollava_cli.errors import UserError
+from yollava_cli.events import EpochDone, EpochStarted, FittingHead, Step, TrainEvent, Validating, WritingConversations
 from yollava_cli.prompts import Prompt
 from yollava_cli.store import Registry, now
 from yollava_cli.synthesis import TrainingData, build_training_data, recognition_pair, score_question
@@ -55,9 +56,13 @@ class TrainResult:
     checkpoint: str
     best_epoch: int
     threshold: float
-    history: list[dict] = field(default_factory=list)
-    interrupted: bool = False
     thresholds: dict = field(default_factory=dict)  # tokens, head, fused: calibrated on validation data
+    interrupted: bool = False
+    history: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """What `train --json` prints: the fields, in their order, are the keys."""
+        return asdict(self)
 
 
 def split_data(data: TrainingData, config: TrainConfig) -> Split:
@@ -120,12 +125,12 @@ class PhotoViews:
 
 class Trainer:
     def __init__(self, registry: Registry, vlm: VLM, name: str, config: TrainConfig,
-                 on_event: Callable[..., None] | None = None, embedder=None):
+                 on_event: Callable[[TrainEvent], None] | None = None, embedder=None):
         self.registry, self.vlm, self.config, self.embedder = registry, vlm, config, embedder
         self.concept = get_concept(registry, name)
         self.name = self.concept["name"]
         self.views = PhotoViews(registry)
-        self.on_event = on_event or (lambda kind, **info: None)
+        self.on_event = on_event or (lambda event: None)
         self.folder = registry.root / "checkpoints" / self.name
 
     def encode(self, example: Example):
@@ -151,7 +156,7 @@ class Trainer:
     def run(self, resume: bool = False) -> TrainResult:
         facts = self.registry.facts(self.concept["id"]) if self.config.facts_in_tokens else []
         data = build_training_data(self.registry, self.vlm, self.concept, [f["text"] for f in facts],
-                                   on_progress=lambda d, t: self.on_event("data", done=d, total=t))
+                                   on_progress=lambda d, t: self.on_event(WritingConversations(d, t)))
         if not data.negatives:
             raise UserError(f"<{self.name}> has no negatives yet: run `yollava mine {self.name}` first (it needs a pool)")
         split = split_data(data, self.config)
@@ -172,7 +177,7 @@ class Trainer:
                     break
                 examples = epoch_examples(self.name, split, epoch, self.config)
                 steps = (len(examples) + self.config.batch_size - 1) // self.config.batch_size
-                self.on_event("epoch_start", epoch=epoch, steps=steps)
+                self.on_event(EpochStarted(epoch, steps))
                 losses = []
                 for step in range(steps):
                     batch = [self.encode(e) for e in examples[step * self.config.batch_size : (step + 1) * self.config.batch_size]]
@@ -181,8 +186,8 @@ class Trainer:
                     loss.backward()
                     optimizer.step()
                     losses.append(loss.item())
-                    self.on_event("step", epoch=epoch, step=step + 1, steps=steps, loss=losses[-1])
-                self.on_event("validate", epoch=epoch, steps=steps)
+                    self.on_event(Step(epoch, step + 1, steps, losses[-1]))
+                self.on_event(Validating(epoch, steps))
                 validation = self.score(split.val_positives, split.val_negatives)
                 train = self.score(probe[:3], probe[3:])
                 history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses),
@@ -193,9 +198,9 @@ class Trainer:
                             "file": str(file.relative_to(self.registry.root))}  # a resumed run may keep an earlier run's file
                     self.save_rows(file, data, best)
                 resume_state.save(self.folder, params, optimizer, {**self.produced_by(data), "history": history, "best": best})
-                self.on_event("epoch", **history[-1])
+                self.on_event(EpochDone(**history[-1]))
             if best is not None and self.embedder is not None:
-                self.on_event("head")
+                self.on_event(FittingHead())
                 best["thresholds"] = self.fit_recognizer(split, best)
         except KeyboardInterrupt:
             return self.finish(run_id, data, history, best, interrupted=True)
@@ -297,8 +302,7 @@ class Trainer:
         if best is not None:
             self.vlm.tokens.load(checkpoint)  # leave the best rows loaded, not the last ones
         return TrainResult(self.name, str(checkpoint or ""), best["epoch"] if best else 0,
-                           best["threshold"] if best else 0.5, history, interrupted,
-                           (best or {}).get("thresholds", {}))
+                           best["threshold"] if best else 0.5, (best or {}).get("thresholds", {}), interrupted, history)
 
 
 def recognition_metrics(pos: list[float], neg: list[float], threshold: float = 0.5) -> dict:

@@ -1,0 +1,86 @@
+"""What training and eval report while they run: one small frozen dataclass per event, so a
+consumer dispatches with `match event: case Step(...)` and a misspelt event is an error, not a
+kind string that nothing ever matches."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A step that counts what it has done of how many; each subclass names the step."""
+
+    done: int
+    total: int
+
+
+# -- training (Trainer.run) ---------------------------------------------------------------
+
+
+class WritingConversations(Counted):
+    """The base model answering the attribute questions about each photo (cached after once)."""
+
+
+@dataclass(frozen=True)
+class EpochStarted:
+    epoch: int  # from 0
+    steps: int
+
+
+@dataclass(frozen=True)
+class Step:
+    epoch: int  # from 0
+    step: int  # from 1: steps done
+    steps: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class Validating:
+    epoch: int  # from 0
+    steps: int
+
+
+@dataclass(frozen=True)
+class EpochDone:
+    """The epoch's entry in the run's history."""
+
+    epoch: int  # from 1, as in the history
+    loss: float
+    train_accuracy: float
+    validation: dict
+
+
+@dataclass(frozen=True)
+class FittingHead:
+    """Fitting the concept head and its fusion with the tokens, after the last epoch."""
+
+
+TrainEvent = WritingConversations | EpochStarted | Step | Validating | EpochDone | FittingHead
+
+# -- eval (run_eval); each subject's training events pass through as they are -------------
+
+
+class EmbeddingPool(Counted):
+    """Embedding a --pool folder's photos (cached across runs)."""
+
+
+class EmbeddingToMine(Counted):
+    """Embedding the concept's photos and its candidate negatives before mining."""
+
+
+@dataclass(frozen=True)
+class SubjectStarted:
+    subject: str
+    index: int  # from 0
+    total: int
+    fold: int  # from 0
+    folds: int
+
+
+@dataclass(frozen=True)
+class Scoring:
+    subject: str
+    method: str
+
+
+EvalEvent = EmbeddingPool | EmbeddingToMine | SubjectStarted | Scoring | TrainEvent
