@@ -11,7 +11,7 @@ _yollava() {
     "ask") words="--image --max-tokens --temperature --seed --no-train --model --json --help" ;;
     "chat") words="--image --max-tokens --temperature --seed --model --help" ;;
     "doctor") words="--fix --json --help" ;;
-    "eval") words="--methods --subjects --pool --folds --epochs --report --history --model --json --help" ;;
+    "eval") words="--methods --subjects --pool --folds --epochs --facts-in-tokens --report --history --model --json --help" ;;
     "explain") words="--max-tokens --model --json --help" ;;
     "export") words="--with-photos --json --help" ;;
     "find") words="--threshold --top --by --verify --no-train --model --json --help" ;;
@@ -25,7 +25,7 @@ _yollava() {
     "pool rm") words="--json --help" ;;
     "rm") words="--yes -y --json --help" ;;
     "show") words="--data --json --help" ;;
-    "train") words="--k --epochs --lr --batch-size --seed --resume --model --json --help" ;;
+    "train") words="--k --epochs --lr --batch-size --seed --facts-in-tokens --resume --model --json --help" ;;
   esac
   if [[ "$cur" == -* || -z "$cmdpath" ]]; then
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
