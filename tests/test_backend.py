@@ -288,15 +288,16 @@ def test_a_loaded_concept_never_leaks_into_a_conversation_without_it(vlm):
     assert all(logits[vlm.head.identifier_ids[n]] == float("-inf") for n in names)
 
 
-def test_a_verdict_settles_only_the_first_yes_or_no():
-    """`yes=` decides the answer's opening yes/no word and nothing else: an answer that opens with
-    another word is unchanged."""
+def test_a_verdict_opens_the_answer_and_decides_nothing_else():
+    """`yes=` makes the answer open with the verdict's yes or no word, whatever the model would
+    have opened with; every later token is the model's own greedy choice."""
     vlm = VLM(*tiny_llava(), "tiny")
     prompt = Prompt("Is <bo> in this photo?", [photo()])
     free = vlm.generate(prompt, max_new_tokens=6)
-    first = vlm.tokenizer.decode(vlm.tokenizer.encode(free, add_special_tokens=False)[:1]).strip().lower()
-    if first not in ("yes", "no"):
-        assert vlm.generate(prompt, max_new_tokens=6, yes=True) == free == vlm.generate(prompt, max_new_tokens=6, yes=False)
+    assert not free.lower().startswith(("yes", "no"))  # the tiny model opens with another word
+    said_yes = vlm.generate(prompt, max_new_tokens=6, yes=True)
+    said_no = vlm.generate(prompt, max_new_tokens=6, yes=False)
+    assert said_yes.lower().startswith("yes") and said_no[:1] in ("N", "n") and not said_no.lower().startswith("yes")
     yes_id = vlm.tokenizer.encode("Yes", add_special_tokens=False)[0]
     with torch.no_grad():  # now the model opens every answer with "Yes"
         vlm.head.base.weight[yes_id] = vlm.head.base.weight.float().sum(0).to(vlm.head.base.weight.dtype) * 1e3

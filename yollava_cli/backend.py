@@ -155,10 +155,11 @@ class VLM:
                  seed: int = 0, on_text: Callable[[str], None] | None = None,
                  stop: threading.Event | None = None, yes: bool | None = None) -> str:
         """Answer a prompt; `on_text` receives the text as it is generated (greedy by default).
-        `yes`: a recognizer's verdict on the question's premise. When the answer opens with a yes or
-        a no word, that word follows the verdict (the model still writes everything after it):
-        a small model reads a photo less well than the recognizer, and a grounding line alone did
-        not move its first word (3 of 10 answers agreed on <dog>'s look-alikes)."""
+        `yes`: a recognizer's verdict on a yes/no question ("is <bo> in this photo?"). The answer
+        opens with the verdict's yes or no word and the model writes everything after it: a small
+        model reads a photo less well than the recognizer, a grounding line alone did not move its
+        first word (3 of 10 answers agreed on <dog>'s look-alikes), and left to itself it may not
+        answer yes or no at all ("A <backpack_dog>.")."""
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         encoded = self.prompts.encode(prompt)
@@ -178,12 +179,10 @@ class VLM:
             def __call__(self, input_ids, scores):
                 if yes is None or input_ids.shape[1] != ids.shape[1]:  # only the answer's first token
                     return scores
-                if int(scores[0].argmax()) in yes_ids + no_ids:
-                    scores = scores.clone()
-                    scores[:, no_ids if yes else yes_ids] = float("-inf")
-                    best = scores[:, yes_ids if yes else no_ids].max()
-                    scores[:, yes_ids if yes else no_ids] += scores.max() - best + 1.0
-                return scores
+                verdict = yes_ids if yes else no_ids
+                opening = torch.full_like(scores, float("-inf"))
+                opening[:, verdict] = scores[:, verdict]  # the model's own choice among the verdict's words
+                return opening
 
         torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
