@@ -98,6 +98,7 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
         assert "text_mcq" not in result["methods"][method]
     for subject in SUBJECTS:  # ask's answers are read as yes (1) / no (0); the head's are probabilities
         assert set(result["subjects"][subject]["ask"]["recognition"]) >= {"weighted", "auc"}
+        assert result["subjects"][subject]["ask"]["agreement_with_fused"]["rate"] == 1.0  # the verdict opens the answer
     assert result["methods"]["vanilla"]["text_mcq"]["n"] == 15
     assert result["methods"]["yollava"]["visual_mcq"]["n"] == sum(len(data.subjects[s].test) for s in SUBJECTS)
     forgetting = result["forgetting"]  # every concept loaded: generic answers must not change at all

@@ -183,6 +183,10 @@ class Method:
         """How the identifier's rows start for this method when it does not read the trained ones."""
         return {}
 
+    def extra(self, run: "Evaluation", subject: str) -> dict:
+        """Figures of this method's own, after its scores, beside the recognition entry."""
+        return {}
+
 
 class Yollava(Method):
     """The trained soft tokens, in the concept prompt: the paper's method."""
@@ -285,7 +289,12 @@ class Ask(Method):
             prompt.notes = [f"<{subject}> is {'' if probability >= cut else 'not '}in this photo."]
             answer = run.vlm.generate(prompt, max_new_tokens=ASK_TOKENS, yes=probability >= cut)
             answers.append(float(answer.lower().startswith("yes")))
+            run.agreement.setdefault(subject, []).append(answers[-1] == (probability >= cut))
         return answers
+
+    def extra(self, run, subject):
+        agreed = run.agreement.pop(subject, [])
+        return {"agreement_with_fused": {"rate": sum(agreed) / len(agreed), "n": len(agreed)}} if agreed else {}
 
 
 METHODS = {m.name: m for m in (Yollava(), Method(), Description(), AutoDescription(), Embedding(), Head(), Fused(), Ask(), WordInit())}
@@ -300,6 +309,7 @@ class Evaluation:
         self.auto_descriptions: dict[str, str] = {}
         self.embedded: dict[Path, np.ndarray] = {}
         self.token_scores: dict[tuple, list[float]] = {}
+        self.agreement: dict[str, list[bool]] = {}  # ask's yes/no against the fused verdict, per photo
 
     def photo(self, path: Path):
         if path not in self.images:
@@ -416,6 +426,7 @@ class Evaluation:
                                          "threshold": threshold, "weighted_at_threshold": at_threshold["weighted"]}}
                 if method.language:
                     entry.update(self.language_metrics(method, subject))
+                entry.update(method.extra(self, subject.name))
             results[method.name] = entry
         return results
 
@@ -495,7 +506,7 @@ def summarise(per_subject: dict[str, dict], methods: list[str]) -> dict:
         entry = {}
         for group, fields in (("recognition", ("positive", "negative", "weighted", "auc", "weighted_at_threshold")),
                               ("text_mcq", ("accuracy",)), ("visual_mcq", ("accuracy",)), ("caption_recall", ("recall",)),
-                              *((setting, ("accuracy",)) for setting in FACT_LABELS)):
+                              ("agreement_with_fused", ("rate",)), *((setting, ("accuracy",)) for setting in FACT_LABELS)):
             present = [r[group] for r in rows if group in r]
             if not present:
                 continue
@@ -653,6 +664,10 @@ def markdown(result: dict) -> str:
               "| subject | " + " | ".join(result["methods"]) + " |", "| --- |" + " --- |" * len(result["methods"])]
     for subject, methods in result["subjects"].items():
         lines.append(f"| {subject} | " + " | ".join(fmt(methods.get(m, {}).get("recognition", {}).get("weighted")) for m in result["methods"]) + " |")
+    for method, m in result["methods"].items():
+        if m.get("agreement_with_fused", {}).get("rate") is not None:
+            lines += ["", f"`{method}` answered with the fused verdict's yes or no on {m['agreement_with_fused']['rate']:.3f} "
+                          f"of {m['agreement_with_fused']['n']} photos."]
     settings = [s for s in FACT_LABELS if any(s in m for m in result["methods"].values())]
     if settings:
         lines += ["", "## Personal facts (accuracy on questions about noted facts; gift answers that build on one)", "",
