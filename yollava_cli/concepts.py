@@ -231,12 +231,7 @@ def attribute_conversation_count(registry: Registry, concept: dict) -> int:
     model); read here, not through synthesis, which would import torch into `show`."""
     templates = json.loads(resources.files("yollava_cli").joinpath("data/templates.json").read_text())
     questions = templates["attributes"]["person" if concept["kind"] == "person" else "other"]["questions"]
-    marks = ",".join("?" * len(questions))
-    return registry.db.execute(
-        f"SELECT count(*) FROM answers a JOIN concept_photos cp ON cp.sha256 = a.sha256 WHERE cp.concept_id = ? "
-        f"AND a.model = ? AND a.answer != '' AND a.prompt IN ({marks})",
-        [concept["id"], concept["base_fingerprint"] or "", *questions],
-    ).fetchone()[0]
+    return registry.answer_count(concept["id"], concept["base_fingerprint"] or "", questions)
 
 
 def list_concepts(registry: Registry) -> list[dict]:

@@ -147,15 +147,11 @@ def rename(text: str, neutral: str, name: str) -> str:
 
 
 def cached_answer(registry: Registry, fingerprint: str, sha: str, prompt: str) -> str | None:
-    row = registry.db.execute(
-        "SELECT answer FROM answers WHERE sha256 = ? AND model = ? AND prompt = ?", [sha, fingerprint, prompt]
-    ).fetchone()
-    return row[0] if row else None
+    return registry.cached_answer(sha, fingerprint, prompt)
 
 
 def store_answer(registry: Registry, vlm: VLM, sha: str, prompt: str, answer: str) -> None:
-    with registry.transaction() as db:
-        db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", [sha, vlm.fingerprint, prompt, answer])
+    registry.store_answer(sha, vlm.fingerprint, prompt, answer)
 
 
 def inspect_training_data(registry: Registry, concept: dict) -> dict:
