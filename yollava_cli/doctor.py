@@ -55,7 +55,7 @@ def examine(registry: Registry, fix: bool = False) -> dict:
     found += [problem("run", f"run {r['id']} ({r['name'] or 'eval'}) was left running by a process that died") for r in stale_runs]
 
     bad_facts = []  # written around `note` (by hand, an old tool): reported, never rewritten
-    for r in db.query("SELECT f.text, c.name FROM facts f JOIN concepts c ON c.id = f.concept_id ORDER BY f.id"):
+    for r in registry.all_facts():
         try:
             check_fact(r["text"])
         except UserError as e:

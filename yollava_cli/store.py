@@ -172,10 +172,33 @@ class Registry:
             )
         )
 
+    # -- facts --------------------------------------------------------------------------
+
     def facts(self, concept_id: int) -> list[dict]:
         """The concept's facts in the order they were noted (`note` numbers them from 1)."""
         rows = self.db.execute("SELECT id, text, created_at FROM facts WHERE concept_id = ? ORDER BY id", [concept_id])
         return [{"number": i, "text": r["text"], "created_at": r["created_at"]} for i, r in enumerate(rows, 1)]
+
+    def all_facts(self) -> list[dict]:
+        """Every concept's facts as {text, name}, in the order they were noted."""
+        return list(self.db.query("SELECT f.text, c.name FROM facts f JOIN concepts c ON c.id = f.concept_id ORDER BY f.id"))
+
+    def add_facts(self, concept_id: int, texts: list[str]) -> None:
+        with self.transaction() as db:
+            db["facts"].insert_all({"concept_id": concept_id, "text": text, "created_at": now()} for text in texts)
+
+    def replace_facts(self, concept_id: int, texts: list[str]) -> None:
+        with self.transaction() as db:
+            db["facts"].delete_where("concept_id = ?", [concept_id])
+            self.add_facts(concept_id, texts)
+
+    def remove_fact(self, concept_id: int, number: int) -> None:
+        """Delete fact `number` as `facts` numbers it."""
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM facts WHERE id = (SELECT id FROM facts WHERE concept_id = ? ORDER BY id LIMIT 1 OFFSET ?)",
+                [concept_id, number - 1],
+            )
 
     # -- answers ------------------------------------------------------------------------
 
