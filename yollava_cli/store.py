@@ -7,6 +7,7 @@ points at nothing.
 """
 
 import fcntl
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -115,9 +116,13 @@ class Registry:
     def photo_file(self, sha256: str) -> Path:
         return self.root / "photos" / sha256[:2] / f"{sha256}.jpg"
 
+    def photo(self, sha256: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM photos WHERE sha256 = ?", [sha256]).fetchone()
+        return dict(row) if row else None
+
     def store_photo(self, sha256: str, jpeg: bytes, width: int, height: int) -> bool:
         """Write the photo file (if new) and its row; returns True when the photo is new."""
-        if self.db.execute("SELECT 1 FROM photos WHERE sha256 = ?", [sha256]).fetchone():
+        if self.photo(sha256):
             return False
         path = self.photo_file(sha256)
         if not path.exists():
@@ -156,11 +161,20 @@ class Registry:
     def concepts(self) -> list[dict]:
         return [dict(r) for r in self.db.query("SELECT * FROM concepts ORDER BY name")]
 
-    def current_checkpoint(self, concept_id: int) -> dict | None:
-        row = self.db.execute(
-            "SELECT * FROM checkpoints WHERE concept_id = ? AND is_current = 1", [concept_id]
-        ).fetchone()
-        return dict(row) if row else None
+    def create_concept(self, name: str, kind: str) -> dict:
+        with self.transaction() as db:
+            db.execute("INSERT INTO concepts (name, kind, created_at, updated_at) VALUES (?, ?, ?, ?)", [name, kind, now(), now()])
+            return self.concept(name)
+
+    def add_concept_photo(self, concept_id: int, sha256: str, source_path: str) -> bool:
+        """Add a stored photo to the concept's training photos; False when it has it already."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO concept_photos (concept_id, sha256, role, source_path, added_at) "
+                "VALUES (?, ?, 'train', ?, ?)",
+                [concept_id, sha256, source_path, now()],
+            )
+        return cursor.rowcount == 1
 
     def concept_photos(self, concept_id: int) -> list[dict]:
         return list(
@@ -171,6 +185,32 @@ class Registry:
                 [concept_id],
             )
         )
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def current_checkpoint(self, concept_id: int) -> dict | None:
+        row = self.db.execute(
+            "SELECT * FROM checkpoints WHERE concept_id = ? AND is_current = 1", [concept_id]
+        ).fetchone()
+        return dict(row) if row else None
+
+    def record_checkpoint(self, concept_id: int, file: Path, base_model: str, base_fingerprint: str, k: int,
+                          threshold: float | None, metrics, config, data_hash: str | None) -> None:
+        """Make `file` (under the data dir) the concept's current checkpoint and mark the concept
+        trained on it, with its threshold and metrics: how training and importing a bundle end."""
+        stamp = now()
+        with self.transaction() as db:
+            db.execute("UPDATE checkpoints SET is_current = 0 WHERE concept_id = ?", [concept_id])
+            db.execute(
+                "INSERT INTO checkpoints (concept_id, file, base_model, base_fingerprint, k, metrics, config, data_hash, is_current, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                [concept_id, str(file.relative_to(self.root)), base_model, base_fingerprint, k, json.dumps(metrics),
+                 json.dumps(config), data_hash, stamp],
+            )
+            db.execute(
+                "UPDATE concepts SET status = 'trained', base_model = ?, base_fingerprint = ?, threshold = ?, metrics = ?, updated_at = ? WHERE id = ?",
+                [base_model, base_fingerprint, threshold, json.dumps(metrics), stamp, concept_id],
+            )
 
     # -- facts --------------------------------------------------------------------------
 
@@ -243,3 +283,31 @@ class Registry:
                 ({"sha256": sha, "embedder": embedder, "dim": len(blob) // 4, "vector": blob} for sha, blob in vectors.items()),
                 replace=True,
             )
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def start_run(self, kind: str, concept_id: int, params: dict) -> int:
+        """Record a run as 'running'; `finish_run` ends it (doctor repairs one a killed process left)."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (kind, concept_id, status, params, started_at) VALUES (?, ?, 'running', ?, ?)",
+                [kind, concept_id, json.dumps(params), now()],
+            )
+        return cursor.lastrowid
+
+    def finish_run(self, run_id: int, status: str, results: dict) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status = ?, results = ?, finished_at = ? WHERE id = ?",
+                       [status, json.dumps(results), now(), run_id])
+
+    def record_eval_run(self, params: dict, results: dict, finished_at: str) -> int:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (kind, status, params, results, started_at, finished_at) VALUES ('eval', 'done', ?, ?, ?, ?)",
+                [json.dumps(params), json.dumps(results), finished_at, finished_at],
+            )
+        return cursor.lastrowid
+
+    def eval_runs(self) -> list[dict]:
+        """Every eval run's id, results (JSON) and finish time, oldest first."""
+        return list(self.db.query("SELECT id, results, finished_at FROM runs WHERE kind = 'eval' ORDER BY id"))

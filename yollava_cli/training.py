@@ -25,7 +25,7 @@ from yollava_cli.backend import SCORE_BATCH, VLM, Prompt
 from yollava_cli.concepts import get_concept
 from yollava_cli.errors import UserError
 from yollava_cli.fileio import atomic_write_bytes
-from yollava_cli.store import Registry, now
+from yollava_cli.store import Registry
 from yollava_cli.synthesis import TrainingData, build_training_data, recognition_pair, score_question
 from yollava_cli.train_config import TrainConfig
 
@@ -295,42 +295,25 @@ class Trainer:
     # -- registry -----------------------------------------------------------------------
 
     def start_run(self, resume: bool) -> int:
-        with self.registry.transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO runs (kind, concept_id, status, params, started_at) VALUES ('train', ?, 'running', ?, ?)",
-                [self.concept["id"], json.dumps({**asdict(self.config), "resume": resume}), now()],
-            )
-        return cursor.lastrowid
+        return self.registry.start_run("train", self.concept["id"], {**asdict(self.config), "resume": resume})
 
     def fail(self, run_id: int, history: list, best: dict | None, error: Exception) -> None:
         """Mark the run `failed` with the error's first line, so it is not left `running` (which
         doctor would later report as a killed process)."""
         line = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
-        with self.registry.transaction() as db:
-            db.execute("UPDATE runs SET status = 'failed', results = ?, finished_at = ? WHERE id = ?",
-                       [json.dumps({"error": line, "history": history, "best": best}), now(), run_id])
+        self.registry.finish_run(run_id, "failed", {"error": line, "history": history, "best": best})
 
     def finish(self, run_id: int, data: TrainingData, history: list, best: dict | None, interrupted: bool) -> TrainResult:
         status = "interrupted" if interrupted else "done"
         checkpoint = self.registry.root / best["file"] if best else None
-        with self.registry.transaction() as db:
-            db.execute("UPDATE runs SET status = ?, results = ?, finished_at = ? WHERE id = ?",
-                       [status, json.dumps({"history": history, "best": best}), now(), run_id])
+        with self.registry.transaction():
+            self.registry.finish_run(run_id, status, {"history": history, "best": best})
             if best is not None:
                 metrics = {"best_epoch": best["epoch"], "validation": best["validation"], "epochs_run": len(history),
                            "thresholds": best.get("thresholds", {"tokens": best["threshold"]}),
                            "train_accuracy": history[best["epoch"] - 1]["train_accuracy"] if len(history) >= best["epoch"] else None}
-                db.execute("UPDATE checkpoints SET is_current = 0 WHERE concept_id = ?", [self.concept["id"]])
-                db.execute(
-                    "INSERT INTO checkpoints (concept_id, file, base_model, base_fingerprint, k, metrics, config, data_hash, is_current, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
-                    [self.concept["id"], str(checkpoint.relative_to(self.registry.root)), self.vlm.ref, self.vlm.fingerprint,
-                     self.config.k, json.dumps(metrics), json.dumps(asdict(self.config)), data.hash, now()],
-                )
-                db.execute(
-                    "UPDATE concepts SET status = 'trained', base_model = ?, base_fingerprint = ?, threshold = ?, metrics = ?, updated_at = ? WHERE id = ?",
-                    [self.vlm.ref, self.vlm.fingerprint, best["threshold"], json.dumps(metrics), now(), self.concept["id"]],
-                )
+                self.registry.record_checkpoint(self.concept["id"], checkpoint, self.vlm.ref, self.vlm.fingerprint, self.config.k,
+                                                best["threshold"], metrics, asdict(self.config), data.hash)
         if not interrupted:
             (self.folder / "resume.safetensors").unlink(missing_ok=True)
         if best is not None:
