@@ -161,10 +161,34 @@ class Registry:
     def concepts(self) -> list[dict]:
         return [dict(r) for r in self.db.query("SELECT * FROM concepts ORDER BY name")]
 
+    def concept_summaries(self) -> list[dict]:
+        """Every concept with its photo count, by name (what `list` shows)."""
+        return [dict(r) for r in self.db.query(
+            "SELECT c.name, c.kind, c.status, c.base_model, count(cp.sha256) AS photos, c.updated_at "
+            "FROM concepts c LEFT JOIN concept_photos cp ON cp.concept_id = c.id "
+            "GROUP BY c.id ORDER BY c.name"
+        )]
+
     def create_concept(self, name: str, kind: str) -> dict:
         with self.transaction() as db:
             db.execute("INSERT INTO concepts (name, kind, created_at, updated_at) VALUES (?, ?, ?, ?)", [name, kind, now(), now()])
             return self.concept(name)
+
+    def set_concept_status(self, concept_id: int, status: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE concepts SET status = ?, updated_at = ? WHERE id = ?", [status, now(), concept_id])
+
+    def delete_concept(self, concept_id: int) -> list[str]:
+        """Delete the concept; its photo links, negatives, facts and checkpoint rows cascade. Returns
+        the photos it used, for `delete_unused_photos`."""
+        with self.transaction() as db:
+            shas = [r[0] for r in db.execute(
+                "SELECT sha256 FROM concept_photos WHERE concept_id = ? UNION "
+                "SELECT sha256 FROM negatives WHERE concept_id = ?",
+                [concept_id, concept_id],
+            ).fetchall()]
+            db.execute("DELETE FROM concepts WHERE id = ?", [concept_id])
+        return shas
 
     def add_concept_photo(self, concept_id: int, sha256: str, source_path: str) -> bool:
         """Add a stored photo to the concept's training photos; False when it has it already."""
@@ -176,6 +200,9 @@ class Registry:
             )
         return cursor.rowcount == 1
 
+    def concept_photo_count(self, concept_id: int) -> int:
+        return self.db["concept_photos"].count_where("concept_id = ?", [concept_id])
+
     def concept_photos(self, concept_id: int) -> list[dict]:
         return list(
             self.db.query(
@@ -185,6 +212,21 @@ class Registry:
                 [concept_id],
             )
         )
+
+    # -- negatives ----------------------------------------------------------------------
+
+    def negative_counts(self, concept_id: int) -> dict[str, int]:
+        """{hard|easy: how many}; a kind the concept has none of is absent."""
+        return dict(self.db.execute(
+            "SELECT kind, count(*) FROM negatives WHERE concept_id = ? GROUP BY kind", [concept_id]
+        ).fetchall())
+
+    def hardest_negatives(self, concept_id: int, limit: int) -> list[dict]:
+        """The hard negatives most similar to the concept: {source_path, score}, most similar first."""
+        return list(self.db.query(
+            "SELECT source_path, score FROM negatives WHERE concept_id = ? AND kind = 'hard' ORDER BY score DESC LIMIT ?",
+            [concept_id, limit],
+        ))
 
     # -- checkpoints --------------------------------------------------------------------
 
@@ -211,6 +253,10 @@ class Registry:
                 "UPDATE concepts SET status = 'trained', base_model = ?, base_fingerprint = ?, threshold = ?, metrics = ?, updated_at = ? WHERE id = ?",
                 [base_model, base_fingerprint, threshold, json.dumps(metrics), stamp, concept_id],
             )
+
+    def checkpoint_files(self, concept_id: int) -> list[str]:
+        """Every checkpoint file of the concept, current or not (relative to the data dir)."""
+        return [r["file"] for r in self.db.query("SELECT file FROM checkpoints WHERE concept_id = ?", [concept_id])]
 
     # -- facts --------------------------------------------------------------------------
 
