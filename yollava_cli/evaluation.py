@@ -286,8 +286,7 @@ class Evaluation:
         sims = train @ train.T
         np.fill_diagonal(sims, -1)
         pos = sims.max(axis=1).tolist()
-        files = [self.registry.root / r[0] for r in self.registry.db.execute(
-            "SELECT p.file FROM negatives n JOIN photos p USING (sha256) WHERE n.concept_id = ?", [concept["id"]])]
+        files = [self.registry.root / file for file in self.registry.negative_files(concept["id"])]
         neg = (self.embedder.embed([read_photo(f).image for f in files]) @ train.T).max(axis=1).tolist() if files else []
         return calibrate(recognition_metrics(pos, neg))
 

@@ -10,7 +10,7 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -133,6 +133,10 @@ class Registry:
         )
         return True
 
+    def stored_photos(self) -> dict[str, str]:
+        """{sha256: file} of every stored photo, the file relative to the data dir."""
+        return {r["sha256"]: r["file"] for r in self.db.query("SELECT sha256, file FROM photos")}
+
     def delete_unused_photos(self, candidates: list[str]) -> list[str]:
         """Drop rows and files of the given photos that nothing references any more."""
         removed = []
@@ -203,6 +207,18 @@ class Registry:
     def concept_photo_count(self, concept_id: int) -> int:
         return self.db["concept_photos"].count_where("concept_id = ?", [concept_id])
 
+    def other_concepts_photos(self, concept_id: int) -> list[dict]:
+        """{sha256, file} of every photo of the other concepts: a pool to mine when none is registered."""
+        return list(self.db.query(
+            "SELECT DISTINCT p.sha256, p.file FROM concept_photos cp JOIN photos p USING (sha256) WHERE cp.concept_id != ?",
+            [concept_id],
+        ))
+
+    def other_concepts_photo_shas(self, concept_id: int) -> list[str]:
+        """The other concepts' photos in hash order: more negatives for the concept's head."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT sha256 FROM concept_photos WHERE concept_id != ?", [concept_id])]
+
     def concept_photos(self, concept_id: int) -> list[dict]:
         return list(
             self.db.query(
@@ -214,6 +230,30 @@ class Registry:
         )
 
     # -- negatives ----------------------------------------------------------------------
+
+    def negatives(self, concept_id: int) -> list[tuple[str, str]]:
+        """(sha256, easy|hard), by kind, then most similar first."""
+        return [(r["sha256"], r["kind"]) for r in self.db.query(
+            "SELECT sha256, kind FROM negatives WHERE concept_id = ? ORDER BY kind, score DESC", [concept_id]
+        )]
+
+    def negative_files(self, concept_id: int) -> list[str]:
+        """The stored files of the concept's negatives (relative to the data dir)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT p.file FROM negatives n JOIN photos p USING (sha256) WHERE n.concept_id = ?", [concept_id])]
+
+    def replace_negatives(self, concept_id: int, negatives: list[tuple], embedder: str) -> list[str]:
+        """Make (sha256, kind, score, source_path) of stored photos the concept's negatives, mined with
+        `embedder`. Returns the photos the old ones used, for `delete_unused_photos`."""
+        with self.transaction() as db:
+            old = [r[0] for r in db.execute("SELECT sha256 FROM negatives WHERE concept_id = ?", [concept_id])]
+            db.execute("DELETE FROM negatives WHERE concept_id = ?", [concept_id])
+            for sha, kind, score, source in negatives:
+                db.execute(
+                    "INSERT OR IGNORE INTO negatives (concept_id, sha256, kind, score, source_path, embedder) VALUES (?,?,?,?,?,?)",
+                    [concept_id, sha, kind, score, source, embedder],
+                )
+        return old
 
     def negative_counts(self, concept_id: int) -> dict[str, int]:
         """{hard|easy: how many}; a kind the concept has none of is absent."""
@@ -257,6 +297,40 @@ class Registry:
     def checkpoint_files(self, concept_id: int) -> list[str]:
         """Every checkpoint file of the concept, current or not (relative to the data dir)."""
         return [r["file"] for r in self.db.query("SELECT file FROM checkpoints WHERE concept_id = ?", [concept_id])]
+
+    # -- pools --------------------------------------------------------------------------
+
+    def pool(self, name: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM pools WHERE name = ?", [name]).fetchone()
+        return dict(row) if row else None
+
+    def pool_names(self) -> list[str]:
+        return [r["name"] for r in self.db.query("SELECT name FROM pools")]
+
+    def pool_summaries(self) -> list[dict]:
+        """Every pool with its photo count, by name (what `pool list` shows)."""
+        return [dict(r) for r in self.db.query(
+            "SELECT p.name, p.path, count(f.path) AS photos, p.created_at FROM pools p "
+            "LEFT JOIN pool_files f ON f.pool_id = p.id GROUP BY p.id ORDER BY p.name"
+        )]
+
+    def create_pool(self, name: str, path: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO pools (name, path, created_at) VALUES (?, ?, ?)", [name, path, now()])
+
+    def delete_pool(self, pool_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM pools WHERE id = ?", [pool_id])  # cascades to its files
+
+    def pool_files(self, pool_id: int) -> list[dict]:
+        return list(self.db.query("SELECT * FROM pool_files WHERE pool_id = ?", [pool_id]))
+
+    def update_pool_files(self, pool_id: int, vanished: Iterable[str], changed: list[dict]) -> None:
+        """Drop the files gone from the pool's folder; store ({path, sha256, size, mtime}) new or changed ones."""
+        with self.transaction() as db:
+            for path in vanished:
+                db.execute("DELETE FROM pool_files WHERE pool_id = ? AND path = ?", [pool_id, path])
+            db["pool_files"].insert_all(({**row, "pool_id": pool_id} for row in changed), replace=True)
 
     # -- facts --------------------------------------------------------------------------
 

@@ -74,9 +74,7 @@ class TrainingData:
 def build_training_data(registry: Registry, vlm: VLM, concept: dict, facts: list[str] = (),
                         on_progress: Callable[[int, int], None] | None = None) -> TrainingData:
     photos = registry.concept_photos(concept["id"])
-    negatives = [(r["sha256"], r["kind"]) for r in registry.db.query(
-        "SELECT sha256, kind FROM negatives WHERE concept_id = ? ORDER BY kind, score DESC", [concept["id"]]
-    )]
+    negatives = registry.negatives(concept["id"])
     attributes = attribute_conversations(registry, vlm, concept, photos, on_progress)
     return TrainingData([p["sha256"] for p in photos], negatives, attributes, subject_word(registry, vlm, photos),
                         [fact_conversations(concept["name"], fact) for fact in facts])
@@ -167,8 +165,7 @@ def inspect_training_data(registry: Registry, concept: dict) -> dict:
                 conversations.append({"photo": photo["sha256"][:12], "question": rename(question, spec["neutral_name"], concept["name"]),
                                       "answer": rename(answer, spec["neutral_name"], concept["name"])})
     names = [cached_answer(registry, concept["base_fingerprint"] or "", p["sha256"], SUBJECT_QUESTION) for p in photos]
-    kinds = dict(registry.db.execute(
-        "SELECT kind, count(*) FROM negatives WHERE concept_id = ? GROUP BY kind", [concept["id"]]).fetchall())
+    kinds = registry.negative_counts(concept["id"])
     return {"positive_photos": len(photos), "positive_views": 2 * len(photos), "hard_negatives": kinds.get("hard", 0),
             "easy_negatives": kinds.get("easy", 0), "recognition_templates": {side: len(pairs) for side, pairs in templates()["recognition"].items()},
             "subject_word": most_common_word([n for n in names if n]),

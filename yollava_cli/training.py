@@ -105,7 +105,7 @@ class PhotoViews:
     """Photos from the store and their derived views (mirror, crops), loaded lazily."""
 
     def __init__(self, registry: Registry):
-        self.files = {r["sha256"]: registry.root / r["file"] for r in registry.db.query("SELECT sha256, file FROM photos")}
+        self.files = {sha: registry.root / file for sha, file in registry.stored_photos().items()}
 
     def __call__(self, key: str) -> Image.Image:
         sha, _, view = key.partition("-")
@@ -213,8 +213,7 @@ class Trainer:
         from yollava_cli.embeddings import embed_photos
         from yollava_cli.recognition import attach, fit_fusion, train_head
 
-        others = [r["sha256"] for r in self.registry.db.execute(
-            "SELECT DISTINCT sha256 FROM concept_photos WHERE concept_id != ?", [self.concept["id"]])]
+        others = self.registry.other_concepts_photo_shas(self.concept["id"])
         negatives = list(dict.fromkeys([sha for sha, _ in split.negatives] + others))
         every_photo = split.positives + [key for key in split.val_positives if "-" not in key]  # not crops
         stored = embed_photos(self.registry, self.embedder, {sha: lambda sha=sha: self.views(sha)
@@ -362,7 +361,7 @@ def prepare_concept(registry: Registry, name: str, load_vlm: Callable[[], VLM], 
     from yollava_cli.mining import mine
 
     concept = get_concept(registry, name)
-    has_negatives = registry.db.execute("SELECT 1 FROM negatives WHERE concept_id = ? LIMIT 1", [concept["id"]]).fetchone()
+    has_negatives = registry.negative_counts(concept["id"])
     embedder = load_embedder()
     if concept["status"] == "added" or not has_negatives:
         if on_status:
