@@ -111,6 +111,10 @@ class Registry:
     def schema_version(self) -> int:
         return self.db.execute("SELECT count(*) FROM _migrations").fetchone()[0]
 
+    def integrity_check(self) -> str:
+        """SQLite's check of the database file: 'ok', or what is damaged."""
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
+
     # -- photos -------------------------------------------------------------------------
 
     def photo_file(self, sha256: str) -> Path:
@@ -136,6 +140,17 @@ class Registry:
     def stored_photos(self) -> dict[str, str]:
         """{sha256: file} of every stored photo, the file relative to the data dir."""
         return {r["sha256"]: r["file"] for r in self.db.query("SELECT sha256, file FROM photos")}
+
+    def forget_photo(self, sha256: str) -> None:
+        """Drop every row of a photo whose file is lost or damaged; the concepts that had it have
+        fewer photos than they were trained on, so they must be trained again."""
+        with self.transaction() as db:
+            concepts = [r[0] for r in db.execute("SELECT concept_id FROM concept_photos WHERE sha256 = ?", [sha256])]
+            db.execute("DELETE FROM concept_photos WHERE sha256 = ?", [sha256])
+            db.execute("DELETE FROM negatives WHERE sha256 = ?", [sha256])
+            db.execute("DELETE FROM photos WHERE sha256 = ?", [sha256])
+            for concept_id in concepts:
+                self.set_concept_status(concept_id, "added")
 
     def delete_unused_photos(self, candidates: list[str]) -> list[str]:
         """Drop rows and files of the given photos that nothing references any more."""
@@ -294,6 +309,21 @@ class Registry:
                 [base_model, base_fingerprint, threshold, json.dumps(metrics), stamp, concept_id],
             )
 
+    def checkpoints(self) -> list[dict]:
+        """{id, concept_id, file} of every checkpoint, the file relative to the data dir."""
+        return list(self.db.query("SELECT id, concept_id, file FROM checkpoints"))
+
+    def forget_checkpoint(self, checkpoint_id: int, concept_id: int) -> None:
+        """Drop the row of a checkpoint whose file is lost; a concept left with no current
+        checkpoint must be trained again."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM checkpoints WHERE id = ?", [checkpoint_id])
+            db.execute(
+                "UPDATE concepts SET status = 'added', threshold = NULL, updated_at = ? WHERE id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM checkpoints WHERE concept_id = ? AND is_current = 1)",
+                [now(), concept_id, concept_id],
+            )
+
     def checkpoint_files(self, concept_id: int) -> list[str]:
         """Every checkpoint file of the concept, current or not (relative to the data dir)."""
         return [r["file"] for r in self.db.query("SELECT file FROM checkpoints WHERE concept_id = ?", [concept_id])]
@@ -419,6 +449,17 @@ class Registry:
         with self.transaction() as db:
             db.execute("UPDATE runs SET status = ?, results = ?, finished_at = ? WHERE id = ?",
                        [status, json.dumps(results), now(), run_id])
+
+    def running_runs(self) -> list[dict]:
+        """{id, name} of the runs marked running; name is the concept's, None for a run without one."""
+        return list(self.db.query(
+            "SELECT r.id, c.name FROM runs r LEFT JOIN concepts c ON c.id = r.concept_id WHERE r.status = 'running'"
+        ))
+
+    def interrupt_run(self, run_id: int) -> None:
+        """Mark a run that its dead process left running as interrupted."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status = 'interrupted', finished_at = ? WHERE id = ?", [now(), run_id])
 
     def record_eval_run(self, params: dict, results: dict, finished_at: str) -> int:
         with self.transaction() as db:
