@@ -172,8 +172,7 @@ def import_concept(registry: Registry, path: Path, new_name: str | None = None, 
         raise UserError(f"concept {name!r} exists already; import with --as NEWNAME or `yollava rm {name}` first")
     decoded = []
     for member, data in photos.items():
-        stored = registry.db.execute("SELECT sha256, file, width, height FROM photos WHERE sha256 = ?",
-                                     [member.removeprefix("photos/").removesuffix(".jpg")]).fetchone()
+        stored = registry.photo(member.removeprefix("photos/").removesuffix(".jpg"))
         if stored and (registry.root / stored["file"]).read_bytes() == data:  # exported from here: the same photo
             decoded.append((stored["sha256"], data, (stored["width"], stored["height"])))
             continue
@@ -197,23 +196,12 @@ def import_concept(registry: Registry, path: Path, new_name: str | None = None, 
 
 
 def record_import(registry: Registry, name: str, manifest: dict, decoded: list, checkpoint: Path, path: Path) -> None:
-    with registry.transaction() as db:
-        stamp = now()
-        db.execute(
-            "INSERT INTO concepts (name, kind, status, base_model, base_fingerprint, threshold, metrics, created_at, updated_at) "
-            "VALUES (?, ?, 'trained', ?, ?, ?, ?, ?, ?)",
-            [name, manifest.get("kind") or "object", manifest["base_model"], manifest["base_fingerprint"],
-             manifest.get("threshold"), json.dumps(manifest.get("metrics")), stamp, stamp],
-        )
-        concept_id = registry.concept(name)["id"]
+    with registry.transaction():
+        concept_id = registry.create_concept(name, manifest.get("kind") or "object")["id"]
         for sha, jpeg, size in decoded:
             registry.store_photo(sha, jpeg, *size)
-            db.execute("INSERT OR IGNORE INTO concept_photos VALUES (?, ?, 'train', ?, ?)", [concept_id, sha, f"bundle:{path.name}", stamp])
-        for fact in manifest.get("facts", []):
-            db.execute("INSERT INTO facts (concept_id, text, created_at) VALUES (?, ?, ?)", [concept_id, fact.strip(), stamp])
-        db.execute(
-            "INSERT INTO checkpoints (concept_id, file, base_model, base_fingerprint, k, metrics, config, data_hash, is_current, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
-            [concept_id, str(checkpoint.relative_to(registry.root)), manifest["base_model"], manifest["base_fingerprint"],
-             manifest["k"], json.dumps(manifest.get("metrics")), json.dumps(manifest.get("config")), manifest.get("data_hash"), stamp],
-        )
+            registry.add_concept_photo(concept_id, sha, f"bundle:{path.name}")
+        registry.add_facts(concept_id, [fact.strip() for fact in manifest.get("facts", [])])
+        registry.record_checkpoint(concept_id, checkpoint, manifest["base_model"], manifest["base_fingerprint"], manifest["k"],
+                                   manifest.get("threshold"), manifest.get("metrics"), manifest.get("config"),
+                                   manifest.get("data_hash"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from yollava_cli.errors import UserError
 from yollava_cli.images import BadPhoto, expand_photo_paths, jpeg_bytes, read_photo
-from yollava_cli.store import Registry, now
+from yollava_cli.store import Registry
 
 KINDS = ("person", "pet", "object", "place", "character")
 Kind = Enum("Kind", {k: k for k in KINDS}, type=str)  # for the CLI's choices
@@ -98,39 +98,25 @@ def add_concept(
         raise UserError(f"no usable photo for {name!r} ({reasons})")
     encoded = {p.sha256: (p, jpeg_bytes(p.image)) for p in photos}  # encode outside the write lock
 
-    with registry.transaction() as db:
+    with registry.transaction():
         concept = registry.concept(name)
         orphaned: list[str] = []
         if concept and replace:
-            orphaned = delete_concept_rows(registry, concept)
+            orphaned = registry.delete_concept(concept["id"])
             concept = None
         created = concept is None
         if created:
-            kind = kind or "object"
-            db.execute(
-                "INSERT INTO concepts (name, kind, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                [name, kind, now(), now()],
-            )
-            concept = registry.concept(name)
+            concept = registry.create_concept(name, kind or "object")
         kind = concept["kind"]
         new = 0
         for sha, (photo, jpeg) in encoded.items():
             registry.store_photo(sha, jpeg, *photo.image.size)
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO concept_photos (concept_id, sha256, role, source_path, added_at) "
-                "VALUES (?, ?, 'train', ?, ?)",
-                [concept["id"], sha, str(photo.path.resolve()), now()],
-            )
-            new += cursor.rowcount
+            new += registry.add_concept_photo(concept["id"], sha, str(photo.path.resolve()))
         if new and not created:
             # New photos make earlier negatives and tokens stale: the concept must be mined and trained again.
-            db.execute(
-                "UPDATE concepts SET status = 'added', updated_at = ? WHERE id = ?", [now(), concept["id"]]
-            )
+            registry.set_concept_status(concept["id"], "added")
         removed = registry.delete_unused_photos(orphaned)
-        total = db.execute(
-            "SELECT count(*) FROM concept_photos WHERE concept_id = ?", [concept["id"]]
-        ).fetchone()[0]
+        total = registry.concept_photo_count(concept["id"])
     registry.unlink_photo_files(removed)
     return AddResult(name, kind, created, new, total, skipped)
 
@@ -152,30 +138,12 @@ def check_collisions(registry: Registry, name: str, kind: str | None, replace: b
             )
 
 
-def delete_concept_rows(registry: Registry, concept: dict) -> list[str]:
-    """Delete a concept's rows (inside the caller's transaction); returns its photo hashes."""
-    db = registry.db
-    shas = [
-        r[0]
-        for r in db.execute(
-            "SELECT sha256 FROM concept_photos WHERE concept_id = ? UNION "
-            "SELECT sha256 FROM negatives WHERE concept_id = ?",
-            [concept["id"], concept["id"]],
-        ).fetchall()
-    ]
-    db.execute("DELETE FROM concepts WHERE id = ?", [concept["id"]])  # cascades to its rows
-    return shas
-
-
 def remove_concept(registry: Registry, raw_name: str) -> dict:
     """Remove a concept, its checkpoints, and the photos no other concept uses."""
     concept = get_concept(registry, raw_name)
-    checkpoint_files = [
-        registry.root / r["file"]
-        for r in registry.db.query("SELECT file FROM checkpoints WHERE concept_id = ?", [concept["id"]])
-    ]
+    checkpoint_files = [registry.root / file for file in registry.checkpoint_files(concept["id"])]
     with registry.transaction():
-        removed = registry.delete_unused_photos(delete_concept_rows(registry, concept))
+        removed = registry.delete_unused_photos(registry.delete_concept(concept["id"]))
     registry.unlink_photo_files(removed)
     for path in checkpoint_files:
         path.unlink(missing_ok=True)
@@ -186,16 +154,8 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
     """Everything `show` reports about one concept, as plain JSON-able data."""
     concept = get_concept(registry, raw_name)
     photos = registry.concept_photos(concept["id"])
-    negatives = {
-        r["kind"]: r["n"]
-        for r in registry.db.query(
-            "SELECT kind, count(*) AS n FROM negatives WHERE concept_id = ? GROUP BY kind", [concept["id"]]
-        )
-    }
-    hardest = registry.db.execute(
-        "SELECT source_path, score FROM negatives WHERE concept_id = ? AND kind = 'hard' ORDER BY score DESC LIMIT 5",
-        [concept["id"]],
-    ).fetchall()
+    negatives = registry.negative_counts(concept["id"])
+    hardest = registry.hardest_negatives(concept["id"], 5)
     checkpoint = registry.current_checkpoint(concept["id"])
     return {
         "name": concept["name"],
@@ -235,18 +195,8 @@ def attribute_conversation_count(registry: Registry, concept: dict) -> int:
     model); read here, not through synthesis, which would import torch into `show`."""
     templates = json.loads(resources.files("yollava_cli").joinpath("data/templates.json").read_text())
     questions = templates["attributes"]["person" if concept["kind"] == "person" else "other"]["questions"]
-    marks = ",".join("?" * len(questions))
-    return registry.db.execute(
-        f"SELECT count(*) FROM answers a JOIN concept_photos cp ON cp.sha256 = a.sha256 WHERE cp.concept_id = ? "
-        f"AND a.model = ? AND a.answer != '' AND a.prompt IN ({marks})",
-        [concept["id"], concept["base_fingerprint"] or "", *questions],
-    ).fetchone()[0]
+    return registry.answer_count(concept["id"], concept["base_fingerprint"] or "", questions)
 
 
 def list_concepts(registry: Registry) -> list[dict]:
-    rows = registry.db.query(
-        "SELECT c.name, c.kind, c.status, c.base_model, count(cp.sha256) AS photos, c.updated_at "
-        "FROM concepts c LEFT JOIN concept_photos cp ON cp.concept_id = c.id "
-        "GROUP BY c.id ORDER BY c.name"
-    )
-    return [dict(r) for r in rows]
+    return registry.concept_summaries()

@@ -148,16 +148,8 @@ def read_auto_state(path) -> dict | None:
 
 
 def cached_vectors(registry: Registry, embedder_id: str, shas: Iterable[str]) -> dict[str, np.ndarray]:
-    wanted = list(dict.fromkeys(shas))
-    found = {}
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        rows = registry.db.execute(
-            f"SELECT sha256, vector FROM embeddings WHERE embedder = ? AND sha256 IN ({','.join('?' * len(chunk))})",
-            [embedder_id, *chunk],
-        )
-        found.update({sha: np.frombuffer(blob, dtype="<f4") for sha, blob in rows})
-    return found
+    found = registry.embeddings(embedder_id, list(dict.fromkeys(shas)))
+    return {sha: np.frombuffer(blob, dtype="<f4") for sha, blob in found.items()}
 
 
 def embed_photos(
@@ -177,13 +169,9 @@ def embed_photos(
         loaded = [(sha, image) for sha, image in loaded if image is not None]
         if loaded:
             batch = embedder.embed([image for _, image in loaded])
-            with registry.transaction() as db:
-                for (sha, _), vector in zip(loaded, batch):
-                    db.execute(
-                        "INSERT OR REPLACE INTO embeddings (sha256, embedder, dim, vector) VALUES (?, ?, ?, ?)",
-                        [sha, embedder.id, len(vector), vector.astype("<f4").tobytes()],
-                    )
-                    vectors[sha] = vector
+            fresh = {sha: vector for (sha, _), vector in zip(loaded, batch)}
+            registry.store_embeddings(embedder.id, {sha: vector.astype("<f4").tobytes() for sha, vector in fresh.items()})
+            vectors.update(fresh)
         done += len(loaded)
         if on_progress:
             on_progress(min(start + BATCH, len(todo)), len(todo))

@@ -405,8 +405,7 @@ class Evaluation:
         sims = train @ train.T
         np.fill_diagonal(sims, -1)
         pos = sims.max(axis=1).tolist()
-        files = [self.registry.root / r[0] for r in self.registry.db.execute(
-            "SELECT p.file FROM negatives n JOIN photos p USING (sha256) WHERE n.concept_id = ?", [concept["id"]])]
+        files = [self.registry.root / file for file in self.registry.negative_files(concept["id"])]
         neg = (self.embedder.embed([read_photo(f).image for f in files]) @ train.T).max(axis=1).tolist() if files else []
         return calibrate(recognition_metrics(pos, neg))
 
@@ -614,17 +613,12 @@ def merge_folds(results: list[dict]) -> dict:
 
 def record_run(registry: Registry, result: dict) -> int:
     """Keep the run in the user's registry, so cron jobs can track drift (`eval --history`)."""
-    with registry.transaction() as db:
-        cursor = db.execute(
-            "INSERT INTO runs (kind, status, params, results, started_at, finished_at) VALUES ('eval', 'done', ?, ?, ?, ?)",
-            [json.dumps({"model": result["model"], "dataset": result["dataset"], "folds": result["folds"]}),
-             json.dumps(result), result["finished_at"], result["finished_at"]],
-        )
-    return cursor.lastrowid
+    return registry.record_eval_run({"model": result["model"], "dataset": result["dataset"], "folds": result["folds"]},
+                                    result, result["finished_at"])
 
 
 def history(registry: Registry) -> list[dict]:
-    rows = registry.db.query("SELECT id, results, finished_at FROM runs WHERE kind = 'eval' ORDER BY id")
+    rows = registry.eval_runs()
     out = []
     for row in rows:
         result = json.loads(row["results"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from yollava_cli.concepts import get_concept
 from yollava_cli.errors import UserError
-from yollava_cli.store import Registry, now
+from yollava_cli.store import Registry
 
 MAX_CHARS = 500
 MAX_FACTS = 100  # per concept: they all ride in every prompt about it
@@ -42,13 +42,12 @@ def add_facts(registry: Registry, name: str, texts: list[str]) -> list[dict]:
     """Append facts to a concept in one transaction (all or none); returns the full list."""
     facts = [check_fact(t) for t in texts]
     concept = get_concept(registry, name)
-    with registry.transaction() as db:
-        count = db.execute("SELECT count(*) FROM facts WHERE concept_id = ?", [concept["id"]]).fetchone()[0]
+    with registry.transaction():
+        count = len(registry.facts(concept["id"]))
         if count + len(facts) > MAX_FACTS:
             raise UserError(f"<{concept['name']}> would have {count + len(facts)} facts; the limit is {MAX_FACTS} "
                             f"(remove some with `yollava note {concept['name']} --rm N`)")
-        for fact in facts:
-            db.execute("INSERT INTO facts (concept_id, text, created_at) VALUES (?, ?, ?)", [concept["id"], fact, now()])
+        registry.add_facts(concept["id"], facts)
     return list_facts(registry, name)
 
 
@@ -58,10 +57,7 @@ def set_facts(registry: Registry, name: str, texts: list[str]) -> None:
     if fact_texts(registry, name) == facts:
         return
     concept = get_concept(registry, name)
-    with registry.transaction() as db:
-        db.execute("DELETE FROM facts WHERE concept_id = ?", [concept["id"]])
-        for fact in facts:
-            db.execute("INSERT INTO facts (concept_id, text, created_at) VALUES (?, ?, ?)", [concept["id"], fact, now()])
+    registry.replace_facts(concept["id"], facts)
 
 
 def list_facts(registry: Registry, name: str) -> list[dict]:
@@ -72,13 +68,13 @@ def list_facts(registry: Registry, name: str) -> list[dict]:
 def remove_fact(registry: Registry, name: str, number: int) -> dict:
     """Remove fact `number` (as `note NAME` lists it); returns the removed fact."""
     concept = get_concept(registry, name)
-    with registry.transaction() as db:
-        rows = db.execute("SELECT id, text FROM facts WHERE concept_id = ? ORDER BY id", [concept["id"]]).fetchall()
-        if not 1 <= number <= len(rows):
+    with registry.transaction():
+        facts = registry.facts(concept["id"])
+        if not 1 <= number <= len(facts):
             raise UserError(f"<{concept['name']}> has no fact {number}; `yollava note {concept['name']}` lists "
-                            f"{len(rows)} fact(s)")
-        db.execute("DELETE FROM facts WHERE id = ?", [rows[number - 1]["id"]])
-    return {"number": number, "text": rows[number - 1]["text"]}
+                            f"{len(facts)} fact(s)")
+        registry.remove_fact(concept["id"], number)
+    return {"number": number, "text": facts[number - 1]["text"]}
 
 
 def fact_texts(registry: Registry, name: str) -> list[str]:

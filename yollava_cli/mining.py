@@ -20,7 +20,7 @@ from yollava_cli.config import load_config
 from yollava_cli.embeddings import Embedder, embed_photos
 from yollava_cli.errors import UserError
 from yollava_cli.images import BadPhoto, expand_photo_paths, jpeg_bytes, read_photo
-from yollava_cli.store import Registry, now
+from yollava_cli.store import Registry
 
 POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MIN_CONCEPT_POOL = 20  # other concepts' photos stand in for a pool only when there are this many
@@ -55,12 +55,12 @@ class MineResult:
 
 
 def pool_by_name(registry: Registry, name: str) -> dict:
-    row = registry.db.execute("SELECT * FROM pools WHERE name = ?", [name]).fetchone()
-    if row is None:
-        names = [r["name"] for r in registry.db.query("SELECT name FROM pools")]
+    pool = registry.pool(name)
+    if pool is None:
+        names = registry.pool_names()
         known = f" (pools: {', '.join(names)})" if names else "; add one with `yollava pool add NAME DIR`"
         raise UserError(f"unknown pool {name!r}{known}")
-    return dict(row)
+    return pool
 
 
 def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on_progress=None, on_status=None) -> dict:
@@ -70,12 +70,12 @@ def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on
     folder = folder.expanduser().resolve()
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder; a pool is a folder of photos")
-    with registry.transaction() as db:
-        existing = db.execute("SELECT path FROM pools WHERE name = ?", [name]).fetchone()
-        if existing and existing[0] != str(folder):
-            raise UserError(f"pool {name!r} already points at {existing[0]}; `yollava pool rm {name}` first")
+    with registry.transaction():
+        existing = registry.pool(name)
+        if existing and existing["path"] != str(folder):
+            raise UserError(f"pool {name!r} already points at {existing['path']}; `yollava pool rm {name}` first")
         if not existing:
-            db.execute("INSERT INTO pools (name, path, created_at) VALUES (?, ?, ?)", [name, str(folder), now()])
+            registry.create_pool(name, str(folder))
     pool = pool_by_name(registry, name)
     candidates, skipped = scan_pool(registry, pool, on_status)
     vectors, embedded = embed_photos(registry, embedder, {c.sha256: c.load for c in candidates}, on_progress)
@@ -86,16 +86,12 @@ def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on
 
 
 def list_pools(registry: Registry) -> list[dict]:
-    return [dict(r) for r in registry.db.query(
-        "SELECT p.name, p.path, count(f.path) AS photos, p.created_at FROM pools p "
-        "LEFT JOIN pool_files f ON f.pool_id = p.id GROUP BY p.id ORDER BY p.name"
-    )]
+    return registry.pool_summaries()
 
 
 def remove_pool(registry: Registry, name: str) -> dict:
     pool = pool_by_name(registry, name)
-    with registry.transaction() as db:
-        db.execute("DELETE FROM pools WHERE id = ?", [pool["id"]])
+    registry.delete_pool(pool["id"])
     return {"removed": name}
 
 
@@ -106,7 +102,7 @@ def scan_pool(registry: Registry, pool: dict, on_status=None) -> tuple[list[Cand
     folder = Path(pool["path"])
     if not folder.is_dir():
         raise UserError(f"pool {pool['name']!r}: folder {folder} is gone; `yollava pool rm {pool['name']}` or restore it")
-    known = {r["path"]: dict(r) for r in registry.db.query("SELECT * FROM pool_files WHERE pool_id = ?", [pool["id"]])}
+    known = {r["path"]: r for r in registry.pool_files(pool["id"])}
     try:
         paths = expand_photo_paths([folder])
     except UserError:
@@ -129,15 +125,8 @@ def scan_pool(registry: Registry, pool: dict, on_status=None) -> tuple[list[Cand
             on_status(f"pool {pool['name']!r}: no photos in {folder} now (an unmounted drive?); "
                       f"kept its {len(known)} known files and skipped it this time")
         return [], skipped
-    with registry.transaction() as db:
-        for rel in known.keys() - current.keys():
-            db.execute("DELETE FROM pool_files WHERE pool_id = ? AND path = ?", [pool["id"], rel])
-        for rel, row in current.items():
-            if known.get(rel) != {**row, "pool_id": pool["id"]}:
-                db.execute(
-                    "INSERT OR REPLACE INTO pool_files (pool_id, path, sha256, size, mtime) VALUES (?, ?, ?, ?, ?)",
-                    [pool["id"], rel, row["sha256"], row["size"], row["mtime"]],
-                )
+    changed = [row for rel, row in current.items() if known.get(rel) != {**row, "pool_id": pool["id"]}]
+    registry.update_pool_files(pool["id"], known.keys() - current.keys(), changed)
     candidates = [Candidate(row["sha256"], str(folder / rel), file_loader(folder / rel)) for rel, row in current.items()]
     return candidates, skipped
 
@@ -233,16 +222,13 @@ def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str]
 
 def gather_candidates(registry: Registry, concept: dict, pools: list[str] | None, on_status) -> tuple[list[Candidate], str]:
     """The chosen pools, else the configured default pools, else every pool, else other concepts' photos."""
-    names = pools or load_config().get("default_pools") or [r["name"] for r in registry.db.query("SELECT name FROM pools")]
+    names = pools or load_config().get("default_pools") or registry.pool_names()
     if names:
         candidates = []
         for name in names:
             candidates += scan_pool(registry, pool_by_name(registry, name), on_status)[0]
         return candidates, f"pool {', '.join(names)}"
-    others = list(registry.db.query(
-        "SELECT DISTINCT p.sha256, p.file FROM concept_photos cp JOIN photos p USING (sha256) WHERE cp.concept_id != ?",
-        [concept["id"]],
-    ))
+    others = registry.other_concepts_photos(concept["id"])
     if len(others) < MIN_CONCEPT_POOL:
         raise UserError(
             f"no pool to mine negatives for <{concept['name']}> from: add a folder of everyday photos (your photo "
@@ -257,7 +243,7 @@ def store_negatives(registry: Registry, concept: dict, picked: list, embedder_id
     """Copy the chosen photos into the store and replace the concept's negatives in one transaction."""
     ready, dropped = [], []
     for candidate, kind, score in picked:
-        if registry.db.execute("SELECT 1 FROM photos WHERE sha256 = ?", [candidate.sha256]).fetchone():
+        if registry.photo(candidate.sha256):
             ready.append((candidate, kind, score, None))  # already stored (another concept's photo)
             continue
         try:
@@ -270,17 +256,12 @@ def store_negatives(registry: Registry, concept: dict, picked: list, embedder_id
         else:
             dropped.append({"photo": candidate.source, "reason": "changed since it was embedded"})
     encoded = {c.sha256: jpeg_bytes(p.image) for c, _, _, p in ready if p is not None}
-    with registry.transaction() as db:
-        old = [r[0] for r in db.execute("SELECT sha256 FROM negatives WHERE concept_id = ?", [concept["id"]])]
-        db.execute("DELETE FROM negatives WHERE concept_id = ?", [concept["id"]])
+    with registry.transaction():
         for candidate, kind, score, photo in ready:
             if photo is not None:
                 registry.store_photo(candidate.sha256, encoded[candidate.sha256], *photo.image.size)
-            db.execute(
-                "INSERT OR IGNORE INTO negatives (concept_id, sha256, kind, score, source_path, embedder) VALUES (?,?,?,?,?,?)",
-                [concept["id"], candidate.sha256, kind, score, candidate.source, embedder_id],
-            )
-        db.execute("UPDATE concepts SET status = 'mined', updated_at = ? WHERE id = ?", [now(), concept["id"]])
+        old = registry.replace_negatives(concept["id"], [(c.sha256, kind, score, c.source) for c, kind, score, _ in ready], embedder_id)
+        registry.set_concept_status(concept["id"], "mined")
         removed = registry.delete_unused_photos(old)
     registry.unlink_photo_files(removed)
     negatives = [{"photo": c.source, "kind": kind, "score": round(score, 4)} for c, kind, score, _ in ready]

@@ -7,9 +7,10 @@ points at nothing.
 """
 
 import fcntl
+import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -110,14 +111,22 @@ class Registry:
     def schema_version(self) -> int:
         return self.db.execute("SELECT count(*) FROM _migrations").fetchone()[0]
 
+    def integrity_check(self) -> str:
+        """SQLite's check of the database file: 'ok', or what is damaged."""
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0]
+
     # -- photos -------------------------------------------------------------------------
 
     def photo_file(self, sha256: str) -> Path:
         return self.root / "photos" / sha256[:2] / f"{sha256}.jpg"
 
+    def photo(self, sha256: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM photos WHERE sha256 = ?", [sha256]).fetchone()
+        return dict(row) if row else None
+
     def store_photo(self, sha256: str, jpeg: bytes, width: int, height: int) -> bool:
         """Write the photo file (if new) and its row; returns True when the photo is new."""
-        if self.db.execute("SELECT 1 FROM photos WHERE sha256 = ?", [sha256]).fetchone():
+        if self.photo(sha256):
             return False
         path = self.photo_file(sha256)
         if not path.exists():
@@ -127,6 +136,21 @@ class Registry:
             [sha256, str(path.relative_to(self.root)), width, height, len(jpeg), now()],
         )
         return True
+
+    def stored_photos(self) -> dict[str, str]:
+        """{sha256: file} of every stored photo, the file relative to the data dir."""
+        return {r["sha256"]: r["file"] for r in self.db.query("SELECT sha256, file FROM photos")}
+
+    def forget_photo(self, sha256: str) -> None:
+        """Drop every row of a photo whose file is lost or damaged; the concepts that had it have
+        fewer photos than they were trained on, so they must be trained again."""
+        with self.transaction() as db:
+            concepts = [r[0] for r in db.execute("SELECT concept_id FROM concept_photos WHERE sha256 = ?", [sha256])]
+            db.execute("DELETE FROM concept_photos WHERE sha256 = ?", [sha256])
+            db.execute("DELETE FROM negatives WHERE sha256 = ?", [sha256])
+            db.execute("DELETE FROM photos WHERE sha256 = ?", [sha256])
+            for concept_id in concepts:
+                self.set_concept_status(concept_id, "added")
 
     def delete_unused_photos(self, candidates: list[str]) -> list[str]:
         """Drop rows and files of the given photos that nothing references any more."""
@@ -156,11 +180,59 @@ class Registry:
     def concepts(self) -> list[dict]:
         return [dict(r) for r in self.db.query("SELECT * FROM concepts ORDER BY name")]
 
-    def current_checkpoint(self, concept_id: int) -> dict | None:
-        row = self.db.execute(
-            "SELECT * FROM checkpoints WHERE concept_id = ? AND is_current = 1", [concept_id]
-        ).fetchone()
-        return dict(row) if row else None
+    def concept_summaries(self) -> list[dict]:
+        """Every concept with its photo count, by name (what `list` shows)."""
+        return [dict(r) for r in self.db.query(
+            "SELECT c.name, c.kind, c.status, c.base_model, count(cp.sha256) AS photos, c.updated_at "
+            "FROM concepts c LEFT JOIN concept_photos cp ON cp.concept_id = c.id "
+            "GROUP BY c.id ORDER BY c.name"
+        )]
+
+    def create_concept(self, name: str, kind: str) -> dict:
+        with self.transaction() as db:
+            db.execute("INSERT INTO concepts (name, kind, created_at, updated_at) VALUES (?, ?, ?, ?)", [name, kind, now(), now()])
+            return self.concept(name)
+
+    def set_concept_status(self, concept_id: int, status: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE concepts SET status = ?, updated_at = ? WHERE id = ?", [status, now(), concept_id])
+
+    def delete_concept(self, concept_id: int) -> list[str]:
+        """Delete the concept; its photo links, negatives, facts and checkpoint rows cascade. Returns
+        the photos it used, for `delete_unused_photos`."""
+        with self.transaction() as db:
+            shas = [r[0] for r in db.execute(
+                "SELECT sha256 FROM concept_photos WHERE concept_id = ? UNION "
+                "SELECT sha256 FROM negatives WHERE concept_id = ?",
+                [concept_id, concept_id],
+            ).fetchall()]
+            db.execute("DELETE FROM concepts WHERE id = ?", [concept_id])
+        return shas
+
+    def add_concept_photo(self, concept_id: int, sha256: str, source_path: str) -> bool:
+        """Add a stored photo to the concept's training photos; False when it has it already."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO concept_photos (concept_id, sha256, role, source_path, added_at) "
+                "VALUES (?, ?, 'train', ?, ?)",
+                [concept_id, sha256, source_path, now()],
+            )
+        return cursor.rowcount == 1
+
+    def concept_photo_count(self, concept_id: int) -> int:
+        return self.db["concept_photos"].count_where("concept_id = ?", [concept_id])
+
+    def other_concepts_photos(self, concept_id: int) -> list[dict]:
+        """{sha256, file} of every photo of the other concepts: a pool to mine when none is registered."""
+        return list(self.db.query(
+            "SELECT DISTINCT p.sha256, p.file FROM concept_photos cp JOIN photos p USING (sha256) WHERE cp.concept_id != ?",
+            [concept_id],
+        ))
+
+    def other_concepts_photo_shas(self, concept_id: int) -> list[str]:
+        """The other concepts' photos in hash order: more negatives for the concept's head."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT sha256 FROM concept_photos WHERE concept_id != ?", [concept_id])]
 
     def concept_photos(self, concept_id: int) -> list[dict]:
         return list(
@@ -172,7 +244,231 @@ class Registry:
             )
         )
 
+    # -- negatives ----------------------------------------------------------------------
+
+    def negatives(self, concept_id: int) -> list[tuple[str, str]]:
+        """(sha256, easy|hard), by kind, then most similar first."""
+        return [(r["sha256"], r["kind"]) for r in self.db.query(
+            "SELECT sha256, kind FROM negatives WHERE concept_id = ? ORDER BY kind, score DESC", [concept_id]
+        )]
+
+    def negative_files(self, concept_id: int) -> list[str]:
+        """The stored files of the concept's negatives (relative to the data dir)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT p.file FROM negatives n JOIN photos p USING (sha256) WHERE n.concept_id = ?", [concept_id])]
+
+    def replace_negatives(self, concept_id: int, negatives: list[tuple], embedder: str) -> list[str]:
+        """Make (sha256, kind, score, source_path) of stored photos the concept's negatives, mined with
+        `embedder`. Returns the photos the old ones used, for `delete_unused_photos`."""
+        with self.transaction() as db:
+            old = [r[0] for r in db.execute("SELECT sha256 FROM negatives WHERE concept_id = ?", [concept_id])]
+            db.execute("DELETE FROM negatives WHERE concept_id = ?", [concept_id])
+            for sha, kind, score, source in negatives:
+                db.execute(
+                    "INSERT OR IGNORE INTO negatives (concept_id, sha256, kind, score, source_path, embedder) VALUES (?,?,?,?,?,?)",
+                    [concept_id, sha, kind, score, source, embedder],
+                )
+        return old
+
+    def negative_counts(self, concept_id: int) -> dict[str, int]:
+        """{hard|easy: how many}; a kind the concept has none of is absent."""
+        return dict(self.db.execute(
+            "SELECT kind, count(*) FROM negatives WHERE concept_id = ? GROUP BY kind", [concept_id]
+        ).fetchall())
+
+    def hardest_negatives(self, concept_id: int, limit: int) -> list[dict]:
+        """The hard negatives most similar to the concept: {source_path, score}, most similar first."""
+        return list(self.db.query(
+            "SELECT source_path, score FROM negatives WHERE concept_id = ? AND kind = 'hard' ORDER BY score DESC LIMIT ?",
+            [concept_id, limit],
+        ))
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def current_checkpoint(self, concept_id: int) -> dict | None:
+        row = self.db.execute(
+            "SELECT * FROM checkpoints WHERE concept_id = ? AND is_current = 1", [concept_id]
+        ).fetchone()
+        return dict(row) if row else None
+
+    def record_checkpoint(self, concept_id: int, file: Path, base_model: str, base_fingerprint: str, k: int,
+                          threshold: float | None, metrics, config, data_hash: str | None) -> None:
+        """Make `file` (under the data dir) the concept's current checkpoint and mark the concept
+        trained on it, with its threshold and metrics: how training and importing a bundle end."""
+        stamp = now()
+        with self.transaction() as db:
+            db.execute("UPDATE checkpoints SET is_current = 0 WHERE concept_id = ?", [concept_id])
+            db.execute(
+                "INSERT INTO checkpoints (concept_id, file, base_model, base_fingerprint, k, metrics, config, data_hash, is_current, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                [concept_id, str(file.relative_to(self.root)), base_model, base_fingerprint, k, json.dumps(metrics),
+                 json.dumps(config), data_hash, stamp],
+            )
+            db.execute(
+                "UPDATE concepts SET status = 'trained', base_model = ?, base_fingerprint = ?, threshold = ?, metrics = ?, updated_at = ? WHERE id = ?",
+                [base_model, base_fingerprint, threshold, json.dumps(metrics), stamp, concept_id],
+            )
+
+    def checkpoints(self) -> list[dict]:
+        """{id, concept_id, file} of every checkpoint, the file relative to the data dir."""
+        return list(self.db.query("SELECT id, concept_id, file FROM checkpoints"))
+
+    def forget_checkpoint(self, checkpoint_id: int, concept_id: int) -> None:
+        """Drop the row of a checkpoint whose file is lost; a concept left with no current
+        checkpoint must be trained again."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM checkpoints WHERE id = ?", [checkpoint_id])
+            db.execute(
+                "UPDATE concepts SET status = 'added', threshold = NULL, updated_at = ? WHERE id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM checkpoints WHERE concept_id = ? AND is_current = 1)",
+                [now(), concept_id, concept_id],
+            )
+
+    def checkpoint_files(self, concept_id: int) -> list[str]:
+        """Every checkpoint file of the concept, current or not (relative to the data dir)."""
+        return [r["file"] for r in self.db.query("SELECT file FROM checkpoints WHERE concept_id = ?", [concept_id])]
+
+    # -- pools --------------------------------------------------------------------------
+
+    def pool(self, name: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM pools WHERE name = ?", [name]).fetchone()
+        return dict(row) if row else None
+
+    def pool_names(self) -> list[str]:
+        return [r["name"] for r in self.db.query("SELECT name FROM pools")]
+
+    def pool_summaries(self) -> list[dict]:
+        """Every pool with its photo count, by name (what `pool list` shows)."""
+        return [dict(r) for r in self.db.query(
+            "SELECT p.name, p.path, count(f.path) AS photos, p.created_at FROM pools p "
+            "LEFT JOIN pool_files f ON f.pool_id = p.id GROUP BY p.id ORDER BY p.name"
+        )]
+
+    def create_pool(self, name: str, path: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO pools (name, path, created_at) VALUES (?, ?, ?)", [name, path, now()])
+
+    def delete_pool(self, pool_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM pools WHERE id = ?", [pool_id])  # cascades to its files
+
+    def pool_files(self, pool_id: int) -> list[dict]:
+        return list(self.db.query("SELECT * FROM pool_files WHERE pool_id = ?", [pool_id]))
+
+    def update_pool_files(self, pool_id: int, vanished: Iterable[str], changed: list[dict]) -> None:
+        """Drop the files gone from the pool's folder; store ({path, sha256, size, mtime}) new or changed ones."""
+        with self.transaction() as db:
+            for path in vanished:
+                db.execute("DELETE FROM pool_files WHERE pool_id = ? AND path = ?", [pool_id, path])
+            db["pool_files"].insert_all(({**row, "pool_id": pool_id} for row in changed), replace=True)
+
+    # -- facts --------------------------------------------------------------------------
+
     def facts(self, concept_id: int) -> list[dict]:
         """The concept's facts in the order they were noted (`note` numbers them from 1)."""
         rows = self.db.execute("SELECT id, text, created_at FROM facts WHERE concept_id = ? ORDER BY id", [concept_id])
         return [{"number": i, "text": r["text"], "created_at": r["created_at"]} for i, r in enumerate(rows, 1)]
+
+    def all_facts(self) -> list[dict]:
+        """Every concept's facts as {text, name}, in the order they were noted."""
+        return list(self.db.query("SELECT f.text, c.name FROM facts f JOIN concepts c ON c.id = f.concept_id ORDER BY f.id"))
+
+    def add_facts(self, concept_id: int, texts: list[str]) -> None:
+        with self.transaction() as db:
+            db["facts"].insert_all({"concept_id": concept_id, "text": text, "created_at": now()} for text in texts)
+
+    def replace_facts(self, concept_id: int, texts: list[str]) -> None:
+        with self.transaction() as db:
+            db["facts"].delete_where("concept_id = ?", [concept_id])
+            self.add_facts(concept_id, texts)
+
+    def remove_fact(self, concept_id: int, number: int) -> None:
+        """Delete fact `number` as `facts` numbers it."""
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM facts WHERE id = (SELECT id FROM facts WHERE concept_id = ? ORDER BY id LIMIT 1 OFFSET ?)",
+                [concept_id, number - 1],
+            )
+
+    # -- answers ------------------------------------------------------------------------
+
+    def cached_answer(self, sha256: str, model: str, prompt: str) -> str | None:
+        row = self.db.execute(
+            "SELECT answer FROM answers WHERE sha256 = ? AND model = ? AND prompt = ?", [sha256, model, prompt]
+        ).fetchone()
+        return row[0] if row else None
+
+    def store_answer(self, sha256: str, model: str, prompt: str, answer: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", [sha256, model, prompt, answer])
+
+    def answer_count(self, concept_id: int, model: str, prompts: list[str]) -> int:
+        """How many non-empty answers `model` has given to `prompts` about the concept's photos."""
+        marks = ",".join("?" * len(prompts))
+        return self.db.execute(
+            f"SELECT count(*) FROM answers a JOIN concept_photos cp ON cp.sha256 = a.sha256 WHERE cp.concept_id = ? "
+            f"AND a.model = ? AND a.answer != '' AND a.prompt IN ({marks})",
+            [concept_id, model, *prompts],
+        ).fetchone()[0]
+
+    # -- embeddings ---------------------------------------------------------------------
+
+    def embeddings(self, embedder: str, shas: list[str]) -> dict[str, bytes]:
+        """The cached vectors (float32, little endian) of those photos that have one, read 500 at a
+        time to stay under SQLite's limit on query parameters."""
+        found = {}
+        for start in range(0, len(shas), 500):
+            chunk = shas[start : start + 500]
+            rows = self.db.execute(
+                f"SELECT sha256, vector FROM embeddings WHERE embedder = ? AND sha256 IN ({','.join('?' * len(chunk))})",
+                [embedder, *chunk],
+            )
+            found.update({sha: blob for sha, blob in rows})
+        return found
+
+    def store_embeddings(self, embedder: str, vectors: dict[str, bytes]) -> None:
+        """Cache {sha256: float32 little-endian vector}, replacing earlier ones."""
+        with self.transaction() as db:
+            db["embeddings"].insert_all(
+                ({"sha256": sha, "embedder": embedder, "dim": len(blob) // 4, "vector": blob} for sha, blob in vectors.items()),
+                replace=True,
+            )
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def start_run(self, kind: str, concept_id: int, params: dict) -> int:
+        """Record a run as 'running'; `finish_run` ends it (doctor repairs one a killed process left)."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (kind, concept_id, status, params, started_at) VALUES (?, ?, 'running', ?, ?)",
+                [kind, concept_id, json.dumps(params), now()],
+            )
+        return cursor.lastrowid
+
+    def finish_run(self, run_id: int, status: str, results: dict) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status = ?, results = ?, finished_at = ? WHERE id = ?",
+                       [status, json.dumps(results), now(), run_id])
+
+    def running_runs(self) -> list[dict]:
+        """{id, name} of the runs marked running; name is the concept's, None for a run without one."""
+        return list(self.db.query(
+            "SELECT r.id, c.name FROM runs r LEFT JOIN concepts c ON c.id = r.concept_id WHERE r.status = 'running'"
+        ))
+
+    def interrupt_run(self, run_id: int) -> None:
+        """Mark a run that its dead process left running as interrupted."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status = 'interrupted', finished_at = ? WHERE id = ?", [now(), run_id])
+
+    def record_eval_run(self, params: dict, results: dict, finished_at: str) -> int:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (kind, status, params, results, started_at, finished_at) VALUES ('eval', 'done', ?, ?, ?, ?)",
+                [json.dumps(params), json.dumps(results), finished_at, finished_at],
+            )
+        return cursor.lastrowid
+
+    def eval_runs(self) -> list[dict]:
+        """Every eval run's id, results (JSON) and finish time, oldest first."""
+        return list(self.db.query("SELECT id, results, finished_at FROM runs WHERE kind = 'eval' ORDER BY id"))

@@ -75,9 +75,7 @@ class TrainingData:
 def build_training_data(registry: Registry, vlm: VLM, concept: dict, facts: list[str] = (),
                         on_progress: Callable[[int, int], None] | None = None) -> TrainingData:
     photos = registry.concept_photos(concept["id"])
-    negatives = [(r["sha256"], r["kind"]) for r in registry.db.query(
-        "SELECT sha256, kind FROM negatives WHERE concept_id = ? ORDER BY kind, score DESC", [concept["id"]]
-    )]
+    negatives = registry.negatives(concept["id"])
     attributes = attribute_conversations(registry, vlm, concept, photos, on_progress)
     return TrainingData([p["sha256"] for p in photos], negatives, attributes, subject_word(registry, vlm, photos),
                         [fact_conversations(concept["name"], fact) for fact in facts])
@@ -148,15 +146,11 @@ def rename(text: str, neutral: str, name: str) -> str:
 
 
 def cached_answer(registry: Registry, fingerprint: str, sha: str, prompt: str) -> str | None:
-    row = registry.db.execute(
-        "SELECT answer FROM answers WHERE sha256 = ? AND model = ? AND prompt = ?", [sha, fingerprint, prompt]
-    ).fetchone()
-    return row[0] if row else None
+    return registry.cached_answer(sha, fingerprint, prompt)
 
 
 def store_answer(registry: Registry, vlm: VLM, sha: str, prompt: str, answer: str) -> None:
-    with registry.transaction() as db:
-        db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", [sha, vlm.fingerprint, prompt, answer])
+    registry.store_answer(sha, vlm.fingerprint, prompt, answer)
 
 
 def inspect_training_data(registry: Registry, concept: dict) -> dict:
@@ -172,8 +166,7 @@ def inspect_training_data(registry: Registry, concept: dict) -> dict:
                 conversations.append({"photo": photo["sha256"][:12], "question": rename(question, spec["neutral_name"], concept["name"]),
                                       "answer": rename(answer, spec["neutral_name"], concept["name"])})
     names = [cached_answer(registry, concept["base_fingerprint"] or "", p["sha256"], SUBJECT_QUESTION) for p in photos]
-    kinds = dict(registry.db.execute(
-        "SELECT kind, count(*) FROM negatives WHERE concept_id = ? GROUP BY kind", [concept["id"]]).fetchall())
+    kinds = registry.negative_counts(concept["id"])
     return {"positive_photos": len(photos), "positive_views": 2 * len(photos), "hard_negatives": kinds.get("hard", 0),
             "easy_negatives": kinds.get("easy", 0), "recognition_templates": {side: len(pairs) for side, pairs in templates()["recognition"].items()},
             "subject_word": most_common_word([n for n in names if n]),

@@ -25,7 +25,7 @@ from yollava_cli.concepts import get_concept
 from yollava_cli.errors import UserError
 from yollava_cli.events import EpochDone, EpochStarted, FittingHead, Step, TrainEvent, Validating, WritingConversations
 from yollava_cli.prompts import Prompt
-from yollava_cli.store import Registry, now
+from yollava_cli.store import Registry
 from yollava_cli.synthesis import TrainingData, build_training_data, recognition_pair, score_question
 from yollava_cli.train_config import TrainConfig
 
@@ -109,7 +109,7 @@ class PhotoViews:
     """Photos from the store and their derived views (mirror, crops), loaded lazily."""
 
     def __init__(self, registry: Registry):
-        self.files = {r["sha256"]: registry.root / r["file"] for r in registry.db.query("SELECT sha256, file FROM photos")}
+        self.files = {sha: registry.root / file for sha, file in registry.stored_photos().items()}
 
     def __call__(self, key: str) -> Image.Image:
         sha, _, view = key.partition("-")
@@ -217,8 +217,7 @@ class Trainer:
         from yollava_cli.embeddings import embed_photos
         from yollava_cli.recognition import attach, fit_fusion, train_head
 
-        others = [r["sha256"] for r in self.registry.db.execute(
-            "SELECT DISTINCT sha256 FROM concept_photos WHERE concept_id != ?", [self.concept["id"]])]
+        others = self.registry.other_concepts_photo_shas(self.concept["id"])
         negatives = list(dict.fromkeys([sha for sha, _ in split.negatives] + others))
         every_photo = split.positives + [key for key in split.val_positives if "-" not in key]  # not crops
         stored = embed_photos(self.registry, self.embedder, {sha: lambda sha=sha: self.views(sha)
@@ -261,42 +260,25 @@ class Trainer:
     # -- registry -----------------------------------------------------------------------
 
     def start_run(self, resume: bool) -> int:
-        with self.registry.transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO runs (kind, concept_id, status, params, started_at) VALUES ('train', ?, 'running', ?, ?)",
-                [self.concept["id"], json.dumps({**asdict(self.config), "resume": resume}), now()],
-            )
-        return cursor.lastrowid
+        return self.registry.start_run("train", self.concept["id"], {**asdict(self.config), "resume": resume})
 
     def fail(self, run_id: int, history: list, best: dict | None, error: Exception) -> None:
         """Mark the run `failed` with the error's first line, so it is not left `running` (which
         doctor would later report as a killed process)."""
         line = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
-        with self.registry.transaction() as db:
-            db.execute("UPDATE runs SET status = 'failed', results = ?, finished_at = ? WHERE id = ?",
-                       [json.dumps({"error": line, "history": history, "best": best}), now(), run_id])
+        self.registry.finish_run(run_id, "failed", {"error": line, "history": history, "best": best})
 
     def finish(self, run_id: int, data: TrainingData, history: list, best: dict | None, interrupted: bool) -> TrainResult:
         status = "interrupted" if interrupted else "done"
         checkpoint = self.registry.root / best["file"] if best else None
-        with self.registry.transaction() as db:
-            db.execute("UPDATE runs SET status = ?, results = ?, finished_at = ? WHERE id = ?",
-                       [status, json.dumps({"history": history, "best": best}), now(), run_id])
+        with self.registry.transaction():
+            self.registry.finish_run(run_id, status, {"history": history, "best": best})
             if best is not None:
                 metrics = {"best_epoch": best["epoch"], "validation": best["validation"], "epochs_run": len(history),
                            "thresholds": best.get("thresholds", {"tokens": best["threshold"]}),
                            "train_accuracy": history[best["epoch"] - 1]["train_accuracy"] if len(history) >= best["epoch"] else None}
-                db.execute("UPDATE checkpoints SET is_current = 0 WHERE concept_id = ?", [self.concept["id"]])
-                db.execute(
-                    "INSERT INTO checkpoints (concept_id, file, base_model, base_fingerprint, k, metrics, config, data_hash, is_current, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
-                    [self.concept["id"], str(checkpoint.relative_to(self.registry.root)), self.vlm.ref, self.vlm.fingerprint,
-                     self.config.k, json.dumps(metrics), json.dumps(asdict(self.config)), data.hash, now()],
-                )
-                db.execute(
-                    "UPDATE concepts SET status = 'trained', base_model = ?, base_fingerprint = ?, threshold = ?, metrics = ?, updated_at = ? WHERE id = ?",
-                    [self.vlm.ref, self.vlm.fingerprint, best["threshold"], json.dumps(metrics), now(), self.concept["id"]],
-                )
+                self.registry.record_checkpoint(self.concept["id"], checkpoint, self.vlm.ref, self.vlm.fingerprint, self.config.k,
+                                                best["threshold"], metrics, asdict(self.config), data.hash)
         if not interrupted:
             resume_state.discard(self.folder)
         if best is not None:
@@ -344,7 +326,7 @@ def prepare_concept(registry: Registry, name: str, load_vlm: Callable[[], VLM], 
     from yollava_cli.mining import mine
 
     concept = get_concept(registry, name)
-    has_negatives = registry.db.execute("SELECT 1 FROM negatives WHERE concept_id = ? LIMIT 1", [concept["id"]]).fetchone()
+    has_negatives = registry.negative_counts(concept["id"])
     embedder = load_embedder()
     if concept["status"] == "added" or not has_negatives:
         if on_status:
