@@ -180,7 +180,7 @@ def test_eval_retrains_a_subject_trained_under_other_settings(tmp_path, monkeypa
             db.execute("UPDATE concepts SET status = 'trained', base_fingerprint = 'fp', threshold = 0.5 WHERE id = ?", [concept["id"]])
 
     class LoadedVLM:
-        fingerprint, k = "fp", {"dog": 2}  # already loaded: nothing to read from disk
+        fingerprint, tokens = "fp", {"dog"}  # already loaded: nothing to read from disk
 
     monkeypatch.setattr(evaluation, "prepare_concept", prepare_concept)
     subject = Subject("dog", "pet", [photo], [photo])
