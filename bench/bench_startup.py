@@ -5,10 +5,11 @@ Each is run as a fresh process, several times, in a scratch data dir holding one
 shared `dog`, trained for one epoch against the ImageNet sample: `ask` needs trained tokens, and
 their quality does not change the start); the median wall time is reported, and as a ratio to a
 bare `python -c pass` timed in the same run, so machines of different speeds compare.
-Run:  python bench/bench_startup.py  (writes bench/results/startup.json; ~3 min, most of it setup)
+Run:  python bench/bench_startup.py [--out FILE]  (writes bench/results/startup.json; ~3 min, most of it setup)
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -50,6 +51,7 @@ def first_character(argv: list[str], env: dict, repeats: int) -> float:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "startup.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "YOLLAVA_HOME": home, "PYTHONPATH": str(REPO)}
@@ -75,10 +77,11 @@ def main():
             print(f"{label:30} {seconds:.3f} s  ({seconds / bare:.1f}x bare python)")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     report = {"commit": commit, "repeats": args.repeats, "bare_python_s": round(bare, 3),
+              # transformers imports torchvision (~1 s) when it is installed (the open_clip extra)
+              "torchvision_installed": importlib.util.find_spec("torchvision") is not None,
               "cpus": os.cpu_count(), "load_average": os.getloadavg(), "commands": results}
     print(f"bare python {bare:.3f} s")
-    out = REPO / "bench" / "results" / "startup.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
