@@ -9,7 +9,6 @@ probability, not on the training photos as the official code does. After each ep
 state (rows, optimizer, history) is saved, so an interrupted run resumes to the same result.
 """
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
