@@ -139,7 +139,10 @@ def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained):
     home, model_dir, _ = trained
     primary, secondary = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "yollava_cli", "chat", "bo", "--model", str(model_dir), "--max-tokens", "3000"],
+        # sampled, not greedy: a greedy tiny model soon repeats itself and the loop guard ends the
+        # answer, which under load can happen before the Ctrl-C arrives
+        [sys.executable, "-m", "yollava_cli", "chat", "bo", "--model", str(model_dir), "--max-tokens", "3000",
+         "--temperature", "1.0"],
         stdin=secondary, stdout=secondary, stderr=secondary, env={**os.environ, "YOLLAVA_HOME": str(home)},
         start_new_session=True,
     )
