@@ -310,6 +310,7 @@ class Evaluation:
         self.embedded: dict[Path, np.ndarray] = {}
         self.token_scores: dict[tuple, list[float]] = {}
         self.agreement: dict[str, list[bool]] = {}  # ask's yes/no against the fused verdict, per photo
+        self.recognizers: dict[str, object] = {}
 
     def photo(self, path: Path):
         if path not in self.images:
@@ -332,12 +333,14 @@ class Evaluation:
         return out
 
     def recognizer(self, subject: str):
+        """The subject's head and fusion, read from its checkpoint once (head, fused and ask all use it)."""
         from yollava_cli.recognition import current
 
-        recognizer = current(self.registry, self.registry.concept(subject))
-        if recognizer is None:
+        if subject not in self.recognizers:
+            self.recognizers[subject] = current(self.registry, self.registry.concept(subject))
+        if self.recognizers[subject] is None:
             raise UserError(f"<{subject}> has no concept head: this eval needs an image embedder at training")
-        return recognizer
+        return self.recognizers[subject]
 
     def auto_description(self, subject: str) -> str:
         """The base model describes the train photos, then sums them up in one sentence (paper Table 27)."""

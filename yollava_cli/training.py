@@ -223,10 +223,11 @@ class Trainer:
                                                              for sha in every_photo + negatives})[0]
         negative_vectors = np.stack([stored[s] for s in negatives if s in stored])
 
+        flips = dict(zip(every_photo, self.embedder.embed([self.views(f"{sha}-flip") for sha in every_photo])))
+
         def fit_head(positives: list[str]):
-            flips = self.embedder.embed([self.views(f"{sha}-flip") for sha in positives])
-            return train_head(self.embedder.id, np.concatenate([np.stack([stored[s] for s in positives]), flips]),
-                              positives * 2, negative_vectors)
+            vectors = [stored[s] for s in positives] + [flips[s] for s in positives]
+            return train_head(self.embedder.id, np.stack(vectors), positives * 2, negative_vectors)
 
         recognizer = fit_head(split.positives)
         held_out = split.val_positives + split.val_negatives
