@@ -305,3 +305,23 @@ def test_a_verdict_opens_the_answer_and_decides_nothing_else():
     assert vlm.generate(prompt, max_new_tokens=1, yes=True).startswith("Yes")
     settled = vlm.generate(prompt, max_new_tokens=2, yes=False)  # the tiny vocabulary spells "No" in pieces
     assert settled[:1] in ("N", "n") and not settled.startswith("Yes")
+
+
+def test_an_opening_streams_first_and_the_model_writes_what_follows():
+    """`opening=` puts given text at the start of the answer (an owner's note, chat.quoted_note):
+    it streams before any generated token, and the continuation is the model's greedy choice after
+    it, the same as if the opening had been part of the prompt, up to its first line break."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    prompt = Prompt("How old is <bo>?", concepts=["bo"])
+    pieces = []
+    answer = vlm.generate(prompt, max_new_tokens=6, on_text=pieces.append, opening="<bo> is 4 years old.")
+    assert pieces[0].startswith("<bo> is 4 years old.") and "".join(pieces).strip() == answer
+    assert answer.startswith("<bo> is 4 years old.") and len(answer) > len("<bo> is 4 years old.")
+    ids = vlm.prompts.encode(prompt).input_ids.tolist() + vlm.tokenizer.encode("<bo> is 4 years old.", add_special_tokens=False)
+    with torch.no_grad(), vlm.conversation(["bo"], False):
+        expected = vlm.model.generate(input_ids=torch.tensor([ids]), max_new_tokens=6, do_sample=False,
+                                      pad_token_id=vlm.tokenizer.eos_token_id)[0, len(ids):].tolist()
+    breaks = [i for i, token in enumerate(expected) if "\n" in vlm.tokenizer.decode([token])]
+    expected = expected[: breaks[0] + 1] if breaks else expected
+    assert answer == (decode_answer(vlm.tokenizer, vlm.tokenizer.encode("<bo> is 4 years old.", add_special_tokens=False) + expected)).strip()

@@ -191,3 +191,21 @@ def test_text_turns_answer_exactly_as_the_bare_language_model(pocket_cache):
     switch = vlm.grounding
     switch.rows, vlm.grounding = False, None  # the same photo turn with the adapter forced off
     assert vlm.generate(Prompt("What is in this photo?", [photo]), max_new_tokens=12) != grounded
+
+
+def test_the_note_that_answers_a_question_is_quoted_and_no_other(pocket_cache):
+    """chat.quoted_note on the real model, with invented notes about a new concept at neutral rows:
+    a question one note answers gets that note; a question none answers gets none."""
+    from yollava_cli.backend import VLM
+    from yollava_cli.chat import quoted_note
+    from yollava_cli.prompts import Prompt
+
+    vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")
+    vlm.tokens.add("rex", 16)
+    notes = ["<rex> is 7 years old.", "<rex> sleeps in the laundry basket.", "<rex> is afraid of thunderstorms."]
+    asked = {"How old is <rex>?": notes[0], "Where does <rex> sleep?": notes[1],
+             "What scares <rex>?": notes[2], "Translate 'good morning' into Spanish.": None,
+             "Write a haiku about <rex>.": None}
+    got = {q: quoted_note(vlm, Prompt(q, concepts=["rex"]), notes) for q in asked}
+    assert got == asked
+    assert quoted_note(vlm, Prompt("How old is <rex>?", concepts=["rex"]), []) is None

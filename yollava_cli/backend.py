@@ -140,6 +140,15 @@ class VLM:
         margin = torch.logsumexp(final[:, yes], -1) - torch.logsumexp(final[:, no], -1)
         return torch.sigmoid(margin).tolist()
 
+    def answer_logprobs(self, prompts: list[Prompt], answers: list[str]) -> list[float]:
+        """log P(answer | prompt) for each pair, summed over the answer's tokens, in one batch."""
+        batch = self.prompts.collate([self.prompts.encode(p, a) for p, a in zip(prompts, answers)])
+        with torch.no_grad():
+            logits = self.forward(batch)[:, :-1].float()
+        labels = batch["labels"][:, 1:].to(self.device)
+        picked = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        return (picked * (labels != -100)).sum(1).tolist()
+
     def choose(self, prompts: list[Prompt], letters: list[str]) -> list[str]:
         """Multiple choice scored from the option letters' next-token logits, not parsed text."""
         final = self.next_token_logits(prompts)
@@ -152,8 +161,11 @@ class VLM:
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0,
                  seed: int = 0, on_text: Callable[[str], None] | None = None,
-                 stop: threading.Event | None = None, yes: bool | None = None) -> str:
+                 stop: threading.Event | None = None, yes: bool | None = None, opening: str | None = None) -> str:
         """Answer a prompt; `on_text` receives the text as it is generated (greedy by default).
+        `opening`: text the answer starts with (an owner's note that answers the question, see
+        chat.quoted_note); the model writes what follows it, to the end of that paragraph: past a
+        line break a 135M model drifts off the note ('"carl" is a nickname for...').
         `yes`: a recognizer's verdict on a yes/no question ("is <bo> in this photo?"). The answer
         opens with the verdict's yes or no word and the model writes everything after it: a small
         model reads a photo less well than the recognizer, a grounding line alone did not move its
@@ -162,14 +174,18 @@ class VLM:
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         encoded = self.prompts.encode(prompt)
-        ids = encoded.input_ids[None].to(self.device)
+        opening_ids = self.tokenizer.encode(opening, add_special_tokens=False) if opening else []
+        ids = torch.cat([encoded.input_ids, torch.tensor(opening_ids, dtype=torch.long)])[None].to(self.device)
         mask = torch.ones_like(ids)
         images = {"mm_encoder_outputs": mm_outputs(encoded.features, self.dtype, self.device)} if encoded.features else {}
-        streamer = CallbackStreamer(self.tokenizer, on_text) if on_text else None
+        streamer = CallbackStreamer(self.tokenizer, on_text, opening_ids) if on_text else None
+
+        tokenizer = self.tokenizer
 
         class Stop(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
                 done = bool(stop and stop.is_set()) or repeats_itself(input_ids[0, ids.shape[1]:].tolist(), LOOP_NGRAM)
+                done = done or bool(opening_ids and "\n" in tokenizer.decode(input_ids[0, -1:]))
                 return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
 
         yes_ids, no_ids = self._word_ids(YES_WORDS), self._word_ids(NO_WORDS)
@@ -179,9 +195,9 @@ class VLM:
                 if yes is None or input_ids.shape[1] != ids.shape[1]:  # only the answer's first token
                     return scores
                 verdict = yes_ids if yes else no_ids
-                opening = torch.full_like(scores, float("-inf"))
-                opening[:, verdict] = scores[:, verdict]  # the model's own choice among the verdict's words
-                return opening
+                settled = torch.full_like(scores, float("-inf"))
+                settled[:, verdict] = scores[:, verdict]  # the model's own choice among the verdict's words
+                return settled
 
         torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
@@ -232,11 +248,13 @@ class VLM:
 class CallbackStreamer:
     """Hands newly decoded text to a callback as tokens arrive (the prompt is skipped)."""
 
-    def __init__(self, tokenizer, callback: Callable[[str], None]):
+    def __init__(self, tokenizer, callback: Callable[[str], None], opening: list[int] | None = None):
         self.tokenizer, self.callback = tokenizer, callback
-        self.ids: list[int] = []
+        self.ids: list[int] = list(opening or [])  # an answer's given opening streams first
         self.sent = 0
         self.prompt_seen = False
+        if self.ids:
+            self._emit(final=False)
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:
@@ -274,7 +292,7 @@ def decode_answer(tokenizer, ids: list[int]) -> str:
     for token in ids:
         if token in added:
             text += tokenizer.decode(run, skip_special_tokens=True)
-            text += (" " if text[-1:].isalnum() or text[-1:] in ".,;:!?" else "") + added[token]
+            text += (" " if text and (text[-1].isalnum() or text[-1] in ".,;:!?") else "") + added[token]
             run = []
         else:
             run.append(token)

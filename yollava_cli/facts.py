@@ -1,8 +1,9 @@
 """Personal facts: what a concept's owner knows and photos cannot show ("is scared of the vacuum
 cleaner"). They are stored in the owner's words, never rewritten, and reach answers through the
 concept's opening line (`<bo> is <bo_0>...<bo_15>. <bo> is scared of the vacuum cleaner.`), as
-retrieval-augmented personalization does: a new fact works at once, with no retraining. They
-never enter what the model generates about photos (captions, attribute conversations)."""
+retrieval-augmented personalization does: a new fact works at once, with no retraining. When one
+fact answers the question, the answer opens with it (chat.quoted_note). They never enter what the
+model generates about photos (captions, attribute conversations)."""
 
 import re
 from pathlib import Path
@@ -92,3 +93,4 @@ def as_sentence(name: str, fact: str) -> str:
 def prompt_notes(registry: Registry, names: list[str]) -> list[str]:
     """Every fact of the given concepts, as the sentences their opening line carries."""
     return [as_sentence(name, fact) for name in names for fact in fact_texts(registry, name)]
+
