@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from yollava_cli.concept_tokens import ConceptEmbedding, ConceptHead, ConceptTokens
+from yollava_cli.cores import use_idle_cores
 from yollava_cli.errors import UserError
 from yollava_cli.features import FeatureCache
 from yollava_cli.prompts import Prompt, PromptEncoder
@@ -385,6 +386,7 @@ def load_vlm(ref: str | None = None, on_status: Callable[[str], None] | None = N
 
     ref = resolve_model_ref(ref)
     cache = data_dir() / "models"
+    use_idle_cores()
     if ref == POCKET:
         from yollava_cli.pocket import PocketUnavailable, load_pocket
 

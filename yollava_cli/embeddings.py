@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from yollava_cli.config import data_dir
+from yollava_cli.cores import use_idle_cores
 from yollava_cli.errors import UserError
 from yollava_cli.fileio import atomic_write_bytes
 from yollava_cli.store import Registry
@@ -105,6 +106,7 @@ def load_embedder(name: str | None = None) -> Embedder:
     open_clip ViT-B-32 (LAION) where it is installed and its weights load, else EfficientNet.
     Auto's fallback is remembered in the data dir for AUTO_RETRY, so an offline machine does not
     wait through the hub's retries on every command; an explicit `auto` tries again at once."""
+    use_idle_cores()
     explicit = name
     name = name or os.environ.get(EMBEDDER_ENV) or "auto"
     if name == "auto":
