@@ -66,7 +66,8 @@ def test_ask_json_shape(trained):
     result = invoke("ask", "bo", "what should I buy him?", "--max-tokens", "8", "--model", model_dir, "--json", home=home)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {"answer", "concepts", "model", "timings", "verdicts"} and data["verdicts"] == []
+    assert set(data) == {"answer", "concepts", "model", "timings", "verdicts", "quoted_note"} and data["verdicts"] == []
+    assert data["quoted_note"] is None  # bo has no notes
     assert data["concepts"] == ["bo"] and data["model"] == str(model_dir)
     assert set(data["timings"]) == {"first_token_s", "total_s", "tokens"}
     streamed = invoke("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "8",
