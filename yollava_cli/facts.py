@@ -93,4 +93,3 @@ def as_sentence(name: str, fact: str) -> str:
 def prompt_notes(registry: Registry, names: list[str]) -> list[str]:
     """Every fact of the given concepts, as the sentences their opening line carries."""
     return [as_sentence(name, fact) for name in names for fact in fact_texts(registry, name)]
-
