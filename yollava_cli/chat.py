@@ -86,7 +86,8 @@ def quoted_note(vlm: VLM, prompt: Prompt, notes: list[str]) -> str | None:
     if not notes:
         return None
     question = Prompt(prompt.question, concepts=prompt.concepts)
-    neutral = Prompt(f"Tell me something about {' and '.join(f'<{n}>' for n in prompt.concepts)}.", concepts=prompt.concepts)
+    about = " and ".join(f"<{n}>" for n in prompt.concepts) or "it"
+    neutral = Prompt(f"Tell me something about {about}.", concepts=prompt.concepts)
     scores = vlm.answer_logprobs([question] * len(notes) + [neutral] * len(notes), notes * 2)
     gains = [given - prior for given, prior in zip(scores, scores[len(notes):])]
     best = max(range(len(notes)), key=gains.__getitem__)
