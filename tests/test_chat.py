@@ -164,7 +164,7 @@ def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained):
             stopped += b"[stopped]" in after
             if stopped:
                 break
-        assert stopped
+        assert stopped, after[-400:]
         os.write(primary, b"\x04")  # Ctrl-D
         proc.wait(timeout=30)
         assert proc.returncode == 0
