@@ -7,17 +7,22 @@ import sys
 from yollava_cli import cores
 
 
-def test_busy_cores_are_left_alone_and_one_thread_always_remains(monkeypatch):
+def test_busy_cores_are_the_other_runnable_tasks_and_one_thread_always_remains(monkeypatch, tmp_path):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    for load, expected in [(0.1, 4), (1.2, 3), (2.6, 1), (9.0, 1)]:
-        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+    loadavg = tmp_path / "loadavg"
+    monkeypatch.setattr(cores, "LOADAVG", loadavg)
+    for running, expected in [(1, 4), (2, 3), (4, 1), (9, 1)]:
+        loadavg.write_text(f"3.90 3.10 2.00 {running}/512 4242\n")  # a high load average alone changes nothing
         assert cores.idle_cores() == expected
+    loadavg.unlink()  # no /proc (not Linux): every core
+    assert cores.idle_cores() == 4
 
 
-def test_a_users_omp_num_threads_is_kept():
-    code = ("import os, torch; os.getloadavg = lambda: (50.0, 50.0, 50.0)\n"
-            "from yollava_cli.cores import use_idle_cores; before = torch.get_num_threads(); use_idle_cores()\n"
-            "print(before, torch.get_num_threads())")
+def test_a_users_omp_num_threads_is_kept(tmp_path):
+    busy = tmp_path / "loadavg"
+    busy.write_text("0.00 0.00 0.00 50/512 4242\n")
+    code = (f"import torch; from yollava_cli import cores; cores.LOADAVG = cores.Path({str(busy)!r})\n"
+            "before = torch.get_num_threads(); cores.use_idle_cores(); print(before, torch.get_num_threads())")
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.split() == ["2", "2"]
     env.pop("OMP_NUM_THREADS")
