@@ -5,6 +5,7 @@ import os
 import pty
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -145,7 +146,9 @@ def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained):
         [sys.executable, "-m", "yollava_cli", "chat", "bo", "--model", str(model_dir), "--max-tokens", "3000",
          "--temperature", "1.0"],
         stdin=secondary, stdout=secondary, stderr=secondary, env={**os.environ, "YOLLAVA_HOME": str(home)},
-        start_new_session=True,
+        # as a terminal starts it: a test run started in the background (`pytest &`) ignores SIGINT,
+        # and the chat would inherit that and never see the Ctrl-C
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     os.close(secondary)
     try:
