@@ -11,9 +11,11 @@ import sys
 import time
 
 import pytest
+from PIL import Image
 
 from conftest import invoke, run_cli, shared_data
 from tiny import tiny_llava
+from yollava_cli import chat
 from yollava_cli.backend import VLM
 from yollava_cli.chat import GenerationOptions, ask, input_history, mentioned_concepts, with_identifiers
 
@@ -24,6 +26,20 @@ def test_concepts_come_from_the_name_and_the_question():
     assert mentioned_concepts("<image> and <bo_3>", []) == []
     assert with_identifiers("what should I buy him?", ["bo"]) == "About <bo>: what should I buy him?"
     assert with_identifiers("is <bo> here?", ["bo"]) == "is <bo> here?"
+
+
+def test_a_note_opens_only_answers_without_a_photo(monkeypatch):
+    """The quoted note (chat.quoted_note, ranked on the real model in test_pocket) opens a text-only
+    answer; asked with a photo, the answer is about the photo and the notes only ride in the prompt."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    monkeypatch.setattr(chat, "quoted_note", lambda vlm, prompt, notes: notes[0] if notes else None)
+    notes = ["<bo> is 4 years old."]
+    text = ask(vlm, ["bo"], "How old is <bo>?", [], [], GenerationOptions(max_tokens=4), notes=notes)
+    assert text["quoted_note"] == notes[0] and text["answer"].startswith(notes[0])
+    photo = ask(vlm, ["bo"], "How old is <bo>?", [Image.new("RGB", (40, 30), "red")], [None],
+                GenerationOptions(max_tokens=4), notes=notes)
+    assert photo["quoted_note"] is None and not photo["answer"].startswith(notes[0])
 
 
 def test_streaming_callback_receives_the_answer_in_order():

@@ -122,7 +122,8 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
     prompt = Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []), lines)
     # asked whether a concept is here, the yes or no follows the fused recognizer (see VLM.generate)
     settled = [v["present"] for v in verdicts or [] if asks_if_present(question, v["concept"])]
-    quoted = None if settled else quoted_note(vlm, prompt, list(notes or []))
+    # a note opens only a text-only answer: with a photo, the question is about the photo
+    quoted = None if settled or images else quoted_note(vlm, prompt, list(notes or []))
     answer = vlm.generate(prompt, options.max_tokens, options.temperature, options.seed, stream, stop,
                           yes=settled[0] if len(settled) == 1 else None, opening=quoted)
     tokens = len(vlm.tokenizer.encode(answer, add_special_tokens=False))
