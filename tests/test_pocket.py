@@ -195,7 +195,8 @@ def test_text_turns_answer_exactly_as_the_bare_language_model(pocket_cache):
 
 def test_the_note_that_answers_a_question_is_quoted_and_no_other(pocket_cache):
     """chat.quoted_note on the real model, with invented notes about a new concept at neutral rows:
-    a question one note answers gets that note; a question none answers gets none."""
+    a question one note answers gets that note; a question none answers gets none. (Each case is
+    at least 2 nats from the 5-nat threshold here, so CPUs that round differently agree.)"""
     from yollava_cli.backend import VLM
     from yollava_cli.chat import quoted_note
     from yollava_cli.prompts import Prompt
@@ -205,7 +206,7 @@ def test_the_note_that_answers_a_question_is_quoted_and_no_other(pocket_cache):
     notes = ["<rex> is 7 years old.", "<rex> sleeps in the laundry basket.", "<rex> is afraid of thunderstorms."]
     asked = {"How old is <rex>?": notes[0], "Where does <rex> sleep?": notes[1],
              "What scares <rex>?": notes[2], "Translate 'good morning' into Spanish.": None,
-             "Write a haiku about <rex>.": None}
+             "What colour is <rex>?": None, "Tell me a joke about <rex>.": None}
     got = {q: quoted_note(vlm, Prompt(q, concepts=["rex"]), notes) for q in asked}
     assert got == asked
     assert quoted_note(vlm, Prompt("How old is <rex>?", concepts=["rex"]), []) is None
