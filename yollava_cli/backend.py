@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from yollava_cli.concept_tokens import ConceptEmbedding, ConceptHead, ConceptTokens
-from yollava_cli.cores import use_idle_cores
+from yollava_cli.cores import one_thread, use_idle_cores
 from yollava_cli.errors import UserError
 from yollava_cli.features import FeatureCache
 from yollava_cli.prompts import Prompt, PromptEncoder
@@ -310,20 +310,6 @@ def without_onednn():
         yield
     finally:
         torch.backends.mkldnn.enabled = before
-
-
-@contextmanager
-def one_thread():
-    """Run a block on one torch thread, restoring the count after. Preparing pocket's weights is
-    ~1000 small memory-bound ops (copies, bf16 casts, LoRA merges): a second thread barely speeds
-    them up on a quiet machine, but each op waits for both threads to be scheduled, so on a busy
-    one (other jobs on the 2 cores) the load took 7 s instead of 0.6 s."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def shared_opening(ids: torch.Tensor, limit: int, image_token_id: int) -> int:

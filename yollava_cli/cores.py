@@ -1,7 +1,10 @@
 """How many CPU threads torch runs on: the cores other jobs leave idle."""
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 LOADAVG = Path("/proc/loadavg")
 
@@ -28,7 +31,19 @@ def use_idle_cores() -> None:
     threads to be scheduled, so a thread on a core another job holds costs more than it gives: with
     both of 2 cores busy, `ask` took 8.3-14.5 s to its first word on 2 threads and 6.8-6.9 s on 1,
     and loading pocket ~10x longer; on a quiet machine 2 threads decode ~1.35x faster than 1."""
-    import torch
-
     if not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(min(torch.get_num_threads(), idle_cores()))
+
+
+@contextmanager
+def one_thread():
+    """Run a block on one torch thread, restoring the count after. Preparing pocket's weights is
+    ~1000 small memory-bound ops (copies, bf16 casts, LoRA merges): a second thread barely speeds
+    them up on a quiet machine, but each op waits for both threads to be scheduled, so on a busy
+    one (other jobs on the 2 cores) the load took 7 s instead of 0.6 s."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
