@@ -1,6 +1,6 @@
 """Personal facts on pocket, for the 20 shared subjects (facts.json): each paraphrased question
 asked with the subject's facts in its opening line and without (the control), through the tool's
-own prompt path (the note that answers the question opens the answer) with the concept at neutral rows (no training, so every subject costs seconds),
+own prompt path (chat.note_guidance: the note that answers the question opens the answer, every word leans toward the notes) with the concept at neutral rows (no training, so every subject costs seconds),
 plus the bare language model with the facts pasted into a plain prompt (no concept prompt).
 
     python bench/bench_facts.py   # writes bench/results/facts.json
@@ -22,7 +22,7 @@ TOKENS = 48
 def main() -> None:
     os.environ.setdefault("YOLLAVA_HOME", tempfile.mkdtemp(prefix="yollava-bench-"))
     from yollava_cli.backend import load_vlm
-    from yollava_cli.chat import quoted_note
+    from yollava_cli.chat import note_guidance
     from yollava_cli.prompts import Prompt
     from yollava_cli.facts import as_sentence
 
@@ -43,7 +43,7 @@ def main() -> None:
                        "no facts (control)": Prompt(item["question"], concepts=[name]),
                        "bare, facts pasted as plain text": Prompt(f"{plain}\n{item['question'].replace(f'<{name}>', name.capitalize())}")}
             for setting, prompt in prompts.items():
-                answer = vlm.generate(prompt, max_new_tokens=TOKENS, opening=quoted_note(vlm, prompt, prompt.notes))
+                answer = vlm.generate(prompt, max_new_tokens=TOKENS, **note_guidance(vlm, prompt))
                 hit = any(w.lower() in answer.lower() for w in item["answer_contains"])
                 (gifts if is_gift else settings)[setting].append(hit)
                 answers.append({"subject": name, "setting": setting, "question": item["question"], "answer": answer, "hit": hit})

@@ -325,3 +325,35 @@ def test_an_opening_streams_first_and_the_model_writes_what_follows():
     breaks = [i for i, token in enumerate(expected) if "\n" in vlm.tokenizer.decode([token])]
     expected = expected[: breaks[0] + 1] if breaks else expected
     assert answer == (decode_answer(vlm.tokenizer, vlm.tokenizer.encode("<bo> is 4 years old.", add_special_tokens=False) + expected)).strip()
+
+
+def test_a_contrast_prompt_moves_every_token_by_what_the_notes_change(monkeypatch):
+    """`contrast=` (context-aware decoding): each answer token is the argmax of
+    logits + CONTRAST_WEIGHT * (logits - logits without the notes), checked against plain
+    uncached passes over both prompts; on this model that choice differs from the plain greedy
+    one at some step, so a generate that ignored the contrast fails here."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    notes = ["<bo> loves chasing tennis balls in the park.", "<bo> is scared of the vacuum cleaner."]
+    prompt = Prompt("What should I buy <bo>?", concepts=["bo"], notes=notes)
+    contrast = Prompt("What should I buy <bo>?", concepts=["bo"])
+    generate, generated = vlm.model.generate, []
+
+    def spy(**kwargs):  # the answer's token ids (decoded text does not round-trip on a tiny vocabulary)
+        out = generate(**kwargs)
+        generated.extend(out[0, kwargs["input_ids"].shape[1]:].tolist())
+        return out
+
+    monkeypatch.setattr(vlm.model, "generate", spy)
+    vlm.generate(prompt, max_new_tokens=8, contrast=contrast)
+    answer_ids = [t for t in generated if t != vlm.tokenizer.eos_token_id]
+    with_ids, without_ids = (vlm.prompts.encode(p).input_ids.tolist() for p in (prompt, contrast))
+    moved = False
+    with torch.no_grad(), vlm.conversation(["bo"], False):
+        for i, token in enumerate(answer_ids):
+            given = vlm.model(input_ids=torch.tensor([with_ids + answer_ids[:i]])).logits[0, -1].float()
+            plain = vlm.model(input_ids=torch.tensor([without_ids + answer_ids[:i]])).logits[0, -1].float()
+            leaned = given + backend.CONTRAST_WEIGHT * torch.nan_to_num(given - plain, nan=0.0, neginf=0.0)
+            assert leaned[token] >= leaned.max() - 1e-3, (i, token)  # the tiny model's logits are flat
+            moved |= bool(leaned[given.argmax()] < leaned.max() - 2e-3)
+    assert moved

@@ -94,6 +94,16 @@ def quoted_note(vlm: VLM, prompt: Prompt, notes: list[str]) -> str | None:
     return notes[best] if gains[best] > QUOTE_NATS else None
 
 
+def note_guidance(vlm: VLM, prompt: Prompt) -> dict:
+    """How a text-only answer uses the owner's notes (VLM.generate's keywords): the note that
+    answers the question opens it, and every word leans toward what the notes make likelier than
+    the same prompt without them. A photo turn is about the photo: nothing then."""
+    if not prompt.notes or prompt.images:
+        return {}
+    return {"opening": quoted_note(vlm, prompt, prompt.notes),
+            "contrast": Prompt(prompt.question, concepts=prompt.concepts, history=prompt.history)}
+
+
 @dataclass
 class GenerationOptions:
     max_tokens: int = 256
@@ -106,8 +116,8 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
         history: list[tuple[str, str]] | None = None, stop: threading.Event | None = None,
         notes: list[str] | None = None, verdicts: list[dict] | None = None) -> dict:
     """Answer one question, streaming text to `on_text`; returns the answer with timings. `notes`:
-    the concepts' facts, carried in their opening line (and the one that answers the question opens
-    the answer); `verdicts`: the recognizer's word on the photo (`recognize`), one grounding line
+    the concepts' facts, carried in their opening line (and guiding a text-only answer: note_guidance);
+    `verdicts`: the recognizer's word on the photo (`recognize`), one grounding line
     each before the question."""
     start = time.perf_counter()
     first: list[float] = []
@@ -122,12 +132,11 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
     prompt = Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []), lines)
     # asked whether a concept is here, the yes or no follows the fused recognizer (see VLM.generate)
     settled = [v["present"] for v in verdicts or [] if asks_if_present(question, v["concept"])]
-    # a note opens only a text-only answer: with a photo, the question is about the photo
-    quoted = None if settled or images else quoted_note(vlm, prompt, list(notes or []))
+    guidance = note_guidance(vlm, prompt)
     answer = vlm.generate(prompt, options.max_tokens, options.temperature, options.seed, stream, stop,
-                          yes=settled[0] if len(settled) == 1 else None, opening=quoted)
+                          yes=settled[0] if len(settled) == 1 else None, **guidance)
     tokens = len(vlm.tokenizer.encode(answer, add_special_tokens=False))
-    return {"answer": answer, "concepts": concepts, "model": vlm.ref, "verdicts": verdicts or [], "quoted_note": quoted,
+    return {"answer": answer, "concepts": concepts, "model": vlm.ref, "verdicts": verdicts or [], "quoted_note": guidance.get("opening"),
             "timings": {"first_token_s": round(first[0], 4) if first else None,
                         "total_s": round(time.perf_counter() - start, 4), "tokens": tokens}}
 

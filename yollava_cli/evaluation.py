@@ -20,7 +20,7 @@ import numpy as np
 
 from yollava_cli import __version__
 from yollava_cli.backend import SCORE_BATCH, VLM
-from yollava_cli.chat import quoted_note
+from yollava_cli.chat import note_guidance
 from yollava_cli.concepts import add_concept, parse_name
 from yollava_cli.errors import UserError
 from yollava_cli.events import EmbeddingPool, EmbeddingToMine, Scoring, SubjectStarted
@@ -480,7 +480,7 @@ class Evaluation:
             for item in questions:
                 prompt = self.prompt(method, subject, item["question"], [])
                 prompt.notes = notes if in_prompt else []
-                answer = self.vlm.generate(prompt, max_new_tokens=FACT_TOKENS, opening=quoted_note(self.vlm, prompt, prompt.notes)).lower()
+                answer = self.vlm.generate(prompt, max_new_tokens=FACT_TOKENS, **note_guidance(self.vlm, prompt)).lower()
                 right.append(any(word.lower() in answer for word in item["answer_contains"]))
             asked = len(entry["questions"])
             out[setting] = {"accuracy": sum(right[:asked]) / asked, "n": asked,
