@@ -1,7 +1,8 @@
 """ask and find on `pocket` with a trained concept, on this CPU.
 
 Reports time to first token (cold: first question after loading, photo features not cached;
-warm: the same question again), tokens/s, and `find` photos/s with a cold vs warm feature cache.
+warm: the same question again), tokens/s, the same text question with three owner's notes (their
+ranking before the first token, the contrast pass per token: chat.note_guidance), and `find` photos/s with a cold vs warm feature cache.
 Baselines in the same process: a long answer decoded by pocket as transformers loads and runs it
 (fp32, oneDNN), and scoring each find batch with one plain forward (logits at every position, no
 shared opening).
@@ -44,6 +45,10 @@ def main():
     cold = ask(vlm, [args.subject], f"What is <{args.subject}> doing?", images, keys, options)["timings"]
     warm = [ask(vlm, [args.subject], f"What is <{args.subject}> doing?", images, keys, options)["timings"] for _ in range(args.repeats)]
     text = [ask(vlm, [args.subject], "What should I buy him for his birthday?", [], [], options)["timings"] for _ in range(args.repeats)]
+    notes = [f"<{args.subject}> is 4 years old.", f"<{args.subject}> loves chasing tennis balls.",
+             f"<{args.subject}> is scared of the vacuum cleaner."]
+    noted = [ask(vlm, [args.subject], "What should I buy him for his birthday?", [], [], options, notes=notes)["timings"]
+             for _ in range(args.repeats)]
     rate = lambda t: (t["tokens"] - 1) / (t["total_s"] - t["first_token_s"]) if t["tokens"] > 1 else None
 
     story = "Write a long story about a dog."  # a long answer: pocket writes ~40 tokens
@@ -97,6 +102,10 @@ def main():
         "ttft_s": {"cold_with_photo": cold["first_token_s"], "warm_with_photo": statistics.median(t["first_token_s"] for t in warm),
                    "warm_text_only": statistics.median(t["first_token_s"] for t in text)},
         "tokens_per_s": statistics.median(r for r in map(rate, warm + text) if r),
+        "text_with_3_notes": {"ttft_s": statistics.median(t["first_token_s"] for t in noted),
+                              "tokens_per_s": round(statistics.median(r for r in map(rate, noted) if r), 1),
+                              "tokens_per_s_ratio_to_no_notes": round(statistics.median(r for r in map(rate, noted) if r)
+                                                                      / statistics.median(r for r in map(rate, text) if r), 2)},
         "long_answer_tokens_per_s": {"ours": round(decode["ours"], 1), "plain_fp32_transformers": round(decode["plain"], 1),
                                      "ratio": round(decode["ours"] / decode["plain"], 2), "tokens": story_runs[0]["tokens"]},
         "find_photos_per_s": {"cold_cache": round(cold_find, 1), "warm_cache": round(statistics.median(warm_find), 1),

@@ -174,9 +174,9 @@ class VLM:
         model reads a photo less well than the recognizer, a grounding line alone did not move its
         first word (3 of 10 answers agreed on <dog>'s look-alikes), and left to itself it may not
         answer yes or no at all ("A <backpack_dog>.").
-        `contrast`: the same prompt without some context (the owner's notes): each token's logits
-        move away from it, logits + CONTRAST_WEIGHT * (logits - logits_without), context-aware
-        decoding (Shi et al. 2023). Handed the notes, a 135M model still answers "what should I buy
+        `contrast`: the same prompt, text only, without some context (the owner's notes): each
+        token's logits move away from it, logits + CONTRAST_WEIGHT * (logits - logits_without),
+        context-aware decoding (Shi et al. 2023). Handed the notes, a 135M model still answers "what should I buy
         <dog3>?" with "a rescue <dog3> from a shelter"; what the notes make likelier ("squeaky
         rubber ducks") has to win. Costs a second pass per token."""
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -208,15 +208,15 @@ class VLM:
                 return settled
 
         model, scale = self.model, temperature if temperature > 0 else 1.0
-        contrast_ids = (torch.cat([self.prompts.encode(contrast).input_ids, torch.tensor(opening_ids, dtype=torch.long)])[None]
-                        .to(self.device) if contrast is not None else None)
 
         class Contrast(LogitsProcessor):
-            cache = None
+            def __init__(self, cache, unseen: torch.Tensor):
+                self.cache, self.unseen = cache, unseen  # the contrast prompt's cache, and its last token
 
             def __call__(self, input_ids, scores):
-                step = model(input_ids=contrast_ids if self.cache is None else input_ids[:, -1:], cache=self.cache, use_cache=True)
-                self.cache = step.cache
+                step = model(input_ids=self.unseen if self.unseen is not None else input_ids[:, -1:],
+                             cache=self.cache, use_cache=True)
+                self.cache, self.unseen = step.cache, None
                 # scores arrive divided by the temperature (generate's warpers run first)
                 shift = torch.nan_to_num(scores - step.logits[:, -1].float() / scale, nan=0.0, posinf=0.0, neginf=0.0)
                 return scores + CONTRAST_WEIGHT * shift
@@ -227,11 +227,15 @@ class VLM:
             # the prompt (all but its last token, no head) runs through oneDNN's GEMM; then one token
             # at a time, where ATen's own bf16 matrix-vector kernel decodes ~1.5x faster on CPU
             cache = self.model.base_model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **images).cache
+            processors = [Settle()]
+            if contrast is not None:  # a text-only prompt, prefilled the same way
+                other = torch.cat([self.prompts.encode(contrast).input_ids, torch.tensor(opening_ids, dtype=torch.long)])[None].to(self.device)
+                processors.insert(0, Contrast(self.model.base_model(input_ids=other[:, :-1], use_cache=True).cache, other[:, -1:]))
             with without_onednn():
                 out = self.model.generate(
                     input_ids=ids, attention_mask=mask, cache=cache,
                     max_new_tokens=max_new_tokens, streamer=streamer, stopping_criteria=StoppingCriteriaList([Stop()]),
-                    logits_processor=LogitsProcessorList([Contrast()] * (contrast_ids is not None) + [Settle()]),
+                    logits_processor=LogitsProcessorList(processors),
                     pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling,
                 )
         return decode_answer(self.tokenizer, out[0, len(encoded.input_ids):].tolist()).strip()
