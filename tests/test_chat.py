@@ -29,26 +29,30 @@ def test_concepts_come_from_the_name_and_the_question():
 
 
 def test_notes_guide_only_answers_without_a_photo(monkeypatch):
-    """The quoted note (chat.quoted_note, ranked on the real model in test_pocket) opens a text-only
-    answer, and the words lean away from the same prompt without the notes (VLM.generate's
-    `contrast`); asked with a photo, the answer is about the photo and the notes only ride in the prompt."""
+    """A text-only answer that a note answers (chat.quoted_note, ranked on the real model in
+    test_pocket) opens with it; one that no note answers leans away from the same prompt without
+    the notes (VLM.generate's `contrast`); asked with a photo, the answer is about the photo and
+    the notes only ride in the prompt."""
     vlm = VLM(*tiny_llava(), "tiny")
     vlm.tokens.add("bo", 4)
-    monkeypatch.setattr(chat, "quoted_note", lambda vlm, prompt, notes: notes[0] if notes else None)
-    generate, contrasts = vlm.generate, []
+    monkeypatch.setattr(chat, "quoted_note", lambda vlm, prompt, notes: notes[0] if "old" in prompt.question else None)
+    generate, calls = vlm.generate, []
 
-    def spy(prompt, *args, contrast=None, **kwargs):
-        contrasts.append(contrast)
-        return generate(prompt, *args, contrast=contrast, **kwargs)
+    def spy(prompt, *args, contrast=None, opening=None, **kwargs):
+        calls.append((opening, contrast))
+        return generate(prompt, *args, contrast=contrast, opening=opening, **kwargs)
 
     monkeypatch.setattr(vlm, "generate", spy)
     notes = ["<bo> is 4 years old."]
     text = ask(vlm, ["bo"], "How old is <bo>?", [], [], GenerationOptions(max_tokens=4), notes=notes)
-    assert text["quoted_note"] == notes[0] and text["answer"].startswith(notes[0])
-    assert contrasts[0].question == "How old is <bo>?" and contrasts[0].concepts == ["bo"] and not contrasts[0].notes
+    assert text["quoted_note"] == notes[0] and text["answer"].startswith(notes[0]) and calls[-1] == (notes[0], None)
+    ask(vlm, ["bo"], "What should I buy <bo>?", [], [], GenerationOptions(max_tokens=4), notes=notes)
+    opening, contrast = calls[-1]
+    assert opening is None and contrast.question == "What should I buy <bo>?" and contrast.concepts == ["bo"]
+    assert not contrast.notes
     photo = ask(vlm, ["bo"], "How old is <bo>?", [Image.new("RGB", (40, 30), "red")], [None],
                 GenerationOptions(max_tokens=4), notes=notes)
-    assert photo["quoted_note"] is None and not photo["answer"].startswith(notes[0]) and contrasts[1] is None
+    assert photo["quoted_note"] is None and not photo["answer"].startswith(notes[0]) and calls[-1] == (None, None)
 
 
 def test_streaming_callback_receives_the_answer_in_order():

@@ -96,12 +96,16 @@ def quoted_note(vlm: VLM, prompt: Prompt, notes: list[str]) -> str | None:
 
 def note_guidance(vlm: VLM, prompt: Prompt) -> dict:
     """How a text-only answer uses the owner's notes (VLM.generate's keywords): the note that
-    answers the question opens it, and every word leans toward what the notes make likelier than
-    the same prompt without them. A photo turn is about the photo: nothing then."""
+    answers the question opens it, and the model ends that paragraph in its own words; a question
+    no note answers ("what should I buy him?") leans toward what the notes make likelier than the
+    same prompt without them (leaning after a quote only recited the other notes). A photo turn is
+    about the photo: nothing then."""
     if not prompt.notes or prompt.images:
         return {}
-    return {"opening": quoted_note(vlm, prompt, prompt.notes),
-            "contrast": Prompt(prompt.question, concepts=prompt.concepts, history=prompt.history)}
+    quoted = quoted_note(vlm, prompt, prompt.notes)
+    if quoted:
+        return {"opening": quoted}
+    return {"contrast": Prompt(prompt.question, concepts=prompt.concepts, history=prompt.history)}
 
 
 @dataclass
