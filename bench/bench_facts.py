@@ -1,7 +1,8 @@
 """Personal facts on pocket, for the 20 shared subjects (facts.json): each paraphrased question
 asked with the subject's facts in its opening line and without (the control), through the tool's
-own prompt path (chat.note_guidance: the note that answers the question opens the answer, every word leans toward the notes) with the concept at neutral rows (no training, so every subject costs seconds),
-plus the bare language model with the facts pasted into a plain prompt (no concept prompt).
+own prompt path (chat.note_guidance: the note that answers the question opens the answer, else
+every word leans toward the notes) with the concept at neutral rows (no training, so every subject
+costs seconds), plus the bare language model with the facts pasted into a plain prompt (no concept prompt).
 
     python bench/bench_facts.py   # writes bench/results/facts.json
 """

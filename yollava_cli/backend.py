@@ -190,9 +190,9 @@ class VLM:
         answer yes or no at all ("A <backpack_dog>.").
         `contrast`: the same prompt, text only, without some context (the owner's notes): each
         token's logits move away from it, logits + CONTRAST_WEIGHT * (logits - logits_without),
-        context-aware decoding (Shi et al. 2023). Handed the notes, a 135M model still answers "what should I buy
-        <dog3>?" with "a rescue <dog3> from a shelter"; what the notes make likelier ("squeaky
-        rubber ducks") has to win. Costs a second pass per token."""
+        context-aware decoding (Shi et al. 2023); the concepts' names do not move. Handed the
+        notes, a 135M model still answered "what should I buy <dog6>?" with "a rescue <dog6>";
+        what the notes make likelier ("peanut butter") has to win. Costs a second pass per token."""
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         encoded = self.prompts.encode(prompt)
@@ -243,7 +243,7 @@ class VLM:
                 self.cache, self.unseen = step.cache, None
                 # scores arrive divided by the temperature (generate's warpers run first)
                 shift = torch.nan_to_num(scores - step.logits[:, -1].float() / scale, nan=0.0, posinf=0.0, neginf=0.0)
-                shift[:, names] = 0  # notes name their concept: that alone must not push <bo> into words ("<bo>gy")
+                shift[:, names] = 0  # every note names its concept: the name's rise says nothing
                 return scores + CONTRAST_WEIGHT * shift
 
         torch.manual_seed(seed)

@@ -2,8 +2,8 @@
 cleaner"). They are stored in the owner's words, never rewritten, and reach answers through the
 concept's opening line (`<bo> is <bo_0>...<bo_15>. <bo> is scared of the vacuum cleaner.`), as
 retrieval-augmented personalization does: a new fact works at once, with no retraining. When one
-fact answers the question, the answer opens with it, and every word of an answer without a photo
-leans toward what the facts make likelier (chat.note_guidance). They never enter what the
+fact answers a question asked without a photo, the answer opens with it; when none does, every
+word leans toward what the facts make likelier (chat.note_guidance). They never enter what the
 model generates about photos (captions, attribute conversations)."""
 
 import re
