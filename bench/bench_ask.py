@@ -2,7 +2,8 @@
 
 Reports time to first token (cold: first question after loading, photo features not cached;
 warm: the same question again), tokens/s, the same text question with three owner's notes (their
-ranking before the first token, the contrast pass per token: chat.note_guidance), and `find`
+ranking before the first token, the contrast pass per token: chat.note_guidance) and the first
+token with fifty, and `find`
 photos/s with a cold vs warm feature cache.
 Baselines in the same process: a long answer decoded by pocket as transformers loads and runs it
 (fp32, oneDNN), and scoring each find batch with one plain forward (logits at every position, no
@@ -50,6 +51,9 @@ def main():
              f"<{args.subject}> is scared of the vacuum cleaner."]
     noted = [ask(vlm, [args.subject], "What should I buy him for his birthday?", [], [], options, notes=notes)["timings"]
              for _ in range(args.repeats)]
+    fifty = [f"{notes[i % 3][:-1]} (note {i})." for i in range(50)]  # half the most a concept may hold
+    noted_50 = [ask(vlm, [args.subject], "What should I buy him for his birthday?", [], [], options, notes=fifty)["timings"]
+                for _ in range(args.repeats)]
     rate = lambda t: (t["tokens"] - 1) / (t["total_s"] - t["first_token_s"]) if t["tokens"] > 1 else None
 
     story = "Write a long story about a dog."  # a long answer: pocket writes ~40 tokens
@@ -103,6 +107,7 @@ def main():
         "ttft_s": {"cold_with_photo": cold["first_token_s"], "warm_with_photo": statistics.median(t["first_token_s"] for t in warm),
                    "warm_text_only": statistics.median(t["first_token_s"] for t in text)},
         "tokens_per_s": statistics.median(r for r in map(rate, warm + text) if r),
+        "text_with_50_notes_ttft_s": statistics.median(t["first_token_s"] for t in noted_50),
         "text_with_3_notes": {"ttft_s": statistics.median(t["first_token_s"] for t in noted),
                               "tokens_per_s": round(statistics.median(r for r in map(rate, noted) if r), 1),
                               "tokens_per_s_ratio_to_no_notes": round(statistics.median(r for r in map(rate, noted) if r)

@@ -380,3 +380,22 @@ def test_a_concept_name_is_never_glued_to_a_word_piece(monkeypatch):
         vlm.generate(Prompt("What should I buy <bo>?", concepts=["bo"]), max_new_tokens=1, temperature=50.0,
                      seed=seed, opening="<bo>")
     assert not pieces & set(drawn)
+
+
+@pytest.mark.parametrize("with_photo", [False, True])
+def test_answer_logprobs_share_the_prompt_pass_and_match_plain_passes(vlm, with_photo):
+    """log P(answer | prompt) from one prompt pass copied to every answer (and the head only at
+    answer tokens) equals what a plain pass over each whole prompt + answer gives."""
+    vlm.tokens.add("bo", 4)
+    prompt = Prompt("How old is <bo>?", [photo()] if with_photo else [], [None] if with_photo else [], ["bo"])
+    answers = ["<bo> is 4 years old.", "<bo> is scared of the vacuum cleaner and of thunder.", "No."]
+    got = vlm.answer_logprobs(prompt, answers)
+    for answer, score in zip(answers, got):
+        batch = vlm.prompts.collate([vlm.prompts.encode(prompt, answer)])
+        with torch.no_grad():
+            logits = vlm.forward(batch)[0, :-1].float()
+        labels = batch["labels"][0, 1:]
+        kept = labels != -100
+        plain = torch.log_softmax(logits[kept], -1).gather(-1, labels[kept][:, None]).sum()
+        assert score == pytest.approx(float(plain), abs=1e-2)
+    assert len(set(round(s, 3) for s in got)) == 3

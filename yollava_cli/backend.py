@@ -143,14 +143,34 @@ class VLM:
         margin = torch.logsumexp(final[:, yes], -1) - torch.logsumexp(final[:, no], -1)
         return torch.sigmoid(margin).tolist()
 
-    def answer_logprobs(self, prompts: list[Prompt], answers: list[str]) -> list[float]:
-        """log P(answer | prompt) for each pair, summed over the answer's tokens, in one batch."""
-        batch = self.prompts.collate([self.prompts.encode(p, a) for p, a in zip(prompts, answers)])
-        with torch.no_grad():
-            logits = self.forward(batch)[:, :-1].float()
-        labels = batch["labels"][:, 1:].to(self.device)
-        picked = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-        return (picked * (labels != -100)).sum(1).tolist()
+    def answer_logprobs(self, prompt: Prompt, answers: list[str]) -> list[float]:
+        """log P(answer | prompt) for each answer, summed over its tokens (the end of the turn
+        included). The prompt runs once and its cache is copied to every answer, and the head runs
+        only where an answer token is predicted: ranking a concept's notes (chat.quoted_note) runs
+        this over up to 100 notes before the first word of an answer."""
+        question = self.prompts.encode(prompt)
+        full = [self.prompts.encode(prompt, answer) for answer in answers]
+        n = len(question.input_ids)  # every full encoding starts with these (encode checks it)
+        tails = [e.input_ids[n - 1:] for e in full]  # the prompt's last token, then the answer's
+        width = max(len(t) for t in tails)
+        ids = torch.zeros((len(tails), width), dtype=torch.long)
+        mask = torch.zeros((len(tails), n - 1 + width), dtype=torch.long)
+        labels = torch.full((len(tails), width), -100, dtype=torch.long)
+        for row, (tail, e) in enumerate(zip(tails, full)):
+            ids[row, : len(tail)], mask[row, : n - 1 + len(tail)] = tail, 1
+            labels[row, : len(tail) - 1] = e.labels[n:]
+        base = self.model.base_model
+        images = {"mm_encoder_outputs": mm_outputs(question.features, self.dtype, self.device)} if question.features else {}
+        with torch.no_grad(), self.conversation(question.concepts, bool(question.features)):
+            prefix = question.input_ids[None, : n - 1].to(self.device)
+            cache = base(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, **images).cache
+            cache.batch_repeat_interleave(len(tails))
+            hidden = base(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), cache=cache)[0]
+            labels = labels.to(self.device)
+            predicted = labels != -100
+            logits = self.head(hidden[predicted]).float()
+        return torch.zeros(len(tails), device=self.device).index_add(
+            0, predicted.nonzero()[:, 0], torch.log_softmax(logits, -1).gather(-1, labels[predicted][:, None])[:, 0]).tolist()
 
     def choose(self, prompts: list[Prompt], letters: list[str]) -> list[str]:
         """Multiple choice scored from the option letters' next-token logits, not parsed text."""

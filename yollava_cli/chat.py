@@ -88,8 +88,7 @@ def quoted_note(vlm: VLM, prompt: Prompt, notes: list[str]) -> str | None:
     question = Prompt(prompt.question, concepts=prompt.concepts)
     about = " and ".join(f"<{n}>" for n in prompt.concepts) or "it"
     neutral = Prompt(f"Tell me something about {about}.", concepts=prompt.concepts)
-    scores = vlm.answer_logprobs([question] * len(notes) + [neutral] * len(notes), notes * 2)
-    gains = [given - prior for given, prior in zip(scores, scores[len(notes):])]
+    gains = [given - prior for given, prior in zip(vlm.answer_logprobs(question, notes), vlm.answer_logprobs(neutral, notes))]
     best = max(range(len(notes)), key=gains.__getitem__)
     return notes[best] if gains[best] > QUOTE_NATS else None
 
