@@ -169,8 +169,9 @@ class VLM:
             labels = labels.to(self.device)
             predicted = labels != -100
             logits = self.head(hidden[predicted]).float()
-        return torch.zeros(len(tails), device=self.device).index_add(
-            0, predicted.nonzero()[:, 0], torch.log_softmax(logits, -1).gather(-1, labels[predicted][:, None])[:, 0]).tolist()
+        token_logprobs = torch.log_softmax(logits, -1).gather(-1, labels[predicted][:, None])[:, 0]
+        rows = predicted.nonzero()[:, 0]  # the answer each predicted token belongs to
+        return torch.zeros(len(tails), device=self.device).index_add(0, rows, token_logprobs).tolist()
 
     def choose(self, prompts: list[Prompt], letters: list[str]) -> list[str]:
         """Multiple choice scored from the option letters' next-token logits, not parsed text."""
