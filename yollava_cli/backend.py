@@ -128,9 +128,7 @@ class VLM:
         with torch.no_grad(), self.conversation(batch["concepts"], photos):
             inputs = {"input_ids": ids[:, shared:], "attention_mask": mask}
             if shared:
-                cache = base(input_ids=ids[:1, :shared], attention_mask=mask[:1, :shared], use_cache=True).cache
-                cache.batch_repeat_interleave(len(encoded))
-                inputs["cache"] = cache
+                inputs["cache"] = self._prefill(ids[:1, :shared], rows=len(encoded))
             if batch["features"]:
                 inputs["mm_encoder_outputs"] = mm_outputs(batch["features"], self.dtype, self.device)
             hidden = base(**inputs)[0]
@@ -142,6 +140,14 @@ class VLM:
         yes, no = self._word_ids(YES_WORDS), self._word_ids(NO_WORDS)
         margin = torch.logsumexp(final[:, yes], -1) - torch.logsumexp(final[:, no], -1)
         return torch.sigmoid(margin).tolist()
+
+    def _prefill(self, ids: torch.Tensor, rows: int = 1, **images):
+        """The cache of a one-row prompt, run without the head (only what follows needs logits),
+        copied to `rows` rows. Call inside `conversation`."""
+        cache = self.model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **images).cache
+        if rows > 1:
+            cache.batch_repeat_interleave(rows)
+        return cache
 
     def answer_logprobs(self, prompt: Prompt, answers: list[str]) -> list[float]:
         """log P(answer | prompt) for each answer, summed over its tokens (the end of the turn
@@ -159,13 +165,10 @@ class VLM:
         for row, (tail, e) in enumerate(zip(tails, full)):
             ids[row, : len(tail)], mask[row, : n - 1 + len(tail)] = tail, 1
             labels[row, : len(tail) - 1] = e.labels[n:]
-        base = self.model.base_model
         images = {"mm_encoder_outputs": mm_outputs(question.features, self.dtype, self.device)} if question.features else {}
         with torch.no_grad(), self.conversation(question.concepts, bool(question.features)):
-            prefix = question.input_ids[None, : n - 1].to(self.device)
-            cache = base(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, **images).cache
-            cache.batch_repeat_interleave(len(tails))
-            hidden = base(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), cache=cache)[0]
+            cache = self._prefill(question.input_ids[None, : n - 1].to(self.device), rows=len(tails), **images)
+            hidden = self.model.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), cache=cache)[0]
             labels = labels.to(self.device)
             predicted = labels != -100
             logits = self.head(hidden[predicted]).float()
@@ -272,11 +275,11 @@ class VLM:
         with torch.no_grad(), self.conversation(encoded.concepts, bool(encoded.features)):
             # the prompt (all but its last token, no head) runs through oneDNN's GEMM; then one token
             # at a time, where ATen's own bf16 matrix-vector kernel decodes ~1.5x faster on CPU
-            cache = self.model.base_model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], use_cache=True, **images).cache
+            cache = self._prefill(ids[:, :-1], **images)
             processors = [WholeNames(), Settle()]
             if contrast is not None:  # a text-only prompt, prefilled the same way
                 other = torch.cat([self.prompts.encode(contrast).input_ids, torch.tensor(opening_ids, dtype=torch.long)])[None].to(self.device)
-                processors.insert(0, Contrast(self.model.base_model(input_ids=other[:, :-1], use_cache=True).cache, other[:, -1:]))
+                processors.insert(0, Contrast(self._prefill(other[:, :-1]), other[:, -1:]))
             with without_onednn():
                 out = self.model.generate(
                     input_ids=ids, attention_mask=mask, cache=cache,
