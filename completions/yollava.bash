@@ -10,7 +10,7 @@ _yollava() {
     "add") words="--kind --replace --strict --no-train --note --notes-file --model --json --help" ;;
     "ask") words="--image --max-tokens --temperature --seed --no-train --model --json --help" ;;
     "chat") words="--image --max-tokens --temperature --seed --model --help" ;;
-    "doctor") words="--fix --json --help" ;;
+    "doctor") words="--fix --restore --empty-trash --json --help" ;;
     "eval") words="--methods --subjects --pool --folds --epochs --facts-in-tokens --report --history --model --json --help" ;;
     "explain") words="--max-tokens --model --json --help" ;;
     "export") words="--with-photos --json --help" ;;

@@ -40,7 +40,9 @@ complete -c yollava -n "__fish_seen_subcommand_from chat" -l temperature -r -d "
 complete -c yollava -n "__fish_seen_subcommand_from chat" -l seed -r -d "Sampling seed (with --temperature > 0)."
 complete -c yollava -n "__fish_seen_subcommand_from chat" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
 complete -c yollava -n "__fish_seen_subcommand_from doctor" -F  # doctor: files
-complete -c yollava -n "__fish_seen_subcommand_from doctor" -l fix -d "Repair what is safe to repair."
+complete -c yollava -n "__fish_seen_subcommand_from doctor" -l fix -d "Repair what is safe to repair; what is removed goes to the trash."
+complete -c yollava -n "__fish_seen_subcommand_from doctor" -l restore -d "Replace a damaged registry.db with the registry's own backup."
+complete -c yollava -n "__fish_seen_subcommand_from doctor" -l empty-trash -d "Delete everything earlier repairs moved to the trash."
 complete -c yollava -n "__fish_seen_subcommand_from doctor" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -F  # eval: files
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l methods -r -d "Comma-separated: yollava, vanilla, description, auto-description, embedding, head, fused, ask, word-init."

@@ -258,14 +258,107 @@ def test_doctor_finds_and_repairs(world, tmp_path):
     (home / "photos" / "zz").mkdir()
     (home / "photos" / "zz" / "stray.jpg").write_bytes(b"x")
     (home / "checkpoints" / "bo" / ".x.partial").write_bytes(b"x")
+    hour_ago = time.time() - 3600
+    os.utime(home / "checkpoints" / "bo" / ".x.partial", (hour_ago, hour_ago))  # a fresh one may be a live write
+    (home / "checkpoints" / "bo" / ".live.partial").write_bytes(b"x")
     result = run_cli("doctor", "--json", home=home)
     assert result.returncode == 1
     kinds = sorted(p["kind"] for p in json.loads(result.stdout)["problems"])
     assert kinds == ["orphan", "orphan", "photo"]
     fixed = run_cli("doctor", "--fix", home=home)
     assert fixed.returncode == 0 and "fixed 3" in fixed.stdout
+    assert "moved to trash/" in fixed.stderr and "stray.jpg" in fixed.stderr
+    trashed = sorted(p.name for p in (home / "trash").rglob("*") if p.is_file())
+    assert trashed == [".x.partial", "stray.jpg"]  # moved, not deleted
+    assert (home / "checkpoints" / "bo" / ".live.partial").exists()
     assert run_cli("doctor", home=home).returncode == 0
     assert json.loads(run_cli("show", "bo", "--json", home=home).stdout)["status"] == "added"  # retrain: a photo is gone
+    emptied = run_cli("doctor", "--empty-trash", home=home)
+    assert emptied.returncode == 0 and not any((home / "trash").rglob("*.jpg"))
+
+
+def stored_files_exist(home) -> list[str]:
+    """The registry's photo and checkpoint files that are missing on disk (none, when nothing was lost)."""
+    registry = Registry(home)
+    files = list(registry.stored_photos().values()) + [r["file"] for r in registry.checkpoints()]
+    return [f for f in files if not (home / f).is_file()]
+
+
+def test_doctor_fix_racing_an_add_loses_no_photo(world, tmp_path):
+    """doctor --fix run while `add` is inside its transaction (files written, rows not yet
+    committed) must not take those files for orphans."""
+    home = fresh_home(world, tmp_path)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i, photo in enumerate(sorted((world["data"] / "pool" / "imagenet-sample").glob("*.jpg"))[100:160]):
+        shutil.copy(photo, folder / f"{i}.jpg")
+    before = len(list((home / "photos").rglob("*.jpg")))
+    doctor = Registry(home)  # opened first, as a looping `doctor --fix` is when an add begins
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_ADD, "add", "rnd", folder, "--no-train"],
+                            env={**os.environ, "YOLLAVA_HOME": str(home)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(list((home / "photos").rglob("*.jpg"))) >= before + 10, proc)
+    report = examine(doctor, fix=True)  # scans add's uncommitted files, then waits for its commit to repair
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert stored_files_exist(home) == []
+    assert len(json.loads(run_cli("show", "rnd", "--json", home=home).stdout)["photos"]) == 60
+    assert not [p for p in report["problems"] if p["kind"] == "orphan"]  # re-checked under the lock: none was
+
+
+def test_doctor_fix_during_train_leaves_its_checkpoint(world, tmp_path):
+    home = fresh_home(world, tmp_path)
+    existing = set((home / "checkpoints" / "bo").glob("run*.safetensors"))
+    args = ["train", "bo", "--model", str(world["model"]), "--epochs", "3", "--k", "4"]
+    proc = subprocess.Popen([sys.executable, "-m", "yollava_cli", *args], env={**os.environ, "YOLLAVA_HOME": str(home)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    doctor = Registry(home)
+    wait_for(lambda: set((home / "checkpoints" / "bo").glob("run*.safetensors")) - existing, proc)
+    (new,) = set((home / "checkpoints" / "bo").glob("run*.safetensors")) - existing
+    assert proc.poll() is None  # still training: the new checkpoint is not recorded yet
+    report = examine(doctor, fix=True)
+    assert new.is_file() and report["ok"], report["problems"]
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert stored_files_exist(home) == []
+    assert json.loads(run_cli("show", "bo", "--json", home=home).stdout)["status"] == "trained"
+
+
+@pytest.mark.parametrize("damage", ["empty", "missing", "garbage"])
+def test_a_damaged_registry_is_refused_then_restored_from_its_backup(world, tmp_path, damage):
+    home = fresh_home(world, tmp_path)
+    assert (home / "registry.db.backup").is_file()  # written by the commands that built the home
+    concepts = run_cli("list", "--json", home=home).stdout
+    files = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file() and "registry" not in p.name)
+    for name in ("registry.db-wal", "registry.db-shm"):
+        (home / name).unlink(missing_ok=True)
+    if damage == "missing":
+        (home / "registry.db").unlink()
+    else:
+        (home / "registry.db").write_bytes(b"" if damage == "empty" else b"not a database at all" * 100)
+    for args in (["list"], ["doctor", "--fix"], ["add", "bo", world["data"] / "concepts" / "dog" / "train", "--no-train"]):
+        result = run_cli(*args, home=home)
+        assert result.returncode == 1 and "damaged" in result.stderr and "doctor --restore" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file() and "registry" not in p.name) == files
+    restored = run_cli("doctor", "--restore", home=home)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert run_cli("list", "--json", home=home).stdout == concepts
+    assert stored_files_exist(home) == []
+    assert any((home / "trash").rglob("registry.db")) == (damage != "missing")  # the damaged file is kept
+
+
+def test_a_registry_newer_than_its_backup_keeps_the_new_photos(world, tmp_path):
+    """Restoring an older backup leaves the photos added since as orphans: reported, and only
+    ever moved to the trash."""
+    home = fresh_home(world, tmp_path)
+    (home / "registry.db.backup").rename(tmp_path / "old.backup")
+    assert run_cli("add", "cat", world["data"] / "concepts" / "cat" / "train", "--no-train", home=home).returncode == 0
+    (tmp_path / "old.backup").rename(home / "registry.db.backup")
+    (home / "registry.db").write_bytes(b"")
+    restored = run_cli("doctor", "--restore", "--json", home=home)
+    assert restored.returncode == 1  # the cat's photos are orphans of the restored registry
+    orphans = [p for p in json.loads(restored.stdout)["problems"] if p["kind"] == "orphan"]
+    assert len(orphans) == len(list((world["data"] / "concepts" / "cat" / "train").glob("*.jpg")))
+    assert run_cli("doctor", "--fix", home=home).returncode == 0
+    assert len(list((home / "trash").rglob("*.jpg"))) == len(orphans)
 
 
 def consistent(home) -> None:
@@ -468,4 +561,5 @@ def test_read_only_and_full_disk(world, tmp_path):
     rows, files = snapshot(home)
     assert rows == before[0]  # the transaction never committed; at most a temp file was left behind
     assert run_cli("doctor", "--fix", home=home).returncode == 0
-    assert snapshot(home) == before
+    rows, files = snapshot(home)
+    assert rows == before[0] and [f for f in files if not f.startswith("trash/")] == before[1]

@@ -186,12 +186,13 @@ def import_concept(registry: Registry, path: Path, new_name: str | None = None, 
             "base_fingerprint": manifest["base_fingerprint"], "imported_from": path.name}
     if manifest["recognizer"]:
         meta["recognizer"] = manifest["recognizer"]
-    atomic_write_bytes(checkpoint, save_safetensors(rows, metadata={"yollava": json.dumps(meta)}))
-    try:
-        record_import(registry, name, manifest, decoded, checkpoint, path)
-    except BaseException:
-        checkpoint.unlink(missing_ok=True)  # the registry never saw it
-        raise
+    with registry.lock(f"train-{name}", f"writing <{name}>"):  # doctor leaves the file alone until it is recorded
+        atomic_write_bytes(checkpoint, save_safetensors(rows, metadata={"yollava": json.dumps(meta)}))
+        try:
+            record_import(registry, name, manifest, decoded, checkpoint, path)
+        except BaseException:
+            checkpoint.unlink(missing_ok=True)  # the registry never saw it
+            raise
     return {"concept": name, "base_model": manifest["base_model"], "k": manifest["k"], "photos": len(decoded)}
 
 

@@ -688,22 +688,37 @@ def import_(
 
 @app.command()
 def doctor(
-    fix: Annotated[bool, typer.Option("--fix", help="Repair what is safe to repair.")] = False,
+    fix: Annotated[bool, typer.Option("--fix", help="Repair what is safe to repair; what is removed goes to the trash.")] = False,
+    restore: Annotated[bool, typer.Option("--restore", help="Replace a damaged registry.db with the registry's own backup.")] = False,
+    empty_trash: Annotated[bool, typer.Option("--empty-trash", help="Delete everything earlier repairs moved to the trash.")] = False,
     json_: JsonFlag = False,
 ):
     """Check the registry against its files (missing, orphan, damaged; stale runs). Exit 1 if problems remain.
 
+    Nothing is deleted: a repair moves what it removes to trash/ in the data dir, kept 30 days.
+
     Example: yollava doctor --fix
     """
-    from yollava_cli.doctor import examine, summary_line
+    from yollava_cli import doctor as checks
+    from yollava_cli.trash import empty_trash as delete_trash
 
-    report = examine(open_registry(), fix)
+    if restore:
+        report = checks.restore(data_dir())
+        status(f"restored the registry from {report['restored_from']}; the damaged one is in the trash")
+    elif empty_trash:
+        removed = delete_trash(data_dir(), None)
+        if json_:
+            return print_json({"trash_emptied": removed})
+        return out.print(f"emptied the trash ({len(removed)} folder(s))", markup=False)
+    else:
+        report = checks.examine(open_registry(), fix)
     if json_:
         print_json(report)
     else:
         for item in report["problems"]:
-            status(f"{'fixed: ' if item['fixed'] else ''}{item['kind']}: {item['detail']}")
-        out.print(summary_line(report), markup=False, highlight=False)
+            moved = f" (moved to {item['moved_to']})" if item.get("moved_to") else ""
+            status(f"{'fixed: ' if item['fixed'] else ''}{item['kind']}: {item['detail']}{moved}")
+        out.print(checks.summary_line(report), markup=False, highlight=False)
     raise typer.Exit(0 if report["ok"] else 1)
 
 

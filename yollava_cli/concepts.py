@@ -141,12 +141,13 @@ def check_collisions(registry: Registry, name: str, kind: str | None, replace: b
 def remove_concept(registry: Registry, raw_name: str) -> dict:
     """Remove a concept, its checkpoints, and the photos no other concept uses."""
     concept = get_concept(registry, raw_name)
-    checkpoint_files = [registry.root / file for file in registry.checkpoint_files(concept["id"])]
-    with registry.transaction():
-        removed = registry.delete_unused_photos(registry.delete_concept(concept["id"]))
-    registry.unlink_photo_files(removed)
-    for path in checkpoint_files:
-        path.unlink(missing_ok=True)
+    with registry.lock(f"train-{concept['name']}", f"training <{concept['name']}>"):
+        checkpoint_files = [registry.root / file for file in registry.checkpoint_files(concept["id"])]
+        with registry.transaction():
+            removed = registry.delete_unused_photos(registry.delete_concept(concept["id"]))
+        registry.unlink_photo_files(removed)
+        for path in checkpoint_files:
+            path.unlink(missing_ok=True)
     return {"removed": concept["name"], "photos_deleted": len(removed)}
 
 

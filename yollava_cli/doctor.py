@@ -1,21 +1,34 @@
 """`doctor`: check the registry against the files it points at, and repair what is safe to repair.
 
 Safe repairs only drop what is already lost or never referenced: orphan and temporary files,
-rows whose files are gone, runs left 'running' by a killed process. Nothing valid is deleted.
+rows whose files are gone, runs left 'running' by a killed process. The repair runs inside one
+write transaction, so every writer of the store waits for it; each file is checked again there
+just before it is moved, files a live training owns are left alone, and nothing is deleted: what
+is removed goes to the trash folder (see trash.py).
 """
 
+import json
+import shutil
+import struct
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
 
+from yollava_cli.backup import FILE as BACKUP_FILE
+from yollava_cli.backup import backup_is_usable
 from yollava_cli.errors import UserError
 from yollava_cli.facts import check_fact
 from yollava_cli.migrations import MIGRATIONS
 from yollava_cli.store import Registry
+from yollava_cli.trash import KEEP_DAYS, empty_trash, move_to_trash, trash_folder
+
+STALE_TEMP_S = 600  # a temporary file outside the photo store older than this has no live writer
 
 
-def problem(kind: str, detail: str) -> dict:
-    return {"kind": kind, "detail": detail, "fixed": False}
+def problem(kind: str, detail: str, **target) -> dict:
+    return {"kind": kind, "detail": detail, "fixed": False, **target}
 
 
 def readable(path: Path) -> bool:
@@ -35,55 +48,162 @@ def examine(registry: Registry, fix: bool = False) -> dict:
         found.append(problem("database", f"SQLite integrity check: {integrity} (restore registry.db from a backup)"))
 
     photos = registry.stored_photos()
-    bad_photos = [sha for sha, file in photos.items() if not (root / file).is_file() or not readable(root / file)]
-    found += [problem("photo", f"stored photo {sha[:12]} is missing or damaged") for sha in bad_photos]
+    for sha, file in photos.items():
+        if not photo_is_sound(root / file):
+            found.append(problem("photo", f"stored photo {sha[:12]} is missing or damaged", sha=sha))
     known_files = set(photos.values())
-    orphans = [p for p in (root / "photos").rglob("*") if p.is_file() and str(p.relative_to(root)) not in known_files]
-    found += [problem("orphan", f"{p.relative_to(root)} is not in the registry") for p in orphans]
+    for path in (root / "photos").rglob("*"):
+        if path.is_file() and path.suffix != ".tmp" and rel(root, path) not in known_files:
+            found.append(problem("orphan", f"{rel(root, path)} is not in the registry", path=path))
 
     checkpoints = registry.checkpoints()
-    lost_checkpoints = [r for r in checkpoints if not (root / r["file"]).is_file()]
-    found += [problem("checkpoint", f"{r['file']} is missing") for r in lost_checkpoints]
-    known_checkpoints = {r["file"] for r in checkpoints}
-    stray = [p for p in (root / "checkpoints").rglob("*.safetensors")
-             if p.name != "resume.safetensors" and str(p.relative_to(root)) not in known_checkpoints]
-    temporary = [p for pattern in ("*.tmp", "*.partial") for p in root.rglob(pattern)]
-    found += [problem("orphan", f"{p.relative_to(root)} is not in the registry") for p in stray + temporary]
+    for r in checkpoints:
+        if not (root / r["file"]).is_file():
+            found.append(problem("checkpoint", f"{r['file']} is missing", checkpoint=r))
+    for path in stray_checkpoints(registry, {r["file"] for r in checkpoints}):
+        found.append(problem("orphan", f"{rel(root, path)} is not in the registry", path=path))
+    for path in temporary_files(registry):
+        found.append(problem("orphan", f"{rel(root, path)} is a temporary file left by a stopped write", path=path))
 
-    stale_runs = [r for r in registry.running_runs() if not running(registry, r["name"])]
-    found += [problem("run", f"run {r['id']} ({r['name'] or 'eval'}) was left running by a process that died") for r in stale_runs]
+    for r in registry.running_runs():
+        if not running(registry, r["name"]):
+            found.append(problem("run", f"run {r['id']} ({r['name'] or 'eval'}) was left running by a process that died", run=r))
 
-    bad_facts = []  # written around `note` (by hand, an old tool): reported, never rewritten
-    for r in registry.all_facts():
+    for r in registry.all_facts():  # written around `note` (by hand, an old tool): reported, never rewritten
         try:
             check_fact(r["text"])
         except UserError as e:
-            bad_facts.append(problem("fact", f"<{r['name']}>: {e} (see `yollava note {r['name']}`; remove it with --rm N)"))
-    found += bad_facts
+            found.append(problem("fact", f"<{r['name']}>: {e} (see `yollava note {r['name']}`; remove it with --rm N)"))
 
-    if fix and found:
-        with registry.transaction():
-            for sha in bad_photos:
-                registry.forget_photo(sha)
-            for r in lost_checkpoints:
-                registry.forget_checkpoint(r["id"], r["concept_id"])
-            for r in stale_runs:
-                registry.interrupt_run(r["id"])
-        for sha in bad_photos:
-            registry.photo_file(sha).unlink(missing_ok=True)
-        for path in orphans + stray + temporary:
-            path.unlink(missing_ok=True)
-        for item in found:
-            item["fixed"] = item["kind"] not in ("database", "fact")
+    trash = None
+    if fix and any(p["kind"] not in ("database", "fact") for p in found):
+        trash = trash_folder(root)
+        found = repair(registry, found, trash)
+    emptied = empty_trash(root) if fix else []
+    report = [{k: v for k, v in p.items() if k in ("kind", "detail", "fixed", "moved_to")} for p in found]
     return {"registry": str(root / "registry.db"), "schema_version": registry.schema_version,
-            "schema_expected": len(MIGRATIONS), "problems": found,
-            "ok": not [p for p in found if not p["fixed"]]}
+            "schema_expected": len(MIGRATIONS), "problems": report,
+            "trash": str(trash) if trash and trash.exists() else None, "trash_emptied": emptied,
+            "ok": not [p for p in report if not p["fixed"]]}
 
 
-def running(registry: Registry, name: str | None) -> bool:
-    """Whether a live process holds the concept's training lock."""
-    if name is None:
-        return False
+def repair(registry: Registry, found: list[dict], trash: Path) -> list[dict]:
+    """Fix each problem after checking it again under the write lock; one that a concurrent
+    command resolved meanwhile (its rows committed) is dropped from the report."""
+    root = registry.root
+    still = []
+    with registry.transaction():
+        photos = registry.stored_photos()
+        known_files = set(photos.values())
+        checkpoint_files = {r["file"] for r in registry.checkpoints()}
+        live = {r["id"] for r in registry.running_runs()}
+        for item in found:
+            kind = item["kind"]
+            if kind == "photo":
+                sha = item["sha"]
+                if sha not in photos or photo_is_sound(root / photos[sha]):
+                    continue
+                registry.forget_photo(sha)
+                if (root / photos[sha]).is_file():
+                    item["moved_to"] = rel(root, move_to_trash(root, root / photos[sha], trash))
+            elif kind == "orphan":
+                path = item["path"]
+                if not path.is_file() or rel(root, path) in known_files | checkpoint_files:
+                    continue
+                with concept_lock(registry, path) as free:
+                    if not free:
+                        continue  # a training started meanwhile: the file is its own
+                    if path.name == "resume.safetensors" or rel(root, path) in resumable_files(path.parent):
+                        continue
+                    item["moved_to"] = rel(root, move_to_trash(root, path, trash))
+            elif kind == "checkpoint":
+                r = item["checkpoint"]
+                if r["file"] not in checkpoint_files or (root / r["file"]).is_file():
+                    continue
+                registry.forget_checkpoint(r["id"], r["concept_id"])
+            elif kind == "run":
+                r = item["run"]
+                if r["id"] not in live or running(registry, r["name"]):
+                    continue
+                registry.interrupt_run(r["id"])
+            item["fixed"] = kind not in ("database", "fact")
+            still.append(item)
+    return still
+
+
+def photo_is_sound(path: Path) -> bool:
+    return path.is_file() and readable(path)
+
+
+def rel(root: Path, path: Path) -> str:
+    return str(path.relative_to(root))
+
+
+def concept_folders(registry: Registry):
+    base = registry.root / "checkpoints"
+    return sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+
+def stray_checkpoints(registry: Registry, known: set[str]) -> list[Path]:
+    """Checkpoint files no row names, in folders whose concept is not being trained right now, and
+    not the best-so-far file an interrupted run's resume state still points at."""
+    stray = []
+    for folder in concept_folders(registry):
+        with concept_lock(registry, folder / "x") as free:
+            if not free:
+                continue
+            keep = resumable_files(folder)
+            stray += [p for p in sorted(folder.glob("*.safetensors")) if p.name != "resume.safetensors"
+                      and rel(registry.root, p) not in known | keep]
+    return stray
+
+
+def temporary_files(registry: Registry) -> list[Path]:
+    """Temporary files of writes that stopped: in the photo store (written only inside a write
+    transaction, so none is live while doctor holds it), and elsewhere once they are stale."""
+    root = registry.root
+    found = sorted((root / "photos").rglob("*.tmp")) if (root / "photos").is_dir() else []
+    cutoff = time.time() - STALE_TEMP_S
+    for pattern in ("*.tmp", "*.partial"):
+        for path in root.rglob(pattern):
+            parts = path.relative_to(root).parts
+            if parts[0] in ("photos", "trash") or not path.is_file() or path.stat().st_mtime > cutoff:
+                continue
+            if parts[0] == "checkpoints" and len(parts) > 2 and training(registry, parts[1]):
+                continue
+            found.append(path)
+    return found
+
+
+def resumable_files(folder: Path) -> set[str]:
+    """The checkpoint an interrupted run's resume state names as its best so far: `--resume` needs it."""
+    path = folder / "resume.safetensors"
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        best = json.loads(header["__metadata__"]["yollava"]).get("best") or {}
+        return {best["file"]} if best.get("file") else set()
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return set()
+
+
+@contextmanager
+def concept_lock(registry: Registry, path: Path):
+    """Hold the training lock of the concept whose checkpoint folder holds `path` (yields True), or
+    yield False when a live process holds it; paths outside checkpoints/ need no lock."""
+    parts = path.relative_to(registry.root).parts
+    if parts[0] != "checkpoints" or len(parts) < 3:
+        yield True
+        return
+    try:
+        with registry.lock(f"train-{parts[1]}", "checking"):
+            yield True
+    except UserError:
+        yield False
+
+
+def training(registry: Registry, name: str) -> bool:
     try:
         with registry.lock(f"train-{name}", "checking"):
             return False
@@ -91,10 +211,31 @@ def running(registry: Registry, name: str | None) -> bool:
         return True
 
 
+def running(registry: Registry, name: str | None) -> bool:
+    """Whether a live process holds the concept's training lock."""
+    return name is not None and training(registry, name)
+
+
+def restore(root: Path) -> dict:
+    """Put the registry's own backup in place of a damaged registry.db (moved to the trash)."""
+    if not backup_is_usable(root):
+        raise UserError(f"{root / BACKUP_FILE}: no usable backup to restore; restore registry.db from your own backup")
+    trash = trash_folder(root)
+    moved = [rel(root, move_to_trash(root, root / name, trash))
+             for name in ("registry.db", "registry.db-wal", "registry.db-shm") if (root / name).exists()]
+    tmp = root / ".registry.db.restore.tmp"
+    shutil.copyfile(root / BACKUP_FILE, tmp)
+    tmp.replace(root / "registry.db")
+    report = examine(Registry(root))
+    return {**report, "restored_from": str(root / BACKUP_FILE), "damaged_moved_to": moved}
+
+
 def summary_line(report: dict) -> str:
     open_problems = [p for p in report["problems"] if not p["fixed"]]
     if not report["problems"]:
         return f"registry OK (schema {report['schema_version']})"
     if not open_problems:
-        return f"fixed {len(report['problems'])} problem(s)"
+        moved = f"; what was removed is in {report['trash']} (kept {KEEP_DAYS} days, or `yollava doctor --empty-trash`)" \
+            if report.get("trash") else ""
+        return f"fixed {len(report['problems'])} problem(s){moved}"
     return f"{len(open_problems)} problem(s); `yollava doctor --fix` repairs what is safe to repair"

@@ -6,6 +6,7 @@ rows that point at them, so a crash leaves at worst an unreferenced file, never 
 points at nothing.
 """
 
+import atexit
 import fcntl
 import json
 import os
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import sqlite_utils
 
+from yollava_cli.backup import FILE as BACKUP_FILE
+from yollava_cli.backup import backup_is_usable, write_backup
 from yollava_cli.errors import UserError
 from yollava_cli.fileio import atomic_write_bytes
 from yollava_cli.migrations import MIGRATIONS
@@ -28,30 +31,84 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class DamagedRegistry(UserError):
+    """registry.db is empty, missing or unreadable while the data dir holds what it described."""
+
+
+def stored_content(root: Path) -> dict[str, int]:
+    """What a data dir holds besides its registry: photos, checkpoints, a write-ahead log."""
+    return {
+        "photos": sum(1 for p in (root / "photos").rglob("*.jpg") if p.is_file()),
+        "checkpoints": sum(1 for p in (root / "checkpoints").rglob("*.safetensors") if p.is_file()),
+        "log": int((root / "registry.db-wal").is_file() and (root / "registry.db-wal").stat().st_size > 0),
+    }
+
+
+def refuse_damaged(root: Path) -> None:
+    """A missing or empty registry is a new install only in an empty data dir: beside stored photos
+    or checkpoints it is damage, and opening it as new would make every stored file an orphan."""
+    db = root / "registry.db"
+    if db.is_file() and db.stat().st_size > 0:
+        return
+    content = stored_content(root)
+    if any(content.values()):
+        state = "is empty (0 bytes)" if db.is_file() else "is missing"
+        raise DamagedRegistry(damaged_message(root, state, content))
+
+
+def damaged_message(root: Path, state: str, content: dict | None = None) -> str:
+    content = content or stored_content(root)
+    held = f"{content['photos']} stored photos and {content['checkpoints']} checkpoints"
+    way_back = (f"`yollava doctor --restore` brings back {BACKUP_FILE} "
+                f"(saved {datetime.fromtimestamp((root / BACKUP_FILE).stat().st_mtime).isoformat(timespec='minutes')})"
+                if backup_is_usable(root) else
+                f"no backup ({BACKUP_FILE}) is there to restore: restore registry.db from your own backup")
+    return f"{root / 'registry.db'} {state} but the data dir holds {held}: the registry is damaged; nothing was changed; {way_back}"
+
+
 class Registry:
     """Open (creating and migrating if needed) the registry under `root`."""
 
     def __init__(self, root: Path):
         self.root = root
+        self.changed = False  # set by a committed write; the backup is refreshed at exit
         try:
             root.mkdir(parents=True, exist_ok=True)
             # Switching a new database to WAL fails at once, without waiting on the busy
             # timeout, while another process is doing the same; so opening is serialised.
             with open(root / "registry.open-lock", "a") as guard:
                 fcntl.flock(guard, fcntl.LOCK_EX)
+                refuse_damaged(root)
                 conn = sqlite3.connect(
                     root / "registry.db", timeout=BUSY_TIMEOUT_S, isolation_level=None
                 )
                 conn.row_factory = sqlite3.Row
-                conn.execute("PRAGMA journal_mode=WAL")
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                except sqlite3.DatabaseError as e:
+                    if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                        raise
+                    conn.close()
+                    raise DamagedRegistry(damaged_message(root, f"is not a readable SQLite database ({e})")) from None
                 conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
                 conn.execute("PRAGMA foreign_keys=ON")
                 self.db = sqlite_utils.Database(conn, execute_plugins=False)
                 self._migrate()
+                self.changed = False  # a schema change alone is backed up with the next write
         except (OSError, sqlite3.OperationalError) as e:
             raise UserError(
                 f"{root}: cannot open the data dir ({e}); make it writable or set YOLLAVA_HOME"
             ) from None
+        atexit.register(self.back_up_if_changed)
+
+    def back_up_if_changed(self) -> None:
+        """Refresh registry.db.backup when this process committed a change to the registry."""
+        if self.changed:
+            self.changed = False
+            try:
+                write_backup(self.root)
+            except (OSError, sqlite3.Error):
+                pass  # the registry itself is intact; the previous backup stays
 
     def close(self) -> None:
         self.db.close()
@@ -70,6 +127,7 @@ class Registry:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        self.changed = True
 
     def _migrate(self) -> None:
         self.db.execute(
@@ -167,9 +225,14 @@ class Registry:
         return removed
 
     def unlink_photo_files(self, shas: list[str]) -> None:
-        """Remove files after the transaction that dropped their rows has committed."""
-        for sha in shas:
-            self.photo_file(sha).unlink(missing_ok=True)
+        """Remove files after the transaction that dropped their rows has committed, each only if no
+        row came back for it meanwhile (another `add` of the same photo reuses the file it finds)."""
+        if not shas:
+            return
+        with self.transaction():
+            for sha in shas:
+                if self.photo(sha) is None:
+                    self.photo_file(sha).unlink(missing_ok=True)
 
     # -- concepts -----------------------------------------------------------------------
 
