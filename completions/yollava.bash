@@ -7,15 +7,15 @@ _yollava() {
   done
   case "$cmdpath" in
     "") words="add ask chat doctor eval explain export find import list mine note pool rm show train --help" ;;
-    "add") words="--kind --replace --strict --no-train --note --notes-file --model --json --help" ;;
-    "ask") words="--image --max-tokens --temperature --seed --no-train --model --json --help" ;;
-    "chat") words="--image --max-tokens --temperature --seed --model --help" ;;
+    "add") words="--kind --replace --strict --no-train --note --notes-file --model --quantize --json --help" ;;
+    "ask") words="--image --max-tokens --temperature --seed --no-train --model --quantize --json --help" ;;
+    "chat") words="--image --max-tokens --temperature --seed --model --quantize --help" ;;
     "doctor") words="--fix --restore --empty-trash --json --help" ;;
-    "eval") words="--methods --subjects --pool --folds --epochs --facts-in-tokens --report --history --model --json --help" ;;
-    "explain") words="--max-tokens --model --json --help" ;;
+    "eval") words="--methods --subjects --pool --folds --epochs --facts-in-tokens --report --history --model --quantize --json --help" ;;
+    "explain") words="--max-tokens --model --quantize --json --help" ;;
     "export") words="--with-photos --json --help" ;;
-    "find") words="--threshold --top --by --verify --no-train --model --json --help" ;;
-    "import") words="--as --skip-model-check --model --json --help" ;;
+    "find") words="--threshold --top --by --verify --no-train --model --quantize --json --help" ;;
+    "import") words="--as --skip-model-check --model --quantize --json --help" ;;
     "list") words="--json --help" ;;
     "mine") words="--pool --hard --easy --seed --duplicate-above --embedder --json --help" ;;
     "note") words="--rm --json --help" ;;
@@ -25,7 +25,7 @@ _yollava() {
     "pool rm") words="--json --help" ;;
     "rm") words="--yes -y --json --help" ;;
     "show") words="--data --json --help" ;;
-    "train") words="--k --epochs --lr --batch-size --seed --facts-in-tokens --resume --model --json --help" ;;
+    "train") words="--k --epochs --lr --batch-size --seed --facts-in-tokens --resume --model --quantize --json --help" ;;
   esac
   if [[ "$cur" == -* || -z "$cmdpath" ]]; then
     COMPREPLY=($(compgen -W "$words" -- "$cur"))

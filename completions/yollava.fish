@@ -24,6 +24,7 @@ complete -c yollava -n "__fish_seen_subcommand_from add" -l no-train -d "Only st
 complete -c yollava -n "__fish_seen_subcommand_from add" -l note -r -d "A fact photos cannot show, e.g. 'is scared of the vacuum cleaner' (repeatable)."
 complete -c yollava -n "__fish_seen_subcommand_from add" -l notes-file -r -d "A text file of facts, one a line."
 complete -c yollava -n "__fish_seen_subcommand_from add" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
+complete -c yollava -n "__fish_seen_subcommand_from add" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."
 complete -c yollava -n "__fish_seen_subcommand_from add" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from ask" -F  # ask: files
 complete -c yollava -n "__fish_seen_subcommand_from ask" -l image -r -d "A photo to ask about (repeatable)."
@@ -32,6 +33,7 @@ complete -c yollava -n "__fish_seen_subcommand_from ask" -l temperature -r -d "0
 complete -c yollava -n "__fish_seen_subcommand_from ask" -l seed -r -d "Sampling seed (with --temperature > 0)."
 complete -c yollava -n "__fish_seen_subcommand_from ask" -l no-train -d "Refuse untrained concepts instead of training them first."
 complete -c yollava -n "__fish_seen_subcommand_from ask" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
+complete -c yollava -n "__fish_seen_subcommand_from ask" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."
 complete -c yollava -n "__fish_seen_subcommand_from ask" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from chat" -F  # chat: files
 complete -c yollava -n "__fish_seen_subcommand_from chat" -l image -r -d "A photo to talk about."
@@ -39,6 +41,7 @@ complete -c yollava -n "__fish_seen_subcommand_from chat" -l max-tokens -r -d "L
 complete -c yollava -n "__fish_seen_subcommand_from chat" -l temperature -r -d "0 = greedy (reproducible); higher = more varied."
 complete -c yollava -n "__fish_seen_subcommand_from chat" -l seed -r -d "Sampling seed (with --temperature > 0)."
 complete -c yollava -n "__fish_seen_subcommand_from chat" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
+complete -c yollava -n "__fish_seen_subcommand_from chat" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."
 complete -c yollava -n "__fish_seen_subcommand_from doctor" -F  # doctor: files
 complete -c yollava -n "__fish_seen_subcommand_from doctor" -l fix -d "Repair what is safe to repair; what is removed goes to the trash."
 complete -c yollava -n "__fish_seen_subcommand_from doctor" -l restore -d "Replace a damaged registry.db with the registry's own backup."
@@ -54,10 +57,12 @@ complete -c yollava -n "__fish_seen_subcommand_from eval" -l facts-in-tokens -d 
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l report -r -d "Write report.json, report.md and chart.png here."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l history -d "List earlier eval runs instead."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
+complete -c yollava -n "__fish_seen_subcommand_from eval" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from explain" -F  # explain: files
 complete -c yollava -n "__fish_seen_subcommand_from explain" -l max-tokens -r -d "Longest answer, in tokens."
 complete -c yollava -n "__fish_seen_subcommand_from explain" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
+complete -c yollava -n "__fish_seen_subcommand_from explain" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."
 complete -c yollava -n "__fish_seen_subcommand_from explain" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from export" -F  # export: files
 complete -c yollava -n "__fish_seen_subcommand_from export" -l with-photos -d "Include the training photos."
@@ -69,11 +74,13 @@ complete -c yollava -n "__fish_seen_subcommand_from find" -l by -r -d "Signal: f
 complete -c yollava -n "__fish_seen_subcommand_from find" -l verify -r -d "With --by fused: how many of the head's best photos the language model checks (plus those near the threshold)."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l no-train -d "Refuse an untrained concept instead of training it."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
+complete -c yollava -n "__fish_seen_subcommand_from find" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from import" -F  # import: files
 complete -c yollava -n "__fish_seen_subcommand_from import" -l as -r -d "Import under another name."
 complete -c yollava -n "__fish_seen_subcommand_from import" -l skip-model-check -d "Do not load the base model to compare fingerprints now (it is still checked at use)."
 complete -c yollava -n "__fish_seen_subcommand_from import" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
+complete -c yollava -n "__fish_seen_subcommand_from import" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."
 complete -c yollava -n "__fish_seen_subcommand_from import" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from list" -F  # list: files
 complete -c yollava -n "__fish_seen_subcommand_from list" -l json -d "Print one JSON document on stdout, nothing else."
@@ -114,4 +121,5 @@ complete -c yollava -n "__fish_seen_subcommand_from train" -l seed -r -d ""
 complete -c yollava -n "__fish_seen_subcommand_from train" -l facts-in-tokens -d "Also train the concept's noted facts into its tokens (they are always in the prompt)."
 complete -c yollava -n "__fish_seen_subcommand_from train" -l resume -d "Continue an interrupted run (same flags)."
 complete -c yollava -n "__fish_seen_subcommand_from train" -l model -r -d "Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
+complete -c yollava -n "__fish_seen_subcommand_from train" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."
 complete -c yollava -n "__fish_seen_subcommand_from train" -l json -d "Print one JSON document on stdout, nothing else."

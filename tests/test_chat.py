@@ -99,7 +99,8 @@ def test_ask_json_shape(trained):
     assert set(data) == {"answer", "concepts", "model", "timings", "verdicts", "quoted_note"} and data["verdicts"] == []
     assert data["quoted_note"] is None  # bo has no notes
     assert data["concepts"] == ["bo"] and data["model"] == str(model_dir)
-    assert set(data["timings"]) == {"first_token_s", "total_s", "tokens"}
+    assert set(data["timings"]) == {"first_token_s", "total_s", "tokens", "compute"}
+    assert data["timings"]["compute"]["device"] == "cpu" and data["timings"]["compute"]["precision"] in ("fp32", "bf16")
     streamed = invoke("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "8",
                        "--model", model_dir, home=home)
     assert streamed.returncode == 0 and streamed.stdout.strip()

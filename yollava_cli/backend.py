@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from yollava_cli.compute import Policy, current_policy
 from yollava_cli.concept_tokens import ConceptEmbedding, ConceptHead, ConceptTokens
 from yollava_cli.cores import one_thread, use_idle_cores
 from yollava_cli.errors import UserError
@@ -38,13 +39,15 @@ class VLM:
     """A loaded base model with its processor: `tokens` (the concepts' rows), `prompts` (prompt to
     tokens) and `features` (the image-feature cache, which a caller may pass in)."""
 
-    def __init__(self, model, processor, ref: str, cache_dir: Path | None = None, features: FeatureCache | None = None):
+    def __init__(self, model, processor, ref: str, cache_dir: Path | None = None, features: FeatureCache | None = None,
+                 policy: Policy | None = None):
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.ref = ref
         self.device = next(model.parameters()).device
-        self.dtype = model.dtype  # of activations and image features; on CPU the matrices become bf16 below
+        self.dtype = model.dtype  # of activations and image features
+        self.policy = policy or current_policy()
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(processor.image_token)
         self.vision_calls = 0  # photos that went through the vision tower: tests and benches read it
         embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
@@ -53,11 +56,12 @@ class VLM:
         else:  # before wrapping: the concept tables must not enter the hash
             model.yollava_fingerprint = fingerprint(embedding.weight, model)
         self.fingerprint = model.yollava_fingerprint
-        folder = cache_dir / "features" / self.fingerprint.replace(":", "-") if cache_dir else None
-        self.features = features if features is not None else FeatureCache(folder)
+        self.feature_dtype = torch.bfloat16 if self.cpu_bf16 else self.dtype  # what the projector computes in
+        folder = cache_dir / "features" / feature_cache_name(self.fingerprint, self.feature_dtype, processor) if cache_dir else None
+        self.features = features if features is not None else FeatureCache(folder, feature_cache_bytes())
         embedding = ConceptEmbedding(embedding)
         model.set_input_embeddings(embedding)
-        if self.device.type == "cpu" and self.dtype == torch.float32:
+        if self.cpu_bf16:
             head = store_matrices_in_bf16(model.get_decoder(), head)
         self.head = ConceptHead(head, len(self.tokenizer), [self.image_token_id])
         model.set_output_embeddings(self.head)
@@ -86,11 +90,16 @@ class VLM:
 
     # -- answers ------------------------------------------------------------------------
 
+    @property
+    def cpu_bf16(self) -> bool:
+        """Whether this fp32 model on CPU computes in bf16 (the compute policy's choice)."""
+        return self.device.type == "cpu" and self.dtype == torch.float32 and self.policy.cpu_bf16
+
     def fast(self):
-        """bf16 autocast on CPU around every model pass (the image features included, so every path
-        computes them alike): the language model's matrices are stored in bf16 there, and autocast
-        keeps the residual stream, norms and softmax in fp32."""
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.device.type == "cpu")
+        """bf16 autocast on CPU around every model pass where the policy computes in bf16 (the image
+        features included, so every path computes them alike): the language model's matrices are
+        stored in bf16 there, and autocast keeps the residual stream, norms and softmax in fp32."""
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16)
 
     @contextmanager
     def conversation(self, concepts: list[str], photo_rows: torch.Tensor | bool):
@@ -317,7 +326,7 @@ class VLM:
             )
         features = getattr(result, "pooler_output", result)
         features = features[0] if isinstance(features, (list, tuple)) else features
-        return features.reshape(-1, features.shape[-1]).detach().float().cpu()
+        return features.reshape(-1, features.shape[-1]).detach().to(self.feature_dtype).cpu()
 
 
 class CallbackStreamer:
@@ -415,6 +424,21 @@ def store_matrices_in_bf16(decoder: torch.nn.Module, head: torch.nn.Linear) -> t
     return untied
 
 
+def feature_cache_name(fingerprint: str, dtype: torch.dtype, processor) -> str:
+    """The feature cache's folder: the model, the precision the features are computed in, and the
+    image processor's settings (size, crops, splitting), any of which changes the features."""
+    settings = getattr(processor, "image_processor", None)
+    settings = settings.to_json_string() if hasattr(settings, "to_json_string") else repr(settings)
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:8]
+    return f"{fingerprint.replace(':', '-')}-{str(dtype).removeprefix('torch.')}-{digest}"
+
+
+def feature_cache_bytes() -> int:
+    from yollava_cli.config import load_config
+
+    return int(load_config()["feature_cache_mb"] * 2**20)
+
+
 def mm_outputs(features: list[torch.Tensor], dtype: torch.dtype, device) -> dict:
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -440,14 +464,18 @@ def resolve_model_ref(explicit: str | None = None) -> str:
     return explicit or os.environ.get(MODEL_ENV) or load_config()["model"]
 
 
-def load_vlm(ref: str | None = None, on_status: Callable[[str], None] | None = None) -> VLM:
-    """Load `pocket`, a local HF-format directory, or a hub id; one-line errors when it cannot."""
+def load_vlm(ref: str | None = None, on_status: Callable[[str], None] | None = None, quantize: str | None = None) -> VLM:
+    """Load `pocket`, a local HF-format directory, or a hub id; one-line errors when it cannot.
+    `quantize`: 4bit or 8bit weights (CUDA), else $YOLLAVA_QUANTIZE or the config's choice."""
     from yollava_cli.config import data_dir
 
     ref = resolve_model_ref(ref)
     cache = data_dir() / "models"
     use_idle_cores()
+    policy = current_policy(quantize)
     if ref == POCKET:
+        if policy.quantize != "none":
+            raise UserError(f"{POCKET} is a 135M model and is not quantized: drop --quantize (it is for 7B/13B models on a GPU)")
         from yollava_cli.pocket import PocketUnavailable, load_pocket
 
         if on_status:  # ~2 s of silence otherwise, before the first token
@@ -457,25 +485,28 @@ def load_vlm(ref: str | None = None, on_status: Callable[[str], None] | None = N
                 model, processor = load_pocket(cache / POCKET, on_status=on_status)
             except PocketUnavailable as e:
                 raise UserError(str(e)) from None
-            return VLM(model, processor, ref, cache)
-    model, processor = load_transformers_model(ref, on_status)
-    return VLM(model, processor, ref, cache)
+            return VLM(model.to(policy.device) if policy.device != "cpu" else model, processor, ref, cache, policy=policy)
+    model, processor = load_transformers_model(ref, policy, on_status)
+    return VLM(model, processor, ref, cache, policy=policy)
 
 
-def load_transformers_model(ref: str, on_status=None):
+def load_transformers_model(ref: str, policy: Policy, on_status=None):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     local = Path(ref).expanduser()
     if not local.is_dir() and (local.exists() or ref.startswith((".", "/", "~"))):
         raise UserError(f"{ref}: not a model directory; pass a local HF-format folder, a hub id, or pocket")
     source = str(local) if local.is_dir() else ref
-    cuda = torch.cuda.is_available()
-    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
+    options = {"dtype": policy.load_dtype, **quantized_loading(policy)}
     if on_status:
-        on_status(f"Loading {source} ({'cuda' if cuda else 'cpu'}, {str(dtype).removeprefix('torch.')})...")
+        quantized = f", {policy.quantize}" if policy.quantize != "none" else ""
+        on_status(f"Loading {source} ({policy.device}, {policy.precision}{quantized})...")
     try:
         processor = AutoProcessor.from_pretrained(source)
-        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+        model = AutoModelForImageTextToText.from_pretrained(source, **options)
+    except ImportError as e:  # a pre-quantized checkpoint, or a processor, that needs a package
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load model {ref!r}: {first[:200]} (install what it names, e.g. pip install accelerate bitsandbytes)") from None
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = "from the Hugging Face hub" if not local.is_dir() else "from that folder"
@@ -483,4 +514,24 @@ def load_transformers_model(ref: str, on_status=None):
             f"cannot load model {ref!r} {where} ({first[:200]}); check the id and your network "
             f"(offline: HF_HUB_OFFLINE=1 uses only cached models), or use --model pocket"
         ) from None
-    return model.to("cuda" if cuda else "cpu"), processor
+    return (model if "device_map" in options else model.to(policy.device)), processor
+
+
+def quantized_loading(policy: Policy) -> dict:
+    """from_pretrained's options for 4/8-bit weights through bitsandbytes, placed on the GPU; the
+    concepts' rows stay fp32 (ConceptTokens), compute runs in the policy's dtype."""
+    if policy.quantize == "none":
+        return {}
+    import importlib.util
+
+    missing = [name for name in ("bitsandbytes", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"--quantize {policy.quantize} needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    from transformers import BitsAndBytesConfig
+
+    if policy.quantize == "4bit":
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=policy.dtype,
+                                    bnb_4bit_use_double_quant=True)
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": config, "device_map": {"": 0}}

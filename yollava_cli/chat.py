@@ -141,7 +141,8 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
     tokens = len(vlm.tokenizer.encode(answer, add_special_tokens=False))
     return {"answer": answer, "concepts": concepts, "model": vlm.ref, "verdicts": verdicts or [], "quoted_note": guidance.get("opening"),
             "timings": {"first_token_s": round(first[0], 4) if first else None,
-                        "total_s": round(time.perf_counter() - start, 4), "tokens": tokens}}
+                        "total_s": round(time.perf_counter() - start, 4), "tokens": tokens,
+                        "compute": vlm.policy.summary()}}
 
 
 @dataclass

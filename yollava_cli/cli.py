@@ -106,6 +106,12 @@ ModelOption = Annotated[
 ]
 
 
+QuantizeOption = Annotated[
+    Optional[str], typer.Option("--quantize", metavar="4bit|8bit",
+                                help="Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config.")
+]
+
+
 class TrainView:
     """Renders training and eval events: a counted bar for each step that takes a while (mining's
     embedding, the attribute conversations, each epoch), a line per epoch; the bars are cleared at the end."""
@@ -292,6 +298,7 @@ def add(
     note: Annotated[Optional[list[str]], typer.Option("--note", help="A fact photos cannot show, e.g. \"is scared of the vacuum cleaner\" (repeatable).")] = None,
     notes_file: Annotated[Optional[Path], typer.Option("--notes-file", help="A text file of facts, one a line.")] = None,
     model: ModelOption = None,
+    quantize: QuantizeOption = None,
     json_: JsonFlag = False,
 ):
     """Add photos of a concept (creating it), then mine its negatives and train it.
@@ -316,7 +323,7 @@ def add(
         out.print(f"{verb} <{result.concept}> ({result.kind}): {result.new_photos} new photo(s), "
                   f"{result.total_photos} in all.", markup=False, highlight=False)
     if not no_train and (result.new_photos or registry.concept(result.concept)["status"] != "trained"):
-        trained = prepare(registry, result.concept, model)
+        trained = prepare(registry, result.concept, model, quantize=quantize)
         data["trained"] = trained.to_json()
         if not json_:
             render_train(trained, False)
@@ -324,7 +331,7 @@ def add(
         print_json(data)
 
 
-def prepare(registry: Registry, name: str, model: str | None, config=None, resume: bool = False):
+def prepare(registry: Registry, name: str, model: str | None, config=None, resume: bool = False, quantize: str | None = None):
     """Mine (if the concept has no negatives yet) and train, with progress on stderr."""
     from yollava_cli.backend import load_vlm
     from yollava_cli.embeddings import load_embedder
@@ -333,7 +340,7 @@ def prepare(registry: Registry, name: str, model: str | None, config=None, resum
     config = config or TrainConfig()
     with train_view(config.epochs) as view:
         return prepare_concept(
-            registry, name, lambda: load_vlm(model, on_status=status), load_embedder,
+            registry, name, lambda: load_vlm(model, on_status=status, quantize=quantize), load_embedder,
             config, resume, on_status=status, on_progress=view.embedding, on_event=view,
         )
 
@@ -349,6 +356,7 @@ def train(
     facts_in_tokens: Annotated[bool, typer.Option("--facts-in-tokens", help="Also train the concept's noted facts into its tokens (they are always in the prompt).")] = TrainConfig.facts_in_tokens,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (same flags).")] = False,
     model: ModelOption = None,
+    quantize: QuantizeOption = None,
     json_: JsonFlag = False,
 ):
     """(Re)train a concept's tokens from its photos and mined negatives. Ctrl-C keeps the best so far.
@@ -356,7 +364,7 @@ def train(
     Example: yollava train bo --epochs 15
     """
     config = TrainConfig(k=k, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, facts_in_tokens=facts_in_tokens)
-    render_train(prepare(open_registry(), name, model, config, resume), json_)
+    render_train(prepare(open_registry(), name, model, config, resume, quantize), json_)
 
 
 class Generation:
@@ -367,7 +375,7 @@ class Generation:
     Seed = Annotated[int, typer.Option(help="Sampling seed (with --temperature > 0).")]
 
 
-def session(names: list[str], question: str, model: Optional[str], no_train: bool):
+def session(names: list[str], question: str, model: Optional[str], no_train: bool, quantize: Optional[str] = None):
     """Open the registry and model and load the concepts a question needs."""
     from yollava_cli.backend import load_vlm
     from yollava_cli.chat import load_concepts, mentioned_concepts
@@ -376,8 +384,8 @@ def session(names: list[str], question: str, model: Optional[str], no_train: boo
     wanted = mentioned_concepts(question, names)
     for name in wanted:
         concepts.get_concept(registry, name)  # unknown names fail before the model loads
-    vlm = load_vlm(model, on_status=status)
-    train = None if no_train else (lambda name: prepare(registry, name, model))
+    vlm = load_vlm(model, on_status=status, quantize=quantize)
+    train = None if no_train else (lambda name: prepare(registry, name, model, quantize=quantize))
     load_concepts(registry, vlm, wanted, train)
     return registry, vlm, wanted
 
@@ -391,6 +399,7 @@ def ask(
     seed: Generation.Seed = 0,
     no_train: Annotated[bool, typer.Option("--no-train", help="Refuse untrained concepts instead of training them first.")] = False,
     model: ModelOption = None,
+    quantize: QuantizeOption = None,
     json_: JsonFlag = False,
 ):
     """Ask about your concepts, streaming the answer. Every <name> in the question is loaded.
@@ -407,7 +416,7 @@ def ask(
         raise UserError("quote the question: yollava ask [NAME] \"QUESTION\"")
     *names, question = name_or_question
     images, keys = open_images(image or [])  # bad photos fail before the model loads
-    registry, vlm, wanted = session(names, question, model, no_train)
+    registry, vlm, wanted = session(names, question, model, no_train, quantize)
     stream = None if json_ else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
     result = answer(vlm, wanted, question, images, keys, GenerationOptions(max_tokens, temperature, seed), stream,
                     notes=prompt_notes(registry, wanted), verdicts=recognize(registry, vlm, wanted, images, keys))
@@ -424,6 +433,7 @@ def chat(
     temperature: Generation.Temperature = 0.0,
     seed: Generation.Seed = 0,
     model: ModelOption = None,
+    quantize: QuantizeOption = None,
 ):
     """An interactive chat. /image PATH, /concepts, /reset, /quit; Ctrl-C stops an answer, Ctrl-D exits.
 
@@ -432,7 +442,7 @@ def chat(
     from yollava_cli.chat import ChatSession, GenerationOptions, input_history
     from yollava_cli.facts import prompt_notes
 
-    registry, vlm, wanted = session(names or [], "", model, no_train=False)
+    registry, vlm, wanted = session(names or [], "", model, no_train=False, quantize=quantize)
     chat_session = ChatSession(vlm, wanted, GenerationOptions(max_tokens, temperature, seed),
                                notes=prompt_notes(registry, wanted), registry=registry)
     if image:
@@ -532,6 +542,7 @@ def find(
     verify: Annotated[int, typer.Option("--verify", help="With --by fused: how many of the head's best photos the language model checks (plus those near the threshold).")] = 32,
     no_train: Annotated[bool, typer.Option("--no-train", help="Refuse an untrained concept instead of training it.")] = False,
     model: ModelOption = None,
+    quantize: QuantizeOption = None,
     json_: JsonFlag = False,
 ):
     """Find a concept across photos: one line per photo with P(it is there), matches first.
@@ -553,7 +564,7 @@ def find(
 
     expand_photo_paths(photos)  # missing paths fail before the model loads
     # the head alone needs no language model: it scores cached image embeddings
-    registry, vlm = (open_registry(), None) if by == "head" else session([name], "", model, no_train)[:2]
+    registry, vlm = (open_registry(), None) if by == "head" else session([name], "", model, no_train, quantize)[:2]
     with progress_bar(f"Looking for <{concepts.parse_name(name)}>") as on_progress:
         result = search(registry, vlm, name, photos, threshold, on_progress, by, verify)
     shown = result["results"][:top] if top else result["results"]
@@ -573,6 +584,7 @@ def explain(
     name: str,
     max_tokens: Generation.MaxTokens = 40,
     model: ModelOption = None,
+    quantize: QuantizeOption = None,
     json_: JsonFlag = False,
 ):
     """Ask the model what each of a concept's latent tokens describes (a window into what it learned).
@@ -581,7 +593,7 @@ def explain(
     """
     from yollava_cli.chat import GenerationOptions, explain as explain_tokens
 
-    _, vlm, wanted = session([name], "", model, no_train=True)
+    _, vlm, wanted = session([name], "", model, no_train=True, quantize=quantize)
     with progress_bar(f"Explaining <{wanted[0]}>'s latent tokens") as on_progress:
         rows = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens), on_progress)
     if json_:
@@ -601,6 +613,7 @@ def eval_(
     report: Annotated[Optional[Path], typer.Option(help="Write report.json, report.md and chart.png here.")] = None,
     history: Annotated[bool, typer.Option("--history", help="List earlier eval runs instead.")] = False,
     model: ModelOption = None,
+    quantize: QuantizeOption = None,
     json_: JsonFlag = False,
 ):
     """Measure personalization: recognition, multiple choice and captions, yollava vs prompting baselines.
@@ -626,7 +639,7 @@ def eval_(
     from yollava_cli.embeddings import load_embedder
 
     data = evaluation.load_dataset(dataset, subjects.split(",") if subjects else None)
-    vlm = load_vlm(model, on_status=status)
+    vlm = load_vlm(model, on_status=status, quantize=quantize)
     embedder = load_embedder()
     if embedder.note:
         status(embedder.note)
@@ -666,6 +679,7 @@ def import_(
     as_: Annotated[Optional[str], typer.Option("--as", help="Import under another name.")] = None,
     skip_model_check: Annotated[bool, typer.Option("--skip-model-check", help="Do not load the base model to compare fingerprints now (it is still checked at use).")] = False,
     model: ModelOption = None,
+    quantize: QuantizeOption = None,
     json_: JsonFlag = False,
 ):
     """Add a concept from a bundle, after verifying it (checksums, shapes, values, base model).
@@ -679,7 +693,7 @@ def import_(
     if not skip_model_check:
         from yollava_cli.backend import load_vlm
 
-        fingerprint = load_vlm(model or manifest["base_model"], on_status=status).fingerprint
+        fingerprint = load_vlm(model or manifest["base_model"], on_status=status, quantize=quantize).fingerprint
     result = import_concept(open_registry(), file, as_, fingerprint)
     if json_:
         return print_json(result)
@@ -718,6 +732,7 @@ def doctor(
         for item in report["problems"]:
             moved = f" (moved to {item['moved_to']})" if item.get("moved_to") else ""
             status(f"{'fixed: ' if item['fixed'] else ''}{item['kind']}: {item['detail']}{moved}")
+        status(checks.compute_line(report["compute"]))
         out.print(checks.summary_line(report), markup=False, highlight=False)
     raise typer.Exit(0 if report["ok"] else 1)
 

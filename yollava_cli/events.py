@@ -48,6 +48,7 @@ class EpochDone:
     loss: float
     train_accuracy: float
     validation: dict
+    seconds: float = 0.0  # the epoch's wall time, steps and validation
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ state (rows, optimizer, history) is saved, so an interrupted run resumes to the 
 """
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ class TrainResult:
     thresholds: dict = field(default_factory=dict)  # tokens, head, fused: calibrated on validation data
     interrupted: bool = False
     history: list[dict] = field(default_factory=list)
+    compute: dict = field(default_factory=dict)  # the device and precision it trained in, and why
 
     def to_json(self) -> dict:
         """What `train --json` prints: the fields, in their order, are the keys."""
@@ -174,6 +176,7 @@ class Trainer:
             for epoch in range(start_epoch, self.config.epochs):
                 if best and epoch - best["epoch"] >= self.config.patience:  # epochs run since the best one
                     break
+                started = time.perf_counter()
                 examples = epoch_examples(self.name, split, epoch, self.config)
                 steps = (len(examples) + self.config.batch_size - 1) // self.config.batch_size
                 self.on_event(EpochStarted(epoch, steps))
@@ -190,7 +193,8 @@ class Trainer:
                 validation = self.score(split.val_positives, split.val_negatives)
                 train = self.score(probe[:3], probe[3:])
                 history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses),
-                                "train_accuracy": train["weighted"], "validation": validation})
+                                "train_accuracy": train["weighted"], "validation": validation,
+                                "seconds": round(time.perf_counter() - started, 2)})
                 if best is None or selection_key(validation) > selection_key(best["validation"]):
                     file = self.folder / f"run{run_id}.safetensors"
                     best = {"epoch": epoch + 1, "validation": validation, "threshold": calibrate(validation),
@@ -284,7 +288,8 @@ class Trainer:
         if best is not None:
             self.vlm.tokens.load(checkpoint)  # leave the best rows loaded, not the last ones
         return TrainResult(self.name, str(checkpoint or ""), best["epoch"] if best else 0,
-                           best["threshold"] if best else 0.5, (best or {}).get("thresholds", {}), interrupted, history)
+                           best["threshold"] if best else 0.5, (best or {}).get("thresholds", {}), interrupted, history,
+                           self.vlm.policy.summary())
 
 
 def recognition_metrics(pos: list[float], neg: list[float], threshold: float = 0.5) -> dict:
