@@ -31,11 +31,11 @@ def main():
     import torch
     from transformers.generation.streamers import BaseStreamer
 
-    from yollava_cli.prompts import Prompt
-    from yollava_cli.chat import GenerationOptions, ask, find, open_images
+    from yollava_cli.models.prompts import Prompt
+    from yollava_cli.use.chat import GenerationOptions, ask, find, open_images
     from yollava_cli.config import data_dir
-    from yollava_cli.pocket import load_pocket
-    from yollava_cli.training import TrainConfig, train_concept
+    from yollava_cli.models.pocket.model import load_pocket
+    from yollava_cli.learning.training import TrainConfig, train_concept
 
     registry, vlm = prepared_concept(args.subject)
     train_concept(registry, vlm, args.subject, TrainConfig(epochs=3))

@@ -22,10 +22,10 @@ TOKENS = 48
 
 def main() -> None:
     os.environ.setdefault("YOLLAVA_HOME", tempfile.mkdtemp(prefix="yollava-bench-"))
-    from yollava_cli.backend import load_vlm
-    from yollava_cli.chat import note_guidance
-    from yollava_cli.prompts import Prompt
-    from yollava_cli.facts import as_sentence
+    from yollava_cli.models.vlm import load_vlm
+    from yollava_cli.use.chat import note_guidance
+    from yollava_cli.models.prompts import Prompt
+    from yollava_cli.store.facts import as_sentence
 
     facts = json.loads((DATA / "facts.json").read_text())
     vlm = load_vlm("pocket")

@@ -21,10 +21,10 @@ from transformers import TextIteratorStreamer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from yollava_cli.pocket import load_pocket  # noqa: E402
+from yollava_cli.models.pocket.model import load_pocket  # noqa: E402
 
 COLD = ("import sys, time; sys.path.insert(0, {root!r}); from pathlib import Path; "
-        "from yollava_cli.pocket import load_pocket; t = time.perf_counter(); load_pocket(Path({cache!r})); "
+        "from yollava_cli.models.pocket.model import load_pocket; t = time.perf_counter(); load_pocket(Path({cache!r})); "
         "print(time.perf_counter() - t)")
 DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "concepts" / "dog" / "train" / "00.jpg"
 

@@ -67,8 +67,8 @@ def measure(policy: str, registry, subject: str, repeats: int) -> dict:
     import torch
     from PIL import Image
 
-    from yollava_cli.backend import load_vlm
-    from yollava_cli.prompts import Prompt
+    from yollava_cli.models.vlm import load_vlm
+    from yollava_cli.models.prompts import Prompt
 
     os.environ["YOLLAVA_PRECISION"] = policy
     vlm = load_vlm("pocket")
@@ -123,7 +123,7 @@ def main():
     args = parser.parse_args()
     import torch
 
-    from yollava_cli.compute import choose, detect
+    from yollava_cli.models.compute import choose, detect
 
     capability = detect()
     registry, _ = prepared_concept(args.subject)

@@ -24,10 +24,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--subject", default="dog")
     args = parser.parse_args()
-    from yollava_cli.embeddings import load_embedder
-    from yollava_cli.events import FittingHead, Step
-    from yollava_cli.features import FeatureCache
-    from yollava_cli.training import TrainConfig, train_concept
+    from yollava_cli.learning.embeddings import load_embedder
+    from yollava_cli.learning.events import FittingHead, Step
+    from yollava_cli.models.feature_cache import FeatureCache
+    from yollava_cli.learning.training import TrainConfig, train_concept
 
     class NoFeatureCache(FeatureCache):
         """Every photo through the vision tower, every time: the cache's saving, measured."""

@@ -37,7 +37,7 @@ def cli(home: Path, *args, background: bool = False):
 
 
 def missing_files(home: Path) -> int:
-    from yollava_cli.store import Registry
+    from yollava_cli.store.registry import Registry
 
     registry = Registry(home)
     files = list(registry.stored_photos().values()) + [r["file"] for r in registry.checkpoints()]

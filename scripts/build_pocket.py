@@ -1,7 +1,7 @@
 """Train pocket's projector + LoRA (LLaVA stage 1 + a miniature stage 2) on the ImageNet sample.
 
 Reproducible: `python scripts/build_pocket.py` rewrites yollava_cli/data/imagenet_categories.json and
-yollava_cli/weights/pocket-projector.safetensors, then evaluates the shipped file through the real
+yollava_cli.models.pocket.weights/pocket-projector.safetensors, then evaluates the shipped file through the real
 load path on 100 held-out classes never trained on, and writes bench/results/pocket-build.json.
 The shipped file came from these defaults on one H100 (5.7 min: 300 + 1000 steps at ~0.25 s;
 `--workers 12`); a CPU runs the same steps in bf16 at several seconds each. GPU kernels are not
@@ -30,8 +30,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from yollava_cli import pocket  # noqa: E402
-from yollava_cli.efficientnet import preprocess, to_tensor  # noqa: E402
+from yollava_cli.models.pocket import model as pocket  # noqa: E402
+from yollava_cli.models.efficientnet import preprocess, to_tensor  # noqa: E402
 
 CATEGORIES_JSON = pocket.CATEGORIES_JSON
 KIND_QUESTION = "What kind of thing is in this photo?"

@@ -188,12 +188,12 @@ def test_the_disk_hint_is_given_only_for_disk_errors(home, monkeypatch):
     import errno
     import sqlite3
 
-    import yollava_cli.concepts
+    import yollava_cli.store.concepts
 
     def fail_with(error):
         def list_concepts(registry):
             raise error
-        monkeypatch.setattr(yollava_cli.concepts, "list_concepts", list_concepts)
+        monkeypatch.setattr(yollava_cli.store.concepts, "list_concepts", list_concepts)
         result = invoke("list", home=home)
         assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
         return result.stderr

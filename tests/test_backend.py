@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from tiny import tiny_llava, tiny_onevision
-from yollava_cli import backend
-from yollava_cli.backend import VLM, CallbackStreamer, decode_answer, load_vlm, repeats_itself
-from yollava_cli.concept_tokens import concept_prompt
+from yollava_cli.models import vlm as backend
+from yollava_cli.models.vlm import VLM, CallbackStreamer, decode_answer, load_vlm, repeats_itself
+from yollava_cli.models.concept_tokens import concept_prompt
 from yollava_cli.errors import UserError
-from yollava_cli.prompts import Prompt
+from yollava_cli.models.prompts import Prompt
 
 BUILDERS = {"llava": tiny_llava, "onevision": tiny_onevision}
 
@@ -250,7 +250,7 @@ def test_load_local_directory(tmp_path, monkeypatch):
 
 
 def test_loading_pocket_says_so_first(tmp_path, monkeypatch):
-    from yollava_cli import pocket
+    from yollava_cli.models.pocket import model as pocket
 
     monkeypatch.setenv("YOLLAVA_HOME", str(tmp_path))
     monkeypatch.setattr(pocket, "load_pocket", lambda cache, on_status=None: tiny_llava())  # no real build
@@ -261,7 +261,7 @@ def test_loading_pocket_says_so_first(tmp_path, monkeypatch):
 
 def test_unreachable_hub_id_is_one_line_suggesting_pocket(tmp_path):
     code = (
-        "from yollava_cli.backend import load_vlm\n"
+        "from yollava_cli.models.vlm import load_vlm\n"
         "from yollava_cli.errors import UserError\n"
         "try:\n    load_vlm('llava-hf/no-such-model-here')\n"
         "except UserError as e:\n    print(e)\n"

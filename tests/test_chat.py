@@ -15,9 +15,9 @@ from PIL import Image
 
 from conftest import invoke, run_cli, shared_data
 from tiny import tiny_llava
-from yollava_cli import chat
-from yollava_cli.backend import VLM
-from yollava_cli.chat import GenerationOptions, ask, input_history, mentioned_concepts, with_identifiers
+from yollava_cli.use import chat
+from yollava_cli.models.vlm import VLM
+from yollava_cli.use.chat import GenerationOptions, ask, input_history, mentioned_concepts, with_identifiers
 
 
 def test_concepts_come_from_the_name_and_the_question():

@@ -6,10 +6,10 @@ import torch
 
 from conftest import invoke
 from tiny import tiny_llava
-from yollava_cli.backend import VLM
-from yollava_cli.compute import Capability, Policy, choose, cpu_info, detect
+from yollava_cli.models.vlm import VLM
+from yollava_cli.models.compute import Capability, Policy, choose, cpu_info, detect
 from yollava_cli.errors import UserError
-from yollava_cli.prompts import Prompt
+from yollava_cli.models.prompts import Prompt
 
 ZEN3 = Capability(cpu_model="AMD EPYC 7B13", cpu_flags=("avx", "avx2", "fma"), machine="x86_64")
 SAPPHIRE = Capability(cpu_model="Intel Xeon Platinum 8481C", machine="x86_64",
@@ -91,7 +91,7 @@ def test_both_cpu_paths_agree_on_verdicts_and_logits():
 def test_quantized_loading_is_for_cuda_and_names_what_to_install(monkeypatch):
     import importlib.util
 
-    from yollava_cli.backend import quantized_loading
+    from yollava_cli.models.vlm import quantized_loading
 
     gpu = Capability(machine="x86_64", cuda=True, cuda_bf16=True, cuda_name="RTX 4070")
     assert choose(gpu, quantize="4bit").quantize == "4bit"

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from yollava_cli import cores
+from yollava_cli.models import cores
 
 
 def test_busy_cores_are_the_other_runnable_tasks_and_one_thread_always_remains(monkeypatch, tmp_path):
@@ -21,7 +21,7 @@ def test_busy_cores_are_the_other_runnable_tasks_and_one_thread_always_remains(m
 def test_a_users_omp_num_threads_is_kept(tmp_path):
     busy = tmp_path / "loadavg"
     busy.write_text("0.00 0.00 0.00 50/512 4242\n")
-    code = (f"import torch; from yollava_cli import cores; cores.LOADAVG = cores.Path({str(busy)!r})\n"
+    code = (f"import torch; from yollava_cli.models import cores; cores.LOADAVG = cores.Path({str(busy)!r})\n"
             "before = torch.get_num_threads(); cores.use_idle_cores(); print(before, torch.get_num_threads())")
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.split() == ["2", "2"]

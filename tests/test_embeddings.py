@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from yollava_cli.embeddings import embed_photos, load_embedder
+from yollava_cli.learning.embeddings import embed_photos, load_embedder
 from yollava_cli.errors import UserError
-from yollava_cli.store import Registry
+from yollava_cli.store.registry import Registry
 
 TINY = {
     "embed_dim": 32,
@@ -84,7 +84,7 @@ def test_auto_remembers_its_fallback_per_data_dir(tmp_path, monkeypatch):
     import importlib.util
     from datetime import datetime, timedelta, timezone
 
-    import yollava_cli.embeddings as embeddings
+    import yollava_cli.learning.embeddings as embeddings
 
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "open_clip" else find_spec(name, *a))

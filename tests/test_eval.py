@@ -8,11 +8,11 @@ from PIL import Image
 
 from conftest import shared_data
 from tiny import tiny_llava
-from yollava_cli.backend import VLM
+from yollava_cli.models.vlm import VLM
 from yollava_cli.errors import UserError
-from yollava_cli.events import Scoring, SubjectStarted
-from yollava_cli.evaluation import auc, bootstrap_ci, load_dataset, markdown, run_eval, summarise, write_report
-from yollava_cli.training import TrainConfig, recognition_metrics
+from yollava_cli.learning.events import Scoring, SubjectStarted
+from yollava_cli.evaluation.runner import auc, bootstrap_ci, load_dataset, markdown, run_eval, summarise, write_report
+from yollava_cli.learning.training import TrainConfig, recognition_metrics
 
 SUBJECTS = ["dog", "cat", "backpack"]
 FAST = TrainConfig(k=2, epochs=1, positive_repeats=1, attributes_per_epoch=2)
@@ -70,7 +70,7 @@ def test_dataset_problems_are_one_line_errors(dataset, breakage, message):
 
 
 def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
-    from yollava_cli.embeddings import load_embedder
+    from yollava_cli.learning.embeddings import load_embedder
 
     root, pool = dataset
     data = load_dataset(root)
@@ -114,8 +114,8 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
 
 
 def test_a_subset_without_pool_mines_the_other_subjects_train_photos(tmp_path):
-    from yollava_cli.embeddings import load_embedder
-    from yollava_cli.store import Registry
+    from yollava_cli.learning.embeddings import load_embedder
+    from yollava_cli.store.registry import Registry
 
     data = load_dataset(shared_data() / "concepts", ["dog", "cat"])  # the other 18 subjects are not evaluated
     result = run_eval(data, VLM(*tiny_llava(), "tiny"), load_embedder("efficientnet-lite0"), tmp_path / "eval",
@@ -138,8 +138,8 @@ def test_one_subject_is_refused_not_scored_perfect(tmp_path):
 def test_baselines_read_the_identifier_without_its_trained_rows():
     import torch
 
-    from yollava_cli.evaluation import METHODS, Evaluation
-    from yollava_cli.prompts import Prompt
+    from yollava_cli.evaluation.runner import METHODS, Evaluation
+    from yollava_cli.models.prompts import Prompt
 
     vlm = VLM(*tiny_llava(), "tiny")
     evaluator = Evaluation(None, vlm, None, None, [], FAST, lambda event: None)
@@ -160,9 +160,9 @@ def test_baselines_read_the_identifier_without_its_trained_rows():
 def test_eval_retrains_a_subject_trained_under_other_settings(tmp_path, monkeypatch):
     from dataclasses import asdict, replace
 
-    import yollava_cli.evaluation as evaluation
-    from yollava_cli.evaluation import Evaluation, Subject
-    from yollava_cli.store import Registry, now
+    import yollava_cli.evaluation.runner as evaluation
+    from yollava_cli.evaluation.runner import Evaluation, Subject
+    from yollava_cli.store.registry import Registry, now
 
     photo = tmp_path / "a.png"
     Image.new("RGB", (32, 32), (200, 30, 30)).save(photo)
@@ -190,8 +190,8 @@ def test_eval_retrains_a_subject_trained_under_other_settings(tmp_path, monkeypa
 
 
 def test_eval_results_are_keyed_on_the_code_that_produced_them(tmp_path, monkeypatch):
-    import yollava_cli.evaluation as evaluation
-    from yollava_cli.evaluation import Dataset, results_path
+    import yollava_cli.evaluation.runner as evaluation
+    from yollava_cli.evaluation.runner import Dataset, results_path
 
     from yollava_cli import __version__
 

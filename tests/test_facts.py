@@ -8,11 +8,11 @@ from PIL import Image
 
 from conftest import invoke
 from tiny import tiny_llava
-from yollava_cli.backend import VLM
-from yollava_cli.concept_tokens import concept_prompt
-from yollava_cli.facts import as_sentence, prompt_notes
-from yollava_cli.prompts import Prompt
-from yollava_cli.store import Registry
+from yollava_cli.models.vlm import VLM
+from yollava_cli.models.concept_tokens import concept_prompt
+from yollava_cli.store.facts import as_sentence, prompt_notes
+from yollava_cli.models.prompts import Prompt
+from yollava_cli.store.registry import Registry
 
 
 def photo_folder(tmp_path):
@@ -74,9 +74,9 @@ def test_doctor_reports_a_fact_written_around_note(home, tmp_path):
 def test_facts_in_tokens_become_text_only_conversations_each_epoch():
     """With facts_in_tokens, every epoch trains each fact once (a generic question about the
     concept answered in the owner's words, no photo); without it, none of them."""
-    from yollava_cli.synthesis import TrainingData, fact_conversations
-    from yollava_cli.train_config import TrainConfig
-    from yollava_cli.training import epoch_examples, split_data
+    from yollava_cli.learning.synthesis import TrainingData, fact_conversations
+    from yollava_cli.learning.train_config import TrainConfig
+    from yollava_cli.learning.training import epoch_examples, split_data
 
     facts = ["is 4 years old", "<bo> is scared of the vacuum cleaner."]
     data = TrainingData([f"p{i}" for i in range(5)], [(f"n{i}", "hard") for i in range(10)], [("What color is <bo>?", "Brown.")],

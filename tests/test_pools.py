@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from yollava_cli import mining
-from yollava_cli.concepts import add_concept
-from yollava_cli.embeddings import Embedder
-from yollava_cli.images import BadPhoto
-from yollava_cli.store import Registry
+from yollava_cli.learning import mining
+from yollava_cli.store.concepts import add_concept
+from yollava_cli.learning.embeddings import Embedder
+from yollava_cli.store.photos import BadPhoto
+from yollava_cli.store.registry import Registry
 
 
 class ColorEmbedder(Embedder):

@@ -9,10 +9,10 @@ from rich.console import Console
 from rich.progress import Progress
 
 from tiny import tiny_llava
-from yollava_cli import events
-from yollava_cli.backend import VLM
-from yollava_cli.chat import GenerationOptions, explain
-from yollava_cli.cli import TrainView, train_view
+from yollava_cli.learning import events
+from yollava_cli.models.vlm import VLM
+from yollava_cli.use.chat import GenerationOptions, explain
+from yollava_cli.cli.app import TrainView, train_view
 
 
 def view(epochs: int = 15) -> TrainView:

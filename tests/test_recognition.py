@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from yollava_cli.recognition import attach, fit_fusion, load, train_head
+from yollava_cli.learning.recognition import attach, fit_fusion, load, train_head
 
 
 def unit(x):
@@ -29,7 +29,7 @@ def world(seed=0, dim=64):
 
 
 def test_the_head_tells_the_concept_from_a_lookalike_where_plain_cosine_cannot():
-    from yollava_cli.evaluation import auc
+    from yollava_cli.evaluation.runner import auc
 
     head_perfect = cosine_perfect = 0
     for seed in range(10):
@@ -92,7 +92,7 @@ def test_the_recognizer_rides_in_the_checkpoint_file(tmp_path):
     again = load(path)
     assert again.embedder == "efficientnet-lite0" and again.thresholds == head.thresholds
     assert again.head_probabilities(w["test_positives"]) == pytest.approx(head.head_probabilities(w["test_positives"]), abs=1e-5)
-    from yollava_cli.concept_tokens import read_concept_file
+    from yollava_cli.models.concept_tokens import read_concept_file
 
     tensors, meta = read_concept_file(path)  # the token rows are untouched
     assert torch.equal(tensors["input_rows"], rows["input_rows"]) and meta["name"] == "bo"

@@ -3,8 +3,8 @@ import sqlite3
 import pytest
 
 from yollava_cli.errors import UserError
-from yollava_cli.migrations import MIGRATIONS
-from yollava_cli.store import Registry
+from yollava_cli.store.migrations import MIGRATIONS
+from yollava_cli.store.registry import Registry
 
 TABLES = {"concepts", "photos", "concept_photos", "pools", "pool_files", "embeddings", "negatives", "checkpoints", "runs"}
 

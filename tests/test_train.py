@@ -5,14 +5,14 @@ import torch
 from PIL import Image
 
 from tiny import tiny_llava
-from yollava_cli.backend import VLM
-from yollava_cli.concepts import add_concept, describe_concept
+from yollava_cli.models.vlm import VLM
+from yollava_cli.store.concepts import add_concept, describe_concept
 from yollava_cli.errors import UserError
-from yollava_cli.events import Step
-from yollava_cli.mining import Candidate, file_loader, store_negatives
-from yollava_cli.store import Registry
-from yollava_cli.synthesis import SUBJECT_QUESTION, build_training_data, store_answer, subject_word, templates
-from yollava_cli.training import TrainConfig, calibrate, epoch_examples, recognition_metrics, split_data, train_concept
+from yollava_cli.learning.events import Step
+from yollava_cli.learning.mining import Candidate, file_loader, store_negatives
+from yollava_cli.store.registry import Registry
+from yollava_cli.learning.synthesis import SUBJECT_QUESTION, build_training_data, store_answer, subject_word, templates
+from yollava_cli.learning.training import TrainConfig, calibrate, epoch_examples, recognition_metrics, split_data, train_concept
 
 FAST = TrainConfig(k=4, epochs=3, batch_size=8, positive_repeats=1, attributes_per_epoch=4)
 
@@ -161,7 +161,7 @@ def test_metrics_and_calibration_by_hand():
 
 
 def test_early_stopping_runs_patience_epochs_after_the_best(registry, monkeypatch):
-    import yollava_cli.training as training
+    import yollava_cli.learning.training as training
 
     monkeypatch.setattr(training, "selection_key", lambda metrics: 0.0)  # no epoch beats the first
     config = TrainConfig(k=4, epochs=5, batch_size=8, positive_repeats=1, attributes_per_epoch=4, patience=1)
@@ -186,7 +186,7 @@ def test_a_run_that_fails_is_recorded_as_failed_with_its_error(registry):
 
 
 def test_show_data_counts_the_templates_it_reads(registry, monkeypatch):
-    import yollava_cli.synthesis as synthesis
+    import yollava_cli.learning.synthesis as synthesis
 
     table = {**synthesis.templates(), "recognition": {"positive": [{}] * 2, "negative": [{}] * 3}}
     monkeypatch.setattr(synthesis, "templates", lambda: table)
@@ -199,8 +199,8 @@ def test_cli_training_options_default_to_train_config(monkeypatch):
 
     import typer.main
 
-    import yollava_cli.cli as cli
-    import yollava_cli.train_config as train_config
+    import yollava_cli.cli.app as cli
+    import yollava_cli.learning.train_config as train_config
 
     monkeypatch.setattr(train_config.TrainConfig, "lr", 5e-4)
     monkeypatch.setattr(train_config.TrainConfig, "epochs", 7)

@@ -17,9 +17,9 @@ from safetensors.torch import save as save_safetensors
 
 from conftest import run_cli, shared_data, snapshot
 from tiny import tiny_llava
-from yollava_cli.bundles import export_concept
-from yollava_cli.doctor import examine
-from yollava_cli.store import Registry
+from yollava_cli.use.bundles import export_concept
+from yollava_cli.store.doctor import examine
+from yollava_cli.store.registry import Registry
 
 
 # -- a trained concept on a tiny model saved to disk, shared by the tests below -----------------
@@ -87,7 +87,7 @@ def test_export_import_round_trip(world, tmp_path):
     assert shown["status"] == "trained" and len(shown["photos"]) == 3
     asked = run_cli("ask", "bo2", "hi?", "--max-tokens", "4", "--model", world["model"], "--json", home=other)
     assert asked.returncode == 0, asked.stderr
-    from yollava_cli.recognition import load
+    from yollava_cli.learning.recognition import load
 
     registry = Registry(other)  # the concept head came along, and find can use it
     assert load(other / registry.current_checkpoint(registry.concept("bo2")["id"])["file"]) is not None
@@ -111,7 +111,7 @@ def test_importing_photos_already_stored_reuses_them(world, tmp_path):
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_written_files_follow_the_umask(tmp_path, umask):
-    from yollava_cli.fileio import atomic_write_bytes
+    from yollava_cli.store.fileio import atomic_write_bytes
 
     before = os.umask(umask)
     try:
@@ -172,7 +172,7 @@ def tampered_head(bundle_path, name, value):
     """The bundle's own checkpoint with one concept-head tensor replaced (None: its JSON dropped)."""
     from safetensors.torch import load as load_tensors
 
-    from yollava_cli.bundles import safe_metadata
+    from yollava_cli.use.bundles import safe_metadata
 
     def edit(members):
         data = members["concept.safetensors"]
@@ -222,7 +222,7 @@ def test_bundle_for_another_base_is_refused(world, tmp_path):
 def test_a_second_trainer_of_the_same_concept_is_refused_and_a_dead_holder_frees_the_lock(world, tmp_path):
     home = fresh_home(world, tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from yollava_cli.store import Registry\n"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from yollava_cli.store.registry import Registry\n"
          "with Registry(Path(sys.argv[1])).lock('train-bo', 'training <bo>'):\n print('locked', flush=True); time.sleep(60)", str(home)],
         stdout=subprocess.PIPE, text=True,
     )
@@ -395,9 +395,9 @@ def scalar(home, sql: str):
 
 # `add` writes its photo files inside its one transaction; a short pause per photo keeps that
 # window open long enough to kill the process in it, between two stored photos
-SLOW_ADD = ("import sys, time; from yollava_cli.store import Registry; store = Registry.store_photo; "
+SLOW_ADD = ("import sys, time; from yollava_cli.store.registry import Registry; store = Registry.store_photo; "
             "Registry.store_photo = lambda self, *a: (time.sleep(0.05), store(self, *a))[1]; "
-            "from yollava_cli.cli import main; sys.argv = ['yollava', *sys.argv[1:]]; main()")
+            "from yollava_cli.cli.app import main; sys.argv = ['yollava', *sys.argv[1:]]; main()")
 
 
 @pytest.mark.parametrize("stored", [1, 20, 40])
@@ -552,7 +552,7 @@ def test_read_only_and_full_disk(world, tmp_path):
     Image.effect_noise((900, 900), 80).convert("RGB").save(big)
     code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
             "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); "
-            "from yollava_cli.cli import main; sys.argv = ['yollava', 'add', 'bo', sys.argv[1], '--no-train']; main()")
+            "from yollava_cli.cli.app import main; sys.argv = ['yollava', 'add', 'bo', sys.argv[1], '--no-train']; main()")
     full = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True,
                           env={**os.environ, "YOLLAVA_HOME": str(home)}, timeout=120)
     # the cap hits the first write: SQLite's journal ("disk I/O error") or the photo ("File too large")

@@ -1,3 +1,3 @@
-from yollava_cli.cli import main
+from yollava_cli.cli.app import main
 
 main()

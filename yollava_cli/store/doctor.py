@@ -16,13 +16,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from yollava_cli.backup import FILE as BACKUP_FILE
-from yollava_cli.backup import backup_is_usable
+from yollava_cli.store.backup import FILE as BACKUP_FILE
+from yollava_cli.store.backup import backup_is_usable
 from yollava_cli.errors import UserError
-from yollava_cli.facts import check_fact
-from yollava_cli.migrations import MIGRATIONS
-from yollava_cli.store import Registry
-from yollava_cli.trash import KEEP_DAYS, empty_trash, move_to_trash, trash_folder
+from yollava_cli.store.facts import check_fact
+from yollava_cli.store.migrations import MIGRATIONS
+from yollava_cli.store.registry import Registry
+from yollava_cli.store.trash import KEEP_DAYS, empty_trash, move_to_trash, trash_folder
 
 STALE_TEMP_S = 600  # a temporary file outside the photo store older than this has no live writer
 
@@ -89,7 +89,7 @@ def examine(registry: Registry, fix: bool = False) -> dict:
 
 def compute_report() -> dict:
     """The device and precision models run in here, the reason, and the capability it read."""
-    from yollava_cli.compute import current_policy
+    from yollava_cli.models.compute import current_policy
 
     try:
         policy = current_policy()

@@ -9,8 +9,8 @@ from importlib import resources
 from pathlib import Path
 
 from yollava_cli.errors import UserError
-from yollava_cli.images import BadPhoto, expand_photo_paths, jpeg_bytes, read_photo
-from yollava_cli.store import Registry
+from yollava_cli.store.photos import BadPhoto, expand_photo_paths, jpeg_bytes, read_photo
+from yollava_cli.store.registry import Registry
 
 KINDS = ("person", "pet", "object", "place", "character")
 Kind = Enum("Kind", {k: k for k in KINDS}, type=str)  # for the CLI's choices

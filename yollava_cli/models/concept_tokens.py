@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from yollava_cli.errors import UserError
-from yollava_cli.fileio import atomic_write_bytes
+from yollava_cli.store.fileio import atomic_write_bytes
 
 
 def token_names(name: str, k: int) -> list[str]:

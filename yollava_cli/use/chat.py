@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from yollava_cli.backend import SCORE_BATCH, VLM
-from yollava_cli.concepts import RESERVED_NAMES, get_concept, parse_name
+from yollava_cli.models.vlm import SCORE_BATCH, VLM
+from yollava_cli.store.concepts import RESERVED_NAMES, get_concept, parse_name
 from yollava_cli.errors import UserError
-from yollava_cli.facts import prompt_notes
-from yollava_cli.images import BadPhoto, decode, expand_photo_paths, photo_bytes, read_photo
-from yollava_cli.prompts import Prompt
-from yollava_cli.store import Registry
-from yollava_cli.synthesis import asks_if_present, score_question
+from yollava_cli.store.facts import prompt_notes
+from yollava_cli.store.photos import BadPhoto, decode, expand_photo_paths, photo_bytes, read_photo
+from yollava_cli.models.prompts import Prompt
+from yollava_cli.store.registry import Registry
+from yollava_cli.learning.synthesis import asks_if_present, score_question
 
 MENTION = re.compile(r"<([a-z0-9][a-z0-9_-]{0,31})>")
 # how much more likely a note must be as this question's answer than as an answer to "tell me
@@ -241,7 +241,7 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
     thresholds = json.loads(concept["metrics"] or "{}").get("thresholds", {"tokens": concept["threshold"]})
     scores: dict[int, tuple[float, str]] = {}
     if recognizer is not None:
-        from yollava_cli.embeddings import embed_photos, load_embedder
+        from yollava_cli.learning.embeddings import embed_photos, load_embedder
 
         vectors = embed_photos(registry, load_embedder(recognizer.embedder),
                                {p["sha256"]: p["decode"] for p in photos}, on_progress)[0]
@@ -313,8 +313,8 @@ def recognize(registry: Registry, vlm: VLM, concepts: list[str], images: list[Im
     left to the tokens alone."""
     if len(images) != 1:
         return []
-    from yollava_cli.embeddings import embed_photos, load_embedder
-    from yollava_cli.recognition import current
+    from yollava_cli.learning.embeddings import embed_photos, load_embedder
+    from yollava_cli.learning.recognition import current
 
     verdicts = []
     for name in concepts:
@@ -332,7 +332,7 @@ def recognize(registry: Registry, vlm: VLM, concepts: list[str], images: list[Im
 
 def current_recognizer(registry: Registry, concept: dict):
     """The concept head and fusion stored with the current checkpoint, or a one-line error."""
-    from yollava_cli.recognition import current
+    from yollava_cli.learning.recognition import current
 
     recognizer = current(registry, concept)
     if recognizer is None:

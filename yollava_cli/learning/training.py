@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from yollava_cli import resume as resume_state
-from yollava_cli.backend import SCORE_BATCH, VLM
-from yollava_cli.concepts import get_concept
+from yollava_cli.learning import resume as resume_state
+from yollava_cli.models.vlm import SCORE_BATCH, VLM
+from yollava_cli.store.concepts import get_concept
 from yollava_cli.errors import UserError
-from yollava_cli.events import EpochDone, EpochStarted, FittingHead, Step, TrainEvent, Validating, WritingConversations
-from yollava_cli.prompts import Prompt
-from yollava_cli.store import Registry
-from yollava_cli.synthesis import TrainingData, build_training_data, recognition_pair, score_question
-from yollava_cli.train_config import TrainConfig
+from yollava_cli.learning.events import EpochDone, EpochStarted, FittingHead, Step, TrainEvent, Validating, WritingConversations
+from yollava_cli.models.prompts import Prompt
+from yollava_cli.store.registry import Registry
+from yollava_cli.learning.synthesis import TrainingData, build_training_data, recognition_pair, score_question
+from yollava_cli.learning.train_config import TrainConfig
 
 MIN_PHOTOS_TO_HOLD_OUT = 5
 
@@ -217,8 +217,8 @@ class Trainer:
         training negatives and the user's other concepts' photos) and its fusion with the tokens,
         fitted on the validation data the checkpoint was chosen on; stored in the checkpoint.
         Returns the three calibrated thresholds."""
-        from yollava_cli.embeddings import embed_photos
-        from yollava_cli.recognition import attach, fit_fusion, train_head
+        from yollava_cli.learning.embeddings import embed_photos
+        from yollava_cli.learning.recognition import attach, fit_fusion, train_head
 
         others = self.registry.other_concepts_photo_shas(self.concept["id"])
         negatives = list(dict.fromkeys([sha for sha, _ in split.negatives] + others))
@@ -328,7 +328,7 @@ def prepare_concept(registry: Registry, name: str, load_vlm: Callable[[], VLM], 
                     config: TrainConfig | None = None, resume: bool = False, on_status=None, on_progress=None,
                     on_event=None) -> TrainResult:
     """Mine (when the concept has no negatives yet) and train: what `add` and `ask` run for a new concept."""
-    from yollava_cli.mining import mine
+    from yollava_cli.learning.mining import mine
 
     concept = get_concept(registry, name)
     has_negatives = registry.negative_counts(concept["id"])

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import sqlite_utils
 
-from yollava_cli.backup import FILE as BACKUP_FILE
-from yollava_cli.backup import backup_is_usable, write_backup
+from yollava_cli.store.backup import FILE as BACKUP_FILE
+from yollava_cli.store.backup import backup_is_usable, write_backup
 from yollava_cli.errors import UserError
-from yollava_cli.fileio import atomic_write_bytes
-from yollava_cli.migrations import MIGRATIONS
+from yollava_cli.store.fileio import atomic_write_bytes
+from yollava_cli.store.migrations import MIGRATIONS
 
 BUSY_TIMEOUT_S = 60
 

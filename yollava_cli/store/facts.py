@@ -9,9 +9,9 @@ model generates about photos (captions, attribute conversations)."""
 import re
 from pathlib import Path
 
-from yollava_cli.concepts import get_concept
+from yollava_cli.store.concepts import get_concept
 from yollava_cli.errors import UserError
-from yollava_cli.store import Registry
+from yollava_cli.store.registry import Registry
 
 MAX_CHARS = 500
 MAX_FACTS = 100  # per concept: they all ride in every prompt about it

@@ -15,12 +15,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from yollava_cli.concepts import get_concept, parse_name
+from yollava_cli.store.concepts import get_concept, parse_name
 from yollava_cli.errors import UserError
-from yollava_cli.fileio import atomic_write_bytes
-from yollava_cli.images import BadPhoto, decode, jpeg_bytes
-from yollava_cli.recognition import HEAD_TENSORS
-from yollava_cli.store import Registry, now
+from yollava_cli.store.fileio import atomic_write_bytes
+from yollava_cli.store.photos import BadPhoto, decode, jpeg_bytes
+from yollava_cli.learning.recognition import HEAD_TENSORS
+from yollava_cli.store.registry import Registry, now
 
 FORMAT = "yollava-concept-bundle/1"
 MAX_BUNDLE_BYTES = 256 * 2**20
@@ -150,7 +150,7 @@ def safe_metadata(data: bytes) -> dict:
 
 def check_facts(facts, path: Path) -> None:
     """The bundle's facts: a list of at most MAX_FACTS strings, each a fact `note` would accept."""
-    from yollava_cli.facts import MAX_FACTS, check_fact
+    from yollava_cli.store.facts import MAX_FACTS, check_fact
 
     if not isinstance(facts, list) or len(facts) > MAX_FACTS or not all(isinstance(f, str) for f in facts):
         raise UserError(f"{path}: malformed bundle (facts must be a list of at most {MAX_FACTS} strings)")

@@ -19,18 +19,18 @@ from pathlib import Path
 import numpy as np
 
 from yollava_cli import __version__
-from yollava_cli.backend import SCORE_BATCH, VLM
-from yollava_cli.chat import note_guidance
-from yollava_cli.concepts import add_concept, parse_name
+from yollava_cli.models.vlm import SCORE_BATCH, VLM
+from yollava_cli.use.chat import note_guidance
+from yollava_cli.store.concepts import add_concept, parse_name
 from yollava_cli.errors import UserError
-from yollava_cli.events import EmbeddingPool, EmbeddingToMine, Scoring, SubjectStarted
-from yollava_cli.facts import as_sentence, set_facts
-from yollava_cli.fileio import atomic_write_bytes
-from yollava_cli.images import read_photo
-from yollava_cli.prompts import Prompt
-from yollava_cli.store import Registry, now
-from yollava_cli.synthesis import cached_answer, score_question, store_answer
-from yollava_cli.training import TrainConfig, calibrate, prepare_concept, recognition_metrics
+from yollava_cli.learning.events import EmbeddingPool, EmbeddingToMine, Scoring, SubjectStarted
+from yollava_cli.store.facts import as_sentence, set_facts
+from yollava_cli.store.fileio import atomic_write_bytes
+from yollava_cli.store.photos import read_photo
+from yollava_cli.models.prompts import Prompt
+from yollava_cli.store.registry import Registry, now
+from yollava_cli.learning.synthesis import cached_answer, score_question, store_answer
+from yollava_cli.learning.training import TrainConfig, calibrate, prepare_concept, recognition_metrics
 
 ASK_TOKENS = 4
 PETS = {"dog", "cat"}
@@ -335,7 +335,7 @@ class Evaluation:
 
     def recognizer(self, subject: str):
         """The subject's head and fusion, read from its checkpoint once (head, fused and ask all use it)."""
-        from yollava_cli.recognition import current
+        from yollava_cli.learning.recognition import current
 
         if subject not in self.recognizers:
             self.recognizers[subject] = current(self.registry, self.registry.concept(subject))
@@ -351,7 +351,7 @@ class Evaluation:
 
     def subject_word(self, subject: str) -> str | None:
         """The base model's word for the subject, as training started from it (cached answers)."""
-        from yollava_cli.synthesis import subject_word
+        from yollava_cli.learning.synthesis import subject_word
 
         concept = self.registry.concept(subject)
         return subject_word(self.registry, self.vlm, self.registry.concept_photos(concept["id"]))
@@ -532,8 +532,8 @@ def code_version() -> str:
     """The package version and a hash of its code and templates, computed once: results that other
     code produced (before a bug fix, say) are never served from the cache."""
     digest = hashlib.sha256()
-    package = Path(__file__).parent
-    for path in sorted([*package.glob("*.py"), *package.glob("data/*.json")]):
+    package = Path(__file__).parents[1]  # the whole package, every floor
+    for path in sorted([*package.rglob("*.py"), *package.rglob("*.json")]):
         digest.update(f"{path.relative_to(package)}\0".encode() + path.read_bytes())
     return f"{__version__}+{digest.hexdigest()[:12]}"
 
@@ -548,7 +548,7 @@ def results_path(eval_root: Path, dataset: Dataset, model_fingerprint: str, meth
 def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: list[str], pools: list[Path],
              config: TrainConfig | None = None, folds: int = 1, on_event: Callable[..., None] | None = None) -> dict:
     """Evaluate every subject (resuming finished ones), then summarise with intervals."""
-    from yollava_cli.mining import add_pool
+    from yollava_cli.learning.mining import add_pool
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

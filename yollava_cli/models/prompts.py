@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from yollava_cli.concept_tokens import ConceptTokens
+from yollava_cli.models.concept_tokens import ConceptTokens
 
 
 @dataclass

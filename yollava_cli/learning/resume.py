@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from yollava_cli.errors import UserError
-from yollava_cli.fileio import atomic_write_bytes
+from yollava_cli.store.fileio import atomic_write_bytes
 
 FILE = "resume.safetensors"
 

@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from yollava_cli.compute import Policy, current_policy
-from yollava_cli.concept_tokens import ConceptEmbedding, ConceptHead, ConceptTokens
-from yollava_cli.cores import one_thread, use_idle_cores
+from yollava_cli.models.compute import Policy, current_policy
+from yollava_cli.models.concept_tokens import ConceptEmbedding, ConceptHead, ConceptTokens
+from yollava_cli.models.cores import one_thread, use_idle_cores
 from yollava_cli.errors import UserError
-from yollava_cli.features import FeatureCache
-from yollava_cli.prompts import Prompt, PromptEncoder
+from yollava_cli.models.feature_cache import FeatureCache
+from yollava_cli.models.prompts import Prompt, PromptEncoder
 
 POCKET = "pocket"
 CONTRAST_WEIGHT = 0.5  # context-aware decoding's alpha (Shi et al. 2023, their default; see VLM.generate)
@@ -476,7 +476,7 @@ def load_vlm(ref: str | None = None, on_status: Callable[[str], None] | None = N
     if ref == POCKET:
         if policy.quantize != "none":
             raise UserError(f"{POCKET} is a 135M model and is not quantized: drop --quantize (it is for 7B/13B models on a GPU)")
-        from yollava_cli.pocket import PocketUnavailable, load_pocket
+        from yollava_cli.models.pocket.model import PocketUnavailable, load_pocket
 
         if on_status:  # ~2 s of silence otherwise, before the first token
             on_status(f"Loading {POCKET}...")
