@@ -22,7 +22,7 @@ TOKENS = 48
 
 def main() -> None:
     os.environ.setdefault("YOLLAVA_HOME", tempfile.mkdtemp(prefix="yollava-bench-"))
-    from yollava_cli.models.vlm import load_vlm
+    from yollava_cli.models.loading import load_vlm
     from yollava_cli.use.chat import note_guidance
     from yollava_cli.models.prompts import Prompt
     from yollava_cli.store.facts import as_sentence

@@ -18,7 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
-from setup_concept import DATA, prepared_concept
+from setup_concept import prepared_concept
 
 REPO = Path(__file__).resolve().parents[1]
 POLICIES = ("fp32", "bf16")
@@ -67,7 +67,7 @@ def measure(policy: str, registry, subject: str, repeats: int) -> dict:
     import torch
     from PIL import Image
 
-    from yollava_cli.models.vlm import load_vlm
+    from yollava_cli.models.loading import load_vlm
     from yollava_cli.models.prompts import Prompt
 
     os.environ["YOLLAVA_PRECISION"] = policy

@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 
 from tiny import tiny_llava, tiny_onevision
-from yollava_cli.models import vlm as backend
-from yollava_cli.models.vlm import VLM, CallbackStreamer, decode_answer, load_vlm, repeats_itself
+from yollava_cli.models import decoding
+from yollava_cli.models.decoding import CallbackStreamer, decode_answer, repeats_itself
+from yollava_cli.models.loading import load_vlm
+from yollava_cli.models.vlm import VLM
 from yollava_cli.models.concept_tokens import concept_prompt
 from yollava_cli.errors import UserError
 from yollava_cli.models.prompts import Prompt
@@ -161,7 +163,7 @@ def test_a_looping_answer_stops_early_and_others_are_unchanged(monkeypatch):
     vlm.tokens.add("bo", 4)
     prompt = Prompt("what should I buy <bo>?", concepts=["bo"])
     short, guarded = vlm.generate(prompt, 12), vlm.generate(prompt, 80)
-    monkeypatch.setattr(backend, "LOOP_NGRAM", 10**6)  # the guard off
+    monkeypatch.setattr(decoding, "LOOP_NGRAM", 10**6)  # the guard off
     assert vlm.generate(prompt, 12) == short  # an answer that does not loop is the same greedy answer
     unguarded = vlm.generate(prompt, 80)
     count = lambda text: len(vlm.tokenizer.encode(text, add_special_tokens=False))
@@ -253,7 +255,12 @@ def test_loading_pocket_says_so_first(tmp_path, monkeypatch):
     from yollava_cli.models.pocket import model as pocket
 
     monkeypatch.setenv("YOLLAVA_HOME", str(tmp_path))
-    monkeypatch.setattr(pocket, "load_pocket", lambda cache, on_status=None: tiny_llava())  # no real build
+    def stand_in(cache, on_status=None):  # no real build
+        model, processor = tiny_llava()
+        model.model.grounding = None  # pocket's photo switch, absent from the stand-in
+        return model, processor
+
+    monkeypatch.setattr(pocket, "load_pocket", stand_in)
     said = []
     load_vlm("pocket", on_status=said.append)
     assert said == ["Loading pocket..."]
@@ -261,7 +268,7 @@ def test_loading_pocket_says_so_first(tmp_path, monkeypatch):
 
 def test_unreachable_hub_id_is_one_line_suggesting_pocket(tmp_path):
     code = (
-        "from yollava_cli.models.vlm import load_vlm\n"
+        "from yollava_cli.models.loading import load_vlm\n"
         "from yollava_cli.errors import UserError\n"
         "try:\n    load_vlm('llava-hf/no-such-model-here')\n"
         "except UserError as e:\n    print(e)\n"
@@ -354,7 +361,7 @@ def test_a_contrast_prompt_moves_every_token_by_what_the_notes_change(monkeypatc
         for i, token in enumerate(answer_ids):
             given = vlm.model(input_ids=torch.tensor([with_ids + answer_ids[:i]])).logits[0, -1].float()
             plain = vlm.model(input_ids=torch.tensor([without_ids + answer_ids[:i]])).logits[0, -1].float()
-            leaned = given + backend.CONTRAST_WEIGHT * torch.nan_to_num(given - plain, nan=0.0, neginf=0.0)
+            leaned = given + decoding.CONTRAST_WEIGHT * torch.nan_to_num(given - plain, nan=0.0, neginf=0.0)
             assert leaned[token] >= leaned.max() - 1e-3, (i, token)  # the tiny model's logits are flat
             moved |= bool(leaned[given.argmax()] < leaned.max() - 2e-3)
     assert moved

@@ -91,7 +91,7 @@ def test_both_cpu_paths_agree_on_verdicts_and_logits():
 def test_quantized_loading_is_for_cuda_and_names_what_to_install(monkeypatch):
     import importlib.util
 
-    from yollava_cli.models.vlm import quantized_loading
+    from yollava_cli.models.families import quantized_loading
 
     gpu = Capability(machine="x86_64", cuda=True, cuda_bf16=True, cuda_name="RTX 4070")
     assert choose(gpu, quantize="4bit").quantize == "4bit"

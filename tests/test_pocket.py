@@ -162,7 +162,8 @@ def test_text_turns_answer_exactly_as_the_bare_language_model(pocket_cache):
     still answers like the grounded model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from yollava_cli.models.vlm import VLM, store_matrices_in_bf16, without_onednn
+    from yollava_cli.models.decoding import without_onednn
+    from yollava_cli.models.vlm import VLM, store_matrices_in_bf16
     from yollava_cli.models.prompts import Prompt
 
     vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")

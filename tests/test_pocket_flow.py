@@ -17,7 +17,7 @@ OTHERS = ["cat", "backpack", "dog6", "clock", "duck_toy"]
 
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory):
-    from yollava_cli.models.vlm import load_vlm
+    from yollava_cli.models.loading import load_vlm
     from yollava_cli.models.prompts import Prompt
     from yollava_cli.store.concepts import add_concept
     from yollava_cli.learning.embeddings import load_embedder

@@ -10,7 +10,7 @@ from yollava_cli.errors import UserError
 
 HOME_ENV = "YOLLAVA_HOME"
 MODEL_ENV = "YOLLAVA_MODEL"
-DEFAULTS = {"model": "pocket", "default_pools": [], "feature_cache_mb": 4096}
+DEFAULTS = {"default_pools": [], "feature_cache_mb": 4096}  # "model": the offline default (models.families)
 
 
 def data_dir() -> Path:

@@ -103,7 +103,7 @@ def progress_bar(description: str):
 
 
 ModelOption = Annotated[
-    Optional[str], typer.Option("--model", help="Base model: pocket (offline default), a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config.")
+    Optional[str], typer.Option("--model", help="Base model: the offline default, a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config.")
 ]
 
 
@@ -212,7 +212,9 @@ def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, json_: Js
     """
     from yollava_cli.learning import mining
     from yollava_cli.learning.embeddings import load_embedder
+    from yollava_cli.store.pools import checked_new_pool
 
+    checked_new_pool(name, folder)  # a bad name or folder fails before the embedder loads
     model = load_embedder(embedder)
     with progress_bar(f"Embedding {folder} ({model.id})") as on_progress:
         result = mining.add_pool(open_registry(), name, folder, model, on_progress, on_status=status)
@@ -230,9 +232,7 @@ def pool_list(json_: JsonFlag = False):
 
     Example: yollava pool list
     """
-    from yollava_cli.learning import mining
-
-    rows = mining.list_pools(open_registry())
+    rows = open_registry().pool_summaries()
     if json_:
         return print_json({"pools": rows})
     print_table(["name", "photos", "path"], [[r["name"], str(r["photos"]), r["path"]] for r in rows])
@@ -244,9 +244,9 @@ def pool_rm(name: str, json_: JsonFlag = False):
 
     Example: yollava pool rm library
     """
-    from yollava_cli.learning import mining
+    from yollava_cli.store.pools import remove_pool
 
-    result = mining.remove_pool(open_registry(), name)
+    result = remove_pool(open_registry(), name)
     if json_:
         return print_json(result)
     out.print(f"Removed pool {name}.", markup=False)
@@ -270,7 +270,12 @@ def mine(
     from yollava_cli.learning import mining
     from yollava_cli.learning.embeddings import load_embedder
 
-    concepts.get_concept(open_registry(), name)  # an unknown name fails before the embedder loads
+    from yollava_cli.store.pools import pool_by_name
+
+    registry = open_registry()
+    concepts.get_concept(registry, name)  # an unknown concept or pool fails before the embedder loads
+    for each in pool or []:
+        pool_by_name(registry, each)
     model = load_embedder(embedder)
     with progress_bar(f"Embedding photos ({model.id})") as on_progress:
         result = mining.mine(open_registry(), name, model, pool, hard, easy, seed, duplicate_above,
@@ -334,7 +339,7 @@ def add(
 
 def prepare(registry: Registry, name: str, model: str | None, config=None, resume: bool = False, quantize: str | None = None):
     """Mine (if the concept has no negatives yet) and train, with progress on stderr."""
-    from yollava_cli.models.vlm import load_vlm
+    from yollava_cli.models.loading import load_vlm
     from yollava_cli.learning.embeddings import load_embedder
     from yollava_cli.learning.training import prepare_concept
 
@@ -378,7 +383,7 @@ class Generation:
 
 def session(names: list[str], question: str, model: Optional[str], no_train: bool, quantize: Optional[str] = None):
     """Open the registry and model and load the concepts a question needs."""
-    from yollava_cli.models.vlm import load_vlm
+    from yollava_cli.models.loading import load_vlm
     from yollava_cli.use.chat import load_concepts, mentioned_concepts
 
     registry = open_registry()
@@ -636,7 +641,7 @@ def eval_(
                              ", ".join(f"{m} {v:.3f}" for m, v in r["weighted"].items() if v is not None)] for r in rows])
     if dataset is None:
         raise UserError("name a dataset folder (or pass --history)")
-    from yollava_cli.models.vlm import load_vlm
+    from yollava_cli.models.loading import load_vlm
     from yollava_cli.learning.embeddings import load_embedder
 
     data = evaluation.load_dataset(dataset, subjects.split(",") if subjects else None)
@@ -692,7 +697,7 @@ def import_(
     manifest = check_bundle(file)[0]
     fingerprint = None
     if not skip_model_check:
-        from yollava_cli.models.vlm import load_vlm
+        from yollava_cli.models.loading import load_vlm
 
         fingerprint = load_vlm(model or manifest["base_model"], on_status=status, quantize=quantize).fingerprint
     result = import_concept(open_registry(), file, as_, fingerprint)

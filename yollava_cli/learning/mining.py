@@ -8,7 +8,6 @@ pool folder still being there.
 """
 
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,9 +19,9 @@ from yollava_cli.config import load_config
 from yollava_cli.learning.embeddings import Embedder, embed_photos
 from yollava_cli.errors import UserError
 from yollava_cli.store.photos import BadPhoto, expand_photo_paths, jpeg_bytes, read_photo
+from yollava_cli.store.pools import checked_new_pool, pool_by_name
 from yollava_cli.store.registry import Registry
 
-POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MIN_CONCEPT_POOL = 20  # other concepts' photos stand in for a pool only when there are this many
 SEARCH_CHUNK = 65536  # pool rows per matrix product: bounded memory for any pool size
 EMBED_SIDE = 512  # photos are decoded at this size for embedding; embedders look at <= 256 px
@@ -54,22 +53,9 @@ class MineResult:
 # -- pools ------------------------------------------------------------------------------
 
 
-def pool_by_name(registry: Registry, name: str) -> dict:
-    pool = registry.pool(name)
-    if pool is None:
-        names = registry.pool_names()
-        known = f" (pools: {', '.join(names)})" if names else "; add one with `yollava pool add NAME DIR`"
-        raise UserError(f"unknown pool {name!r}{known}")
-    return pool
-
-
 def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on_progress=None, on_status=None) -> dict:
     """Register a folder of everyday photos as a negative pool and embed it."""
-    if not POOL_NAME.match(name):
-        raise UserError(f"invalid pool name {name!r}: use letters, digits, '.', '-', '_' (e.g. library)")
-    folder = folder.expanduser().resolve()
-    if not folder.is_dir():
-        raise UserError(f"{folder}: not a folder; a pool is a folder of photos")
+    folder = checked_new_pool(name, folder)
     with registry.transaction():
         existing = registry.pool(name)
         if existing and existing["path"] != str(folder):
@@ -83,16 +69,6 @@ def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on
         on_status(embedder.note)
     return {"pool": name, "path": str(folder), "photos": len(candidates), "embedded": embedded,
             "unreadable": len(candidates) - len(vectors) + len(skipped), "embedder": embedder.id}
-
-
-def list_pools(registry: Registry) -> list[dict]:
-    return registry.pool_summaries()
-
-
-def remove_pool(registry: Registry, name: str) -> dict:
-    pool = pool_by_name(registry, name)
-    registry.delete_pool(pool["id"])
-    return {"removed": name}
 
 
 def scan_pool(registry: Registry, pool: dict, on_status=None) -> tuple[list[Candidate], list[str]]:

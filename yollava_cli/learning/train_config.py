@@ -9,7 +9,7 @@ class TrainConfig:
     k: int = 16
     epochs: int = 15
     # The paper's rate. With the identifier starting at the base model's word for the subject,
-    # the first epochs are the best ones; 1e-2 wiped that start out within an epoch (pocket `dog`).
+    # the first epochs are the best ones; 1e-2 wiped that start out within an epoch.
     lr: float = 1e-3
     batch_size: int = 8
     seed: int = 0

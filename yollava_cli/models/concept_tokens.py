@@ -108,7 +108,7 @@ class ConceptTokens:
         `init_word` the identifier starts at that word (textual inversion's initializer token), so
         "Is <bo> in this photo?" already means "is a dog in it" before the first step."""
         names = token_names(name, k)
-        vocab = self.tokenizer.get_vocab()  # builds a dict of the whole vocabulary: ~25 ms for pocket's
+        vocab = self.tokenizer.get_vocab()  # builds a dict of the whole vocabulary: ~25 ms for a 49k-token one
         missing = [t for t in names if t not in vocab]
         if missing:
             self.tokenizer.add_tokens(missing)

@@ -1,7 +1,7 @@
 """One interface to LLaVA-family vision-language models, used by train, ask, find and eval: the
-model passes (forward, loss, scoring, generation) over three parts with one job each, the concept
-token rows (`concept_tokens`), prompt to tokens (`prompts`) and the image-feature cache
-(`features`). The base model is never modified.
+model passes (forward, loss, scoring; writing answers is `decoding`'s) over three parts with one job
+each, the concept token rows (`concept_tokens`), prompt to tokens (`prompts`) and the image-feature
+cache (`feature_cache`). The base model is frozen: no weight of it is ever trained.
 
 Images go through `image_features` (cached per photo hash and model fingerprint, since the vision
 tower and projector are frozen) and reach the model as transformers' `mm_encoder_outputs`, for
@@ -10,7 +10,6 @@ training, scoring and generation alike.
 
 import functools
 import hashlib
-import os
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -20,18 +19,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from yollava_cli.models import decoding, families
 from yollava_cli.models.compute import Policy, current_policy
 from yollava_cli.models.concept_tokens import ConceptEmbedding, ConceptHead, ConceptTokens
-from yollava_cli.models.cores import one_thread, use_idle_cores
-from yollava_cli.errors import UserError
 from yollava_cli.models.feature_cache import FeatureCache
+from yollava_cli.models.decoding import NO_WORDS, YES_WORDS
 from yollava_cli.models.prompts import Prompt, PromptEncoder
 
-POCKET = "pocket"
-CONTRAST_WEIGHT = 0.5  # context-aware decoding's alpha (Shi et al. 2023, their default; see VLM.generate)
-LOOP_NGRAM = 8  # an answer whose last 8 tokens already occurred in it is looping: stop it
-YES_WORDS = ("Yes", "yes", " Yes", " yes", "YES")
-NO_WORDS = ("No", "no", " No", " no", "NO")
 SCORE_BATCH = 16  # prompts per yes/no scoring pass (find, training validation, eval): bounded memory
 
 
@@ -40,7 +34,7 @@ class VLM:
     tokens) and `features` (the image-feature cache, which a caller may pass in)."""
 
     def __init__(self, model, processor, ref: str, cache_dir: Path | None = None, features: FeatureCache | None = None,
-                 policy: Policy | None = None):
+                 policy: Policy | None = None, family: families.Family | None = None):
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -48,6 +42,7 @@ class VLM:
         self.device = next(model.parameters()).device
         self.dtype = model.dtype  # of activations and image features
         self.policy = policy or current_policy()
+        self.family = family or families.for_ref(ref)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(processor.image_token)
         self.vision_calls = 0  # photos that went through the vision tower: tests and benches read it
         embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
@@ -61,14 +56,13 @@ class VLM:
         self.features = features if features is not None else FeatureCache(folder, feature_cache_bytes())
         embedding = ConceptEmbedding(embedding)
         model.set_input_embeddings(embedding)
-        if self.cpu_bf16:
+        if self.cpu_bf16 and self.family.bf16_matrices_on_cpu:
             head = store_matrices_in_bf16(model.get_decoder(), head)
         self.head = ConceptHead(head, len(self.tokenizer), [self.image_token_id])
         model.set_output_embeddings(self.head)
         self.tokens = ConceptTokens(self.tokenizer, embedding, self.head, self.device, self.fingerprint, ref)
         self.prompts = PromptEncoder(processor, self.tokens, self.image_token_id, self.image_features)
-        # pocket's grounding adapter (pocket.Grounding), switched on only where a photo is
-        self.grounding = getattr(getattr(model, "model", None), "grounding", None)
+        self.grounding = self.family.photo_switch(model)  # on only for the rows that hold a photo
         self.fast_scoring = True  # off: score with one plain forward pass (what benches measure against)
 
     # -- passes -------------------------------------------------------------------------
@@ -78,9 +72,15 @@ class VLM:
         inputs = {"input_ids": batch["input_ids"].to(self.device),
                   "attention_mask": batch["attention_mask"].to(self.device)}
         if batch["features"]:
-            inputs["mm_encoder_outputs"] = mm_outputs(batch["features"], self.dtype, self.device)
+            inputs["mm_encoder_outputs"] = self.mm_outputs(batch["features"])
         with self.conversation(batch["concepts"], batch["photo_rows"]):
             return self.model(**inputs).logits
+
+    def mm_outputs(self, features: list[torch.Tensor]) -> dict:
+        """Precomputed image features as transformers' `mm_encoder_outputs`."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return {"image": BaseModelOutputWithPooling(pooler_output=[f.to(self.device, self.dtype) for f in features])}
 
     def loss(self, batch: dict) -> torch.Tensor:
         """Mean cross-entropy over answer tokens only."""
@@ -104,7 +104,7 @@ class VLM:
     @contextmanager
     def conversation(self, concepts: list[str], photo_rows: torch.Tensor | bool):
         """Every language-model pass runs inside this: `fast()`, only the conversation's concepts
-        can be generated, and pocket's grounding is on exactly for the rows that hold a photo."""
+        can be generated, and the family's photo switch is on exactly for the rows that hold a photo."""
         active, rows = self.head.active, self.grounding.rows if self.grounding else None
         self.head.active = set(concepts)
         if self.grounding:
@@ -130,27 +130,27 @@ class VLM:
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
         lengths = torch.tensor([len(e.input_ids) for e in encoded], device=self.device)
         photos = batch["photo_rows"]
-        # rows with and without a photo run with different weights (pocket): no common cache then
+        # rows with and without a photo may run with different weights (a photo switch): no common cache then
         same_weights = bool(photos.all()) or not bool(photos.any())
         shared = shared_opening(ids, int(lengths.min()) - 1, self.image_token_id) if same_weights else 0
         base = self.model.base_model  # the multimodal model without the head
         with torch.no_grad(), self.conversation(batch["concepts"], photos):
             inputs = {"input_ids": ids[:, shared:], "attention_mask": mask}
             if shared:
-                inputs["cache"] = self._prefill(ids[:1, :shared], rows=len(encoded))
+                inputs["cache"] = self.prefill(ids[:1, :shared], rows=len(encoded))
             if batch["features"]:
-                inputs["mm_encoder_outputs"] = mm_outputs(batch["features"], self.dtype, self.device)
+                inputs["mm_encoder_outputs"] = self.mm_outputs(batch["features"])
             hidden = base(**inputs)[0]
             return self.head(hidden[torch.arange(len(encoded), device=self.device), lengths - 1 - shared]).float()
 
     def yes_probabilities(self, prompts: list[Prompt]) -> list[float]:
         """P(yes) from the next-token logits of yes vs no words: deterministic and calibrated."""
         final = self.next_token_logits(prompts)
-        yes, no = self._word_ids(YES_WORDS), self._word_ids(NO_WORDS)
+        yes, no = self.word_ids(YES_WORDS), self.word_ids(NO_WORDS)
         margin = torch.logsumexp(final[:, yes], -1) - torch.logsumexp(final[:, no], -1)
         return torch.sigmoid(margin).tolist()
 
-    def _prefill(self, ids: torch.Tensor, rows: int = 1, **images):
+    def prefill(self, ids: torch.Tensor, rows: int = 1, **images):
         """The cache of a one-row prompt, run without the head (only what follows needs logits),
         copied to `rows` rows. Call inside `conversation`."""
         cache = self.model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **images).cache
@@ -174,9 +174,9 @@ class VLM:
         for row, (tail, e) in enumerate(zip(tails, full)):
             ids[row, : len(tail)], mask[row, : n - 1 + len(tail)] = tail, 1
             labels[row, : len(tail) - 1] = e.labels[n:]
-        images = {"mm_encoder_outputs": mm_outputs(question.features, self.dtype, self.device)} if question.features else {}
+        images = {"mm_encoder_outputs": self.mm_outputs(question.features)} if question.features else {}
         with torch.no_grad(), self.conversation(question.concepts, bool(question.features)):
-            cache = self._prefill(question.input_ids[None, : n - 1].to(self.device), rows=len(tails), **images)
+            cache = self.prefill(question.input_ids[None, : n - 1].to(self.device), rows=len(tails), **images)
             hidden = self.model.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), cache=cache)[0]
             labels = labels.to(self.device)
             predicted = labels != -100
@@ -188,7 +188,7 @@ class VLM:
     def choose(self, prompts: list[Prompt], letters: list[str]) -> list[str]:
         """Multiple choice scored from the option letters' next-token logits, not parsed text."""
         final = self.next_token_logits(prompts)
-        ids = [self._word_ids((letter, f" {letter}")) for letter in letters]
+        ids = [self.word_ids((letter, f" {letter}")) for letter in letters]
         scores = torch.stack([torch.logsumexp(final[:, i], -1) for i in ids], dim=1)
         return [letters[i] for i in scores.argmax(1).tolist()]
 
@@ -205,98 +205,19 @@ class VLM:
                              if t and t[0].isalnum() and not t.startswith("\u2581")  # sentencepiece's space marker
                              and text([t])[:1].isalnum()], dtype=torch.long)
 
-    def _word_ids(self, words) -> list[int]:
+    def word_ids(self, words) -> list[int]:
         return sorted({self.tokenizer.encode(w, add_special_tokens=False)[0] for w in words})
 
     def generate(self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0,
                  seed: int = 0, on_text: Callable[[str], None] | None = None,
                  stop: threading.Event | None = None, yes: bool | None = None, opening: str | None = None,
                  contrast: Prompt | None = None) -> str:
-        """Answer a prompt; `on_text` receives the text as it is generated (greedy by default).
-        `opening`: text the answer starts with (an owner's note that answers the question, see
-        chat.quoted_note); the model writes what follows it, to the end of that paragraph: past a
-        line break a 135M model drifts off the note ('"carl" is a nickname for...').
-        `yes`: a recognizer's verdict on a yes/no question ("is <bo> in this photo?"). The answer
-        opens with the verdict's yes or no word and the model writes everything after it: a small
-        model reads a photo less well than the recognizer, a grounding line alone did not move its
-        first word (3 of 10 answers agreed on <dog>'s look-alikes), and left to itself it may not
-        answer yes or no at all ("A <backpack_dog>.").
-        `contrast`: the same prompt, text only, without some context (the owner's notes): each
-        token's logits move away from it, logits + CONTRAST_WEIGHT * (logits - logits_without),
-        context-aware decoding (Shi et al. 2023); the concepts' names do not move. Handed the
-        notes, a 135M model still answered "what should I buy <dog6>?" with "a rescue <dog6>";
-        what the notes make likelier ("peanut butter") has to win. Costs a second pass per token."""
-        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-
-        encoded = self.prompts.encode(prompt)
-        opening_ids = self.tokenizer.encode(opening, add_special_tokens=False) if opening else []
-        ids = torch.cat([encoded.input_ids, torch.tensor(opening_ids, dtype=torch.long)])[None].to(self.device)
-        mask = torch.ones_like(ids)
-        images = {"mm_encoder_outputs": mm_outputs(encoded.features, self.dtype, self.device)} if encoded.features else {}
-        streamer = CallbackStreamer(self.tokenizer, on_text, opening_ids) if on_text else None
-
-        tokenizer = self.tokenizer
-
-        class Stop(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                done = bool(stop and stop.is_set()) or repeats_itself(input_ids[0, ids.shape[1]:].tolist(), LOOP_NGRAM)
-                done = done or bool(opening_ids and "\n" in tokenizer.decode(input_ids[0, -1:]))
-                return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
-
-        yes_ids, no_ids = self._word_ids(YES_WORDS), self._word_ids(NO_WORDS)
-
-        class Settle(LogitsProcessor):
-            def __call__(self, input_ids, scores):
-                if yes is None or input_ids.shape[1] != ids.shape[1]:  # only the answer's first token
-                    return scores
-                verdict = yes_ids if yes else no_ids
-                settled = torch.full_like(scores, float("-inf"))
-                settled[:, verdict] = scores[:, verdict]  # the model's own choice among the verdict's words
-                return settled
-
-        model, scale = self.model, temperature if temperature > 0 else 1.0
-        names = list(self.head.identifier_ids.values())
-        vlm = self
-
-        class WholeNames(LogitsProcessor):
-            """A concept's name is a whole word: what follows it starts a new one (or is punctuation)."""
-
-            def __call__(self, input_ids, scores):
-                if int(input_ids[0, -1]) not in names:
-                    return scores
-                return scores.index_fill(-1, vlm.word_pieces.to(scores.device), float("-inf"))
-
-        class Contrast(LogitsProcessor):
-            def __init__(self, cache, unseen: torch.Tensor):
-                self.cache, self.unseen = cache, unseen  # the contrast prompt's cache, and its last token
-
-            def __call__(self, input_ids, scores):
-                step = model(input_ids=self.unseen if self.unseen is not None else input_ids[:, -1:],
-                             cache=self.cache, use_cache=True)
-                self.cache, self.unseen = step.cache, None
-                # scores arrive divided by the temperature (generate's warpers run first)
-                shift = torch.nan_to_num(scores - step.logits[:, -1].float() / scale, nan=0.0, posinf=0.0, neginf=0.0)
-                shift[:, names] = 0  # every note names its concept: the name's rise says nothing
-                return scores + CONTRAST_WEIGHT * shift
-
-        torch.manual_seed(seed)
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        with torch.no_grad(), self.conversation(encoded.concepts, bool(encoded.features)):
-            # the prompt (all but its last token, no head) runs through oneDNN's GEMM; then one token
-            # at a time, where ATen's own bf16 matrix-vector kernel decodes ~1.5x faster on CPU
-            cache = self._prefill(ids[:, :-1], **images)
-            processors = [WholeNames(), Settle()]
-            if contrast is not None:  # a text-only prompt, prefilled the same way
-                other = torch.cat([self.prompts.encode(contrast).input_ids, torch.tensor(opening_ids, dtype=torch.long)])[None].to(self.device)
-                processors.insert(0, Contrast(self._prefill(other[:, :-1]), other[:, -1:]))
-            with without_onednn():
-                out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, cache=cache,
-                    max_new_tokens=max_new_tokens, streamer=streamer, stopping_criteria=StoppingCriteriaList([Stop()]),
-                    logits_processor=LogitsProcessorList(processors),
-                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, **sampling,
-                )
-        return decode_answer(self.tokenizer, out[0, len(encoded.input_ids):].tolist()).strip()
+        """Answer a prompt (greedy by default); `on_text` receives the text as it is generated. The
+        steering modes, each optional, are `decoding.generate`'s: `yes` (a recognizer's verdict opens
+        the answer), `opening` (text the answer starts with), `contrast` (lean on the context that
+        prompt lacks)."""
+        return decoding.generate(self, prompt, decoding.Sampling(max_new_tokens, temperature, seed),
+                                 decoding.Steering(yes, opening, contrast), on_text, stop)
 
     # -- images -------------------------------------------------------------------------
 
@@ -327,72 +248,6 @@ class VLM:
         features = getattr(result, "pooler_output", result)
         features = features[0] if isinstance(features, (list, tuple)) else features
         return features.reshape(-1, features.shape[-1]).detach().to(self.feature_dtype).cpu()
-
-
-class CallbackStreamer:
-    """Hands newly decoded text to a callback as tokens arrive (the prompt is skipped)."""
-
-    def __init__(self, tokenizer, callback: Callable[[str], None], opening: list[int] | None = None):
-        self.tokenizer, self.callback = tokenizer, callback
-        self.ids: list[int] = list(opening or [])  # an answer's given opening streams first
-        self.sent = 0
-        self.prompt_seen = False
-        if self.ids:
-            self._emit(final=False)
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.ids += value.reshape(-1).tolist()
-        self._emit(final=False)
-
-    def end(self) -> None:
-        self._emit(final=True)
-
-    def _emit(self, final: bool) -> None:
-        text = decode_answer(self.tokenizer, self.ids)
-        if text.endswith("\ufffd") and not final:  # half of a multi-byte character: wait for the rest
-            return
-        if len(text) > self.sent:
-            self.callback(text[self.sent:])
-            self.sent = len(text)
-
-
-def repeats_itself(tokens: list[int], n: int) -> bool:
-    """Whether the last n tokens already occurred earlier in `tokens`. A small model answering
-    greedily that repeats a phrase once repeats it until max tokens ("He's a <dog>. He's a <dog>...")."""
-    if len(tokens) <= n:
-        return False
-    tail = tokens[-n:]
-    return any(tokens[i : i + n] == tail for i in range(len(tokens) - n))
-
-
-def decode_answer(tokenizer, ids: list[int]) -> str:
-    """Decoded text, with a space before a concept token that follows a word or a punctuation mark: `<bo>` is
-    an added token with no leading space of its own, so plain decode glues it on (`a<bo>`)."""
-    added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items() if not t.special}
-    text, run = "", []
-    for token in ids:
-        if token in added:
-            text += tokenizer.decode(run, skip_special_tokens=True)
-            text += (" " if text and (text[-1].isalnum() or text[-1] in ".,;:!?") else "") + added[token]
-            run = []
-        else:
-            run.append(token)
-    return text + tokenizer.decode(run, skip_special_tokens=True)
-
-
-@contextmanager
-def without_onednn():
-    """Switch oneDNN (mkldnn, a CPU library) off for a block, restoring it after. Not torch's own
-    `mkldnn.flags`: that also sets TF32 and warns on every CPU-only torch."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
 
 
 def shared_opening(ids: torch.Tensor, limit: int, image_token_id: int) -> int:
@@ -439,99 +294,13 @@ def feature_cache_bytes() -> int:
     return int(load_config()["feature_cache_mb"] * 2**20)
 
 
-def mm_outputs(features: list[torch.Tensor], dtype: torch.dtype, device) -> dict:
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-    return {"image": BaseModelOutputWithPooling(pooler_output=[f.to(device, dtype) for f in features])}
-
-
 def fingerprint(weight: torch.Tensor, model) -> str:
     """Architecture, vocabulary size and a hash of the input embedding matrix plus the head of every
     other tensor: a concept's rows (and a cached image feature) mean something only next to the
-    exact model they came from, and pocket's projector and grounding adapter change without touching the
+    exact model they came from, and a model's projector or adapters may change without touching the
     embedding."""
     digest = hashlib.sha256(weight.detach().float().cpu().numpy())  # the array's own buffer: no 100 MB copy
     for tensor in [*model.parameters(), *model.buffers()]:
         if tensor.is_floating_point() and tensor is not weight:
             digest.update(tensor.detach().flatten()[:256].float().cpu().numpy().tobytes())
     return f"{type(model).__name__}:{weight.shape[0]}:{digest.hexdigest()[:16]}"
-
-
-def resolve_model_ref(explicit: str | None = None) -> str:
-    """--model, else $YOLLAVA_MODEL, else the config default (pocket)."""
-    from yollava_cli.config import MODEL_ENV, load_config
-
-    return explicit or os.environ.get(MODEL_ENV) or load_config()["model"]
-
-
-def load_vlm(ref: str | None = None, on_status: Callable[[str], None] | None = None, quantize: str | None = None) -> VLM:
-    """Load `pocket`, a local HF-format directory, or a hub id; one-line errors when it cannot.
-    `quantize`: 4bit or 8bit weights (CUDA), else $YOLLAVA_QUANTIZE or the config's choice."""
-    from yollava_cli.config import data_dir
-
-    ref = resolve_model_ref(ref)
-    cache = data_dir() / "models"
-    use_idle_cores()
-    policy = current_policy(quantize)
-    if ref == POCKET:
-        if policy.quantize != "none":
-            raise UserError(f"{POCKET} is a 135M model and is not quantized: drop --quantize (it is for 7B/13B models on a GPU)")
-        from yollava_cli.models.pocket.model import PocketUnavailable, load_pocket
-
-        if on_status:  # ~2 s of silence otherwise, before the first token
-            on_status(f"Loading {POCKET}...")
-        with one_thread():
-            try:
-                model, processor = load_pocket(cache / POCKET, on_status=on_status)
-            except PocketUnavailable as e:
-                raise UserError(str(e)) from None
-            return VLM(model.to(policy.device) if policy.device != "cpu" else model, processor, ref, cache, policy=policy)
-    model, processor = load_transformers_model(ref, policy, on_status)
-    return VLM(model, processor, ref, cache, policy=policy)
-
-
-def load_transformers_model(ref: str, policy: Policy, on_status=None):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    local = Path(ref).expanduser()
-    if not local.is_dir() and (local.exists() or ref.startswith((".", "/", "~"))):
-        raise UserError(f"{ref}: not a model directory; pass a local HF-format folder, a hub id, or pocket")
-    source = str(local) if local.is_dir() else ref
-    options = {"dtype": policy.load_dtype, **quantized_loading(policy)}
-    if on_status:
-        quantized = f", {policy.quantize}" if policy.quantize != "none" else ""
-        on_status(f"Loading {source} ({policy.device}, {policy.precision}{quantized})...")
-    try:
-        processor = AutoProcessor.from_pretrained(source)
-        model = AutoModelForImageTextToText.from_pretrained(source, **options)
-    except ImportError as e:  # a pre-quantized checkpoint, or a processor, that needs a package
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load model {ref!r}: {first[:200]} (install what it names, e.g. pip install accelerate bitsandbytes)") from None
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        where = "from the Hugging Face hub" if not local.is_dir() else "from that folder"
-        raise UserError(
-            f"cannot load model {ref!r} {where} ({first[:200]}); check the id and your network "
-            f"(offline: HF_HUB_OFFLINE=1 uses only cached models), or use --model pocket"
-        ) from None
-    return (model if "device_map" in options else model.to(policy.device)), processor
-
-
-def quantized_loading(policy: Policy) -> dict:
-    """from_pretrained's options for 4/8-bit weights through bitsandbytes, placed on the GPU; the
-    concepts' rows stay fp32 (ConceptTokens), compute runs in the policy's dtype."""
-    if policy.quantize == "none":
-        return {}
-    import importlib.util
-
-    missing = [name for name in ("bitsandbytes", "accelerate") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise UserError(f"--quantize {policy.quantize} needs {' and '.join(missing)}: pip install {' '.join(missing)}")
-    from transformers import BitsAndBytesConfig
-
-    if policy.quantize == "4bit":
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=policy.dtype,
-                                    bnb_4bit_use_double_quant=True)
-    else:
-        config = BitsAndBytesConfig(load_in_8bit=True)
-    return {"quantization_config": config, "device_map": {"": 0}}

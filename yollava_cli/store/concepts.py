@@ -16,7 +16,7 @@ KINDS = ("person", "pet", "object", "place", "character")
 Kind = Enum("Kind", {k: k for k in KINDS}, type=str)  # for the CLI's choices
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 # Words that mean something else in prompts or on the command line.
-RESERVED_NAMES = {"image", "pocket", "user", "assistant", "system", "all", "none", "s", "pad", "unk"}
+RESERVED_NAMES = {"image", "user", "assistant", "system", "all", "none", "s", "pad", "unk"}
 
 
 def parse_name(raw: str) -> str:

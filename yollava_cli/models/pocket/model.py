@@ -38,7 +38,6 @@ from transformers.models.llava.modeling_llava import LlavaModel, LlavaPreTrained
 
 from yollava_cli.models.efficientnet import EfficientNetLite, efficientnet_lite_state
 
-POCKET_ID = "pocket"
 IMAGE_TOKEN = "<image>"
 GRID = 3  # 7x7 feature map average-pooled to GRID x GRID, plus one global token
 NUM_FEATURE_TOKENS = GRID * GRID + 1

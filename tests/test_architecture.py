@@ -1,0 +1,67 @@
+"""The floors' two import rules: cli/ and store/ import no torch (so commands that load no model
+start fast), and nothing outside models/pocket/ names the offline model or branches on it (every
+family plugs in through models.families)."""
+
+import io
+import subprocess
+import sys
+import tokenize
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED_DATA, shared_data
+
+PACKAGE = Path(__file__).resolve().parents[1] / "yollava_cli"
+HEAVY = ("torch", "transformers")
+
+
+def loaded_heavy_modules(code: str, home: Path) -> list[str]:
+    probe = f"{code}\nimport sys\nprint(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env={"YOLLAVA_HOME": str(home), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    return eval(result.stdout.strip().splitlines()[-1])
+
+
+def test_cli_and_store_modules_import_no_torch(tmp_path):
+    modules = sorted(".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+                     for floor in ("cli", "store") for p in (PACKAGE / floor).rglob("*.py"))
+    assert len(modules) > 5
+    assert loaded_heavy_modules("\n".join(f"import {m}" for m in modules), tmp_path) == []
+
+
+@pytest.mark.parametrize("args", [["--help"], ["list"], ["show", "bo"], ["note", "bo"], ["pool", "list"]])
+def test_commands_that_load_no_model_import_no_torch(tmp_path, args):
+    shared_data()
+    home = tmp_path / "home"
+    added = subprocess.run([sys.executable, "-m", "yollava_cli", "add", "bo", str(SHARED_DATA / "concepts" / "dog" / "train"), "--no-train"],
+                           capture_output=True, text=True, env={"YOLLAVA_HOME": str(home), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert added.returncode == 0, added.stderr
+    code = f"import sys\nsys.argv = ['yollava', *{args!r}]\nfrom yollava_cli.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
+    assert loaded_heavy_modules(code, home) == []
+
+
+def names_outside_docstrings(source: str) -> list[tuple[int, str]]:
+    """(line, text) of every name, string and comment token that is not a docstring."""
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    found, previous = [], tokenize.NEWLINE
+    for token in tokens:
+        docstring = token.type == tokenize.STRING and previous in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+        if token.type in (tokenize.NAME, tokenize.STRING, tokenize.COMMENT) and not docstring:
+            found.append((token.start[0], token.string))
+        if token.type not in (tokenize.NL, tokenize.COMMENT):
+            previous = token.type
+    return found
+
+
+def test_only_models_pocket_names_the_offline_model():
+    offenders = [f"{path.relative_to(PACKAGE.parent)}:{line}: {text}"
+                 for path in sorted(PACKAGE.rglob("*.py")) if "pocket" not in path.relative_to(PACKAGE).parts
+                 for line, text in names_outside_docstrings(path.read_text()) if "pocket" in text.lower()]
+    assert offenders == []
+
+
+def test_the_rule_checker_sees_code_but_not_docstrings():
+    source = '"""pocket in a docstring"""\nx = "pocket"  # pocket\ndef f():\n    """pocket"""\n    return POCKET\n'
+    assert [line for line, _ in names_outside_docstrings(source) if "pocket" in _.lower()] == [2, 2, 5]

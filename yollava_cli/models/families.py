@@ -1,0 +1,135 @@
+"""Model families: one entry per kind of base model, saying how to load it and what it needs, in
+the manner of `llm`'s model plugins. `transformers` (any LLaVA-style model transformers loads from a
+hub id or a local folder) is the fallback; every subpackage of `yollava_cli.models` may register a
+more specific family when imported (the offline default lives in one), and so may an installed
+package, through the `yollava.models` entry-point group. This module imports no torch: the CLI lists
+families and reads the default without loading a model."""
+
+import importlib
+import importlib.metadata
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from yollava_cli.errors import UserError
+
+ENTRY_POINTS = "yollava.models"
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a family of base models is loaded and run.
+
+    `load(ref, cache_dir, policy, on_status)` returns (model, processor), placed on the policy's
+    device. `handles(ref)` says whether a model reference belongs to the family. `photo_switch(model)`
+    returns the family's part that must be on exactly for the batch rows holding a photo (an object
+    with a `rows` attribute), or None. `bf16_matrices_on_cpu`: under a CPU bf16 policy the language
+    model's Linear weights are stored in bf16 (decoding reads half the bytes); otherwise the weights
+    stay as loaded and only autocast rounds. `offline_default`: the model used when none is named."""
+
+    name: str
+    summary: str
+    load: Callable
+    handles: Callable[[str], bool]
+    photo_switch: Callable[[object], object | None] = field(default=lambda model: None)
+    bf16_matrices_on_cpu: bool = True
+    quantizable: bool = True
+    offline_default: bool = False
+
+
+_registered: list[Family] = []
+
+
+def register(family: Family) -> Family:
+    if any(f.name == family.name for f in _registered):
+        raise ValueError(f"model family {family.name!r} is registered twice")
+    _registered.append(family)
+    return family
+
+
+@cache
+def _discover() -> None:
+    """Import the families shipped as subpackages of `yollava_cli.models`, then installed plugins."""
+    from yollava_cli import models
+
+    for module in pkgutil.iter_modules(models.__path__):
+        if module.ispkg:
+            importlib.import_module(f"{models.__name__}.{module.name}")
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        entry.load()
+
+
+def families() -> list[Family]:
+    """Every family: the specific ones first, the generic transformers one last."""
+    _discover()
+    return [*_registered, TRANSFORMERS]
+
+
+def for_ref(ref: str) -> Family:
+    return next(f for f in families() if f.handles(ref))
+
+
+def default_model() -> str:
+    """The model used when neither --model, $YOLLAVA_MODEL nor the config names one."""
+    return next((f.name for f in families() if f.offline_default), TRANSFORMERS.name)
+
+
+def load_transformers_model(ref: str, cache_dir: Path, policy, on_status=None):
+    """A LLaVA-style model and its processor through transformers, from a local folder or a hub id."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    local = Path(ref).expanduser()
+    if not local.is_dir() and (local.exists() or ref.startswith((".", "/", "~"))):
+        raise UserError(f"{ref}: not a model directory; pass a local HF-format folder, a hub id, or {default_model()}")
+    source = str(local) if local.is_dir() else ref
+    options = {"dtype": policy.load_dtype, **quantized_loading(policy)}
+    if on_status:
+        quantized = f", {policy.quantize}" if policy.quantize != "none" else ""
+        on_status(f"Loading {source} ({policy.device}, {policy.precision}{quantized})...")
+    try:
+        processor = AutoProcessor.from_pretrained(source)
+        model = AutoModelForImageTextToText.from_pretrained(source, **options)
+    except ImportError as e:  # a pre-quantized checkpoint, or a processor, that needs a package
+        raise UserError(f"cannot load model {ref!r}: {first_line(e)} (install what it names, e.g. pip install accelerate bitsandbytes)") from None
+    except (OSError, ValueError) as e:
+        where = "from the Hugging Face hub" if not local.is_dir() else "from that folder"
+        raise UserError(
+            f"cannot load model {ref!r} {where} ({first_line(e)}); check the id and your network "
+            f"(offline: HF_HUB_OFFLINE=1 uses only cached models), or use --model {default_model()}"
+        ) from None
+    return (model if "device_map" in options else model.to(policy.device)), processor
+
+
+def first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def quantized_loading(policy) -> dict:
+    """from_pretrained's options for 4/8-bit weights through bitsandbytes, placed on the GPU; the
+    concepts' rows stay fp32 (ConceptTokens), compute runs in the policy's dtype."""
+    if policy.quantize == "none":
+        return {}
+    import importlib.util
+
+    missing = [name for name in ("bitsandbytes", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"--quantize {policy.quantize} needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+    from transformers import BitsAndBytesConfig
+
+    if policy.quantize == "4bit":
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=policy.dtype,
+                                    bnb_4bit_use_double_quant=True)
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    return {"quantization_config": config, "device_map": {"": 0}}
+
+
+TRANSFORMERS = Family(
+    name="transformers",
+    summary="a LLaVA-family model from a hub id or a local Hugging Face folder (e.g. llava-hf/llava-1.5-7b-hf)",
+    load=load_transformers_model,
+    handles=lambda ref: True,
+)
