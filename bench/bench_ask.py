@@ -2,7 +2,7 @@
 
 Reports time to first token (cold: first question after loading, photo features not cached;
 warm: the same question again), tokens/s, the same text question with three owner's notes (their
-ranking before the first token, the contrast pass per token: chat.note_guidance) and the first
+ranking before the first token, the contrast pass per token: use.ask.note_guidance) and the first
 token with fifty, and `find` photos/s with a cold vs warm feature cache.
 Baselines in the same process: a long answer decoded by pocket as transformers loads and runs it
 (fp32, oneDNN), and scoring each find batch with one plain forward (logits at every position, no
@@ -32,7 +32,9 @@ def main():
     from transformers.generation.streamers import BaseStreamer
 
     from yollava_cli.models.prompts import Prompt
-    from yollava_cli.use.chat import GenerationOptions, ask, find, open_images
+    from yollava_cli.use.ask import GenerationOptions, ask
+    from yollava_cli.use.find import find
+    from yollava_cli.use.session import open_images
     from yollava_cli.config import data_dir
     from yollava_cli.models.pocket.model import load_pocket
     from yollava_cli.learning.training import TrainConfig, train_concept

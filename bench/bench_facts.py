@@ -1,6 +1,6 @@
 """Personal facts on pocket, for the 20 shared subjects (facts.json): each paraphrased question
 asked with the subject's facts in its opening line and without (the control), through the tool's
-own prompt path (chat.note_guidance: the note that answers the question opens the answer, else
+own prompt path (use.ask.note_guidance: the note that answers the question opens the answer, else
 every word leans toward the notes) with the concept at neutral rows (no training, so every subject
 costs seconds), plus the bare language model with the facts pasted into a plain prompt (no concept prompt).
 
@@ -23,7 +23,7 @@ TOKENS = 48
 def main() -> None:
     os.environ.setdefault("YOLLAVA_HOME", tempfile.mkdtemp(prefix="yollava-bench-"))
     from yollava_cli.models.loading import load_vlm
-    from yollava_cli.use.chat import note_guidance
+    from yollava_cli.use.ask import note_guidance
     from yollava_cli.models.prompts import Prompt
     from yollava_cli.store.facts import as_sentence
 

@@ -65,7 +65,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--photos", type=int, default=10_000)
     args = parser.parse_args()
-    from yollava_cli.use.chat import VERIFY, find
+    from yollava_cli.use.find import VERIFY, find
     from yollava_cli.learning.embeddings import embed_photos, load_embedder
     from yollava_cli.store.photos import expand_photo_paths, read_photo
     from yollava_cli.learning.training import TrainConfig, train_concept

@@ -316,7 +316,7 @@ def test_a_verdict_opens_the_answer_and_decides_nothing_else():
 
 
 def test_an_opening_streams_first_and_the_model_writes_what_follows():
-    """`opening=` puts given text at the start of the answer (an owner's note, chat.quoted_note):
+    """`opening=` puts given text at the start of the answer (an owner's note, use.ask.quoted_note):
     it streams before any generated token, and the continuation is the model's greedy choice after
     it, the same as if the opening had been part of the prompt, up to its first line break."""
     vlm = VLM(*tiny_llava(), "tiny")

@@ -15,9 +15,11 @@ from PIL import Image
 
 from conftest import invoke, run_cli, shared_data
 from tiny import tiny_llava
-from yollava_cli.use import chat
+from yollava_cli.use import ask as asking
 from yollava_cli.models.vlm import VLM
-from yollava_cli.use.chat import GenerationOptions, ask, input_history, mentioned_concepts, with_identifiers
+from yollava_cli.use.ask import GenerationOptions, ask, with_identifiers
+from yollava_cli.use.chat import input_history
+from yollava_cli.use.session import mentioned_concepts
 
 
 def test_concepts_come_from_the_name_and_the_question():
@@ -29,13 +31,13 @@ def test_concepts_come_from_the_name_and_the_question():
 
 
 def test_notes_guide_only_answers_without_a_photo(monkeypatch):
-    """A text-only answer that a note answers (chat.quoted_note, ranked on the real model in
+    """A text-only answer that a note answers (use.ask.quoted_note, ranked on the real model in
     test_pocket) opens with it; one that no note answers leans away from the same prompt without
     the notes (VLM.generate's `contrast`); asked with a photo, the answer is about the photo and
     the notes only ride in the prompt."""
     vlm = VLM(*tiny_llava(), "tiny")
     vlm.tokens.add("bo", 4)
-    monkeypatch.setattr(chat, "quoted_note", lambda vlm, prompt, notes: notes[0] if "old" in prompt.question else None)
+    monkeypatch.setattr(asking, "quoted_note", lambda vlm, prompt, notes: notes[0] if "old" in prompt.question else None)
     generate, calls = vlm.generate, []
 
     def spy(prompt, *args, contrast=None, opening=None, **kwargs):

@@ -19,7 +19,7 @@ from yollava_cli.models.efficientnet import load_efficientnet_lite, preprocess  
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 POOL = DATA / "pool" / "imagenet-sample"
-CATEGORIES = json.loads((Path(pocket.__file__).parent / "data" / "imagenet_categories.json").read_text())
+CATEGORIES = json.loads(pocket.CATEGORIES_JSON.read_text())
 
 
 def need(path: Path) -> Path:
@@ -197,11 +197,11 @@ def test_text_turns_answer_exactly_as_the_bare_language_model(pocket_cache):
 
 
 def test_the_note_that_answers_a_question_is_quoted_and_no_other(pocket_cache):
-    """chat.quoted_note on the real model, with invented notes about a new concept at neutral rows:
+    """use.ask.quoted_note on the real model, with invented notes about a new concept at neutral rows:
     a question one note answers gets that note; a question none answers gets none. (Each case is
     at least 2 nats from the 5-nat threshold here, so CPUs that round differently agree.)"""
     from yollava_cli.models.vlm import VLM
-    from yollava_cli.use.chat import quoted_note
+    from yollava_cli.use.ask import quoted_note
     from yollava_cli.models.prompts import Prompt
 
     vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")

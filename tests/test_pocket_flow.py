@@ -90,7 +90,7 @@ def test_training_separates_at_least_as_well_as_its_starting_word(flow):
 
 
 def test_find_ranks_its_own_photos_first_on_average(flow):
-    from yollava_cli.use.chat import find
+    from yollava_cli.use.find import find
 
     tests = flow["tests"]
     others = [p for s in OTHERS for p in tests[s]]
@@ -102,7 +102,7 @@ def test_find_ranks_its_own_photos_first_on_average(flow):
 
 
 def test_ask_streams_an_answer_about_the_concept(flow):
-    from yollava_cli.use.chat import GenerationOptions, ask
+    from yollava_cli.use.ask import GenerationOptions, ask
 
     pieces = []
     result = ask(flow["vlm"], ["dog"], "What should I buy him for his birthday?", [], [], GenerationOptions(max_tokens=24), pieces.append)

@@ -11,7 +11,8 @@ from rich.progress import Progress
 from tiny import tiny_llava
 from yollava_cli.learning import events
 from yollava_cli.models.vlm import VLM
-from yollava_cli.use.chat import GenerationOptions, explain
+from yollava_cli.use.ask import GenerationOptions
+from yollava_cli.use.explain import explain
 from yollava_cli.cli.app import TrainView, train_view
 
 

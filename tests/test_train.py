@@ -11,7 +11,7 @@ from yollava_cli.errors import UserError
 from yollava_cli.learning.events import Step
 from yollava_cli.learning.mining import Candidate, file_loader, store_negatives
 from yollava_cli.store.registry import Registry
-from yollava_cli.learning.synthesis import SUBJECT_QUESTION, build_training_data, store_answer, subject_word, templates
+from yollava_cli.learning.synthesis import SUBJECT_QUESTION, build_training_data, subject_word, templates
 from yollava_cli.learning.training import TrainConfig, calibrate, epoch_examples, recognition_metrics, split_data, train_concept
 
 FAST = TrainConfig(k=4, epochs=3, batch_size=8, positive_repeats=1, attributes_per_epoch=4)
@@ -75,7 +75,7 @@ def test_the_identifier_starts_at_the_base_models_word_for_the_subject(registry)
     vlm = tiny_vlm()
     photos = registry.concept_photos(registry.concept("bo")["id"])
     for photo, answer in zip(photos, ["A dog.", "Dog", "a cat!"]):
-        store_answer(registry, vlm, photo["sha256"], SUBJECT_QUESTION, answer)
+        registry.store_answer(photo["sha256"], vlm.fingerprint, SUBJECT_QUESTION, answer)
     assert subject_word(registry, vlm, photos) == "dog"  # articles and case dropped, most frequent wins
     vlm.tokens.add("bo", 4, init_word="dog")
     rows = vlm.tokens.embedding.tables["bo"].detach()

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from yollava_cli import __version__
-from yollava_cli.models.vlm import SCORE_BATCH, VLM
-from yollava_cli.use.chat import note_guidance
+from yollava_cli.models.vlm import VLM
+from yollava_cli.use.ask import note_guidance
 from yollava_cli.store.concepts import add_concept, parse_name
 from yollava_cli.errors import UserError
 from yollava_cli.learning.events import EmbeddingPool, EmbeddingToMine, Scoring, SubjectStarted
@@ -29,7 +29,7 @@ from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.photos import read_photo
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.store.registry import Registry, now
-from yollava_cli.learning.synthesis import cached_answer, score_question, store_answer
+from yollava_cli.learning.synthesis import answer_once, score_question
 from yollava_cli.learning.training import TrainConfig, calibrate, prepare_concept, recognition_metrics
 
 ASK_TOKENS = 4
@@ -327,11 +327,7 @@ class Evaluation:
 
     def yes_probabilities(self, method: Method, subject: str, photos: list[Path]) -> list[float]:
         """P(yes) to the recognition question about each photo, in this method's prompt."""
-        out = []
-        for start in range(0, len(photos), SCORE_BATCH):
-            prompts = [self.prompt(method, subject, score_question(subject), [p]) for p in photos[start : start + SCORE_BATCH]]
-            out += self.vlm.yes_probabilities(prompts)
-        return out
+        return self.vlm.yes_probabilities([self.prompt(method, subject, score_question(subject), [p]) for p in photos])
 
     def recognizer(self, subject: str):
         """The subject's head and fusion, read from its checkpoint once (head, fused and ask all use it)."""
@@ -360,19 +356,12 @@ class Evaluation:
         captions = []
         for path in self.dataset.subjects[subject].train:
             image, sha = self.photo(path)
-            answer = cached_answer(self.registry, self.vlm.fingerprint, sha, SUBJECT_PROMPT)
-            if answer is None:
-                answer = self.vlm.generate(Prompt(SUBJECT_PROMPT, [image], [sha]), max_new_tokens=CAPTION_TOKENS)
-                store_answer(self.registry, self.vlm, sha, SUBJECT_PROMPT, answer)
-            captions.append(answer)
+            captions.append(answer_once(self.registry, self.vlm, sha, SUBJECT_PROMPT, Prompt(SUBJECT_PROMPT, [image], [sha]), CAPTION_TOKENS))
         joined = "\n".join(f"- {c}" for c in captions)
         key = hashlib.sha256(joined.encode()).hexdigest()
-        summary = cached_answer(self.registry, self.vlm.fingerprint, key, "summary")
-        if summary is None:
-            summary = self.vlm.generate(Prompt(
-                f"These sentences describe photos of the same subject:\n{joined}\nDescribe the subject's appearance in one sentence."
-            ), max_new_tokens=CAPTION_TOKENS)
-            store_answer(self.registry, self.vlm, key, "summary", summary)
+        summary = answer_once(self.registry, self.vlm, key, "summary", Prompt(
+            f"These sentences describe photos of the same subject:\n{joined}\nDescribe the subject's appearance in one sentence."
+        ), CAPTION_TOKENS)
         return f"<{subject}> is the subject of these photos: {summary}"
 
     def train(self, subject: Subject) -> dict:

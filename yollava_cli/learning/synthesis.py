@@ -97,11 +97,8 @@ def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos:
     pairs, done = [], 0
     for photo in photos:
         for question in spec["questions"]:
-            answer = cached_answer(registry, vlm.fingerprint, photo["sha256"], question)
-            if answer is None:
-                prompt = Prompt(question, [photo_loader(registry, photo)], [photo["sha256"]])
-                answer = vlm.generate(prompt, max_new_tokens=ATTRIBUTE_MAX_TOKENS)
-                store_answer(registry, vlm, photo["sha256"], question, answer)
+            prompt = Prompt(question, [photo_loader(registry, photo)], [photo["sha256"]])
+            answer = answer_once(registry, vlm, photo["sha256"], question, prompt, ATTRIBUTE_MAX_TOKENS)
             done += 1
             if on_progress:
                 on_progress(done, total)
@@ -119,14 +116,8 @@ def subject_word(registry: Registry, vlm: VLM, photos: list[dict]) -> str | None
     """The base model's most frequent one-word name for the subject across the photos ("dog").
     Starting the identifier there makes "Is <bo> in this photo?" mean "is a dog in it" from step 0;
     from the neutral start a small model says yes to every photo and training mostly learns "no"."""
-    answers = []
-    for photo in photos:
-        answer = cached_answer(registry, vlm.fingerprint, photo["sha256"], SUBJECT_QUESTION)
-        if answer is None:
-            prompt = Prompt(SUBJECT_QUESTION, [photo_loader(registry, photo)], [photo["sha256"]])
-            answer = vlm.generate(prompt, max_new_tokens=8)
-            store_answer(registry, vlm, photo["sha256"], SUBJECT_QUESTION, answer)
-        answers.append(answer)
+    answers = [answer_once(registry, vlm, p["sha256"], SUBJECT_QUESTION,
+                           Prompt(SUBJECT_QUESTION, [photo_loader(registry, p)], [p["sha256"]]), 8) for p in photos]
     return most_common_word(answers)
 
 
@@ -145,12 +136,14 @@ def rename(text: str, neutral: str, name: str) -> str:
     return re.sub(re.escape(neutral), identifier(name), text, flags=re.IGNORECASE)
 
 
-def cached_answer(registry: Registry, fingerprint: str, sha: str, prompt: str) -> str | None:
-    return registry.cached_answer(sha, fingerprint, prompt)
-
-
-def store_answer(registry: Registry, vlm: VLM, sha: str, prompt: str, answer: str) -> None:
-    registry.store_answer(sha, vlm.fingerprint, prompt, answer)
+def answer_once(registry: Registry, vlm: VLM, key: str, question: str, prompt: Prompt, max_new_tokens: int) -> str:
+    """The base model's answer to `question` about `key` (a photo's hash, or a text's): generated
+    once per base model, then read from the registry (training data, eval's baselines)."""
+    answer = registry.cached_answer(key, vlm.fingerprint, question)
+    if answer is None:
+        answer = vlm.generate(prompt, max_new_tokens=max_new_tokens)
+        registry.store_answer(key, vlm.fingerprint, question, answer)
+    return answer
 
 
 def inspect_training_data(registry: Registry, concept: dict) -> dict:
@@ -161,11 +154,11 @@ def inspect_training_data(registry: Registry, concept: dict) -> dict:
     conversations = []
     for photo in photos:
         for question in spec["questions"]:
-            answer = cached_answer(registry, concept["base_fingerprint"] or "", photo["sha256"], question)
+            answer = registry.cached_answer(photo["sha256"], concept["base_fingerprint"] or "", question)
             if answer:
                 conversations.append({"photo": photo["sha256"][:12], "question": rename(question, spec["neutral_name"], concept["name"]),
                                       "answer": rename(answer, spec["neutral_name"], concept["name"])})
-    names = [cached_answer(registry, concept["base_fingerprint"] or "", p["sha256"], SUBJECT_QUESTION) for p in photos]
+    names = [registry.cached_answer(p["sha256"], concept["base_fingerprint"] or "", SUBJECT_QUESTION) for p in photos]
     kinds = registry.negative_counts(concept["id"])
     return {"positive_photos": len(photos), "positive_views": 2 * len(photos), "hard_negatives": kinds.get("hard", 0),
             "easy_negatives": kinds.get("easy", 0), "recognition_templates": {side: len(pairs) for side, pairs in templates()["recognition"].items()},

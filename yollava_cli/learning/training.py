@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageOps
 
 from yollava_cli.learning import resume as resume_state
-from yollava_cli.models.vlm import SCORE_BATCH, VLM
+from yollava_cli.models.vlm import VLM
 from yollava_cli.store.concepts import get_concept
 from yollava_cli.errors import UserError
 from yollava_cli.learning.events import EpochDone, EpochStarted, FittingHead, Step, TrainEvent, Validating, WritingConversations
@@ -142,12 +142,7 @@ class Trainer:
 
     def probabilities(self, keys: list[str]) -> list[float]:
         question = score_question(self.name)
-        out = []
-        for start in range(0, len(keys), SCORE_BATCH):
-            chunk = keys[start : start + SCORE_BATCH]
-            prompts = [Prompt(question, [lambda k=k: self.views(k)], [k], [self.name]) for k in chunk]
-            out += self.vlm.yes_probabilities(prompts)
-        return out
+        return self.vlm.yes_probabilities([Prompt(question, [lambda k=k: self.views(k)], [k], [self.name]) for k in keys])
 
     def score(self, positives: list[str], negatives: list[str]) -> dict:
         probs = self.probabilities(positives + negatives)

@@ -6,7 +6,7 @@ The steering modes:
   with the verdict's yes or no word and the model writes everything after it: a small model reads a
   photo less well than the recognizer, and left to itself it may not answer yes or no at all.
 - `opening`: text the answer starts with (an owner's note that answers the question, see
-  `use.chat.quoted_note`); the model writes what follows, to the end of that paragraph (past a line
+  `use.ask.quoted_note`); the model writes what follows, to the end of that paragraph (past a line
   break a small model drifts off the note).
 - `contrast`: the same prompt, text only, without some context (the owner's notes): each token's
   logits move away from it, logits + CONTRAST_WEIGHT * (logits - logits_without), context-aware

@@ -1,0 +1,201 @@
+"""Commands that ask the model: ask, chat (and its terminal loop), find, explain."""
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from yollava_cli.cli.app import app
+from yollava_cli.cli.options import Generation, JsonFlag, ModelOption, QuantizeOption
+from yollava_cli.cli.output import open_registry, print_json, print_table, progress_bar, status
+from yollava_cli.cli.render import train_showing_progress
+from yollava_cli.config import data_dir
+from yollava_cli.errors import UserError
+from yollava_cli.store import concepts
+
+
+def open_session(names: list[str], question: str, model: Optional[str], no_train: bool, quantize: Optional[str] = None):
+    """The registry, the model and the concepts a question needs (trained first unless no_train)."""
+    from yollava_cli.use.session import open_session as load
+
+    registry = open_registry()
+    train = None if no_train else (lambda name: train_showing_progress(registry, name, model, quantize=quantize))
+    vlm, wanted = load(registry, names, question, model, quantize, train, on_status=status)
+    return registry, vlm, wanted
+
+
+@app.command()
+def ask(
+    name_or_question: Annotated[list[str], typer.Argument(metavar="[NAME] QUESTION", help="Optional concept name, then the question.")],
+    image: Annotated[Optional[list[Path]], typer.Option("--image", help="A photo to ask about (repeatable).")] = None,
+    max_tokens: Generation.MaxTokens = 256,
+    temperature: Generation.Temperature = 0.0,
+    seed: Generation.Seed = 0,
+    no_train: Annotated[bool, typer.Option("--no-train", help="Refuse untrained concepts instead of training them first.")] = False,
+    model: ModelOption = None,
+    quantize: QuantizeOption = None,
+    json_: JsonFlag = False,
+):
+    """Ask about your concepts, streaming the answer. Every <name> in the question is loaded.
+
+    \b
+    Examples:
+      yollava ask bo "what should I buy him for his birthday?"
+      yollava ask "is <bo> in this photo?" --image park.jpg
+    """
+    from yollava_cli.use.ask import GenerationOptions, ask as answer
+    from yollava_cli.use.find import recognize
+    from yollava_cli.use.session import open_images
+    from yollava_cli.store.facts import prompt_notes
+
+    if len(name_or_question) > 2:
+        raise UserError("quote the question: yollava ask [NAME] \"QUESTION\"")
+    *names, question = name_or_question
+    images, keys = open_images(image or [])  # bad photos fail before the model loads
+    registry, vlm, wanted = open_session(names, question, model, no_train, quantize)
+    stream = None if json_ else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    result = answer(vlm, wanted, question, images, keys, GenerationOptions(max_tokens, temperature, seed), stream,
+                    notes=prompt_notes(registry, wanted), verdicts=recognize(registry, vlm, wanted, images, keys))
+    if json_:
+        return print_json(result)
+    sys.stdout.write("\n")
+
+
+@app.command()
+def chat(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Concepts to load.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="A photo to talk about.")] = None,
+    max_tokens: Generation.MaxTokens = 256,
+    temperature: Generation.Temperature = 0.0,
+    seed: Generation.Seed = 0,
+    model: ModelOption = None,
+    quantize: QuantizeOption = None,
+):
+    """An interactive chat. /image PATH, /concepts, /reset, /quit; Ctrl-C stops an answer, Ctrl-D exits.
+
+    Example: yollava chat bo mam --image park.jpg
+    """
+    from yollava_cli.use.ask import GenerationOptions
+    from yollava_cli.use.chat import ChatSession, input_history
+    from yollava_cli.store.facts import prompt_notes
+
+    registry, vlm, wanted = open_session(names or [], "", model, no_train=False, quantize=quantize)
+    chat_session = ChatSession(vlm, wanted, GenerationOptions(max_tokens, temperature, seed),
+                               notes=prompt_notes(registry, wanted), registry=registry)
+    if image:
+        chat_session.set_image(image)
+    status(f"Chatting about {', '.join(f'<{n}>' for n in wanted) or 'nothing personal'} on {vlm.ref}. /quit or Ctrl-D to leave.")
+    with input_history(data_dir() / "history"):
+        chat_loop(chat_session)
+
+
+def chat_loop(chat_session) -> None:
+    """Read lines until /quit or Ctrl-D: a /command, else a question answered as it streams."""
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            sys.stdout.write("\n")
+            return
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+            continue
+        if not line:
+            continue
+        if line.startswith("/"):
+            command, _, argument = line.partition(" ")
+            if command == "/quit":
+                return
+            if command == "/reset":
+                chat_session.reset()
+                status("History and photo cleared.")
+            elif command == "/concepts":
+                status(", ".join(f"<{n}>" for n in chat_session.concepts) or "(none)")
+            elif command == "/image" and argument:
+                try:
+                    chat_session.set_image(Path(argument.strip()).expanduser())
+                    status(f"Now talking about {argument.strip()}.")
+                except UserError as e:
+                    status(f"error: {e}")
+            else:
+                status("commands: /image PATH, /concepts, /reset, /quit")
+            continue
+        problems = chat_session.load_mentioned(line)
+        if problems:
+            for problem in problems:
+                status(f"error: {problem}")
+            continue
+        try:  # the prompt is inside: a Ctrl-C right after it still only stops this answer
+            sys.stdout.write("yollava> ")
+            sys.stdout.flush()
+            chat_session.say(line, lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+        except KeyboardInterrupt:
+            sys.stdout.write(" [stopped]")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+@app.command()
+def find(
+    name: str,
+    photos: Annotated[list[Path], typer.Argument(help="Photos and/or folders (searched recursively).")],
+    threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Match cut (default: calibrated at training).")] = None,
+    top: Annotated[Optional[int], typer.Option(min=1, help="Show only the best N.")] = None,
+    by: Annotated[str, typer.Option("--by", help="Signal: fused (head + tokens), head (image embeddings only, fastest) or tokens (the language model on every photo).")] = "fused",
+    verify: Annotated[int, typer.Option("--verify", help="With --by fused: how many of the head's best photos the language model checks (plus those near the threshold).")] = 32,
+    no_train: Annotated[bool, typer.Option("--no-train", help="Refuse an untrained concept instead of training it.")] = False,
+    model: ModelOption = None,
+    quantize: QuantizeOption = None,
+    json_: JsonFlag = False,
+):
+    """Find a concept across photos: one line per photo with P(it is there), matches first.
+    Exit 0 if any photo matches, 1 if none (like grep).
+
+    \b
+    Examples:
+      yollava find bo ~/Pictures/2024 --top 20
+      yollava find bo ~/Pictures --by head      # embeddings only: thousands of photos a second once cached
+    """
+    from yollava_cli.store.photos import expand_photo_paths
+    from yollava_cli.use.find import check_find_options, find as search
+
+    check_find_options(by, verify)
+    expand_photo_paths(photos)  # missing paths fail before the model loads
+    # the head alone needs no language model: it scores cached image embeddings
+    registry, vlm = (open_registry(), None) if by == "head" else open_session([name], "", model, no_train, quantize)[:2]
+    with progress_bar(f"Looking for <{concepts.parse_name(name)}>") as on_progress:
+        result = search(registry, vlm, name, photos, threshold, on_progress, by, verify)
+    shown = result["results"][:top] if top else result["results"]
+    matched = any(r["match"] for r in result["results"])
+    for item in result["skipped"]:
+        status(f"skipped {item['path']}: {item['reason']}")
+    if json_:
+        print_json({**result, "results": shown})
+    else:
+        for r in shown:
+            sys.stdout.write(f"{r['probability']:.3f}\t{'match' if r['match'] else '-'}\t{r['signal']}\t{r['path']}\n")
+    raise typer.Exit(0 if matched else 1)
+
+
+@app.command()
+def explain(
+    name: str,
+    max_tokens: Generation.MaxTokens = 40,
+    model: ModelOption = None,
+    quantize: QuantizeOption = None,
+    json_: JsonFlag = False,
+):
+    """Ask the model what each of a concept's latent tokens describes (a window into what it learned).
+
+    Example: yollava explain bo
+    """
+    from yollava_cli.use.ask import GenerationOptions
+    from yollava_cli.use.explain import explain as explain_tokens
+
+    _, vlm, wanted = open_session([name], "", model, no_train=True, quantize=quantize)
+    with progress_bar(f"Explaining <{wanted[0]}>'s latent tokens") as on_progress:
+        rows = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens), on_progress)
+    if json_:
+        return print_json({"concept": wanted[0], "tokens": rows})
+    print_table(["token", "explanation"], [[r["token"], r["explanation"]] for r in rows])

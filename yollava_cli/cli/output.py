@@ -1,0 +1,56 @@
+"""What the commands print: rich on a terminal, tab-separated lines when piped, JSON on request,
+progress and notes on stderr."""
+
+import json
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from yollava_cli.config import data_dir
+from yollava_cli.store.registry import Registry
+
+
+out = Console(soft_wrap=True)  # piped output is never wrapped at 80 columns
+err = Console(stderr=True, soft_wrap=True)
+
+
+def print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """A rich table on a terminal; tab-separated lines (no header) when piped, for cut and awk."""
+    if not out.is_terminal:
+        for row in rows:
+            sys.stdout.write("\t".join(row) + "\n")
+        return
+    table = Table(*headers)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+def line(text: str = "") -> None:
+    """One line on stdout, never wrapped (a path stays whole, piped or not)."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def status(message: str) -> None:
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def progress_bar(description: str):
+    """A progress bar on stderr (silent when stderr is not a terminal); yields a (done, total) callback."""
+    bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=err, transient=True)
+    task = bar.add_task(description, total=None)
+    with bar:
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def open_registry() -> Registry:
+    return Registry(data_dir())

@@ -1,0 +1,92 @@
+"""What a question needs before the model answers: the concepts it names, trained where they must
+be and loaded into the model, and its photos read; and training a concept on demand."""
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+
+from yollava_cli.errors import UserError
+from yollava_cli.learning.train_config import TrainConfig
+from yollava_cli.learning.training import TrainResult
+from yollava_cli.models.loading import load_vlm
+from yollava_cli.models.vlm import VLM
+from yollava_cli.store.concepts import RESERVED_NAMES, get_concept, parse_name
+from yollava_cli.store.photos import BadPhoto, read_photo
+from yollava_cli.store.registry import Registry
+
+
+MENTION = re.compile(r"<([a-z0-9][a-z0-9_-]{0,31})>")
+
+
+
+def mentioned_concepts(question: str, names: list[str]) -> list[str]:
+    """The given names, then every `<name>` in the question, in order, without repeats."""
+    found = [parse_name(n) for n in names]
+    found += [m for m in MENTION.findall(question) if m not in RESERVED_NAMES and not re.search(r"_\d+$", m)]
+    return list(dict.fromkeys(found))
+
+
+def load_checkpoint(registry: Registry, vlm: VLM, name: str) -> dict:
+    """Load a trained concept's current checkpoint into the model (once); returns the concept."""
+    concept = get_concept(registry, name)
+    checkpoint = registry.current_checkpoint(concept["id"])
+    if concept["status"] != "trained" or checkpoint is None:
+        raise UserError(f"<{name}> is not trained yet: run `yollava train {name}`")
+    if name not in vlm.tokens:
+        vlm.tokens.load(registry.root / checkpoint["file"], name)
+    return concept
+
+
+def load_concepts(registry: Registry, vlm: VLM, names: list[str], train_missing: Callable[[str], object] | None) -> list[dict]:
+    """Load each concept's current checkpoint into the model; untrained ones are trained first
+    through `train_missing`, or refused when it is None."""
+    loaded = []
+    for name in names:
+        if get_concept(registry, name)["status"] != "trained":
+            if train_missing is None:
+                raise UserError(f"<{name}> is not trained yet: run `yollava train {name}` (or drop --no-train)")
+            train_missing(name)
+        loaded.append(load_checkpoint(registry, vlm, name))
+    return loaded
+
+
+def open_images(paths: list[Path]) -> tuple[list[Image.Image], list[str]]:
+    images, keys = [], []
+    for path in paths:
+        try:
+            photo = read_photo(path)
+        except BadPhoto as e:
+            raise UserError(f"{path}: {e}") from None
+        images.append(photo.image)
+        keys.append(photo.sha256)
+    return images, keys
+
+
+def open_session(registry: Registry, names: list[str], question: str, model: str | None = None, quantize: str | None = None,
+                 train_missing: Callable[[str], object] | None = None, on_status=None) -> tuple[VLM, list[str]]:
+    """The model, with the concepts named (and every <name> in the question) loaded; unknown names
+    fail before the model loads."""
+    wanted = mentioned_concepts(question, names)
+    for name in wanted:
+        get_concept(registry, name)
+    vlm = load_vlm(model, on_status=on_status, quantize=quantize)
+    load_concepts(registry, vlm, wanted, train_missing)
+    return vlm, wanted
+
+
+def needs_training(registry: Registry, name: str, new_photos: int) -> bool:
+    """After an add: new photos change what the concept is; a concept never trained must be."""
+    return bool(new_photos) or get_concept(registry, name)["status"] != "trained"
+
+
+def train(registry: Registry, name: str, model: str | None = None, quantize: str | None = None,
+          config: TrainConfig | None = None, resume: bool = False, on_status=None, on_progress=None, on_event=None) -> TrainResult:
+    """Mine the concept's negatives if it has none, then train it; the model and embedder load only
+    once the photos are known to be there."""
+    from yollava_cli.learning.embeddings import load_embedder
+    from yollava_cli.learning.training import prepare_concept
+
+    return prepare_concept(registry, name, lambda: load_vlm(model, on_status=on_status, quantize=quantize), load_embedder,
+                           config or TrainConfig(), resume, on_status=on_status, on_progress=on_progress, on_event=on_event)
