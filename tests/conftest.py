@@ -39,7 +39,7 @@ def invoke(*args: str, home: Path, input: str | None = None) -> subprocess.Compl
     CLI did not turn into an exit code is re-raised, as a subprocess would print its traceback."""
     from typer.testing import CliRunner
 
-    from yollava_cli.cli.app import app
+    from yollava_cli.cli import app
 
     result = CliRunner().invoke(app, list(map(str, args)), input=input, prog_name="yollava",
                                 env={"YOLLAVA_HOME": str(home), "COLUMNS": "200"})

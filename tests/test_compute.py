@@ -1,6 +1,8 @@
 """The compute policy: device and precision chosen from fake capability reports, the overrides, and
 the two CPU paths giving the same verdicts on a tiny model."""
 
+import json
+
 import pytest
 import torch
 
@@ -110,3 +112,15 @@ def test_quantize_on_this_cpu_is_one_line(home):
     result = invoke("ask", "hello?", "--quantize", "4bit", home=home)
     assert result.returncode == 1 and "needs a CUDA GPU" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_doctor_says_which_policy_and_why(home, monkeypatch):
+    monkeypatch.setenv("YOLLAVA_PRECISION", "fp32")
+    report = invoke("doctor", "--json", home=home)
+    compute = json.loads(report.stdout)["compute"]
+    assert (compute["device"], compute["precision"], compute["reason"]) == ("cpu", "fp32", "asked for")
+    assert compute["capability"]["cpu_model"] == cpu_info()[0]
+    monkeypatch.delenv("YOLLAVA_PRECISION")
+    shown = invoke("doctor", home=home)
+    chosen = choose(detect())
+    assert f"compute: cpu {chosen.precision} ({chosen.reason}); CPU {cpu_info()[0]}" in shown.stderr

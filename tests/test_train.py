@@ -194,20 +194,15 @@ def test_show_data_counts_the_templates_it_reads(registry, monkeypatch):
     assert counts == {"positive": 2, "negative": 3}
 
 
-def test_cli_training_options_default_to_train_config(monkeypatch):
-    import importlib
+def test_cli_training_options_default_to_train_config():
+    """In a fresh process (the commands read TrainConfig's defaults as they are defined)."""
+    import subprocess
+    import sys
 
-    import typer.main
-
-    import yollava_cli.cli.app as cli
-    import yollava_cli.learning.train_config as train_config
-
-    monkeypatch.setattr(train_config.TrainConfig, "lr", 5e-4)
-    monkeypatch.setattr(train_config.TrainConfig, "epochs", 7)
-    try:
-        commands = typer.main.get_command(importlib.reload(cli).app).commands
-        assert {p.name: p.default for p in commands["train"].params}["lr"] == 5e-4
-        assert {p.name: p.default for p in commands["eval"].params}["epochs"] == 7
-    finally:
-        monkeypatch.undo()
-        importlib.reload(cli)
+    code = ("from yollava_cli.learning.train_config import TrainConfig\n"
+            "TrainConfig.lr, TrainConfig.epochs = 5e-4, 7\n"
+            "import typer.main\nfrom yollava_cli.cli import app\n"
+            "commands = typer.main.get_command(app).commands\n"
+            "print({p.name: p.default for p in commands['train'].params}['lr'], {p.name: p.default for p in commands['eval'].params}['epochs'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["0.0005", "7"], result.stderr

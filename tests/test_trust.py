@@ -397,7 +397,7 @@ def scalar(home, sql: str):
 # window open long enough to kill the process in it, between two stored photos
 SLOW_ADD = ("import sys, time; from yollava_cli.store.registry import Registry; store = Registry.store_photo; "
             "Registry.store_photo = lambda self, *a: (time.sleep(0.05), store(self, *a))[1]; "
-            "from yollava_cli.cli.app import main; sys.argv = ['yollava', *sys.argv[1:]]; main()")
+            "from yollava_cli.cli import main; sys.argv = ['yollava', *sys.argv[1:]]; main()")
 
 
 @pytest.mark.parametrize("stored", [1, 20, 40])
@@ -552,7 +552,7 @@ def test_read_only_and_full_disk(world, tmp_path):
     Image.effect_noise((900, 900), 80).convert("RGB").save(big)
     code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
             "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); "
-            "from yollava_cli.cli.app import main; sys.argv = ['yollava', 'add', 'bo', sys.argv[1], '--no-train']; main()")
+            "from yollava_cli.cli import main; sys.argv = ['yollava', 'add', 'bo', sys.argv[1], '--no-train']; main()")
     full = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True,
                           env={**os.environ, "YOLLAVA_HOME": str(home)}, timeout=120)
     # the cap hits the first write: SQLite's journal ("disk I/O error") or the photo ("File too large")

@@ -250,15 +250,9 @@ def import_(
 
     Example: yollava import bo.yollava --as bo2
     """
-    from yollava_cli.use.bundles import check_bundle, import_concept
+    from yollava_cli.use.bundles import import_on_its_model
 
-    manifest = check_bundle(file)[0]
-    fingerprint = None
-    if not skip_model_check:
-        from yollava_cli.models.loading import load_vlm
-
-        fingerprint = load_vlm(model or manifest["base_model"], on_status=status, quantize=quantize).fingerprint
-    result = import_concept(open_registry(), file, as_, fingerprint)
+    result = import_on_its_model(open_registry(), file, as_, model, quantize, not skip_model_check, on_status=status)
     if json_:
         return print_json(result)
     out.print(f"Imported <{result['concept']}> (trained on {result['base_model']}, k={result['k']}, {result['photos']} photos).", markup=False, highlight=False)

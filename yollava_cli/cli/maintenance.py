@@ -80,6 +80,7 @@ def doctor(
 
     Example: yollava doctor --fix
     """
+    from yollava_cli.models import compute
     from yollava_cli.store import doctor as checks
     from yollava_cli.store.trash import empty_trash as delete_trash
 
@@ -93,12 +94,24 @@ def doctor(
         return out.print(f"emptied the trash ({len(removed)} folder(s))", markup=False)
     else:
         report = checks.examine(open_registry(), fix)
+    report["compute"] = compute.report()
     if json_:
         print_json(report)
     else:
         for item in report["problems"]:
             moved = f" (moved to {item['moved_to']})" if item.get("moved_to") else ""
             status(f"{'fixed: ' if item['fixed'] else ''}{item['kind']}: {item['detail']}{moved}")
-        status(checks.compute_line(report["compute"]))
+        status(compute_line(report["compute"]))
         out.print(checks.summary_line(report), markup=False, highlight=False)
     raise typer.Exit(0 if report["ok"] else 1)
+
+
+def compute_line(compute: dict) -> str:
+    """doctor's line on the compute policy: the choice, why, and what the machine offers."""
+    if "error" in compute:
+        return f"compute: {compute['error']}"
+    cap = compute["capability"]
+    flags = " ".join(cap["cpu_flags"]) or "none of note"
+    gpu = f"; CUDA {cap['cuda_name']}" if cap["cuda"] else "; Apple GPU (MPS)" if cap["mps"] else "; no GPU"
+    return (f"compute: {compute['device']} {compute['precision']} ({compute['reason']}); "
+            f"CPU {cap['cpu_model']}, flags {flags}, oneDNN bf16 {'yes' if cap['onednn_bf16'] else 'no'}{gpu}")

@@ -178,6 +178,15 @@ def requested(quantize: str | None = None) -> tuple[str, str, str]:
             quantize or os.environ.get(QUANTIZE_ENV) or config.get("quantize") or "none")
 
 
+def report() -> dict:
+    """The device and precision models run in here, the reason, and the capability it read (doctor)."""
+    try:
+        policy = current_policy()
+    except UserError as e:
+        return {"error": str(e)}
+    return {**policy.summary(), "capability": policy.capability}
+
+
 def current_policy(quantize: str | None = None) -> Policy:
     """The policy for this machine and what was asked for; `quantize` is a command's --quantize."""
     return choose(detect(), *requested(quantize))

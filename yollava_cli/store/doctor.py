@@ -81,31 +81,10 @@ def examine(registry: Registry, fix: bool = False) -> dict:
         found = repair(registry, found, trash)
     emptied = empty_trash(root) if fix else []
     report = [{k: v for k, v in p.items() if k in ("kind", "detail", "fixed", "moved_to")} for p in found]
-    return {"registry": str(root / "registry.db"), "compute": compute_report(), "schema_version": registry.schema_version,
+    return {"registry": str(root / "registry.db"), "schema_version": registry.schema_version,
             "schema_expected": len(MIGRATIONS), "problems": report,
             "trash": str(trash) if trash and trash.exists() else None, "trash_emptied": emptied,
             "ok": not [p for p in report if not p["fixed"]]}
-
-
-def compute_report() -> dict:
-    """The device and precision models run in here, the reason, and the capability it read."""
-    from yollava_cli.models.compute import current_policy
-
-    try:
-        policy = current_policy()
-    except UserError as e:
-        return {"error": str(e)}
-    return {**policy.summary(), "capability": policy.capability}
-
-
-def compute_line(compute: dict) -> str:
-    if "error" in compute:
-        return f"compute: {compute['error']}"
-    cap = compute["capability"]
-    flags = " ".join(cap["cpu_flags"]) or "none of note"
-    gpu = f"; CUDA {cap['cuda_name']}" if cap["cuda"] else "; Apple GPU (MPS)" if cap["mps"] else "; no GPU"
-    return (f"compute: {compute['device']} {compute['precision']} ({compute['reason']}); "
-            f"CPU {cap['cpu_model']}, flags {flags}, oneDNN bf16 {'yes' if cap['onednn_bf16'] else 'no'}{gpu}")
 
 
 def repair(registry: Registry, found: list[dict], trash: Path) -> list[dict]:

@@ -196,6 +196,19 @@ def import_concept(registry: Registry, path: Path, new_name: str | None = None, 
     return {"concept": name, "base_model": manifest["base_model"], "k": manifest["k"], "photos": len(decoded)}
 
 
+def import_on_its_model(registry: Registry, path: Path, new_name: str | None = None, model: str | None = None,
+                        quantize: str | None = None, check_model: bool = True, on_status=None) -> dict:
+    """import_concept, after loading the base model the bundle names (or `model`) to compare its
+    fingerprint; a bad bundle fails before the model loads."""
+    fingerprint = None
+    if check_model:
+        from yollava_cli.models.loading import load_vlm
+
+        manifest = check_bundle(path)[0]
+        fingerprint = load_vlm(model or manifest["base_model"], on_status=on_status, quantize=quantize).fingerprint
+    return import_concept(registry, path, new_name, fingerprint)
+
+
 def record_import(registry: Registry, name: str, manifest: dict, decoded: list, checkpoint: Path, path: Path) -> None:
     with registry.transaction():
         concept_id = registry.create_concept(name, manifest.get("kind") or "object")["id"]

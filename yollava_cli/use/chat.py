@@ -39,9 +39,9 @@ class ChatSession:
             if name in self.concepts:
                 continue
             try:
-                load_checkpoint(self.registry, self.vlm, name)
+                load_checkpoint(self.registry, self.vlm, name, then=", then ask again")
             except UserError as e:
-                problems.append(f"{e}, then ask again")
+                problems.append(str(e))
                 continue
             self.concepts.append(name)
             self.notes += prompt_notes(self.registry, [name])

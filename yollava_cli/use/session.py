@@ -28,12 +28,13 @@ def mentioned_concepts(question: str, names: list[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def load_checkpoint(registry: Registry, vlm: VLM, name: str) -> dict:
-    """Load a trained concept's current checkpoint into the model (once); returns the concept."""
+def load_checkpoint(registry: Registry, vlm: VLM, name: str, then: str = "") -> dict:
+    """Load a trained concept's current checkpoint into the model (once); returns the concept. An
+    untrained one is refused, saying how to train it and `then` what."""
     concept = get_concept(registry, name)
     checkpoint = registry.current_checkpoint(concept["id"])
     if concept["status"] != "trained" or checkpoint is None:
-        raise UserError(f"<{name}> is not trained yet: run `yollava train {name}`")
+        raise UserError(f"<{name}> is not trained yet: run `yollava train {name}`{then}")
     if name not in vlm.tokens:
         vlm.tokens.load(registry.root / checkpoint["file"], name)
     return concept
