@@ -1,0 +1,1 @@
+"""The registry's tables, one group a module; `store.registry.Registry` combines them over one connection."""

@@ -1,0 +1,195 @@
+"""A concept's rows: the concept, its photos, negatives, checkpoints and facts."""
+
+import json
+from pathlib import Path
+
+from yollava_cli.store.connection import now
+
+
+class ConceptRows:
+    """Concepts and what belongs to each: its photos, negatives, checkpoints and facts."""
+
+    # -- concepts -----------------------------------------------------------------------
+
+    def concept(self, name: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM concepts WHERE name = ?", [name]).fetchone()
+        return dict(row) if row else None
+
+    def concepts(self) -> list[dict]:
+        return [dict(r) for r in self.db.query("SELECT * FROM concepts ORDER BY name")]
+
+    def concept_summaries(self) -> list[dict]:
+        """Every concept with its photo count, by name (what `list` shows)."""
+        return [dict(r) for r in self.db.query(
+            "SELECT c.name, c.kind, c.status, c.base_model, count(cp.sha256) AS photos, c.updated_at "
+            "FROM concepts c LEFT JOIN concept_photos cp ON cp.concept_id = c.id "
+            "GROUP BY c.id ORDER BY c.name"
+        )]
+
+    def create_concept(self, name: str, kind: str) -> dict:
+        with self.transaction() as db:
+            db.execute("INSERT INTO concepts (name, kind, created_at, updated_at) VALUES (?, ?, ?, ?)", [name, kind, now(), now()])
+            return self.concept(name)
+
+    def set_concept_status(self, concept_id: int, status: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE concepts SET status = ?, updated_at = ? WHERE id = ?", [status, now(), concept_id])
+
+    def delete_concept(self, concept_id: int) -> list[str]:
+        """Delete the concept; its photo links, negatives, facts and checkpoint rows cascade. Returns
+        the photos it used, for `delete_unused_photos`."""
+        with self.transaction() as db:
+            shas = [r[0] for r in db.execute(
+                "SELECT sha256 FROM concept_photos WHERE concept_id = ? UNION "
+                "SELECT sha256 FROM negatives WHERE concept_id = ?",
+                [concept_id, concept_id],
+            ).fetchall()]
+            db.execute("DELETE FROM concepts WHERE id = ?", [concept_id])
+        return shas
+
+    def add_concept_photo(self, concept_id: int, sha256: str, source_path: str) -> bool:
+        """Add a stored photo to the concept's training photos; False when it has it already."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO concept_photos (concept_id, sha256, role, source_path, added_at) "
+                "VALUES (?, ?, 'train', ?, ?)",
+                [concept_id, sha256, source_path, now()],
+            )
+        return cursor.rowcount == 1
+
+    def concept_photo_count(self, concept_id: int) -> int:
+        return self.db["concept_photos"].count_where("concept_id = ?", [concept_id])
+
+    def other_concepts_photos(self, concept_id: int) -> list[dict]:
+        """{sha256, file} of every photo of the other concepts: a pool to mine when none is registered."""
+        return list(self.db.query(
+            "SELECT DISTINCT p.sha256, p.file FROM concept_photos cp JOIN photos p USING (sha256) WHERE cp.concept_id != ?",
+            [concept_id],
+        ))
+
+    def other_concepts_photo_shas(self, concept_id: int) -> list[str]:
+        """The other concepts' photos in hash order: more negatives for the concept's head."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT sha256 FROM concept_photos WHERE concept_id != ?", [concept_id])]
+
+    def concept_photos(self, concept_id: int) -> list[dict]:
+        return list(
+            self.db.query(
+                "SELECT cp.sha256, cp.role, cp.source_path, cp.added_at, p.file, p.width, p.height "
+                "FROM concept_photos cp JOIN photos p USING (sha256) "
+                "WHERE cp.concept_id = ? ORDER BY cp.added_at, cp.source_path",
+                [concept_id],
+            )
+        )
+
+    # -- negatives ----------------------------------------------------------------------
+
+    def negatives(self, concept_id: int) -> list[tuple[str, str]]:
+        """(sha256, easy|hard), by kind, then most similar first."""
+        return [(r["sha256"], r["kind"]) for r in self.db.query(
+            "SELECT sha256, kind FROM negatives WHERE concept_id = ? ORDER BY kind, score DESC", [concept_id]
+        )]
+
+    def negative_files(self, concept_id: int) -> list[str]:
+        """The stored files of the concept's negatives (relative to the data dir)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT p.file FROM negatives n JOIN photos p USING (sha256) WHERE n.concept_id = ?", [concept_id])]
+
+    def replace_negatives(self, concept_id: int, negatives: list[tuple], embedder: str) -> list[str]:
+        """Make (sha256, kind, score, source_path) of stored photos the concept's negatives, mined with
+        `embedder`. Returns the photos the old ones used, for `delete_unused_photos`."""
+        with self.transaction() as db:
+            old = [r[0] for r in db.execute("SELECT sha256 FROM negatives WHERE concept_id = ?", [concept_id])]
+            db.execute("DELETE FROM negatives WHERE concept_id = ?", [concept_id])
+            for sha, kind, score, source in negatives:
+                db.execute(
+                    "INSERT OR IGNORE INTO negatives (concept_id, sha256, kind, score, source_path, embedder) VALUES (?,?,?,?,?,?)",
+                    [concept_id, sha, kind, score, source, embedder],
+                )
+        return old
+
+    def negative_counts(self, concept_id: int) -> dict[str, int]:
+        """{hard|easy: how many}; a kind the concept has none of is absent."""
+        return dict(self.db.execute(
+            "SELECT kind, count(*) FROM negatives WHERE concept_id = ? GROUP BY kind", [concept_id]
+        ).fetchall())
+
+    def hardest_negatives(self, concept_id: int, limit: int) -> list[dict]:
+        """The hard negatives most similar to the concept: {source_path, score}, most similar first."""
+        return list(self.db.query(
+            "SELECT source_path, score FROM negatives WHERE concept_id = ? AND kind = 'hard' ORDER BY score DESC LIMIT ?",
+            [concept_id, limit],
+        ))
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def current_checkpoint(self, concept_id: int) -> dict | None:
+        row = self.db.execute(
+            "SELECT * FROM checkpoints WHERE concept_id = ? AND is_current = 1", [concept_id]
+        ).fetchone()
+        return dict(row) if row else None
+
+    def record_checkpoint(self, concept_id: int, file: Path, base_model: str, base_fingerprint: str, k: int,
+                          threshold: float | None, metrics, config, data_hash: str | None) -> None:
+        """Make `file` (under the data dir) the concept's current checkpoint and mark the concept
+        trained on it, with its threshold and metrics: how training and importing a bundle end."""
+        stamp = now()
+        with self.transaction() as db:
+            db.execute("UPDATE checkpoints SET is_current = 0 WHERE concept_id = ?", [concept_id])
+            db.execute(
+                "INSERT INTO checkpoints (concept_id, file, base_model, base_fingerprint, k, metrics, config, data_hash, is_current, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                [concept_id, str(file.relative_to(self.root)), base_model, base_fingerprint, k, json.dumps(metrics),
+                 json.dumps(config), data_hash, stamp],
+            )
+            db.execute(
+                "UPDATE concepts SET status = 'trained', base_model = ?, base_fingerprint = ?, threshold = ?, metrics = ?, updated_at = ? WHERE id = ?",
+                [base_model, base_fingerprint, threshold, json.dumps(metrics), stamp, concept_id],
+            )
+
+    def checkpoints(self) -> list[dict]:
+        """{id, concept_id, file} of every checkpoint, the file relative to the data dir."""
+        return list(self.db.query("SELECT id, concept_id, file FROM checkpoints"))
+
+    def forget_checkpoint(self, checkpoint_id: int, concept_id: int) -> None:
+        """Drop the row of a checkpoint whose file is lost; a concept left with no current
+        checkpoint must be trained again."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM checkpoints WHERE id = ?", [checkpoint_id])
+            db.execute(
+                "UPDATE concepts SET status = 'added', threshold = NULL, updated_at = ? WHERE id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM checkpoints WHERE concept_id = ? AND is_current = 1)",
+                [now(), concept_id, concept_id],
+            )
+
+    def checkpoint_files(self, concept_id: int) -> list[str]:
+        """Every checkpoint file of the concept, current or not (relative to the data dir)."""
+        return [r["file"] for r in self.db.query("SELECT file FROM checkpoints WHERE concept_id = ?", [concept_id])]
+
+    # -- facts --------------------------------------------------------------------------
+
+    def facts(self, concept_id: int) -> list[dict]:
+        """The concept's facts in the order they were noted (`note` numbers them from 1)."""
+        rows = self.db.execute("SELECT id, text, created_at FROM facts WHERE concept_id = ? ORDER BY id", [concept_id])
+        return [{"number": i, "text": r["text"], "created_at": r["created_at"]} for i, r in enumerate(rows, 1)]
+
+    def all_facts(self) -> list[dict]:
+        """Every concept's facts as {text, name}, in the order they were noted."""
+        return list(self.db.query("SELECT f.text, c.name FROM facts f JOIN concepts c ON c.id = f.concept_id ORDER BY f.id"))
+
+    def add_facts(self, concept_id: int, texts: list[str]) -> None:
+        with self.transaction() as db:
+            db["facts"].insert_all({"concept_id": concept_id, "text": text, "created_at": now()} for text in texts)
+
+    def replace_facts(self, concept_id: int, texts: list[str]) -> None:
+        with self.transaction() as db:
+            db["facts"].delete_where("concept_id = ?", [concept_id])
+            self.add_facts(concept_id, texts)
+
+    def remove_fact(self, concept_id: int, number: int) -> None:
+        """Delete fact `number` as `facts` numbers it."""
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM facts WHERE id = (SELECT id FROM facts WHERE concept_id = ? ORDER BY id LIMIT 1 OFFSET ?)",
+                [concept_id, number - 1],
+            )

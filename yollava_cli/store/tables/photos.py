@@ -1,0 +1,71 @@
+"""Photos: rows and their files in the content-addressed store."""
+
+from pathlib import Path
+
+from yollava_cli.store.connection import now
+from yollava_cli.store.fileio import atomic_write_bytes
+
+
+class PhotoRows:
+    """The content-addressed photo store and its `photos` rows."""
+
+    # -- photos -------------------------------------------------------------------------
+
+    def photo_file(self, sha256: str) -> Path:
+        return self.root / "photos" / sha256[:2] / f"{sha256}.jpg"
+
+    def photo(self, sha256: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM photos WHERE sha256 = ?", [sha256]).fetchone()
+        return dict(row) if row else None
+
+    def store_photo(self, sha256: str, jpeg: bytes, width: int, height: int) -> bool:
+        """Write the photo file (if new) and its row; returns True when the photo is new."""
+        if self.photo(sha256):
+            return False
+        path = self.photo_file(sha256)
+        if not path.exists():
+            atomic_write_bytes(path, jpeg)
+        self.db.execute(
+            "INSERT INTO photos (sha256, file, width, height, bytes, created_at) VALUES (?,?,?,?,?,?)",
+            [sha256, str(path.relative_to(self.root)), width, height, len(jpeg), now()],
+        )
+        return True
+
+    def stored_photos(self) -> dict[str, str]:
+        """{sha256: file} of every stored photo, the file relative to the data dir."""
+        return {r["sha256"]: r["file"] for r in self.db.query("SELECT sha256, file FROM photos")}
+
+    def forget_photo(self, sha256: str) -> None:
+        """Drop every row of a photo whose file is lost or damaged; the concepts that had it have
+        fewer photos than they were trained on, so they must be trained again."""
+        with self.transaction() as db:
+            concepts = [r[0] for r in db.execute("SELECT concept_id FROM concept_photos WHERE sha256 = ?", [sha256])]
+            db.execute("DELETE FROM concept_photos WHERE sha256 = ?", [sha256])
+            db.execute("DELETE FROM negatives WHERE sha256 = ?", [sha256])
+            db.execute("DELETE FROM photos WHERE sha256 = ?", [sha256])
+            for concept_id in concepts:
+                self.set_concept_status(concept_id, "added")
+
+    def delete_unused_photos(self, candidates: list[str]) -> list[str]:
+        """Drop rows and files of the given photos that nothing references any more."""
+        removed = []
+        for sha in candidates:
+            used = self.db.execute(
+                "SELECT 1 FROM concept_photos WHERE sha256 = ? UNION ALL "
+                "SELECT 1 FROM negatives WHERE sha256 = ? LIMIT 1",
+                [sha, sha],
+            ).fetchone()
+            if not used:
+                self.db.execute("DELETE FROM photos WHERE sha256 = ?", [sha])
+                removed.append(sha)
+        return removed
+
+    def unlink_photo_files(self, shas: list[str]) -> None:
+        """Remove files after the transaction that dropped their rows has committed, each only if no
+        row came back for it meanwhile (another `add` of the same photo reuses the file it finds)."""
+        if not shas:
+            return
+        with self.transaction():
+            for sha in shas:
+                if self.photo(sha) is None:
+                    self.photo_file(sha).unlink(missing_ok=True)
