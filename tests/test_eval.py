@@ -4,15 +4,18 @@ import json
 import shutil
 
 import pytest
-from PIL import Image
-
 from conftest import shared_data
+from PIL import Image
 from tiny import tiny_llava
-from yollava_cli.models.vlm import VLM
+
 from yollava_cli.errors import UserError
+from yollava_cli.evaluation.dataset import load_dataset
+from yollava_cli.evaluation.metrics import auc, bootstrap_ci, summarise
+from yollava_cli.evaluation.report import markdown, write_report
+from yollava_cli.evaluation.runner import run_eval
 from yollava_cli.learning.events import Scoring, SubjectStarted
-from yollava_cli.evaluation.runner import auc, bootstrap_ci, load_dataset, markdown, run_eval, summarise, write_report
 from yollava_cli.learning.training import TrainConfig, recognition_metrics
+from yollava_cli.models.vlm import VLM
 
 SUBJECTS = ["dog", "cat", "backpack"]
 FAST = TrainConfig(k=2, epochs=1, positive_repeats=1, attributes_per_epoch=2)
@@ -138,7 +141,8 @@ def test_one_subject_is_refused_not_scored_perfect(tmp_path):
 def test_baselines_read_the_identifier_without_its_trained_rows():
     import torch
 
-    from yollava_cli.evaluation.runner import METHODS, Evaluation
+    from yollava_cli.evaluation.methods import build_methods
+    from yollava_cli.evaluation.runner import Evaluation
     from yollava_cli.models.prompts import Prompt
 
     vlm = VLM(*tiny_llava(), "tiny")
@@ -150,9 +154,10 @@ def test_baselines_read_the_identifier_without_its_trained_rows():
     vlm.tokens.add("dog", 2, torch.randn(3, width, generator=torch.Generator().manual_seed(1)), torch.randn(width))
     trained = vlm.yes_probabilities(question)
     assert trained != neutral
-    with evaluator.identifier_for(METHODS["vanilla"], "dog"):
+    vanilla, tokens = build_methods(["vanilla", "yollava"])
+    with evaluator.identifier_for(vanilla, "dog"):
         assert vlm.yes_probabilities(question) == neutral
-    with evaluator.identifier_for(METHODS["yollava"], "dog"):
+    with evaluator.identifier_for(tokens, "dog"):
         assert vlm.yes_probabilities(question) == trained
     assert vlm.yes_probabilities(question) == trained  # the trained rows are back
 
@@ -161,7 +166,8 @@ def test_eval_retrains_a_subject_trained_under_other_settings(tmp_path, monkeypa
     from dataclasses import asdict, replace
 
     import yollava_cli.evaluation.runner as evaluation
-    from yollava_cli.evaluation.runner import Evaluation, Subject
+    from yollava_cli.evaluation.dataset import Subject
+    from yollava_cli.evaluation.runner import Evaluation
     from yollava_cli.store.registry import Registry, now
 
     photo = tmp_path / "a.png"
@@ -191,9 +197,9 @@ def test_eval_retrains_a_subject_trained_under_other_settings(tmp_path, monkeypa
 
 def test_eval_results_are_keyed_on_the_code_that_produced_them(tmp_path, monkeypatch):
     import yollava_cli.evaluation.runner as evaluation
-    from yollava_cli.evaluation.runner import Dataset, results_path
-
     from yollava_cli import __version__
+    from yollava_cli.evaluation.dataset import Dataset
+    from yollava_cli.evaluation.runner import results_path
 
     assert evaluation.code_version().startswith(f"{__version__}+")
     dataset = Dataset(tmp_path, {}, {}, {}, {})

@@ -29,7 +29,7 @@ def world(seed=0, dim=64):
 
 
 def test_the_head_tells_the_concept_from_a_lookalike_where_plain_cosine_cannot():
-    from yollava_cli.evaluation.runner import auc
+    from yollava_cli.evaluation.metrics import auc
 
     head_perfect = cosine_perfect = 0
     for seed in range(10):

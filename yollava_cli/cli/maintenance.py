@@ -36,6 +36,7 @@ def eval_(
       yollava eval ../shared/data/concepts --pool ../shared/data/pool/imagenet-sample --report out/
       yollava eval --history --json
     """
+    from yollava_cli.evaluation import report as reports
     from yollava_cli.evaluation import runner as evaluation
 
     registry = open_registry()
@@ -48,23 +49,13 @@ def eval_(
                              ", ".join(f"{m} {v:.3f}" for m, v in r["weighted"].items() if v is not None)] for r in rows])
     if dataset is None:
         raise UserError("name a dataset folder (or pass --history)")
-    from yollava_cli.models.loading import load_vlm
-    from yollava_cli.learning.embeddings import load_embedder
-
-    data = evaluation.load_dataset(dataset, subjects.split(",") if subjects else None)
-    vlm = load_vlm(model, on_status=status, quantize=quantize)
-    embedder = load_embedder()
-    if embedder.note:
-        status(embedder.note)
     with train_view(epochs) as view:
-        result = evaluation.run_eval(data, vlm, embedder, data_dir() / "eval", methods.split(","), pool or [],
-                                     TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens), folds, view)
-    result["run_id"] = evaluation.record_run(registry, result)
-    if report:
-        result["report_files"] = [str(p) for p in evaluation.write_report(result, report)]
+        result = evaluation.evaluate(registry, dataset, subjects.split(",") if subjects else None, methods.split(","),
+                                     pool or [], TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens), folds,
+                                     model, quantize, report, on_event=view, on_status=status)
     if json_:
         return print_json(result)
-    out.print(evaluation.markdown(result), markup=False, highlight=False)
+    out.print(reports.markdown(result), markup=False, highlight=False)
 
 
 @app.command()
