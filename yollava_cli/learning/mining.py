@@ -14,13 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
-from yollava_cli.store.concepts import get_concept
 from yollava_cli.config import load_config
-from yollava_cli.learning.embeddings import Embedder, embed_photos
 from yollava_cli.errors import UserError
-from yollava_cli.store.photos import BadPhoto, expand_photo_paths, jpeg_bytes, read_photo
+from yollava_cli.learning.embeddings import Embedder, embed_photos
+from yollava_cli.store.concepts import get_concept
+from yollava_cli.store.photos import (
+    BadPhoto,
+    expand_photo_paths,
+    jpeg_bytes,
+    read_photo,
+)
 from yollava_cli.store.pools import checked_new_pool, pool_by_name
 from yollava_cli.store.registry import Registry
+from yollava_cli.store.states import ConceptStatus, NegativeKind
 
 MIN_CONCEPT_POOL = 20  # other concepts' photos stand in for a pool only when there are this many
 SEARCH_CHUNK = 65536  # pool rows per matrix product: bounded memory for any pool size
@@ -183,8 +189,8 @@ def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str]
             f"all {len(candidates)} candidate photos look like <{concept['name']}> itself (similarity >= "
             f"{duplicate_above}): use a pool of other photos, or a higher --duplicate-above"
         )
-    picked = [(candidates[r], "hard", s) for r, s in hard_rows]
-    picked += [(candidates[r], "easy", float((queries @ matrix[r]).max())) for r in easy_rows]
+    picked = [(candidates[r], NegativeKind.HARD, s) for r, s in hard_rows]
+    picked += [(candidates[r], NegativeKind.EASY, float((queries @ matrix[r]).max())) for r in easy_rows]
     result = store_negatives(registry, concept, picked, embedder.id)
     if embedder.note and on_status:
         on_status(embedder.note)
@@ -237,7 +243,7 @@ def store_negatives(registry: Registry, concept: dict, picked: list, embedder_id
             if photo is not None:
                 registry.store_photo(candidate.sha256, encoded[candidate.sha256], *photo.image.size)
         old = registry.replace_negatives(concept["id"], [(c.sha256, kind, score, c.source) for c, kind, score, _ in ready], embedder_id)
-        registry.set_concept_status(concept["id"], "mined")
+        registry.set_concept_status(concept["id"], ConceptStatus.MINED)
         removed = registry.delete_unused_photos(old)
     registry.unlink_photo_files(removed)
     negatives = [{"photo": c.source, "kind": kind, "score": round(score, 4)} for c, kind, score, _ in ready]

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from yollava_cli.store.fileio import atomic_write_bytes
+from yollava_cli.models.tensor_file import read_tensors, write_tensors
 
 HEAD_TENSORS = ("head.positives", "head.negatives", "head.weights")
 # The fits see a handful of positives: keep weights modest. Similarities differ by hundredths
@@ -128,18 +127,14 @@ def fit_fusion(recognizer: Recognizer, head_logits: np.ndarray, token_probabilit
 
 def attach(path: Path, recognizer: Recognizer) -> None:
     """Rewrite a concept checkpoint (atomically) with the recognizer's tensors and JSON beside the rows."""
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads((f.metadata() or {})["yollava"])
-        tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("head.")}
+    tensors, meta = read_tensors(path)
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("head.")}
     tensors.update({"head.positives": torch.from_numpy(np.ascontiguousarray(recognizer.positives, np.float32)),
                     "head.negatives": torch.from_numpy(np.ascontiguousarray(recognizer.negatives, np.float32)),
                     "head.weights": torch.tensor(recognizer.weights, dtype=torch.float32)})
     meta["recognizer"] = {"embedder": recognizer.embedder, "fusion": recognizer.fusion, "fusion_version": FUSION_VERSION,
                           "thresholds": recognizer.thresholds}
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"yollava": json.dumps(meta)})
-    atomic_write_bytes(path, tmp.read_bytes())
-    tmp.unlink()
+    write_tensors(path, tensors, meta)
 
 
 def load(path: Path) -> Recognizer | None:

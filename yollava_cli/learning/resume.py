@@ -2,15 +2,12 @@
 epoch so far, saved after every epoch (safetensors + JSON, atomically) beside the checkpoints. An
 interrupted run resumes from it to the same result; a finished run deletes it."""
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from yollava_cli.errors import UserError
-from yollava_cli.store.fileio import atomic_write_bytes
+from yollava_cli.models.tensor_file import read_tensors, write_tensors
 
 FILE = "resume.safetensors"
 
@@ -22,12 +19,7 @@ def save(folder: Path, params: list[torch.nn.Parameter], optimizer: torch.optim.
     for index, values in opt["state"].items():
         for key, value in values.items():
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).clone()
-    tmp = folder / ".resume.partial"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"yollava": json.dumps({**meta, "param_groups": opt["param_groups"]})})
-    atomic_write_bytes(folder / FILE, tmp.read_bytes())
-    tmp.unlink()
+    write_tensors(folder / FILE, tensors, {**meta, "param_groups": opt["param_groups"]})
 
 
 def load(folder: Path, expected: dict, name: str) -> dict | None:
@@ -36,9 +28,7 @@ def load(folder: Path, expected: dict, name: str) -> dict | None:
     path = folder / FILE
     if not path.exists():
         return None
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads(f.metadata()["yollava"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, meta = read_tensors(path)
     if any(meta.get(key) != value for key, value in expected.items()):
         raise UserError(f"the interrupted run of <{name}> used other settings, data or base model; "
                         "train without --resume (or with the same flags)")

@@ -19,15 +19,32 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from yollava_cli.errors import UserError
 from yollava_cli.learning import resume as resume_state
+from yollava_cli.learning.embeddings import embed_photos
+from yollava_cli.learning.events import (
+    EpochDone,
+    EpochStarted,
+    FittingHead,
+    Step,
+    TrainEvent,
+    Validating,
+    WritingConversations,
+)
+from yollava_cli.learning.mining import mine
+from yollava_cli.learning.recognition import attach, fit_fusion, train_head
+from yollava_cli.learning.synthesis import (
+    TrainingData,
+    build_training_data,
+    recognition_pair,
+    score_question,
+)
+from yollava_cli.learning.train_config import TrainConfig
+from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
 from yollava_cli.store.concepts import get_concept
-from yollava_cli.errors import UserError
-from yollava_cli.learning.events import EpochDone, EpochStarted, FittingHead, Step, TrainEvent, Validating, WritingConversations
-from yollava_cli.models.prompts import Prompt
 from yollava_cli.store.registry import Registry
-from yollava_cli.learning.synthesis import TrainingData, build_training_data, recognition_pair, score_question
-from yollava_cli.learning.train_config import TrainConfig
+from yollava_cli.store.states import ConceptStatus, NegativeKind, RunStatus
 
 MIN_PHOTOS_TO_HOLD_OUT = 5
 
@@ -69,7 +86,7 @@ class TrainResult:
 def split_data(data: TrainingData, config: TrainConfig) -> Split:
     rng = random.Random(f"split:{config.seed}")
     val_negatives, train_negatives = [], []
-    for kind in ("hard", "easy"):
+    for kind in NegativeKind:
         shas = [sha for sha, k in data.negatives if k == kind]
         rng.shuffle(shas)
         cut = max(2, round(len(shas) * config.validation_fraction)) if len(shas) >= 4 else 0
@@ -93,9 +110,9 @@ def epoch_examples(name: str, split: Split, epoch: int, config: TrainConfig) -> 
             for view in (sha, f"{sha}-flip"):
                 examples.append(Example(*recognition_pair(name, True, rng.randrange(30)), view, "positive"))
     wanted = min(len(split.negatives), round(len(examples) * config.negative_ratio))
-    by_kind = {kind: [s for s, k in split.negatives if k == kind] for kind in ("hard", "easy")}
-    hard = rng.sample(by_kind["hard"], min(len(by_kind["hard"]), wanted // 2 + wanted % 2))
-    easy = rng.sample(by_kind["easy"], min(len(by_kind["easy"]), wanted - len(hard)))
+    by_kind = {kind: [s for s, k in split.negatives if k == kind] for kind in NegativeKind}
+    hard = rng.sample(by_kind[NegativeKind.HARD], min(len(by_kind[NegativeKind.HARD]), wanted // 2 + wanted % 2))
+    easy = rng.sample(by_kind[NegativeKind.EASY], min(len(by_kind[NegativeKind.EASY]), wanted - len(hard)))
     for sha in hard + easy:
         examples.append(Example(*recognition_pair(name, False, rng.randrange(30)), sha, "negative"))
     for question, answer in rng.sample(split.attributes, min(len(split.attributes), config.attributes_per_epoch)):
@@ -212,9 +229,6 @@ class Trainer:
         training negatives and the user's other concepts' photos) and its fusion with the tokens,
         fitted on the validation data the checkpoint was chosen on; stored in the checkpoint.
         Returns the three calibrated thresholds."""
-        from yollava_cli.learning.embeddings import embed_photos
-        from yollava_cli.learning.recognition import attach, fit_fusion, train_head
-
         others = self.registry.other_concepts_photo_shas(self.concept["id"])
         negatives = list(dict.fromkeys([sha for sha, _ in split.negatives] + others))
         every_photo = split.positives + [key for key in split.val_positives if "-" not in key]  # not crops
@@ -265,10 +279,10 @@ class Trainer:
         """Mark the run `failed` with the error's first line, so it is not left `running` (which
         doctor would later report as a killed process)."""
         line = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
-        self.registry.finish_run(run_id, "failed", {"error": line, "history": history, "best": best})
+        self.registry.finish_run(run_id, RunStatus.FAILED, {"error": line, "history": history, "best": best})
 
     def finish(self, run_id: int, data: TrainingData, history: list, best: dict | None, interrupted: bool) -> TrainResult:
-        status = "interrupted" if interrupted else "done"
+        status = RunStatus.INTERRUPTED if interrupted else RunStatus.DONE
         checkpoint = self.registry.root / best["file"] if best else None
         with self.registry.transaction():
             self.registry.finish_run(run_id, status, {"history": history, "best": best})
@@ -323,12 +337,10 @@ def prepare_concept(registry: Registry, name: str, load_vlm: Callable[[], VLM], 
                     config: TrainConfig | None = None, resume: bool = False, on_status=None, on_progress=None,
                     on_event=None) -> TrainResult:
     """Mine (when the concept has no negatives yet) and train: what `add` and `ask` run for a new concept."""
-    from yollava_cli.learning.mining import mine
-
     concept = get_concept(registry, name)
     has_negatives = registry.negative_counts(concept["id"])
     embedder = load_embedder()
-    if concept["status"] == "added" or not has_negatives:
+    if concept["status"] == ConceptStatus.ADDED or not has_negatives:
         if on_status:
             on_status(f"Mining negatives for <{concept['name']}>...")
         mined = mine(registry, name, embedder, on_status=on_status, on_progress=on_progress)

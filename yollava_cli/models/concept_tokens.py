@@ -8,15 +8,13 @@ embeddings (SmolLM2) need no untying: the identifier simply gets its own output 
 trains it. `ConceptTokens` is the narrow interface the rest of the tool uses.
 """
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from yollava_cli.errors import UserError
-from yollava_cli.store.fileio import atomic_write_bytes
+from yollava_cli.models.tensor_file import CheckpointMeta, read_tensors, write_tensors
 
 
 def token_names(name: str, k: int) -> list[str]:
@@ -166,14 +164,8 @@ class ConceptTokens:
     def save(self, name: str, path: Path, metadata: dict) -> None:
         """Write the concept's rows as safetensors (atomically), with the base fingerprint."""
         input_rows, output_row = self.rows(name)
-        tensors = {"input_rows": input_rows.contiguous(), "output_row": output_row.contiguous()}
-        meta = {**metadata, "name": name, "k": self._latents[name], "base_model": self.ref,
-                "base_fingerprint": self.fingerprint}
-        tmp = path.with_name(f".{path.name}.partial")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(tmp), metadata={"yollava": json.dumps(meta)})
-        atomic_write_bytes(path, tmp.read_bytes())
-        tmp.unlink()
+        meta = CheckpointMeta(name, self._latents[name], self.ref, self.fingerprint, metadata)
+        write_tensors(path, {"input_rows": input_rows, "output_row": output_row}, meta.to_json())
 
     def load(self, path: Path, name: str | None = None) -> dict:
         """Load rows written by `save`; refuses a concept trained on another base model."""
@@ -190,12 +182,8 @@ class ConceptTokens:
 
 def read_concept_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and metadata of a concept checkpoint, or a one-line error."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = json.loads((f.metadata() or {})["yollava"])
-            tensors = {name: f.get_tensor(name) for name in ("input_rows", "output_row")}
+        tensors, meta = read_tensors(path, ("input_rows", "output_row"))
+        return tensors, CheckpointMeta.from_json(meta).to_json()
     except (OSError, KeyError, ValueError, RuntimeError) as e:
         raise UserError(f"{path}: not a yollava concept checkpoint ({e})") from None
-    return tensors, meta

@@ -3,14 +3,20 @@
 import difflib
 import json
 import re
-from enum import Enum
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 
 from yollava_cli.errors import UserError
-from yollava_cli.store.photos import BadPhoto, expand_photo_paths, jpeg_bytes, read_photo
+from yollava_cli.store.photos import (
+    BadPhoto,
+    expand_photo_paths,
+    jpeg_bytes,
+    read_photo,
+)
 from yollava_cli.store.registry import Registry
+from yollava_cli.store.states import ConceptStatus, NegativeKind
 
 KINDS = ("person", "pet", "object", "place", "character")
 Kind = Enum("Kind", {k: k for k in KINDS}, type=str)  # for the CLI's choices
@@ -114,7 +120,7 @@ def add_concept(
             new += registry.add_concept_photo(concept["id"], sha, str(photo.path.resolve()))
         if new and not created:
             # New photos make earlier negatives and tokens stale: the concept must be mined and trained again.
-            registry.set_concept_status(concept["id"], "added")
+            registry.set_concept_status(concept["id"], ConceptStatus.ADDED)
         removed = registry.delete_unused_photos(orphaned)
         total = registry.concept_photo_count(concept["id"])
     registry.unlink_photo_files(removed)
@@ -179,8 +185,8 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
         ],
         "facts": [{"number": f["number"], "text": f["text"]} for f in registry.facts(concept["id"])],
         "negatives": {
-            "hard": negatives.get("hard", 0),
-            "easy": negatives.get("easy", 0),
+            "hard": negatives.get(NegativeKind.HARD, 0),
+            "easy": negatives.get(NegativeKind.EASY, 0),
             "hardest": [{"photo": r["source_path"], "score": r["score"]} for r in hardest],
         },
         "attribute_conversations": attribute_conversation_count(registry, concept),

@@ -13,13 +13,15 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
-from yollava_cli.store.concepts import get_concept, parse_name
 from yollava_cli.errors import UserError
+from yollava_cli.learning.recognition import HEAD_TENSORS
+from yollava_cli.models.loading import load_vlm
+from yollava_cli.models.tensor_file import CheckpointMeta, write_tensors
+from yollava_cli.store.concepts import get_concept, parse_name
+from yollava_cli.store.facts import MAX_FACTS, check_fact
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.photos import BadPhoto, decode, jpeg_bytes
-from yollava_cli.learning.recognition import HEAD_TENSORS
 from yollava_cli.store.registry import Registry, now
 
 FORMAT = "yollava-concept-bundle/1"
@@ -150,8 +152,6 @@ def safe_metadata(data: bytes) -> dict:
 
 def check_facts(facts, path: Path) -> None:
     """The bundle's facts: a list of at most MAX_FACTS strings, each a fact `note` would accept."""
-    from yollava_cli.store.facts import MAX_FACTS, check_fact
-
     if not isinstance(facts, list) or len(facts) > MAX_FACTS or not all(isinstance(f, str) for f in facts):
         raise UserError(f"{path}: malformed bundle (facts must be a list of at most {MAX_FACTS} strings)")
     for i, fact in enumerate(facts, 1):
@@ -182,12 +182,10 @@ def import_concept(registry: Registry, path: Path, new_name: str | None = None, 
             raise UserError(f"{path}: {member} is not a usable photo ({e})") from None
         decoded.append((sha256(data), jpeg_bytes(image), image.size))
     checkpoint = registry.root / "checkpoints" / name / f"imported-{sha256(tensors_bytes)[:12]}.safetensors"
-    meta = {"name": name, "k": manifest["k"], "base_model": manifest["base_model"],
-            "base_fingerprint": manifest["base_fingerprint"], "imported_from": path.name}
-    if manifest["recognizer"]:
-        meta["recognizer"] = manifest["recognizer"]
+    extra = {"imported_from": path.name} | ({"recognizer": manifest["recognizer"]} if manifest["recognizer"] else {})
+    meta = CheckpointMeta(name, manifest["k"], manifest["base_model"], manifest["base_fingerprint"], extra)
     with registry.lock(f"train-{name}", f"writing <{name}>"):  # doctor leaves the file alone until it is recorded
-        atomic_write_bytes(checkpoint, save_safetensors(rows, metadata={"yollava": json.dumps(meta)}))
+        write_tensors(checkpoint, rows, meta.to_json())
         try:
             record_import(registry, name, manifest, decoded, checkpoint, path)
         except BaseException:
@@ -202,8 +200,6 @@ def import_on_its_model(registry: Registry, path: Path, new_name: str | None = N
     fingerprint; a bad bundle fails before the model loads."""
     fingerprint = None
     if check_model:
-        from yollava_cli.models.loading import load_vlm
-
         manifest = check_bundle(path)[0]
         fingerprint = load_vlm(model or manifest["base_model"], on_status=on_status, quantize=quantize).fingerprint
     return import_concept(registry, path, new_name, fingerprint)

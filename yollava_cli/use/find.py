@@ -11,15 +11,17 @@ import numpy as np
 from PIL import Image
 
 from yollava_cli.errors import UserError
+from yollava_cli.learning.embeddings import embed_photos, load_embedder
+from yollava_cli.learning.recognition import current
 from yollava_cli.learning.synthesis import score_question
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
 from yollava_cli.store.concepts import get_concept
 from yollava_cli.store.photos import BadPhoto, decode, expand_photo_paths, photo_bytes
 from yollava_cli.store.registry import Registry
+from yollava_cli.store.states import Signal
 
-
-SIGNALS = ("fused", "head", "tokens")
+SIGNALS = tuple(Signal)
 
 
 VERIFY = 32  # photos the language model checks per search, best head scores first
@@ -53,8 +55,6 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
     thresholds = json.loads(concept["metrics"] or "{}").get("thresholds", {"tokens": concept["threshold"]})
     scores: dict[int, tuple[float, str]] = {}
     if recognizer is not None:
-        from yollava_cli.learning.embeddings import embed_photos, load_embedder
-
         vectors = embed_photos(registry, load_embedder(recognizer.embedder),
                                {p["sha256"]: p["decode"] for p in photos}, on_progress)[0]
         kept = [p for p in photos if p["sha256"] in vectors]
@@ -117,9 +117,6 @@ def recognize(registry: Registry, vlm: VLM, concepts: list[str], images: list[Im
     left to the tokens alone."""
     if len(images) != 1:
         return []
-    from yollava_cli.learning.embeddings import embed_photos, load_embedder
-    from yollava_cli.learning.recognition import current
-
     verdicts = []
     for name in concepts:
         recognizer = current(registry, get_concept(registry, name))
@@ -136,8 +133,6 @@ def recognize(registry: Registry, vlm: VLM, concepts: list[str], images: list[Im
 
 def current_recognizer(registry: Registry, concept: dict):
     """The concept head and fusion stored with the current checkpoint, or a one-line error."""
-    from yollava_cli.learning.recognition import current
-
     recognizer = current(registry, concept)
     if recognizer is None:
         raise UserError(f"<{concept['name']}> has no concept head (trained before heads existed, or without an "

@@ -8,14 +8,15 @@ from pathlib import Path
 from PIL import Image
 
 from yollava_cli.errors import UserError
+from yollava_cli.learning.embeddings import load_embedder
 from yollava_cli.learning.train_config import TrainConfig
-from yollava_cli.learning.training import TrainResult
+from yollava_cli.learning.training import TrainResult, prepare_concept
 from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.vlm import VLM
 from yollava_cli.store.concepts import RESERVED_NAMES, get_concept, parse_name
 from yollava_cli.store.photos import BadPhoto, read_photo
 from yollava_cli.store.registry import Registry
-
+from yollava_cli.store.states import ConceptStatus
 
 MENTION = re.compile(r"<([a-z0-9][a-z0-9_-]{0,31})>")
 
@@ -33,7 +34,7 @@ def load_checkpoint(registry: Registry, vlm: VLM, name: str, then: str = "") -> 
     untrained one is refused, saying how to train it and `then` what."""
     concept = get_concept(registry, name)
     checkpoint = registry.current_checkpoint(concept["id"])
-    if concept["status"] != "trained" or checkpoint is None:
+    if concept["status"] != ConceptStatus.TRAINED or checkpoint is None:
         raise UserError(f"<{name}> is not trained yet: run `yollava train {name}`{then}")
     if name not in vlm.tokens:
         vlm.tokens.load(registry.root / checkpoint["file"], name)
@@ -45,7 +46,7 @@ def load_concepts(registry: Registry, vlm: VLM, names: list[str], train_missing:
     through `train_missing`, or refused when it is None."""
     loaded = []
     for name in names:
-        if get_concept(registry, name)["status"] != "trained":
+        if get_concept(registry, name)["status"] != ConceptStatus.TRAINED:
             if train_missing is None:
                 raise UserError(f"<{name}> is not trained yet: run `yollava train {name}` (or drop --no-train)")
             train_missing(name)
@@ -79,15 +80,12 @@ def open_session(registry: Registry, names: list[str], question: str, model: str
 
 def needs_training(registry: Registry, name: str, new_photos: int) -> bool:
     """After an add: new photos change what the concept is; a concept never trained must be."""
-    return bool(new_photos) or get_concept(registry, name)["status"] != "trained"
+    return bool(new_photos) or get_concept(registry, name)["status"] != ConceptStatus.TRAINED
 
 
 def train(registry: Registry, name: str, model: str | None = None, quantize: str | None = None,
           config: TrainConfig | None = None, resume: bool = False, on_status=None, on_progress=None, on_event=None) -> TrainResult:
     """Mine the concept's negatives if it has none, then train it; the model and embedder load only
     once the photos are known to be there."""
-    from yollava_cli.learning.embeddings import load_embedder
-    from yollava_cli.learning.training import prepare_concept
-
     return prepare_concept(registry, name, lambda: load_vlm(model, on_status=on_status, quantize=quantize), load_embedder,
                            config or TrainConfig(), resume, on_status=on_status, on_progress=on_progress, on_event=on_event)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from yollava_cli.store.connection import now
+from yollava_cli.store.states import ConceptStatus
 
 
 class ConceptRows:
@@ -31,7 +32,7 @@ class ConceptRows:
             db.execute("INSERT INTO concepts (name, kind, created_at, updated_at) VALUES (?, ?, ?, ?)", [name, kind, now(), now()])
             return self.concept(name)
 
-    def set_concept_status(self, concept_id: int, status: str) -> None:
+    def set_concept_status(self, concept_id: int, status: ConceptStatus) -> None:
         with self.transaction() as db:
             db.execute("UPDATE concepts SET status = ?, updated_at = ? WHERE id = ?", [status, now(), concept_id])
 
@@ -143,8 +144,8 @@ class ConceptRows:
                  json.dumps(config), data_hash, stamp],
             )
             db.execute(
-                "UPDATE concepts SET status = 'trained', base_model = ?, base_fingerprint = ?, threshold = ?, metrics = ?, updated_at = ? WHERE id = ?",
-                [base_model, base_fingerprint, threshold, json.dumps(metrics), stamp, concept_id],
+                "UPDATE concepts SET status = ?, base_model = ?, base_fingerprint = ?, threshold = ?, metrics = ?, updated_at = ? WHERE id = ?",
+                [ConceptStatus.TRAINED, base_model, base_fingerprint, threshold, json.dumps(metrics), stamp, concept_id],
             )
 
     def checkpoints(self) -> list[dict]:
@@ -157,9 +158,9 @@ class ConceptRows:
         with self.transaction() as db:
             db.execute("DELETE FROM checkpoints WHERE id = ?", [checkpoint_id])
             db.execute(
-                "UPDATE concepts SET status = 'added', threshold = NULL, updated_at = ? WHERE id = ? AND NOT EXISTS "
+                "UPDATE concepts SET status = ?, threshold = NULL, updated_at = ? WHERE id = ? AND NOT EXISTS "
                 "(SELECT 1 FROM checkpoints WHERE concept_id = ? AND is_current = 1)",
-                [now(), concept_id, concept_id],
+                [ConceptStatus.ADDED, now(), concept_id, concept_id],
             )
 
     def checkpoint_files(self, concept_id: int) -> list[str]:

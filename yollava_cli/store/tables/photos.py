@@ -4,6 +4,7 @@ from pathlib import Path
 
 from yollava_cli.store.connection import now
 from yollava_cli.store.fileio import atomic_write_bytes
+from yollava_cli.store.states import ConceptStatus
 
 
 class PhotoRows:
@@ -44,7 +45,7 @@ class PhotoRows:
             db.execute("DELETE FROM negatives WHERE sha256 = ?", [sha256])
             db.execute("DELETE FROM photos WHERE sha256 = ?", [sha256])
             for concept_id in concepts:
-                self.set_concept_status(concept_id, "added")
+                self.set_concept_status(concept_id, ConceptStatus.ADDED)
 
     def delete_unused_photos(self, candidates: list[str]) -> list[str]:
         """Drop rows and files of the given photos that nothing references any more."""

@@ -3,6 +3,7 @@
 import json
 
 from yollava_cli.store.connection import now
+from yollava_cli.store.states import RunStatus
 
 
 class RunRows:
@@ -14,12 +15,12 @@ class RunRows:
         """Record a run as 'running'; `finish_run` ends it (doctor repairs one a killed process left)."""
         with self.transaction() as db:
             cursor = db.execute(
-                "INSERT INTO runs (kind, concept_id, status, params, started_at) VALUES (?, ?, 'running', ?, ?)",
-                [kind, concept_id, json.dumps(params), now()],
+                "INSERT INTO runs (kind, concept_id, status, params, started_at) VALUES (?, ?, ?, ?, ?)",
+                [kind, concept_id, RunStatus.RUNNING, json.dumps(params), now()],
             )
         return cursor.lastrowid
 
-    def finish_run(self, run_id: int, status: str, results: dict) -> None:
+    def finish_run(self, run_id: int, status: RunStatus, results: dict) -> None:
         with self.transaction() as db:
             db.execute("UPDATE runs SET status = ?, results = ?, finished_at = ? WHERE id = ?",
                        [status, json.dumps(results), now(), run_id])
@@ -27,13 +28,13 @@ class RunRows:
     def running_runs(self) -> list[dict]:
         """{id, name} of the runs marked running; name is the concept's, None for a run without one."""
         return list(self.db.query(
-            "SELECT r.id, c.name FROM runs r LEFT JOIN concepts c ON c.id = r.concept_id WHERE r.status = 'running'"
+            "SELECT r.id, c.name FROM runs r LEFT JOIN concepts c ON c.id = r.concept_id WHERE r.status = ?", [RunStatus.RUNNING]
         ))
 
     def interrupt_run(self, run_id: int) -> None:
         """Mark a run that its dead process left running as interrupted."""
         with self.transaction() as db:
-            db.execute("UPDATE runs SET status = 'interrupted', finished_at = ? WHERE id = ?", [now(), run_id])
+            db.execute("UPDATE runs SET status = ?, finished_at = ? WHERE id = ?", [RunStatus.INTERRUPTED, now(), run_id])
 
     def record_eval_run(self, params: dict, results: dict, finished_at: str) -> int:
         with self.transaction() as db:
