@@ -23,9 +23,9 @@ TOKENS = 48
 def main() -> None:
     os.environ.setdefault("YOLLAVA_HOME", tempfile.mkdtemp(prefix="yollava-bench-"))
     from yollava_cli.models.loading import load_vlm
-    from yollava_cli.use.ask import note_guidance
     from yollava_cli.models.prompts import Prompt
     from yollava_cli.store.facts import as_sentence
+    from yollava_cli.use.ask import note_guidance
 
     facts = json.loads((DATA / "facts.json").read_text())
     vlm = load_vlm("pocket")

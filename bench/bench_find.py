@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from PIL import Image, ImageEnhance, ImageOps
-
 from setup_concept import DATA, prepared_concept
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,10 +64,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--photos", type=int, default=10_000)
     args = parser.parse_args()
-    from yollava_cli.use.find import VERIFY, find
     from yollava_cli.learning.embeddings import embed_photos, load_embedder
-    from yollava_cli.store.photos import expand_photo_paths, read_photo
     from yollava_cli.learning.training import TrainConfig, train_concept
+    from yollava_cli.store.photos import expand_photo_paths, read_photo
+    from yollava_cli.use.find import VERIFY, find
 
     registry, vlm = prepared_concept(args.subject)
     embedder = load_embedder("efficientnet-lite0")

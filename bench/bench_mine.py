@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from yollava_cli.store.concepts import add_concept
 from yollava_cli.learning.embeddings import EfficientNetEmbedder
-from yollava_cli.store.photos import read_photo
 from yollava_cli.learning.mining import add_pool, mine, top_k
+from yollava_cli.store.concepts import add_concept
+from yollava_cli.store.photos import read_photo
 from yollava_cli.store.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +45,7 @@ def open_clip_embedder():
     if importlib.util.find_spec("open_clip") is None:
         return None
     import open_clip
+
     from yollava_cli.learning.embeddings import OpenClipEmbedder
 
     model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)

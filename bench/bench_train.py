@@ -26,8 +26,8 @@ def main():
     args = parser.parse_args()
     from yollava_cli.learning.embeddings import load_embedder
     from yollava_cli.learning.events import FittingHead, Step
-    from yollava_cli.models.feature_cache import FeatureCache
     from yollava_cli.learning.training import TrainConfig, train_concept
+    from yollava_cli.models.feature_cache import FeatureCache
 
     class NoFeatureCache(FeatureCache):
         """Every photo through the vision tower, every time: the cache's saving, measured."""

@@ -10,11 +10,11 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def prepared_concept(subject: str):
     os.environ["YOLLAVA_HOME"] = tempfile.mkdtemp(prefix="yollava-bench-")
-    from yollava_cli.models.loading import load_vlm
-    from yollava_cli.store.concepts import add_concept
     from yollava_cli.config import data_dir
     from yollava_cli.learning.embeddings import load_embedder
     from yollava_cli.learning.mining import add_pool, mine
+    from yollava_cli.models.loading import load_vlm
+    from yollava_cli.store.concepts import add_concept
     from yollava_cli.store.registry import Registry
 
     registry = Registry(data_dir())

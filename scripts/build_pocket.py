@@ -30,8 +30,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from yollava_cli.models.pocket import model as pocket  # noqa: E402
 from yollava_cli.models.efficientnet import preprocess, to_tensor  # noqa: E402
+from yollava_cli.models.pocket import model as pocket  # noqa: E402
 
 CATEGORIES_JSON = pocket.CATEGORIES_JSON
 KIND_QUESTION = "What kind of thing is in this photo?"

@@ -4,9 +4,8 @@ import json
 import subprocess
 import sys
 
-from PIL import Image
-
 from conftest import REPO, invoke, shared_data, snapshot
+from PIL import Image
 
 
 def make_photo(path, size=(64, 48), mode="RGB", color=(200, 30, 30), **save):

@@ -9,7 +9,6 @@ import tokenize
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_DATA, shared_data
 
 PACKAGE = Path(__file__).resolve().parents[1] / "yollava_cli"

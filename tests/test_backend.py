@@ -8,15 +8,15 @@ import threading
 import pytest
 import torch
 from PIL import Image
-
 from tiny import tiny_llava, tiny_onevision
+
+from yollava_cli.errors import UserError
 from yollava_cli.models import decoding
+from yollava_cli.models.concept_tokens import concept_prompt
 from yollava_cli.models.decoding import CallbackStreamer, decode_answer, repeats_itself
 from yollava_cli.models.loading import load_vlm
-from yollava_cli.models.vlm import VLM
-from yollava_cli.models.concept_tokens import concept_prompt
-from yollava_cli.errors import UserError
 from yollava_cli.models.prompts import Prompt
+from yollava_cli.models.vlm import VLM
 
 BUILDERS = {"llava": tiny_llava, "onevision": tiny_onevision}
 
@@ -152,7 +152,7 @@ def test_loading_a_concept_reads_the_vocabulary_once(vlm, monkeypatch):
     calls = []
     get_vocab = vlm.tokenizer.get_vocab
     monkeypatch.setattr(vlm.tokenizer, "get_vocab", lambda: calls.append(1) or get_vocab())
-    vlm.tokens.add("bo", 16)  # once per token was 0.44 s of `ask`'s start on pocket
+    vlm.tokens.add("bo", 16)  # a whole vocabulary dict per token would slow `ask`'s start
     assert len(calls) == 1
 
 

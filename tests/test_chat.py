@@ -11,12 +11,12 @@ import sys
 import time
 
 import pytest
-from PIL import Image
-
 from conftest import invoke, run_cli, shared_data
+from PIL import Image
 from tiny import tiny_llava
-from yollava_cli.use import ask as asking
+
 from yollava_cli.models.vlm import VLM
+from yollava_cli.use import ask as asking
 from yollava_cli.use.ask import GenerationOptions, ask, with_identifiers
 from yollava_cli.use.chat import input_history
 from yollava_cli.use.session import mentioned_concepts

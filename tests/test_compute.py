@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
-
 from conftest import invoke
 from tiny import tiny_llava
-from yollava_cli.models.vlm import VLM
-from yollava_cli.models.compute import Capability, Policy, choose, cpu_info, detect
+
 from yollava_cli.errors import UserError
+from yollava_cli.models.compute import Capability, Policy, choose, cpu_info, detect
 from yollava_cli.models.prompts import Prompt
+from yollava_cli.models.vlm import VLM
 
 ZEN3 = Capability(cpu_model="AMD EPYC 7B13", cpu_flags=("avx", "avx2", "fma"), machine="x86_64")
 SAPPHIRE = Capability(cpu_model="Intel Xeon Platinum 8481C", machine="x86_64",

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from yollava_cli.learning.embeddings import embed_photos, load_embedder
 from yollava_cli.errors import UserError
+from yollava_cli.learning.embeddings import embed_photos, load_embedder
 from yollava_cli.store.registry import Registry
 
 TINY = {

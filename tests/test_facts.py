@@ -4,14 +4,14 @@ travelling in bundles, checked by doctor."""
 import json
 import sqlite3
 
-from PIL import Image
-
 from conftest import invoke
+from PIL import Image
 from tiny import tiny_llava
-from yollava_cli.models.vlm import VLM
+
 from yollava_cli.models.concept_tokens import concept_prompt
-from yollava_cli.store.facts import as_sentence, prompt_notes
 from yollava_cli.models.prompts import Prompt
+from yollava_cli.models.vlm import VLM
+from yollava_cli.store.facts import as_sentence, prompt_notes
 from yollava_cli.store.registry import Registry
 
 

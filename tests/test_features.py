@@ -5,10 +5,10 @@ import os
 import time
 
 import torch
-
 from tiny import tiny_llava
-from yollava_cli.models.vlm import VLM, feature_cache_name
+
 from yollava_cli.models.feature_cache import FeatureCache
+from yollava_cli.models.vlm import VLM, feature_cache_name
 
 LLAVA_15 = (576, 4096)  # LLaVA-1.5's features for one photo: 4.7 MB in bf16, 9.4 MB in fp32
 

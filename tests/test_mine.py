@@ -6,8 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import invoke, shared_data
+
 from yollava_cli.learning.mining import select_negatives, top_k
 
 pytestmark = pytest.mark.skipif(

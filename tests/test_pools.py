@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from yollava_cli.learning import mining
-from yollava_cli.store.concepts import add_concept
 from yollava_cli.learning.embeddings import Embedder
+from yollava_cli.store.concepts import add_concept
 from yollava_cli.store.photos import BadPhoto
 from yollava_cli.store.registry import Registry
 

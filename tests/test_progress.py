@@ -7,13 +7,13 @@ from typing import get_args
 import pytest
 from rich.console import Console
 from rich.progress import Progress
-
 from tiny import tiny_llava
+
+from yollava_cli.cli.render import TrainView, train_view
 from yollava_cli.learning import events
 from yollava_cli.models.vlm import VLM
 from yollava_cli.use.ask import GenerationOptions
 from yollava_cli.use.explain import explain
-from yollava_cli.cli.render import TrainView, train_view
 
 
 def view(epochs: int = 15) -> TrainView:

@@ -3,16 +3,28 @@
 import pytest
 import torch
 from PIL import Image
-
 from tiny import tiny_llava
-from yollava_cli.models.vlm import VLM
-from yollava_cli.store.concepts import add_concept, describe_concept
+
 from yollava_cli.errors import UserError
 from yollava_cli.learning.events import Step
 from yollava_cli.learning.mining import Candidate, file_loader, store_negatives
+from yollava_cli.learning.synthesis import (
+    SUBJECT_QUESTION,
+    build_training_data,
+    subject_word,
+    templates,
+)
+from yollava_cli.learning.training import (
+    TrainConfig,
+    calibrate,
+    epoch_examples,
+    recognition_metrics,
+    split_data,
+    train_concept,
+)
+from yollava_cli.models.vlm import VLM
+from yollava_cli.store.concepts import add_concept, describe_concept
 from yollava_cli.store.registry import Registry
-from yollava_cli.learning.synthesis import SUBJECT_QUESTION, build_training_data, subject_word, templates
-from yollava_cli.learning.training import TrainConfig, calibrate, epoch_examples, recognition_metrics, split_data, train_concept
 
 FAST = TrainConfig(k=4, epochs=3, batch_size=8, positive_repeats=1, attributes_per_epoch=4)
 

@@ -12,15 +12,14 @@ import zipfile
 
 import pytest
 import torch
+from conftest import run_cli, shared_data, snapshot
 from PIL import Image
 from safetensors.torch import save as save_safetensors
-
-from conftest import run_cli, shared_data, snapshot
 from tiny import tiny_llava
-from yollava_cli.use.bundles import export_concept
+
 from yollava_cli.store.doctor import examine
 from yollava_cli.store.registry import Registry
-
+from yollava_cli.use.bundles import export_concept
 
 # -- a trained concept on a tiny model saved to disk, shared by the tests below -----------------
 

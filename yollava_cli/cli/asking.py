@@ -8,7 +8,13 @@ import typer
 
 from yollava_cli.cli.app import app
 from yollava_cli.cli.options import Generation, JsonFlag, ModelOption, QuantizeOption
-from yollava_cli.cli.output import open_registry, print_json, print_table, progress_bar, status
+from yollava_cli.cli.output import (
+    open_registry,
+    print_json,
+    print_table,
+    progress_bar,
+    status,
+)
 from yollava_cli.cli.render import train_showing_progress
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
@@ -44,10 +50,11 @@ def ask(
       yollava ask bo "what should I buy him for his birthday?"
       yollava ask "is <bo> in this photo?" --image park.jpg
     """
-    from yollava_cli.use.ask import GenerationOptions, ask as answer
+    from yollava_cli.store.facts import prompt_notes
+    from yollava_cli.use.ask import GenerationOptions
+    from yollava_cli.use.ask import ask as answer
     from yollava_cli.use.find import recognize
     from yollava_cli.use.session import open_images
-    from yollava_cli.store.facts import prompt_notes
 
     if len(name_or_question) > 2:
         raise UserError("quote the question: yollava ask [NAME] \"QUESTION\"")
@@ -76,9 +83,9 @@ def chat(
 
     Example: yollava chat bo mam --image park.jpg
     """
+    from yollava_cli.store.facts import prompt_notes
     from yollava_cli.use.ask import GenerationOptions
     from yollava_cli.use.chat import ChatSession, input_history
-    from yollava_cli.store.facts import prompt_notes
 
     registry, vlm, wanted = open_session(names or [], "", model, no_train=False, quantize=quantize)
     chat_session = ChatSession(vlm, wanted, GenerationOptions(max_tokens, temperature, seed),
@@ -158,7 +165,8 @@ def find(
       yollava find bo ~/Pictures --by head      # embeddings only: thousands of photos a second once cached
     """
     from yollava_cli.store.photos import expand_photo_paths
-    from yollava_cli.use.find import check_find_options, find as search
+    from yollava_cli.use.find import check_find_options
+    from yollava_cli.use.find import find as search
 
     check_find_options(by, verify)
     expand_photo_paths(photos)  # missing paths fail before the model loads

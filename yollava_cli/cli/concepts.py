@@ -7,8 +7,20 @@ from typing import Annotated, Optional
 import typer
 
 from yollava_cli.cli.app import app
-from yollava_cli.cli.options import EmbedderOption, JsonFlag, ModelOption, QuantizeOption
-from yollava_cli.cli.output import open_registry, out, print_json, print_table, progress_bar, status
+from yollava_cli.cli.options import (
+    EmbedderOption,
+    JsonFlag,
+    ModelOption,
+    QuantizeOption,
+)
+from yollava_cli.cli.output import (
+    open_registry,
+    out,
+    print_json,
+    print_table,
+    progress_bar,
+    status,
+)
 from yollava_cli.cli.render import render_concept, render_train, train_showing_progress
 from yollava_cli.errors import UserError
 from yollava_cli.learning.train_config import TrainConfig
@@ -77,7 +89,6 @@ def mine(
     """
     from yollava_cli.learning import mining
     from yollava_cli.learning.embeddings import load_embedder
-
     from yollava_cli.store.pools import pool_by_name
 
     registry = open_registry()

@@ -4,7 +4,6 @@ from typing import Annotated, Optional
 
 import typer
 
-
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
 
 ModelOption = Annotated[

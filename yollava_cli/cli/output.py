@@ -6,12 +6,17 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from yollava_cli.config import data_dir
 from yollava_cli.store.registry import Registry
-
 
 out = Console(soft_wrap=True)  # piped output is never wrapped at 80 columns
 err = Console(stderr=True, soft_wrap=True)

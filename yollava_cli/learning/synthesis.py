@@ -20,8 +20,9 @@ from importlib import resources
 
 from PIL import Image
 
-from yollava_cli.models.vlm import VLM
 from yollava_cli.models.prompts import Prompt
+from yollava_cli.models.vlm import VLM
+from yollava_cli.store.facts import as_sentence
 from yollava_cli.store.registry import Registry
 
 ATTRIBUTE_MAX_TOKENS = 48  # short answers keep training sequences (and steps) short
@@ -84,8 +85,6 @@ def build_training_data(registry: Registry, vlm: VLM, concept: dict, facts: list
 def fact_conversations(name: str, fact: str) -> list[tuple[str, str]]:
     """Each generic question about the concept ("What do you know about <bo>?") answered with the
     fact as its sentence reads in prompts."""
-    from yollava_cli.store.facts import as_sentence
-
     return [(question.format(sks=identifier(name)), as_sentence(name, fact)) for question in templates()["facts"]["questions"]]
 
 

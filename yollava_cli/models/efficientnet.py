@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-import torch.nn.functional as F
 
 # variant -> (pip package, weight file, input resolution, stage repeats)
 VARIANTS = {

@@ -21,9 +21,13 @@ from PIL import Image
 
 from yollava_cli.models import decoding, families
 from yollava_cli.models.compute import Policy, current_policy
-from yollava_cli.models.concept_tokens import ConceptEmbedding, ConceptHead, ConceptTokens
-from yollava_cli.models.feature_cache import FeatureCache
+from yollava_cli.models.concept_tokens import (
+    ConceptEmbedding,
+    ConceptHead,
+    ConceptTokens,
+)
 from yollava_cli.models.decoding import NO_WORDS, YES_WORDS
+from yollava_cli.models.feature_cache import FeatureCache
 from yollava_cli.models.prompts import Prompt, PromptEncoder
 
 SCORE_BATCH = 16  # prompts per yes/no scoring pass (find, training validation, eval): bounded memory
@@ -44,7 +48,7 @@ class VLM:
         self.policy = policy or current_policy()
         self.family = family or families.for_ref(ref)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(processor.image_token)
-        self.vision_calls = 0  # photos that went through the vision tower: tests and benches read it
+        self.vision_calls = 0  # photos run through the vision tower: the feature cache's misses
         embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
         if isinstance(embedding, ConceptEmbedding):  # the same model wrapped again: start clean
             embedding, head = embedding.base, head.base
@@ -63,7 +67,6 @@ class VLM:
         self.tokens = ConceptTokens(self.tokenizer, embedding, self.head, self.device, self.fingerprint, ref)
         self.prompts = PromptEncoder(processor, self.tokens, self.image_token_id, self.image_features)
         self.grounding = self.family.photo_switch(model)  # on only for the rows that hold a photo
-        self.fast_scoring = True  # off: score with one plain forward pass (what benches measure against)
 
     # -- passes -------------------------------------------------------------------------
 
@@ -123,10 +126,6 @@ class VLM:
         the head runs only at each prompt's last position: `find` scores ~1.7x more photos/s."""
         encoded = [self.prompts.encode(p) for p in prompts]
         batch = self.prompts.collate(encoded)
-        if not self.fast_scoring:  # the whole batch through the model, the head at every position
-            with torch.no_grad():
-                logits = self.forward(batch)
-            return torch.stack([logits[i, len(e.input_ids) - 1] for i, e in enumerate(encoded)]).float()
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
         lengths = torch.tensor([len(e.input_ids) for e in encoded], device=self.device)
         photos = batch["photo_rows"]

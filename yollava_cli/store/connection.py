@@ -17,9 +17,9 @@ from pathlib import Path
 
 import sqlite_utils
 
+from yollava_cli.errors import UserError
 from yollava_cli.store.backup import FILE as BACKUP_FILE
 from yollava_cli.store.backup import backup_is_usable, write_backup
-from yollava_cli.errors import UserError
 from yollava_cli.store.migrations import MIGRATIONS
 
 BUSY_TIMEOUT_S = 60

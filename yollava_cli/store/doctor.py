@@ -16,9 +16,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from yollava_cli.errors import UserError
 from yollava_cli.store.backup import FILE as BACKUP_FILE
 from yollava_cli.store.backup import backup_is_usable
-from yollava_cli.errors import UserError
 from yollava_cli.store.facts import check_fact
 from yollava_cli.store.migrations import MIGRATIONS
 from yollava_cli.store.registry import Registry

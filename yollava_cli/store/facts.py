@@ -9,8 +9,8 @@ model generates about photos (captions, attribute conversations)."""
 import re
 from pathlib import Path
 
-from yollava_cli.store.concepts import get_concept
 from yollava_cli.errors import UserError
+from yollava_cli.store.concepts import get_concept
 from yollava_cli.store.registry import Registry
 
 MAX_CHARS = 500

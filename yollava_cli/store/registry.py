@@ -6,7 +6,12 @@ rows that point at them, so a crash leaves at worst an unreferenced file, never 
 points at nothing. The tables' methods live in store/tables/, one group a module.
 """
 
-from yollava_cli.store.connection import BUSY_TIMEOUT_S, Connection, DamagedRegistry, now
+from yollava_cli.store.connection import (
+    BUSY_TIMEOUT_S,
+    Connection,
+    DamagedRegistry,
+    now,
+)
 from yollava_cli.store.tables.caches import CacheRows
 from yollava_cli.store.tables.concepts import ConceptRows
 from yollava_cli.store.tables.photos import PhotoRows

@@ -13,10 +13,8 @@ from yollava_cli.learning.synthesis import asks_if_present
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
 
-
 # how much more likely a note must be as this question's answer than as an answer to "tell me
-# something" to be quoted: e^5, ~150x. On the 20 shared subjects, 46 of 60 questions a note answers
-# quoted it (2 another note) and 19 of 220 appearance and small-talk questions quoted one (e^4: 49, 29)
+# something" to be quoted: e^5, ~150x (set on the 20 shared subjects: docs/results.md)
 QUOTE_NATS = 5.0
 
 
