@@ -101,14 +101,29 @@ def test_ask_json_shape(trained):
     assert data["concepts"] == ["bo"] and data["model"] == str(model_dir)
     assert set(data["timings"]) == {"first_token_s", "total_s", "tokens", "compute"}
     assert data["timings"]["compute"]["device"] == "cpu" and data["timings"]["compute"]["precision"] in ("fp32", "bf16")
-    streamed = invoke("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "8",
-                       "--model", model_dir, home=home)
-    assert streamed.returncode == 0 and streamed.stdout.strip()
-    grounded = json.loads(invoke("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "4",
-                                  "--model", model_dir, "--json", home=home).stdout)
-    verdict = grounded["verdicts"][0]  # the recognizer's word on the photo, before the question
-    assert verdict["concept"] == "bo" and 0 <= verdict["probability"] <= 1
-    assert verdict["line"] == f"<bo> is {'' if verdict['present'] else 'not '}in this photo."
+    threshold = json.loads(invoke("show", "bo", "--json", home=home).stdout)["metrics"]["thresholds"]["fused"]
+    question = "Is <bo> in this photo?"  # a recognition question: the verdict settles its yes or no
+    presents = set()
+    for photo in (root / "bo" / "00.jpg", sorted((root / "pool").glob("*.jpg"))[0]):  # its own photo, a stranger
+        asked = ["ask", question, "--image", photo, "--max-tokens", "8", "--model", model_dir]
+        grounded = invoke(*asked, "--json", home=home)
+        assert grounded.returncode == 0, grounded.stderr
+        grounded = json.loads(grounded.stdout)
+        [verdict] = grounded["verdicts"]  # the recognizer's word on the photo, before the question
+        # the same fused score find gives the photo, judged against the threshold training stored
+        found = json.loads(invoke("find", "bo", photo, "--by", "fused", "--model", model_dir, "--json",
+                                  home=home).stdout)["results"]
+        assert found[0]["signal"] == "fused" and verdict["probability"] == pytest.approx(found[0]["probability"], abs=2e-4)
+        assert verdict["concept"] == "bo" and verdict["present"] == (verdict["probability"] >= threshold) == found[0]["match"]
+        assert verdict["line"] == ("<bo> is in this photo." if verdict["present"] else "<bo> is not in this photo.")
+        # the answer opens with the verdict's word (as the tiny tokenizer spells it: "Yes", "yes", "Y"
+        # or "No", "no", "N"); a random model writes anything after it
+        opening = ("Yes", "yes", "Y") if verdict["present"] else ("No", "no", "N")
+        assert grounded["answer"].startswith(opening), grounded["answer"]
+        streamed = invoke(*asked, home=home)  # greedy: the streamed text is the --json answer
+        assert streamed.returncode == 0 and streamed.stdout.strip() == grounded["answer"], (streamed.stdout, grounded)
+        presents.add(verdict["present"])
+    assert presents == {True, False}  # both wordings were checked
 
 
 def test_unknown_concept_lists_close_names(trained):
