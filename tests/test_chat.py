@@ -288,12 +288,33 @@ def test_show_reads_like_git_show_and_never_wraps(trained):
     assert info["attribute_conversations"] == 30 and {"name", "photos", "negatives", "checkpoint", "metrics"} <= set(info)
 
 
-def test_show_data_lists_the_training_conversations(trained):
-    home, _, _ = trained
+def test_show_data_lists_the_training_conversations(trained, tmp_path):
+    """show --data reads what training used from the store: the negatives it mined, the base
+    model's cached answers (renamed to the identifier) and the word the identifier started at."""
+    import sqlite3
+
+    home = tmp_path / "home"
+    shutil.copytree(trained[0], home)
+    conn = sqlite3.connect(home / "registry.db")
+    concept_id, fingerprint = conn.execute("SELECT id, base_fingerprint FROM concepts WHERE name = 'bo'").fetchone()
+    mined = dict(conn.execute("SELECT kind, count(*) FROM negatives WHERE concept_id = ? GROUP BY kind", [concept_id]))
+    photos = [r[0] for r in conn.execute("SELECT sha256 FROM concept_photos WHERE concept_id = ? ORDER BY sha256", [concept_id])]
+    # what the base model said about the photos, replaced by answers whose outcome is known by hand
+    subject = "What is the main subject of this photo? Answer with one word."
+    for sha, said in zip(photos, ["A corgi.", "Corgi", "a small dog"]):
+        conn.execute("UPDATE answers SET answer = ? WHERE sha256 = ? AND model = ? AND prompt = ?", [said, sha, fingerprint, subject])
+    changed = conn.execute("UPDATE answers SET answer = 'This subject is brown and white.' WHERE sha256 = ? AND model = ? "
+                           "AND prompt = 'What color is this subject?'", [photos[0], fingerprint]).rowcount
+    conn.commit()
+    conn.close()
+    assert changed == 1 and sum(mined.values()) > 0
     info = json.loads(invoke("show", "bo", "--data", "--json", home=home).stdout)
     data = info["training_data"]
-    assert data["positive_photos"] == 3 and data["hard_negatives"] + data["easy_negatives"] > 0
-    assert len(data["attribute_conversations"]) == 30
-    assert "subject_word" in data  # what the base model called the photos (a random model: any word or None)
-    assert all("<bo>" in c["question"] for c in data["attribute_conversations"])
+    assert (data["positive_photos"], data["positive_views"]) == (3, 6)
+    assert (data["hard_negatives"], data["easy_negatives"]) == (mined.get("hard", 0), mined.get("easy", 0))
+    assert data["subject_word"] == "corgi"  # articles and case dropped, the most frequent word
+    conversations = data["attribute_conversations"]
+    assert len(conversations) == 30 and sorted({c["photo"] for c in conversations}) == sorted(sha[:12] for sha in photos)
+    assert {"photo": photos[0][:12], "question": "What color is <bo>?", "answer": "<bo> is brown and white."} in conversations
+    assert all("<bo>" in c["question"] and "this subject" not in c["question"].lower() for c in conversations)
     assert info["checkpoint"]["k"] == 4 and info["status"] == "trained"
