@@ -102,8 +102,23 @@ def test_find_ranks_its_own_photos_first_on_average(flow):
 
 
 def test_ask_streams_an_answer_about_the_concept(flow):
-    from yollava_cli.chat import GenerationOptions, ask
+    from yollava_cli.chat import GenerationOptions, ask, recognize
+    from yollava_cli.images import read_photo
 
+    options = GenerationOptions(max_tokens=24)
     pieces = []
-    result = ask(flow["vlm"], ["dog"], "What should I buy him for his birthday?", [], [], GenerationOptions(max_tokens=24), pieces.append)
-    assert result["answer"] and "".join(pieces).strip() == result["answer"]
+    result = ask(flow["vlm"], ["dog"], "What should I buy him for his birthday?", [], [], options, pieces.append)
+    assert len(pieces) > 1 and "".join(pieces).strip() == result["answer"]
+    # greedy: unstreamed, the same question gets the same answer
+    assert ask(flow["vlm"], ["dog"], "What should I buy him for his birthday?", [], [], options)["answer"] == result["answer"]
+    # asked whether <dog> is in a photo, the answer opens with the fused verdict's yes or no; its own
+    # test photo and a cat's: the head tells them apart (README: fused 0.99 on the shared subjects)
+    for subject, present, line in (("dog", True, "<dog> is in this photo."), ("cat", False, "<dog> is not in this photo.")):
+        photo = read_photo(flow["tests"][subject][0])
+        [verdict] = recognize(flow["registry"], flow["vlm"], ["dog"], [photo.image], [photo.sha256])
+        assert verdict["present"] is present and verdict["line"] == line
+        pieces = []
+        answer = ask(flow["vlm"], ["dog"], "Is <dog> in this photo?", [photo.image], [photo.sha256], options,
+                     pieces.append, verdicts=[verdict])["answer"]
+        assert "".join(pieces).strip() == answer
+        assert answer.split()[0].strip(".,!").lower() == ("yes" if present else "no"), answer
