@@ -132,6 +132,7 @@ def test_dataset_problems_are_one_line_errors(dataset, breakage, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
     from yollava_cli.embeddings import load_embedder
 
@@ -175,6 +176,7 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
     assert Image.open(files[2]).size[0] > 500
 
 
+@pytest.mark.slow
 def test_a_subset_without_pool_mines_the_other_subjects_train_photos(tmp_path):
     from yollava_cli.embeddings import load_embedder
     from yollava_cli.store import Registry

