@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import invoke, run_cli, shared_data
@@ -60,11 +61,27 @@ def test_notes_guide_only_answers_without_a_photo(monkeypatch):
 def test_streaming_callback_receives_the_answer_in_order():
     vlm = VLM(*tiny_llava(), "tiny")
     vlm.tokens.add("bo", 4)
-    pieces = []
-    result = ask(vlm, ["bo"], "what should I buy him?", [], [], GenerationOptions(max_tokens=16), pieces.append)
+    pieces, arrived = [], []
+
+    def on_text(piece):
+        pieces.append(piece)
+        arrived.append(time.perf_counter())
+
+    started = time.perf_counter()
+    result = ask(vlm, ["bo"], "what should I buy him?", [], [], GenerationOptions(max_tokens=16), on_text)
     assert len(pieces) > 1 and "".join(pieces).strip() == result["answer"]
-    assert result["timings"]["first_token_s"] <= result["timings"]["total_s"]
-    assert result["concepts"] == ["bo"] and result["timings"]["tokens"] > 0
+    # the same question unstreamed (greedy) gives the same answer: streaming changes nothing
+    assert ask(vlm, ["bo"], "what should I buy him?", [], [], GenerationOptions(max_tokens=16))["answer"] == result["answer"]
+    timings = result["timings"]
+    # first_token_s is when the first piece arrived, not when the answer was done
+    assert timings["first_token_s"] <= arrived[0] - started + 1e-3
+    assert timings["total_s"] - timings["first_token_s"] >= arrived[-1] - arrived[0] - 1e-3
+    # tokens counts the answer's tokens: at least one per streamed piece, and a shorter answer has fewer
+    # (it counts the answer re-encoded, which for the random model's broken bytes is more than the 16 generated)
+    short = ask(vlm, ["bo"], "what should I buy him?", [], [], GenerationOptions(max_tokens=4))
+    assert result["answer"].startswith(short["answer"].rstrip("."))
+    assert len(pieces) <= timings["tokens"] and 0 < short["timings"]["tokens"] < timings["tokens"]
+    assert result["concepts"] == ["bo"]
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +90,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("chat")
     home, model_dir = root / "home", root / "model"
     model, processor = tiny_llava()
-    # A random model may end an answer at once; answers that always run to --max-tokens make the
-    # Ctrl-C test land mid-answer whatever the trained rows happen to be.
+    # A random model may end an answer at once; answers that always run to --max-tokens give the
+    # tests below an answer to compare, whatever the trained rows happen to be.
     model.generation_config.suppress_tokens = [processor.tokenizer.eos_token_id]
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
@@ -103,14 +120,29 @@ def test_ask_json_shape(trained):
     assert data["concepts"] == ["bo"] and data["model"] == str(model_dir)
     assert set(data["timings"]) == {"first_token_s", "total_s", "tokens", "compute"}
     assert data["timings"]["compute"]["device"] == "cpu" and data["timings"]["compute"]["precision"] in ("fp32", "bf16")
-    streamed = invoke("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "8",
-                       "--model", model_dir, home=home)
-    assert streamed.returncode == 0 and streamed.stdout.strip()
-    grounded = json.loads(invoke("ask", "is <bo> here?", "--image", root / "bo" / "00.jpg", "--max-tokens", "4",
-                                  "--model", model_dir, "--json", home=home).stdout)
-    verdict = grounded["verdicts"][0]  # the recognizer's word on the photo, before the question
-    assert verdict["concept"] == "bo" and 0 <= verdict["probability"] <= 1
-    assert verdict["line"] == f"<bo> is {'' if verdict['present'] else 'not '}in this photo."
+    threshold = json.loads(invoke("show", "bo", "--json", home=home).stdout)["metrics"]["thresholds"]["fused"]
+    question = "Is <bo> in this photo?"  # a recognition question: the verdict settles its yes or no
+    presents = set()
+    for photo in (root / "bo" / "00.jpg", sorted((root / "pool").glob("*.jpg"))[0]):  # its own photo, a stranger
+        asked = ["ask", question, "--image", photo, "--max-tokens", "8", "--model", model_dir]
+        grounded = invoke(*asked, "--json", home=home)
+        assert grounded.returncode == 0, grounded.stderr
+        grounded = json.loads(grounded.stdout)
+        [verdict] = grounded["verdicts"]  # the recognizer's word on the photo, before the question
+        # the same fused score find gives the photo, judged against the threshold training stored
+        found = json.loads(invoke("find", "bo", photo, "--by", "fused", "--model", model_dir, "--json",
+                                  home=home).stdout)["results"]
+        assert found[0]["signal"] == "fused" and verdict["probability"] == pytest.approx(found[0]["probability"], abs=2e-4)
+        assert verdict["concept"] == "bo" and verdict["present"] == (verdict["probability"] >= threshold) == found[0]["match"]
+        assert verdict["line"] == ("<bo> is in this photo." if verdict["present"] else "<bo> is not in this photo.")
+        # the answer opens with the verdict's word (as the tiny tokenizer spells it: "Yes", "yes", "Y"
+        # or "No", "no", "N"); a random model writes anything after it
+        opening = ("Yes", "yes", "Y") if verdict["present"] else ("No", "no", "N")
+        assert grounded["answer"].startswith(opening), grounded["answer"]
+        streamed = invoke(*asked, home=home)  # greedy: the streamed text is the --json answer
+        assert streamed.returncode == 0 and streamed.stdout.strip() == grounded["answer"], (streamed.stdout, grounded)
+        presents.add(verdict["present"])
+    assert presents == {True, False}  # both wordings were checked
 
 
 def test_unknown_concept_lists_close_names(trained):
@@ -169,15 +201,19 @@ def read_until(fd, marker: bytes, timeout: float = 60) -> bytes:
     return seen
 
 
-def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained):
+def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained, tmp_path):
+    """Ctrl-C on a terminal mid-answer stops that answer, prints [stopped], and the session goes on;
+    Ctrl-D then ends it with exit 0. The chat runs through tests/chat_pty.py, whose generation waits
+    after an answer's first token until the Ctrl-C comes: it always lands mid-answer, no retries."""
     home, model_dir, _ = trained
+    waiting = tmp_path / "waiting"
+    waiting.touch()
     primary, secondary = pty.openpty()
     proc = subprocess.Popen(
-        # sampled: greedy, the tiny model repeats itself within ~50 tokens and the loop guard ends the
-        # answer in ~30 ms; sampled with end-of-text suppressed (the fixture) it runs 3000 tokens, ~4 s
-        [sys.executable, "-m", "yollava_cli", "chat", "bo", "--model", str(model_dir), "--max-tokens", "3000",
-         "--temperature", "1.0"],
-        stdin=secondary, stdout=secondary, stderr=secondary, env={**os.environ, "YOLLAVA_HOME": str(home)},
+        [sys.executable, str(Path(__file__).with_name("chat_pty.py")), "chat", "bo", "--model", str(model_dir),
+         "--max-tokens", "16"],
+        stdin=secondary, stdout=secondary, stderr=secondary,
+        env={**os.environ, "YOLLAVA_HOME": str(home), "YOLLAVA_TEST_BLOCKED": str(waiting)},
         # as a terminal starts it: a test run started in the background (`pytest &`) ignores SIGINT,
         # and the chat would inherit that and never see the Ctrl-C
         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -187,19 +223,16 @@ def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained):
         assert b"you> " in read_until(primary, b"you> ")
         os.write(primary, b"/concepts\n")
         assert b"<bo>" in read_until(primary, b"you> ")
-        # A Ctrl-C right after the answer's prompt appears must stop only this answer; the session must
-        # survive every Ctrl-C (asked up to 5 times in case a heavily loaded machine delays one).
-        stopped = 0
-        for attempt in range(5):
-            os.write(primary, f"tell me a long story about <bo>, part {attempt + 1}\n".encode())
-            read_until(primary, b"yollava> ", timeout=30)
-            os.killpg(proc.pid, 2)  # what Ctrl-C sends to the terminal's foreground process group
+        for turn in (1, 2):  # the session survives a Ctrl-C, and the next answer can be stopped too
+            os.write(primary, f"tell me a long story about <bo>, part {turn}\n".encode())
+            deadline = time.monotonic() + 120
+            while len(waiting.read_text().splitlines()) < turn and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            assert len(waiting.read_text().splitlines()) == turn, "the answer never started"
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's foreground process group
             after = read_until(primary, b"you> ")
-            assert b"you> " in after and proc.poll() is None
-            stopped += b"[stopped]" in after
-            if stopped:
-                break
-        assert stopped, after[-400:]
+            assert b"yollava> " in after and b" [stopped]\r\n" in after and after.endswith(b"you> "), after[-400:]
+            assert proc.poll() is None
         os.write(primary, b"\x04")  # Ctrl-D
         proc.wait(timeout=30)
         assert proc.returncode == 0
@@ -259,12 +292,33 @@ def test_show_reads_like_git_show_and_never_wraps(trained):
     assert info["attribute_conversations"] == 30 and {"name", "photos", "negatives", "checkpoint", "metrics"} <= set(info)
 
 
-def test_show_data_lists_the_training_conversations(trained):
-    home, _, _ = trained
+def test_show_data_lists_the_training_conversations(trained, tmp_path):
+    """show --data reads what training used from the store: the negatives it mined, the base
+    model's cached answers (renamed to the identifier) and the word the identifier started at."""
+    import sqlite3
+
+    home = tmp_path / "home"
+    shutil.copytree(trained[0], home)
+    conn = sqlite3.connect(home / "registry.db")
+    concept_id, fingerprint = conn.execute("SELECT id, base_fingerprint FROM concepts WHERE name = 'bo'").fetchone()
+    mined = dict(conn.execute("SELECT kind, count(*) FROM negatives WHERE concept_id = ? GROUP BY kind", [concept_id]))
+    photos = [r[0] for r in conn.execute("SELECT sha256 FROM concept_photos WHERE concept_id = ? ORDER BY sha256", [concept_id])]
+    # what the base model said about the photos, replaced by answers whose outcome is known by hand
+    subject = "What is the main subject of this photo? Answer with one word."
+    for sha, said in zip(photos, ["A corgi.", "Corgi", "a small dog"]):
+        conn.execute("UPDATE answers SET answer = ? WHERE sha256 = ? AND model = ? AND prompt = ?", [said, sha, fingerprint, subject])
+    changed = conn.execute("UPDATE answers SET answer = 'This subject is brown and white.' WHERE sha256 = ? AND model = ? "
+                           "AND prompt = 'What color is this subject?'", [photos[0], fingerprint]).rowcount
+    conn.commit()
+    conn.close()
+    assert changed == 1 and sum(mined.values()) > 0
     info = json.loads(invoke("show", "bo", "--data", "--json", home=home).stdout)
     data = info["training_data"]
-    assert data["positive_photos"] == 3 and data["hard_negatives"] + data["easy_negatives"] > 0
-    assert len(data["attribute_conversations"]) == 30
-    assert "subject_word" in data  # what the base model called the photos (a random model: any word or None)
-    assert all("<bo>" in c["question"] for c in data["attribute_conversations"])
+    assert (data["positive_photos"], data["positive_views"]) == (3, 6)
+    assert (data["hard_negatives"], data["easy_negatives"]) == (mined.get("hard", 0), mined.get("easy", 0))
+    assert data["subject_word"] == "corgi"  # articles and case dropped, the most frequent word
+    conversations = data["attribute_conversations"]
+    assert len(conversations) == 30 and sorted({c["photo"] for c in conversations}) == sorted(sha[:12] for sha in photos)
+    assert {"photo": photos[0][:12], "question": "What color is <bo>?", "answer": "<bo> is brown and white."} in conversations
+    assert all("<bo>" in c["question"] and "this subject" not in c["question"].lower() for c in conversations)
     assert info["checkpoint"]["k"] == 4 and info["status"] == "trained"

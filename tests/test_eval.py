@@ -36,6 +36,70 @@ def test_metric_arithmetic_by_hand():
     assert overall["m"]["recognition"]["auc"] == pytest.approx(0.75)
 
 
+def test_a_subjects_metrics_by_hand(monkeypatch):
+    """One subject's recognition and facts entries, and their summary, on scores and answers made up
+    so that every figure can be worked out by hand."""
+    from types import SimpleNamespace
+
+    from yollava_cli.evaluation import runner as evaluation
+    from yollava_cli.evaluation.methods import Method
+    from yollava_cli.evaluation.runner import Evaluation
+
+    class Scripted(Method):
+        name, language, trained = "scripted", False, True
+
+        def __init__(self, cut_at_half):
+            self.cut_at_half = cut_at_half
+
+        def scores(self, run, subject, photos):
+            return [0.9, 0.6, 0.3] if photos == ["own"] else [0.7, 0.2]
+
+        def threshold(self, run, subject, concept):
+            return 0.75
+
+    facts = {"facts": ["is 4 years old", "is scared of thunder", "loves tennis"],
+             "questions": [{"question": "How old is <bo>?", "answer_contains": ["4", "four"]},
+                           {"question": "What is <bo> scared of?", "answer_contains": ["vacuum"]},
+                           {"question": "What does <bo> love?", "answer_contains": ["Tennis"]}],
+             "gift": {"question": "What should I buy <bo>?", "answer_contains": ["ball"]}}
+    answers = {True: ["He is FOUR.", "Thunder.", "tennis balls", "a new ball"],  # with the notes
+               False: ["He is old.", "The Vacuum.", "food", "a bone"]}  # without them
+    questions = [q["question"] for q in facts["questions"]] + [facts["gift"]["question"]]
+
+    def generate(prompt, max_new_tokens, **kwargs):
+        with_notes = bool(prompt.notes)
+        if with_notes:
+            assert prompt.notes == ["<bo> is 4 years old.", "<bo> is scared of thunder.", "<bo> loves tennis."]
+        return answers[with_notes][questions.index(prompt.question)]
+
+    dataset = SimpleNamespace(subjects={"bo": SimpleNamespace(name="bo", test=["own"]),
+                                        "mam": SimpleNamespace(name="mam", test=["other"])}, facts={"bo": facts})
+    monkeypatch.setattr(evaluation, "note_guidance", lambda vlm, prompt: {})
+    run = Evaluation(dataset, SimpleNamespace(generate=generate), None, None, [], TrainConfig(), lambda e: None)
+    run.methods = [Scripted(True)]
+    monkeypatch.setattr(run, "train", lambda subject: {})
+    # own photos 0.9, 0.6, 0.3 and others' 0.7, 0.2; cut at 0.5: 2 of 3 and 1 of 2 right; 4 of the 6
+    # (own, other) pairs ordered right; at the threshold 0.75: 1 of 3 and 2 of 2
+    recognition = run.evaluate_subject(dataset.subjects["bo"])["scripted"]["recognition"]
+    assert recognition["positive"] == pytest.approx(2 / 3) and recognition["negative"] == 0.5
+    assert recognition["weighted"] == pytest.approx(7 / 12) and recognition["auc"] == pytest.approx(4 / 6)
+    assert recognition["threshold"] == 0.75 and recognition["weighted_at_threshold"] == pytest.approx(2 / 3)
+    run.methods = [Scripted(False)]  # scores that are not probabilities are cut at the threshold only
+    recognition = run.evaluate_subject(dataset.subjects["bo"])["scripted"]["recognition"]
+    assert (recognition["positive"], recognition["negative"]) == (pytest.approx(1 / 3), 1.0)
+    assert recognition["weighted"] == pytest.approx(2 / 3)
+    # facts: with the notes 4 and tennis are right, thunder is not, the gift builds on a ball; without
+    # them only the vacuum (a word of the expected answer, any case) is right
+    bo = run.facts_metrics(Method(), "bo")
+    assert bo == {"facts_prompt": {"accuracy": pytest.approx(2 / 3), "n": 3, "gift_hits": 1},
+                  "facts_none": {"accuracy": pytest.approx(1 / 3), "n": 3, "gift_hits": 0}}
+    assert run.facts_metrics(Method(), "mam") == {}  # no facts noted: not asked
+    mam = {"facts_prompt": {"accuracy": 1.0, "n": 2, "gift_hits": None}}
+    overall = summarise({"bo": {"m": bo}, "mam": {"m": mam}}, ["m"])["m"]["facts_prompt"]
+    assert overall["accuracy"] == pytest.approx(5 / 6) and overall["n"] == 5  # mean of 2/3 and 1, 3 + 2 questions
+    assert (overall["gift_hits"], overall["gift_asked"]) == (1, 1)  # mam was not asked one
+
+
 @pytest.fixture
 def dataset(tmp_path):
     """Three shared subjects in the shared layout, with its QA files cut down to them."""
@@ -72,6 +136,7 @@ def test_dataset_problems_are_one_line_errors(dataset, breakage, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
     from yollava_cli.learning.embeddings import load_embedder
 
@@ -95,8 +160,7 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
     assert set(result["methods"]) == set(methods) and set(result["subjects"]) == set(SUBJECTS)
     for method in methods:
         recognition = result["methods"][method]["recognition"]
-        assert set(recognition) >= {"positive", "negative", "weighted", "auc"}
-        assert recognition["weighted"] == pytest.approx((recognition["positive"] + recognition["negative"]) / 2)
+        assert set(recognition) >= {"positive", "negative", "weighted", "auc"}  # values: test_a_subjects_metrics_by_hand
     for method in ("embedding", "head", "fused", "ask", "word-init"):
         assert "text_mcq" not in result["methods"][method]
     for subject in SUBJECTS:  # ask's answers are read as yes (1) / no (0); the head's are probabilities
@@ -107,7 +171,7 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
     forgetting = result["forgetting"]  # every concept loaded: generic answers must not change at all
     assert forgetting == {"identical": 6, "compared": 6, "passed": True}
     facts = result["methods"]["yollava"]["facts_prompt"]
-    assert facts["n"] == 9 and 0.0 <= facts["accuracy"] <= 1.0
+    assert facts["n"] == 9 and facts["accuracy"] is not None  # its arithmetic: test_a_subjects_metrics_by_hand
     assert (facts["gift_asked"], result["methods"]["vanilla"]["facts_none"]["gift_asked"]) == (2, 2)  # dog, cat
     assert "facts_tokens" not in result["methods"]["yollava"]  # only a run that trains facts into the tokens has it
     files = write_report(result, tmp_path / "report")
@@ -116,6 +180,7 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
     assert Image.open(files[2]).size[0] > 500
 
 
+@pytest.mark.slow
 def test_a_subset_without_pool_mines_the_other_subjects_train_photos(tmp_path):
     from yollava_cli.learning.embeddings import load_embedder
     from yollava_cli.store.registry import Registry

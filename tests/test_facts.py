@@ -4,6 +4,7 @@ travelling in bundles, checked by doctor."""
 import json
 import sqlite3
 
+import pytest
 from conftest import invoke
 from PIL import Image
 from tiny import tiny_llava
@@ -72,21 +73,62 @@ def test_doctor_reports_a_fact_written_around_note(home, tmp_path):
 
 
 def test_facts_in_tokens_become_text_only_conversations_each_epoch():
-    """With facts_in_tokens, every epoch trains each fact once (a generic question about the
-    concept answered in the owner's words, no photo); without it, none of them."""
+    """A fact's conversations: every generic question about the concept, answered with the fact as
+    its sentence reads in prompts; a new fact marks the data (and a resume) as changed."""
     from yollava_cli.learning.synthesis import TrainingData, fact_conversations
-    from yollava_cli.learning.train_config import TrainConfig
-    from yollava_cli.learning.training import epoch_examples, split_data
 
-    facts = ["is 4 years old", "<bo> is scared of the vacuum cleaner."]
-    data = TrainingData([f"p{i}" for i in range(5)], [(f"n{i}", "hard") for i in range(10)], [("What color is <bo>?", "Brown.")],
-                        "dog", [fact_conversations("bo", fact) for fact in facts])
-    config = TrainConfig(facts_in_tokens=True)
-    for epoch in range(3):
-        answers = [e.answer for e in epoch_examples("bo", split_data(data, config), epoch, config) if e.image is None]
-        assert answers.count("<bo> is 4 years old.") == 1 and answers.count("<bo> is scared of the vacuum cleaner.") == 1
-    questions = {q for q, _ in fact_conversations("bo", facts[0])}
-    assert len(questions) >= 8 and all("<bo>" in q for q in questions)
-    plain = TrainingData(*(getattr(data, f) for f in ("positives", "negatives", "attributes", "subject_word")))
-    assert plain.hash != data.hash  # a new fact marks the data (and a resume) as changed
-    assert all("is 4 years old" not in e.answer for e in epoch_examples("bo", split_data(plain, config), 0, config))
+    conversations = fact_conversations("bo", "is 4 years old")
+    assert len(conversations) >= 8 and all("<bo>" in q for q, _ in conversations)
+    assert {a for _, a in conversations} == {"<bo> is 4 years old."}
+    data = TrainingData(["p0"], [("n0", "hard")], [("What color is <bo>?", "Brown.")], "dog")
+    with_fact = TrainingData(*(getattr(data, f) for f in ("positives", "negatives", "attributes", "subject_word")),
+                             [conversations])
+    assert with_fact.hash != data.hash
+
+
+def mined_concept(tmp_path) -> Registry:
+    """`bo` (3 reddish photos) with 12 bluish negatives and two noted facts."""
+    import hashlib
+
+    from yollava_cli.learning.mining import Candidate, file_loader, store_negatives
+    from yollava_cli.store.concepts import add_concept
+    from yollava_cli.store.facts import add_facts
+
+    registry = Registry(tmp_path / "home")
+    add_concept(registry, "bo", [photo_folder(tmp_path)], kind="pet")
+    negatives = tmp_path / "negatives"
+    negatives.mkdir()
+    picked = []
+    for i in range(12):
+        path = negatives / f"{i}.png"
+        Image.new("RGB", (48, 40), (20, 40 + i * 10, 200)).save(path)
+        candidate = Candidate(hashlib.sha256(path.read_bytes()).hexdigest(), str(path), file_loader(path))
+        picked.append((candidate, "hard" if i < 6 else "easy", 0.5))
+    store_negatives(registry, registry.concept("bo"), picked, "test")
+    add_facts(registry, "bo", ["is 4 years old", "<bo> is scared of the vacuum cleaner."])
+    return registry
+
+
+@pytest.mark.parametrize("facts_in_tokens", [True, False])
+def test_training_trains_a_concepts_facts_only_with_facts_in_tokens(tmp_path, monkeypatch, facts_in_tokens):
+    """Training a concept that has facts: with facts_in_tokens every epoch trains each fact once
+    (a text-only question answered in the owner's words); without it (the default), none, and the
+    facts only ride in the prompt."""
+    from yollava_cli.learning import training
+    from yollava_cli.learning.train_config import TrainConfig
+
+    registry = mined_concept(tmp_path)
+    drawn, draw = [], training.epoch_examples
+    monkeypatch.setattr(training, "epoch_examples", lambda *args: drawn.append(draw(*args)) or drawn[-1])
+    config = TrainConfig(k=2, epochs=2, batch_size=8, positive_repeats=1, attributes_per_epoch=2,
+                         facts_in_tokens=facts_in_tokens)
+    training.train_concept(registry, VLM(*tiny_llava(), "tiny"), "bo", config)
+    assert len(drawn) == 2  # one draw per epoch
+    for examples in drawn:
+        answers = [e.answer for e in examples]
+        expected = 1 if facts_in_tokens else 0
+        assert answers.count("<bo> is 4 years old.") == expected
+        assert answers.count("<bo> is scared of the vacuum cleaner.") == expected
+        assert sum("vacuum" in a or "4 years" in a for a in answers) == 2 * expected
+        assert all(e.image is None for e in examples if e.answer in ("<bo> is 4 years old.",
+                                                                     "<bo> is scared of the vacuum cleaner."))

@@ -22,21 +22,45 @@ def ok_json(result):
     return json.loads(result.stdout)
 
 
+OFFLINE = ("--embedder", "efficientnet-lite0")  # what these tests measure, whatever `auto` would pick here
+
+
 @pytest.fixture(scope="module")
-def pooled_home(tmp_path_factory):
+def open_clip_cached():
+    """As on a machine where open_clip's weights are cached: `auto` would load it (here a stand-in
+    that embeds nothing useful), so a test that leaves the embedder to `auto` measures the wrong one."""
+    from yollava_cli.learning import embeddings
+
+    class StandIn(embeddings.Embedder):
+        id, dim = embeddings.OPEN_CLIP_DEFAULT, 8
+
+        def embed(self, images):
+            return np.tile(np.eye(1, 8, dtype=np.float32), (len(images), 1))
+
+    with pytest.MonkeyPatch.context() as mp:
+        if importlib.util.find_spec("open_clip") is None:  # auto then never asks for it: make it installed
+            find_spec = importlib.util.find_spec
+            mp.setattr(embeddings.importlib.util, "find_spec", lambda name, *a: True if name == "open_clip" else find_spec(name, *a))
+        mp.setattr(embeddings, "load_open_clip", lambda arch, pretrained: StandIn())
+        yield
+
+
+@pytest.fixture(scope="module")
+def pooled_home(tmp_path_factory, open_clip_cached):
     """A data dir with the corgi `dog` and the 1000-photo ImageNet sample embedded as a pool."""
     data = shared_data()
     home = tmp_path_factory.mktemp("home")
     ok_json(invoke("add", "dog", data / "concepts" / "dog" / "train", "--kind", "pet", "--no-train", "--json", home=home))
-    added = ok_json(invoke("pool", "add", "imagenet", data / "pool" / "imagenet-sample", "--json", home=home))
+    added = ok_json(invoke("pool", "add", "imagenet", data / "pool" / "imagenet-sample", *OFFLINE, "--json", home=home))
     assert added["photos"] == 1000 and added["embedded"] == 1000
     return home
 
 
+@pytest.mark.slow
 def test_hard_negatives_of_a_corgi_are_mostly_dogs(pooled_home):
     files = sorted(p.name for p in (shared_data() / "pool" / "imagenet-sample").glob("*.jpg"))
     class_of = {name: i for i, name in enumerate(files)}
-    result = ok_json(invoke("mine", "dog", "--json", home=pooled_home))
+    result = ok_json(invoke("mine", "dog", *OFFLINE, "--json", home=pooled_home))
     assert result["embedder"] == "efficientnet-lite0"
     hard = [n for n in result["negatives"] if n["kind"] == "hard"]
     easy = [n for n in result["negatives"] if n["kind"] == "easy"]
@@ -51,12 +75,13 @@ def test_hard_negatives_of_a_corgi_are_mostly_dogs(pooled_home):
     assert shown["status"] == "mined" and shown["negatives"]["hard"] == 100 and shown["negatives"]["easy"] == 100
 
 
+@pytest.mark.slow
 def test_second_mine_embeds_nothing_and_is_reproducible(pooled_home):
-    first = ok_json(invoke("mine", "dog", "--json", home=pooled_home))
-    second = ok_json(invoke("mine", "dog", "--json", home=pooled_home))
+    first = ok_json(invoke("mine", "dog", *OFFLINE, "--json", home=pooled_home))
+    second = ok_json(invoke("mine", "dog", *OFFLINE, "--json", home=pooled_home))
     assert second["newly_embedded"] == 0
     assert first["negatives"] == second["negatives"]
-    other_seed = ok_json(invoke("mine", "dog", "--seed", "1", "--json", home=pooled_home))
+    other_seed = ok_json(invoke("mine", "dog", *OFFLINE, "--seed", "1", "--json", home=pooled_home))
     assert [n for n in other_seed["negatives"] if n["kind"] == "easy"] != [n for n in first["negatives"] if n["kind"] == "easy"]
 
 

@@ -83,6 +83,7 @@ def test_describes_a_real_photo_and_streams(pocket_model):
     assert len(description.split()) >= 3 and "<image>" not in description
 
 
+@pytest.mark.slow
 def test_heldout_categories_and_yes_no(pocket_model):
     """30 of the 100 classes never trained on (the build script measures all 100: 0.66 / 0.87).
 
@@ -112,6 +113,7 @@ def test_heldout_categories_and_yes_no(pocket_model):
     assert correct / 60 >= 0.75, f"held-out presence accuracy {correct / 60:.2f}"
 
 
+@pytest.mark.slow
 def test_the_tools_cpu_path_answers_like_the_plain_model(pocket_model, pocket_cache):
     """The tool keeps pocket's matrices in bf16 on CPU and decodes without oneDNN; transformers runs
     it in fp32. Greedy answers must agree (96 of the 100 held-out classes did when measured)."""
@@ -129,10 +131,28 @@ def test_the_tools_cpu_path_answers_like_the_plain_model(pocket_model, pocket_ca
 
 
 def test_image_token_is_never_generated(pocket_model):
+    """Even when <image> is by far the likeliest next token, generation never emits it: a generated
+    <image> would be read as a slot for image features that do not exist."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
     model, processor = pocket_model
-    assert model.config.image_token_id in model.generation_config.suppress_tokens
+    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+
+    class PreferImage(LogitsProcessor):  # runs after generate's own processors
+        def __call__(self, input_ids, scores):
+            scores[:, image_token] += 1e4
+            return scores
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this photo?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(images=[Image.new("RGB", (224, 224), "red")], text=prompt, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=6, logits_processor=LogitsProcessorList([PreferImage()]))
+    generated = out[0, inputs.input_ids.shape[1]:].tolist()
+    assert generated and image_token not in generated, generated
 
 
+@pytest.mark.slow
 def test_efficientnet_top1_on_imagenet_sample():
     need(POOL)
     files = sorted(POOL.glob("*.jpg"))[::10]

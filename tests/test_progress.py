@@ -47,15 +47,31 @@ def test_training_counts_one_epoch_at_a_time_and_names_each_step():
 
 
 def test_the_view_renders_every_event_and_refuses_anything_else():
+    """After each event: the one bar it shows (label, done, total, the info beside it) and the
+    lines it printed."""
     validation = {"weighted": 0.75, "positive": 1.0, "negative": 0.5}
-    every = [events.WritingConversations(1, 2), events.EpochStarted(0, 6), events.Step(0, 1, 6, 0.5),
-             events.Validating(0, 6), events.EpochDone(1, 0.5, 0.9, validation), events.FittingHead(),
-             events.EmbeddingPool(1, 2), events.EmbeddingToMine(1, 2), events.SubjectStarted("dog", 0, 2, 0, 1),
-             events.Scoring("dog", "yollava")]
-    assert {type(e) for e in every} == set(get_args(events.EvalEvent))  # a new event must be rendered too
-    v = view()
-    for event in every:
+    epoch_1 = "Training epoch 1 (of at most 15)"
+    expected = [
+        (events.WritingConversations(1, 2), [("Writing attribute conversations", 1, 2, "")], []),
+        (events.EpochStarted(0, 6), [(epoch_1, 0, 6, "")], []),
+        (events.Step(0, 1, 6, 0.5), [(epoch_1, 1, 6, "loss 0.500")], []),
+        (events.Validating(0, 6), [(epoch_1, 6, 6, "validating")], []),
+        (events.EpochDone(1, 0.5, 0.9, validation), [(epoch_1, 6, 6, "validating")],
+         ["epoch  1: loss 0.500  train acc 0.90  validation acc 0.75 (positive 1.00, negative 0.50)"]),
+        (events.FittingHead(), [], ["Fitting the concept head and its fusion with the tokens..."]),
+        (events.EmbeddingPool(1, 2), [("Embedding the pool's photos", 1, 2, "")], []),
+        (events.EmbeddingToMine(1, 2), [("Embedding photos to mine negatives", 1, 2, "")], []),
+        (events.SubjectStarted("dog", 0, 2, 0, 1), [], ["<dog> (1/2, fold 1/1)"]),
+        (events.Scoring("dog", "yollava"), [], ["  scoring with yollava"]),
+    ]
+    assert {type(e) for e, _, _ in expected} == set(get_args(events.EvalEvent))  # a new event must be rendered too
+    printed = io.StringIO()
+    v = TrainView(Progress(console=Console(file=printed, force_terminal=False, width=200)), 15)
+    for event, bars, lines in expected:
+        before = printed.getvalue()
         v(event)
+        assert [(t.description, t.completed, t.total, t.fields["info"]) for t in v.bar.tasks] == bars, event
+        assert printed.getvalue()[len(before):].splitlines() == lines, event
     with pytest.raises(TypeError):  # what the old ("step", **info) calls were: now an error, not ignored
         v("step")
 
