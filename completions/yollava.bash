@@ -11,7 +11,7 @@ _yollava() {
     "ask") words="--image --max-tokens --temperature --seed --no-train --model --quantize --json --help" ;;
     "chat") words="--image --max-tokens --temperature --seed --model --quantize --help" ;;
     "doctor") words="--fix --restore --empty-trash --json --help" ;;
-    "eval") words="--methods --subjects --pool --folds --epochs --facts-in-tokens --report --history --model --quantize --json --help" ;;
+    "eval") words="--methods --subjects --pool --folds --epochs --facts-in-tokens --report --protocol --history --model --quantize --json --help" ;;
     "explain") words="--max-tokens --model --quantize --json --help" ;;
     "export") words="--with-photos --json --help" ;;
     "find") words="--threshold --top --by --verify --no-train --model --quantize --json --help" ;;

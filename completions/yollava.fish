@@ -55,6 +55,7 @@ complete -c yollava -n "__fish_seen_subcommand_from eval" -l folds -r -d "Leave-
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l epochs -r -d "Training epochs per subject."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l facts-in-tokens -d "Train each subject's facts into its tokens (facts metric: tokens, both)."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l report -r -d "Write report.json, report.md and chart.png here."
+complete -c yollava -n "__fish_seen_subcommand_from eval" -l protocol -r -d "isolated: each subject learns alone from mined negatives (the paper's); library: every subject beside the others, as a user's concepts."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l history -d "List earlier eval runs instead."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l model -r -d "Base model: the offline default, a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."

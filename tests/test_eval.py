@@ -182,19 +182,44 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
 
 @pytest.mark.slow
 def test_a_subset_without_pool_mines_the_other_subjects_train_photos(tmp_path):
+    """The library protocol: every subject is a concept beside the others, as in a user's library."""
     from yollava_cli.learning.embeddings import load_embedder
     from yollava_cli.store.registry import Registry
 
     data = load_dataset(shared_data() / "concepts", ["dog", "cat"])  # the other 18 subjects are not evaluated
     result = run_eval(data, VLM(*tiny_llava(), "tiny"), load_embedder("efficientnet-lite0"), tmp_path / "eval",
-                      ["yollava", "embedding"], [], FAST)
+                      ["yollava", "embedding"], [], FAST, protocol="library")
     assert set(result["subjects"]) == {"dog", "cat"} and result["negatives"] == "other subjects' train photos"
+    assert result["protocol"] == "library"
     registry = Registry(tmp_path / "eval" / "fold0")
     owners = {r[0] for r in registry.db.execute(
         "SELECT DISTINCT owner.name FROM negatives n JOIN concepts c ON c.id = n.concept_id "
         "JOIN concept_photos cp ON cp.sha256 = n.sha256 JOIN concepts owner ON owner.id = cp.concept_id WHERE c.name = 'dog'")}
     assert "dog" not in owners and owners - {"cat"}  # subjects outside the subset count too
     assert "FAIL means some answer changed" in markdown(result)
+
+
+def test_the_isolated_protocol_trains_each_subject_alone(tmp_path):
+    """The paper's protocol (the default): a subject's registry holds it alone, its negatives are
+    mined from a pool of the other subjects' train photos (no test photo among them), and its
+    concept head knows no other concept."""
+    from yollava_cli.learning.embeddings import load_embedder
+    from yollava_cli.store.registry import Registry
+
+    data = load_dataset(shared_data() / "concepts", ["dog", "dog6"])  # the two corgis
+    result = run_eval(data, VLM(*tiny_llava(), "tiny"), load_embedder("efficientnet-lite0"), tmp_path / "eval",
+                      ["embedding", "head"], [], FAST)
+    assert result["protocol"] == "isolated" and set(result["subjects"]) == {"dog", "dog6"}
+    for subject in ("dog", "dog6"):
+        registry = Registry(tmp_path / "eval" / "fold0-isolated" / subject)
+        concept = registry.concept(subject)
+        assert [c["name"] for c in registry.concepts()] == [subject]
+        assert registry.other_concepts_photo_shas(concept["id"]) == []
+        pool = {p.name for p in (tmp_path / "eval" / "fold0-isolated" / subject / "others").iterdir()}
+        expected = {f"{s.name}-{p.name}" for s in [*data.subjects.values(), *data.others.values()] if s.name != subject
+                    for p in s.train}
+        assert pool == expected and len(pool) == 57  # 19 other subjects' 3 train photos, never a test photo
+        assert sum(registry.negative_counts(concept["id"]).values()) > 0
 
 
 def test_one_subject_is_refused_not_scored_perfect(tmp_path):

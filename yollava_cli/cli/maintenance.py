@@ -24,6 +24,7 @@ def eval_(
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs per subject.")] = TrainConfig.epochs,
     facts_in_tokens: Annotated[bool, typer.Option("--facts-in-tokens", help="Train each subject's facts into its tokens (facts metric: tokens, both).")] = TrainConfig.facts_in_tokens,
     report: Annotated[Optional[Path], typer.Option(help="Write report.json, report.md and chart.png here.")] = None,
+    protocol: Annotated[str, typer.Option("--protocol", help="isolated: each subject learns alone from mined negatives (the paper's); library: every subject beside the others, as a user's concepts.")] = "isolated",
     history: Annotated[bool, typer.Option("--history", help="List earlier eval runs instead.")] = False,
     model: ModelOption = None,
     quantize: QuantizeOption = None,
@@ -52,7 +53,7 @@ def eval_(
     with train_view(epochs) as view:
         result = evaluation.evaluate(registry, dataset, subjects.split(",") if subjects else None, methods.split(","),
                                      pool or [], TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens), folds,
-                                     model, quantize, report, on_event=view, on_status=status)
+                                     model, quantize, report, on_event=view, on_status=status, protocol=protocol)
     if json_:
         return print_json(result)
     out.print(reports.markdown(result), markup=False, highlight=False)

@@ -27,7 +27,7 @@ def fmt(value) -> str:
 def markdown(result: dict) -> str:
     lines = [f"# yollava eval: {result['dataset']}", "",
              f"Model `{result['model']}`, {len(result['subjects'])} subjects, {result['folds']} fold(s), "
-             f"negatives from {result['negatives']}, {result['wall_s']} s.", "",
+             f"negatives from {result['negatives']}, {result.get('protocol', 'library')} protocol, {result['wall_s']} s.", "",
              "| method | positive | negative | weighted (95% CI) | AUC | text MCQ | visual MCQ | caption recall |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for method, m in result["methods"].items():
@@ -90,7 +90,8 @@ def chart(result: dict, path: Path) -> None:
     axes.set_xticks(np.arange(len(methods)), methods, rotation=20, ha="right")
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("mean over subjects (95% interval)")
-    axes.set_title(f"{result['model']}: n = {len(result['subjects'])} subjects, {result['folds']} fold(s)")
+    axes.set_title(f"{result['model']}: n = {len(result['subjects'])} subjects, {result['folds']} fold(s), "
+                   f"{result.get('protocol', 'library')} protocol")
     axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     buffer = io.BytesIO()

@@ -60,6 +60,7 @@ FORGETTING_QUESTIONS = ("What is in this photo?", "What color is the main object
 CAPTION_TOKENS = 32
 
 FACT_TOKENS = 48
+PROTOCOLS = ("isolated", "library")
 
 
 def mcq_prompt(item: dict) -> str:
@@ -263,16 +264,25 @@ def code_version() -> str:
 
 
 def results_path(eval_root: Path, dataset: Dataset, model_fingerprint: str, methods: list[str], config: TrainConfig,
-                 pools: list[Path]) -> Path:
+                 pools: list[Path], protocol: str = "isolated") -> Path:
     settings = json.dumps([str(dataset.root.resolve()), model_fingerprint, sorted(methods), vars(config),
-                           [str(p.resolve()) for p in pools], code_version()], sort_keys=True, default=str)
+                           [str(p.resolve()) for p in pools], code_version(), protocol], sort_keys=True, default=str)
     return eval_root / f"results-{hashlib.sha256(settings.encode()).hexdigest()[:16]}.json"
 
 
 def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: list[str], pools: list[Path],
-             config: TrainConfig | None = None, folds: int = 1, on_event: Callable[..., None] | None = None) -> dict:
-    """Evaluate every subject (resuming finished ones), then summarise with intervals."""
+             config: TrainConfig | None = None, folds: int = 1, on_event: Callable[..., None] | None = None,
+             protocol: str = "isolated") -> dict:
+    """Evaluate every subject (resuming finished ones), then summarise with intervals.
+
+    `protocol`: `isolated` (the paper's) trains each subject alone, in a registry of its own, from
+    negatives mined out of the pools (without --pool, out of the other subjects' train photos as a
+    pool): its concept head knows no other subject. `library` trains every subject beside the
+    others, as a user's concepts: each head knows the others' train photos, so a look-alike among
+    the test negatives (another corgi) was seen in training, as in a user's own library."""
     build_methods(methods)  # an unknown name fails before any training
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
     if len(dataset.subjects) < 2:
         raise UserError("eval needs at least 2 subjects: each subject's test negatives are the other subjects' "
                         "test photos; name another in --subjects")
@@ -282,18 +292,14 @@ def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: lis
     folded = []
     for fold in range(folds):
         fold_data = rotate(dataset, fold) if folds > 1 else dataset
-        registry = Registry(eval_root / f"fold{fold}")
-        for i, pool in enumerate(pools):
-            add_pool(registry, f"pool{i}", pool, embedder, lambda d, t: on_event(EmbeddingPool(d, t)))
-        # every subject's train photos first, as a user's concepts: without --pool mining finds the
-        # others' (subset or not), and each concept head knows the others
-        for subject in [*fold_data.subjects.values(), *fold_data.others.values()]:
-            add_concept(registry, subject.name, subject.train, kind=subject.kind)
-        path = results_path(eval_root, fold_data, vlm.fingerprint, methods, config, pools).with_suffix(f".fold{fold}.json")
+        path = results_path(eval_root, fold_data, vlm.fingerprint, methods, config, pools, protocol).with_suffix(f".fold{fold}.json")
         done = json.loads(path.read_text()) if path.exists() else {}
-        evaluation = Evaluation(fold_data, vlm, registry, embedder, methods, config, on_event)
+        shared = library_registry(eval_root / f"fold{fold}", fold_data, pools, embedder, on_event) if protocol == "library" else None
         for index, subject in enumerate(fold_data.subjects.values()):
             on_event(SubjectStarted(subject.name, index, len(fold_data.subjects), fold, folds))
+            registry = shared or isolated_registry(eval_root / f"fold{fold}-isolated" / subject.name, fold_data, subject,
+                                                   pools, embedder, on_event)
+            evaluation = Evaluation(fold_data, vlm, registry, embedder, methods, config, on_event)
             if subject.name not in done:
                 done[subject.name] = evaluation.evaluate_subject(subject)
                 atomic_write_bytes(path, json.dumps(done, indent=1).encode())
@@ -306,7 +312,43 @@ def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: lis
     return {"model": vlm.ref, "dataset": str(dataset.root), "methods": summarise(per_subject, methods),
             "subjects": per_subject, "forgetting": forgetting, "folds": folds,
             "negatives": f"pools {', '.join(map(str, pools))}" if pools else "other subjects' train photos",
+            "protocol": protocol,
             "wall_s": round(time.perf_counter() - start, 1), "finished_at": now()}
+
+
+def library_registry(folder: Path, data: Dataset, pools: list[Path], embedder, on_event) -> Registry:
+    """Every subject as a user's concept, in one registry: without --pool, mining finds the others'
+    photos (subset or not), and each concept head knows them."""
+    registry = Registry(folder)
+    add_pools(registry, pools, embedder, on_event)
+    for subject in [*data.subjects.values(), *data.others.values()]:
+        add_concept(registry, subject.name, subject.train, kind=subject.kind)
+    return registry
+
+
+def isolated_registry(folder: Path, data: Dataset, subject: Subject, pools: list[Path], embedder, on_event) -> Registry:
+    """The subject alone, as the paper trains it: its negatives are mined from the pools, or without
+    any, from a pool of the other subjects' train photos (copied, so it holds no test photo)."""
+    registry = Registry(folder)
+    if not pools:
+        others = folder / "others"
+        others.mkdir(parents=True, exist_ok=True)
+        for other in [*data.subjects.values(), *data.others.values()]:
+            if other.name != subject.name:
+                for photo in other.train:
+                    copy = others / f"{other.name}-{photo.name}"
+                    if not copy.exists():
+                        atomic_write_bytes(copy, photo.read_bytes())
+        pools = [others]
+    add_pools(registry, pools, embedder, on_event)
+    add_concept(registry, subject.name, subject.train, kind=subject.kind)
+    return registry
+
+
+def add_pools(registry: Registry, pools: list[Path], embedder, on_event) -> None:
+    for i, pool in enumerate(pools):
+        if registry.pool(f"pool{i}") is None:
+            add_pool(registry, f"pool{i}", pool, embedder, lambda d, t: on_event(EmbeddingPool(d, t)))
 
 
 def record_run(registry: Registry, result: dict) -> int:
@@ -328,16 +370,19 @@ def history(registry: Registry) -> list[dict]:
 
 def evaluate(registry: Registry, dataset: Path, subjects: list[str] | None, methods: list[str], pools: list[Path],
              config: TrainConfig, folds: int = 1, model: str | None = None, quantize: str | None = None,
-             report: Path | None = None, on_event: Callable[..., None] | None = None, on_status=None) -> dict:
+             report: Path | None = None, on_event: Callable[..., None] | None = None, on_status=None,
+             protocol: str = "isolated") -> dict:
     """`yollava eval`: the dataset checked before any model loads, the run (in the data dir's eval/
     registries), recorded in the user's registry for --history, and its report written if asked."""
     data = load_dataset(dataset, subjects)
     build_methods(methods)
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
     vlm = load_vlm(model, on_status=on_status, quantize=quantize)
     embedder = load_embedder()
     if embedder.note and on_status:
         on_status(embedder.note)
-    result = run_eval(data, vlm, embedder, data_dir() / "eval", methods, pools, config, folds, on_event)
+    result = run_eval(data, vlm, embedder, data_dir() / "eval", methods, pools, config, folds, on_event, protocol)
     result["run_id"] = record_run(registry, result)
     if report:
         result["report_files"] = [str(p) for p in write_report(result, report)]
