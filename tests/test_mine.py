@@ -92,11 +92,11 @@ def test_a_deleted_pool_file_does_not_break_mining(tmp_path, home):
     for photo in sorted((data / "pool" / "imagenet-sample").glob("*.jpg"))[150:190]:
         shutil.copy(photo, folder)
     ok_json(invoke("add", "dog", data / "concepts" / "dog" / "train", "--no-train", "--json", home=home))
-    ok_json(invoke("pool", "add", "mini", folder, "--json", home=home))
-    first = ok_json(invoke("mine", "dog", "--hard", "5", "--easy", "5", "--json", home=home))
+    ok_json(invoke("pool", "add", "mini", folder, *OFFLINE, "--json", home=home))
+    first = ok_json(invoke("mine", "dog", *OFFLINE, "--hard", "5", "--easy", "5", "--json", home=home))
     victim = first["negatives"][0]["photo"]
     (folder / victim.rsplit("/", 1)[-1]).unlink()
-    again = ok_json(invoke("mine", "dog", "--hard", "5", "--easy", "5", "--json", home=home))
+    again = ok_json(invoke("mine", "dog", *OFFLINE, "--hard", "5", "--easy", "5", "--json", home=home))
     assert victim not in {n["photo"] for n in again["negatives"]} and len(again["negatives"]) == 10
     assert again["newly_embedded"] == 0 and again["candidates"] == 39
 
@@ -110,7 +110,7 @@ def test_no_pool_uses_other_concepts_or_says_how_to_add_one(home):
     assert len(refused.stderr.strip().splitlines()) == 1
     for subject in ["cat", "dog6", "dog5", "backpack", "clock", "can", "duck_toy"]:
         invoke("add", subject, concepts / subject / "train", concepts / subject / "test", "--no-train", home=home)
-    mined = invoke("mine", "dog", "--hard", "5", "--easy", "3", "--json", home=home)
+    mined = invoke("mine", "dog", *OFFLINE, "--hard", "5", "--easy", "3", "--json", home=home)
     result = ok_json(mined)
     assert result["source"] == "other concepts" and "other concepts" in mined.stderr
     assert len(result["negatives"]) == 8
