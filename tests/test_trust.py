@@ -115,6 +115,17 @@ def test_importing_photos_already_stored_reuses_them(world, tmp_path):
     assert photos("bo2") == photos("bo")
 
 
+def test_find_skips_a_fifo_with_its_reason_and_does_not_hang(world, tmp_path):
+    home = fresh_home(world, tmp_path)
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    photo = sorted((world["data"] / "concepts" / "dog" / "test").glob("*.jpg"))[0]
+    found = run_cli("find", "bo", fifo, photo, "--by", "head", "--json", home=home, timeout=120)
+    assert found.returncode in (0, 1) and "Traceback" not in found.stderr, found.stderr
+    assert json.loads(found.stdout)["skipped"] == [{"path": str(fifo), "reason": "not a regular file"}]
+    assert f"skipped {fifo}: not a regular file" in found.stderr.splitlines()
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_written_files_follow_the_umask(tmp_path, umask):
     from yollava_cli.store.fileio import atomic_write_bytes
