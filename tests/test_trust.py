@@ -103,6 +103,30 @@ def test_export_import_round_trip(world, tmp_path):
     assert again.returncode == 1 and "exists already" in again.stderr
 
 
+def test_export_refuses_an_existing_target_unless_forced_and_writes_only_regular_files(world, tmp_path):
+    home = fresh_home(world, tmp_path)
+    target = tmp_path / "holiday.jpg"
+    shutil.copy(sorted((world["data"] / "concepts" / "dog" / "test").glob("*.jpg"))[0], target)
+    before = target.read_bytes()
+    refused = run_cli("export", "bo", target, home=home)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert str(target) in refused.stderr and "--force" in refused.stderr
+    assert target.read_bytes() == before
+    forced = run_cli("export", "bo", target, "--force", home=home)
+    assert forced.returncode == 0, forced.stderr
+    assert zipfile.is_zipfile(target)
+    fifo, folder, link = tmp_path / "fifo.yollava", tmp_path / "folder.yollava", tmp_path / "link.yollava"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    link.symlink_to(target)
+    for odd in (fifo, folder, link):
+        result = run_cli("export", "bo", odd, "--force", home=home, timeout=60)
+        assert result.returncode == 1 and "not a regular file" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert fifo.is_fifo() and folder.is_dir() and list(folder.iterdir()) == [] and link.is_symlink()
+
+
 def test_importing_photos_already_stored_reuses_them(world, tmp_path):
     home = fresh_home(world, tmp_path)
     bundle = tmp_path / "bo.yollava"

@@ -234,6 +234,7 @@ def export(
     name: str,
     file: Path,
     with_photos: Annotated[bool, typer.Option("--with-photos", help="Include the training photos.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace FILE if it exists (only ever a regular file).")] = False,
     json_: JsonFlag = False,
 ):
     """Write a trained concept to one portable bundle file (zip of safetensors + JSON).
@@ -242,7 +243,7 @@ def export(
     """
     from yollava_cli.use.bundles import export_concept
 
-    result = export_concept(open_registry(), name, file, with_photos)
+    result = export_concept(open_registry(), name, file, with_photos, force)
     if json_:
         return print_json(result)
     out.print(f"Wrote <{result['concept']}> to {result['file']} ({result['bytes']} bytes, {result['photos']} photos).", markup=False, highlight=False)
