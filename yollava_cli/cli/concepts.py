@@ -48,14 +48,12 @@ def add(
       yollava add bo ~/Pictures/bo --kind pet
       yollava add bo ~/Pictures/bo --kind pet --note "is 4 years old" --note "loves tennis balls"
     """
-    from yollava_cli.store.facts import add_facts, check_fact, read_notes_file
+    from yollava_cli.store.facts import add_concept_with_facts, check_fact, read_notes_file
     from yollava_cli.use.session import needs_training
 
     notes = [check_fact(n) for n in note or []] + (read_notes_file(notes_file) if notes_file else [])
-    registry = open_registry()  # bad facts were refused above, before anything is stored
-    result = concepts.add_concept(registry, name, photos, kind=kind and kind.value, replace=replace, strict=strict)
-    if notes:
-        add_facts(registry, result.concept, notes)
+    registry = open_registry()  # malformed facts were refused above; too many are refused with the photos
+    result = add_concept_with_facts(registry, name, photos, notes, kind=kind and kind.value, replace=replace, strict=strict)
     data = {**result.to_json(), "facts_added": len(notes)}
     for path, reason in result.skipped:
         status(f"skipped {path}: {reason}")

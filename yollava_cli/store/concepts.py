@@ -3,6 +3,7 @@
 import difflib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from importlib import resources
@@ -80,11 +81,14 @@ def add_concept(
     kind: str | None = None,
     replace: bool = False,
     strict: bool = False,
+    with_concept: Callable[[dict], None] | None = None,
 ) -> AddResult:
     """Add photos to a concept (creating it), all in one transaction.
 
     Adding to an existing concept appends only photos it does not have yet; `replace` starts
     the concept afresh. Unusable files are skipped and reported, or refused with `strict`.
+    `with_concept(concept row)` runs in the same transaction before any photo is written (facts
+    noted with the add): if it raises, nothing at all is stored.
     """
     name = parse_name(raw_name)
     if kind is not None and kind not in KINDS:
@@ -114,6 +118,8 @@ def add_concept(
         if created:
             concept = registry.create_concept(name, kind or "object")
         kind = concept["kind"]
+        if with_concept:
+            with_concept(concept)
         new = 0
         for sha, (photo, jpeg) in encoded.items():
             registry.store_photo(sha, jpeg, *photo.image.size)
