@@ -207,3 +207,26 @@ def test_the_disk_hint_is_given_only_for_disk_errors(home, monkeypatch):
     full.sqlite_errorcode = sqlite3.SQLITE_FULL
     assert hint in fail_with(full)
     assert hint not in fail_with(sqlite3.OperationalError("no such table: concepts"))
+
+
+def test_rm_refuses_while_the_concept_is_training(home, tmp_path):
+    """rm takes the concept's training lock without waiting: a concept being trained is not pulled
+    out from under its trainer, and the one-line refusal names the training and its pid."""
+    add_json(home, "bo", make_photo(tmp_path / "a.png"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from yollava_cli.store.registry import Registry\n"
+         "with Registry(Path(sys.argv[1])).lock('train-bo', 'training <bo>'):\n print('locked', flush=True); time.sleep(60)", str(home)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(home)
+        refused = invoke("rm", "bo", "--yes", home=home)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert refused.stderr.strip().splitlines() == [
+            f"error: another yollava process (pid {holder.pid}) is training <bo>; wait for it to finish"]
+        assert snapshot(home) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert invoke("rm", "bo", "--yes", home=home).returncode == 0
