@@ -230,3 +230,42 @@ def test_rm_refuses_while_the_concept_is_training(home, tmp_path):
         holder.kill()
         holder.wait()
     assert invoke("rm", "bo", "--yes", home=home).returncode == 0
+
+
+def lose_a_stored_photo(home, tmp_path):
+    """`bo` with two photos, one of whose stored files is then deleted behind the registry's back."""
+    a, b = make_photo(tmp_path / "a.png"), make_photo(tmp_path / "b.png", color=(10, 200, 10))
+    add_json(home, "bo", a, b)
+    shown = json.loads(invoke("show", "bo", "--json", home=home).stdout)
+    lost = next(p for p in shown["photos"] if p["source"] == str(a.resolve()))
+    (home / lost["stored"]).unlink()
+    return a, b, lost
+
+
+def test_show_names_a_stored_photo_missing_from_the_store(home, tmp_path):
+    a, _, lost = lose_a_stored_photo(home, tmp_path)
+    shown = json.loads(invoke("show", "bo", "--json", home=home).stdout)
+    assert {p["sha256"]: p["missing"] for p in shown["photos"]} == {p["sha256"]: p["sha256"] == lost["sha256"] for p in shown["photos"]}
+    assert shown["missing_photos"] == [{"sha256": lost["sha256"], "source": str(a.resolve()), "stored": lost["stored"]}]
+    human = invoke("show", "bo", home=home).stdout
+    assert f"missing from the store: 1 of 2 photos ({a.resolve()}); re-add with `yollava add bo {a.resolve()}`" in human
+
+
+def test_re_adding_restores_a_stored_photo_missing_from_the_store(home, tmp_path):
+    a, b, lost = lose_a_stored_photo(home, tmp_path)
+    again = add_json(home, "bo", a, b)
+    assert (again["new_photos"], again["restored_photos"], again["total_photos"]) == (0, 1, 2)
+    assert (home / lost["stored"]).is_file()
+    assert not any(p["missing"] for p in json.loads(invoke("show", "bo", "--json", home=home).stdout)["photos"])
+    plain = invoke("add", "bo", a, "--no-train", home=home).stdout
+    assert "0 new photo(s), 2 in all" in plain  # nothing to restore the second time
+
+
+def test_training_names_a_stored_photo_missing_from_the_store(home, tmp_path):
+    a, _, lost = lose_a_stored_photo(home, tmp_path)
+    for args in (["train", "bo", "--model", tmp_path / "no-model-needed"], ["mine", "bo"]):
+        result = invoke(*args, home=home)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"error: <bo>: 1 stored photo is missing from the store ({a.resolve()}); re-add it with "
+            f"`yollava add bo {a.resolve()}`, or forget it with `yollava doctor --fix`"], (args, result.stderr)

@@ -165,3 +165,19 @@ def test_add_and_find_skip_the_same_odd_files_with_their_reasons(tmp_path):
         f"error: no usable photo for 'bo' ({pool / 'fifo.jpg'}: not a regular file)"]
     photos, skipped = read_for_find(expand_photo_paths([pool]), None, need_pixels=False)
     assert len(photos) == 2 and {s["path"]: s["reason"] for s in skipped} == expected
+
+
+def test_mining_names_the_concepts_photos_missing_from_the_store(pooled):
+    """Every stored file of the concept gone: mining stacked no vectors (ValueError: need at least
+    one array to stack); it names what is missing instead, and so does training."""
+    from yollava_cli.errors import UserError
+    from yollava_cli.learning.training import train_concept
+
+    registry, _ = pooled
+    photos = registry.concept_photos(registry.concept("bo")["id"])
+    for photo in photos:
+        (registry.root / photo["file"]).unlink()
+    with pytest.raises(UserError, match=r"<bo>: 2 stored photos are missing from the store \(.*0\.png, .*1\.png\)"):
+        mining.mine(registry, "bo", ColorEmbedder(), hard=2, easy=2)
+    with pytest.raises(UserError, match="2 stored photos are missing from the store"):
+        train_concept(registry, None, "bo")

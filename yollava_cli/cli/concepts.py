@@ -59,7 +59,8 @@ def add(
         status(f"skipped {path}: {reason}")
     verb = "Created" if result.created else "Updated"
     if not json_:
-        out.print(f"{verb} <{result.concept}> ({result.kind}): {result.new_photos} new photo(s), "
+        restored = f"{result.restored_photos} restored to the store, " if result.restored_photos else ""
+        out.print(f"{verb} <{result.concept}> ({result.kind}): {result.new_photos} new photo(s), {restored}"
                   f"{result.total_photos} in all.", markup=False, highlight=False)
     if not no_train and needs_training(registry, result.concept, result.new_photos):
         trained = train_showing_progress(registry, result.concept, model, quantize=quantize)
@@ -90,7 +91,8 @@ def mine(
     from yollava_cli.store.pools import pool_by_name
 
     registry = open_registry()
-    concepts.get_concept(registry, name)  # an unknown concept or pool fails before the embedder loads
+    # an unknown concept or pool, or photos missing from the store, fail before the embedder loads
+    concepts.require_photos(registry, concepts.get_concept(registry, name))
     for each in pool or []:
         pool_by_name(registry, each)
     model = load_embedder(embedder)

@@ -16,7 +16,7 @@ import numpy as np
 from yollava_cli.config import load_config
 from yollava_cli.errors import UserError
 from yollava_cli.learning.embeddings import Embedder, embed_photos
-from yollava_cli.store.concepts import get_concept
+from yollava_cli.store.concepts import get_concept, require_photos
 from yollava_cli.store.photos import (
     BadPhoto,
     check_regular,
@@ -176,6 +176,7 @@ def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str]
          on_status=None, on_progress=None) -> MineResult:
     """Choose and store a concept's hard and easy negatives (replacing earlier ones)."""
     concept = get_concept(registry, raw_name)
+    require_photos(registry, concept)
     own = {p["sha256"]: registry.root / p["file"] for p in registry.concept_photos(concept["id"])}
     candidates, source = gather_candidates(registry, concept, pools, on_status)
     candidates = [c for c in candidates if c.sha256 not in own]
