@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO, invoke, shared_data, snapshot
+from conftest import REPO, invoke, run_cli, shared_data, snapshot
 from PIL import Image
 
 
@@ -269,3 +269,16 @@ def test_training_names_a_stored_photo_missing_from_the_store(home, tmp_path):
         assert result.stderr.strip().splitlines() == [
             f"error: <bo>: 1 stored photo is missing from the store ({a.resolve()}); re-add it with "
             f"`yollava add bo {a.resolve()}`, or forget it with `yollava doctor --fix`"], (args, result.stderr)
+
+
+def test_chat_json_is_a_one_line_usage_error_that_points_at_ask(home):
+    """chat is interactive: its answers stream as they are generated, so it has no --json; the
+    README says so, and the refusal names what does (`ask --json`) before any model loads."""
+    for args in (["chat", "--json"], ["chat", "bo", "--json", "--image", "x.jpg"]):
+        result = run_cli(*args, home=home, timeout=60)
+        assert result.returncode == 2 and result.stdout == "", (args, result)
+        assert result.stderr.strip().splitlines() == [
+            "error: chat is interactive and has no --json; for one answer as JSON use "
+            "`yollava ask NAME \"QUESTION\" --json`"], (args, result.stderr)
+    readme = (REPO / "README.md").read_text()
+    assert "Every verb but `chat` takes `--json`" in readme
