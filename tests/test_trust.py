@@ -506,6 +506,7 @@ def bad_input_cases(world, tmp_path):
     (d / "bad_only" / "x.png").write_bytes(b"junk")
     (d / "manifest_bad").mkdir()
     (d / "manifest_bad" / "manifest.json").write_text("[1, 2")
+    (d / "many-notes.txt").write_text("".join(f"fact {i}\n" for i in range(101)))
     return [
         ("add", ["add", "bo", d / "missing.jpg"], "no such file"),
         ("add", ["add", "bo", d / "empty"], "no photos"),
@@ -560,6 +561,11 @@ def bad_input_cases(world, tmp_path):
         ("note", ["note", "nobody", "likes balls"], "unknown concept"),
         ("add", ["add", "newone", good, "--no-train", "--note", "ok", "--note", " "], "fact is empty"),
         ("add", ["add", "newone", good, "--no-train", "--notes-file", d / "missing.txt"], "cannot read the notes file"),
+        ("add", ["add", "newone", good, "--no-train", "--notes-file", d / "many-notes.txt"], "the limit is 100"),
+        ("export", ["export", "bo", good], "exists already"),
+        ("export", ["export", "bo", d / "fifo.jpg", "--force"], "not a regular file"),
+        ("export", ["export", "bo", d / "empty", "--force"], "not a regular file"),
+        ("chat", ["chat", "bo", "--json"], ""),  # usage error, exit 2: ask --json is the one with JSON
     ]
 
 
