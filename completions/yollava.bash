@@ -13,7 +13,7 @@ _yollava() {
     "doctor") words="--fix --restore --empty-trash --json --help" ;;
     "eval") words="--methods --subjects --pool --folds --epochs --facts-in-tokens --report --protocol --history --model --quantize --json --help" ;;
     "explain") words="--max-tokens --model --quantize --json --help" ;;
-    "export") words="--with-photos --json --help" ;;
+    "export") words="--with-photos --force --json --help" ;;
     "find") words="--threshold --top --by --verify --no-train --model --quantize --json --help" ;;
     "import") words="--as --skip-model-check --model --quantize --json --help" ;;
     "list") words="--json --help" ;;

@@ -67,6 +67,7 @@ complete -c yollava -n "__fish_seen_subcommand_from explain" -l quantize -r -d "
 complete -c yollava -n "__fish_seen_subcommand_from explain" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from export" -F  # export: files
 complete -c yollava -n "__fish_seen_subcommand_from export" -l with-photos -d "Include the training photos."
+complete -c yollava -n "__fish_seen_subcommand_from export" -l force -d "Replace FILE if it exists (only ever a regular file)."
 complete -c yollava -n "__fish_seen_subcommand_from export" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from find" -F  # find: files
 complete -c yollava -n "__fish_seen_subcommand_from find" -l threshold -r -d "Match cut (default: calibrated at training)."

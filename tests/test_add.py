@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO, invoke, shared_data, snapshot
+from conftest import REPO, invoke, run_cli, shared_data, snapshot
 from PIL import Image
 
 
@@ -207,3 +207,78 @@ def test_the_disk_hint_is_given_only_for_disk_errors(home, monkeypatch):
     full.sqlite_errorcode = sqlite3.SQLITE_FULL
     assert hint in fail_with(full)
     assert hint not in fail_with(sqlite3.OperationalError("no such table: concepts"))
+
+
+def test_rm_refuses_while_the_concept_is_training(home, tmp_path):
+    """rm takes the concept's training lock without waiting: a concept being trained is not pulled
+    out from under its trainer, and the one-line refusal names the training and its pid."""
+    add_json(home, "bo", make_photo(tmp_path / "a.png"))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from yollava_cli.store.registry import Registry\n"
+         "with Registry(Path(sys.argv[1])).lock('train-bo', 'training <bo>'):\n print('locked', flush=True); time.sleep(60)", str(home)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(home)
+        refused = invoke("rm", "bo", "--yes", home=home)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert refused.stderr.strip().splitlines() == [
+            f"error: another yollava process (pid {holder.pid}) is training <bo>; wait for it to finish"]
+        assert snapshot(home) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert invoke("rm", "bo", "--yes", home=home).returncode == 0
+
+
+def lose_a_stored_photo(home, tmp_path):
+    """`bo` with two photos, one of whose stored files is then deleted behind the registry's back."""
+    a, b = make_photo(tmp_path / "a.png"), make_photo(tmp_path / "b.png", color=(10, 200, 10))
+    add_json(home, "bo", a, b)
+    shown = json.loads(invoke("show", "bo", "--json", home=home).stdout)
+    lost = next(p for p in shown["photos"] if p["source"] == str(a.resolve()))
+    (home / lost["stored"]).unlink()
+    return a, b, lost
+
+
+def test_show_names_a_stored_photo_missing_from_the_store(home, tmp_path):
+    a, _, lost = lose_a_stored_photo(home, tmp_path)
+    shown = json.loads(invoke("show", "bo", "--json", home=home).stdout)
+    assert {p["sha256"]: p["missing"] for p in shown["photos"]} == {p["sha256"]: p["sha256"] == lost["sha256"] for p in shown["photos"]}
+    assert shown["missing_photos"] == [{"sha256": lost["sha256"], "source": str(a.resolve()), "stored": lost["stored"]}]
+    human = invoke("show", "bo", home=home).stdout
+    assert f"missing from the store: 1 of 2 photos ({a.resolve()}); re-add with `yollava add bo {a.resolve()}`" in human
+
+
+def test_re_adding_restores_a_stored_photo_missing_from_the_store(home, tmp_path):
+    a, b, lost = lose_a_stored_photo(home, tmp_path)
+    again = add_json(home, "bo", a, b)
+    assert (again["new_photos"], again["restored_photos"], again["total_photos"]) == (0, 1, 2)
+    assert (home / lost["stored"]).is_file()
+    assert not any(p["missing"] for p in json.loads(invoke("show", "bo", "--json", home=home).stdout)["photos"])
+    plain = invoke("add", "bo", a, "--no-train", home=home).stdout
+    assert "0 new photo(s), 2 in all" in plain  # nothing to restore the second time
+
+
+def test_training_names_a_stored_photo_missing_from_the_store(home, tmp_path):
+    a, _, lost = lose_a_stored_photo(home, tmp_path)
+    for args in (["train", "bo", "--model", tmp_path / "no-model-needed"], ["mine", "bo"]):
+        result = invoke(*args, home=home)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"error: <bo>: 1 stored photo is missing from the store ({a.resolve()}); re-add it with "
+            f"`yollava add bo {a.resolve()}`, or forget it with `yollava doctor --fix`"], (args, result.stderr)
+
+
+def test_chat_json_is_a_one_line_usage_error_that_points_at_ask(home):
+    """chat is interactive: its answers stream as they are generated, so it has no --json; the
+    README says so, and the refusal names what does (`ask --json`) before any model loads."""
+    for args in (["chat", "--json"], ["chat", "bo", "--json", "--image", "x.jpg"]):
+        result = run_cli(*args, home=home, timeout=60)
+        assert result.returncode == 2 and result.stdout == "", (args, result)
+        assert result.stderr.strip().splitlines() == [
+            "error: chat is interactive and has no --json; for one answer as JSON use "
+            "`yollava ask NAME \"QUESTION\" --json`"], (args, result.stderr)
+    readme = (REPO / "README.md").read_text()
+    assert "Every verb but `chat` takes `--json`" in readme

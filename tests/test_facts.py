@@ -49,6 +49,33 @@ def test_a_bad_fact_in_add_stores_nothing(home, tmp_path):
     assert Registry(home).concept("bo") is None
 
 
+def test_too_many_notes_in_add_store_no_concept_and_no_photo(home, tmp_path):
+    from conftest import snapshot
+
+    from yollava_cli.store.facts import MAX_FACTS
+
+    folder = photo_folder(tmp_path)
+    assert invoke("list", home=home).returncode == 0  # the data dir exists: its snapshot is the baseline
+    before = snapshot(home)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("".join(f"fact number {i}\n" for i in range(MAX_FACTS + 1)))
+    result = invoke("add", "bo", folder, "--no-train", "--notes-file", notes, home=home)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and f"the limit is {MAX_FACTS}" in result.stderr, result.stderr
+    assert json.loads(invoke("list", "--json", home=home).stdout)["concepts"] == []
+    assert snapshot(home) == before
+    # on a concept that has facts already, the new photos stay out too
+    other = tmp_path / "other.jpg"
+    Image.new("RGB", (64, 48), (1, 2, 250)).save(other)
+    few = notes.with_name("few.txt")
+    few.write_text("".join(f"fact {i}\n" for i in range(MAX_FACTS - 1)))
+    assert invoke("add", "bo", folder, "--no-train", "--notes-file", few, home=home).returncode == 0
+    before = snapshot(home)
+    result = invoke("add", "bo", other, "--no-train", "--note", "one", "--note", "two", home=home)
+    assert result.returncode == 1 and f"would have {MAX_FACTS + 1} facts" in result.stderr, result.stderr
+    assert snapshot(home) == before
+
+
 def test_facts_ride_in_the_opening_line_after_the_concept_prompt(home, tmp_path):
     assert invoke("add", "bo", photo_folder(tmp_path), "--no-train", "--note", "is 4 years old",
                    "--note", "Bo sleeps a lot", home=home).returncode == 0

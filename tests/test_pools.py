@@ -82,3 +82,102 @@ def test_mine_names_the_embedder_auto_chose(pooled):
     said = []
     mining.mine(registry, "bo", embedder, hard=2, easy=2, on_status=said.append)
     assert said == ["embedder: color (auto: a test)"]
+
+
+def odd_pool(tmp_path):
+    """A pool folder with two good photos and a FIFO, a symlink to the FIFO and a 2 GB sparse .jpg
+    in it: files a plain read_bytes() would wait on forever or read whole into memory."""
+    import os
+
+    pool = tmp_path / "odd-pool"
+    pool.mkdir()
+    for i in range(2):
+        Image.new("RGB", (40, 30), (20, 90 * i, 200)).save(pool / f"{i}.png")
+    os.mkfifo(pool / "fifo.jpg")
+    os.symlink(pool / "fifo.jpg", pool / "link-to-fifo.jpg")
+    with open(pool / "sparse.jpg", "wb") as f:
+        f.truncate(2 * 2**30)
+    return pool
+
+
+def test_pool_add_skips_a_fifo_and_an_oversized_file_with_a_reason(tmp_path):
+    """`pool add` must finish (a FIFO hung it, and mine and train after it), register the good
+    photos, and say why each odd file was skipped."""
+    import json
+
+    from conftest import run_cli
+
+    pool = odd_pool(tmp_path)
+    result = run_cli("pool", "add", "p", pool, "--embedder", "efficientnet-lite0", "--json", home=tmp_path / "home", timeout=120)
+    assert result.returncode == 0, result.stderr
+    added = json.loads(result.stdout)
+    assert added["photos"] == 2 and added["embedded"] == 2
+    reasons = {item["path"]: item["reason"] for item in added["skipped"]}
+    assert reasons == {"fifo.jpg": "not a regular file", "link-to-fifo.jpg": "not a regular file",
+                       "sparse.jpg": "file is over 100 MB"}
+    for name, reason in reasons.items():
+        assert f"skipped {pool / name}: {reason}" in result.stderr
+    listed = json.loads(run_cli("pool", "list", "--json", home=tmp_path / "home").stdout)["pools"]
+    assert [(p["name"], p["photos"]) for p in listed] == [("p", 2)]
+
+
+def test_photo_intake_reads_only_regular_files_under_the_cap(tmp_path, monkeypatch):
+    """One intake path for add, pool and find: the checks come from the open file itself, and a
+    file that grows past the cap while it is read is refused after at most cap + one chunk."""
+    import os
+
+    from yollava_cli.store import photos
+
+    pool = odd_pool(tmp_path)
+    for name in ("fifo.jpg", "link-to-fifo.jpg"):
+        with pytest.raises(BadPhoto, match="not a regular file"):
+            photos.photo_bytes(pool / name)
+        with pytest.raises(BadPhoto, match="not a regular file"):
+            photos.photo_sha256(pool / name)
+    with pytest.raises(BadPhoto, match="over 100 MB"):
+        photos.photo_sha256(pool / "sparse.jpg")
+    growing = tmp_path / "growing.jpg"
+    growing.write_bytes(b"\xff\xd8" + b"\0" * 5000)
+    monkeypatch.setattr(photos, "MAX_FILE_BYTES", 1000)
+    real_fstat = os.fstat
+    monkeypatch.setattr(photos.os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], 10, *real_fstat(fd)[7:])))
+    with pytest.raises(BadPhoto, match="over"):
+        photos.photo_bytes(growing)  # its size said 10 bytes when it was opened
+
+
+def test_add_and_find_skip_the_same_odd_files_with_their_reasons(tmp_path):
+    import json
+
+    from conftest import invoke
+
+    from yollava_cli.store.photos import expand_photo_paths
+    from yollava_cli.use.find import read_for_find
+
+    pool = odd_pool(tmp_path)
+    expected = {str(pool / "fifo.jpg"): "not a regular file", str(pool / "link-to-fifo.jpg"): "not a regular file",
+                str(pool / "sparse.jpg"): "file is over 100 MB"}
+    added = invoke("add", "bo", pool, "--no-train", "--json", home=tmp_path / "home")
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["new_photos"] == 2
+    assert {s["path"]: s["reason"] for s in json.loads(added.stdout)["skipped"]} == expected
+    refused = invoke("add", "bo", pool / "fifo.jpg", "--no-train", home=tmp_path / "home")
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        f"error: no usable photo for 'bo' ({pool / 'fifo.jpg'}: not a regular file)"]
+    photos, skipped = read_for_find(expand_photo_paths([pool]), None, need_pixels=False)
+    assert len(photos) == 2 and {s["path"]: s["reason"] for s in skipped} == expected
+
+
+def test_mining_names_the_concepts_photos_missing_from_the_store(pooled):
+    """Every stored file of the concept gone: mining stacked no vectors (ValueError: need at least
+    one array to stack); it names what is missing instead, and so does training."""
+    from yollava_cli.errors import UserError
+    from yollava_cli.learning.training import train_concept
+
+    registry, _ = pooled
+    photos = registry.concept_photos(registry.concept("bo")["id"])
+    for photo in photos:
+        (registry.root / photo["file"]).unlink()
+    with pytest.raises(UserError, match=r"<bo>: 2 stored photos are missing from the store \(.*0\.png, .*1\.png\)"):
+        mining.mine(registry, "bo", ColorEmbedder(), hard=2, easy=2)
+    with pytest.raises(UserError, match="2 stored photos are missing from the store"):
+        train_concept(registry, None, "bo")

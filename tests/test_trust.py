@@ -103,6 +103,30 @@ def test_export_import_round_trip(world, tmp_path):
     assert again.returncode == 1 and "exists already" in again.stderr
 
 
+def test_export_refuses_an_existing_target_unless_forced_and_writes_only_regular_files(world, tmp_path):
+    home = fresh_home(world, tmp_path)
+    target = tmp_path / "holiday.jpg"
+    shutil.copy(sorted((world["data"] / "concepts" / "dog" / "test").glob("*.jpg"))[0], target)
+    before = target.read_bytes()
+    refused = run_cli("export", "bo", target, home=home)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert str(target) in refused.stderr and "--force" in refused.stderr
+    assert target.read_bytes() == before
+    forced = run_cli("export", "bo", target, "--force", home=home)
+    assert forced.returncode == 0, forced.stderr
+    assert zipfile.is_zipfile(target)
+    fifo, folder, link = tmp_path / "fifo.yollava", tmp_path / "folder.yollava", tmp_path / "link.yollava"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    link.symlink_to(target)
+    for odd in (fifo, folder, link):
+        result = run_cli("export", "bo", odd, "--force", home=home, timeout=60)
+        assert result.returncode == 1 and "not a regular file" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert fifo.is_fifo() and folder.is_dir() and list(folder.iterdir()) == [] and link.is_symlink()
+
+
 def test_importing_photos_already_stored_reuses_them(world, tmp_path):
     home = fresh_home(world, tmp_path)
     bundle = tmp_path / "bo.yollava"
@@ -113,6 +137,17 @@ def test_importing_photos_already_stored_reuses_them(world, tmp_path):
     assert sorted(p.name for p in (home / "photos").rglob("*.jpg")) == before  # one photo, one file
     photos = lambda name: sorted(p["sha256"] for p in json.loads(run_cli("show", name, "--json", home=home).stdout)["photos"])
     assert photos("bo2") == photos("bo")
+
+
+def test_find_skips_a_fifo_with_its_reason_and_does_not_hang(world, tmp_path):
+    home = fresh_home(world, tmp_path)
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    photo = sorted((world["data"] / "concepts" / "dog" / "test").glob("*.jpg"))[0]
+    found = run_cli("find", "bo", fifo, photo, "--by", "head", "--json", home=home, timeout=120)
+    assert found.returncode in (0, 1) and "Traceback" not in found.stderr, found.stderr
+    assert json.loads(found.stdout)["skipped"] == [{"path": str(fifo), "reason": "not a regular file"}]
+    assert f"skipped {fifo}: not a regular file" in found.stderr.splitlines()
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
@@ -471,6 +506,7 @@ def bad_input_cases(world, tmp_path):
     (d / "bad_only" / "x.png").write_bytes(b"junk")
     (d / "manifest_bad").mkdir()
     (d / "manifest_bad" / "manifest.json").write_text("[1, 2")
+    (d / "many-notes.txt").write_text("".join(f"fact {i}\n" for i in range(101)))
     return [
         ("add", ["add", "bo", d / "missing.jpg"], "no such file"),
         ("add", ["add", "bo", d / "empty"], "no photos"),
@@ -525,6 +561,11 @@ def bad_input_cases(world, tmp_path):
         ("note", ["note", "nobody", "likes balls"], "unknown concept"),
         ("add", ["add", "newone", good, "--no-train", "--note", "ok", "--note", " "], "fact is empty"),
         ("add", ["add", "newone", good, "--no-train", "--notes-file", d / "missing.txt"], "cannot read the notes file"),
+        ("add", ["add", "newone", good, "--no-train", "--notes-file", d / "many-notes.txt"], "the limit is 100"),
+        ("export", ["export", "bo", good], "exists already"),
+        ("export", ["export", "bo", d / "fifo.jpg", "--force"], "not a regular file"),
+        ("export", ["export", "bo", d / "empty", "--force"], "not a regular file"),
+        ("chat", ["chat", "bo", "--json"], ""),  # usage error, exit 2: ask --json is the one with JSON
     ]
 
 

@@ -9,6 +9,7 @@ import typer
 from yollava_cli.cli.app import app
 from yollava_cli.cli.options import Generation, JsonFlag, ModelOption, QuantizeOption
 from yollava_cli.cli.output import (
+    err,
     open_registry,
     print_json,
     print_table,
@@ -69,6 +70,15 @@ def ask(
     sys.stdout.write("\n")
 
 
+def no_json_in_chat(value: bool) -> None:
+    """chat streams each answer as it is generated, turn by turn, so it has no single document to
+    print: `chat --json` is a usage error (exit 2) that points at the verb that has one."""
+    if value:
+        err.print("error: chat is interactive and has no --json; for one answer as JSON use "
+                  "`yollava ask NAME \"QUESTION\" --json`", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
 @app.command()
 def chat(
     names: Annotated[Optional[list[str]], typer.Argument(help="Concepts to load.")] = None,
@@ -78,6 +88,7 @@ def chat(
     seed: Generation.Seed = 0,
     model: ModelOption = None,
     quantize: QuantizeOption = None,
+    _json: Annotated[bool, typer.Option("--json", hidden=True, is_eager=True, callback=no_json_in_chat)] = False,
 ):
     """An interactive chat. /image PATH, /concepts, /reset, /quit; Ctrl-C stops an answer, Ctrl-D exits.
 

@@ -48,20 +48,19 @@ def add(
       yollava add bo ~/Pictures/bo --kind pet
       yollava add bo ~/Pictures/bo --kind pet --note "is 4 years old" --note "loves tennis balls"
     """
-    from yollava_cli.store.facts import add_facts, check_fact, read_notes_file
+    from yollava_cli.store.facts import add_concept_with_facts, check_fact, read_notes_file
     from yollava_cli.use.session import needs_training
 
     notes = [check_fact(n) for n in note or []] + (read_notes_file(notes_file) if notes_file else [])
-    registry = open_registry()  # bad facts were refused above, before anything is stored
-    result = concepts.add_concept(registry, name, photos, kind=kind and kind.value, replace=replace, strict=strict)
-    if notes:
-        add_facts(registry, result.concept, notes)
+    registry = open_registry()  # malformed facts were refused above; too many are refused with the photos
+    result = add_concept_with_facts(registry, name, photos, notes, kind=kind and kind.value, replace=replace, strict=strict)
     data = {**result.to_json(), "facts_added": len(notes)}
     for path, reason in result.skipped:
         status(f"skipped {path}: {reason}")
     verb = "Created" if result.created else "Updated"
     if not json_:
-        out.print(f"{verb} <{result.concept}> ({result.kind}): {result.new_photos} new photo(s), "
+        restored = f"{result.restored_photos} restored to the store, " if result.restored_photos else ""
+        out.print(f"{verb} <{result.concept}> ({result.kind}): {result.new_photos} new photo(s), {restored}"
                   f"{result.total_photos} in all.", markup=False, highlight=False)
     if not no_train and needs_training(registry, result.concept, result.new_photos):
         trained = train_showing_progress(registry, result.concept, model, quantize=quantize)
@@ -92,7 +91,8 @@ def mine(
     from yollava_cli.store.pools import pool_by_name
 
     registry = open_registry()
-    concepts.get_concept(registry, name)  # an unknown concept or pool fails before the embedder loads
+    # an unknown concept or pool, or photos missing from the store, fail before the embedder loads
+    concepts.require_photos(registry, concepts.get_concept(registry, name))
     for each in pool or []:
         pool_by_name(registry, each)
     model = load_embedder(embedder)
@@ -234,6 +234,7 @@ def export(
     name: str,
     file: Path,
     with_photos: Annotated[bool, typer.Option("--with-photos", help="Include the training photos.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace FILE if it exists (only ever a regular file).")] = False,
     json_: JsonFlag = False,
 ):
     """Write a trained concept to one portable bundle file (zip of safetensors + JSON).
@@ -242,7 +243,7 @@ def export(
     """
     from yollava_cli.use.bundles import export_concept
 
-    result = export_concept(open_registry(), name, file, with_photos)
+    result = export_concept(open_registry(), name, file, with_photos, force)
     if json_:
         return print_json(result)
     out.print(f"Wrote <{result['concept']}> to {result['file']} ({result['bytes']} bytes, {result['photos']} photos).", markup=False, highlight=False)

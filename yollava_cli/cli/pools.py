@@ -28,6 +28,8 @@ def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, json_: Js
     model = load_embedder(embedder)
     with progress_bar(f"Embedding {folder} ({model.id})") as on_progress:
         result = mining.add_pool(open_registry(), name, folder, model, on_progress, on_status=status)
+    for item in result["skipped"]:
+        status(f"skipped {Path(result['path']) / item['path']}: {item['reason']}")
     if json_:
         return print_json(result)
     out.print(

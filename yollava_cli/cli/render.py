@@ -1,6 +1,7 @@
 """Rendering long work and concepts: training's and eval's progress bars and epoch lines, the
 training summary, and `show`."""
 
+import shlex
 from contextlib import contextmanager
 
 import typer
@@ -116,6 +117,10 @@ def render_concept(info: dict) -> None:
     line(f"<{info['name']}>  {info['kind']}, {info['status']}")
     line(f"base model: {info['base_model'] or '-'}")
     line(f"photos: {len(info['photos'])}")
+    if info["missing_photos"]:
+        sources = [m["source"] or m["stored"] for m in info["missing_photos"]]
+        line(f"missing from the store: {len(sources)} of {len(info['photos'])} photos ({', '.join(sources)}); "
+             f"re-add with `yollava add {info['name']} {' '.join(map(shlex.quote, sources))}`")
     line(f"negatives: {info['negatives']['hard']} hard, {info['negatives']['easy']} easy")
     line(f"attribute conversations: {info['attribute_conversations']}")
     for item in info["facts"]:
@@ -140,7 +145,8 @@ def render_concept(info: dict) -> None:
     line("photos:")
     print_table(
         ["photo", "role", "size", "source"],
-        [[p["sha256"][:12], p["role"], "x".join(map(str, p["size"])), p["source"]] for p in info["photos"]],
+        [[p["sha256"][:12] + (" (missing)" if p["missing"] else ""), p["role"], "x".join(map(str, p["size"])), p["source"]]
+         for p in info["photos"]],
     )
     data = info.get("training_data")
     if data:

@@ -7,7 +7,6 @@ left out. Chosen negatives are copied into the photo store, so training never de
 pool folder still being there.
 """
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,11 +16,13 @@ import numpy as np
 from yollava_cli.config import load_config
 from yollava_cli.errors import UserError
 from yollava_cli.learning.embeddings import Embedder, embed_photos
-from yollava_cli.store.concepts import get_concept
+from yollava_cli.store.concepts import get_concept, require_photos
 from yollava_cli.store.photos import (
     BadPhoto,
+    check_regular,
     expand_photo_paths,
     jpeg_bytes,
+    photo_sha256,
     read_photo,
 )
 from yollava_cli.store.pools import checked_new_pool, pool_by_name
@@ -74,12 +75,14 @@ def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on
     if embedder.note and on_status:
         on_status(embedder.note)
     return {"pool": name, "path": str(folder), "photos": len(candidates), "embedded": embedded,
-            "unreadable": len(candidates) - len(vectors) + len(skipped), "embedder": embedder.id}
+            "unreadable": len(candidates) - len(vectors) + len(skipped), "embedder": embedder.id,
+            "skipped": skipped}
 
 
-def scan_pool(registry: Registry, pool: dict, on_status=None) -> tuple[list[Candidate], list[str]]:
+def scan_pool(registry: Registry, pool: dict, on_status=None) -> tuple[list[Candidate], list[dict]]:
     """Bring the pool's file list up to date: unchanged files keep their hash, new or changed files
-    are hashed, vanished files are dropped. A pool whose folder lost files keeps working. A folder
+    are hashed, vanished files are dropped, files photo intake refuses are skipped ({"path" in the
+    folder, "reason"}). A pool whose folder lost files keeps working. A folder
     that yields no photo at all while rows exist (an unmounted drive) keeps its rows and is skipped."""
     folder = Path(pool["path"])
     if not folder.is_dir():
@@ -92,16 +95,18 @@ def scan_pool(registry: Registry, pool: dict, on_status=None) -> tuple[list[Cand
     current, skipped = {}, []
     for path in paths:
         rel = str(path.relative_to(folder))
-        try:
+        try:  # through photo intake's checks: a FIFO, a device or a huge file is skipped, never read
             stat = path.stat()
+            check_regular(stat)
             row = known.get(rel)
             if row and row["size"] == stat.st_size and row["mtime"] == stat.st_mtime:
                 current[rel] = row
             else:
-                current[rel] = {"path": rel, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                                "size": stat.st_size, "mtime": stat.st_mtime}
-        except OSError:
-            skipped.append(rel)
+                current[rel] = {"path": rel, "sha256": photo_sha256(path), "size": stat.st_size, "mtime": stat.st_mtime}
+        except BadPhoto as e:
+            skipped.append({"path": rel, "reason": str(e)})
+        except OSError as e:
+            skipped.append({"path": rel, "reason": f"cannot read it ({e.strerror or e})"})
     if known and not current:
         if on_status:
             on_status(f"pool {pool['name']!r}: no photos in {folder} now (an unmounted drive?); "
@@ -171,6 +176,7 @@ def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str]
          on_status=None, on_progress=None) -> MineResult:
     """Choose and store a concept's hard and easy negatives (replacing earlier ones)."""
     concept = get_concept(registry, raw_name)
+    require_photos(registry, concept)
     own = {p["sha256"]: registry.root / p["file"] for p in registry.concept_photos(concept["id"])}
     candidates, source = gather_candidates(registry, concept, pools, on_status)
     candidates = [c for c in candidates if c.sha256 not in own]
@@ -208,7 +214,11 @@ def gather_candidates(registry: Registry, concept: dict, pools: list[str] | None
     if names:
         candidates = []
         for name in names:
-            candidates += scan_pool(registry, pool_by_name(registry, name), on_status)[0]
+            found, skipped = scan_pool(registry, pool_by_name(registry, name), on_status)
+            candidates += found
+            if skipped and on_status:
+                on_status(f"pool {name!r}: skipped {len(skipped)} file(s) that are not usable photos, e.g. "
+                          f"{skipped[0]['path']} ({skipped[0]['reason']}); `yollava pool add {name} DIR` lists them all")
         return candidates, f"pool {', '.join(names)}"
     others = registry.other_concepts_photos(concept["id"])
     if len(others) < MIN_CONCEPT_POOL:

@@ -42,7 +42,7 @@ from yollava_cli.learning.synthesis import (
 from yollava_cli.learning.train_config import TrainConfig
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
-from yollava_cli.store.concepts import get_concept
+from yollava_cli.store.concepts import get_concept, require_photos
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus, NegativeKind, RunStatus
 
@@ -330,6 +330,7 @@ def train_concept(registry: Registry, vlm: VLM, name: str, config: TrainConfig |
     """Train the concept's tokens, then (given an image embedder) its head and fused recognizer."""
     trainer = Trainer(registry, vlm, name, config or TrainConfig(), on_event, embedder)
     with registry.lock(f"train-{trainer.name}", f"training <{trainer.name}>"):
+        require_photos(registry, trainer.concept, negatives=True)
         return trainer.run(resume)
 
 
@@ -338,6 +339,7 @@ def prepare_concept(registry: Registry, name: str, load_vlm: Callable[[], VLM], 
                     on_event=None) -> TrainResult:
     """Mine (when the concept has no negatives yet) and train: what `add` and `ask` run for a new concept."""
     concept = get_concept(registry, name)
+    require_photos(registry, concept)  # before any model loads
     has_negatives = registry.negative_counts(concept["id"])
     embedder = load_embedder()
     if concept["status"] == ConceptStatus.ADDED or not has_negatives:

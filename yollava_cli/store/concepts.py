@@ -3,6 +3,8 @@
 import difflib
 import json
 import re
+import shlex
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from importlib import resources
@@ -67,6 +69,7 @@ class AddResult:
     new_photos: int
     total_photos: int
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    restored_photos: int = 0  # stored photos whose files had gone missing, written again
 
     def to_json(self) -> dict:
         """What `add --json` prints of the add: the fields are the keys, a skipped file an object."""
@@ -80,11 +83,14 @@ def add_concept(
     kind: str | None = None,
     replace: bool = False,
     strict: bool = False,
+    with_concept: Callable[[dict], None] | None = None,
 ) -> AddResult:
     """Add photos to a concept (creating it), all in one transaction.
 
     Adding to an existing concept appends only photos it does not have yet; `replace` starts
     the concept afresh. Unusable files are skipped and reported, or refused with `strict`.
+    `with_concept(concept row)` runs in the same transaction before any photo is written (facts
+    noted with the add): if it raises, nothing at all is stored.
     """
     name = parse_name(raw_name)
     if kind is not None and kind not in KINDS:
@@ -114,8 +120,11 @@ def add_concept(
         if created:
             concept = registry.create_concept(name, kind or "object")
         kind = concept["kind"]
-        new = 0
+        if with_concept:
+            with_concept(concept)
+        new = restored = 0
         for sha, (photo, jpeg) in encoded.items():
+            restored += registry.photo_is_missing(sha)
             registry.store_photo(sha, jpeg, *photo.image.size)
             new += registry.add_concept_photo(concept["id"], sha, str(photo.path.resolve()))
         if new and not created:
@@ -124,7 +133,7 @@ def add_concept(
         removed = registry.delete_unused_photos(orphaned)
         total = registry.concept_photo_count(concept["id"])
     registry.unlink_photo_files(removed)
-    return AddResult(name, kind, created, new, total, skipped)
+    return AddResult(name, kind, created, new, total, skipped, restored)
 
 
 def check_collisions(registry: Registry, name: str, kind: str | None, replace: bool) -> None:
@@ -142,6 +151,31 @@ def check_collisions(registry: Registry, name: str, kind: str | None, replace: b
                 f"{name!r} is too close to the existing concept {other['name']!r}; "
                 "pick another name or use that one"
             )
+
+
+def missing_photos(registry: Registry, concept: dict) -> list[dict]:
+    """The concept's photos whose stored files are gone (deleted by hand, a failed disk)."""
+    return [{"sha256": p["sha256"], "source": p["source_path"], "stored": str(registry.root / p["file"])}
+            for p in registry.concept_photos(concept["id"]) if not (registry.root / p["file"]).is_file()]
+
+
+def require_photos(registry: Registry, concept: dict, negatives: bool = False) -> None:
+    """A one-line error naming the concept's photos (and, with `negatives`, its negatives) that
+    are missing from the store, with the fix; before mining or training would stumble on them."""
+    name, missing = concept["name"], missing_photos(registry, concept)
+    if missing:
+        sources = [m["source"] or m["stored"] for m in missing]
+        one = len(missing) == 1
+        shown = ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
+        raise UserError(
+            f"<{name}>: {len(missing)} stored photo{' is' if one else 's are'} missing from the store ({shown}); "
+            f"re-add {'it' if one else 'them'} with `yollava add {name} {' '.join(map(shlex.quote, sources[:3]))}`, "
+            f"or forget {'it' if one else 'them'} with `yollava doctor --fix`"
+        )
+    lost = [file for file in registry.negative_files(concept["id"]) if not (registry.root / file).is_file()]
+    if negatives and lost:
+        raise UserError(f"<{name}>: {len(lost)} of its negatives are missing from the store (e.g. {lost[0]}); "
+                        f"choose them again with `yollava mine {name}`, or forget them with `yollava doctor --fix`")
 
 
 def remove_concept(registry: Registry, raw_name: str) -> dict:
@@ -180,9 +214,11 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
                 "source": p["source_path"],
                 "stored": str(registry.root / p["file"]),
                 "size": [p["width"], p["height"]],
+                "missing": not (registry.root / p["file"]).is_file(),
             }
             for p in photos
         ],
+        "missing_photos": missing_photos(registry, concept),
         "facts": [{"number": f["number"], "text": f["text"]} for f in registry.facts(concept["id"])],
         "negatives": {
             "hard": negatives.get(NegativeKind.HARD, 0),

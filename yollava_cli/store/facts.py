@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from yollava_cli.errors import UserError
-from yollava_cli.store.concepts import get_concept
+from yollava_cli.store.concepts import AddResult, add_concept, get_concept
 from yollava_cli.store.registry import Registry
 
 MAX_CHARS = 500
@@ -45,12 +45,27 @@ def add_facts(registry: Registry, name: str, texts: list[str]) -> list[dict]:
     facts = [check_fact(t) for t in texts]
     concept = get_concept(registry, name)
     with registry.transaction():
-        count = len(registry.facts(concept["id"]))
-        if count + len(facts) > MAX_FACTS:
-            raise UserError(f"<{concept['name']}> would have {count + len(facts)} facts; the limit is {MAX_FACTS} "
-                            f"(remove some with `yollava note {concept['name']} --rm N`)")
-        registry.add_facts(concept["id"], facts)
+        append_facts(registry, concept, facts)
     return list_facts(registry, name)
+
+
+def add_concept_with_facts(registry: Registry, raw_name: str, inputs: list[Path], texts: list[str], **options) -> AddResult:
+    """`add NAME PHOTOS --note ...`: the photos and the facts in one transaction, so a fact that
+    is refused (too many for the concept) leaves no concept and no photo behind."""
+    facts = [check_fact(t) for t in texts]
+    if len(facts) > MAX_FACTS:  # refused before a photo is decoded
+        raise UserError(f"{len(facts)} facts given; the limit is {MAX_FACTS} per concept (keep the ones that matter)")
+    return add_concept(registry, raw_name, inputs, **options,
+                       with_concept=(lambda concept: append_facts(registry, concept, facts)) if facts else None)
+
+
+def append_facts(registry: Registry, concept: dict, facts: list[str]) -> None:
+    """Inside the caller's transaction: the checked facts after the concept's, within MAX_FACTS."""
+    count = len(registry.facts(concept["id"]))
+    if count + len(facts) > MAX_FACTS:
+        raise UserError(f"<{concept['name']}> would have {count + len(facts)} facts; the limit is {MAX_FACTS} "
+                        f"(remove some with `yollava note {concept['name']} --rm N`)")
+    registry.add_facts(concept["id"], facts)
 
 
 def set_facts(registry: Registry, name: str, texts: list[str]) -> None:

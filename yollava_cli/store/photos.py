@@ -3,8 +3,10 @@
 import hashlib
 import io
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -12,6 +14,7 @@ from yollava_cli.errors import UserError
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
 MAX_FILE_BYTES = 100 * 1024 * 1024
+READ_CHUNK = 1 << 20  # files are read this much at a time, never whole
 MAX_PIXELS = 50_000_000  # refuse before decoding: a decompression bomb must not eat the RAM
 STORE_MAX_SIDE = 1024  # photos are downscaled on import; models look at <= 768 px anyway
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
@@ -59,21 +62,52 @@ def read_photo(path: Path, max_side: int = STORE_MAX_SIDE) -> Photo:
 
 def photo_bytes(path: Path) -> bytes:
     """The file's bytes after the checks that need no decoding (decode() does the rest)."""
-    try:
-        if not path.exists():
-            raise BadPhoto("no such file")
-        if not path.is_file():  # a FIFO or device would block or never end
-            raise BadPhoto("not a regular file")
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise BadPhoto(f"file is over {MAX_FILE_BYTES // 2**20} MB")
-        data = path.read_bytes()
-    except OSError as e:
-        raise BadPhoto(f"cannot read it ({e.strerror or e})") from None
+    data = b"".join(photo_chunks(path))
     if not data:
         raise BadPhoto("empty file (0 bytes)")
     if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
         raise BadPhoto("HEIC/HEIF/AVIF is not supported; convert it to JPEG or PNG first")
     return data
+
+
+def photo_sha256(path: Path) -> str:
+    """The hash of the bytes photo_bytes() would read, without holding them all (pool scans)."""
+    digest = hashlib.sha256()
+    for chunk in photo_chunks(path):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def photo_chunks(path: Path) -> Iterator[bytes]:
+    """The one way a user's file is read (add, pool scans, find, ask): a regular file only (a FIFO
+    or device, or a symlink to one, would block or never end), at most MAX_FILE_BYTES, in bounded
+    chunks. Checked before opening and again on the open file, so a swap in between is caught."""
+    try:
+        if not path.exists():
+            raise BadPhoto("no such file")
+        check_regular(path.stat())  # before opening: opening a device can have effects of its own
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            check_regular(os.fstat(f.fileno()))
+            read = 0
+            while chunk := f.read(READ_CHUNK):
+                read += len(chunk)
+                if read > MAX_FILE_BYTES:  # it grew after the check, or its size lied
+                    raise BadPhoto(too_big())
+                yield chunk
+    except OSError as e:
+        raise BadPhoto(f"cannot read it ({e.strerror or e})") from None
+
+
+def check_regular(stat: os.stat_result) -> None:
+    if not S_ISREG(stat.st_mode):
+        raise BadPhoto("not a regular file")
+    if stat.st_size > MAX_FILE_BYTES:
+        raise BadPhoto(too_big())
+
+
+def too_big() -> str:
+    return f"file is over {MAX_FILE_BYTES // 2**20} MB"
 
 
 def decode(data: bytes, max_side: int) -> Image.Image:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import math
+import stat
 import zipfile
 from pathlib import Path
 
@@ -35,8 +36,10 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: bool = False) -> dict:
+def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: bool = False, force: bool = False) -> dict:
+    """Write the concept's bundle to `path`: a new file, or with `force` over an existing regular file."""
     concept = get_concept(registry, raw_name)
+    check_export_target(path, force)
     row = registry.current_checkpoint(concept["id"])
     if row is None:
         raise UserError(f"<{concept['name']}> is not trained yet: nothing to export (run `yollava train {concept['name']}`)")
@@ -61,6 +64,21 @@ def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: b
             bundle.writestr(name, data)
     atomic_write_bytes(path, buffer.getvalue())
     return {"concept": concept["name"], "file": str(path), "bytes": len(buffer.getvalue()), "photos": len(photos)}
+
+
+def check_export_target(path: Path, force: bool) -> None:
+    """Refuse to write over anything unasked, and over anything but a regular file ever (a FIFO
+    would block, a device or a folder is not a bundle, a symlink would be replaced, not followed)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UserError(f"{path}: cannot check the export target ({e.strerror or e}); pick another file") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path}: exists and is not a regular file; export to a new file name")
+    if not force:
+        raise UserError(f"{path}: exists already; pick another file name, or pass --force to replace it")
 
 
 def read_member(bundle: zipfile.ZipFile, name: str, path: Path) -> bytes:

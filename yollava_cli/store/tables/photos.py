@@ -20,8 +20,13 @@ class PhotoRows:
         return dict(row) if row else None
 
     def store_photo(self, sha256: str, jpeg: bytes, width: int, height: int) -> bool:
-        """Write the photo file (if new) and its row; returns True when the photo is new."""
-        if self.photo(sha256):
+        """Write the photo file (if new, or if its file went missing from the store: adding the
+        photo again restores it) and its row; returns True when the photo is new."""
+        row = self.photo(sha256)
+        if row:
+            if not (self.root / row["file"]).exists():
+                atomic_write_bytes(self.root / row["file"], jpeg)
+                self.db.execute("UPDATE photos SET bytes = ? WHERE sha256 = ?", [len(jpeg), sha256])
             return False
         path = self.photo_file(sha256)
         if not path.exists():
@@ -31,6 +36,11 @@ class PhotoRows:
             [sha256, str(path.relative_to(self.root)), width, height, len(jpeg), now()],
         )
         return True
+
+    def photo_is_missing(self, sha256: str) -> bool:
+        """The photo has a row but its file is gone from the store."""
+        row = self.photo(sha256)
+        return row is not None and not (self.root / row["file"]).is_file()
 
     def stored_photos(self) -> dict[str, str]:
         """{sha256: file} of every stored photo, the file relative to the data dir."""
