@@ -187,12 +187,12 @@ def test_the_disk_hint_is_given_only_for_disk_errors(home, monkeypatch):
     import errno
     import sqlite3
 
-    import yollava_cli.store.concepts
+    from yollava_cli.store.registry import Registry
 
     def fail_with(error):
-        def list_concepts(registry):
+        def concept_summaries(registry):
             raise error
-        monkeypatch.setattr(yollava_cli.store.concepts, "list_concepts", list_concepts)
+        monkeypatch.setattr(Registry, "concept_summaries", concept_summaries)
         result = invoke("list", home=home)
         assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
         return result.stderr

@@ -174,7 +174,7 @@ def list_(json_: JsonFlag = False):
 
     Example: yollava list --json
     """
-    rows = concepts.list_concepts(open_registry())
+    rows = open_registry().concept_summaries()
     if json_:
         return print_json({"concepts": rows})
     if not rows:

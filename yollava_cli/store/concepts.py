@@ -239,7 +239,3 @@ def attribute_conversation_count(registry: Registry, concept: dict) -> int:
     templates = json.loads(resources.files("yollava_cli").joinpath("data/templates.json").read_text())
     questions = templates["attributes"]["person" if concept["kind"] == "person" else "other"]["questions"]
     return registry.answer_count(concept["id"], concept["base_fingerprint"] or "", questions)
-
-
-def list_concepts(registry: Registry) -> list[dict]:
-    return registry.concept_summaries()
