@@ -12,13 +12,13 @@ Medians of --repeats runs.  Run:  python bench/bench_ask.py  (writes bench/resul
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from setup_concept import DATA, prepared_concept
+from where import where
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,7 @@ def main():
         plain_find.append(len(sample) / (time.perf_counter() - start))
     del vlm.next_token_logits
     report = {
-        "machine": f"{os.cpu_count()} CPU cores", "repeats": args.repeats,
+        "machine": where(), "repeats": args.repeats,
         "ttft_s": {"cold_with_photo": cold["first_token_s"], "warm_with_photo": statistics.median(t["first_token_s"] for t in warm),
                    "warm_text_only": statistics.median(t["first_token_s"] for t in text)},
         "tokens_per_s": statistics.median(r for r in map(rate, warm + text) if r),

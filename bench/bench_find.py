@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageEnhance, ImageOps
 from setup_concept import DATA, prepared_concept
+from where import where
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,7 @@ def main():
     folders = [DATA / "pool" / "imagenet-sample"] + sorted((DATA / "concepts").glob("*/test"))
     photos = expand_photo_paths(folders)
     embed_photos(registry, embedder, {read_photo(p).sha256: (lambda p=p: read_photo(p).image) for p in photos})  # warm
-    report = {"subject": args.subject, "photos": len(photos), "repeats": args.repeats, "train_epochs": 3,
+    report = {"machine": where(), "subject": args.subject, "photos": len(photos), "repeats": args.repeats, "train_epochs": 3,
               "train_s_with_head": round(train_s, 1)}
     runs = {}
     for by, verify in (("head", 0), ("fused", VERIFY), ("tokens", 0)):

@@ -8,13 +8,13 @@ Times are medians of --repeats runs; ratios compare against a baseline measured 
 import argparse
 import importlib.util
 import json
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from where import where
 
 from yollava_cli.learning.embeddings import EfficientNetEmbedder
 from yollava_cli.learning.mining import add_pool, mine, top_k
@@ -57,7 +57,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pool-rows", type=int, default=1_000_000)
     args = parser.parse_args()
-    results = {"machine": f"{os.cpu_count()} CPU cores", "repeats": args.repeats}
+    results = {"machine": where(), "repeats": args.repeats}
 
     pool_dir = DATA / "pool" / "imagenet-sample"
     images = [read_photo(p, max_side=512).image for p in sorted(pool_dir.glob("*.jpg"))[:64]]

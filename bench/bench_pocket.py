@@ -5,7 +5,6 @@ Usage: python bench/bench_pocket.py [--image PATH] [--runs 5]; writes bench/resu
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -21,6 +20,8 @@ from transformers import TextIteratorStreamer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from where import where
+
 from yollava_cli.models.pocket.model import load_pocket  # noqa: E402
 
 COLD = ("import sys, time; sys.path.insert(0, {root!r}); from pathlib import Path; "
@@ -69,7 +70,7 @@ def main() -> None:
         generate_timed(model, processor, image, 8)  # warm-up
         runs = [generate_timed(model, processor, image, args.new_tokens) for _ in range(args.runs)]
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}",
+        "machine": where(),
         "load_cold_s": round(cold, 2),
         "load_warm_s_median": round(statistics.median(warm_times), 2),
         "ttft_s_median": round(statistics.median(r[0] for r in runs), 3),

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from where import where
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
@@ -76,7 +78,7 @@ def main():
             results[label] = {"median_s": round(seconds, 3), "ratio_to_bare_python": round(seconds / bare, 1)}
             print(f"{label:30} {seconds:.3f} s  ({seconds / bare:.1f}x bare python)")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    report = {"commit": commit, "repeats": args.repeats, "bare_python_s": round(bare, 3),
+    report = {"machine": where(), "commit": commit, "repeats": args.repeats, "bare_python_s": round(bare, 3),
               # transformers imports torchvision (~1 s) when it is installed (the open_clip extra)
               "torchvision_installed": importlib.util.find_spec("torchvision") is not None,
               "cpus": os.cpu_count(), "load_average": os.getloadavg(), "commands": results}

@@ -8,7 +8,6 @@ in the same process.  Run:  python bench/bench_train.py [--subject dog]   (write
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 from setup_concept import prepared_concept
+from where import where
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def main():
     cached = one_epoch_step_median(True)
     uncached = one_epoch_step_median(False)
     report = {
-        "machine": f"{os.cpu_count()} CPU cores", "subject": args.subject, "epochs_run": len(result.history),
+        "machine": where(), "subject": args.subject, "epochs_run": len(result.history),
         "best_epoch": result.best_epoch, "validation": result.history[result.best_epoch - 1]["validation"]["weighted"],
         "total_train_s": round(total, 1), "head_and_fusion_s": round(head_s, 2), "steps": len(steps), "median_step_s": round(statistics.median(step_times), 3),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
