@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from measure import where
 from setup_concept import DATA, prepared_concept
-from where import where
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from measure import where
 from PIL import Image, ImageEnhance, ImageOps
 from setup_concept import DATA, prepared_concept
-from where import where
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,13 +8,12 @@ Times are medians of --repeats runs; ratios compare against a baseline measured 
 import argparse
 import importlib.util
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from where import where
+from measure import median_time, where
 
 from yollava_cli.learning.embeddings import EfficientNetEmbedder
 from yollava_cli.learning.mining import add_pool, mine, top_k
@@ -24,15 +23,6 @@ from yollava_cli.store.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def embed_throughput(embedder, images, repeats):

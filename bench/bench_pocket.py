@@ -20,7 +20,7 @@ from transformers import TextIteratorStreamer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from where import where
+from measure import where
 
 from yollava_cli.models.pocket.model import load_pocket  # noqa: E402
 

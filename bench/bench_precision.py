@@ -18,20 +18,11 @@ import statistics
 import time
 from pathlib import Path
 
+from measure import median_time
 from setup_concept import prepared_concept
 
 REPO = Path(__file__).resolve().parents[1]
 POLICIES = ("fp32", "bf16")
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up: first-call allocations and kernel selection
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def matmuls(repeats: int) -> dict:
@@ -44,9 +35,9 @@ def matmuls(repeats: int) -> dict:
         w32 = torch.randn(1536, 576)
         for name, rows in (("train_64x576x1536", 64), ("decode_1x576x1536", 1)):
             x = torch.randn(rows, 576)
-            fp32 = timed(lambda: x @ w32.T, repeats * 10)
+            fp32 = median_time(lambda: x @ w32.T, repeats * 10, warm_up=True)
             wb, xb = w32.bfloat16(), x.bfloat16()
-            bf16 = timed(lambda: xb @ wb.T, repeats * 10)
+            bf16 = median_time(lambda: xb @ wb.T, repeats * 10, warm_up=True)
             out[name] = {"fp32_ms": round(fp32 * 1e3, 4), "bf16_ms": round(bf16 * 1e3, 4), "bf16_over_fp32": round(bf16 / fp32, 2)}
         linear = torch.nn.Linear(576, 1536)
         x = torch.randn(64, 576, requires_grad=True)
@@ -56,7 +47,7 @@ def matmuls(repeats: int) -> dict:
                 y = linear(x)
             y.float().sum().backward()
 
-        fp32, bf16 = timed(lambda: step(False), repeats * 5), timed(lambda: step(True), repeats * 5)
+        fp32, bf16 = median_time(lambda: step(False), repeats * 5, warm_up=True), median_time(lambda: step(True), repeats * 5, warm_up=True)
         out["linear_fwd_bwd_64"] = {"fp32_ms": round(fp32 * 1e3, 3), "bf16_ms": round(bf16 * 1e3, 3), "bf16_over_fp32": round(bf16 / fp32, 2)}
     finally:
         torch.set_num_threads(before)
@@ -105,10 +96,10 @@ def measure(policy: str, registry, subject: str, repeats: int) -> dict:
         first.append(seen[0])
         tokens.append(len(vlm.tokenizer.encode(out, add_special_tokens=False)))
 
-    step_s = timed(train_step, repeats)
-    score_s = timed(lambda: vlm.yes_probabilities(scoring), repeats)
+    step_s = median_time(train_step, repeats, warm_up=True)
+    score_s = median_time(lambda: vlm.yes_probabilities(scoring), repeats, warm_up=True)
     first.clear(), tokens.clear()
-    answer_s = timed(answer, repeats)
+    answer_s = median_time(answer, repeats, warm_up=True)
     first_s = statistics.median(first[1:])
     return {"train_step_s": round(step_s, 4), "score_16_photos_s": round(score_s, 4),
             "first_token_s": round(first_s, 4), "answer_64_tokens_s": round(answer_s, 4),

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from where import where
+from measure import where
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

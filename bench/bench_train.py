@@ -14,8 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from measure import where
 from setup_concept import prepared_concept
-from where import where
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -62,3 +62,22 @@ def snapshot(home: Path) -> tuple:
         conn.close()
     files = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file() and "registry.db" not in p.name)
     return rows, files
+
+
+def with_negatives(registry, name: str, folder: Path, count: int = 12) -> None:
+    """Give a concept `count` plain bluish negatives (half hard, half easy), as if mined: training
+    tests need negatives but not a pool or an embedder."""
+    import hashlib
+
+    from PIL import Image
+
+    from yollava_cli.learning.mining import Candidate, file_loader, store_negatives
+
+    folder.mkdir()
+    picked = []
+    for i in range(count):
+        path = folder / f"{i}.png"
+        Image.new("RGB", (48, 40), (20, 40 + i * 10, 200)).save(path)
+        candidate = Candidate(hashlib.sha256(path.read_bytes()).hexdigest(), str(path), file_loader(path))
+        picked.append((candidate, "hard" if i < count // 2 else "easy", 0.5))
+    store_negatives(registry, registry.concept(name), picked, "test")

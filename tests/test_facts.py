@@ -5,7 +5,7 @@ import json
 import sqlite3
 
 import pytest
-from conftest import invoke
+from conftest import invoke, with_negatives
 from PIL import Image
 from tiny import tiny_llava
 
@@ -114,24 +114,13 @@ def test_facts_in_tokens_become_text_only_conversations_each_epoch():
 
 
 def mined_concept(tmp_path) -> Registry:
-    """`bo` (3 reddish photos) with 12 bluish negatives and two noted facts."""
-    import hashlib
-
-    from yollava_cli.learning.mining import Candidate, file_loader, store_negatives
+    """`bo` (2 photos) with 12 bluish negatives and two noted facts."""
     from yollava_cli.store.concepts import add_concept
     from yollava_cli.store.facts import add_facts
 
     registry = Registry(tmp_path / "home")
     add_concept(registry, "bo", [photo_folder(tmp_path)], kind="pet")
-    negatives = tmp_path / "negatives"
-    negatives.mkdir()
-    picked = []
-    for i in range(12):
-        path = negatives / f"{i}.png"
-        Image.new("RGB", (48, 40), (20, 40 + i * 10, 200)).save(path)
-        candidate = Candidate(hashlib.sha256(path.read_bytes()).hexdigest(), str(path), file_loader(path))
-        picked.append((candidate, "hard" if i < 6 else "easy", 0.5))
-    store_negatives(registry, registry.concept("bo"), picked, "test")
+    with_negatives(registry, "bo", tmp_path / "negatives")
     add_facts(registry, "bo", ["is 4 years old", "<bo> is scared of the vacuum cleaner."])
     return registry
 

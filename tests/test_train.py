@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from conftest import with_negatives
 from PIL import Image
 from tiny import tiny_llava
 
 from yollava_cli.errors import UserError
 from yollava_cli.learning.events import Step
-from yollava_cli.learning.mining import Candidate, file_loader, store_negatives
 from yollava_cli.learning.synthesis import (
     SUBJECT_QUESTION,
     build_training_data,
@@ -38,17 +38,7 @@ def registry(tmp_path):
     for i in range(3):
         Image.new("RGB", (48, 40), (200 + i * 20, 40, 30)).save(photos / f"{i}.png")
     add_concept(registry, "bo", [photos], kind="pet")
-    negatives = tmp_path / "negatives"
-    negatives.mkdir()
-    picked = []
-    for i in range(12):
-        path = negatives / f"{i}.png"
-        Image.new("RGB", (48, 40), (20, 40 + i * 10, 200)).save(path)
-        import hashlib
-
-        candidate = Candidate(hashlib.sha256(path.read_bytes()).hexdigest(), str(path), file_loader(path))
-        picked.append((candidate, "hard" if i < 6 else "easy", 0.5))
-    store_negatives(registry, registry.concept("bo"), picked, "test")
+    with_negatives(registry, "bo", tmp_path / "negatives")
     return registry
 
 
