@@ -45,7 +45,6 @@ def test_training_counts_one_epoch_at_a_time_and_names_each_step():
         assert v.bar.live.transient  # the bars are cleared at the end, not left frozen
 
 
-
 def test_the_view_renders_every_event_and_refuses_anything_else():
     """After each event: the one bar it shows (label, done, total, the info beside it) and the
     lines it printed."""

@@ -21,7 +21,6 @@ from yollava_cli.store.states import ConceptStatus
 MENTION = re.compile(r"<([a-z0-9][a-z0-9_-]{0,31})>")
 
 
-
 def mentioned_concepts(question: str, names: list[str]) -> list[str]:
     """The given names, then every `<name>` in the question, in order, without repeats."""
     found = [parse_name(n) for n in names]

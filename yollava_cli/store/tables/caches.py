@@ -1,8 +1,6 @@
 """Caches kept in the registry: model answers and image embeddings."""
 
 
-
-
 class CacheRows:
     """What is recomputable but slow: the base model's answers and image embeddings."""
 
