@@ -2,7 +2,6 @@
 both fused) and `recognize` for the one photo a question is about."""
 
 import hashlib
-import json
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -52,7 +51,8 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
     paths = expand_photo_paths(inputs)
     photos, skipped = read_for_find(paths, vlm, need_pixels=by == "tokens")
     recognizer = current_recognizer(registry, concept) if by != "tokens" else None
-    thresholds = json.loads(concept["metrics"] or "{}").get("thresholds", {"tokens": concept["threshold"]})
+    # the cuts `recognize` uses too: the recognizer's, stored with the checkpoint (tokens alone: the concept's)
+    thresholds = recognizer.thresholds if recognizer is not None else {"tokens": concept["threshold"]}
     scores: dict[int, tuple[float, str]] = {}
     if recognizer is not None:
         vectors = embed_photos(registry, load_embedder(recognizer.embedder),
