@@ -85,7 +85,7 @@ def main():
         folder = small_photos(work / f"add{r}", 60, seed=r)
         proc = cli(home, "add", f"rnd{r}", folder, "--no-train", background=True)
         doctors = doctor_loop_while(home, proc)
-        shown = json.loads(cli(home, "show", f"rnd{r}", "--json").stdout)["photos"] if proc.returncode == 0 else 0
+        shown = len(json.loads(cli(home, "show", f"rnd{r}", "--json").stdout)["photos"]) if proc.returncode == 0 else 0
         rounds.append({"add_exit": proc.returncode, "doctor_runs": doctors, "photos_listed": shown, "files_missing": missing_files(home)})
     cases["doctor_racing_add"] = rounds
 
