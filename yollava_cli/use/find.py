@@ -21,11 +21,7 @@ from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import Signal
 
 SIGNALS = tuple(Signal)
-
-
 VERIFY = 32  # photos the language model checks per search, best head scores first
-
-
 NEAR = 0.25  # head scores this close to its threshold are verified too
 
 
