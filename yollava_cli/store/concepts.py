@@ -153,16 +153,16 @@ def check_collisions(registry: Registry, name: str, kind: str | None, replace: b
             )
 
 
-def missing_photos(registry: Registry, concept: dict) -> list[dict]:
-    """The concept's photos whose stored files are gone (deleted by hand, a failed disk)."""
+def missing_photos(registry: Registry, photos: list[dict]) -> list[dict]:
+    """Of a concept's photo rows, those whose stored files are gone (deleted by hand, a failed disk)."""
     return [{"sha256": p["sha256"], "source": p["source_path"], "stored": str(registry.root / p["file"])}
-            for p in registry.concept_photos(concept["id"]) if not (registry.root / p["file"]).is_file()]
+            for p in photos if not (registry.root / p["file"]).is_file()]
 
 
 def require_photos(registry: Registry, concept: dict, negatives: bool = False) -> None:
     """A one-line error naming the concept's photos (and, with `negatives`, its negatives) that
     are missing from the store, with the fix; before mining or training would stumble on them."""
-    name, missing = concept["name"], missing_photos(registry, concept)
+    name, missing = concept["name"], missing_photos(registry, registry.concept_photos(concept["id"]))
     if missing:
         sources = [m["source"] or m["stored"] for m in missing]
         one = len(missing) == 1
@@ -172,8 +172,8 @@ def require_photos(registry: Registry, concept: dict, negatives: bool = False) -
             f"re-add {'it' if one else 'them'} with `yollava add {name} {' '.join(map(shlex.quote, sources[:3]))}`, "
             f"or forget {'it' if one else 'them'} with `yollava doctor --fix`"
         )
-    lost = [file for file in registry.negative_files(concept["id"]) if not (registry.root / file).is_file()]
-    if negatives and lost:
+    lost = [f for f in registry.negative_files(concept["id"]) if not (registry.root / f).is_file()] if negatives else []
+    if lost:
         raise UserError(f"<{name}>: {len(lost)} of its negatives are missing from the store (e.g. {lost[0]}); "
                         f"choose them again with `yollava mine {name}`, or forget them with `yollava doctor --fix`")
 
@@ -195,6 +195,7 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
     """Everything `show` reports about one concept, as plain JSON-able data."""
     concept = get_concept(registry, raw_name)
     photos = registry.concept_photos(concept["id"])
+    missing = missing_photos(registry, photos)
     negatives = registry.negative_counts(concept["id"])
     hardest = registry.hardest_negatives(concept["id"], 5)
     checkpoint = registry.current_checkpoint(concept["id"])
@@ -214,11 +215,11 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
                 "source": p["source_path"],
                 "stored": str(registry.root / p["file"]),
                 "size": [p["width"], p["height"]],
-                "missing": not (registry.root / p["file"]).is_file(),
+                "missing": any(m["sha256"] == p["sha256"] for m in missing),
             }
             for p in photos
         ],
-        "missing_photos": missing_photos(registry, concept),
+        "missing_photos": missing,
         "facts": [{"number": f["number"], "text": f["text"]} for f in registry.facts(concept["id"])],
         "negatives": {
             "hard": negatives.get(NegativeKind.HARD, 0),
