@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from yollava_cli.cli.app import pool_app
-from yollava_cli.cli.options import EmbedderOption, JsonFlag
+from yollava_cli.cli.options import EmbedderOption, JsonFlag, RayOption, ray_address
 from yollava_cli.cli.output import (
     open_registry,
     out,
@@ -15,19 +15,31 @@ from yollava_cli.cli.output import (
 
 
 @pool_app.command("add")
-def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, json_: JsonFlag = False):
+def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, ray: RayOption = None, json_: JsonFlag = False):
     """Register a folder as a negative pool and embed its photos (cached).
 
     Example: yollava pool add library ~/Pictures
     """
     from yollava_cli.learning import mining
-    from yollava_cli.learning.embeddings import load_embedder
     from yollava_cli.store.pools import checked_new_pool
 
     checked_new_pool(name, folder)  # a bad name or folder fails before the embedder loads
-    model = load_embedder(embedder)
-    with progress_bar(f"Embedding {folder} ({model.id})") as on_progress:
-        result = mining.add_pool(open_registry(), name, folder, model, on_progress, on_status=status)
+    address = ray_address(ray)
+    if address:
+        from yollava_cli.scale.driver import Workers
+        from yollava_cli.scale.embedding import RayEmbedder
+
+        with Workers(address, embedder=embedder) as workers:
+            model = RayEmbedder(workers)
+            with progress_bar(f"Embedding {folder} ({model.id}, {len(workers.actors)} Ray workers)") as on_progress:
+                result = mining.add_pool(open_registry(), name, folder, model, on_progress, on_status=status)
+            result["ray"] = workers.report()
+    else:
+        from yollava_cli.learning.embeddings import load_embedder
+
+        model = load_embedder(embedder)
+        with progress_bar(f"Embedding {folder} ({model.id})") as on_progress:
+            result = mining.add_pool(open_registry(), name, folder, model, on_progress, on_status=status)
     for item in result["skipped"]:
         status(f"skipped {Path(result['path']) / item['path']}: {item['reason']}")
     if json_:
