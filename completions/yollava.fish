@@ -59,6 +59,7 @@ complete -c yollava -n "__fish_seen_subcommand_from eval" -l protocol -r -d "iso
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l history -d "List earlier eval runs instead."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l model -r -d "Base model: the offline default, a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."
+complete -c yollava -n "__fish_seen_subcommand_from eval" -l ray -r -d "Run the work on Ray: auto (the cluster $RAY_ADDRESS names, else a local instance on 127.0.0.1) or a cluster's HOST:PORT; off runs here. Default: config's 'ray', else off."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from explain" -F  # explain: files
 complete -c yollava -n "__fish_seen_subcommand_from explain" -l max-tokens -r -d "Longest answer, in tokens."
@@ -102,6 +103,7 @@ complete -c yollava -n "__fish_seen_subcommand_from pool" -a list -d "List negat
 complete -c yollava -n "__fish_seen_subcommand_from pool" -a rm -d "Forget a pool (its folder and cached embeddings are left alone)."
 complete -c yollava -n "__fish_seen_subcommand_from add" -F  # pool add: files
 complete -c yollava -n "__fish_seen_subcommand_from add" -l embedder -r -d "auto, efficientnet-lite0, or open_clip:ARCH:PRETRAINED (a tag or a local file)."
+complete -c yollava -n "__fish_seen_subcommand_from add" -l ray -r -d "Run the work on Ray: auto (the cluster $RAY_ADDRESS names, else a local instance on 127.0.0.1) or a cluster's HOST:PORT; off runs here. Default: config's 'ray', else off."
 complete -c yollava -n "__fish_seen_subcommand_from add" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from list" -F  # pool list: files
 complete -c yollava -n "__fish_seen_subcommand_from list" -l json -d "Print one JSON document on stdout, nothing else."
