@@ -14,7 +14,7 @@ _yollava() {
     "eval") words="--methods --subjects --pool --folds --epochs --facts-in-tokens --report --protocol --history --model --quantize --ray --json --help" ;;
     "explain") words="--max-tokens --model --quantize --json --help" ;;
     "export") words="--with-photos --force --json --help" ;;
-    "find") words="--threshold --top --by --verify --no-train --model --quantize --json --help" ;;
+    "find") words="--threshold --top --by --verify --no-train --model --quantize --ray --json --help" ;;
     "import") words="--as --skip-model-check --model --quantize --json --help" ;;
     "list") words="--json --help" ;;
     "mine") words="--pool --hard --easy --seed --duplicate-above --embedder --json --help" ;;

@@ -78,6 +78,7 @@ complete -c yollava -n "__fish_seen_subcommand_from find" -l verify -r -d "With 
 complete -c yollava -n "__fish_seen_subcommand_from find" -l no-train -d "Refuse an untrained concept instead of training it."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l model -r -d "Base model: the offline default, a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."
+complete -c yollava -n "__fish_seen_subcommand_from find" -l ray -r -d "Run the work on Ray: auto (the cluster $RAY_ADDRESS names, else a local instance on 127.0.0.1) or a cluster's HOST:PORT; off runs here. Default: config's 'ray', else off."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from import" -F  # import: files
 complete -c yollava -n "__fish_seen_subcommand_from import" -l as -r -d "Import under another name."

@@ -93,6 +93,36 @@ def test_an_unreachable_address_is_a_one_line_error(tmp_path):
     assert "cannot reach Ray at 127.0.0.1:9" in run_cli("pool", "add", "p", pool, home=tmp_path / "home").stderr
 
 
+def test_find_on_ray_scores_as_the_serial_run(cluster, tiny_model, tmp_path):
+    """A concept trained here; `find --by head` over 40 photos not embedded yet, from two copies
+    of the same data dir: the same scores, the embeddings on the workers."""
+    import shutil
+
+    photos = sorted((shared_data() / "pool" / "imagenet-sample").glob("*.jpg"))
+    pool, search = tmp_path / "pool", tmp_path / "search"
+    pool.mkdir()
+    search.mkdir()
+    for photo in photos[:25]:
+        (pool / photo.name).write_bytes(photo.read_bytes())
+    for photo in photos[500:540]:
+        (search / photo.name).write_bytes(photo.read_bytes())
+    home = tmp_path / "serial"
+    for args in (["add", "bo", shared_data() / "concepts" / "dog" / "train", "--kind", "pet", "--no-train"],
+                 ["pool", "add", "blue", pool, "--embedder", EMBEDDER],
+                 ["mine", "bo", "--embedder", EMBEDDER],
+                 ["train", "bo", "--model", tiny_model, "--epochs", "1", "--k", "2"]):
+        result = invoke(*args, home=home)
+        assert result.returncode == 0, result.stderr
+    shutil.copytree(home, tmp_path / "ray")
+    args = ["find", "bo", search, "--by", "head", "--threshold", "0", "--json"]
+    serial = invoke(*args, home=home)
+    on_ray = invoke(*args, "--ray", "auto", home=tmp_path / "ray")
+    assert serial.returncode == 0 and on_ray.returncode == 0, on_ray.stderr
+    found, report = json.loads(serial.stdout), json.loads(on_ray.stdout)
+    assert report.pop("ray")["units_per_worker"] and report == found and len(found["results"]) == 40
+    assert embeddings(tmp_path / "ray") == embeddings(home)
+
+
 @pytest.mark.slow
 def test_eval_on_ray_gives_the_serial_runs_metrics_through_a_killed_worker_and_an_interrupted_driver(cluster, tiny_model, tmp_path):
     """Three subjects on two workers. The first run's driver stops after one subject (as if killed:
