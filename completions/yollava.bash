@@ -25,7 +25,7 @@ _yollava() {
     "pool rm") words="--json --help" ;;
     "rm") words="--yes -y --json --help" ;;
     "show") words="--data --json --help" ;;
-    "train") words="--k --epochs --lr --batch-size --seed --facts-in-tokens --resume --model --quantize --json --help" ;;
+    "train") words="--all --k --epochs --lr --batch-size --seed --facts-in-tokens --resume --model --quantize --ray --json --help" ;;
   esac
   if [[ "$cur" == -* || -z "$cmdpath" ]]; then
     COMPREPLY=($(compgen -W "$words" -- "$cur"))

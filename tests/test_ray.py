@@ -123,6 +123,51 @@ def test_find_on_ray_scores_as_the_serial_run(cluster, tiny_model, tmp_path):
     assert embeddings(tmp_path / "ray") == embeddings(home)
 
 
+def test_train_on_ray_records_the_serial_runs_checkpoints(cluster, tiny_model, tmp_path):
+    """Two concepts, one per worker, from two copies of the same data dir: the same tokens, head,
+    thresholds and validation, recorded in the driver's registry (a run, a checkpoint, answers)."""
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for photo in sorted((shared_data() / "pool" / "imagenet-sample").glob("*.jpg"))[::40]:
+        (pool / photo.name).write_bytes(photo.read_bytes())
+    home = tmp_path / "serial"
+    for args in (["add", "dog", shared_data() / "concepts" / "dog" / "train", "--kind", "pet", "--no-train"],
+                 ["add", "cat", shared_data() / "concepts" / "cat" / "train", "--kind", "pet", "--no-train"],
+                 ["pool", "add", "blue", pool, "--embedder", EMBEDDER],
+                 ["mine", "dog", "--embedder", EMBEDDER], ["mine", "cat", "--embedder", EMBEDDER]):
+        assert invoke(*args, home=home).returncode == 0
+    shutil.copytree(home, tmp_path / "ray")
+    args = ["train", "dog", "cat", "--model", tiny_model, "--epochs", "2", "--k", "2", "--json"]
+    serial = invoke(*args, home=home)
+    on_ray = invoke(*args, "--ray", "auto", home=tmp_path / "ray")
+    assert serial.returncode == 0 and on_ray.returncode == 0, on_ray.stderr
+    trained, report = json.loads(serial.stdout)["concepts"], json.loads(on_ray.stdout)
+    assert sorted(report["ray"]["units_per_worker"].values()) == [1, 1]
+    for here, there in zip(trained, report["concepts"]):
+        for run in (here, there):
+            for epoch in run.pop("history"):
+                epoch.pop("seconds")
+            run.pop("checkpoint")
+        assert here == there
+        assert here["thresholds"].keys() == {"tokens", "head", "fused"}
+
+    def stored(home: Path, name: str) -> tuple:
+        with sqlite3.connect(home / "registry.db") as db:
+            file, metrics = db.execute("SELECT k.file, k.metrics FROM checkpoints k JOIN concepts c ON c.id = k.concept_id "
+                                       "WHERE c.name = ? AND k.is_current", [name]).fetchone()
+            status = db.execute("SELECT status FROM concepts WHERE name = ?", [name]).fetchone()[0]
+            answers = db.execute("SELECT count(*) FROM answers").fetchone()[0]
+        tensors = load_file(home / file)
+        return status, json.loads(metrics), {key: value.tolist() for key, value in tensors.items()}, answers
+
+    for name in ("dog", "cat"):
+        assert stored(tmp_path / "ray", name) == stored(home, name)
+
+
 @pytest.mark.slow
 def test_eval_on_ray_gives_the_serial_runs_metrics_through_a_killed_worker_and_an_interrupted_driver(cluster, tiny_model, tmp_path):
     """Three subjects on two workers. The first run's driver stops after one subject (as if killed:

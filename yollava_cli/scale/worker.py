@@ -4,6 +4,7 @@ What it writes stays in a scratch folder for one unit, besides its node's caches
 image features) in that node's data dir."""
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -111,6 +112,32 @@ class Worker:
             self.unload_concepts()
             shutil.rmtree(folder, ignore_errors=True)
 
+    def train(self, unit: dict) -> dict:
+        """One concept, trained in a scratch registry rebuilt from what the driver sent (see
+        scale.training.pack_concept): the checkpoint file's bytes and what the driver records."""
+        from yollava_cli.learning.train_config import TrainConfig
+        from yollava_cli.learning.training import train_concept
+        from yollava_cli.store.registry import Registry
+
+        folder = Path(tempfile.mkdtemp(dir=self.scratch))
+        try:
+            registry = Registry(folder)
+            rebuild_concept(registry, unit)
+            result = train_concept(registry, self.vlm, unit["name"], TrainConfig(**unit["config"]), embedder=self.embedder)
+            concept = registry.concept(unit["name"])
+            checkpoint = registry.current_checkpoint(concept["id"])
+            run = registry.db.execute("SELECT results FROM runs ORDER BY id DESC LIMIT 1").fetchone()[0]
+            known = {tuple(row[:3]) for row in unit["answers"]}
+            answers = [list(row) for row in registry.db.execute("SELECT sha256, model, prompt, answer FROM answers")
+                       if tuple(row[:3]) not in known]
+            return {"result": result.to_json(), "checkpoint": (registry.root / checkpoint["file"]).read_bytes(),
+                    "run": json.loads(run), "metrics": json.loads(checkpoint["metrics"]), "threshold": concept["threshold"],
+                    "data_hash": checkpoint["data_hash"], "model": self.vlm.ref, "fingerprint": self.vlm.fingerprint,
+                    "answers": answers, "worker": self.identity()}
+        finally:
+            self.unload_concepts()
+            shutil.rmtree(folder, ignore_errors=True)
+
     def dataset(self, packed: dict, unit: dict):
         from yollava_cli.evaluation.dataset import load_dataset, rotate
 
@@ -139,6 +166,34 @@ class Worker:
         import ray
 
         return ray.get_runtime_context().get_actor_id()
+
+
+def rebuild_concept(registry, unit: dict) -> None:
+    """The concept as the driver's registry holds it, in one transaction: its photos (their stored
+    bytes, under their hashes, in their order), negatives, facts, cached answers and vectors, and
+    the other concepts' photos (its head learns them as negatives) under a stand-in concept."""
+    from yollava_cli.store.states import ConceptStatus
+
+    with registry.transaction() as db:
+        concept = registry.create_concept(unit["name"], unit["kind"])
+        for sha, data, width, height, source, added_at in unit["photos"]:
+            registry.store_photo(sha, data, width, height)
+            db.execute("INSERT INTO concept_photos (concept_id, sha256, role, source_path, added_at) VALUES (?, ?, 'train', ?, ?)",
+                       [concept["id"], sha, source, added_at])
+        if unit["others"]:
+            others = registry.create_concept(f"{unit['name']}-others", "object")
+            for sha, data, width, height in unit["others"]:
+                registry.store_photo(sha, data, width, height)
+                registry.add_concept_photo(others["id"], sha, sha)
+        for sha, _kind, _score, _source, data, width, height in unit["negatives"]:
+            registry.store_photo(sha, data, width, height)
+        registry.replace_negatives(concept["id"], [row[:4] for row in unit["negatives"]], unit["embedder"])
+        registry.add_facts(concept["id"], unit["facts"])
+        for row in unit["answers"]:
+            registry.store_answer(*row)
+        for embedder, vectors in unit["embeddings"].items():
+            registry.store_embeddings(embedder, vectors)
+        registry.set_concept_status(concept["id"], ConceptStatus.MINED)
 
 
 def open_payload(payload) -> Image.Image | None:
