@@ -3,6 +3,7 @@
 embedding the 1000-photo pool and on `eval` of 4 subjects on the default model.
 
 Run:  python bench/bench_ray.py [--repeats 3] [--eval-repeats 1] [--epochs 3]   (writes bench/results/ray.json)
+      python bench/bench_ray.py --tasks driver   (only the driver's own per-photo costs, merged in)
 
 Each mode runs in a process of its own with a fresh data dir (no cached vectors, features or
 results) that links the default model's converted weights: serial on one thread
@@ -120,6 +121,39 @@ def timed(run, repeats: int) -> dict:
     return {"seconds": [round(t, 2) for t in times], "median_s": round(statistics.median(times), 2), "output": output}
 
 
+def driver_costs(repeats: int) -> dict:
+    """What the driver does per photo whatever the number of workers, in this process: scan the
+    pool (stat and hash each file), read the bytes it sends, store the vectors that come back
+    (1280 floats, 32 a transaction). Its inverse is the throughput no number of workers passes."""
+    import numpy as np
+
+    from yollava_cli.learning.mining import scan_pool
+    from yollava_cli.store.photos import expand_photo_paths, photo_bytes
+    from yollava_cli.store.registry import Registry
+
+    paths = expand_photo_paths([POOL])
+    vectors = {f"{i:064x}": np.random.default_rng(i).random(1280, dtype=np.float32).astype("<f4").tobytes() for i in range(len(paths))}
+    costs = {"scan_s": [], "read_s": [], "store_s": []}
+    for _ in range(repeats):
+        registry = Registry(fresh_home())
+        registry.create_pool("p", str(POOL))
+        start = time.perf_counter()
+        scan_pool(registry, registry.pool("p"))
+        costs["scan_s"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for path in paths:
+            photo_bytes(path)
+        costs["read_s"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        items = list(vectors.items())
+        for first in range(0, len(items), 32):
+            registry.store_embeddings(EMBEDDER, dict(items[first : first + 32]))
+        costs["store_s"].append(time.perf_counter() - start)
+    per_photo = {key.replace("_s", "_ms_per_photo"): round(1000 * statistics.median(v) / len(paths), 3) for key, v in costs.items()}
+    total = sum(per_photo.values())
+    return {**per_photo, "total_ms_per_photo": round(total, 3), "photos_per_s_limit": round(1000 / total)}
+
+
 def comparable(output: dict, task: str):
     if task == "embed":
         return output["vectors"]
@@ -149,6 +183,13 @@ def main():
         return
     from measure import where
 
+    out = REPO / "bench" / "results" / "ray.json"
+    if args.tasks == "driver":
+        results = json.loads(out.read_text()) if out.exists() else {}
+        results["driver"] = driver_costs(args.repeats)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        print(json.dumps(results["driver"], indent=1))
+        return
     os.environ["YOLLAVA_HOME"] = cache = str(Path(tempfile.gettempdir()) / "yollava-bench-ray-cache")
     from yollava_cli.models.loading import load_vlm
 
@@ -158,6 +199,7 @@ def main():
                "cluster": "ray.cluster_utils.Cluster: 2 nodes x 1 CPU on 127.0.0.1, one 1-thread worker each",
                "repeats": {"embed": args.repeats, "eval": args.eval_repeats},
                "embed": {"photos": 1000, "batch": 32}, "eval": {"subjects": SUBJECTS, "methods": METHODS, "epochs": args.epochs}}
+    results["driver"] = driver_costs(args.repeats)
     for task in args.tasks.split(","):
         outputs = {}
         for mode, env in MODES.items():
@@ -188,7 +230,6 @@ def main():
             entry["weighted_recognition"] = {m: outputs["ray-2-nodes"]["output"]["methods"][m]["recognition"]["weighted"]
                                              for m in METHODS}
     results["load_average_after"] = Path("/proc/loadavg").read_text().split()[:3]
-    out = REPO / "bench" / "results" / "ray.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
 
