@@ -29,7 +29,9 @@ def concept_prompt(name: str, k: int) -> str:
 
 
 class ConceptEmbedding(torch.nn.Module):
-    """The frozen input embedding, with concept token rows looked up from their own tables."""
+    """The frozen input embedding, with concept token rows looked up from their own tables. The rows
+    live where the embedding's weights live; an embedding that scales its output (Gemma 3: by
+    sqrt(hidden)) scales theirs alike, so a new concept starts at the scale of the word it copies."""
 
     def __init__(self, base: torch.nn.Embedding):
         super().__init__()
@@ -45,6 +47,9 @@ class ConceptEmbedding(torch.nn.Module):
         if not bool((slot >= 0).any()):
             return out
         table = torch.cat(list(self.tables.values())).to(out.dtype)
+        scale = getattr(self.base, "embed_scale", None)
+        if scale is not None:
+            table = table * scale.to(out.dtype)
         return torch.where((slot >= 0).unsqueeze(-1), table[slot.clamp(min=0)], out)
 
 
