@@ -93,8 +93,8 @@ def test_an_unsupported_architecture_is_refused_before_its_weights_load(tmp_path
     message = str(refused.value)
     assert "'paligemma' is not supported (it has no chat template" in message and "\n" not in message
     assert all(arch.name in message for arch in ARCHITECTURES)
-    with pytest.raises(UserError, match="'qwen3_vl' is not supported"):
-        architecture("qwen3_vl", "Qwen/Qwen3-VL-2B-Instruct")
+    with pytest.raises(UserError, match="'mllama' is not supported .its images enter through cross-attention"):
+        architecture("mllama", "meta-llama/Llama-3.2-11B-Vision-Instruct")
 
 
 @pytest.fixture(scope="module")

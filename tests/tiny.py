@@ -270,5 +270,53 @@ def tiny_qwen2_5_vl(seed: int = 0):
     return tiny_qwen2_vl(seed, v25=True)
 
 
-FAMILIES = {"llava": tiny_llava, "llava_next": tiny_llava_next, "onevision": tiny_onevision, "idefics3": tiny_idefics3, "smolvlm": tiny_smolvlm,
-            "qwen2_vl": tiny_qwen2_vl, "qwen2_5_vl": tiny_qwen2_5_vl, "gemma3": tiny_gemma3, "internvl": tiny_internvl}
+
+
+def tiny_qwen3_vl(seed: int = 0):
+    """Qwen3-VL: Qwen2-VL's layout, plus deepstack features added to the first decoder layers."""
+    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    torch.manual_seed(seed)
+    template = chat_template("<|vision_start|><|image_pad|><|vision_end|>")
+    tokenizer = tokenizer_with(["<|im_start|>", "<|im_end|>", "<pad>", "<|vision_start|>", "<|vision_end|>",
+                                "<|image_pad|>", "<|video_pad|>"], template)
+    ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in
+           [("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    rope = {"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True, "rope_theta": 10000.0}
+    config = Qwen3VLConfig(
+        text_config=dict(**text_kwargs(tokenizer), head_dim=8, rope_parameters=rope),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=16,
+                           num_position_embeddings=16, deepstack_visual_indexes=[0]),
+        **ids,
+    )
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=64 * 64, max_pixels=128 * 128, patch_size=16, merge_size=2)
+    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=Qwen3VLVideoProcessor(), chat_template=template)
+    return model, processor
+
+
+def tiny_mistral3(seed: int = 0):
+    """Mistral 3 (Pixtral's vision): rows of `[IMG]` tokens separated by `[IMG_BREAK]`, ended by `[IMG_END]`."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, MistralConfig, PixtralImageProcessorPil, PixtralProcessor, PixtralVisionConfig
+
+    torch.manual_seed(seed)
+    template = chat_template("[IMG]", "[INST]", "[/INST]", "</s>")
+    tokenizer = tokenizer_with(["[INST]", "[/INST]", "</s>", "<pad>", "[IMG]", "[IMG_BREAK]", "[IMG_END]"], template, eos="</s>")
+    config = Mistral3Config(
+        text_config=MistralConfig(**text_kwargs(tokenizer), head_dim=8),
+        vision_config=PixtralVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                          image_size=64, patch_size=8, head_dim=8),
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"), vision_feature_layer=-1, spatial_merge_size=2,
+    )
+    model = Mistral3ForConditionalGeneration(config).eval()
+    processor = PixtralProcessor(image_processor=PixtralImageProcessorPil(size={"longest_edge": 64}, patch_size=8),
+                                 tokenizer=tokenizer, patch_size=8, spatial_merge_size=2, chat_template=template,
+                                 image_token="[IMG]", image_break_token="[IMG_BREAK]", image_end_token="[IMG_END]")
+    return model, processor
+
+
+FAMILIES = {"llava": tiny_llava, "llava_next": tiny_llava_next, "onevision": tiny_onevision, "idefics3": tiny_idefics3,
+            "smolvlm": tiny_smolvlm, "qwen2_vl": tiny_qwen2_vl, "qwen2_5_vl": tiny_qwen2_5_vl, "qwen3_vl": tiny_qwen3_vl,
+            "gemma3": tiny_gemma3, "internvl": tiny_internvl, "mistral3": tiny_mistral3}

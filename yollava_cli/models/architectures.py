@@ -3,9 +3,10 @@
 Everything else is generic: prompts come from the processor's chat template, each image placeholder
 expands as the processor expands it (`images`), the features reach the model as its own
 `mm_encoder_outputs`. What is left differs per architecture and lives here: the form the model
-takes its pooled features in, whether its positions are M-RoPE (Qwen2-VL: three axes, computed over
-the whole sequence with the image grids), and whether image tokens carry token types (Gemma 3:
-bidirectional attention inside an image). An architecture not listed is refused before its weights
+takes its pooled features in, whether its positions are M-RoPE (Qwen2-VL and Qwen3-VL: three axes,
+computed over the whole sequence with the image grids), and whether image tokens carry token types
+(Gemma 3: bidirectional attention inside an image). Side data a vision tower returns (Qwen3-VL's
+deepstack features) is kept with the features whatever the architecture (`images`). An architecture not listed is refused before its weights
 load. This module imports no torch: `yollava models` lists the table without loading one."""
 
 from dataclasses import dataclass
@@ -36,15 +37,17 @@ ARCHITECTURES = (
     Architecture("Qwen2-VL", ("qwen2_vl",), ("Qwen/Qwen2-VL-2B-Instruct",), 2.2, mrope=True, needs=("torchvision",)),
     Architecture("Qwen2.5-VL", ("qwen2_5_vl",), ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"), 3.8,
                  mrope=True, needs=("torchvision",)),
+    Architecture("Qwen3-VL", ("qwen3_vl",), ("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"), 2.1, mrope=True,
+                 needs=("torchvision",)),
     Architecture("Gemma 3", ("gemma3",), ("google/gemma-3-4b-it",), 4.3, pooled_as_tensor=True, token_types=True),
     Architecture("InternVL", ("internvl",), ("OpenGVLab/InternVL3-1B-hf", "OpenGVLab/InternVL3-8B-hf"), 0.9,
                  pooled_as_tensor=True, needs=("torchvision",)),
+    Architecture("Mistral 3", ("mistral3",), ("mistralai/Mistral-Small-3.1-24B-Instruct-2503",), 24.0),
 )
 
 # what a model type needs that yollava does not do (yet): said instead of a crash mid-pass
 REFUSED = {
-    "qwen3_vl": "its deepstack features feed three decoder layers, not only the input embeddings",
-    "qwen3_vl_moe": "its deepstack features feed three decoder layers, not only the input embeddings",
+    "qwen3_vl_moe": "a mixture of experts too large to have been tried",
     "paligemma": "it has no chat template (a prefix-LM, not a chat model)",
     "mllama": "its images enter through cross-attention, not as input tokens",
     "llama4": "its image tokens are laid out in tiles with their own separators the passes do not keep",

@@ -31,7 +31,7 @@ from yollava_cli.models.concept_tokens import (
 )
 from yollava_cli.models.decoding import NO_WORDS, YES_WORDS
 from yollava_cli.models.feature_cache import FeatureCache
-from yollava_cli.models.images import ImageInput, compute_image_input
+from yollava_cli.models.images import ImageInput, PooledImages, compute_image_input
 from yollava_cli.models.prompts import Prompt, PromptEncoder, part
 
 SCORE_BATCH = 16  # prompts per yes/no scoring pass (find, training validation, eval): bounded memory
@@ -86,13 +86,15 @@ class VLM:
     def image_outputs(self, images: list[ImageInput]) -> dict:
         """Precomputed image features as transformers' `mm_encoder_outputs`, in the form the
         architecture takes them; empty without images."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
         if not images:
             return {}
         features = [image.features.to(self.device, self.dtype) for image in images]
         pooled = torch.cat(features) if self.arch.pooled_as_tensor else features
-        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=pooled)}}
+        deepstack = None
+        if images[0].deepstack is not None:  # per layer, one tensor per image
+            deepstack = [[image.deepstack[layer].to(self.device, self.dtype) for image in images]
+                         for layer in range(len(images[0].deepstack))]
+        return {"mm_encoder_outputs": {"image": PooledImages(pooler_output=pooled, deepstack_features=deepstack)}}
 
     def layout(self, ids: torch.Tensor, mask: torch.Tensor, images: list[ImageInput]) -> dict:
         """The per-token inputs this architecture takes beside the ids, for a whole (rows, T)
@@ -278,6 +280,8 @@ class VLM:
         self.vision_calls += 1
         computed = compute_image_input(self.model, self.processor, image, self.dtype, self.device, self.fast)
         computed.features = computed.features.to(self.feature_dtype)
+        if computed.deepstack is not None:
+            computed.deepstack = computed.deepstack.to(self.feature_dtype)
         return computed
 
 
