@@ -72,6 +72,14 @@ def test_scoring_from_a_shared_opening_equals_full_passes(vlm):
         assert (logits[finite] - full[finite]).abs().max() < 1e-5
 
 
+def test_a_question_spelling_the_image_placeholder_is_refused(vlm):
+    marker = vlm.processor.image_token
+    with pytest.raises(UserError, match="image placeholder"):
+        vlm.prompts.encode(Prompt(f"What does {marker} mean?"))
+    with pytest.raises(UserError, match="image placeholder"):
+        vlm.prompts.encode(Prompt("Is it here?", [photo()], notes=[f"He likes {marker}."]))
+
+
 def test_a_new_concept_starts_at_the_embeddings_own_scale():
     """Gemma 3 multiplies every embedding by sqrt(hidden): a concept's rows, looked up beside the
     words, are scaled alike, so the identifier reads as the word it starts from."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from yollava_cli.errors import UserError
 from yollava_cli.models.concept_tokens import ConceptTokens
 from yollava_cli.models.images import ImageInput
 
@@ -70,9 +71,18 @@ class PromptEncoder:
         [expanded], _ = self.processor.get_text_with_replacements([text], [image.replacement for image in images])
         return expanded
 
+    def refuse_placeholders(self, prompt: Prompt, answer: str | None) -> None:
+        """Text that spells the model's image placeholder would take a photo's place."""
+        marker = self.processor.image_token
+        written = [prompt.question, *prompt.notes, *(text for turn in prompt.history for text in turn), answer or ""]
+        if any(marker in text for text in written):
+            raise UserError(f"{marker} is this model's image placeholder and cannot be in a question or a note; "
+                            "write it another way (photos go in with --image)")
+
     def encode(self, prompt: Prompt, answer: str | None = None) -> Encoded:
         """Token ids equal to the processor's own for the same text and photos; labels cover only
         the answer (everything after the generation prompt), whatever the template's separators."""
+        self.refuse_placeholders(prompt, answer)
         images = self.image_inputs(prompt.images, prompt.image_keys)
         question_ids = self.tokenize(self.expand(self.render(prompt), images))
         ids = question_ids if answer is None else self.tokenize(self.expand(self.render(prompt, answer), images))
