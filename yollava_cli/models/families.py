@@ -113,7 +113,9 @@ def check_architecture(config, ref: str) -> None:
     arch = architecture(config.model_type, ref)
     missing = missing_modules(arch)
     if missing:
-        install = "bash scripts/install.sh --open-clip" if missing == ["torchvision"] else f"pip install {' '.join(missing)}"
+        install = f"pip install {' '.join(missing)}"
+        if "torchvision" in missing:  # its build must match torch's
+            install += " (the build matching your torch; bash scripts/install.sh --open-clip installs a matching pair)"
         raise UserError(f"{ref}: {arch.name} needs {' and '.join(missing)}: {install}")
 
 
