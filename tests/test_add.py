@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, invoke, run_cli, shared_data, snapshot
 from PIL import Image
 
@@ -145,6 +146,20 @@ def test_bad_inputs_fail_in_one_line_and_store_nothing(home, tmp_path):
 def test_usage_errors_exit_2(home):
     assert invoke("add", home=home).returncode == 2
     assert invoke("add", "bo", "x.jpg", "--kind", "planet", home=home).returncode == 2
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "bo", "--k", "65"], ["train", "bo", "--epochs", "100000"], ["train", "bo", "--lr", "5"],
+    ["train", "bo", "--lr", "0"], ["train", "bo", "--batch-size", "100000"], ["train", "bo", "--seed", "-1"],
+    ["mine", "bo", "--seed", "-1"], ["mine", "bo", "--hard", "1000000"], ["mine", "bo", "--duplicate-above", "3"],
+    ["ask", "bo", "hi?", "--temperature", "50"], ["ask", "bo", "hi?", "--max-tokens", "1000000"],
+    ["ask", "bo", "hi?", "--seed", "-1"], ["eval", "data", "--folds", "1000"], ["eval", "data", "--epochs", "0"],
+])
+def test_numeric_options_outside_what_the_model_can_use_are_usage_errors(home, args):
+    """Checked before anything else (here, before the unknown concept `bo`): a learning rate of 5,
+    a seed numpy refuses, a temperature of 50 would each fail, or waste a run, much later."""
+    result = invoke(*args, home=home)
+    assert result.returncode == 2 and "Invalid value for '" + args[-2] in result.stderr, result.stderr
 
 
 def test_two_processes_add_concurrently(home, tmp_path):
