@@ -127,6 +127,20 @@ def test_export_refuses_an_existing_target_unless_forced_and_writes_only_regular
     assert fifo.is_fifo() and folder.is_dir() and list(folder.iterdir()) == [] and link.is_symlink()
 
 
+def test_import_as_a_look_alike_of_an_existing_name_is_refused(world, tmp_path):
+    """`add` refuses my-dog beside my_dog (one would be mistyped for the other); `import --as` too."""
+    home = fresh_home(world, tmp_path)
+    assert invoke("add", "my_dog", world["data"] / "concepts" / "dog" / "train", "--no-train", home=home).returncode == 0
+    bundle = tmp_path / "bo.yollava"
+    assert run_cli("export", "bo", bundle, home=home).returncode == 0
+    before = snapshot(home)
+    for args in (["--skip-model-check"], ["--model", world["model"]]):  # refused before the model loads, too
+        result = invoke("import", bundle, "--as", "my-dog", *args, home=home)
+        assert result.returncode == 1 and "too close to the existing concept 'my_dog'" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(home) == before
+
+
 def test_importing_photos_already_stored_reuses_them(world, tmp_path):
     home = fresh_home(world, tmp_path)
     bundle = tmp_path / "bo.yollava"

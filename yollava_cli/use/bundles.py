@@ -22,7 +22,7 @@ from yollava_cli.learning.train_config import RANGES
 from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.tensor_file import META_KEY, CheckpointMeta, Fingerprint, RecognizerMeta, write_tensors
 from yollava_cli.schema import Fraction, OpenSchema, Text, parse_json, validate
-from yollava_cli.store.concepts import get_concept, parse_name
+from yollava_cli.store.concepts import check_collisions, get_concept, parse_name
 from yollava_cli.store.facts import MAX_FACTS
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.photos import BadPhoto, decode, jpeg_bytes
@@ -220,14 +220,12 @@ def import_concept(registry: Registry, path: Path, new_name: str | None = None, 
     """Add the bundle's concept as trained (under `new_name` if given); `base_fingerprint`, when
     known, must match the bundle's."""
     manifest, tensors_bytes, photos, rows = check_bundle(path)
-    name = parse_name(new_name or manifest["name"])
+    name = new_concept_name(registry, new_name or manifest["name"])
     if base_fingerprint is not None and base_fingerprint != manifest["base_fingerprint"]:
         raise UserError(
             f"{path}: <{manifest['name']}> was trained on {manifest['base_model']!r} ({manifest['base_fingerprint']}), "
             f"not on this base model ({base_fingerprint}); use --model {manifest['base_model']}"
         )
-    if registry.concept(name):
-        raise UserError(f"concept {name!r} exists already; import with --as NEWNAME or `yollava rm {name}` first")
     decoded = []
     for member, data in photos.items():
         stored = registry.photo(member.removeprefix("photos/").removesuffix(".jpg"))
@@ -252,6 +250,16 @@ def import_concept(registry: Registry, path: Path, new_name: str | None = None, 
     return {"concept": name, "base_model": manifest["base_model"], "k": manifest["k"], "photos": len(decoded)}
 
 
+def new_concept_name(registry: Registry, raw_name: str) -> str:
+    """The name the import would take, held to `add`'s rules: valid, free, and not a look-alike
+    of another concept's (bo-cat beside bo_cat)."""
+    name = parse_name(raw_name)
+    if registry.concept(name):
+        raise UserError(f"concept {name!r} exists already; import with --as NEWNAME or `yollava rm {name}` first")
+    check_collisions(registry, name, None, replace=False)
+    return name
+
+
 def import_on_its_model(registry: Registry, path: Path, new_name: str | None = None, model: str | None = None,
                         quantize: str | None = None, check_model: bool = True, on_status=None) -> dict:
     """import_concept, after loading the base model the bundle names (or `model`) to compare its
@@ -259,6 +267,7 @@ def import_on_its_model(registry: Registry, path: Path, new_name: str | None = N
     fingerprint = None
     if check_model:
         manifest = check_bundle(path)[0]
+        new_concept_name(registry, new_name or manifest["name"])  # a taken name fails before the model loads
         fingerprint = load_vlm(model or manifest["base_model"], on_status=on_status, quantize=quantize).fingerprint
     return import_concept(registry, path, new_name, fingerprint)
 
