@@ -86,6 +86,25 @@ def test_odd_but_valid_photos_are_converted(home, tmp_path):
     assert big.exists()
 
 
+def test_a_photo_with_large_text_metadata_is_a_photo(home, tmp_path):
+    """Text chunks are metadata: one over Pillow's 1 MB MAX_TEXT_CHUNK made the photo "corrupt or
+    truncated", and a long PNG or GIF comment crashed the JPEG encoder (over 64 KB) on main."""
+    from PIL import PngImagePlugin
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for name, zip_ in (("ztxt.png", True), ("text.png", False)):
+        info = PngImagePlugin.PngInfo()
+        info.add_text("comment", "x" * (2 * 2**20), zip=zip_)
+        info.add_itxt("Description", "y" * 2**20, zip=zip_)
+        make_photo(folder / name, pnginfo=info)
+    make_photo(folder / "comment.gif", mode="P", color=3, comment=b"z" * 200_000)
+    result = add_json(home, "bo", folder)
+    assert result["new_photos"] == 3 and result["skipped"] == [], result
+    for stored in (home / "photos").rglob("*.jpg"):
+        assert "comment" not in Image.open(stored).info  # the source's metadata is not stored with the photo
+
+
 def test_mixed_folder_adds_good_and_names_bad(home, tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()

@@ -18,6 +18,8 @@ READ_CHUNK = 1 << 20  # files are read this much at a time, never whole
 MAX_PIXELS = 50_000_000  # refuse before decoding: a decompression bomb must not eat the RAM
 STORE_MAX_SIDE = 1024  # photos are downscaled on import; models look at <= 768 px anyway
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
 class BadPhoto(Exception):
@@ -112,7 +114,7 @@ def too_big() -> str:
 
 def decode(data: bytes, max_side: int) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(without_png_text(data)))
         if image.width * image.height > MAX_PIXELS:
             raise BadPhoto(
                 f"image is {image.width}x{image.height} pixels, over the "
@@ -127,9 +129,29 @@ def decode(data: bytes, max_side: int) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise BadPhoto(f"corrupt or truncated image data ({e})") from None
     image = to_rgb(image)
+    image.info = {}  # the source's comments and the like are not the photo (and JPEG caps a comment at 64 KB)
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return image
+
+
+def without_png_text(data: bytes) -> bytes:
+    """A PNG without its text chunks (comments, captions, an editor's history), else `data` as it
+    is: the pixels are the same, and Pillow refuses a text chunk over 1 MB (MAX_TEXT_CHUNK) as if
+    the image were damaged. A chunk cut short ends the walk; decoding then says what is wrong."""
+    if not data.startswith(PNG_SIGNATURE):
+        return data
+    kept, at, dropped = [PNG_SIGNATURE], len(PNG_SIGNATURE), False
+    while at + 12 <= len(data):
+        end = at + 12 + int.from_bytes(data[at : at + 4], "big")  # length, type, data, CRC
+        if end > len(data):
+            break
+        if data[at + 4 : at + 8] in PNG_TEXT_CHUNKS:
+            dropped = True
+        else:
+            kept.append(data[at:end])
+        at = end
+    return b"".join([*kept, data[at:]]) if dropped else data
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
