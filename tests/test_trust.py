@@ -400,6 +400,28 @@ def test_a_damaged_registry_is_refused_then_restored_from_its_backup(world, tmp_
     assert any((home / "trash").rglob("registry.db")) == (damage != "missing")  # the damaged file is kept
 
 
+def test_an_error_inside_the_registry_names_it(world, tmp_path):
+    """A damaged table that SQLite finds only when a command reads it: the error says which file,
+    and the way back."""
+    import sqlite3
+
+    home = fresh_home(world, tmp_path)
+    db = home / "registry.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'concept_photos'").fetchone()[0]
+    conn.close()
+    with open(db, "r+b") as f:  # the table's first page: its header overwritten
+        f.seek((root - 1) * page_size)
+        f.write(b"\x07" * 12)
+    for args in (["show", "bo"], ["doctor"]):
+        result = invoke(*args, home=home)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "malformed" in result.stderr and str(db) in result.stderr and "doctor --restore" in result.stderr, result.stderr
+
+
 def test_a_registry_newer_than_its_backup_keeps_the_new_photos(world, tmp_path):
     """Restoring an older backup leaves the photos added since as orphans: reported, and only
     ever moved to the trash."""
