@@ -332,6 +332,24 @@ def test_doctor_finds_and_repairs(world, tmp_path):
     assert emptied.returncode == 0 and not any((home / "trash").rglob("*.jpg"))
 
 
+def test_add_replace_moves_the_old_checkpoints_to_the_trash(world, tmp_path):
+    """Replacing a concept drops its checkpoint rows; their files went on lying in checkpoints/ as
+    orphans on main. They go to the trash after the new rows commit, and never under a training."""
+    home = fresh_home(world, tmp_path)
+    photos = world["data"] / "concepts" / "cat" / "train"
+    old = sorted(p.name for p in (home / "checkpoints" / "bo").glob("*.safetensors"))
+    assert old
+    with Registry(home).lock("train-bo", "training <bo>"):  # as a running `train bo` holds it
+        busy = invoke("add", "bo", photos, "--replace", "--no-train", home=home)
+    assert busy.returncode == 1 and "training <bo>" in busy.stderr, busy.stderr
+    replaced = invoke("add", "bo", photos, "--replace", "--no-train", home=home)
+    assert replaced.returncode == 0, replaced.stderr
+    assert list((home / "checkpoints" / "bo").glob("*.safetensors")) == []
+    assert sorted(p.name for p in (home / "trash").rglob("*.safetensors")) == old
+    doctor = run_cli("doctor", "--json", home=home)
+    assert doctor.returncode == 0 and json.loads(doctor.stdout)["problems"] == [], doctor.stdout
+
+
 def stored_files_exist(home) -> list[str]:
     """The registry's photo and checkpoint files that are missing on disk (none, when nothing was lost)."""
     registry = Registry(home)
