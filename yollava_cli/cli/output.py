@@ -49,12 +49,16 @@ def status(message: str) -> None:
 
 @contextmanager
 def progress_bar(description: str):
-    """A progress bar on stderr (silent when stderr is not a terminal); yields a (done, total) callback."""
-    bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    """A progress bar on stderr (silent when stderr is not a terminal); yields a (done, total)
+    callback, whose optional third argument changes what the bar says it is doing."""
+    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=err, transient=True)
     task = bar.add_task(description, total=None)
+
+    def update(done: int, total: int | None, doing: str | None = None) -> None:
+        bar.update(task, completed=done, total=total, **({"description": doing} if doing else {}))
     with bar:
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+        yield update
 
 
 def open_registry() -> Registry:

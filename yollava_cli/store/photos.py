@@ -3,7 +3,7 @@
 import hashlib
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
@@ -33,19 +33,21 @@ class Photo:
     image: Image.Image  # RGB, EXIF orientation applied, downscaled to STORE_MAX_SIDE
 
 
-def expand_photo_paths(inputs: list[Path]) -> list[Path]:
-    """Files as given, and the photo-suffixed files under each directory (recursive, sorted)."""
+def expand_photo_paths(inputs: list[Path], on_found: Callable[[int], None] | None = None) -> list[Path]:
+    """Files as given, and the photo-suffixed files under each directory (recursive, sorted);
+    `on_found(count)` after each directory walked, for a folder as big as a whole disk."""
     found: list[Path] = []
     for given in inputs:
         if not given.exists():
             raise UserError(f"{given}: no such file or directory")
         if given.is_dir():
-            inside = sorted(
-                Path(dirpath) / name
-                for dirpath, _dirs, names in os.walk(given)  # followlinks=False: no symlink loops
-                for name in names
-                if not name.startswith(".") and Path(name).suffix.lower() in PHOTO_SUFFIXES
-            )
+            inside = []
+            for dirpath, _dirs, names in os.walk(given):  # followlinks=False: no symlink loops
+                inside += [Path(dirpath) / name for name in names
+                           if not name.startswith(".") and Path(name).suffix.lower() in PHOTO_SUFFIXES]
+                if on_found:
+                    on_found(len(found) + len(inside))
+            inside.sort()
             if not inside:
                 raise UserError(
                     f"{given}: no photos in this folder (looked for {', '.join(sorted(PHOTO_SUFFIXES))})"
