@@ -105,6 +105,24 @@ def test_a_photo_with_large_text_metadata_is_a_photo(home, tmp_path):
         assert "comment" not in Image.open(stored).info  # the source's metadata is not stored with the photo
 
 
+def test_show_piped_escapes_a_tab_or_newline_in_a_path(home, tmp_path):
+    """A file name may hold a tab or a newline: piped, each stays one escaped field of one line."""
+    folder = tmp_path / "odd\tnames"
+    folder.mkdir()
+    make_photo(folder / "two\nlines.png")
+    make_photo(folder / "back\\slash.png", color=(1, 2, 3))
+    add_json(home, "bo", folder)
+    shown = json.loads(invoke("show", "bo", "--json", home=home).stdout)
+    (home / next(p["stored"] for p in shown["photos"] if "two" in p["source"])).unlink()  # listed as missing too
+    lines = invoke("show", "bo", home=home).stdout.splitlines()
+    rows = lines[lines.index("photos:") + 1 :]
+    assert [len(row.split("\t")) for row in rows] == [4, 4], rows
+    escaped = str(folder).replace("\t", "\\t")
+    assert {row.split("\t")[3] for row in rows} == {f"{escaped}/two\\nlines.png", f"{escaped}/back\\\\slash.png"}
+    missing = [line for line in lines if line.startswith("missing from the store:")]
+    assert len(missing) == 1 and "two\\nlines.png" in missing[0]
+
+
 def test_mixed_folder_adds_good_and_names_bad(home, tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()

@@ -26,11 +26,22 @@ def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+# a path may hold a tab or a newline: escaped as C does, it cannot split a tab-separated line
+FIELD_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+LINE_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r"})
+
+
+def field(text: str) -> str:
+    """One field of a tab-separated line: backslash, tab, newline and carriage return escaped."""
+    return text.translate(FIELD_ESCAPES)
+
+
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    """A rich table on a terminal; tab-separated lines (no header) when piped, for cut and awk."""
+    """A rich table on a terminal; tab-separated lines (no header) when piped, for cut and awk,
+    each field escaped (`field`)."""
     if not out.is_terminal:
         for row in rows:
-            sys.stdout.write("\t".join(row) + "\n")
+            sys.stdout.write("\t".join(map(field, row)) + "\n")
         return
     table = Table(*headers)
     for row in rows:
@@ -39,8 +50,8 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def line(text: str = "") -> None:
-    """One line on stdout, never wrapped (a path stays whole, piped or not)."""
-    out.print(text, markup=False, highlight=False, soft_wrap=True)
+    """One line on stdout, never wrapped (a path stays whole, piped or not), a newline in it escaped."""
+    out.print(text.translate(LINE_ESCAPES), markup=False, highlight=False, soft_wrap=True)
 
 
 def status(message: str) -> None:
