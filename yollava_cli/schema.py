@@ -5,9 +5,10 @@ expected and what was found:
 
     config.json: "feature_cache_mb" must be a whole number from 64 to 1048576 (got "big")
 
-This module and the schemas built on it are imported only by what reads such a file: pydantic
-costs ~0.1 s of start-up, which `--help`, `list` and `show` do not pay. `config.json`'s schema is
-here too: config.py sits beside errors.py, used by every floor, and must stay light."""
+This module and the schemas built on it are imported only by what reads such a file: importing
+them costs ~0.2 s (pydantic's parts and building the schemas), which `--help`, `list`, `show` and
+`note` do not pay. `config.json`'s schema is here too: config.py sits beside errors.py, used by
+every floor, and must stay light."""
 
 import json
 import re
