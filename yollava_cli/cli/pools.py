@@ -26,8 +26,11 @@ def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, json_: Js
 
     checked_new_pool(name, folder)  # a bad name or folder fails before the embedder loads
     model = load_embedder(embedder)
-    with progress_bar(f"Embedding {folder} ({model.id})") as on_progress:
-        result = mining.add_pool(open_registry(), name, folder, model, on_progress, on_status=status)
+    scanning, embedding = f"Scanning {folder}", f"Embedding {folder} ({model.id})"
+    with progress_bar(scanning) as on_progress:
+        result = mining.add_pool(open_registry(), name, folder, model,
+                                 lambda done, total: on_progress(done, total, embedding), on_status=status,
+                                 on_scan=lambda done, total: on_progress(done, total, scanning))
     for item in result["skipped"]:
         status(f"skipped {Path(result['path']) / item['path']}: {item['reason']}")
     if json_:

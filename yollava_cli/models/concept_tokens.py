@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 
 from yollava_cli.errors import UserError
 from yollava_cli.models.tensor_file import CheckpointMeta, read_tensors, write_tensors
@@ -189,6 +190,11 @@ def read_concept_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and metadata of a concept checkpoint, or a one-line error."""
     try:
         tensors, meta = read_tensors(path, ("input_rows", "output_row"))
-        return tensors, CheckpointMeta.from_json(meta).to_json()
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as e:
         raise UserError(f"{path}: not a yollava concept checkpoint ({e})") from None
+    meta = CheckpointMeta.from_json(meta, str(path))
+    rows, head = tensors["input_rows"], tensors["output_row"]
+    if rows.ndim != 2 or rows.shape[0] != meta.k + 1 or tuple(head.shape) != (rows.shape[1],):
+        raise UserError(f"{path}: token rows have shapes {tuple(rows.shape)} / {tuple(head.shape)}, "
+                        f"not ({meta.k + 1}, H) / (H,) for k={meta.k}: the file is damaged")
+    return tensors, meta.to_json()
