@@ -3,10 +3,10 @@ _yollava() {
   local cur="${COMP_WORDS[COMP_CWORD]}" cmdpath="" w words
   for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
     [[ "$w" == -* ]] && continue
-    case "$cmdpath${cmdpath:+ }$w" in "add"|"ask"|"chat"|"doctor"|"eval"|"explain"|"export"|"find"|"import"|"list"|"mine"|"note"|"pool"|"pool add"|"pool list"|"pool rm"|"rm"|"show"|"train") cmdpath="$cmdpath${cmdpath:+ }$w" ;; esac
+    case "$cmdpath${cmdpath:+ }$w" in "add"|"ask"|"chat"|"doctor"|"eval"|"explain"|"export"|"find"|"import"|"list"|"mine"|"models"|"note"|"pool"|"pool add"|"pool list"|"pool rm"|"rm"|"show"|"train") cmdpath="$cmdpath${cmdpath:+ }$w" ;; esac
   done
   case "$cmdpath" in
-    "") words="add ask chat doctor eval explain export find import list mine note pool rm show train --help" ;;
+    "") words="add ask chat doctor eval explain export find import list mine models note pool rm show train --help" ;;
     "add") words="--kind --replace --strict --no-train --note --notes-file --model --quantize --json --help" ;;
     "ask") words="--image --max-tokens --temperature --seed --no-train --model --quantize --json --help" ;;
     "chat") words="--image --max-tokens --temperature --seed --model --quantize --help" ;;
@@ -18,6 +18,7 @@ _yollava() {
     "import") words="--as --skip-model-check --model --quantize --json --help" ;;
     "list") words="--json --help" ;;
     "mine") words="--pool --hard --easy --seed --duplicate-above --embedder --json --help" ;;
+    "models") words="--quantize --json --help" ;;
     "note") words="--rm --json --help" ;;
     "pool") words="--help add list rm" ;;
     "pool add") words="--embedder --ray --json --help" ;;

@@ -11,6 +11,7 @@ complete -c yollava -n "__fish_use_subcommand" -a find -d "Find a concept across
 complete -c yollava -n "__fish_use_subcommand" -a import -d "Add a concept from a bundle, after verifying it (checksums, shapes, values, base model)."
 complete -c yollava -n "__fish_use_subcommand" -a list -d "List your concepts."
 complete -c yollava -n "__fish_use_subcommand" -a mine -d "Choose a concept's negatives: hard (look-alikes) and easy (random) photos from your pools."
+complete -c yollava -n "__fish_use_subcommand" -a models -d "List the model families yollava runs, example ids, rough memory here, and whether this machine can run them."
 complete -c yollava -n "__fish_use_subcommand" -a note -d "Note what you know about a concept and photos cannot show; answers use it at once."
 complete -c yollava -n "__fish_use_subcommand" -a pool -d "Folders of everyday photos to mine negatives from."
 complete -c yollava -n "__fish_use_subcommand" -a rm -d "Remove a concept, its checkpoints, and photos no other concept uses."
@@ -96,6 +97,9 @@ complete -c yollava -n "__fish_seen_subcommand_from mine" -l seed -r -d "Seed fo
 complete -c yollava -n "__fish_seen_subcommand_from mine" -l duplicate-above -r -d "Skip pool photos this similar to the concept's own (likely the subject itself)."
 complete -c yollava -n "__fish_seen_subcommand_from mine" -l embedder -r -d "auto, efficientnet-lite0, or open_clip:ARCH:PRETRAINED (a tag or a local file)."
 complete -c yollava -n "__fish_seen_subcommand_from mine" -l json -d "Print one JSON document on stdout, nothing else."
+complete -c yollava -n "__fish_seen_subcommand_from models" -F  # models: files
+complete -c yollava -n "__fish_seen_subcommand_from models" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."
+complete -c yollava -n "__fish_seen_subcommand_from models" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from note" -F  # note: files
 complete -c yollava -n "__fish_seen_subcommand_from note" -l rm -r -d "Remove fact number N (as listed)."
 complete -c yollava -n "__fish_seen_subcommand_from note" -l json -d "Print one JSON document on stdout, nothing else."

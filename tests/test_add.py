@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, invoke, run_cli, shared_data, snapshot
 from PIL import Image
 
@@ -85,6 +86,43 @@ def test_odd_but_valid_photos_are_converted(home, tmp_path):
     assert big.exists()
 
 
+def test_a_photo_with_large_text_metadata_is_a_photo(home, tmp_path):
+    """Text chunks are metadata: one over Pillow's 1 MB MAX_TEXT_CHUNK made the photo "corrupt or
+    truncated", and a long PNG or GIF comment crashed the JPEG encoder (over 64 KB) on main."""
+    from PIL import PngImagePlugin
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for name, zip_ in (("ztxt.png", True), ("text.png", False)):
+        info = PngImagePlugin.PngInfo()
+        info.add_text("comment", "x" * (2 * 2**20), zip=zip_)
+        info.add_itxt("Description", "y" * 2**20, zip=zip_)
+        make_photo(folder / name, pnginfo=info)
+    make_photo(folder / "comment.gif", mode="P", color=3, comment=b"z" * 200_000)
+    result = add_json(home, "bo", folder)
+    assert result["new_photos"] == 3 and result["skipped"] == [], result
+    for stored in (home / "photos").rglob("*.jpg"):
+        assert "comment" not in Image.open(stored).info  # the source's metadata is not stored with the photo
+
+
+def test_show_piped_escapes_a_tab_or_newline_in_a_path(home, tmp_path):
+    """A file name may hold a tab or a newline: piped, each stays one escaped field of one line."""
+    folder = tmp_path / "odd\tnames"
+    folder.mkdir()
+    make_photo(folder / "two\nlines.png")
+    make_photo(folder / "back\\slash.png", color=(1, 2, 3))
+    add_json(home, "bo", folder)
+    shown = json.loads(invoke("show", "bo", "--json", home=home).stdout)
+    (home / next(p["stored"] for p in shown["photos"] if "two" in p["source"])).unlink()  # listed as missing too
+    lines = invoke("show", "bo", home=home).stdout.splitlines()
+    rows = lines[lines.index("photos:") + 1 :]
+    assert [len(row.split("\t")) for row in rows] == [4, 4], rows
+    escaped = str(folder).replace("\t", "\\t")
+    assert {row.split("\t")[3] for row in rows} == {f"{escaped}/two\\nlines.png", f"{escaped}/back\\\\slash.png"}
+    missing = [line for line in lines if line.startswith("missing from the store:")]
+    assert len(missing) == 1 and "two\\nlines.png" in missing[0]
+
+
 def test_mixed_folder_adds_good_and_names_bad(home, tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -145,6 +183,20 @@ def test_bad_inputs_fail_in_one_line_and_store_nothing(home, tmp_path):
 def test_usage_errors_exit_2(home):
     assert invoke("add", home=home).returncode == 2
     assert invoke("add", "bo", "x.jpg", "--kind", "planet", home=home).returncode == 2
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "bo", "--k", "65"], ["train", "bo", "--epochs", "100000"], ["train", "bo", "--lr", "5"],
+    ["train", "bo", "--lr", "0"], ["train", "bo", "--batch-size", "100000"], ["train", "bo", "--seed", "-1"],
+    ["mine", "bo", "--seed", "-1"], ["mine", "bo", "--hard", "1000000"], ["mine", "bo", "--duplicate-above", "3"],
+    ["ask", "bo", "hi?", "--temperature", "50"], ["ask", "bo", "hi?", "--max-tokens", "1000000"],
+    ["ask", "bo", "hi?", "--seed", "-1"], ["eval", "data", "--folds", "1000"], ["eval", "data", "--epochs", "0"],
+])
+def test_numeric_options_outside_what_the_model_can_use_are_usage_errors(home, args):
+    """Checked before anything else (here, before the unknown concept `bo`): a learning rate of 5,
+    a seed numpy refuses, a temperature of 50 would each fail, or waste a run, much later."""
+    result = invoke(*args, home=home)
+    assert result.returncode == 2 and "Invalid value for '" + args[-2] in result.stderr, result.stderr
 
 
 def test_two_processes_add_concurrently(home, tmp_path):

@@ -1,4 +1,4 @@
-"""The model backend on tiny random LLaVA and LLaVA-OneVision models (built from configs, no download)."""
+"""The model backend on a tiny random model of every family yollava runs (built from configs, no download)."""
 
 import os
 import subprocess
@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 from PIL import Image
-from tiny import tiny_llava, tiny_onevision
+from tiny import FAMILIES, tiny_llava
 
 from yollava_cli.errors import UserError
 from yollava_cli.models import decoding
@@ -18,16 +18,15 @@ from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
 
-BUILDERS = {"llava": tiny_llava, "onevision": tiny_onevision}
 
 
 def photo(color=(200, 30, 30), size=(40, 30)):
     return Image.new("RGB", size, color)
 
 
-@pytest.fixture(params=list(BUILDERS))
+@pytest.fixture(params=list(FAMILIES))
 def vlm(request, tmp_path):
-    model, processor = BUILDERS[request.param]()
+    model, processor = FAMILIES[request.param]()
     return VLM(model, processor, f"tiny-{request.param}", cache_dir=tmp_path)
 
 
@@ -37,7 +36,7 @@ def test_prompt_carries_concept_prompt_and_matches_the_processor(vlm):
     text = vlm.prompts.render(prompt)
     assert concept_prompt("bo", 16) in text
     assert concept_prompt("bo", 16) == "<bo> is " + "".join(f"<bo_{i}>" for i in range(16)) + "."
-    assert text.index(concept_prompt("bo", 16)) < text.index("<image>") < text.index("Is <bo> in")
+    assert text.index(concept_prompt("bo", 16)) < text.index(vlm.processor.image_token) < text.index("Is <bo> in")
     bo_id = vlm.tokenizer.convert_tokens_to_ids("<bo>")
     assert bo_id in vlm.prompts.tokenize("Is <bo> here?")  # one token, not pieces
     # our placeholder expansion (from cached features) equals the processor's own
@@ -60,14 +59,15 @@ def test_two_concepts_at_once_and_unloading(vlm):
     bo_ids = vlm.tokens.add("bo", 4, seed=1)
     mam_ids = vlm.tokens.add("mam", 4, seed=2)
     assert not set(bo_ids) & set(mam_ids)
+    scale = getattr(vlm.tokens.embedding.base, "embed_scale", 1.0)  # Gemma 3 scales every row it looks up
     rows = vlm.tokens.embedding(torch.tensor([bo_ids + mam_ids]))[0]
-    assert torch.equal(rows[:5], vlm.tokens.embedding.tables["bo"].data)
-    assert torch.equal(rows[5:], vlm.tokens.embedding.tables["mam"].data)
+    assert torch.equal(rows[:5], vlm.tokens.embedding.tables["bo"].data * scale)
+    assert torch.equal(rows[5:], vlm.tokens.embedding.tables["mam"].data * scale)
     prompt = Prompt("Is <bo> with <mam>?", [photo()], concepts=["bo", "mam"])
     assert concept_prompt("bo", 4) in vlm.prompts.render(prompt) and concept_prompt("mam", 4) in vlm.prompts.render(prompt)
     vlm.tokens.remove("bo")
     rows = vlm.tokens.embedding(torch.tensor([mam_ids]))[0]
-    assert torch.equal(rows, vlm.tokens.embedding.tables["mam"].data)
+    assert torch.equal(rows, vlm.tokens.embedding.tables["mam"].data * scale)
     assert 0.0 < vlm.yes_probabilities([Prompt("Is <mam> here?", [photo()], concepts=["mam"])])[0] < 1.0
 
 
@@ -85,7 +85,7 @@ def test_labels_cover_only_the_answer(vlm):
 def test_labels_do_not_depend_on_the_templates_separators(vlm):
     vlm.processor.chat_template = vlm.tokenizer.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
-        "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n"
+        "{% if c['type'] == 'image' %}" + vlm.processor.image_token + "{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n"
         "{% else %}ANSWER >> {{ m['content'][0]['text'] }}<|im_end|>{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}ANSWER >> {% endif %}"
     )
@@ -122,6 +122,7 @@ def test_training_step_changes_only_concept_rows(vlm):
 
 
 def test_streaming_generation_delivers_text_in_order(vlm):
+    vlm.model.generation_config.suppress_tokens = list(vlm.tokenizer.get_added_vocab().values())  # a random model may say only those
     pieces = []
     answer = vlm.generate(Prompt("What is this?", [photo()]), max_new_tokens=12, on_text=pieces.append)
     assert pieces and "".join(pieces).strip() == answer
@@ -283,13 +284,16 @@ def test_a_loaded_concept_never_leaks_into_a_conversation_without_it(vlm):
     word must still never be generated where its concept is not in the prompt (issue: pocket ended
     "What is in this photo?" on a loaded concept's identifier nobody mentioned)."""
     names = ["bo", "mam", "rex"]
+    asked = Prompt("What is <bo> doing?", [photo()], concepts=["bo"])
     for seed, name in enumerate(names):
         vlm.tokens.add(name, 2, seed=seed)
-        with torch.no_grad():  # an output row that beats every word on any hidden state
+        with torch.no_grad():  # an output row that beats every word on the answer's first hidden state
             vlm.head.rows[name].copy_(vlm.head.base.weight.float().sum(0) * 1e3)
+            if vlm.next_token_logits([asked])[0].argmax() != vlm.head.identifier_ids["bo"]:
+                vlm.head.rows[name].neg_()
     generic = vlm.generate(Prompt("What is in this photo?", [photo()]), max_new_tokens=8)
     assert not any(f"<{n}>" in generic for n in names), generic
-    with_bo = vlm.generate(Prompt("What is <bo> doing?", [photo()], concepts=["bo"]), max_new_tokens=8)
+    with_bo = vlm.generate(asked, max_new_tokens=8)
     assert "<bo>" in with_bo  # the mentioned concept still can be said
     assert "<mam>" not in with_bo and "<rex>" not in with_bo
     logits = vlm.next_token_logits([Prompt("What is this?", [photo()])])[0]

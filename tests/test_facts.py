@@ -49,6 +49,33 @@ def test_a_bad_fact_in_add_stores_nothing(home, tmp_path):
     assert Registry(home).concept("bo") is None
 
 
+@pytest.mark.parametrize("odd", ["\u202e", "\u2066", "\u2028", "\u2029", "\x85"])
+def test_a_fact_with_a_bidi_override_or_a_line_separator_is_refused(home, tmp_path, odd):
+    """A right-to-left override shows a fact in another order than the model reads it; a line or
+    paragraph separator (or NEL) makes one fact two lines in a prompt."""
+    from conftest import snapshot
+
+    photos = photo_folder(tmp_path)
+    assert invoke("add", "bo", photos, "--no-train", home=home).returncode == 0
+    before = snapshot(home)
+    result = invoke("note", "bo", f"loves{odd}tennis balls", home=home)
+    assert result.returncode == 1 and f"U+{ord(odd):04X}" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    notes = tmp_path / "notes.txt"
+    notes.write_text(f"is 4 years old\nloves{odd}tennis balls\n", encoding="utf-8")
+    result = invoke("add", "bo", photos, "--no-train", "--notes-file", notes, home=home)
+    assert result.returncode == 1 and f"{notes} line 2" in result.stderr and f"U+{ord(odd):04X}" in result.stderr, result.stderr
+    assert snapshot(home) == before
+
+
+def test_a_notes_files_byte_order_mark_is_not_part_of_its_first_fact(home, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes("is 4 years old\r\nloves tennis balls\r\n".encode("utf-8-sig"))  # as Notepad saves it
+    added = invoke("add", "bo", photo_folder(tmp_path), "--no-train", "--notes-file", notes, home=home)
+    assert added.returncode == 0, added.stderr
+    assert invoke("note", "bo", home=home).stdout.splitlines() == ["1\tis 4 years old", "2\tloves tennis balls"]
+
+
 def test_too_many_notes_in_add_store_no_concept_and_no_photo(home, tmp_path):
     from conftest import snapshot
 

@@ -8,6 +8,7 @@ import torch
 from tiny import tiny_llava
 
 from yollava_cli.models.feature_cache import FeatureCache
+from yollava_cli.models.images import ImageInput
 from yollava_cli.models.vlm import VLM, feature_cache_name
 
 LLAVA_15 = (576, 4096)  # LLaVA-1.5's features for one photo: 4.7 MB in bf16, 9.4 MB in fp32
@@ -20,7 +21,7 @@ def test_a_ten_thousand_photo_find_stays_under_the_cap(tmp_path):
     one = shape[0] * shape[1] * 2  # bf16
     cap = 100 * one
     cache = FeatureCache(tmp_path / "f", disk_bytes=cap, memory_bytes=10 * one)
-    feature = torch.zeros(shape, dtype=torch.bfloat16)
+    feature = ImageInput(torch.zeros(shape, dtype=torch.bfloat16), "<image>" * shape[0])
     peak = 0
     for i in range(10_000):
         cache.put(f"photo{i}", feature)
@@ -33,14 +34,14 @@ def test_a_ten_thousand_photo_find_stays_under_the_cap(tmp_path):
 
 
 def test_the_least_recently_used_go_first(tmp_path):
-    one = torch.ones(64, 64)  # 16 KB on disk
-    cache = FeatureCache(tmp_path / "f", disk_bytes=5 * 16_500, memory_bytes=0)
+    one = torch.ones(64, 64)  # 16.9 KB on disk, with its placeholder text
+    cache = FeatureCache(tmp_path / "f", disk_bytes=5 * 17_000, memory_bytes=0)
     for i in range(5):
-        cache.put(f"p{i}", one * i)
+        cache.put(f"p{i}", ImageInput(one * i, "<image>" * 64))
         past = time.time() - 100 + i
         os.utime(tmp_path / "f" / f"p{i}.safetensors", (past, past))
     assert cache.get("p0") is not None  # used again: now the most recent
-    cache.put("p5", one * 5)
+    cache.put("p5", ImageInput(one * 5, "<image>" * 64))
     kept = sorted(p.stem for p in (tmp_path / "f").glob("*.safetensors"))
     assert "p0" in kept and "p1" not in kept and "p5" in kept
 

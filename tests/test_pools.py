@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from yollava_cli.errors import UserError
 from yollava_cli.learning import mining
 from yollava_cli.learning.embeddings import Embedder
 from yollava_cli.store.concepts import add_concept
@@ -82,6 +83,53 @@ def test_mine_names_the_embedder_auto_chose(pooled):
     said = []
     mining.mine(registry, "bo", embedder, hard=2, easy=2, on_status=said.append)
     assert said == ["embedder: color (auto: a test)"]
+
+
+def nested_pool(tmp_path, folders=4, each=3):
+    pool = tmp_path / "big-pool"
+    for f in range(folders):
+        (pool / f"d{f}").mkdir(parents=True)
+        for i in range(each):
+            Image.new("RGB", (40, 30), (20 + 50 * f, 30 * i, 200)).save(pool / f"d{f}" / f"{i}.png")
+    return pool
+
+
+def test_pool_add_interrupted_while_scanning_leaves_no_pool(tmp_path, monkeypatch):
+    """Ctrl-C in `pool add NAME /` (hours of scanning) left an empty pool registered on main: the
+    pool is registered with its files, once the scan is done."""
+    registry = Registry(tmp_path / "home")
+    pool, real, seen = nested_pool(tmp_path), mining.photo_sha256, []
+
+    def photo_sha256(path):
+        seen.append(path)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+        return real(path)
+
+    monkeypatch.setattr(mining, "photo_sha256", photo_sha256)
+    with pytest.raises(KeyboardInterrupt):
+        mining.add_pool(registry, "big", pool, ColorEmbedder())
+    assert registry.pool_names() == [] and pool_rows(registry) == 0
+    monkeypatch.setattr(mining, "photo_sha256", real)
+    assert mining.add_pool(registry, "big", pool, ColorEmbedder())["photos"] == 12  # a clean start again
+    assert registry.pool_names() == ["big"] and pool_rows(registry) == 12
+
+
+def test_pool_add_reports_its_scan_and_refuses_a_folder_with_no_usable_photo(tmp_path):
+    registry = Registry(tmp_path / "home")
+    progress = []
+    mining.add_pool(registry, "big", nested_pool(tmp_path), ColorEmbedder(), on_scan=lambda done, total: progress.append((done, total)))
+    walked = [done for done, total in progress if total is None]
+    assert walked == sorted(walked) and walked[-1] == 12 and len(walked) >= 4  # found so far, folder by folder
+    assert [p for p in progress if p[1] is not None] == [(i, 12) for i in range(1, 13)]  # then checked of all
+    import os
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    os.mkfifo(junk / "a.jpg")
+    with pytest.raises(UserError, match="no usable photo to make a pool of .e.g. a.jpg: not a regular file"):
+        mining.add_pool(registry, "junk", junk, ColorEmbedder())
+    assert registry.pool_names() == ["big"]
 
 
 def odd_pool(tmp_path):

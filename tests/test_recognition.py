@@ -83,7 +83,7 @@ def test_the_recognizer_rides_in_the_checkpoint_file(tmp_path):
 
     path = tmp_path / "run1.safetensors"
     rows = {"input_rows": torch.zeros(3, 8), "output_row": torch.zeros(8)}
-    save_file(rows, str(path), metadata={"yollava": json.dumps({"name": "bo", "k": 2, "base_model": "tiny", "base_fingerprint": "fp"})})
+    save_file(rows, str(path), metadata={"yollava": json.dumps({"name": "bo", "k": 2, "base_model": "tiny", "base_fingerprint": "TinyModel:64:0123abcd"})})
     assert load(path) is None  # a checkpoint from before heads
     w = world(2)
     head = train_head("efficientnet-lite0", w["positives"], list("abcd"), w["negatives"])

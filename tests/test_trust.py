@@ -59,7 +59,7 @@ def test_facts_travel_in_bundles_and_malformed_facts_are_refused(world, tmp_path
     assert run_cli("export", "bo", bundle, home=home).returncode == 0
     assert run_cli("import", bundle, "--as", "bo2", "--model", world["model"], home=home).returncode == 0
     assert run_cli("note", "bo2", home=home).stdout == "1\tloves tennis balls\n"
-    for facts, message in ((["ok", "x" * 600], "keep a fact under 500"), ("not a list", "facts must be a list")):
+    for facts, message in ((["ok", "x" * 600], "keep a fact under 500"), ("not a list", '"facts" must be a list')):
         bad = tmp_path / "bad.yollava"
         with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(bad, "w") as dst:
             for item in src.namelist():
@@ -125,6 +125,20 @@ def test_export_refuses_an_existing_target_unless_forced_and_writes_only_regular
         assert result.returncode == 1 and "not a regular file" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert fifo.is_fifo() and folder.is_dir() and list(folder.iterdir()) == [] and link.is_symlink()
+
+
+def test_import_as_a_look_alike_of_an_existing_name_is_refused(world, tmp_path):
+    """`add` refuses my-dog beside my_dog (one would be mistyped for the other); `import --as` too."""
+    home = fresh_home(world, tmp_path)
+    assert invoke("add", "my_dog", world["data"] / "concepts" / "dog" / "train", "--no-train", home=home).returncode == 0
+    bundle = tmp_path / "bo.yollava"
+    assert run_cli("export", "bo", bundle, home=home).returncode == 0
+    before = snapshot(home)
+    for args in (["--skip-model-check"], ["--model", world["model"]]):  # refused before the model loads, too
+        result = invoke("import", bundle, "--as", "my-dog", *args, home=home)
+        assert result.returncode == 1 and "too close to the existing concept 'my_dog'" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(home) == before
 
 
 def test_importing_photos_already_stored_reuses_them(world, tmp_path):
@@ -200,12 +214,12 @@ def bad_bundles(bundle, tmp_path):
         ("extra tensor", tampered_tensors({"input_rows": rows, "output_row": torch.zeros(32), "x": torch.zeros(1)}), "token rows"),
         ("zip-slip member", lambda m: m.update({"../../evil.sh": b"rm -rf /"}), "unexpected content"),
         ("pickle member", lambda m: m.update({"concept.pkl": b"\x80\x04K\x01."}), "unexpected content"),
-        ("manifest not JSON", lambda m: m.update({"manifest.json": b"{oops"}), "not valid JSON"),
+        ("manifest not JSON", lambda m: m.update({"manifest.json": b"{oops"}), "malformed JSON"),
         ("foreign format", lambda m: m.update({"manifest.json": json.dumps({"format": "other/1"}).encode()}), "not a yollava-concept-bundle"),
         ("no tensors", lambda m: m.pop("concept.safetensors"), "no concept.safetensors"),
         ("NaN head", tampered_head(bundle, "head.weights", torch.tensor([float("nan"), 1.0, 0.0])), "finite float32"),
         ("head of two widths", tampered_head(bundle, "head.negatives", torch.zeros(4, 7)), "wrong shapes"),
-        ("head without its JSON", tampered_head(bundle, None, None), "malformed concept head"),
+        ("head without its JSON", tampered_head(bundle, None, None), 'missing "recognizer"'),
     ]
 
 
@@ -318,6 +332,24 @@ def test_doctor_finds_and_repairs(world, tmp_path):
     assert emptied.returncode == 0 and not any((home / "trash").rglob("*.jpg"))
 
 
+def test_add_replace_moves_the_old_checkpoints_to_the_trash(world, tmp_path):
+    """Replacing a concept drops its checkpoint rows; their files went on lying in checkpoints/ as
+    orphans on main. They go to the trash after the new rows commit, and never under a training."""
+    home = fresh_home(world, tmp_path)
+    photos = world["data"] / "concepts" / "cat" / "train"
+    old = sorted(p.name for p in (home / "checkpoints" / "bo").glob("*.safetensors"))
+    assert old
+    with Registry(home).lock("train-bo", "training <bo>"):  # as a running `train bo` holds it
+        busy = invoke("add", "bo", photos, "--replace", "--no-train", home=home)
+    assert busy.returncode == 1 and "training <bo>" in busy.stderr, busy.stderr
+    replaced = invoke("add", "bo", photos, "--replace", "--no-train", home=home)
+    assert replaced.returncode == 0, replaced.stderr
+    assert list((home / "checkpoints" / "bo").glob("*.safetensors")) == []
+    assert sorted(p.name for p in (home / "trash").rglob("*.safetensors")) == old
+    doctor = run_cli("doctor", "--json", home=home)
+    assert doctor.returncode == 0 and json.loads(doctor.stdout)["problems"] == [], doctor.stdout
+
+
 def stored_files_exist(home) -> list[str]:
     """The registry's photo and checkpoint files that are missing on disk (none, when nothing was lost)."""
     registry = Registry(home)
@@ -384,6 +416,28 @@ def test_a_damaged_registry_is_refused_then_restored_from_its_backup(world, tmp_
     assert run_cli("list", "--json", home=home).stdout == concepts
     assert stored_files_exist(home) == []
     assert any((home / "trash").rglob("registry.db")) == (damage != "missing")  # the damaged file is kept
+
+
+def test_an_error_inside_the_registry_names_it(world, tmp_path):
+    """A damaged table that SQLite finds only when a command reads it: the error says which file,
+    and the way back."""
+    import sqlite3
+
+    home = fresh_home(world, tmp_path)
+    db = home / "registry.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'concept_photos'").fetchone()[0]
+    conn.close()
+    with open(db, "r+b") as f:  # the table's first page: its header overwritten
+        f.seek((root - 1) * page_size)
+        f.write(b"\x07" * 12)
+    for args in (["show", "bo"], ["doctor"]):
+        result = invoke(*args, home=home)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "malformed" in result.stderr and str(db) in result.stderr and "doctor --restore" in result.stderr, result.stderr
 
 
 def test_a_registry_newer_than_its_backup_keeps_the_new_photos(world, tmp_path):
@@ -583,6 +637,145 @@ def test_bad_input_suite(world, tmp_path):
             assert result.returncode == 1 and message in result.stderr, (label, result.stderr)
             assert len(result.stderr.strip().splitlines()) == 1, (label, result.stderr)
         assert snapshot(home) == before, label
+
+
+# -- every JSON the tool reads, against its schema ------------------------------------------------
+
+TRUNCATED = object()  # the file's JSON cut off halfway
+NOT_UTF8 = object()  # the file's JSON in Latin-1, with a byte UTF-8 refuses
+
+
+def edited_json(original: bytes, edit) -> bytes:
+    """`original` JSON with `edit` applied: a function of the parsed value returning the new value
+    (None: edited in place), or TRUNCATED / NOT_UTF8."""
+    if edit is TRUNCATED:
+        return original[: len(original) // 2]
+    if edit is NOT_UTF8:
+        return original.replace(b"{", '{"note": "caf\u00e9", '.encode("latin-1"), 1)
+    value = json.loads(original)
+    changed = edit(value)
+    return json.dumps(value if changed is None else changed).encode()
+
+
+def small_dataset(world, tmp_path):
+    """A dataset of two shared subjects (dog, cat): their photo folders linked, their JSON entries copied."""
+    src, root = world["data"] / "concepts", tmp_path / "dataset"
+    root.mkdir()
+    for subject in ("dog", "cat"):
+        (root / subject).symlink_to(src / subject)
+    for name in ("manifest.json", "descriptions.json", "text_qa.json", "visual_qa.json", "facts.json"):
+        data = json.loads((src / name).read_text())
+        kept = {k: v for k, v in data.items() if k.strip("<>").split("/")[0] in ("dog", "cat")}
+        (root / name).write_text(json.dumps(kept))
+    return root
+
+
+def bad_json_cases(world, tmp_path, home):
+    """(file, edit, command, what the one-line error must hold besides the file's name)."""
+    dataset = small_dataset(world, tmp_path)
+    bundle = tmp_path / "bo.yollava"
+    assert run_cli("export", "bo", bundle, home=home).returncode == 0
+    ask = ["ask", "bo", "hi?", "--model", world["model"], "--max-tokens", "2"]
+    photo = sorted((world["data"] / "concepts" / "dog" / "test").glob("*.jpg"))[0]
+    find = ["find", "bo", photo, "--by", "head"]
+    config = lambda edit, message: ("config", home / "config.json", edit, ask, message)
+    evaluate = ["eval", dataset, "--model", world["model"], "--methods", "head", "--epochs", "1"]  # should a file pass: quick
+    data = lambda name, edit, message: ("dataset", dataset / name, edit, evaluate, message)
+    manifest = lambda edit, message: ("bundle", bundle, edit, ["import", bundle, "--as", "bo2", "--skip-model-check"], message)
+    checkpoint = lambda edit, message: ("checkpoint", None, edit, find, message)
+    return [
+        config(lambda c: {"feature_cache_mb": "big"}, '"feature_cache_mb" must be a whole number from 64'),
+        config(lambda c: {"feature_cache_mb": 3}, '"feature_cache_mb" must be a whole number from 64'),
+        config(lambda c: {"default_pools": "imagenet"}, '"default_pools" must be a list'),
+        config(lambda c: {"device": "gpu"}, '"device" must be one of "auto", "cpu", "cuda", "mps"'),
+        config(lambda c: {"feature_cache_mb": 4096, "modle": "x"}, 'unknown key "modle"'),
+        config(lambda c: [{"model": "x"}], "must be an object (got a list"),
+        config(NOT_UTF8, "not UTF-8"),
+        config(TRUNCATED, "malformed JSON"),
+        data("manifest.json", lambda m: m["dog"].update(train="dog/train/00.jpg"), '"dog.train" must be a list'),
+        data("manifest.json", lambda m: m["cat"].pop("test") and None, 'missing "cat.test"'),
+        data("manifest.json", lambda m: m["dog"].update(test=[]), '"dog.test" must be a list of non-empty strings, at least 1'),
+        data("manifest.json", lambda m: list(m.values()), "must be an object"),
+        data("manifest.json", lambda m: {"Dog Two": m["dog"], "cat": m["cat"]}, 'key "Dog Two": invalid concept name'),
+        data("manifest.json", NOT_UTF8, "not UTF-8"),
+        data("manifest.json", TRUNCATED, "malformed JSON"),
+        data("descriptions.json", lambda d: d.update({"<dog>": ["a corgi"]}), '"<dog>" must be a non-empty string (got a list'),
+        data("text_qa.json", lambda q: q["<dog>"][0].update(correct_answer="C"), '"<dog>[0].correct_answer" must be one of "A", "B"'),
+        data("text_qa.json", lambda q: q["<cat>"][1].pop("options") and None, 'missing "<cat>[1].options"'),
+        data("visual_qa.json", lambda q: next(iter(q.values())).update(options=["x", "y"]), ".options must be an object"),
+        data("facts.json", lambda f: f["dog"]["facts"].append("is \u202egnorw"), '"dog.facts[3]": fact holds a bidirectional'),
+        data("facts.json", lambda f: f["cat"].update(questions={"question": "x"}), '"cat.questions" must be a list'),
+        data("facts.json", TRUNCATED, "malformed JSON"),
+        manifest(lambda m: m.update(k="4"), '"k" must be a whole number from 1 to 64 (got "4")'),
+        manifest(lambda m: m.update(k=4096), '"k" must be a whole number from 1 to 64 (got 4096)'),
+        manifest(lambda m: m.pop("base_fingerprint") and None, 'missing "base_fingerprint"'),
+        manifest(lambda m: m.update(threshold=1.5), '"threshold" must be a number from 0 to 1'),
+        manifest(lambda m: m.update(metrics=[m["metrics"]]), '"metrics" must be an object (got a list'),
+        manifest(lambda m: m["metrics"]["validation"].update(weighted="0.9"), '"metrics.validation.weighted" must be a number'),
+        manifest(lambda m: m.update(kind="planet"), '"kind" must be one of'),
+        manifest(NOT_UTF8, "not UTF-8"),
+        manifest(TRUNCATED, "malformed JSON"),
+        checkpoint(lambda m: m.update(k="4"), '"k" must be a whole number >= 1 (got "4")'),
+        checkpoint(lambda m: m.pop("base_model") and None, 'missing "base_model"'),
+        checkpoint(lambda m: m["recognizer"].update(thresholds={"fused": 7}), '"recognizer.thresholds.fused" must be a number from 0 to 1'),
+        checkpoint(lambda m: m["recognizer"].update(fusion=[1.0]), '"recognizer.fusion" must be a list of numbers, exactly 3'),
+        checkpoint(lambda m: [m], "must be an object (got a list"),
+        checkpoint(TRUNCATED, "malformed JSON"),
+    ]
+
+
+def rewrite_checkpoint_meta(path, edit) -> None:
+    """The checkpoint with its metadata JSON (under "yollava") edited; its tensors as they were."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        raw = f.metadata()["yollava"]
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    path.write_bytes(save_safetensors(tensors, metadata={"yollava": edited_json(raw.encode(), edit).decode("latin-1")}))
+
+
+def test_every_json_the_tool_reads_is_checked_against_its_schema(world, tmp_path):
+    """config.json, a dataset's five files, a bundle's manifest and a checkpoint's metadata, each
+    with wrong types, missing keys, numbers out of range, a list for an object, non-UTF-8 bytes and
+    truncated JSON: one line naming the file and the key, exit 1, nothing stored changed."""
+    home = fresh_home(world, tmp_path)
+    checkpoint_file = home / Registry(home).current_checkpoint(Registry(home).concept("bo")["id"])["file"]
+    good_checkpoint = checkpoint_file.read_bytes()
+    cases = bad_json_cases(world, tmp_path, home)
+    for kind, path, edit, args, message in cases:
+        label = f"{kind}: {message}"
+        checkpoint_file.write_bytes(good_checkpoint)
+        (home / "config.json").unlink(missing_ok=True)
+        if kind == "checkpoint":
+            rewrite_checkpoint_meta(checkpoint_file, edit)
+            path = checkpoint_file
+        elif kind == "bundle":
+            path = rebuild(tmp_path / "bo.yollava", tmp_path, lambda m: m.update({"manifest.json": edited_json(m["manifest.json"], edit)}),
+                           "edited.yollava")
+            args = [path if a == tmp_path / "bo.yollava" else a for a in args]
+        else:
+            original = path.read_bytes() if path.exists() else b"{}"
+            path.write_bytes(edited_json(original, edit))
+        before = snapshot(home)
+        result = invoke(*args, home=home)
+        if kind == "dataset":
+            path.write_bytes(original)
+        assert result.returncode == 1, (label, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, (label, result.stderr)
+        assert str(path) in result.stderr and message in result.stderr, (label, result.stderr)
+        assert snapshot(home) == before, label
+    assert {kind for kind, *_ in cases} == {"config", "dataset", "bundle", "checkpoint"}
+
+
+def test_a_damaged_resume_state_is_one_line(world, tmp_path):
+    home = fresh_home(world, tmp_path)
+    resume = home / "checkpoints" / "bo" / "resume.safetensors"
+    args = ["train", "bo", "--model", world["model"], "--epochs", "1", "--k", "4"]
+    resume.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    result = invoke(*args, "--resume", home=home)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(resume) in errors[0] and "damaged" in errors[0], result.stderr
 
 
 def test_read_only_and_full_disk(world, tmp_path):

@@ -1,6 +1,5 @@
 """Where yollava keeps its data, and the small JSON config file that lives there."""
 
-import json
 import os
 from pathlib import Path
 
@@ -10,7 +9,6 @@ from yollava_cli.errors import UserError
 
 HOME_ENV = "YOLLAVA_HOME"
 MODEL_ENV = "YOLLAVA_MODEL"
-DEFAULTS = {"default_pools": [], "feature_cache_mb": 4096}  # "model": the offline default (models.families)
 
 
 def data_dir() -> Path:
@@ -24,13 +22,14 @@ def config_path() -> Path:
 
 
 def load_config() -> dict:
+    """config.json's settings, checked against its schema (schema.ConfigFile), defaults filled in;
+    a key left out means its default ("model": the offline default, models.families)."""
+    from yollava_cli.schema import ConfigFile, read_json
+
     path = config_path()
     if not path.exists():
-        return dict(DEFAULTS)
+        return ConfigFile().model_dump()
     try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable config ({e}); fix or delete the file") from None
-    if not isinstance(stored, dict):
-        raise UserError(f"{path}: config must be a JSON object; fix or delete the file")
-    return {**DEFAULTS, **stored}
+        return read_json(path, ConfigFile).model_dump()
+    except UserError as e:
+        raise UserError(f"{e}; fix or delete the file") from None

@@ -23,6 +23,18 @@ def disk_trouble(e: OSError | sqlite3.Error) -> bool:
     return e.errno in NO_SPACE_OR_ACCESS
 
 
+def sqlite_where(e: sqlite3.Error, hint: str) -> tuple[str, str]:
+    """The registry an SQLite error is about (the error does not say), and what to do about a damaged one."""
+    from yollava_cli.store.connection import opened_registry
+
+    path = opened_registry()
+    if path is None:
+        return "", hint
+    if not hint and type(e) is sqlite3.DatabaseError:  # "malformed", "not a database": the file is damaged
+        hint = "; `yollava doctor --restore` puts the registry's backup back"
+    return f": {path}", hint
+
+
 class YollavaGroup(TyperGroup):
     """Turns UserError into one line on stderr and exit 1, and Ctrl-C into exit 130."""
 
@@ -35,6 +47,8 @@ class YollavaGroup(TyperGroup):
         except (OSError, sqlite3.Error) as e:  # disk full, read-only or vanished files: say so in one line
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
             hint = " (is the disk full or the data dir read-only?)" if disk_trouble(e) else ""
+            if isinstance(e, sqlite3.Error):
+                where, hint = sqlite_where(e, hint)
             err.print(f"error: {getattr(e, 'strerror', None) or e}{where}{hint}",
                       markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None

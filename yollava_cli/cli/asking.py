@@ -11,6 +11,7 @@ from yollava_cli.cli.app import app
 from yollava_cli.cli.options import Generation, JsonFlag, ModelOption, QuantizeOption, RayOption, ray_address
 from yollava_cli.cli.output import (
     err,
+    field,
     open_registry,
     print_json,
     print_table,
@@ -211,7 +212,7 @@ def find(
         print_json({**result, "results": shown})
     else:
         for r in shown:
-            sys.stdout.write(f"{r['probability']:.3f}\t{'match' if r['match'] else '-'}\t{r['signal']}\t{r['path']}\n")
+            sys.stdout.write(f"{r['probability']:.3f}\t{'match' if r['match'] else '-'}\t{r['signal']}\t{field(r['path'])}\n")
     raise typer.Exit(0 if matched else 1)
 
 

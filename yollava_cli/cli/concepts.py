@@ -25,8 +25,10 @@ from yollava_cli.cli.output import (
 )
 from yollava_cli.cli.render import render_concept, render_train, train_showing_progress
 from yollava_cli.errors import UserError
-from yollava_cli.learning.train_config import TrainConfig
+from yollava_cli.learning.train_config import RANGES, TrainConfig
 from yollava_cli.store import concepts
+
+MAX_NEGATIVES = 10_000  # of each kind: the paper mines ~100; every one is a stored photo and a training example
 
 
 @app.command()
@@ -77,10 +79,10 @@ def add(
 def mine(
     name: str,
     pool: Annotated[Optional[list[str]], typer.Option("--pool", help="Pool(s) to mine (default: the configured default pools, else all).")] = None,
-    hard: Annotated[int, typer.Option(min=0, help="Hard negatives: the pool photos most like the concept.")] = 100,
-    easy: Annotated[int, typer.Option(min=0, help="Easy negatives: random other pool photos.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed for the easy draw.")] = 0,
-    duplicate_above: Annotated[Optional[float], typer.Option(help="Skip pool photos this similar to the concept's own (likely the subject itself).")] = None,
+    hard: Annotated[int, typer.Option(min=0, max=MAX_NEGATIVES, help="Hard negatives: the pool photos most like the concept.")] = 100,
+    easy: Annotated[int, typer.Option(min=0, max=MAX_NEGATIVES, help="Easy negatives: random other pool photos.")] = 100,
+    seed: Annotated[int, typer.Option(min=RANGES["seed"][0], max=RANGES["seed"][1], help="Seed for the easy draw.")] = 0,
+    duplicate_above: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Skip pool photos this similar to the concept's own (likely the subject itself).")] = None,
     embedder: EmbedderOption = None,
     json_: JsonFlag = False,
 ):
@@ -118,11 +120,11 @@ def mine(
 def train(
     names: Annotated[Optional[list[str]], typer.Argument(metavar="NAME", help="The concept(s) to train.", show_default=False)] = None,
     all_: Annotated[bool, typer.Option("--all", help="Train every concept.")] = False,
-    k: Annotated[int, typer.Option("--k", min=1, max=64, help="Latent tokens per concept.")] = TrainConfig.k,
-    epochs: Annotated[int, typer.Option(min=1, help="At most this many epochs (early stopping may end sooner).")] = TrainConfig.epochs,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = TrainConfig.lr,
-    batch_size: Annotated[int, typer.Option(min=1)] = TrainConfig.batch_size,
-    seed: Annotated[int, typer.Option()] = TrainConfig.seed,
+    k: Annotated[int, typer.Option("--k", min=RANGES["k"][0], max=RANGES["k"][1], help="Latent tokens per concept.")] = TrainConfig.k,
+    epochs: Annotated[int, typer.Option(min=RANGES["epochs"][0], max=RANGES["epochs"][1], help="At most this many epochs (early stopping may end sooner).")] = TrainConfig.epochs,
+    lr: Annotated[float, typer.Option(min=RANGES["lr"][0], max=RANGES["lr"][1], help="AdamW learning rate.")] = TrainConfig.lr,
+    batch_size: Annotated[int, typer.Option(min=RANGES["batch_size"][0], max=RANGES["batch_size"][1])] = TrainConfig.batch_size,
+    seed: Annotated[int, typer.Option(min=RANGES["seed"][0], max=RANGES["seed"][1])] = TrainConfig.seed,
     facts_in_tokens: Annotated[bool, typer.Option("--facts-in-tokens", help="Also train the concept's noted facts into its tokens (they are always in the prompt).")] = TrainConfig.facts_in_tokens,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (same flags).")] = False,
     model: ModelOption = None,

@@ -11,7 +11,7 @@ from yollava_cli.cli.output import open_registry, out, print_json, print_table, 
 from yollava_cli.cli.render import train_view
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
-from yollava_cli.learning.train_config import TrainConfig
+from yollava_cli.learning.train_config import RANGES, TrainConfig
 
 
 @app.command("eval")
@@ -20,8 +20,8 @@ def eval_(
     methods: Annotated[str, typer.Option(help="Comma-separated: yollava, vanilla, description, auto-description, embedding, head, fused, ask, word-init.")] = "yollava,vanilla,description,auto-description,embedding,head,fused,ask,word-init",
     subjects: Annotated[Optional[str], typer.Option(help="Comma-separated subjects (default: all).")] = None,
     pool: Annotated[Optional[list[Path]], typer.Option("--pool", help="Folder(s) of negatives to mine (default: other subjects' train photos).")] = None,
-    folds: Annotated[int, typer.Option(min=1, help="Leave-photos-out rotations per subject, for steadier figures.")] = 1,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per subject.")] = TrainConfig.epochs,
+    folds: Annotated[int, typer.Option(min=1, max=20, help="Leave-photos-out rotations per subject, for steadier figures.")] = 1,
+    epochs: Annotated[int, typer.Option(min=RANGES["epochs"][0], max=RANGES["epochs"][1], help="Training epochs per subject.")] = TrainConfig.epochs,
     facts_in_tokens: Annotated[bool, typer.Option("--facts-in-tokens", help="Train each subject's facts into its tokens (facts metric: tokens, both).")] = TrainConfig.facts_in_tokens,
     report: Annotated[Optional[Path], typer.Option(help="Write report.json, report.md and chart.png here.")] = None,
     protocol: Annotated[str, typer.Option("--protocol", help="isolated: each subject learns alone from mined negatives (the paper's); library: every subject beside the others, as a user's concepts.")] = "isolated",

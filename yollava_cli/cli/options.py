@@ -4,6 +4,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from yollava_cli.learning.train_config import RANGES
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
 
 ModelOption = Annotated[
@@ -24,9 +26,10 @@ EmbedderOption = Annotated[
 class Generation:
     """Shared generation flags."""
 
-    MaxTokens = Annotated[int, typer.Option("--max-tokens", min=1, help="Longest answer, in tokens.")]
-    Temperature = Annotated[float, typer.Option(min=0.0, help="0 = greedy (reproducible); higher = more varied.")]
-    Seed = Annotated[int, typer.Option(help="Sampling seed (with --temperature > 0).")]
+    # at most a whole LLaVA-1.5 context; what fits beside the prompt is the model's to say
+    MaxTokens = Annotated[int, typer.Option("--max-tokens", min=1, max=4096, help="Longest answer, in tokens.")]
+    Temperature = Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy (reproducible); higher = more varied.")]
+    Seed = Annotated[int, typer.Option(min=RANGES["seed"][0], max=RANGES["seed"][1], help="Sampling seed (with --temperature > 0).")]
 
 
 RayOption = Annotated[

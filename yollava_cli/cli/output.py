@@ -26,11 +26,22 @@ def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+# a path may hold a tab or a newline: escaped as C does, it cannot split a tab-separated line
+FIELD_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+LINE_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r"})
+
+
+def field(text: str) -> str:
+    """One field of a tab-separated line: backslash, tab, newline and carriage return escaped."""
+    return text.translate(FIELD_ESCAPES)
+
+
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    """A rich table on a terminal; tab-separated lines (no header) when piped, for cut and awk."""
+    """A rich table on a terminal; tab-separated lines (no header) when piped, for cut and awk,
+    each field escaped (`field`)."""
     if not out.is_terminal:
         for row in rows:
-            sys.stdout.write("\t".join(row) + "\n")
+            sys.stdout.write("\t".join(map(field, row)) + "\n")
         return
     table = Table(*headers)
     for row in rows:
@@ -39,8 +50,8 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 def line(text: str = "") -> None:
-    """One line on stdout, never wrapped (a path stays whole, piped or not)."""
-    out.print(text, markup=False, highlight=False, soft_wrap=True)
+    """One line on stdout, never wrapped (a path stays whole, piped or not), a newline in it escaped."""
+    out.print(text.translate(LINE_ESCAPES), markup=False, highlight=False, soft_wrap=True)
 
 
 def status(message: str) -> None:
@@ -49,12 +60,16 @@ def status(message: str) -> None:
 
 @contextmanager
 def progress_bar(description: str):
-    """A progress bar on stderr (silent when stderr is not a terminal); yields a (done, total) callback."""
-    bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    """A progress bar on stderr (silent when stderr is not a terminal); yields a (done, total)
+    callback, whose optional third argument changes what the bar says it is doing."""
+    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=err, transient=True)
     task = bar.add_task(description, total=None)
+
+    def update(done: int, total: int | None, doing: str | None = None) -> None:
+        bar.update(task, completed=done, total=total, **({"description": doing} if doing else {}))
     with bar:
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+        yield update
 
 
 def open_registry() -> Registry:

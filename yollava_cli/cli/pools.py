@@ -1,5 +1,6 @@
 """`yollava pool add|list|rm`: folders of everyday photos to mine negatives from."""
 
+from contextlib import ExitStack
 from pathlib import Path
 
 from yollava_cli.cli.app import pool_app
@@ -25,21 +26,24 @@ def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, ray: RayO
 
     checked_new_pool(name, folder)  # a bad name or folder fails before the embedder loads
     address = ray_address(ray)
-    if address:
-        from yollava_cli.scale.driver import Workers
-        from yollava_cli.scale.embedding import RayEmbedder
+    with ExitStack() as stack:
+        if address:  # the batches embedded on Ray workers; this process stores them
+            from yollava_cli.scale.driver import Workers
+            from yollava_cli.scale.embedding import RayEmbedder
 
-        with Workers(address, embedder=embedder) as workers:
-            model = RayEmbedder(workers)
-            with progress_bar(f"Embedding {folder} ({model.id}, {len(workers.actors)} Ray workers)") as on_progress:
-                result = mining.add_pool(open_registry(), name, folder, model, on_progress, on_status=status)
+            workers = stack.enter_context(Workers(address, embedder=embedder))
+            model, on_ray = RayEmbedder(workers), f", {len(workers.actors)} Ray workers"
+        else:
+            from yollava_cli.learning.embeddings import load_embedder
+
+            workers, model, on_ray = None, load_embedder(embedder), ""
+        scanning, embedding = f"Scanning {folder}", f"Embedding {folder} ({model.id}{on_ray})"
+        with progress_bar(scanning) as on_progress:
+            result = mining.add_pool(open_registry(), name, folder, model,
+                                     lambda done, total: on_progress(done, total, embedding), on_status=status,
+                                     on_scan=lambda done, total: on_progress(done, total, scanning))
+        if workers:
             result["ray"] = workers.report()
-    else:
-        from yollava_cli.learning.embeddings import load_embedder
-
-        model = load_embedder(embedder)
-        with progress_bar(f"Embedding {folder} ({model.id})") as on_progress:
-            result = mining.add_pool(open_registry(), name, folder, model, on_progress, on_status=status)
     for item in result["skipped"]:
         status(f"skipped {Path(result['path']) / item['path']}: {item['reason']}")
     if json_:

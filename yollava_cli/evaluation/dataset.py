@@ -1,13 +1,17 @@
 """A benchmark dataset laid out like ../shared/data/concepts (manifest, descriptions, text and
-visual multiple-choice questions, optional facts), read and checked with one-line errors naming the
-file; and its leave-photos-out rotations."""
+visual multiple-choice questions, optional facts), each file checked against its schema with
+one-line errors naming the file and the key; and its leave-photos-out rotations."""
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from yollava_cli.errors import UserError
-from yollava_cli.store.concepts import parse_name
+from yollava_cli.schema import OpenSchema, Schema, Text, read_json
+from yollava_cli.store.facts import MAX_FACTS
+from yollava_cli.store.schemas import ConceptName, Fact
 
 PETS = {"dog", "cat"}
 
@@ -31,13 +35,53 @@ class Dataset:
     others: dict[str, Subject] = field(default_factory=dict)  # not evaluated (--subjects); their train photos are negatives
 
 
-def read_json(path: Path):
+class ManifestEntry(OpenSchema):
+    """One subject: its photos (relative to the dataset folder); "class" (dog, cat, ...) makes a pet."""
+
+    class_: str | None = Field(None, alias="class")
+    train: Annotated[list[Text], Field(min_length=1)]
+    test: Annotated[list[Text], Field(min_length=1)]
+
+
+class Options(Schema):
+    """Two options: the model's choice is scored from the letters A and B alone (VLM.choose)."""
+
+    A: Text
+    B: Text
+
+
+class Question(Schema):
+    question: Text
+    options: Options
+    correct_answer: Literal["A", "B"]
+
+
+class VisualQuestion(Question):
+    subject: Text
+
+
+class FactQuestion(Schema):
+    question: Text
+    answer_contains: Annotated[list[Text], Field(min_length=1)]
+
+
+class FactsEntry(Schema):
+    facts: Annotated[list[Fact], Field(min_length=1, max_length=MAX_FACTS)]
+    questions: Annotated[list[FactQuestion], Field(min_length=1)]
+    gift: FactQuestion | None = None
+
+
+Manifest = Annotated[dict[ConceptName, ManifestEntry], Field(min_length=1)]
+FILES = {"manifest.json": Manifest, "descriptions.json": dict[str, Text], "text_qa.json": dict[str, list[Question]],
+         "visual_qa.json": dict[str, VisualQuestion]}
+
+
+def read_file(root: Path, name: str):
+    """The dataset's file `name`, checked against its schema (FILES, or facts.json's)."""
+    path = root / name
     if not path.exists():
-        raise UserError(f"{path}: missing; a dataset needs manifest.json, descriptions.json, text_qa.json and visual_qa.json")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise UserError(f"{path}: malformed JSON ({e})") from None
+        raise UserError(f"{path}: missing; a dataset needs {', '.join(FILES)}")
+    return read_json(path, FILES.get(name, dict[str, FactsEntry]))
 
 
 def subject_key(raw: str, path: Path, known: dict) -> str:
@@ -52,39 +96,25 @@ def load_dataset(root: Path, only: list[str] | None = None) -> Dataset:
     if not root.is_dir():
         raise UserError(f"{root}: not a dataset folder")
     manifest_path = root / "manifest.json"
-    manifest = read_json(manifest_path)
-    if not isinstance(manifest, dict) or not manifest:
-        raise UserError(f"{manifest_path}: expected an object of subjects")
     subjects = {}
-    for name, entry in manifest.items():
-        try:
-            parse_name(name)
-            train, test = [root / p for p in entry["train"]], [root / p for p in entry["test"]]
-            kind = "pet" if entry.get("class") in PETS else "object"
-        except (KeyError, TypeError, UserError) as e:
-            raise UserError(f"{manifest_path}: bad entry for subject {name!r} ({e})") from None
+    for name, entry in read_file(root, "manifest.json").items():
+        train, test = [root / p for p in entry.train], [root / p for p in entry.test]
         for photo in train + test:
             if not photo.is_file():
                 raise UserError(f"{manifest_path}: subject {name!r} lists {photo}, which does not exist")
-        if not train or not test:
-            raise UserError(f"{manifest_path}: subject {name!r} needs train and test photos")
-        subjects[name] = Subject(name, kind, train, test)
-    descriptions = {subject_key(k, root / "descriptions.json", subjects): v for k, v in read_json(root / "descriptions.json").items()}
-    text_qa = {subject_key(k, root / "text_qa.json", subjects): v for k, v in read_json(root / "text_qa.json").items()}
+        subjects[name] = Subject(name, "pet" if entry.class_ in PETS else "object", train, test)
+    descriptions = {subject_key(k, root / "descriptions.json", subjects): v for k, v in read_file(root, "descriptions.json").items()}
+    text_qa = {subject_key(k, root / "text_qa.json", subjects): [q.model_dump() for q in v]
+               for k, v in read_file(root, "text_qa.json").items()}
     visual_qa = {}
-    for photo, item in read_json(root / "visual_qa.json").items():
-        try:
-            subject_key(item["subject"], root / "visual_qa.json", subjects)
-            item["options"], item["correct_answer"], item["question"]
-        except (KeyError, TypeError):
-            raise UserError(f"{root / 'visual_qa.json'}: entry {photo!r} needs subject, question, options, correct_answer") from None
-        visual_qa[root / photo] = item
+    for photo, item in read_file(root, "visual_qa.json").items():
+        subject = subjects[subject_key(item.subject, root / "visual_qa.json", subjects)]
+        if root / photo not in subject.train + subject.test:
+            raise UserError(f"{root / 'visual_qa.json'}: {photo!r} is not one of {item.subject}'s photos in manifest.json")
+        visual_qa[root / photo] = item.model_dump()
     facts = {}
     if (root / "facts.json").exists():
-        for key, entry in read_json(root / "facts.json").items():
-            if not isinstance(entry, dict) or not isinstance(entry.get("facts"), list) or not isinstance(entry.get("questions"), list):
-                raise UserError(f"{root / 'facts.json'}: entry {key!r} needs a facts list and a questions list")
-            facts[subject_key(key, root / "facts.json", subjects)] = entry
+        facts = {subject_key(k, root / "facts.json", subjects): v.model_dump() for k, v in read_file(root, "facts.json").items()}
     if only:
         unknown = [s for s in only if s not in subjects]
         if unknown:

@@ -60,17 +60,17 @@ class MineResult:
 # -- pools ------------------------------------------------------------------------------
 
 
-def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on_progress=None, on_status=None) -> dict:
-    """Register a folder of everyday photos as a negative pool and embed it."""
+def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on_progress=None, on_status=None,
+             on_scan=None) -> dict:
+    """Register a folder of everyday photos as a negative pool and embed it. A new pool is
+    registered with its files in one transaction once the folder is scanned, so an interrupted
+    scan (Ctrl-C in `pool add /`) leaves no empty pool behind. `on_scan(done, total)` follows the
+    scan: photos found so far (total None), then photos checked of all found."""
     folder = checked_new_pool(name, folder)
-    with registry.transaction():
-        existing = registry.pool(name)
-        if existing and existing["path"] != str(folder):
-            raise UserError(f"pool {name!r} already points at {existing['path']}; `yollava pool rm {name}` first")
-        if not existing:
-            registry.create_pool(name, str(folder))
-    pool = pool_by_name(registry, name)
-    candidates, skipped = scan_pool(registry, pool, on_status)
+    existing = registry.pool(name)
+    if existing and existing["path"] != str(folder):
+        raise UserError(f"pool {name!r} already points at {existing['path']}; `yollava pool rm {name}` first")
+    candidates, skipped = scan_pool(registry, existing or {"id": None, "name": name, "path": str(folder)}, on_status, on_scan)
     vectors, embedded = embed_photos(registry, embedder, {c.sha256: c.load for c in candidates}, on_progress)
     if embedder.note and on_status:
         on_status(embedder.note)
@@ -79,21 +79,24 @@ def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on
             "skipped": skipped}
 
 
-def scan_pool(registry: Registry, pool: dict, on_status=None) -> tuple[list[Candidate], list[dict]]:
+def scan_pool(registry: Registry, pool: dict, on_status=None, on_scan=None) -> tuple[list[Candidate], list[dict]]:
     """Bring the pool's file list up to date: unchanged files keep their hash, new or changed files
     are hashed, vanished files are dropped, files photo intake refuses are skipped ({"path" in the
     folder, "reason"}). A pool whose folder lost files keeps working. A folder
-    that yields no photo at all while rows exist (an unmounted drive) keeps its rows and is skipped."""
+    that yields no photo at all while rows exist (an unmounted drive) keeps its rows and is skipped.
+    A pool not registered yet (id None) is registered with its files, if it has any."""
     folder = Path(pool["path"])
     if not folder.is_dir():
         raise UserError(f"pool {pool['name']!r}: folder {folder} is gone; `yollava pool rm {pool['name']}` or restore it")
-    known = {r["path"]: r for r in registry.pool_files(pool["id"])}
+    known = {r["path"]: r for r in registry.pool_files(pool["id"])} if pool["id"] is not None else {}
     try:
-        paths = expand_photo_paths([folder])
+        paths = expand_photo_paths([folder], on_found=on_scan and (lambda found: on_scan(found, None)))
     except UserError:
+        if pool["id"] is None:
+            raise
         paths = []
     current, skipped = {}, []
-    for path in paths:
+    for done, path in enumerate(paths, 1):
         rel = str(path.relative_to(folder))
         try:  # through photo intake's checks: a FIFO, a device or a huge file is skipped, never read
             stat = path.stat()
@@ -107,15 +110,32 @@ def scan_pool(registry: Registry, pool: dict, on_status=None) -> tuple[list[Cand
             skipped.append({"path": rel, "reason": str(e)})
         except OSError as e:
             skipped.append({"path": rel, "reason": f"cannot read it ({e.strerror or e})"})
+        if on_scan:
+            on_scan(done, len(paths))
+    if not current and pool["id"] is None:
+        raise UserError(f"{folder}: no usable photo to make a pool of (e.g. {skipped[0]['path']}: {skipped[0]['reason']})")
     if known and not current:
         if on_status:
             on_status(f"pool {pool['name']!r}: no photos in {folder} now (an unmounted drive?); "
                       f"kept its {len(known)} known files and skipped it this time")
         return [], skipped
     changed = [row for rel, row in current.items() if known.get(rel) != {**row, "pool_id": pool["id"]}]
-    registry.update_pool_files(pool["id"], known.keys() - current.keys(), changed)
+    with registry.transaction():
+        pool_id = pool["id"] if pool["id"] is not None else new_pool_id(registry, pool["name"], str(folder))
+        registry.update_pool_files(pool_id, known.keys() - current.keys(), changed)
     candidates = [Candidate(row["sha256"], str(folder / rel), file_loader(folder / rel)) for rel, row in current.items()]
     return candidates, skipped
+
+
+def new_pool_id(registry: Registry, name: str, folder: str) -> int:
+    """Inside the caller's transaction: the pool `name` for `folder`, created now unless another
+    `pool add` of the same folder got there first."""
+    existing = registry.pool(name)
+    if existing and existing["path"] != folder:
+        raise UserError(f"pool {name!r} already points at {existing['path']}; `yollava pool rm {name}` first")
+    if not existing:
+        registry.create_pool(name, folder)
+    return registry.pool(name)["id"]
 
 
 def file_loader(path: Path) -> PhotoFile:

@@ -16,7 +16,6 @@ tokens earn a say only as far as the held-out photos show they add something. Th
 fusion ride in the concept's checkpoint file (safetensors + JSON), so bundles carry them.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from yollava_cli.models.tensor_file import read_tensors, write_tensors
+from yollava_cli.models.tensor_file import CheckpointMeta, file_meta, read_tensors, write_tensors
 
 HEAD_TENSORS = ("head.positives", "head.negatives", "head.weights")
 # The fits see a handful of positives: keep weights modest. Similarities differ by hundredths
@@ -140,11 +139,10 @@ def attach(path: Path, recognizer: Recognizer) -> None:
 def load(path: Path) -> Recognizer | None:
     """The recognizer stored in a checkpoint, or None for one trained before heads existed."""
     with safe_open(str(path), "pt") as f:
-        meta = json.loads((f.metadata() or {}).get("yollava", "{}"))
-        if "recognizer" not in meta or not set(HEAD_TENSORS) <= set(f.keys()):
+        info = CheckpointMeta.from_json(file_meta(f, path), str(path)).extra.get("recognizer")  # checked, if there
+        if info is None or not set(HEAD_TENSORS) <= set(f.keys()):
             return None
         tensors = {k: f.get_tensor(k).numpy() for k in HEAD_TENSORS}
-    info = meta["recognizer"]
     current = info.get("fusion_version") == FUSION_VERSION
     return Recognizer(info["embedder"], tensors["head.positives"], tensors["head.negatives"],
                       tensors["head.weights"].astype(np.float64), list(info["fusion"]) if current else HEAD_ALONE.tolist(),

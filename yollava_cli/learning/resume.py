@@ -5,6 +5,7 @@ interrupted run resumes from it to the same result; a finished run deletes it.""
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from yollava_cli.errors import UserError
 from yollava_cli.models.tensor_file import read_tensors, write_tensors
@@ -28,7 +29,10 @@ def load(folder: Path, expected: dict, name: str) -> dict | None:
     path = folder / FILE
     if not path.exists():
         return None
-    tensors, meta = read_tensors(path)
+    try:
+        tensors, meta = read_tensors(path)
+    except (OSError, SafetensorError) as e:
+        raise UserError(f"{path}: the resume state is damaged ({e}); train <{name}> without --resume") from None
     if any(meta.get(key) != value for key, value in expected.items()):
         raise UserError(f"the interrupted run of <{name}> used other settings, data or base model; "
                         "train without --resume (or with the same flags)")

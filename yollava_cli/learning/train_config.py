@@ -3,6 +3,12 @@ without loading the model stack at start-up."""
 
 from dataclasses import dataclass
 
+# What training can use, for the CLI's options and a bundle's token count: at most 64 latent tokens
+# (the paper uses 16; each is a row in every prompt about the concept), a rate from 1e-6 (below it
+# the rows barely move in 15 epochs) to 0.1 (the default is the paper's 1e-3; 1e-2 already wiped the
+# identifier's starting word out within an epoch), and seeds numpy's generators take.
+RANGES = {"k": (1, 64), "epochs": (1, 500), "lr": (1e-6, 0.1), "batch_size": (1, 256), "seed": (0, 2**32 - 1)}
+
 
 @dataclass
 class TrainConfig:

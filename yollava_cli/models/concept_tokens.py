@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 
 from yollava_cli.errors import UserError
 from yollava_cli.models.tensor_file import CheckpointMeta, read_tensors, write_tensors
@@ -29,7 +30,9 @@ def concept_prompt(name: str, k: int) -> str:
 
 
 class ConceptEmbedding(torch.nn.Module):
-    """The frozen input embedding, with concept token rows looked up from their own tables."""
+    """The frozen input embedding, with concept token rows looked up from their own tables. The rows
+    live where the embedding's weights live; an embedding that scales its output (Gemma 3: by
+    sqrt(hidden)) scales theirs alike, so a new concept starts at the scale of the word it copies."""
 
     def __init__(self, base: torch.nn.Embedding):
         super().__init__()
@@ -45,6 +48,9 @@ class ConceptEmbedding(torch.nn.Module):
         if not bool((slot >= 0).any()):
             return out
         table = torch.cat(list(self.tables.values())).to(out.dtype)
+        scale = getattr(self.base, "embed_scale", None)
+        if scale is not None:
+            table = table * scale.to(out.dtype)
         return torch.where((slot >= 0).unsqueeze(-1), table[slot.clamp(min=0)], out)
 
 
@@ -184,6 +190,11 @@ def read_concept_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and metadata of a concept checkpoint, or a one-line error."""
     try:
         tensors, meta = read_tensors(path, ("input_rows", "output_row"))
-        return tensors, CheckpointMeta.from_json(meta).to_json()
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as e:
         raise UserError(f"{path}: not a yollava concept checkpoint ({e})") from None
+    meta = CheckpointMeta.from_json(meta, str(path))
+    rows, head = tensors["input_rows"], tensors["output_row"]
+    if rows.ndim != 2 or rows.shape[0] != meta.k + 1 or tuple(head.shape) != (rows.shape[1],):
+        raise UserError(f"{path}: token rows have shapes {tuple(rows.shape)} / {tuple(head.shape)}, "
+                        f"not ({meta.k + 1}, H) / (H,) for k={meta.k}: the file is damaged")
+    return tensors, meta.to_json()

@@ -27,7 +27,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from yollava_cli.models.prompts import Prompt
+from yollava_cli.models.prompts import Prompt, part
 
 CONTRAST_WEIGHT = 0.5  # context-aware decoding's alpha (Shi et al. 2023, their default)
 LOOP_NGRAM = 8  # an answer whose last 8 tokens already occurred in it is looping: stop it
@@ -57,21 +57,22 @@ def generate(vlm, prompt: Prompt, sampling: Sampling = Sampling(), steering: Ste
     encoded = vlm.prompts.encode(prompt)
     opening_ids = vlm.tokenizer.encode(steering.opening, add_special_tokens=False) if steering.opening else []
     ids = torch.cat([encoded.input_ids, torch.tensor(opening_ids, dtype=torch.long)])[None].to(vlm.device)
-    images = {"mm_encoder_outputs": vlm.mm_outputs(encoded.features)} if encoded.features else {}
+    layout = vlm.layout(ids, torch.ones_like(ids), encoded.images)
     streamer = CallbackStreamer(vlm.tokenizer, on_text, opening_ids) if on_text else None
     scale = sampling.temperature if sampling.temperature > 0 else 1.0
     names = list(vlm.head.identifier_ids.values())
     torch.manual_seed(sampling.seed)
     options = {"do_sample": True, "temperature": sampling.temperature} if sampling.temperature > 0 else {"do_sample": False}
-    with torch.no_grad(), vlm.conversation(encoded.concepts, bool(encoded.features)):
+    with torch.no_grad(), vlm.conversation(encoded.concepts, bool(encoded.images)):
         # the prompt (all but its last token, no head) runs through oneDNN's GEMM; then one token
         # at a time, where ATen's own bf16 matrix-vector kernel decodes ~1.5x faster on CPU
-        cache = vlm.prefill(ids[:, :-1], **images)
+        cache = vlm.prefill(ids[:, :-1], layout=part(layout, cols=slice(0, -1)), images=encoded.images)
         processors = [WholeNames(names, vlm), SettleVerdict(steering.yes, ids.shape[1], vlm)]
         if steering.contrast is not None:  # a text-only prompt, prefilled the same way
             other = torch.cat([vlm.prompts.encode(steering.contrast).input_ids,
                                torch.tensor(opening_ids, dtype=torch.long)])[None].to(vlm.device)
             processors.insert(0, Contrast(vlm.model, vlm.prefill(other[:, :-1]), other[:, -1:], names, scale))
+        vlm.rope_deltas(layout, ids)  # set after the contrast prompt's prefill: the answer's positions
         with without_onednn():
             out = vlm.model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache,
@@ -133,8 +134,11 @@ class Contrast(LogitsProcessor):
         self.names, self.scale = names, scale
 
     def __call__(self, input_ids, scores):
+        # positions given: a model that keeps the answer's position offset as state (M-RoPE) would
+        # add it to this text-only prompt's too
+        position = torch.full((1, 1), self.cache.get_seq_length(), device=input_ids.device)
         step = self.model(input_ids=self.unseen if self.unseen is not None else input_ids[:, -1:],
-                          cache=self.cache, use_cache=True)
+                          cache=self.cache, use_cache=True, position_ids=position)
         self.cache, self.unseen = step.cache, None
         # scores arrive divided by the temperature (generate's warpers run first)
         shift = torch.nan_to_num(scores - step.logits[:, -1].float() / self.scale, nan=0.0, posinf=0.0, neginf=0.0)

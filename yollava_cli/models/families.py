@@ -37,6 +37,7 @@ class Family:
     bf16_matrices_on_cpu: bool = True
     quantizable: bool = True
     offline_default: bool = False
+    params_b: float = 0.0  # billions of parameters, for `yollava models`' memory estimate (0: per architecture)
 
 
 _registered: list[Family] = []
@@ -77,8 +78,10 @@ def default_model() -> str:
 
 
 def load_transformers_model(ref: str, cache_dir: Path, policy, on_status=None):
-    """A LLaVA-style model and its processor through transformers, from a local folder or a hub id."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    """A supported model (`architectures`) and its processor through transformers, from a local
+    folder or a hub id; its architecture and the packages its processor needs are checked first,
+    before any weight loads."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     local = Path(ref).expanduser()
     if not local.is_dir() and (local.exists() or ref.startswith((".", "/", "~"))):
@@ -89,6 +92,7 @@ def load_transformers_model(ref: str, cache_dir: Path, policy, on_status=None):
         quantized = f", {policy.quantize}" if policy.quantize != "none" else ""
         on_status(f"Loading {source} ({policy.device}, {policy.precision}{quantized})...")
     try:
+        check_architecture(AutoConfig.from_pretrained(source), ref)
         processor = AutoProcessor.from_pretrained(source)
         model = AutoModelForImageTextToText.from_pretrained(source, **options)
     except ImportError as e:  # a pre-quantized checkpoint, or a processor, that needs a package
@@ -100,6 +104,19 @@ def load_transformers_model(ref: str, cache_dir: Path, policy, on_status=None):
             f"(offline: HF_HUB_OFFLINE=1 uses only cached models), or use --model {default_model()}"
         ) from None
     return (model if "device_map" in options else model.to(policy.device)), processor
+
+
+def check_architecture(config, ref: str) -> None:
+    """A one-line error for an architecture yollava does not run, or a package its processor lacks."""
+    from yollava_cli.models.architectures import architecture, missing_modules
+
+    arch = architecture(config.model_type, ref)
+    missing = missing_modules(arch)
+    if missing:
+        install = f"pip install {' '.join(missing)}"
+        if "torchvision" in missing:  # its build must match torch's
+            install += " (the build matching your torch; bash scripts/install.sh --open-clip installs a matching pair)"
+        raise UserError(f"{ref}: {arch.name} needs {' and '.join(missing)}: {install}")
 
 
 def first_line(error: Exception) -> str:
@@ -129,7 +146,7 @@ def quantized_loading(policy) -> dict:
 
 TRANSFORMERS = Family(
     name="transformers",
-    summary="a LLaVA-family model from a hub id or a local Hugging Face folder (e.g. llava-hf/llava-1.5-7b-hf)",
+    summary="a model from a hub id or a local Hugging Face folder: LLaVA, Idefics3/SmolVLM, Qwen2-VL, Gemma 3, InternVL",
     load=load_transformers_model,
     handles=lambda ref: True,
 )

@@ -13,26 +13,28 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from yollava_cli.models.images import ImageInput
 
 DEFAULT_DISK_MB = 4096
 MEMORY_BYTES = 512 * 2**20
 
 
 class FeatureCache:
-    """Features keyed by photo sha256 (or a derived view key); `folder` None keeps them in memory only."""
+    """Photos as the model sees them (`ImageInput`), keyed by photo sha256 (or a derived view key);
+    `folder` None keeps them in memory only."""
 
     def __init__(self, folder: Path | None, disk_bytes: int = DEFAULT_DISK_MB * 2**20, memory_bytes: int = MEMORY_BYTES):
         self.folder = folder
         self.disk_bytes, self.memory_bytes = disk_bytes, memory_bytes
-        self.memory: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.memory: OrderedDict[str, ImageInput] = OrderedDict()
         self.in_memory = 0
         self.on_disk: dict[Path, int] | None = None  # file sizes, read from the folder at the first write
         self.disk_total = 0
 
-    def get(self, key: str | None) -> torch.Tensor | None:
+    def get(self, key: str | None) -> ImageInput | None:
         if key is None:
             return None
         if key in self.memory:
@@ -42,38 +44,40 @@ class FeatureCache:
         if path is None or not path.exists():
             return None
         try:
-            features = load_file(str(path))["features"]
+            with safe_open(str(path), framework="pt") as f:
+                image = ImageInput.from_tensors({k: f.get_tensor(k) for k in f.keys()}, f.metadata())
         except (SafetensorError, OSError, KeyError):  # damaged on disk: computed again, and rewritten
+            image = None
+        if image is None:
             path.unlink(missing_ok=True)
             return None
         os.utime(path)  # the time of last use orders eviction
-        self.remember(key, features)
-        return features
+        self.remember(key, image)
+        return image
 
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None
 
-    def put(self, key: str | None, features: torch.Tensor) -> None:
+    def put(self, key: str | None, image: ImageInput) -> None:
         if key is None:
             return
-        self.remember(key, features)
+        self.remember(key, image)
         if self.folder:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"{key}.safetensors"
             tmp = self.folder / f".{key}.{os.getpid()}.tmp"
-            save_file({"features": features.contiguous()}, str(tmp))
+            save_file(image.tensors(), str(tmp), metadata={"replacement": image.replacement})
             os.replace(tmp, path)
             self.account(path)
 
-    def remember(self, key: str, features: torch.Tensor) -> None:
-        size = features.numel() * features.element_size()
+    def remember(self, key: str, image: ImageInput) -> None:
         if key in self.memory:
-            self.in_memory -= self.memory[key].numel() * self.memory[key].element_size()
-        self.memory[key] = features
-        self.in_memory += size
+            self.in_memory -= self.memory[key].nbytes
+        self.memory[key] = image
+        self.in_memory += image.nbytes
         while self.in_memory > self.memory_bytes and len(self.memory) > 1:
             _, old = self.memory.popitem(last=False)
-            self.in_memory -= old.numel() * old.element_size()
+            self.in_memory -= old.nbytes
 
     def account(self, path: Path) -> None:
         """Count the new file; past the cap, delete the least recently used files down to 90% of it."""

@@ -1,12 +1,14 @@
-"""Prompt to tokens: the model's chat template, the concept prompt, image placeholders expanded to
-their feature counts, and batches padded for one pass."""
+"""Prompt to tokens: the model's chat template, the concept prompt, each image placeholder expanded
+as the model's own processor expands it, and batches padded for one pass."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from yollava_cli.errors import UserError
 from yollava_cli.models.concept_tokens import ConceptTokens
+from yollava_cli.models.images import ImageInput
 
 
 @dataclass
@@ -25,18 +27,19 @@ class Prompt:
 class Encoded:
     input_ids: torch.Tensor  # (T,)
     labels: torch.Tensor  # (T,), -100 everywhere but the answer
-    features: list[torch.Tensor]  # one (n_tokens, hidden) per image, in order
+    images: list[ImageInput]  # in the order of their placeholders
     concepts: list[str] = field(default_factory=list)  # the concepts the prompt opens with
 
 
 class PromptEncoder:
-    """Renders and tokenizes prompts for one processor; `image_features(images, keys)` supplies the
-    features each image placeholder expands to."""
+    """Renders and tokenizes prompts for one processor; `image_inputs(images, keys)` supplies each
+    image's features and the text its placeholder expands to. `image_token_id` is the token the
+    model puts the features at."""
 
     def __init__(self, processor, tokens: ConceptTokens, image_token_id: int,
-                 image_features: Callable[[list, list], list[torch.Tensor]]):
+                 image_inputs: Callable[[list, list], list[ImageInput]]):
         self.processor, self.tokenizer, self.tokens = processor, processor.tokenizer, tokens
-        self.image_token_id, self.image_features = image_token_id, image_features
+        self.image_token_id, self.image_inputs = image_token_id, image_inputs
 
     def render(self, prompt: Prompt, answer: str | None = None) -> str:
         """The prompt in the model's own chat template; the concept prompt opens the first turn."""
@@ -61,22 +64,35 @@ class PromptEncoder:
         add_special = not (bos and text.startswith(bos))
         return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
 
+    def expand(self, text: str, images: list[ImageInput]) -> str:
+        """The rendered text with each image placeholder replaced as the processor replaces it."""
+        if not images:
+            return text
+        [expanded], _ = self.processor.get_text_with_replacements([text], [image.replacement for image in images])
+        return expanded
+
+    def refuse_placeholders(self, prompt: Prompt, answer: str | None) -> None:
+        """Text that spells the model's image placeholder would take a photo's place."""
+        marker = self.processor.image_token
+        written = [prompt.question, *prompt.notes, *(text for turn in prompt.history for text in turn), answer or ""]
+        if any(marker in text for text in written):
+            raise UserError(f"{marker} is this model's image placeholder and cannot be in a question or a note; "
+                            "write it another way (photos go in with --image)")
+
     def encode(self, prompt: Prompt, answer: str | None = None) -> Encoded:
-        """Token ids with each image placeholder expanded to its feature count; labels cover only
+        """Token ids equal to the processor's own for the same text and photos; labels cover only
         the answer (everything after the generation prompt), whatever the template's separators."""
-        features = self.image_features(prompt.images, prompt.image_keys)
-        question_ids = self.tokenize(self.render(prompt))
-        ids = question_ids if answer is None else self.tokenize(self.render(prompt, answer))
+        self.refuse_placeholders(prompt, answer)
+        images = self.image_inputs(prompt.images, prompt.image_keys)
+        question_ids = self.tokenize(self.expand(self.render(prompt), images))
+        ids = question_ids if answer is None else self.tokenize(self.expand(self.render(prompt, answer), images))
         if ids[: len(question_ids)] != question_ids:
             raise RuntimeError("chat template renders the prompt differently with an answer")
+        slots, features = ids.count(self.image_token_id), sum(image.features.shape[0] for image in images)
+        if slots != features:
+            raise RuntimeError(f"the prompt has {slots} image tokens for {features} image features")
         labels = [-100] * len(question_ids) + ids[len(question_ids):]
-        counts = iter(f.shape[0] for f in features)
-        expanded_ids, expanded_labels = [], []
-        for token, label in zip(ids, labels):
-            n = next(counts) if token == self.image_token_id else 1
-            expanded_ids += [token] * n
-            expanded_labels += [label] * n
-        return Encoded(torch.tensor(expanded_ids), torch.tensor(expanded_labels), features, list(prompt.concepts))
+        return Encoded(torch.tensor(ids), torch.tensor(labels), images, list(prompt.concepts))
 
     def collate(self, batch: list[Encoded]) -> dict:
         """Right-padded tensors for a forward pass."""
@@ -88,7 +104,18 @@ class PromptEncoder:
         for row, e in enumerate(batch):
             n = len(e.input_ids)
             input_ids[row, :n], labels[row, :n], mask[row, :n] = e.input_ids, e.labels, 1
-        features = [f for e in batch for f in e.features]
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "features": features,
+        images = [image for e in batch for image in e.images]
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": mask, "images": images,
                 "concepts": sorted({c for e in batch for c in e.concepts}),
-                "photo_rows": torch.tensor([bool(e.features) for e in batch])}
+                "photo_rows": torch.tensor([bool(e.images) for e in batch])}
+
+
+def part(layout: dict, rows: slice = slice(None), cols: slice = slice(None)) -> dict:
+    """The layout (`VLM.layout`) a piece of a sequence runs with, `cols` being its tokens. Positions
+    are the piece's own (M-RoPE's have an axis in front); token types run from the sequence's start
+    to the piece's end, since Gemma 3 finds image blocks by absolute position, the cache included."""
+    out = {}
+    for name, t in layout.items():
+        own = slice(0, cols.stop) if name == "token_type_ids" else cols
+        out[name] = t[:, rows, own] if t.dim() == 3 else t[rows, own]
+    return out

@@ -2,19 +2,48 @@
 "yollava", written atomically in one step (the bytes built in memory, then one atomic replace).
 `CheckpointMeta` is a concept checkpoint's metadata: which rows these are and which base model
 they belong to; everything else about the run (settings, data hash, metrics, the concept head's
-settings, where an import came from) rides beside those four keys, as it always has on disk."""
+settings, where an import came from) rides beside those four keys, as it always has on disk.
+Read back, the metadata is checked against `CheckpointFields` (a damaged or foreign file is a
+one-line error naming it and the key), the concept head's settings too when it has them."""
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from safetensors import safe_open
 from safetensors.torch import save
 
+from yollava_cli.schema import Fraction, OpenSchema, Text, parse_json, validate
 from yollava_cli.store.fileio import atomic_write_bytes
+from yollava_cli.store.schemas import ConceptName
 
 META_KEY = "yollava"
+Fingerprint = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+:[0-9]+:[0-9a-f]+$",
+                                   description="a base-model fingerprint (Architecture:vocabulary size:hash)")]
+
+
+class RecognizerMeta(OpenSchema):
+    """The concept head's settings beside its tensors (learning.recognition): the embedder it
+    scores with, the fusion weights (head logit, token vote, bias) and the calibrated thresholds."""
+
+    embedder: Text
+    fusion: Annotated[list[float], Field(min_length=3, max_length=3)]
+    fusion_version: int | None = None
+    thresholds: dict[str, Fraction]
+
+
+class CheckpointFields(OpenSchema):
+    """A concept checkpoint's metadata as read back: the four keys every checkpoint has, the head's
+    settings when it has a head; other keys (config, metrics, best, ...) ride along unchecked."""
+
+    name: ConceptName
+    k: Annotated[int, Field(ge=1)]
+    base_model: Text
+    base_fingerprint: Fingerprint
+    recognizer: RecognizerMeta | None = None
 
 
 @dataclass
@@ -30,9 +59,11 @@ class CheckpointMeta:
                 "base_fingerprint": self.base_fingerprint}
 
     @classmethod
-    def from_json(cls, data: dict) -> "CheckpointMeta":
+    def from_json(cls, data: Any, where: str) -> "CheckpointMeta":
+        """Metadata read from the checkpoint `where`, checked: a one-line error names it and the key."""
+        checked = validate(data, CheckpointFields, where)
         fixed = ("name", "k", "base_model", "base_fingerprint")
-        return cls(*(data[key] for key in fixed), {k: v for k, v in data.items() if k not in fixed})
+        return cls(*(getattr(checked, key) for key in fixed), {k: v for k, v in data.items() if k not in fixed})
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -44,5 +75,10 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> N
 def read_tensors(path: Path, names: tuple[str, ...] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """The file's tensors (those in `names`, or all) and its metadata ({} when it has none)."""
     with safe_open(str(path), "pt") as f:
-        meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
+        meta = file_meta(f, path)
         return {k: f.get_tensor(k) for k in (names if names is not None else f.keys())}, meta
+
+
+def file_meta(f, path: Path) -> dict[str, Any]:
+    """The metadata of an open safetensors file: a JSON object, else a one-line error naming it."""
+    return parse_json((f.metadata() or {}).get(META_KEY, "{}").encode(), dict[str, Any], f"{path}: metadata")

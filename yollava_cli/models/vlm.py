@@ -1,11 +1,13 @@
-"""One interface to LLaVA-family vision-language models, used by train, ask, find and eval: the
-model passes (forward, loss, scoring; writing answers is `decoding`'s) over three parts with one job
-each, the concept token rows (`concept_tokens`), prompt to tokens (`prompts`) and the image-feature
-cache (`feature_cache`). The base model is frozen: no weight of it is ever trained.
+"""One interface to the vision-language models yollava runs (`architectures`), used by train, ask,
+find and eval: the model passes (forward, loss, scoring; writing answers is `decoding`'s) over three
+parts with one job each, the concept token rows (`concept_tokens`), prompt to tokens (`prompts`) and
+the image-feature cache (`feature_cache`). The base model is frozen: no weight of it is ever trained.
 
-Images go through `image_features` (cached per photo hash and model fingerprint, since the vision
+Images go through `image_inputs` (cached per photo hash and model fingerprint, since the vision
 tower and projector are frozen) and reach the model as transformers' `mm_encoder_outputs`, for
-training, scoring and generation alike.
+training, scoring and generation alike. Every pass also gets its `layout`: the per-token inputs an
+architecture needs beside the ids (M-RoPE positions, token types), computed over the whole sequence
+and sliced for each part of it that runs, so a cached prefix and what follows it agree.
 """
 
 import functools
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from yollava_cli.models import decoding, families
+from yollava_cli.models.architectures import Architecture, architecture
 from yollava_cli.models.compute import Policy, current_policy
 from yollava_cli.models.concept_tokens import (
     ConceptEmbedding,
@@ -28,7 +31,8 @@ from yollava_cli.models.concept_tokens import (
 )
 from yollava_cli.models.decoding import NO_WORDS, YES_WORDS
 from yollava_cli.models.feature_cache import FeatureCache
-from yollava_cli.models.prompts import Prompt, PromptEncoder
+from yollava_cli.models.images import ImageInput, PooledImages, compute_image_input
+from yollava_cli.models.prompts import Prompt, PromptEncoder, part
 
 SCORE_BATCH = 16  # prompts per yes/no scoring pass (find, training validation, eval): bounded memory
 
@@ -47,7 +51,8 @@ class VLM:
         self.dtype = model.dtype  # of activations and image features
         self.policy = policy or current_policy()
         self.family = family or families.for_ref(ref)
-        self.image_token_id = self.tokenizer.convert_tokens_to_ids(processor.image_token)
+        self.arch: Architecture = architecture(model.config.model_type, ref)
+        self.image_token_id = image_token_id(model.config, processor)
         self.vision_calls = 0  # photos run through the vision tower: the feature cache's misses
         embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
         if isinstance(embedding, ConceptEmbedding):  # the same model wrapped again: start clean
@@ -65,25 +70,51 @@ class VLM:
         self.head = ConceptHead(head, len(self.tokenizer), [self.image_token_id])
         model.set_output_embeddings(self.head)
         self.tokens = ConceptTokens(self.tokenizer, embedding, self.head, self.device, self.fingerprint, ref)
-        self.prompts = PromptEncoder(processor, self.tokens, self.image_token_id, self.image_features)
+        self.prompts = PromptEncoder(processor, self.tokens, self.image_token_id, self.image_inputs)
         self.grounding = self.family.photo_switch(model)  # on only for the rows that hold a photo
 
     # -- passes -------------------------------------------------------------------------
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits for a collated batch (image features spliced in at the placeholders)."""
-        inputs = {"input_ids": batch["input_ids"].to(self.device),
-                  "attention_mask": batch["attention_mask"].to(self.device)}
-        if batch["features"]:
-            inputs["mm_encoder_outputs"] = self.mm_outputs(batch["features"])
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        inputs = {"input_ids": ids, "attention_mask": mask, **self.layout(ids, mask, batch["images"]),
+                  **self.image_outputs(batch["images"])}
         with self.conversation(batch["concepts"], batch["photo_rows"]):
             return self.model(**inputs).logits
 
-    def mm_outputs(self, features: list[torch.Tensor]) -> dict:
-        """Precomputed image features as transformers' `mm_encoder_outputs`."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
+    def image_outputs(self, images: list[ImageInput]) -> dict:
+        """Precomputed image features as transformers' `mm_encoder_outputs`, in the form the
+        architecture takes them; empty without images."""
+        if not images:
+            return {}
+        features = [image.features.to(self.device, self.dtype) for image in images]
+        pooled = torch.cat(features) if self.arch.pooled_as_tensor else features
+        deepstack = None
+        if images[0].deepstack is not None:  # per layer, one tensor per image
+            deepstack = [[image.deepstack[layer].to(self.device, self.dtype) for image in images]
+                         for layer in range(len(images[0].deepstack))]
+        return {"mm_encoder_outputs": {"image": PooledImages(pooler_output=pooled, deepstack_features=deepstack)}}
 
-        return {"image": BaseModelOutputWithPooling(pooler_output=[f.to(self.device, self.dtype) for f in features])}
+    def layout(self, ids: torch.Tensor, mask: torch.Tensor, images: list[ImageInput]) -> dict:
+        """The per-token inputs this architecture takes beside the ids, for a whole (rows, T)
+        sequence whose images are `images` in row order: M-RoPE positions (3, rows, T), token
+        types (rows, T). `part` slices them for a piece of the sequence."""
+        out = {}
+        if self.arch.mrope:
+            types = (ids == self.image_token_id).int()
+            grids = torch.stack([image.grid for image in images]).to(ids.device) if images else None
+            out["position_ids"], _ = self.model.base_model.get_rope_index(
+                ids, mm_token_type_ids=types, image_grid_thw=grids, attention_mask=mask)
+        if self.arch.token_types:
+            out["token_type_ids"] = (ids == self.image_token_id).long()
+        return out
+
+    def rope_deltas(self, layout: dict, ids: torch.Tensor) -> None:
+        """Hand an M-RoPE model the offset of the text positions after the prompt `layout` covers,
+        which its own generate adds to every new token (it keeps it as state between calls)."""
+        if self.arch.mrope:
+            self.model.base_model.rope_deltas = layout["position_ids"].amax(dim=(0, 2))[:, None] + 1 - ids.shape[1]
 
     def loss(self, batch: dict) -> torch.Tensor:
         """Mean cross-entropy over answer tokens only."""
@@ -132,13 +163,13 @@ class VLM:
         # rows with and without a photo may run with different weights (a photo switch): no common cache then
         same_weights = bool(photos.all()) or not bool(photos.any())
         shared = shared_opening(ids, int(lengths.min()) - 1, self.image_token_id) if same_weights else 0
+        layout = self.layout(ids, mask, batch["images"])
         base = self.model.base_model  # the multimodal model without the head
         with torch.no_grad(), self.conversation(batch["concepts"], photos):
-            inputs = {"input_ids": ids[:, shared:], "attention_mask": mask}
+            inputs = {"input_ids": ids[:, shared:], "attention_mask": mask, **part(layout, cols=slice(shared, None)),
+                      **self.image_outputs(batch["images"])}
             if shared:
-                inputs["cache"] = self.prefill(ids[:1, :shared], rows=len(encoded))
-            if batch["features"]:
-                inputs["mm_encoder_outputs"] = self.mm_outputs(batch["features"])
+                inputs["cache"] = self.prefill(ids[:1, :shared], len(encoded), part(layout, slice(0, 1), slice(0, shared)))
             hidden = base(**inputs)[0]
             return self.head(hidden[torch.arange(len(encoded), device=self.device), lengths - 1 - shared]).float()
 
@@ -153,10 +184,12 @@ class VLM:
                 on_progress(min(start + SCORE_BATCH, len(prompts)), len(prompts))
         return out
 
-    def prefill(self, ids: torch.Tensor, rows: int = 1, **images):
+    def prefill(self, ids: torch.Tensor, rows: int = 1, layout: dict | None = None, images: list[ImageInput] = ()):
         """The cache of a one-row prompt, run without the head (only what follows needs logits),
-        copied to `rows` rows. Call inside `conversation`."""
-        cache = self.model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **images).cache
+        copied to `rows` rows. `layout`: this piece's part of the sequence's layout. Call inside
+        `conversation`."""
+        cache = self.model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                                      **(layout or {}), **self.image_outputs(list(images))).cache
         if rows > 1:
             cache.batch_repeat_interleave(rows)
         return cache
@@ -177,10 +210,13 @@ class VLM:
         for row, (tail, e) in enumerate(zip(tails, full)):
             ids[row, : len(tail)], mask[row, : n - 1 + len(tail)] = tail, 1
             labels[row, : len(tail) - 1] = e.labels[n:]
-        images = {"mm_encoder_outputs": self.mm_outputs(question.features)} if question.features else {}
-        with torch.no_grad(), self.conversation(question.concepts, bool(question.features)):
-            cache = self.prefill(question.input_ids[None, : n - 1].to(self.device), rows=len(tails), **images)
-            hidden = self.model.base_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), cache=cache)[0]
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        opening = question.input_ids[None, : n - 1].to(self.device)
+        layout = self.layout(torch.cat([opening.expand(len(tails), -1), ids], 1), mask, question.images * len(tails))
+        with torch.no_grad(), self.conversation(question.concepts, bool(question.images)):
+            cache = self.prefill(opening, len(tails), part(layout, slice(0, 1), slice(0, n - 1)), question.images)
+            hidden = self.model.base_model(input_ids=ids, attention_mask=mask, cache=cache,
+                                           **part(layout, cols=slice(n - 1, None)))[0]
             labels = labels.to(self.device)
             predicted = labels != -100
             logits = self.head(hidden[predicted]).float()
@@ -224,33 +260,38 @@ class VLM:
 
     # -- images -------------------------------------------------------------------------
 
-    def image_features(self, images: list, keys: list[str | None] | None = None) -> list[torch.Tensor]:
-        """Projected image features, one (n_tokens, hidden) tensor per image, cached by photo hash."""
+    def image_inputs(self, images: list, keys: list[str | None] | None = None) -> list[ImageInput]:
+        """Each image as the model sees it (features, placeholder text, grid), cached by photo hash."""
         keys = list(keys or []) + [None] * (len(images) - len(keys or []))
         out = []
         for image, key in zip(images, keys):
             cached = self.features.get(key)
             if cached is None:
-                cached = self._compute_features(image() if callable(image) else image)
+                cached = self._compute_image(image() if callable(image) else image)
                 self.features.put(key, cached)
             out.append(cached)
         return out
 
-    def _compute_features(self, image: Image.Image) -> torch.Tensor:
+    def image_features(self, images: list, keys: list[str | None] | None = None) -> list[torch.Tensor]:
+        """Projected image features, one (n_tokens, hidden) tensor per image, cached by photo hash."""
+        return [image.features for image in self.image_inputs(images, keys)]
+
+    def _compute_image(self, image: Image.Image) -> ImageInput:
         self.vision_calls += 1
-        pixels = self.processor.image_processor(images=[image.convert("RGB")], return_tensors="pt")
-        extra = {k: v.to(self.device) for k, v in pixels.items() if k in ("image_sizes",)}
-        config = self.model.config
-        for option in ("vision_feature_layer", "vision_feature_select_strategy"):
-            if getattr(config, option, None) is not None:
-                extra[option] = getattr(config, option)
-        with torch.no_grad(), self.fast():
-            result = self.model.get_image_features(
-                pixel_values=pixels["pixel_values"].to(self.device, self.dtype), **extra
-            )
-        features = getattr(result, "pooler_output", result)
-        features = features[0] if isinstance(features, (list, tuple)) else features
-        return features.reshape(-1, features.shape[-1]).detach().to(self.feature_dtype).cpu()
+        computed = compute_image_input(self.model, self.processor, image, self.dtype, self.device, self.fast)
+        computed.features = computed.features.to(self.feature_dtype)
+        if computed.deepstack is not None:
+            computed.deepstack = computed.deepstack.to(self.feature_dtype)
+        return computed
+
+
+def image_token_id(config, processor) -> int:
+    """The token the model puts image features at: its config's (Gemma 3's `<image_soft_token>`,
+    not the `<start_of_image>` its chat template writes), else the processor's."""
+    for name in ("image_token_id", "image_token_index"):
+        if getattr(config, name, None) is not None:
+            return getattr(config, name)
+    return processor.tokenizer.convert_tokens_to_ids(processor.image_token)
 
 
 def shared_opening(ids: torch.Tensor, limit: int, image_token_id: int) -> int:

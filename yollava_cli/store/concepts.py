@@ -5,6 +5,7 @@ import json
 import re
 import shlex
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from importlib import resources
@@ -19,6 +20,7 @@ from yollava_cli.store.photos import (
 )
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus, NegativeKind
+from yollava_cli.store.trash import move_to_trash, trash_folder
 
 KINDS = ("person", "pet", "object", "place", "character")
 Kind = Enum("Kind", {k: k for k in KINDS}, type=str)  # for the CLI's choices
@@ -110,30 +112,46 @@ def add_concept(
         raise UserError(f"no usable photo for {name!r} ({reasons})")
     encoded = {p.sha256: (p, jpeg_bytes(p.image)) for p in photos}  # encode outside the write lock
 
-    with registry.transaction():
-        concept = registry.concept(name)
-        orphaned: list[str] = []
-        if concept and replace:
-            orphaned = registry.delete_concept(concept["id"])
-            concept = None
-        created = concept is None
-        if created:
-            concept = registry.create_concept(name, kind or "object")
-        kind = concept["kind"]
-        if with_concept:
-            with_concept(concept)
-        new = restored = 0
-        for sha, (photo, jpeg) in encoded.items():
-            restored += registry.photo_is_missing(sha)
-            registry.store_photo(sha, jpeg, *photo.image.size)
-            new += registry.add_concept_photo(concept["id"], sha, str(photo.path.resolve()))
-        if new and not created:
-            # New photos make earlier negatives and tokens stale: the concept must be mined and trained again.
-            registry.set_concept_status(concept["id"], ConceptStatus.ADDED)
-        removed = registry.delete_unused_photos(orphaned)
-        total = registry.concept_photo_count(concept["id"])
-    registry.unlink_photo_files(removed)
+    # replacing drops the concept's checkpoints: not while a training of it writes one
+    with registry.lock(f"train-{name}", f"training <{name}>") if replace else nullcontext():
+        with registry.transaction():
+            concept = registry.concept(name)
+            orphaned: list[str] = []
+            if concept and replace:
+                orphaned = registry.delete_concept(concept["id"])
+                concept = None
+            created = concept is None
+            if created:
+                concept = registry.create_concept(name, kind or "object")
+            kind = concept["kind"]
+            if with_concept:
+                with_concept(concept)
+            new = restored = 0
+            for sha, (photo, jpeg) in encoded.items():
+                restored += registry.photo_is_missing(sha)
+                registry.store_photo(sha, jpeg, *photo.image.size)
+                new += registry.add_concept_photo(concept["id"], sha, str(photo.path.resolve()))
+            if new and not created:
+                # New photos make earlier negatives and tokens stale: the concept must be mined and trained again.
+                registry.set_concept_status(concept["id"], ConceptStatus.ADDED)
+            removed = registry.delete_unused_photos(orphaned)
+            total = registry.concept_photo_count(concept["id"])
+        registry.unlink_photo_files(removed)
+        if replace:
+            retire_checkpoints(registry, name)
     return AddResult(name, kind, created, new, total, skipped, restored)
+
+
+def retire_checkpoints(registry: Registry, name: str) -> list[Path]:
+    """After `add --replace` committed, under the concept's training lock: the old concept's
+    checkpoint files (and resume state), which no row names any more, go to the trash, as doctor
+    would move them, so a replace made by mistake can be undone for a while."""
+    folder = registry.root / "checkpoints" / name
+    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file()) if folder.is_dir() else []
+    if not files:
+        return []
+    trash = trash_folder(registry.root)
+    return [move_to_trash(registry.root, path, trash) for path in files]
 
 
 def check_collisions(registry: Registry, name: str, kind: str | None, replace: bool) -> None:

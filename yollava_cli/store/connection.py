@@ -23,6 +23,11 @@ from yollava_cli.store.backup import backup_is_usable, write_backup
 from yollava_cli.store.migrations import MIGRATIONS
 
 BUSY_TIMEOUT_S = 60
+OPENED: list[Path] = []  # the registry this process opened last (an SQLite error carries no file name)
+
+
+def opened_registry() -> Path | None:
+    return OPENED[-1] if OPENED else None
 
 
 def now() -> str:
@@ -78,6 +83,7 @@ class Connection:
             with open(root / "registry.open-lock", "a") as guard:
                 fcntl.flock(guard, fcntl.LOCK_EX)
                 refuse_damaged(root)
+                OPENED[:] = [root / "registry.db"]
                 conn = sqlite3.connect(
                     root / "registry.db", timeout=BUSY_TIMEOUT_S, isolation_level=None
                 )

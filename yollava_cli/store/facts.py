@@ -15,7 +15,11 @@ from yollava_cli.store.registry import Registry
 
 MAX_CHARS = 500
 MAX_FACTS = 100  # per concept: they all ride in every prompt about it
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls (a newline, a tab, NEL) and the Unicode line and paragraph separators: a fact is one line
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# bidirectional embeddings, overrides and isolates: they make a fact display in another order than
+# it is stored and read (the marks U+200E/U+200F, which only set a direction, are fine)
+BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
 def check_fact(text: str, where: str = "fact") -> str:
@@ -25,18 +29,23 @@ def check_fact(text: str, where: str = "fact") -> str:
         raise UserError(f"{where} is empty: write what you know, e.g. \"is scared of the vacuum cleaner\"")
     if len(fact) > MAX_CHARS:
         raise UserError(f"{where} is {len(fact)} characters long; keep a fact under {MAX_CHARS} (split it in two)")
-    if CONTROL.search(fact):
-        raise UserError(f"{where} holds a control character (a newline or tab?); give one fact per line")
+    if found := CONTROL.search(fact):
+        raise UserError(f"{where} holds a control character or line break (U+{ord(found[0]):04X}: a newline or tab?); "
+                        "give one fact per line")
+    if found := BIDI.search(fact):
+        raise UserError(f"{where} holds a bidirectional override (U+{ord(found[0]):04X}), which shows text in another "
+                        "order than it is read; remove it")
     return fact
 
 
 def read_notes_file(path: Path) -> list[str]:
-    """One fact a line; blank lines and lines starting with # are skipped."""
+    """One fact a line; blank lines and lines starting with # are skipped, a byte-order mark too.
+    Lines end only at \\n (and \\r\\n): a U+2028 inside a line is refused, not a break."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_bytes().decode("utf-8-sig").split("\n")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read the notes file ({e}); give a UTF-8 text file, one fact a line") from None
-    return [check_fact(line, f"{path} line {i}") for i, line in enumerate(lines, 1)
+    return [check_fact(line.removesuffix("\r"), f"{path} line {i}") for i, line in enumerate(lines, 1)
             if line.strip() and not line.lstrip().startswith("#")]
 
 

@@ -3,7 +3,7 @@
 import hashlib
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
@@ -18,6 +18,8 @@ READ_CHUNK = 1 << 20  # files are read this much at a time, never whole
 MAX_PIXELS = 50_000_000  # refuse before decoding: a decompression bomb must not eat the RAM
 STORE_MAX_SIDE = 1024  # photos are downscaled on import; models look at <= 768 px anyway
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
 class BadPhoto(Exception):
@@ -31,19 +33,21 @@ class Photo:
     image: Image.Image  # RGB, EXIF orientation applied, downscaled to STORE_MAX_SIDE
 
 
-def expand_photo_paths(inputs: list[Path]) -> list[Path]:
-    """Files as given, and the photo-suffixed files under each directory (recursive, sorted)."""
+def expand_photo_paths(inputs: list[Path], on_found: Callable[[int], None] | None = None) -> list[Path]:
+    """Files as given, and the photo-suffixed files under each directory (recursive, sorted);
+    `on_found(count)` after each directory walked, for a folder as big as a whole disk."""
     found: list[Path] = []
     for given in inputs:
         if not given.exists():
             raise UserError(f"{given}: no such file or directory")
         if given.is_dir():
-            inside = sorted(
-                Path(dirpath) / name
-                for dirpath, _dirs, names in os.walk(given)  # followlinks=False: no symlink loops
-                for name in names
-                if not name.startswith(".") and Path(name).suffix.lower() in PHOTO_SUFFIXES
-            )
+            inside = []
+            for dirpath, _dirs, names in os.walk(given):  # followlinks=False: no symlink loops
+                inside += [Path(dirpath) / name for name in names
+                           if not name.startswith(".") and Path(name).suffix.lower() in PHOTO_SUFFIXES]
+                if on_found:
+                    on_found(len(found) + len(inside))
+            inside.sort()
             if not inside:
                 raise UserError(
                     f"{given}: no photos in this folder (looked for {', '.join(sorted(PHOTO_SUFFIXES))})"
@@ -112,7 +116,7 @@ def too_big() -> str:
 
 def decode(data: bytes, max_side: int) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(without_png_text(data)))
         if image.width * image.height > MAX_PIXELS:
             raise BadPhoto(
                 f"image is {image.width}x{image.height} pixels, over the "
@@ -127,9 +131,29 @@ def decode(data: bytes, max_side: int) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise BadPhoto(f"corrupt or truncated image data ({e})") from None
     image = to_rgb(image)
+    image.info = {}  # the source's comments and the like are not the photo (and JPEG caps a comment at 64 KB)
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return image
+
+
+def without_png_text(data: bytes) -> bytes:
+    """A PNG without its text chunks (comments, captions, an editor's history), else `data` as it
+    is: the pixels are the same, and Pillow refuses a text chunk over 1 MB (MAX_TEXT_CHUNK) as if
+    the image were damaged. A chunk cut short ends the walk; decoding then says what is wrong."""
+    if not data.startswith(PNG_SIGNATURE):
+        return data
+    kept, at, dropped = [PNG_SIGNATURE], len(PNG_SIGNATURE), False
+    while at + 12 <= len(data):
+        end = at + 12 + int.from_bytes(data[at : at + 4], "big")  # length, type, data, CRC
+        if end > len(data):
+            break
+        if data[at + 4 : at + 8] in PNG_TEXT_CHUNKS:
+            dropped = True
+        else:
+            kept.append(data[at:end])
+        at = end
+    return b"".join([*kept, data[at:]]) if dropped else data
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -6,30 +6,84 @@ verified, and no pickle is ever loaded."""
 import hashlib
 import io
 import json
-import math
 import stat
 import zipfile
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from yollava_cli.errors import UserError
 from yollava_cli.learning.recognition import HEAD_TENSORS
+from yollava_cli.learning.train_config import RANGES
 from yollava_cli.models.loading import load_vlm
-from yollava_cli.models.tensor_file import CheckpointMeta, write_tensors
-from yollava_cli.store.concepts import get_concept, parse_name
-from yollava_cli.store.facts import MAX_FACTS, check_fact
+from yollava_cli.models.tensor_file import META_KEY, CheckpointMeta, Fingerprint, RecognizerMeta, write_tensors
+from yollava_cli.schema import Fraction, OpenSchema, Text, parse_json, validate
+from yollava_cli.store.concepts import check_collisions, get_concept, parse_name
+from yollava_cli.store.facts import MAX_FACTS
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.photos import BadPhoto, decode, jpeg_bytes
 from yollava_cli.store.registry import Registry, now
+from yollava_cli.store.schemas import ConceptName, Fact, Kind, Sha256
 
 FORMAT = "yollava-concept-bundle/1"
 MAX_BUNDLE_BYTES = 256 * 2**20
 MAX_MEMBER_BYTES = 64 * 2**20
 MAX_PHOTOS = 200
 TENSORS, MANIFEST = "concept.safetensors", "manifest.json"
+
+
+class Validation(OpenSchema):
+    weighted: Fraction
+    positive: Fraction
+    negative: Fraction
+
+
+class TrainMetrics(OpenSchema):
+    """What training measured (`show` prints it): the best epoch's validation, the thresholds."""
+
+    best_epoch: Annotated[int, Field(ge=1)]
+    validation: Validation
+    epochs_run: Annotated[int, Field(ge=1)] | None = None
+    thresholds: dict[str, Fraction] | None = None
+    train_accuracy: Fraction | None = None
+
+
+class TrainSettings(OpenSchema):
+    """The settings it was trained with (learning.train_config.TrainConfig), within what training takes."""
+
+    k: Annotated[int, Field(ge=RANGES["k"][0], le=RANGES["k"][1])]
+    epochs: Annotated[int, Field(ge=1)]
+    lr: Annotated[float, Field(gt=0)]
+    batch_size: Annotated[int, Field(ge=1)]
+    seed: int
+
+
+class BundledHead(OpenSchema):
+    """What import reads of the bundled checkpoint's own metadata: the concept head's settings."""
+
+    recognizer: RecognizerMeta
+
+
+class Manifest(OpenSchema):
+    """manifest.json of a bundle; keys a newer yollava adds are kept, not refused."""
+
+    format: Literal[FORMAT]
+    name: ConceptName
+    kind: Kind = "object"
+    k: Annotated[int, Field(ge=RANGES["k"][0], le=RANGES["k"][1])]
+    base_model: Text
+    base_fingerprint: Fingerprint
+    threshold: Fraction | None = None
+    metrics: TrainMetrics | None = None
+    config: TrainSettings | None = None
+    data_hash: Text | None = None
+    exported_at: Text | None = None
+    facts: Annotated[list[Fact], Field(max_length=MAX_FACTS)] = []
+    checksums: dict[str, Sha256]
 
 
 def sha256(data: bytes) -> str:
@@ -107,24 +161,17 @@ def check_bundle(path: Path) -> tuple[dict, bytes, dict[str, bytes], dict[str, t
         unexpected = [n for n in names if n not in (MANIFEST, TENSORS) and n not in photo_names]
         if unexpected or len(photo_names) > MAX_PHOTOS:
             raise UserError(f"{path}: unexpected content in the bundle ({(unexpected or photo_names)[0]!r}); refusing it")
-        try:
-            manifest = json.loads(read_member(bundle, MANIFEST, path))
-        except ValueError:
-            raise UserError(f"{path}: manifest.json is not valid JSON") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise UserError(f"{path}: not a {FORMAT} bundle")
+        manifest = check_manifest(read_member(bundle, MANIFEST, path), path)
         tensors_bytes = read_member(bundle, TENSORS, path)
         photos = {n: read_member(bundle, n, path) for n in photo_names}
-    checksums = manifest.get("checksums") or {}
     for name, data in {TENSORS: tensors_bytes, **photos}.items():
-        if checksums.get(name) != sha256(data):
+        if manifest["checksums"].get(name) != sha256(data):
             raise UserError(f"{path}: checksum mismatch for {name}: the bundle was altered or damaged")
     try:
         tensors = load_safetensors(tensors_bytes)
-        k, fingerprint = int(manifest["k"]), str(manifest["base_fingerprint"])
-        parse_name(manifest["name"])
-    except (SafetensorError, KeyError, TypeError, ValueError, UserError) as e:
+    except SafetensorError as e:
         raise UserError(f"{path}: malformed bundle ({e})") from None
+    k = manifest["k"]
     rows, head = tensors.get("input_rows"), tensors.get("output_row")
     if rows is None or head is None or set(tensors) - {"input_rows", "output_row"} not in (set(), set(HEAD_TENSORS)):
         raise UserError(f"{path}: the tensors are not a concept's token rows (and concept head)")
@@ -134,16 +181,22 @@ def check_bundle(path: Path) -> tuple[dict, bytes, dict[str, bytes], dict[str, t
         raise UserError(f"{path}: token rows have shapes {tuple(rows.shape)} / {tuple(head.shape)}, expected ({k + 1}, H) / (H,)")
     if not (torch.isfinite(rows).all() and torch.isfinite(head).all()):
         raise UserError(f"{path}: token rows hold NaN or infinite values")
-    if not fingerprint.count(":") == 2:
-        raise UserError(f"{path}: malformed base-model fingerprint {fingerprint!r}")
-    check_facts(manifest.get("facts", []), path)
     manifest["recognizer"] = check_recognizer(tensors, tensors_bytes, path)
     return manifest, tensors_bytes, photos, tensors
 
 
+def check_manifest(data: bytes, path: Path) -> dict:
+    """The manifest, checked against `Manifest`: first that it is one (its format), then every key."""
+    where = f"{path}: {MANIFEST}"
+    manifest = parse_json(data, Any, where)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path}: not a {FORMAT} bundle")
+    return validate(manifest, Manifest, where).model_dump()
+
+
 def check_recognizer(tensors: dict[str, torch.Tensor], tensors_bytes: bytes, path: Path) -> dict | None:
-    """The concept head's tensors (float32, finite, one embedding width) and its JSON (embedder,
-    three fusion weights, thresholds in [0, 1]), or None when the bundle has no head."""
+    """The concept head's tensors (float32, finite, one embedding width) and its settings
+    (RecognizerMeta), or None when the bundle has no head."""
     if "head.weights" not in tensors:
         return None
     positives, negatives, weights = (tensors[k] for k in HEAD_TENSORS)
@@ -151,15 +204,10 @@ def check_recognizer(tensors: dict[str, torch.Tensor], tensors_bytes: bytes, pat
         raise UserError(f"{path}: the concept head's tensors must be finite float32 values")
     if positives.ndim != 2 or negatives.ndim != 2 or positives.shape[1] != negatives.shape[1] or weights.shape != (3,):
         raise UserError(f"{path}: the concept head's tensors have the wrong shapes")
-    try:
-        info = json.loads(safe_metadata(tensors_bytes)["yollava"])["recognizer"]
-        fusion, thresholds = [float(w) for w in info["fusion"]], {str(k): float(v) for k, v in info["thresholds"].items()}
-        embedder = str(info["embedder"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise UserError(f"{path}: malformed concept head ({e})") from None
-    if len(fusion) != 3 or not all(map(math.isfinite, fusion)) or not all(0 <= v <= 1 for v in thresholds.values()):
-        raise UserError(f"{path}: malformed concept head (fusion weights or thresholds out of range)")
-    return {"embedder": embedder, "fusion": fusion, "thresholds": thresholds}
+    where = f"{path}: {TENSORS} metadata"
+    meta = parse_json(safe_metadata(tensors_bytes).get(META_KEY, "{}").encode(), Any, where)
+    info = validate(meta, BundledHead, where).recognizer
+    return {"embedder": info.embedder, "fusion": info.fusion, "thresholds": info.thresholds}
 
 
 def safe_metadata(data: bytes) -> dict:
@@ -168,26 +216,16 @@ def safe_metadata(data: bytes) -> dict:
     return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
 
 
-def check_facts(facts, path: Path) -> None:
-    """The bundle's facts: a list of at most MAX_FACTS strings, each a fact `note` would accept."""
-    if not isinstance(facts, list) or len(facts) > MAX_FACTS or not all(isinstance(f, str) for f in facts):
-        raise UserError(f"{path}: malformed bundle (facts must be a list of at most {MAX_FACTS} strings)")
-    for i, fact in enumerate(facts, 1):
-        check_fact(fact, f"{path}: fact {i}")
-
-
 def import_concept(registry: Registry, path: Path, new_name: str | None = None, base_fingerprint: str | None = None) -> dict:
     """Add the bundle's concept as trained (under `new_name` if given); `base_fingerprint`, when
     known, must match the bundle's."""
     manifest, tensors_bytes, photos, rows = check_bundle(path)
-    name = parse_name(new_name or manifest["name"])
+    name = new_concept_name(registry, new_name or manifest["name"])
     if base_fingerprint is not None and base_fingerprint != manifest["base_fingerprint"]:
         raise UserError(
             f"{path}: <{manifest['name']}> was trained on {manifest['base_model']!r} ({manifest['base_fingerprint']}), "
             f"not on this base model ({base_fingerprint}); use --model {manifest['base_model']}"
         )
-    if registry.concept(name):
-        raise UserError(f"concept {name!r} exists already; import with --as NEWNAME or `yollava rm {name}` first")
     decoded = []
     for member, data in photos.items():
         stored = registry.photo(member.removeprefix("photos/").removesuffix(".jpg"))
@@ -212,6 +250,16 @@ def import_concept(registry: Registry, path: Path, new_name: str | None = None, 
     return {"concept": name, "base_model": manifest["base_model"], "k": manifest["k"], "photos": len(decoded)}
 
 
+def new_concept_name(registry: Registry, raw_name: str) -> str:
+    """The name the import would take, held to `add`'s rules: valid, free, and not a look-alike
+    of another concept's (bo-cat beside bo_cat)."""
+    name = parse_name(raw_name)
+    if registry.concept(name):
+        raise UserError(f"concept {name!r} exists already; import with --as NEWNAME or `yollava rm {name}` first")
+    check_collisions(registry, name, None, replace=False)
+    return name
+
+
 def import_on_its_model(registry: Registry, path: Path, new_name: str | None = None, model: str | None = None,
                         quantize: str | None = None, check_model: bool = True, on_status=None) -> dict:
     """import_concept, after loading the base model the bundle names (or `model`) to compare its
@@ -219,6 +267,7 @@ def import_on_its_model(registry: Registry, path: Path, new_name: str | None = N
     fingerprint = None
     if check_model:
         manifest = check_bundle(path)[0]
+        new_concept_name(registry, new_name or manifest["name"])  # a taken name fails before the model loads
         fingerprint = load_vlm(model or manifest["base_model"], on_status=on_status, quantize=quantize).fingerprint
     return import_concept(registry, path, new_name, fingerprint)
 

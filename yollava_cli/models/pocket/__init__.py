@@ -37,4 +37,5 @@ FAMILY = register(Family(
     photo_switch=grounding,
     quantizable=False,
     offline_default=True,
+    params_b=0.14,
 ))

@@ -1,0 +1,186 @@
+"""Every family yollava runs, as a user with a downloaded model runs it: a tiny random model saved
+with save_pretrained and loaded back through --model DIR, then every verb. And, per family, what
+makes the generic path right: prompt ids equal to the processor's, generation equal to full passes,
+concept rows at the embedding's scale, the base model untouched, unsupported ones refused."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import invoke, shared_data
+from PIL import Image
+from tiny import FAMILIES, tiny_gemma3
+
+from yollava_cli.errors import UserError
+from yollava_cli.models.architectures import ARCHITECTURES, architecture
+from yollava_cli.models.compute import Policy
+from yollava_cli.models.loading import load_vlm
+from yollava_cli.models.prompts import Prompt
+from yollava_cli.models.vlm import VLM
+
+FP32 = Policy("cpu", "fp32", "test")
+
+
+def photo(color=(200, 30, 30), size=(40, 30)):
+    return Image.new("RGB", size, color)
+
+
+@pytest.fixture(params=list(FAMILIES))
+def vlm(request):
+    return VLM(*FAMILIES[request.param](seed=1), f"tiny-{request.param}", policy=FP32)
+
+
+@pytest.mark.parametrize("with_photo", [True, False])
+def test_generation_equals_full_passes(vlm, with_photo, monkeypatch):
+    """Each generated token's logits equal a full pass over the prompt and the tokens before it:
+    the prefilled cache, the positions after it (Qwen2-VL keeps M-RoPE's offset as state) and the
+    image's token types (Gemma 3) all agree with one pass over the whole."""
+    vlm.tokens.add("bo", 4)
+    prompt = Prompt("Is <bo> in this photo?", [photo()] if with_photo else [], concepts=["bo"])
+    generated = {}
+    plain_generate = vlm.model.generate
+
+    def keep_logits(**options):
+        out = plain_generate(**options, output_logits=True, return_dict_in_generate=True)
+        generated["out"] = out
+        return out.sequences
+
+    monkeypatch.setattr(vlm.model, "generate", keep_logits)
+    vlm.generate(prompt, max_new_tokens=6)
+    sequence, steps = generated["out"].sequences[0], torch.stack(generated["out"].logits)[:, 0]
+    encoded = vlm.prompts.encode(prompt)
+    batch = vlm.prompts.collate([encoded])
+    batch["input_ids"], batch["attention_mask"] = sequence[None], torch.ones_like(sequence)[None]
+    with torch.no_grad():
+        full = vlm.forward(batch)[0, len(encoded.input_ids) - 1:][: len(steps)]
+    finite = torch.isfinite(full)
+    assert len(steps) == 6 and (full[finite] - steps[finite]).abs().max() < 1e-5
+
+
+def test_scoring_from_a_shared_opening_equals_full_passes(vlm):
+    """Scoring runs the prompts' common opening once and the rest of each after it: in fp32 the
+    logits equal a full pass (Gemma 3 finds an image block by absolute position, the cache
+    included; M-RoPE positions after the opening continue its own)."""
+    vlm.tokens.add("bo", 4, seed=1)
+    prompts = [Prompt("Is <bo> in this photo?", [photo()], concepts=["bo"]),
+               Prompt("Is <bo> in this photo, the blue one?", [photo((0, 0, 255), (60, 20))], concepts=["bo"])]
+    scored = vlm.next_token_logits(prompts)
+    for prompt, logits in zip(prompts, scored):
+        full = vlm.forward(vlm.prompts.collate([vlm.prompts.encode(prompt)]))[0, -1].float()
+        finite = torch.isfinite(full)
+        assert (logits[finite] - full[finite]).abs().max() < 1e-5
+
+
+def test_a_question_spelling_the_image_placeholder_is_refused(vlm):
+    marker = vlm.processor.image_token
+    with pytest.raises(UserError, match="image placeholder"):
+        vlm.prompts.encode(Prompt(f"What does {marker} mean?"))
+    with pytest.raises(UserError, match="image placeholder"):
+        vlm.prompts.encode(Prompt("Is it here?", [photo()], notes=[f"He likes {marker}."]))
+
+
+def test_a_new_concept_starts_at_the_embeddings_own_scale():
+    """Gemma 3 multiplies every embedding by sqrt(hidden): a concept's rows, looked up beside the
+    words, are scaled alike, so the identifier reads as the word it starts from."""
+    vlm = VLM(*tiny_gemma3(), "tiny-gemma3", policy=FP32)
+    ids = vlm.tokens.add("bo", 4, init_word="dog")
+    dog = vlm.tokenizer.encode(" dog", add_special_tokens=False)
+    embedding = vlm.model.get_input_embeddings()
+    identifier, word = embedding(torch.tensor([ids[:1]]))[0, 0], embedding(torch.tensor([dog]))[0].mean(0)
+    assert float(embedding.base.embed_scale) == pytest.approx(32**0.5)
+    assert torch.allclose(identifier, word, atol=1e-5)
+
+
+def test_an_unsupported_architecture_is_refused_before_its_weights_load(tmp_path):
+    from transformers import PaliGemmaConfig
+
+    PaliGemmaConfig().save_pretrained(tmp_path)  # a config and no weights: the check must come first
+    with pytest.raises(UserError) as refused:
+        load_vlm(str(tmp_path))
+    message = str(refused.value)
+    assert "'paligemma' is not supported (it has no chat template" in message and "\n" not in message
+    assert all(arch.name in message for arch in ARCHITECTURES)
+    with pytest.raises(UserError, match="'mllama' is not supported .its images enter through cross-attention"):
+        architecture("mllama", "meta-llama/Llama-3.2-11B-Vision-Instruct")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    data = shared_data()
+    shutil.copytree(data / "concepts" / "dog" / "train", root / "bo")
+    (root / "pool").mkdir()
+    for path in sorted((data / "pool" / "imagenet-sample").glob("*.jpg"))[::100]:  # 10 varied photos
+        shutil.copy(path, root / "pool")
+    return root
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in ("llava", "onevision")])
+def test_every_verb_on_a_saved_model_folder(family, photos, tmp_path):
+    """LLaVA and OneVision run the same verbs in test_chat and test_eval."""
+    model, processor = FAMILIES[family]()
+    model_dir, home = tmp_path / "model", tmp_path / "home"
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    saved = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    m = ["--model", model_dir]
+
+    def run(*args):
+        result = invoke(*args, home=home)
+        assert result.returncode == 0, f"{args}: {result.stderr}"
+        return result
+
+    run("add", "bo", photos / "bo", "--kind", "pet", "--no-train")
+    run("pool", "add", "street", photos / "pool")
+    trained = json.loads(run("train", "bo", "--epochs", "1", "--k", "2", *m, "--json").stdout)
+    assert trained["concept"] == "bo" and not trained["interrupted"] and set(trained["thresholds"]) >= {"tokens", "fused"}
+    text = json.loads(run("ask", "bo", "What should I buy <bo> for his birthday?", "--max-tokens", "6", *m, "--json").stdout)
+    assert text["concepts"] == ["bo"] and isinstance(text["answer"], str)  # a random model writes anything, or nothing
+    seen = json.loads(run("ask", "Is <bo> in this photo?", "--image", photos / "bo" / "00.jpg", "--max-tokens", "4",
+                          *m, "--json").stdout)
+    assert [v["concept"] for v in seen["verdicts"]] == ["bo"]
+    found = json.loads(run("find", "bo", photos / "pool", photos / "bo", *m, "--json").stdout)["results"]
+    assert len(found) == 10 + len(list((photos / "bo").iterdir()))
+    run("export", "bo", tmp_path / "bo.yollava")
+    run("rm", "bo", "--yes")
+    run("import", tmp_path / "bo.yollava", *m)
+    again = json.loads(run("find", "bo", photos / "bo", *m, "--json").stdout)["results"]
+    assert {r["path"]: r["probability"] for r in again} == {r["path"]: r["probability"] for r in found if "/bo/" in r["path"]}
+    evaluated = json.loads(run("eval", shared_data() / "concepts", "--subjects", "dog,cat", "--methods", "yollava,fused",
+                               "--epochs", "1", "--protocol", "library", *m, "--json").stdout)
+    assert set(evaluated["subjects"]) == {"dog", "cat"} and set(evaluated["methods"]) == {"yollava", "fused"}
+    assert 0.0 <= evaluated["methods"]["fused"]["recognition"]["weighted"] <= 1.0
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == saved  # the user's model folder is untouched
+
+
+def test_models_lists_every_architecture_and_what_this_machine_holds(tmp_path):
+    result = invoke("models", "--json", home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    catalog = json.loads(result.stdout)
+    names = [m["name"] for m in catalog["models"]]
+    assert names[0] == "pocket" and names[1:] == [a.name for a in ARCHITECTURES]
+    pocket = catalog["models"][0]
+    assert pocket["runs_here"] and pocket["verdict"] == "yes" and catalog["memory_gb"] > 1
+    assert catalog["compute"]["device"] == "cpu"
+
+
+def test_a_model_too_big_or_missing_a_package_says_so():
+    from yollava_cli.use.catalog import row
+
+    gpu = Policy("cuda", "bf16", "test")
+    assert row("Qwen2.5-VL", "", [], 7.6, [], gpu, available=16.0)["verdict"] == "too big: ~18.2 GB of 16 GB (try --quantize 4bit)"
+    assert row("Qwen2.5-VL", "", [], 7.6, [], Policy("cuda", "bf16", "test", quantize="4bit"), available=16.0)["runs_here"]
+    assert row("SmolVLM", "", [], 0.26, ["num2words"], FP32, available=16.0)["verdict"] == "needs num2words"
+
+
+def test_a_missing_processor_package_is_one_line_naming_the_install(monkeypatch, tmp_path):
+    import importlib.util
+
+    model, processor = FAMILIES["smolvlm"]()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "num2words" else find_spec(name, *a))
+    with pytest.raises(UserError, match=r"SmolVLM needs num2words: pip install num2words$"):
+        load_vlm(str(tmp_path))
