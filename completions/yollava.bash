@@ -11,22 +11,22 @@ _yollava() {
     "ask") words="--image --max-tokens --temperature --seed --no-train --model --quantize --json --help" ;;
     "chat") words="--image --max-tokens --temperature --seed --model --quantize --help" ;;
     "doctor") words="--fix --restore --empty-trash --json --help" ;;
-    "eval") words="--methods --subjects --pool --folds --epochs --facts-in-tokens --report --protocol --history --model --quantize --json --help" ;;
+    "eval") words="--methods --subjects --pool --folds --epochs --facts-in-tokens --report --protocol --history --model --quantize --ray --json --help" ;;
     "explain") words="--max-tokens --model --quantize --json --help" ;;
     "export") words="--with-photos --force --json --help" ;;
-    "find") words="--threshold --top --by --verify --no-train --model --quantize --json --help" ;;
+    "find") words="--threshold --top --by --verify --no-train --model --quantize --ray --json --help" ;;
     "import") words="--as --skip-model-check --model --quantize --json --help" ;;
     "list") words="--json --help" ;;
     "mine") words="--pool --hard --easy --seed --duplicate-above --embedder --json --help" ;;
     "models") words="--quantize --json --help" ;;
     "note") words="--rm --json --help" ;;
     "pool") words="--help add list rm" ;;
-    "pool add") words="--embedder --json --help" ;;
+    "pool add") words="--embedder --ray --json --help" ;;
     "pool list") words="--json --help" ;;
     "pool rm") words="--json --help" ;;
     "rm") words="--yes -y --json --help" ;;
     "show") words="--data --json --help" ;;
-    "train") words="--k --epochs --lr --batch-size --seed --facts-in-tokens --resume --model --quantize --json --help" ;;
+    "train") words="--all --k --epochs --lr --batch-size --seed --facts-in-tokens --resume --model --quantize --ray --json --help" ;;
   esac
   if [[ "$cur" == -* || -z "$cmdpath" ]]; then
     COMPREPLY=($(compgen -W "$words" -- "$cur"))

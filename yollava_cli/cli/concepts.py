@@ -12,6 +12,8 @@ from yollava_cli.cli.options import (
     JsonFlag,
     ModelOption,
     QuantizeOption,
+    RayOption,
+    ray_address,
 )
 from yollava_cli.cli.output import (
     open_registry,
@@ -116,7 +118,8 @@ def mine(
 
 @app.command()
 def train(
-    name: str,
+    names: Annotated[Optional[list[str]], typer.Argument(metavar="NAME", help="The concept(s) to train.", show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Train every concept.")] = False,
     k: Annotated[int, typer.Option("--k", min=RANGES["k"][0], max=RANGES["k"][1], help="Latent tokens per concept.")] = TrainConfig.k,
     epochs: Annotated[int, typer.Option(min=RANGES["epochs"][0], max=RANGES["epochs"][1], help="At most this many epochs (early stopping may end sooner).")] = TrainConfig.epochs,
     lr: Annotated[float, typer.Option(min=RANGES["lr"][0], max=RANGES["lr"][1], help="AdamW learning rate.")] = TrainConfig.lr,
@@ -126,14 +129,42 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (same flags).")] = False,
     model: ModelOption = None,
     quantize: QuantizeOption = None,
+    ray: RayOption = None,
     json_: JsonFlag = False,
 ):
-    """(Re)train a concept's tokens from its photos and mined negatives. Ctrl-C keeps the best so far.
+    """(Re)train concepts' tokens from their photos and mined negatives. Ctrl-C keeps the best so far.
 
-    Example: yollava train bo --epochs 15
+    \b
+    Examples:
+      yollava train bo --epochs 15
+      yollava train --all --ray auto     # one concept per Ray worker
     """
     config = TrainConfig(k=k, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, facts_in_tokens=facts_in_tokens)
-    render_train(train_showing_progress(open_registry(), name, model, config, resume, quantize), json_)
+    registry = open_registry()
+    names = [c["name"] for c in registry.concepts()] if all_ else list(dict.fromkeys(names or []))
+    if not names:
+        raise UserError("name the concept(s) to train, or pass --all" + (" (there are no concepts yet)" if all_ else ""))
+    address = ray_address(ray)
+    if address:
+        from yollava_cli.learning.training import TrainResult
+        from yollava_cli.scale import training as on_ray
+
+        if resume:
+            raise UserError("--resume continues an interrupted run on this machine: drop --ray")
+        with progress_bar(f"Training {len(names)} concept(s) on Ray") as on_progress:
+            result = on_ray.train(registry, names, address, config, model, quantize, on_status=status, on_progress=on_progress)
+        if json_:
+            return print_json(result)
+        for item in result["concepts"]:
+            render_train(TrainResult(**item), json_=False)
+        return
+    if len(names) == 1 and not all_:
+        return render_train(train_showing_progress(registry, names[0], model, config, resume, quantize), json_)
+    results = [train_showing_progress(registry, name, model, config, resume, quantize) for name in names]
+    if json_:
+        return print_json({"concepts": [r.to_json() for r in results]})
+    for result in results:
+        render_train(result, json_=False)
 
 
 @app.command()

@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 import typer
 
 from yollava_cli.cli.app import app
-from yollava_cli.cli.options import JsonFlag, ModelOption, QuantizeOption
-from yollava_cli.cli.output import open_registry, out, print_json, print_table, status
+from yollava_cli.cli.options import JsonFlag, ModelOption, QuantizeOption, RayOption, ray_address
+from yollava_cli.cli.output import open_registry, out, print_json, print_table, progress_bar, status
 from yollava_cli.cli.render import train_view
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
@@ -28,6 +28,7 @@ def eval_(
     history: Annotated[bool, typer.Option("--history", help="List earlier eval runs instead.")] = False,
     model: ModelOption = None,
     quantize: QuantizeOption = None,
+    ray: RayOption = None,
     json_: JsonFlag = False,
 ):
     """Measure personalization: recognition, multiple choice and captions, yollava vs prompting baselines.
@@ -50,10 +51,19 @@ def eval_(
                              ", ".join(f"{m} {v:.3f}" for m, v in r["weighted"].items() if v is not None)] for r in rows])
     if dataset is None:
         raise UserError("name a dataset folder (or pass --history)")
-    with train_view(epochs) as view:
-        result = evaluation.evaluate(registry, dataset, subjects.split(",") if subjects else None, methods.split(","),
-                                     pool or [], TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens), folds,
-                                     model, quantize, report, on_event=view, on_status=status, protocol=protocol)
+    config = TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens)
+    address = ray_address(ray)
+    if address:
+        from yollava_cli.scale import evaluation as on_ray
+
+        with progress_bar("Evaluating subjects on Ray") as on_progress:
+            result = on_ray.evaluate(registry, dataset, subjects.split(",") if subjects else None, methods.split(","), pool or [],
+                                     config, address, folds, model, quantize, report, on_progress, protocol)
+    else:
+        with train_view(epochs) as view:
+            result = evaluation.evaluate(registry, dataset, subjects.split(",") if subjects else None, methods.split(","),
+                                         pool or [], config, folds, model, quantize, report, on_event=view, on_status=status,
+                                         protocol=protocol)
     if json_:
         return print_json(result)
     out.print(reports.markdown(result), markup=False, highlight=False)

@@ -30,3 +30,19 @@ class Generation:
     MaxTokens = Annotated[int, typer.Option("--max-tokens", min=1, max=4096, help="Longest answer, in tokens.")]
     Temperature = Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy (reproducible); higher = more varied.")]
     Seed = Annotated[int, typer.Option(min=RANGES["seed"][0], max=RANGES["seed"][1], help="Sampling seed (with --temperature > 0).")]
+
+
+RayOption = Annotated[
+    Optional[str],
+    typer.Option("--ray", metavar="auto|ADDRESS",
+                 help="Run the work on Ray: auto (the cluster $RAY_ADDRESS names, else a local instance on 127.0.0.1) "
+                      "or a cluster's HOST:PORT; off runs here. Default: config's \"ray\", else off."),
+]
+
+
+def ray_address(given: str | None) -> str | None:
+    """--ray, else the config's "ray"; None (and Ray never imported) when neither asks for it."""
+    from yollava_cli.config import load_config
+
+    address = given or load_config().get("ray")
+    return None if address in (None, "", "off") else str(address)

@@ -1,9 +1,10 @@
 """`yollava pool add|list|rm`: folders of everyday photos to mine negatives from."""
 
+from contextlib import ExitStack
 from pathlib import Path
 
 from yollava_cli.cli.app import pool_app
-from yollava_cli.cli.options import EmbedderOption, JsonFlag
+from yollava_cli.cli.options import EmbedderOption, JsonFlag, RayOption, ray_address
 from yollava_cli.cli.output import (
     open_registry,
     out,
@@ -15,22 +16,34 @@ from yollava_cli.cli.output import (
 
 
 @pool_app.command("add")
-def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, json_: JsonFlag = False):
+def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, ray: RayOption = None, json_: JsonFlag = False):
     """Register a folder as a negative pool and embed its photos (cached).
 
     Example: yollava pool add library ~/Pictures
     """
     from yollava_cli.learning import mining
-    from yollava_cli.learning.embeddings import load_embedder
     from yollava_cli.store.pools import checked_new_pool
 
     checked_new_pool(name, folder)  # a bad name or folder fails before the embedder loads
-    model = load_embedder(embedder)
-    scanning, embedding = f"Scanning {folder}", f"Embedding {folder} ({model.id})"
-    with progress_bar(scanning) as on_progress:
-        result = mining.add_pool(open_registry(), name, folder, model,
-                                 lambda done, total: on_progress(done, total, embedding), on_status=status,
-                                 on_scan=lambda done, total: on_progress(done, total, scanning))
+    address = ray_address(ray)
+    with ExitStack() as stack:
+        if address:  # the batches embedded on Ray workers; this process stores them
+            from yollava_cli.scale.driver import Workers
+            from yollava_cli.scale.embedding import RayEmbedder
+
+            workers = stack.enter_context(Workers(address, embedder=embedder))
+            model, on_ray = RayEmbedder(workers), f", {len(workers.actors)} Ray workers"
+        else:
+            from yollava_cli.learning.embeddings import load_embedder
+
+            workers, model, on_ray = None, load_embedder(embedder), ""
+        scanning, embedding = f"Scanning {folder}", f"Embedding {folder} ({model.id}{on_ray})"
+        with progress_bar(scanning) as on_progress:
+            result = mining.add_pool(open_registry(), name, folder, model,
+                                     lambda done, total: on_progress(done, total, embedding), on_status=status,
+                                     on_scan=lambda done, total: on_progress(done, total, scanning))
+        if workers:
+            result["ray"] = workers.report()
     for item in result["skipped"]:
         status(f"skipped {Path(result['path']) / item['path']}: {item['reason']}")
     if json_:

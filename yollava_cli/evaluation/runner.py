@@ -280,12 +280,7 @@ def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: lis
     pool): its concept head knows no other subject. `library` trains every subject beside the
     others, as a user's concepts: each head knows the others' train photos, so a look-alike among
     the test negatives (another corgi) was seen in training, as in a user's own library."""
-    build_methods(methods)  # an unknown name fails before any training
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
-    if len(dataset.subjects) < 2:
-        raise UserError("eval needs at least 2 subjects: each subject's test negatives are the other subjects' "
-                        "test photos; name another in --subjects")
+    check_run(dataset, methods, protocol)
     config = config or TrainConfig()
     on_event = on_event or (lambda event: None)
     start = time.perf_counter()
@@ -306,11 +301,27 @@ def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: lis
             else:
                 evaluation.train(subject)  # loaded for the forgetting check
         folded.append((done, evaluation.forgetting_check()))
+    return run_summary(dataset, vlm.ref, folded, methods, pools, protocol, start)
+
+
+def check_run(dataset: Dataset, methods: list[str], protocol: str) -> None:
+    """What makes a run impossible, said before any model loads or trains."""
+    build_methods(methods)  # an unknown name fails before any training
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
+    if len(dataset.subjects) < 2:
+        raise UserError("eval needs at least 2 subjects: each subject's test negatives are the other subjects' "
+                        "test photos; name another in --subjects")
+
+
+def run_summary(dataset: Dataset, model: str, folded: list[tuple[dict, dict]], methods: list[str], pools: list[Path],
+                protocol: str, start: float) -> dict:
+    """The run's result from each fold's (per-subject results, forgetting check)."""
     per_subject = {name: merge_folds([f[0][name] for f in folded]) for name in dataset.subjects}
     forgetting = {k: sum(f[1][k] for f in folded) for k in ("identical", "compared")}
     forgetting["passed"] = all(f[1]["passed"] for f in folded)
-    return {"model": vlm.ref, "dataset": str(dataset.root), "methods": summarise(per_subject, methods),
-            "subjects": per_subject, "forgetting": forgetting, "folds": folds,
+    return {"model": model, "dataset": str(dataset.root), "methods": summarise(per_subject, methods),
+            "subjects": per_subject, "forgetting": forgetting, "folds": len(folded),
             "negatives": f"pools {', '.join(map(str, pools))}" if pools else "other subjects' train photos",
             "protocol": protocol,
             "wall_s": round(time.perf_counter() - start, 1), "finished_at": now()}
@@ -375,9 +386,7 @@ def evaluate(registry: Registry, dataset: Path, subjects: list[str] | None, meth
     """`yollava eval`: the dataset checked before any model loads, the run (in the data dir's eval/
     registries), recorded in the user's registry for --history, and its report written if asked."""
     data = load_dataset(dataset, subjects)
-    build_methods(methods)
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
+    check_run(data, methods, protocol)
     vlm = load_vlm(model, on_status=on_status, quantize=quantize)
     embedder = load_embedder()
     if embedder.note and on_status:

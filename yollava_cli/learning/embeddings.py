@@ -8,8 +8,10 @@ import importlib.util
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +27,7 @@ from yollava_cli.models.efficientnet import (
     weights_path,
 )
 from yollava_cli.store.fileio import atomic_write_bytes
+from yollava_cli.store.photos import BadPhoto, read_photo
 from yollava_cli.store.registry import Registry
 
 OFFLINE_EMBEDDER = "efficientnet-lite0"
@@ -50,6 +53,30 @@ class Embedder:
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         raise NotImplementedError
+
+    def embed_batches(self, batches: Iterable[list[Callable[[], Image.Image | None]]]) -> Iterator[list[np.ndarray | None]]:
+        """Each batch of photo loaders as vectors, in order, None where a loader gave no photo. Here
+        one batch at a time; an embedder on other machines (yollava_cli.scale) keeps several in flight."""
+        for loaders in batches:
+            images = [load() for load in loaders]
+            kept = [image for image in images if image is not None]
+            vectors = iter(self.embed(kept) if kept else ())
+            yield [next(vectors) if image is not None else None for image in images]
+
+
+@dataclass(frozen=True)
+class PhotoFile:
+    """A photo file, read and decoded at `max_side` only when it is embedded: an embedder on
+    other machines is sent its bytes instead, and decodes them the same way."""
+
+    path: Path
+    max_side: int
+
+    def __call__(self) -> Image.Image | None:
+        try:
+            return read_photo(self.path, max_side=self.max_side).image
+        except BadPhoto:
+            return None
 
 
 class EfficientNetEmbedder(Embedder):
@@ -167,16 +194,15 @@ def embed_photos(
     Returns (vectors, number newly embedded)."""
     vectors = cached_vectors(registry, embedder.id, photos)
     todo = [sha for sha in photos if sha not in vectors]
-    done = 0
-    for start in range(0, len(todo), BATCH):
-        loaded = [(sha, photos[sha]()) for sha in todo[start : start + BATCH]]
-        loaded = [(sha, image) for sha, image in loaded if image is not None]
-        if loaded:
-            batch = embedder.embed([image for _, image in loaded])
-            fresh = {sha: vector for (sha, _), vector in zip(loaded, batch)}
+    batches = [todo[start : start + BATCH] for start in range(0, len(todo), BATCH)]
+    done = finished = 0
+    for shas, batch in zip(batches, embedder.embed_batches([photos[sha] for sha in shas] for shas in batches)):
+        fresh = {sha: vector for sha, vector in zip(shas, batch) if vector is not None}
+        if fresh:
             registry.store_embeddings(embedder.id, {sha: vector.astype("<f4").tobytes() for sha, vector in fresh.items()})
             vectors.update(fresh)
-        done += len(loaded)
+        done += len(fresh)
+        finished += len(shas)
         if on_progress:
-            on_progress(min(start + BATCH, len(todo)), len(todo))
+            on_progress(finished, len(todo))
     return vectors, done

@@ -15,7 +15,7 @@ import numpy as np
 
 from yollava_cli.config import load_config
 from yollava_cli.errors import UserError
-from yollava_cli.learning.embeddings import Embedder, embed_photos
+from yollava_cli.learning.embeddings import Embedder, PhotoFile, embed_photos
 from yollava_cli.store.concepts import get_concept, require_photos
 from yollava_cli.store.photos import (
     BadPhoto,
@@ -138,13 +138,8 @@ def new_pool_id(registry: Registry, name: str, folder: str) -> int:
     return registry.pool(name)["id"]
 
 
-def file_loader(path: Path) -> Callable[[], object]:
-    def load():
-        try:
-            return read_photo(path, max_side=EMBED_SIDE).image
-        except BadPhoto:
-            return None
-    return load
+def file_loader(path: Path) -> PhotoFile:
+    return PhotoFile(path, EMBED_SIDE)
 
 
 # -- mining -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from yollava_cli.errors import UserError
-from yollava_cli.learning.embeddings import embed_photos, load_embedder
+from yollava_cli.learning.embeddings import Embedder, embed_photos, load_embedder
 from yollava_cli.learning.recognition import current
 from yollava_cli.learning.synthesis import score_question
 from yollava_cli.models.prompts import Prompt
@@ -34,14 +34,16 @@ def check_find_options(by: str, verify: int) -> None:
 
 
 def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], threshold: float | None = None,
-         on_progress: Callable[[int, int], None] | None = None, by: str = "fused", verify: int = VERIFY) -> dict:
+         on_progress: Callable[[int, int], None] | None = None, by: str = "fused", verify: int = VERIFY,
+         embedders: Callable[[str], Embedder] = load_embedder) -> dict:
     """P(the concept is in each photo) for every photo (recursive for folders), best first.
 
     `by`: `tokens` asks the language model about every photo; `head` scores cached image
     embeddings with the concept head (thousands per second); `fused` (default) scores all with the
     head, then has the language model verify the `verify` best and every photo near the head's
     threshold, and fuses both there. Photos it did not verify keep the head's score. `vlm` may be
-    None for `head`."""
+    None for `head`. `embedders` gives the embedder the head was trained with, by its id (on Ray
+    workers with --ray)."""
     check_find_options(by, verify)
     concept = get_concept(registry, name)
     paths = expand_photo_paths(inputs)
@@ -51,7 +53,7 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
     thresholds = recognizer.thresholds if recognizer is not None else {"tokens": concept["threshold"]}
     scores: dict[int, tuple[float, str]] = {}
     if recognizer is not None:
-        vectors = embed_photos(registry, load_embedder(recognizer.embedder),
+        vectors = embed_photos(registry, embedders(recognizer.embedder),
                                {p["sha256"]: p["decode"] for p in photos}, on_progress)[0]
         kept = [p for p in photos if p["sha256"] in vectors]
         head = recognizer.head_probabilities(np.stack([vectors[p["sha256"]] for p in kept])) if kept else []
