@@ -3,13 +3,14 @@ one photo (or one scoring batch) at a time. Counted here with tracemalloc, which
 bytes and every encoded JPEG Python holds; the whole process's peak, 30 vs 3,000 camera-sized
 photos, is bench/bench_memory.py's."""
 
+import gc
 import random
 import tracemalloc
 
 from PIL import Image
 from tiny import tiny_llava
 
-from yollava_cli.models.vlm import VLM
+from yollava_cli.models.vlm import SCORE_BATCH, VLM
 from yollava_cli.store.concepts import add_concept
 from yollava_cli.store.registry import Registry
 from yollava_cli.use.find import find
@@ -53,20 +54,26 @@ def test_add_holds_one_photo_at_a_time(tmp_path):
 
 
 def test_find_holds_one_scoring_batch_at_a_time(tmp_path):
-    """find kept every file's bytes from hashing to the end (2.87 GB over 300 photos of 8.8 MB); now
-    a photo is read again when it is scored, a batch at a time."""
+    """find kept every file's bytes from hashing to the end (2.87 GB over 300 photos of 8.8 MB), and
+    with --by tokens every decoded photo; now a photo is read again when it is scored, a batch at a
+    time. Checked after each batch (find's progress callback): the decoded photos alive, and the
+    most Python held at once."""
     one = max(photos(tmp_path / "few", 4), photos(tmp_path / "many", 40, seed=1))
     registry = Registry(tmp_path / "home")
     add_concept(registry, "bo", [tmp_path / "few"])
     vlm = VLM(*tiny_llava(), "tiny")
     vlm.tokens.add("bo", 4)
-    peaks, found = {}, {}
+    peaks, found, alive = {}, {}, []
+
+    def count_images(done, total):
+        alive.append(sum(issubclass(type(o), Image.Image) for o in gc.get_objects()))
 
     def search(name):
-        found[name] = find(registry, vlm, "bo", [tmp_path / name], by="tokens")
+        found[name] = find(registry, vlm, "bo", [tmp_path / name], by="tokens", on_progress=count_images)
 
     for name in ("few", "many"):
         vlm.features.clear()  # every photo decoded: none is scored from cached features
         peaks[name] = traced_peak(lambda: search(name))
     assert len(found["many"]["results"]) == 40 and not found["many"]["skipped"]
+    assert len(alive) == 1 + 3 and max(alive) <= SCORE_BATCH, alive  # 40 photos in 3 batches: not 40 at once
     assert peaks["many"] - peaks["few"] < 3 * one, peaks  # 36 more photos: 36 more files if all were held
