@@ -77,3 +77,28 @@ def test_find_holds_one_scoring_batch_at_a_time(tmp_path):
     assert len(found["many"]["results"]) == 40 and not found["many"]["skipped"]
     assert len(alive) == 1 + 3 and max(alive) <= SCORE_BATCH, alive  # 40 photos in 3 batches: not 40 at once
     assert peaks["many"] - peaks["few"] < 3 * one, peaks  # 36 more photos: 36 more files if all were held
+
+
+def test_doctor_leaves_a_live_adds_staged_photos_and_collects_a_dead_ones(tmp_path):
+    """add stages its photos outside the store before its transaction; a long add's staged files
+    may be older than doctor's staleness cut, so a live one (its folder flocked) is left alone,
+    while a killed add's leftovers go to the trash."""
+    import os
+    import time
+
+    from yollava_cli.store.doctor import examine
+    from yollava_cli.store.fileio import staging_folder
+
+    registry = Registry(tmp_path / "home")
+    hour_ago = time.time() - 3600
+    dead = tmp_path / "home" / "incoming" / "killed"
+    dead.mkdir(parents=True)
+    with staging_folder(registry.root) as live:
+        for file in (live / "a.tmp", dead / "b.tmp"):
+            file.write_bytes(b"x")
+            os.utime(file, (hour_ago, hour_ago))
+        report = examine(registry, fix=True)
+        assert (live / "a.tmp").exists() and not (dead / "b.tmp").exists()
+    assert [p["detail"] for p in report["problems"]] == [
+        "incoming/killed/b.tmp is a temporary file left by a stopped write"]
+    assert not live.exists()
