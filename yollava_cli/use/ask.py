@@ -18,6 +18,7 @@ from yollava_cli.models.vlm import VLM
 # how much more likely a note must be as this question's answer than as an answer to "tell me
 # something" to be quoted: e^5, ~150x (set on the 20 shared subjects: docs/results.md)
 QUOTE_NATS = 5.0
+NOTE_BATCH = 8  # notes scored a pass (note_gains): bounded memory for any number of long notes
 
 
 def with_identifiers(question: str, concepts: list[str]) -> str:
@@ -28,11 +29,17 @@ def with_identifiers(question: str, concepts: list[str]) -> str:
 
 def note_gains(vlm: VLM, prompt: Prompt, notes: list[str]) -> list[float]:
     """How much more likely each note is as the answer to this question than to "Tell me something
-    about <bo>." (pointwise mutual information, in nats): how well it answers the question."""
+    about <bo>." (pointwise mutual information, in nats): how well it answers the question. Scored
+    NOTE_BATCH notes a pass: a pass holds the vocabulary's logits at every note token, and 100
+    notes of 500 characters at once held 7 GB on pocket."""
     question = Prompt(prompt.question, concepts=prompt.concepts)
     about = " and ".join(f"<{n}>" for n in prompt.concepts) or "it"
     neutral = Prompt(f"Tell me something about {about}.", concepts=prompt.concepts)
-    return [given - prior for given, prior in zip(vlm.answer_logprobs(question, notes), vlm.answer_logprobs(neutral, notes))]
+    gains = []
+    for start in range(0, len(notes), NOTE_BATCH):
+        batch = notes[start : start + NOTE_BATCH]
+        gains += [given - prior for given, prior in zip(vlm.answer_logprobs(question, batch), vlm.answer_logprobs(neutral, batch))]
+    return gains
 
 
 def quoted_note(vlm: VLM, prompt: Prompt, notes: list[str], gains: list[float] | None = None) -> str | None:
