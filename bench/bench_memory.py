@@ -69,8 +69,10 @@ def photos(folder: Path, count: int, seed: int = 0) -> Path:
     for i in range(count):
         tint = tuple(rng.randrange(256) for _ in range(3))
         target = folder / f"{i:05d}.jpg"
-        if not target.exists():
-            Image.blend(Image.blend(base, Image.new("RGB", SIZE, tint), 0.5), noise, 0.3).save(target, quality=92)
+        if not target.exists():  # written whole or not at all: an interrupted run leaves no truncated photo
+            partial = folder / f".{target.name}.partial"
+            Image.blend(Image.blend(base, Image.new("RGB", SIZE, tint), 0.5), noise, 0.3).save(partial, format="JPEG", quality=92)
+            partial.replace(target)
     return folder
 
 
