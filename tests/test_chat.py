@@ -16,6 +16,7 @@ from conftest import invoke, run_cli, shared_data
 from PIL import Image
 from tiny import tiny_llava
 
+from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
 from yollava_cli.use import ask as asking
 from yollava_cli.use.ask import GenerationOptions, ask, with_identifiers
@@ -38,7 +39,7 @@ def test_notes_guide_only_answers_without_a_photo(monkeypatch):
     the notes only ride in the prompt."""
     vlm = VLM(*tiny_llava(), "tiny")
     vlm.tokens.add("bo", 4)
-    monkeypatch.setattr(asking, "quoted_note", lambda vlm, prompt, notes: notes[0] if "old" in prompt.question else None)
+    monkeypatch.setattr(asking, "quoted_note", lambda vlm, prompt, notes, gains=None: notes[0] if "old" in prompt.question else None)
     generate, calls = vlm.generate, []
 
     def spy(prompt, *args, contrast=None, opening=None, **kwargs):
@@ -84,6 +85,68 @@ def test_streaming_callback_receives_the_answer_in_order():
     assert result["concepts"] == ["bo"]
 
 
+FACTS = [f"<bo> is scared of thing number {i:02d} and loves it" for i in range(20)]  # 30 tokens each here
+
+
+def spied(vlm, monkeypatch) -> list:
+    """The prompts `vlm.generate` is handed, as it answers them."""
+    generate, prompts = vlm.generate, []
+    monkeypatch.setattr(vlm, "generate", lambda prompt, *args, **kwargs: (prompts.append(prompt), generate(prompt, *args, **kwargs))[1])
+    return prompts
+
+
+def test_facts_over_the_context_are_ranked_and_the_best_kept(monkeypatch):
+    """100 facts of 500 characters overflow pocket's 8,192 tokens, and `ask` sent them all (nothing
+    printed for 300 s, 6.2 GB). The tiny model reads 512 tokens: 20 facts of 30 do not fit beside a
+    16-token answer; those that best answer the question (note_gains) do, in the order they were
+    noted, and what was left out is said in one line."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    assert vlm.context_tokens == 512  # the tiny config's max_position_embeddings
+    prompts, said = spied(vlm, monkeypatch), []
+    question = "What should I buy <bo>?"
+    result = ask(vlm, ["bo"], question, [], [], GenerationOptions(max_tokens=16), notes=FACTS, on_status=said.append)
+    kept = prompts[-1].notes
+    assert 0 < len(kept) < len(FACTS) and kept == [f for f in FACTS if f in kept]
+    assert result["notes_left_out"] == [f for f in FACTS if f not in kept]
+    gains = asking.note_gains(vlm, Prompt(question, concepts=["bo"]), FACTS)
+    assert set(kept) == set(sorted(FACTS, key=lambda f: -gains[FACTS.index(f)])[: len(kept)])
+    assert len(vlm.prompts.encode(prompts[-1]).input_ids) == result["context"]["prompt"] <= 512 - 16
+    assert said == [f"{20 - len(kept)} of 20 facts left out (kept the {len(kept)} that best answer the question): "
+                    "tiny reads 512 tokens at once"]
+    few = ask(vlm, ["bo"], question, [], [], GenerationOptions(max_tokens=16), notes=FACTS[:3], on_status=said.append)
+    assert few["notes_left_out"] == [] and prompts[-1].notes == FACTS[:3] and len(said) == 1  # all fit: nothing said
+
+
+def test_facts_are_ranked_a_batch_at_a_time_as_all_at_once():
+    """note_gains scores NOTE_BATCH facts a pass (100 facts of 500 characters at once held 7 GB on
+    pocket); the gains are those of one pass over all of them."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    question, neutral = Prompt("What should I buy <bo>?", concepts=["bo"]), Prompt("Tell me something about <bo>.", concepts=["bo"])
+    at_once = [g - p for g, p in zip(vlm.answer_logprobs(question, FACTS), vlm.answer_logprobs(neutral, FACTS))]
+    assert len(FACTS) > 2 * asking.NOTE_BATCH
+    assert asking.note_gains(vlm, question, FACTS) == pytest.approx(at_once, abs=1e-3)
+
+
+def test_a_long_chat_leaves_out_its_oldest_turns(monkeypatch):
+    """A chat's history grows every turn; once the question no longer fits beside it, the oldest
+    turns are left out (said each time), never the question."""
+    from yollava_cli.use.chat import ChatSession
+
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    prompts, said = spied(vlm, monkeypatch), []
+    session = ChatSession(vlm, ["bo"], GenerationOptions(max_tokens=16))
+    question = "tell me about <bo> " + "and the thing " * 15  # ~150 tokens a turn
+    for _ in range(5):
+        session.say(question, lambda text: None, on_status=said.append)
+    assert len(session.history) == 5 and said and said[-1].startswith("the conversation's first ")
+    assert said[-1].endswith("turns left out: tiny reads 512 tokens at once")
+    assert all(len(vlm.prompts.encode(p).input_ids) <= 512 - 16 for p in prompts)
+    assert prompts[-1].history == session.history[-1 - len(prompts[-1].history):-1]  # the latest turns kept
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A data dir where <bo> is trained (1 epoch) on a tiny LLaVA saved as a local model folder."""
@@ -115,8 +178,10 @@ def test_ask_json_shape(trained):
     result = invoke("ask", "bo", "what should I buy him?", "--max-tokens", "8", "--model", model_dir, "--json", home=home)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {"answer", "concepts", "model", "timings", "verdicts", "quoted_note"} and data["verdicts"] == []
-    assert data["quoted_note"] is None  # bo has no notes
+    assert set(data) == {"answer", "concepts", "model", "timings", "verdicts", "quoted_note", "notes_left_out",
+                         "context"} and data["verdicts"] == []
+    assert data["quoted_note"] is None and data["notes_left_out"] == []  # bo has no notes
+    assert data["context"]["limit"] == 512 and data["context"]["answer"] == 8 and 0 < data["context"]["prompt"] <= 504
     assert data["concepts"] == ["bo"] and data["model"] == str(model_dir)
     assert set(data["timings"]) == {"first_token_s", "total_s", "tokens", "compute"}
     assert data["timings"]["compute"]["device"] == "cpu" and data["timings"]["compute"]["precision"] in ("fp32", "bf16")
@@ -143,6 +208,35 @@ def test_ask_json_shape(trained):
         assert streamed.returncode == 0 and streamed.stdout.strip() == grounded["answer"], (streamed.stdout, grounded)
         presents.add(verdict["present"])
     assert presents == {True, False}  # both wordings were checked
+
+
+def test_a_question_longer_than_the_context_is_refused_in_one_line(trained):
+    home, model_dir, _ = trained
+    for args in (["tell me about <bo> " + "and the thing " * 200], ["hi", "--max-tokens", "600"]):
+        result = invoke("ask", "bo", *args, "--model", model_dir, home=home)
+        [error] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]  # after the model loads
+        assert result.returncode == 1 and result.stderr.strip().endswith(error) and result.stdout == ""
+        assert "(--max-tokens), over the 512 tokens" in error and "shorten the question" in error
+    lines = "tell me about <bo> " + "and the thing " * 200 + "\nis <bo> here?\n/quit\n"
+    chat = invoke("chat", "bo", "--model", model_dir, "--max-tokens", "4", home=home, input=lines)
+    assert chat.returncode == 0, chat.stderr  # the chat goes on to the next question
+    assert [line for line in chat.stderr.splitlines() if line.startswith("error: ")] == [
+        line for line in chat.stderr.splitlines() if "over the 512 tokens" in line]
+    assert chat.stdout.count("yollava> ") == 2
+
+
+def test_ask_json_says_which_facts_were_left_out(trained, tmp_path):
+    home, model_dir, _ = trained
+    shutil.copytree(home, tmp_path / "home")
+    for fact in FACTS:
+        assert invoke("note", "bo", fact, home=tmp_path / "home").returncode == 0
+    result = invoke("ask", "bo", "what should I buy him?", "--max-tokens", "16", "--model", model_dir, "--json",
+                    home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    left_out = len(data["notes_left_out"])
+    assert 0 < left_out < 20 and data["context"]["prompt"] <= 512 - 16 and data["context"]["answer"] == 16
+    assert f"{left_out} of 20 facts left out" in result.stderr
 
 
 def test_unknown_concept_lists_close_names(trained):

@@ -211,7 +211,7 @@ def test_add_and_find_skip_the_same_odd_files_with_their_reasons(tmp_path):
     refused = invoke("add", "bo", pool / "fifo.jpg", "--no-train", home=tmp_path / "home")
     assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
         f"error: no usable photo for 'bo' ({pool / 'fifo.jpg'}: not a regular file)"]
-    photos, skipped = read_for_find(expand_photo_paths([pool]), None, need_pixels=False)
+    photos, skipped = read_for_find(expand_photo_paths([pool]))
     assert len(photos) == 2 and {s["path"]: s["reason"] for s in skipped} == expected
 
 

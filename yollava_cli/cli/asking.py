@@ -66,7 +66,8 @@ def ask(
     registry, vlm, wanted = open_session(names, question, model, no_train, quantize)
     stream = None if json_ else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
     result = answer(vlm, wanted, question, images, keys, GenerationOptions(max_tokens, temperature, seed), stream,
-                    notes=prompt_notes(registry, wanted), verdicts=recognize(registry, vlm, wanted, images, keys))
+                    notes=prompt_notes(registry, wanted), verdicts=recognize(registry, vlm, wanted, images, keys),
+                    on_status=status)
     if json_:
         return print_json(result)
     sys.stdout.write("\n")
@@ -149,11 +150,26 @@ def chat_loop(chat_session) -> None:
         try:  # the prompt is inside: a Ctrl-C right after it still only stops this answer
             sys.stdout.write("yollava> ")
             sys.stdout.flush()
-            chat_session.say(line, lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+            chat_session.say(line, lambda text: (sys.stdout.write(text), sys.stdout.flush()), on_status=chat_notice)
         except KeyboardInterrupt:
             sys.stdout.write(" [stopped]")
+        except UserError as e:  # a question too long for the model: this turn is refused, the chat goes on
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            status(f"error: {e}")
+            continue
         sys.stdout.write("\n")
         sys.stdout.flush()
+
+
+def chat_notice(message: str) -> None:
+    """A line about the answer that has just begun (what its prompt left out): on a line of its
+    own, then the answer's prompt again."""
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    status(message)
+    sys.stdout.write("yollava> ")
+    sys.stdout.flush()
 
 
 @app.command()

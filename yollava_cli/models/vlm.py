@@ -125,6 +125,17 @@ class VLM:
     # -- answers ------------------------------------------------------------------------
 
     @property
+    def context_tokens(self) -> int | None:
+        """How many positions the language model reads, prompt and answer together: its config's
+        max_position_embeddings (the text config's in a multimodal model), or None when it does not say."""
+        config = self.model.config
+        for part in (getattr(config, "text_config", None), config):
+            limit = getattr(part, "max_position_embeddings", None)
+            if isinstance(limit, int) and limit > 0:
+                return limit
+        return None
+
+    @property
     def cpu_bf16(self) -> bool:
         """Whether this fp32 model on CPU computes in bf16 (the compute policy's choice)."""
         return self.device.type == "cpu" and self.dtype == torch.float32 and self.policy.cpu_bf16

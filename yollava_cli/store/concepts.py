@@ -12,12 +12,8 @@ from importlib import resources
 from pathlib import Path
 
 from yollava_cli.errors import UserError
-from yollava_cli.store.photos import (
-    BadPhoto,
-    expand_photo_paths,
-    jpeg_bytes,
-    read_photo,
-)
+from yollava_cli.store.fileio import staging_folder
+from yollava_cli.store.photos import expand_photo_paths, stage_photos
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus, NegativeKind
 from yollava_cli.store.trash import move_to_trash, trash_folder
@@ -89,6 +85,10 @@ def add_concept(
 ) -> AddResult:
     """Add photos to a concept (creating it), all in one transaction.
 
+    Each photo is read, downscaled and written to a staging folder one at a time, before the
+    transaction (so memory does not grow with their number, nor is the write lock held while they
+    decode); the transaction moves the staged files into the store.
+
     Adding to an existing concept appends only photos it does not have yet; `replace` starts
     the concept afresh. Unusable files are skipped and reported, or refused with `strict`.
     `with_concept(concept row)` runs in the same transaction before any photo is written (facts
@@ -99,46 +99,38 @@ def add_concept(
         raise UserError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
     check_collisions(registry, name, kind, replace)
 
-    photos, skipped = [], []
-    for path in expand_photo_paths(inputs):
-        try:
-            photos.append(read_photo(path))
-        except BadPhoto as e:
-            if strict:
-                raise UserError(f"{path}: {e} (--strict refuses the whole add; drop --strict to skip it)") from None
-            skipped.append((str(path), str(e)))
-    if not photos:
-        reasons = "; ".join(f"{p}: {r}" for p, r in skipped)
-        raise UserError(f"no usable photo for {name!r} ({reasons})")
-    encoded = {p.sha256: (p, jpeg_bytes(p.image)) for p in photos}  # encode outside the write lock
-
-    # replacing drops the concept's checkpoints: not while a training of it writes one
-    with registry.lock(f"train-{name}", f"training <{name}>") if replace else nullcontext():
-        with registry.transaction():
-            concept = registry.concept(name)
-            orphaned: list[str] = []
-            if concept and replace:
-                orphaned = registry.delete_concept(concept["id"])
-                concept = None
-            created = concept is None
-            if created:
-                concept = registry.create_concept(name, kind or "object")
-            kind = concept["kind"]
-            if with_concept:
-                with_concept(concept)
-            new = restored = 0
-            for sha, (photo, jpeg) in encoded.items():
-                restored += registry.photo_is_missing(sha)
-                registry.store_photo(sha, jpeg, *photo.image.size)
-                new += registry.add_concept_photo(concept["id"], sha, str(photo.path.resolve()))
-            if new and not created:
-                # New photos make earlier negatives and tokens stale: the concept must be mined and trained again.
-                registry.set_concept_status(concept["id"], ConceptStatus.ADDED)
-            removed = registry.delete_unused_photos(orphaned)
-            total = registry.concept_photo_count(concept["id"])
-        registry.unlink_photo_files(removed)
-        if replace:
-            retire_checkpoints(registry, name)
+    with staging_folder(registry.root) as staging:
+        staged, skipped = stage_photos(expand_photo_paths(inputs), staging, strict)
+        if not staged:
+            reasons = "; ".join(f"{p}: {r}" for p, r in skipped)
+            raise UserError(f"no usable photo for {name!r} ({reasons})")
+        # replacing drops the concept's checkpoints: not while a training of it writes one
+        with registry.lock(f"train-{name}", f"training <{name}>") if replace else nullcontext():
+            with registry.transaction():
+                concept = registry.concept(name)
+                orphaned: list[str] = []
+                if concept and replace:
+                    orphaned = registry.delete_concept(concept["id"])
+                    concept = None
+                created = concept is None
+                if created:
+                    concept = registry.create_concept(name, kind or "object")
+                kind = concept["kind"]
+                if with_concept:
+                    with_concept(concept)
+                new = restored = 0
+                for sha, photo in staged.items():
+                    restored += registry.photo_is_missing(sha)
+                    registry.store_photo(sha, photo.file, *photo.size)
+                    new += registry.add_concept_photo(concept["id"], sha, str(photo.source.resolve()))
+                if new and not created:
+                    # New photos make earlier negatives and tokens stale: the concept must be mined and trained again.
+                    registry.set_concept_status(concept["id"], ConceptStatus.ADDED)
+                removed = registry.delete_unused_photos(orphaned)
+                total = registry.concept_photo_count(concept["id"])
+            registry.unlink_photo_files(removed)
+            if replace:
+                retire_checkpoints(registry, name)
     return AddResult(name, kind, created, new, total, skipped, restored)
 
 

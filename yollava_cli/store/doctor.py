@@ -20,6 +20,7 @@ from yollava_cli.errors import UserError
 from yollava_cli.store.backup import FILE as BACKUP_FILE
 from yollava_cli.store.backup import backup_is_usable
 from yollava_cli.store.facts import check_fact
+from yollava_cli.store.fileio import STAGING, staging_in_use
 from yollava_cli.store.migrations import MIGRATIONS
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.trash import KEEP_DAYS, empty_trash, move_to_trash, trash_folder
@@ -171,6 +172,8 @@ def temporary_files(registry: Registry) -> list[Path]:
                 continue
             if parts[0] == "checkpoints" and len(parts) > 2 and training(registry, parts[1]):
                 continue
+            if parts[0] == STAGING and len(parts) > 2 and staging_in_use(root / STAGING / parts[1]):
+                continue  # a long `add` is still staging its photos
             found.append(path)
     return found
 

@@ -1,8 +1,14 @@
 """Atomic file writes: a reader never sees half a file, a crash never leaves one."""
 
+import fcntl
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+STAGING = "incoming"  # in the data dir: files written before the transaction that moves them into place
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -25,3 +31,36 @@ def current_umask() -> int:
     mask = os.umask(0o022)  # reading it means setting it: put it straight back
     os.umask(mask)
     return mask
+
+
+@contextmanager
+def staging_folder(root: Path) -> Iterator[Path]:
+    """A private folder under root/incoming for files written before the transaction that moves
+    them into the store, so a long intake holds neither the write lock nor the files in memory. It
+    is flocked while in use (doctor leaves its files alone) and removed after, with whatever was
+    not moved."""
+    parent = root / STAGING
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(dir=parent))
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)  # closing releases the flock; a killed process's is released by the OS
+
+
+def staging_in_use(folder: Path) -> bool:
+    """Whether a live process holds this staging folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

@@ -3,7 +3,7 @@
 import hashlib
 import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
@@ -11,6 +11,7 @@ from stat import S_ISREG
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from yollava_cli.errors import UserError
+from yollava_cli.store.fileio import atomic_write_bytes
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
 MAX_FILE_BYTES = 100 * 1024 * 1024
@@ -31,6 +32,35 @@ class Photo:
     path: Path
     sha256: str  # of the source file's bytes: the same file added twice is one photo
     image: Image.Image  # RGB, EXIF orientation applied, downscaled to STORE_MAX_SIDE
+
+
+@dataclass
+class Staged:
+    source: Path  # the file as given
+    file: Path  # its downscaled JPEG, in a staging folder
+    size: tuple[int, int]
+
+
+def stage_photos(paths: Iterable[Path], folder: Path, strict: bool = False) -> tuple[dict[str, Staged], list[tuple[str, str]]]:
+    """Read, downscale and encode each photo into `folder` as a JPEG, one at a time: a photo's
+    pixels are dropped before the next is read. Returns {sha256: Staged} (a file given twice is
+    one photo, from the path seen last) and the (path, reason) of each unusable file, or with
+    `strict` a one-line error at the first."""
+    staged: dict[str, Staged] = {}
+    skipped = []
+    for path in paths:
+        try:
+            photo = read_photo(path)
+        except BadPhoto as e:
+            if strict:
+                raise UserError(f"{path}: {e} (--strict refuses the whole add; drop --strict to skip it)") from None
+            skipped.append((str(path), str(e)))
+            continue
+        file = folder / f"{photo.sha256}.tmp"  # doctor takes a stale .tmp of a dead add for debris
+        if photo.sha256 not in staged:
+            atomic_write_bytes(file, jpeg_bytes(photo.image))
+        staged[photo.sha256] = Staged(path, file, photo.image.size)
+    return staged, skipped
 
 
 def expand_photo_paths(inputs: list[Path], on_found: Callable[[int], None] | None = None) -> list[Path]:

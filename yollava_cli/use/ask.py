@@ -2,13 +2,15 @@
 verdict on the photo), how the notes steer a text-only answer, and the answer streamed with its
 timings."""
 
+import functools
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
+from yollava_cli.errors import UserError
 from yollava_cli.learning.synthesis import asks_if_present
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
@@ -16,6 +18,7 @@ from yollava_cli.models.vlm import VLM
 # how much more likely a note must be as this question's answer than as an answer to "tell me
 # something" to be quoted: e^5, ~150x (set on the 20 shared subjects: docs/results.md)
 QUOTE_NATS = 5.0
+NOTE_BATCH = 8  # notes scored a pass (note_gains): bounded memory for any number of long notes
 
 
 def with_identifiers(question: str, concepts: list[str]) -> str:
@@ -24,19 +27,30 @@ def with_identifiers(question: str, concepts: list[str]) -> str:
     return f"About {' and '.join(missing)}: {question}" if missing else question
 
 
-def quoted_note(vlm: VLM, prompt: Prompt, notes: list[str]) -> str | None:
-    """The note that answers the question, or None. A 135M model handed three facts often answers
-    with the wrong one or rewrites them ("The original sentence is..."), so the model ranks them
-    instead: by how much more likely each note is as the answer to this question than to "Tell me
-    something about <bo>." (pointwise mutual information). The best note is quoted when it gains
-    more than QUOTE_NATS; a question no note answers ("what should I buy him?") gains from none
-    and is answered with every note in the prompt."""
-    if not notes:
-        return None
+def note_gains(vlm: VLM, prompt: Prompt, notes: list[str]) -> list[float]:
+    """How much more likely each note is as the answer to this question than to "Tell me something
+    about <bo>." (pointwise mutual information, in nats): how well it answers the question. Scored
+    NOTE_BATCH notes a pass: a pass holds the vocabulary's logits at every note token, and 100
+    notes of 500 characters at once held 7 GB on pocket."""
     question = Prompt(prompt.question, concepts=prompt.concepts)
     about = " and ".join(f"<{n}>" for n in prompt.concepts) or "it"
     neutral = Prompt(f"Tell me something about {about}.", concepts=prompt.concepts)
-    gains = [given - prior for given, prior in zip(vlm.answer_logprobs(question, notes), vlm.answer_logprobs(neutral, notes))]
+    gains = []
+    for start in range(0, len(notes), NOTE_BATCH):
+        batch = notes[start : start + NOTE_BATCH]
+        gains += [given - prior for given, prior in zip(vlm.answer_logprobs(question, batch), vlm.answer_logprobs(neutral, batch))]
+    return gains
+
+
+def quoted_note(vlm: VLM, prompt: Prompt, notes: list[str], gains: list[float] | None = None) -> str | None:
+    """The note that answers the question, or None. A 135M model handed three facts often answers
+    with the wrong one or rewrites them ("The original sentence is..."), so the model ranks them
+    instead (note_gains; `gains` when already known). The best note is quoted when it gains more
+    than QUOTE_NATS; a question no note answers ("what should I buy him?") gains from none and is
+    answered with every note in the prompt."""
+    if not notes:
+        return None
+    gains = gains if gains is not None else note_gains(vlm, prompt, notes)
     best = max(range(len(notes)), key=gains.__getitem__)
     return notes[best] if gains[best] > QUOTE_NATS else None
 
@@ -49,10 +63,104 @@ def note_guidance(vlm: VLM, prompt: Prompt) -> dict:
     about the photo: nothing then."""
     if not prompt.notes or prompt.images:
         return {}
-    quoted = quoted_note(vlm, prompt, prompt.notes)
+    return quote_or_lean(prompt, quoted_note(vlm, prompt, prompt.notes))
+
+
+def quote_or_lean(prompt: Prompt, quoted: str | None) -> dict:
     if quoted:
         return {"opening": quoted}
     return {"contrast": Prompt(prompt.question, concepts=prompt.concepts, history=prompt.history)}
+
+
+@dataclass
+class Fitted:
+    """A prompt within the model's context (`context` tokens, None when its config does not say),
+    the fact it quotes, and what was left out to fit it."""
+
+    prompt: Prompt
+    quoted: str | None
+    facts: int
+    left_out: list[str]
+    turns_left_out: int
+    tokens: int | None
+    context: int | None
+
+    def notice(self, ref: str) -> str | None:
+        """One line saying what was left out, or None."""
+        parts = []
+        if self.left_out:
+            parts.append(f"{len(self.left_out)} of {self.facts} facts left out (kept the "
+                         f"{self.facts - len(self.left_out)} that best answer the question)")
+        if self.turns_left_out:
+            parts.append(f"the conversation's first {self.turns_left_out} turn{'s' if self.turns_left_out > 1 else ''} left out")
+        return f"{' and '.join(parts)}: {ref} reads {self.context} tokens at once" if parts else None
+
+
+def fit_prompt(vlm: VLM, prompt: Prompt, facts: list[str], answer_tokens: int) -> Fitted:
+    """The prompt with the owner's facts (its own notes, the grounding lines, always ride along)
+    and, for a text-only question, the fact to quote (quoted_note), within the model's context
+    beside `answer_tokens` and the quote (100 facts of 500 characters make ~9,800 tokens, over
+    SmolLM2's 8,192; past it `ask` printed nothing for 300 s and grew to 6.2 GB). Facts that do not
+    all fit are ranked (note_gains) and the best kept; a chat's oldest turns go when the question
+    does not fit beside them; a question that does not fit alone is refused."""
+    context = vlm.context_tokens
+    gains = functools.cache(functools.partial(note_gains, vlm, prompt, facts))
+    size, turns = None, 0
+    if context is not None:  # refused before any model pass
+        prompt, turns, size = fit_question(vlm, prompt, answer_tokens, context)
+    quoted = quoted_note(vlm, prompt, facts, gains()) if facts and not prompt.images else None
+    if context is None:
+        return Fitted(replace(prompt, notes=facts + prompt.notes), quoted, len(facts), [], 0, None, None)
+    reserve = answer_tokens + (len(vlm.tokenizer.encode(quoted, add_special_tokens=False)) if quoted else 0)
+    if size + reserve > context:  # no room to quote it beside the question: lean on the facts instead
+        quoted, reserve = None, answer_tokens
+    prompt, left_out, size = fit_facts(vlm, prompt, facts, context - reserve, gains)
+    return Fitted(prompt, quoted, len(facts), left_out, turns, size, context)
+
+
+def prompt_tokens(vlm: VLM, prompt: Prompt) -> int:
+    return len(vlm.prompts.encode(prompt).input_ids)
+
+
+def fit_question(vlm: VLM, prompt: Prompt, reserve: int, context: int) -> tuple[Prompt, int, int]:
+    """The prompt (no facts yet) within the context beside `reserve` answer tokens: a chat's
+    earlier turns are left out, oldest first, when they do not fit; a question (with its photo)
+    that does not fit alone is refused. Returns the prompt, the turns left out and its tokens."""
+    left_out = 0
+    while (size := prompt_tokens(vlm, prompt)) > context - reserve and prompt.history:
+        prompt = replace(prompt, history=prompt.history[1:])
+        left_out += 1
+    if size > context - reserve:
+        raise UserError(f"the question{' with its photo' if prompt.images else ''} takes {size} tokens and the answer up "
+                        f"to {reserve} (--max-tokens), over the {context} tokens {vlm.ref} reads at once: "
+                        f"shorten the question or lower --max-tokens")
+    return prompt, left_out, size
+
+
+def fit_facts(vlm: VLM, prompt: Prompt, facts: list[str], room: int,
+              gains: Callable[[], list[float]]) -> tuple[Prompt, list[str], int]:
+    """The prompt with as many facts as fit in `room` tokens (its notes, the grounding lines, always
+    ride along): every fact when all fit, else the facts that best answer the question (gains()),
+    kept in the order they were noted. Returns the prompt, the facts left out and its tokens."""
+    everything = replace(prompt, notes=facts + prompt.notes)
+    if (size := prompt_tokens(vlm, everything)) <= room:
+        return everything, [], size
+    ranked = sorted(range(len(facts)), key=lambda i: -gains()[i])
+    bare = used = prompt_tokens(vlm, prompt)
+    kept = []
+    for i in ranked:  # each fact's own tokens, plus the space that joins it
+        cost = len(vlm.tokenizer.encode(" " + facts[i], add_special_tokens=False))
+        if used + cost <= room:
+            kept.append(i)
+            used += cost
+    while kept:  # the pieces are counted apart; the whole may tokenize a little differently
+        fitted = replace(prompt, notes=[facts[i] for i in sorted(kept)] + prompt.notes)
+        if (size := prompt_tokens(vlm, fitted)) <= room:
+            break
+        kept.pop()  # the worst-ranked kept
+    else:
+        fitted, size = prompt, bare
+    return fitted, [fact for i, fact in enumerate(facts) if i not in kept], size
 
 
 @dataclass
@@ -65,11 +173,13 @@ class GenerationOptions:
 def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image], keys: list[str],
         options: GenerationOptions, on_text: Callable[[str], None] | None = None,
         history: list[tuple[str, str]] | None = None, stop: threading.Event | None = None,
-        notes: list[str] | None = None, verdicts: list[dict] | None = None) -> dict:
+        notes: list[str] | None = None, verdicts: list[dict] | None = None,
+        on_status: Callable[[str], None] | None = None) -> dict:
     """Answer one question, streaming text to `on_text`; returns the answer with timings. `notes`:
     the concepts' facts, carried in their opening line (and guiding a text-only answer: note_guidance);
     `verdicts`: the recognizer's word on the photo (`recognize`), one grounding line
-    each before the question."""
+    each before the question. The prompt is fitted to the model's context (fit_prompt), and
+    `on_status` hears what was left out to fit it."""
     start = time.perf_counter()
     first: list[float] = []
 
@@ -79,15 +189,22 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
         if on_text:
             on_text(text)
 
-    lines = list(notes or []) + [v["line"] for v in verdicts or []]
-    prompt = Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []), lines)
+    fitted = fit_prompt(vlm, Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []),
+                                    [v["line"] for v in verdicts or []]), list(notes or []), options.max_tokens)
+    if on_status and (notice := fitted.notice(vlm.ref)):
+        on_status(notice)
+    prompt, quoted = fitted.prompt, fitted.quoted
     # asked whether a concept is here, the yes or no follows the fused recognizer (see VLM.generate)
     settled = [v["present"] for v in verdicts or [] if asks_if_present(question, v["concept"])]
-    guidance = note_guidance(vlm, prompt)
+    kept = fitted.facts > len(fitted.left_out)
+    guidance = quote_or_lean(prompt, quoted) if not images and (quoted or kept) else {}
     answer = vlm.generate(prompt, options.max_tokens, options.temperature, options.seed, stream, stop,
                           yes=settled[0] if len(settled) == 1 else None, **guidance)
     tokens = len(vlm.tokenizer.encode(answer, add_special_tokens=False))
     return {"answer": answer, "concepts": concepts, "model": vlm.ref, "verdicts": verdicts or [], "quoted_note": guidance.get("opening"),
+            "notes_left_out": fitted.left_out,
+            "context": {"limit": fitted.context, "prompt": fitted.tokens, "answer": options.max_tokens} if fitted.context else None,
             "timings": {"first_token_s": round(first[0], 4) if first else None,
                         "total_s": round(time.perf_counter() - start, 4), "tokens": tokens,
                         "compute": vlm.policy.summary()}}
+

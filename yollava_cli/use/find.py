@@ -1,9 +1,7 @@
 """Is the concept in these photos? `find` over many photos (the concept head, the soft tokens, or
 both fused) and `recognize` for the one photo a question is about."""
 
-import hashlib
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +12,16 @@ from yollava_cli.learning.embeddings import Embedder, embed_photos, load_embedde
 from yollava_cli.learning.recognition import current
 from yollava_cli.learning.synthesis import score_question
 from yollava_cli.models.prompts import Prompt
-from yollava_cli.models.vlm import VLM
+from yollava_cli.models.vlm import SCORE_BATCH, VLM
 from yollava_cli.store.concepts import get_concept
-from yollava_cli.store.photos import BadPhoto, decode, expand_photo_paths, photo_bytes
+from yollava_cli.store.photos import BadPhoto, expand_photo_paths, photo_sha256, read_photo
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import Signal
 
 SIGNALS = tuple(Signal)
 VERIFY = 32  # photos the language model checks per search, best head scores first
 NEAR = 0.25  # head scores this close to its threshold are verified too
+FIND_SIDE = 512  # photos are decoded downscaled to this side for scoring
 
 
 def check_find_options(by: str, verify: int) -> None:
@@ -47,7 +46,7 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
     check_find_options(by, verify)
     concept = get_concept(registry, name)
     paths = expand_photo_paths(inputs)
-    photos, skipped = read_for_find(paths, vlm, need_pixels=by == "tokens")
+    photos, skipped = read_for_find(paths)
     recognizer = current_recognizer(registry, concept) if by != "tokens" else None
     # the cuts `recognize` uses too: the recognizer's, stored with the checkpoint (tokens alone: the concept's)
     thresholds = recognizer.thresholds if recognizer is not None else {"tokens": concept["threshold"]}
@@ -63,10 +62,12 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
             ranked = sorted(kept, key=lambda p: -scores[id(p)][0])
             checked = ranked[:verify] + [p for p in ranked[verify:] if abs(scores[id(p)][0] - cut) < NEAR]
             tokens = yes_probabilities(vlm, concept["name"], checked, on_progress)
-            fused = recognizer.fused_probabilities(np.stack([vectors[p["sha256"]] for p in checked]), tokens) if checked else []
+            checked = [p for p in checked if id(p) in tokens]
+            fused = recognizer.fused_probabilities(np.stack([vectors[p["sha256"]] for p in checked]),
+                                                   [tokens[id(p)] for p in checked]) if checked else []
             scores.update({id(p): (prob, "fused") for p, prob in zip(checked, fused)})
     else:
-        scores = {id(p): (prob, "tokens") for p, prob in zip(photos, yes_probabilities(vlm, concept["name"], photos, on_progress))}
+        scores = {key: (prob, "tokens") for key, prob in yes_probabilities(vlm, concept["name"], photos, on_progress).items()}
     cuts = {signal: (threshold if threshold is not None else thresholds.get(signal) or 0.5) for signal in SIGNALS}
     results = [{"path": str(p["path"]), "probability": round(scores[id(p)][0], 4), "signal": scores[id(p)][1],
                 "match": scores[id(p)][0] >= cuts[scores[id(p)][1]]} for p in photos if id(p) in scores]
@@ -75,37 +76,47 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
             "threshold": cuts[by], "results": results, "skipped": skipped}
 
 
-def read_for_find(paths: list[Path], vlm: VLM, need_pixels: bool) -> tuple[list[dict], list[dict]]:
-    """Each readable photo's hash and a decoder (called only when a cache misses)."""
+def read_for_find(paths: list[Path]) -> tuple[list[dict], list[dict]]:
+    """Each readable photo's hash, and a loader that reads and decodes it again only when a cache
+    misses. Nothing of a photo is held in between (holding every file's bytes made `find`'s memory
+    grow with the number of photos); a file that changed since it was hashed is skipped."""
     photos, skipped = [], []
 
-    def lazy(path: Path, data: bytes):  # a photo that fails to decode later is skipped, not fatal
+    def reread(path: Path, sha256: str):  # a photo that fails to read or decode later is skipped, not fatal
         def load():
             try:
-                return decode(data, 512)
+                photo = read_photo(path, FIND_SIDE)
+                if photo.sha256 != sha256:
+                    raise BadPhoto("the file changed during the search; run find again")
+                return photo.image
             except BadPhoto as e:
                 skipped.append({"path": str(path), "reason": str(e)})
                 return None
         return load
 
     for path in paths:
-        try:  # a photo whose features are cached is hashed, not decoded
-            data = photo_bytes(path)
-            sha256 = hashlib.sha256(data).hexdigest()
-            loader = lazy(path, data)
-            if need_pixels and not (vlm and sha256 in vlm.features):
-                loader = partial(lambda image: image, decode(data, 512))
+        try:
+            sha256 = photo_sha256(path)
         except BadPhoto as e:
             skipped.append({"path": str(path), "reason": str(e)})
             continue
-        photos.append({"path": path, "sha256": sha256, "decode": loader})
+        photos.append({"path": path, "sha256": sha256, "decode": reread(path, sha256)})
     return photos, skipped
 
 
-def yes_probabilities(vlm: VLM, name: str, photos: list[dict], on_progress=None) -> list[float]:
-    """The soft tokens' P(yes) for "is <name> in this photo?" about each photo found."""
-    question = score_question(name)
-    return vlm.yes_probabilities([Prompt(question, [p["decode"]], [p["sha256"]], [name]) for p in photos], on_progress)
+def yes_probabilities(vlm: VLM, name: str, photos: list[dict], on_progress=None) -> dict[int, float]:
+    """The soft tokens' P(yes) for "is <name> in this photo?", by id(photo). Photos are decoded one
+    scoring batch at a time (those with cached features not at all) and dropped after it; one that
+    no longer reads is left out (its loader reported it skipped)."""
+    question, scores = score_question(name), {}
+    for start in range(0, len(photos), SCORE_BATCH):
+        batch = [(p, p["decode"] if p["sha256"] in vlm.features else p["decode"]()) for p in photos[start : start + SCORE_BATCH]]
+        batch = [(p, image) for p, image in batch if image is not None]
+        probabilities = vlm.yes_probabilities([Prompt(question, [image], [p["sha256"]], [name]) for p, image in batch])
+        scores.update({id(p): probability for (p, _), probability in zip(batch, probabilities)})
+        if on_progress:
+            on_progress(min(start + SCORE_BATCH, len(photos)), len(photos))
+    return scores
 
 
 def recognize(registry: Registry, vlm: VLM, concepts: list[str], images: list[Image.Image], keys: list[str]) -> list[dict]:

@@ -1,5 +1,6 @@
 """Photos: rows and their files in the content-addressed store."""
 
+import os
 from pathlib import Path
 
 from yollava_cli.store.connection import now
@@ -19,21 +20,23 @@ class PhotoRows:
         row = self.db.execute("SELECT * FROM photos WHERE sha256 = ?", [sha256]).fetchone()
         return dict(row) if row else None
 
-    def store_photo(self, sha256: str, jpeg: bytes, width: int, height: int) -> bool:
+    def store_photo(self, sha256: str, jpeg: bytes | Path, width: int, height: int) -> bool:
         """Write the photo file (if new, or if its file went missing from the store: adding the
-        photo again restores it) and its row; returns True when the photo is new."""
+        photo again restores it) and its row; returns True when the photo is new. `jpeg` is the
+        file's bytes, or a file staged in the data dir (fileio.staging_folder), moved into place."""
+        size = jpeg.stat().st_size if isinstance(jpeg, Path) else len(jpeg)
         row = self.photo(sha256)
         if row:
             if not (self.root / row["file"]).exists():
-                atomic_write_bytes(self.root / row["file"], jpeg)
-                self.db.execute("UPDATE photos SET bytes = ? WHERE sha256 = ?", [len(jpeg), sha256])
+                place(self.root / row["file"], jpeg)
+                self.db.execute("UPDATE photos SET bytes = ? WHERE sha256 = ?", [size, sha256])
             return False
         path = self.photo_file(sha256)
         if not path.exists():
-            atomic_write_bytes(path, jpeg)
+            place(path, jpeg)
         self.db.execute(
             "INSERT INTO photos (sha256, file, width, height, bytes, created_at) VALUES (?,?,?,?,?,?)",
-            [sha256, str(path.relative_to(self.root)), width, height, len(jpeg), now()],
+            [sha256, str(path.relative_to(self.root)), width, height, size, now()],
         )
         return True
 
@@ -80,3 +83,12 @@ class PhotoRows:
             for sha in shas:
                 if self.photo(sha) is None:
                     self.photo_file(sha).unlink(missing_ok=True)
+
+
+def place(path: Path, jpeg: bytes | Path) -> None:
+    """Write `path` atomically from bytes, or move a staged file (written and synced already) there."""
+    if isinstance(jpeg, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(jpeg, path)
+    else:
+        atomic_write_bytes(path, jpeg)
