@@ -220,9 +220,8 @@ def test_a_question_longer_than_the_context_is_refused_in_one_line(trained):
     lines = "tell me about <bo> " + "and the thing " * 200 + "\nis <bo> here?\n/quit\n"
     chat = invoke("chat", "bo", "--model", model_dir, "--max-tokens", "4", home=home, input=lines)
     assert chat.returncode == 0, chat.stderr  # the chat goes on to the next question
-    assert [line for line in chat.stderr.splitlines() if line.startswith("error: ")] == [
-        line for line in chat.stderr.splitlines() if "over the 512 tokens" in line]
-    assert chat.stdout.count("yollava> ") == 2
+    [error] = [line for line in chat.stderr.splitlines() if line.startswith("error: ")]
+    assert "over the 512 tokens" in error and chat.stdout.count("yollava> ") == 2
 
 
 def test_ask_json_says_which_facts_were_left_out(trained, tmp_path):
