@@ -112,8 +112,8 @@ def test_facts_over_the_context_are_ranked_and_the_best_kept(monkeypatch):
     gains = asking.note_gains(vlm, Prompt(question, concepts=["bo"]), FACTS)
     assert set(kept) == set(sorted(FACTS, key=lambda f: -gains[FACTS.index(f)])[: len(kept)])
     assert len(vlm.prompts.encode(prompts[-1]).input_ids) == result["context"]["prompt"] <= 512 - 16
-    assert said == [f"{20 - len(kept)} of 20 facts left out (kept the {len(kept)} that best answer the question): "
-                    "tiny reads 512 tokens at once"]
+    assert said == [(f"{20 - len(kept)} of 20 facts left out (kept the {len(kept)} that best answer the question): "
+                     "tiny reads 512 tokens at once")]
     few = ask(vlm, ["bo"], question, [], [], GenerationOptions(max_tokens=16), notes=FACTS[:3], on_status=said.append)
     assert few["notes_left_out"] == [] and prompts[-1].notes == FACTS[:3] and len(said) == 1  # all fit: nothing said
 

@@ -73,7 +73,7 @@ def test_find_holds_one_scoring_batch_at_a_time(tmp_path):
 
     for name in ("few", "many"):
         vlm.features.clear()  # every photo decoded: none is scored from cached features
-        peaks[name] = traced_peak(lambda: search(name))
+        peaks[name] = traced_peak(lambda name=name: search(name))
     assert len(found["many"]["results"]) == 40 and not found["many"]["skipped"]
     assert len(alive) == 1 + 3 and max(alive) <= SCORE_BATCH, alive  # 40 photos in 3 batches: not 40 at once
     assert peaks["many"] - peaks["few"] < 3 * one, peaks  # 36 more photos: 36 more files if all were held

@@ -14,7 +14,12 @@ from yollava_cli.learning.synthesis import score_question
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import SCORE_BATCH, VLM
 from yollava_cli.store.concepts import get_concept
-from yollava_cli.store.photos import BadPhoto, expand_photo_paths, photo_sha256, read_photo
+from yollava_cli.store.photos import (
+    BadPhoto,
+    expand_photo_paths,
+    photo_sha256,
+    read_photo,
+)
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import Signal
 
