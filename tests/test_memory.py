@@ -65,8 +65,14 @@ def test_find_holds_one_scoring_batch_at_a_time(tmp_path):
     vlm.tokens.add("bo", 4)
     peaks, found, alive = {}, {}, []
 
+    def images_alive() -> int:
+        return sum(issubclass(type(o), Image.Image) for o in gc.get_objects())
+
+    gc.collect()
+    before = images_alive()  # what earlier tests in this process left alive is not find's
+
     def count_images(done, total):
-        alive.append(sum(issubclass(type(o), Image.Image) for o in gc.get_objects()))
+        alive.append(images_alive() - before)
 
     def search(name):
         found[name] = find(registry, vlm, "bo", [tmp_path / name], by="tokens", on_progress=count_images)
