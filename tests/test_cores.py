@@ -27,3 +27,17 @@ def test_a_users_omp_num_threads_is_kept(tmp_path):
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.split() == ["2", "2"]
     env.pop("OMP_NUM_THREADS")
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.split()[1] == "1"
+
+
+def test_the_thread_count_is_set_once_per_process(tmp_path):
+    """A second model load in the same process (ask --image loads the embedder after the model)
+    keeps the count the first chose, though this process's own threads now look busy."""
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("0.00 0.00 0.00 1/512 4242\n")
+    code = (f"import torch; from yollava_cli.models import cores; cores.LOADAVG = cores.Path({str(loadavg)!r})\n"
+            "before = torch.get_num_threads(); cores.use_idle_cores(); first = torch.get_num_threads()\n"
+            "cores.LOADAVG.write_text('0.00 0.00 0.00 50/512 4242\\n'); cores.use_idle_cores()\n"
+            "print(before, first, torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    before, first, second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.split()
+    assert int(before) > 1 and first == before and second == first  # all cores idle, then still all

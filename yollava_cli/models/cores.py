@@ -1,5 +1,6 @@
 """How many CPU threads torch runs on: the cores other jobs leave idle."""
 
+import functools
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,9 +27,12 @@ def idle_cores() -> int:
     return max(1, cores - busy_cores())
 
 
+@functools.cache
 def use_idle_cores() -> None:
     """Run torch on the idle cores, unless OMP_NUM_THREADS chose. A parallel op waits for all of its
-    threads to be scheduled, so a thread on a core another job holds costs more than it gives."""
+    threads to be scheduled, so a thread on a core another job holds costs more than it gives.
+    Process-wide, so it is set once: at the first model or embedder load (a later load must not
+    shrink it again because this process's own work now keeps the cores busy)."""
     if not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(min(torch.get_num_threads(), idle_cores()))
 
