@@ -129,8 +129,8 @@ class VLM:
         """How many positions the language model reads, prompt and answer together: its config's
         max_position_embeddings (the text config's in a multimodal model), or None when it does not say."""
         config = self.model.config
-        for part in (getattr(config, "text_config", None), config):
-            limit = getattr(part, "max_position_embeddings", None)
+        for section in (getattr(config, "text_config", None), config):
+            limit = getattr(section, "max_position_embeddings", None)
             if isinstance(limit, int) and limit > 0:
                 return limit
         return None

@@ -10,7 +10,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from yollava_cli import __version__
@@ -131,7 +130,7 @@ class Worker:
             answers = [list(row) for row in registry.db.execute("SELECT sha256, model, prompt, answer FROM answers")
                        if tuple(row[:3]) not in known]
             return {"result": result.to_json(), "checkpoint": (registry.root / checkpoint["file"]).read_bytes(),
-                    "run": json.loads(run), "metrics": json.loads(checkpoint["metrics"]), "threshold": concept["threshold"],
+                    "run": json.loads(run), "metrics": json.loads(checkpoint["metrics"]),
                     "data_hash": checkpoint["data_hash"], "model": self.vlm.ref, "fingerprint": self.vlm.fingerprint,
                     "answers": answers, "worker": self.identity()}
         finally:
