@@ -258,7 +258,7 @@ def test_eval_retrains_a_subject_trained_under_other_settings(tmp_path, monkeypa
     import yollava_cli.evaluation.runner as evaluation
     from yollava_cli.evaluation.dataset import Subject
     from yollava_cli.evaluation.runner import Evaluation
-    from yollava_cli.store.registry import Registry, now
+    from yollava_cli.store.registry import Registry
 
     photo = tmp_path / "a.png"
     Image.new("RGB", (32, 32), (200, 30, 30)).save(photo)
@@ -269,11 +269,8 @@ def test_eval_retrains_a_subject_trained_under_other_settings(tmp_path, monkeypa
         """What training leaves behind, minus the training: a current checkpoint with its config."""
         trained_with.append(config.epochs)
         concept = registry.concept(name)
-        with registry.transaction() as db:
-            db.execute("UPDATE checkpoints SET is_current = 0 WHERE concept_id = ?", [concept["id"]])
-            db.execute("INSERT INTO checkpoints (concept_id, file, base_model, base_fingerprint, k, config, is_current, "
-                       "created_at) VALUES (?, 'x', 'fake', 'fp', 2, ?, 1, ?)", [concept["id"], json.dumps(asdict(config)), now()])
-            db.execute("UPDATE concepts SET status = 'trained', base_fingerprint = 'fp', threshold = 0.5 WHERE id = ?", [concept["id"]])
+        registry.record_checkpoint(concept["id"], registry.root / "x", "fake", "fp", 2, {"thresholds": {"tokens": 0.5}},
+                                   asdict(config), None)
 
     class LoadedVLM:
         fingerprint, tokens = "fp", {"dog"}  # already loaded: nothing to read from disk

@@ -87,10 +87,10 @@ def test_the_recognizer_rides_in_the_checkpoint_file(tmp_path):
     assert load(path) is None  # a checkpoint from before heads
     w = world(2)
     head = train_head("efficientnet-lite0", w["positives"], list("abcd"), w["negatives"])
-    head.thresholds = {"tokens": 0.6, "head": 0.5, "fused": 0.45}
+    head.fusion = [1.0, 0.7, -0.2]
     attach(path, head)
     again = load(path)
-    assert again.embedder == "efficientnet-lite0" and again.thresholds == head.thresholds
+    assert again.embedder == "efficientnet-lite0" and again.fusion == head.fusion
     assert again.head_probabilities(w["test_positives"]) == pytest.approx(head.head_probabilities(w["test_positives"]), abs=1e-5)
     from yollava_cli.models.concept_tokens import read_concept_file
 

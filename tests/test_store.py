@@ -36,6 +36,39 @@ def test_refuses_a_registry_from_a_newer_version(tmp_path):
         Registry(tmp_path)
 
 
+def test_m004_keeps_the_cuts_once_with_the_checkpoint(tmp_path):
+    """A registry written before m004: the concept row held the tokens' cut and a copy of the
+    metrics. Opening it moves the cut into the current checkpoint's metrics where those have none,
+    keeps cuts the metrics have already, and drops the copies."""
+    import json
+
+    import sqlite_utils
+
+    db = sqlite_utils.Database(tmp_path / "registry.db")
+    db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    for fn in MIGRATIONS[:3]:
+        fn(db)
+        db.execute("INSERT INTO _migrations VALUES (?, 'then')", [fn.__name__])
+    cuts = {"tokens": 0.4, "head": 0.6, "fused": 0.5}
+    for concept_id, name, threshold, metrics in ((1, "old", 0.3, {"best_epoch": 2}), (2, "new", 0.4, {"thresholds": cuts}),
+                                                 (3, "added", None, None)):
+        db.execute("INSERT INTO concepts (id, name, kind, threshold, metrics, created_at, updated_at) "
+                   "VALUES (?, ?, 'pet', ?, ?, 'then', 'then')", [concept_id, name, threshold, json.dumps(metrics)])
+    for concept_id, current, metrics in ((1, 0, {"best_epoch": 1}), (1, 1, {"best_epoch": 2}), (2, 1, {"thresholds": cuts})):
+        db.execute("INSERT INTO checkpoints (concept_id, file, base_model, base_fingerprint, k, metrics, is_current, created_at) "
+                   "VALUES (?, 'f', 'm', 'fp', 2, ?, ?, 'then')", [concept_id, json.dumps(metrics), current])
+    db.conn.commit()
+    db.close()
+
+    registry = Registry(tmp_path)
+    assert "threshold" not in registry.db["concepts"].columns_dict and "metrics" not in registry.db["concepts"].columns_dict
+    assert registry.thresholds(1) == {"tokens": 0.3}
+    assert json.loads(registry.current_checkpoint(1)["metrics"]) == {"best_epoch": 2, "thresholds": {"tokens": 0.3}}
+    assert registry.thresholds(2) == cuts and registry.thresholds(3) == {}
+    old = registry.db.execute("SELECT metrics FROM checkpoints WHERE concept_id = 1 AND is_current = 0").fetchone()[0]
+    assert json.loads(old) == {"best_epoch": 1}  # a past checkpoint's record stays as it was
+
+
 def test_transaction_rolls_back_everything_on_error(tmp_path):
     registry = Registry(tmp_path)
     with pytest.raises(RuntimeError):

@@ -95,7 +95,7 @@ def test_training_changes_only_the_concept_rows_and_records_a_checkpoint(registr
     assert len(result.history) == 3 and 1 <= result.best_epoch <= 3
     info = describe_concept(registry, "bo")
     assert info["status"] == "trained" and info["base_model"] == "tiny-0"
-    assert info["checkpoint"]["k"] == 4 and 0.0 < info["threshold"] < 1.0
+    assert info["checkpoint"]["k"] == 4 and 0.0 < info["metrics"]["thresholds"]["tokens"] < 1.0
     assert (registry.root / info["checkpoint"]["file"]).exists()
     assert not (registry.root / "checkpoints" / "bo" / "resume.safetensors").exists()
 

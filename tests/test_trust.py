@@ -88,8 +88,11 @@ def test_export_import_round_trip(world, tmp_path):
     assert asked.returncode == 0, asked.stderr
     from yollava_cli.learning.recognition import load
 
-    registry = Registry(other)  # the concept head came along, and find can use it
-    assert load(other / registry.current_checkpoint(registry.concept("bo2")["id"])["file"]) is not None
+    registry, original = Registry(other), Registry(home)  # the concept head came along, its fusion and cuts too
+    head = load(other / registry.current_checkpoint(registry.concept("bo2")["id"])["file"])
+    assert head.fusion == load(home / original.current_checkpoint(original.concept("bo")["id"])["file"]).fusion
+    assert registry.thresholds(registry.concept("bo2")["id"]) == original.thresholds(original.concept("bo")["id"])
+    assert set(shown["metrics"]["thresholds"]) == {"tokens", "head", "fused"}
     test_photos = world["data"] / "concepts" / "dog" / "test"
     found = run_cli("find", "bo2", test_photos, "--by", "head", "--json", home=other)
     # bo was trained on this dog: its head finds the dog's unseen photos, and find exits 0 as grep does on a match
@@ -717,7 +720,7 @@ def bad_json_cases(world, tmp_path, home):
         manifest(TRUNCATED, "malformed JSON"),
         checkpoint(lambda m: m.update(k="4"), '"k" must be a whole number >= 1 (got "4")'),
         checkpoint(lambda m: m.pop("base_model") and None, 'missing "base_model"'),
-        checkpoint(lambda m: m["recognizer"].update(thresholds={"fused": 7}), '"recognizer.thresholds.fused" must be a number from 0 to 1'),
+        checkpoint(lambda m: m["recognizer"].update(embedder=""), '"recognizer.embedder" must be'),
         checkpoint(lambda m: m["recognizer"].update(fusion=[1.0]), '"recognizer.fusion" must be a list of numbers, exactly 3'),
         checkpoint(lambda m: [m], "must be an object (got a list"),
         checkpoint(TRUNCATED, "malformed JSON"),

@@ -132,10 +132,8 @@ def render_concept(info: dict) -> None:
         v = metrics["validation"]
         line(f"best epoch: {metrics['best_epoch']} of {metrics.get('epochs_run', '?')} run")
         line(f"validation: weighted {v['weighted']:.2f}, positive {v['positive']:.2f}, negative {v['negative']:.2f}")
-    if metrics.get("thresholds", {}).get("fused") is not None:
+    if metrics.get("thresholds"):
         line("thresholds: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["thresholds"].items()))
-    elif info["threshold"] is not None:
-        line(f"threshold: {info['threshold']:.3f}")
     if info["negatives"]["hardest"]:
         line()
         line("hardest negatives:")

@@ -64,7 +64,7 @@ class Yollava(Method):
         return self.scored[key]
 
     def threshold(self, run, subject, concept):
-        return concept["threshold"]
+        return run.registry.thresholds(concept["id"])["tokens"]
 
 
 class WordInit(Yollava):
@@ -121,7 +121,7 @@ class Head(Method):
         return run.recognizer(subject).head_probabilities(run.vectors(photos))
 
     def threshold(self, run, subject, concept):
-        return run.recognizer(subject).thresholds.get("head", 0.5)
+        return run.registry.thresholds(concept["id"]).get("head", 0.5)
 
 
 class Fused(Head):
@@ -136,7 +136,7 @@ class Fused(Head):
         return run.recognizer(subject).fused_probabilities(run.vectors(photos), self.tokens.scores(run, subject, photos))
 
     def threshold(self, run, subject, concept):
-        return run.recognizer(subject).thresholds.get("fused", 0.5)
+        return run.registry.thresholds(concept["id"]).get("fused", 0.5)
 
 
 class Ask(Method):
@@ -150,7 +150,7 @@ class Ask(Method):
         self.agreement: dict[str, list[bool]] = {}  # per subject: each answer's yes/no against the fused verdict
 
     def scores(self, run, subject, photos):
-        fused, cut = self.fused.scores(run, subject, photos), run.recognizer(subject).thresholds.get("fused", 0.5)
+        fused, cut = self.fused.scores(run, subject, photos), self.fused.threshold(run, subject, run.registry.concept(subject))
         answers = []
         for path, probability in zip(photos, fused):
             prompt = run.prompt(self.fused.tokens, subject, score_question(subject), [path])

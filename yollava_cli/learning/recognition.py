@@ -43,7 +43,6 @@ class Recognizer:
     negatives: np.ndarray  # (N, d): mined negatives and the user's other concepts' photos
     weights: np.ndarray  # (3,): similarity to the concept, to the nearest non-concept, bias
     fusion: list[float] = field(default_factory=HEAD_ALONE.tolist)  # head logit, token vote, bias
-    thresholds: dict = field(default_factory=dict)  # tokens, head, fused: P cuts calibrated on validation data
 
     def features(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
@@ -131,8 +130,7 @@ def attach(path: Path, recognizer: Recognizer) -> None:
     tensors.update({"head.positives": torch.from_numpy(np.ascontiguousarray(recognizer.positives, np.float32)),
                     "head.negatives": torch.from_numpy(np.ascontiguousarray(recognizer.negatives, np.float32)),
                     "head.weights": torch.tensor(recognizer.weights, dtype=torch.float32)})
-    meta["recognizer"] = {"embedder": recognizer.embedder, "fusion": recognizer.fusion, "fusion_version": FUSION_VERSION,
-                          "thresholds": recognizer.thresholds}
+    meta["recognizer"] = {"embedder": recognizer.embedder, "fusion": recognizer.fusion, "fusion_version": FUSION_VERSION}
     write_tensors(path, tensors, meta)
 
 
@@ -145,8 +143,7 @@ def load(path: Path) -> Recognizer | None:
         tensors = {k: f.get_tensor(k).numpy() for k in HEAD_TENSORS}
     current = info.get("fusion_version") == FUSION_VERSION
     return Recognizer(info["embedder"], tensors["head.positives"], tensors["head.negatives"],
-                      tensors["head.weights"].astype(np.float64), list(info["fusion"]) if current else HEAD_ALONE.tolist(),
-                      dict(info["thresholds"]))
+                      tensors["head.weights"].astype(np.float64), list(info["fusion"]) if current else HEAD_ALONE.tolist())
 
 
 def current(registry, concept: dict) -> Recognizer | None:

@@ -228,7 +228,7 @@ class Trainer:
         """The concept head over image embeddings (positives and their mirror images against the
         training negatives and the user's other concepts' photos) and its fusion with the tokens,
         fitted on the validation data the checkpoint was chosen on; stored in the checkpoint.
-        Returns the three calibrated thresholds."""
+        Returns the three thresholds calibrated there (the registry keeps them with the checkpoint)."""
         others = self.registry.other_concepts_photo_shas(self.concept["id"])
         negatives = list(dict.fromkeys([sha for sha, _ in split.negatives] + others))
         every_photo = split.positives + [key for key in split.val_positives if "-" not in key]  # not crops
@@ -256,7 +256,6 @@ class Trainer:
         if every_photo != split.positives:  # calibrated on the held-out photo, the head now keeps it too
             final = fit_head(every_photo)
             final.fusion, recognizer = recognizer.fusion, final
-        recognizer.thresholds = thresholds
         attach(self.registry.root / best["file"], recognizer)
         return thresholds
 
@@ -291,7 +290,7 @@ class Trainer:
                            "thresholds": best.get("thresholds", {"tokens": best["threshold"]}),
                            "train_accuracy": history[best["epoch"] - 1]["train_accuracy"] if len(history) >= best["epoch"] else None}
                 self.registry.record_checkpoint(self.concept["id"], checkpoint, self.vlm.ref, self.vlm.fingerprint, self.config.k,
-                                                best["threshold"], metrics, asdict(self.config), data.hash)
+                                                metrics, asdict(self.config), data.hash)
         if not interrupted:
             resume_state.discard(self.folder)
         if best is not None:

@@ -16,7 +16,7 @@ from pydantic import Field
 from safetensors import safe_open
 from safetensors.torch import save
 
-from yollava_cli.schema import Fraction, OpenSchema, Text, parse_json, validate
+from yollava_cli.schema import OpenSchema, Text, parse_json, validate
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.schemas import ConceptName
 
@@ -27,12 +27,11 @@ Fingerprint = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+:[0-9]+:[0-9a-f]+$",
 
 class RecognizerMeta(OpenSchema):
     """The concept head's settings beside its tensors (learning.recognition): the embedder it
-    scores with, the fusion weights (head logit, token vote, bias) and the calibrated thresholds."""
+    scores with and the fusion weights (head logit, token vote, bias)."""
 
     embedder: Text
     fusion: Annotated[list[float], Field(min_length=3, max_length=3)]
     fusion_version: int | None = None
-    thresholds: dict[str, Fraction]
 
 
 class CheckpointFields(OpenSchema):

@@ -86,7 +86,7 @@ def record(registry: Registry, name: str, config: TrainConfig, result: dict) -> 
         atomic_write_bytes(file, result["checkpoint"])
         best = {**result["run"]["best"], "file": str(file.relative_to(registry.root))}
         registry.finish_run(run_id, RunStatus.DONE, {"history": result["run"]["history"], "best": best})
-        registry.record_checkpoint(concept["id"], file, result["model"], result["fingerprint"], config.k, result["threshold"],
+        registry.record_checkpoint(concept["id"], file, result["model"], result["fingerprint"], config.k,
                                    result["metrics"], asdict(config), result["data_hash"])
         for row in result["answers"]:
             registry.store_answer(*row)

@@ -214,8 +214,7 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
         "kind": concept["kind"],
         "status": concept["status"],
         "base_model": concept["base_model"],
-        "threshold": concept["threshold"],
-        "metrics": json.loads(concept["metrics"]) if concept["metrics"] else None,
+        "metrics": json.loads(checkpoint["metrics"] or "null") if checkpoint else None,
         "created_at": concept["created_at"],
         "updated_at": concept["updated_at"],
         "photos": [
@@ -238,8 +237,7 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
         },
         "attribute_conversations": attribute_conversation_count(registry, concept),
         "checkpoint": (
-            {key: checkpoint[key] for key in ("file", "base_model", "k", "data_hash", "created_at")}
-            | {"metrics": json.loads(checkpoint["metrics"] or "null")} if checkpoint else None
+            {key: checkpoint[key] for key in ("file", "base_model", "k", "data_hash", "created_at")} if checkpoint else None
         ),
     }
 

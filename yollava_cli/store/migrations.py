@@ -126,3 +126,18 @@ def m003_facts(db: sqlite_utils.Database) -> None:
             created_at TEXT NOT NULL)"""
     )
     db.execute("CREATE INDEX facts_by_concept ON facts(concept_id)")
+
+
+@migration
+def m004_thresholds_with_checkpoint(db: sqlite_utils.Database) -> None:
+    # A concept's metrics and calibrated cuts belong to the checkpoint they were measured on, and
+    # are kept once, in its row: the concept row's copies go, the tokens' cut moving into the
+    # current checkpoint's metrics where those lack cuts.
+    db.execute(
+        """UPDATE checkpoints SET metrics = json_set(coalesce(nullif(metrics, 'null'), '{}'), '$.thresholds',
+               json_object('tokens', (SELECT threshold FROM concepts WHERE concepts.id = checkpoints.concept_id)))
+           WHERE is_current = 1 AND json_type(coalesce(nullif(metrics, 'null'), '{}'), '$.thresholds') IS NULL
+             AND (SELECT threshold FROM concepts WHERE concepts.id = checkpoints.concept_id) IS NOT NULL"""
+    )
+    db.execute("ALTER TABLE concepts DROP COLUMN threshold")
+    db.execute("ALTER TABLE concepts DROP COLUMN metrics")

@@ -1,5 +1,5 @@
 """The values stored state takes, named once: a concept's status, a run's status, a negative's kind
-and the recognition signals (their thresholds are stored per concept). Each is a str enum, so a row
+and the recognition signals (each calibrated with a concept's checkpoint). Each is a str enum, so a row
 read from SQLite compares equal to its member."""
 
 from enum import StrEnum

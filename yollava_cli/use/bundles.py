@@ -105,7 +105,7 @@ def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: b
     manifest = {
         "format": FORMAT, "name": concept["name"], "kind": concept["kind"], "k": row["k"],
         "base_model": row["base_model"], "base_fingerprint": row["base_fingerprint"],
-        "threshold": concept["threshold"], "metrics": json.loads(row["metrics"] or "null"),
+        "metrics": json.loads(row["metrics"] or "null"),
         "config": json.loads(row["config"] or "null"), "data_hash": row["data_hash"], "exported_at": now(),
         "facts": [f["text"] for f in registry.facts(concept["id"])],
         "checksums": {TENSORS: sha256(tensors), **{name: sha256(data) for name, data in photos.items()}},
@@ -207,7 +207,7 @@ def check_recognizer(tensors: dict[str, torch.Tensor], tensors_bytes: bytes, pat
     where = f"{path}: {TENSORS} metadata"
     meta = parse_json(safe_metadata(tensors_bytes).get(META_KEY, "{}").encode(), Any, where)
     info = validate(meta, BundledHead, where).recognizer
-    return {"embedder": info.embedder, "fusion": info.fusion, "thresholds": info.thresholds}
+    return {"embedder": info.embedder, "fusion": info.fusion, "fusion_version": info.fusion_version}
 
 
 def safe_metadata(data: bytes) -> dict:
@@ -280,5 +280,13 @@ def record_import(registry: Registry, name: str, manifest: dict, decoded: list, 
             registry.add_concept_photo(concept_id, sha, f"bundle:{path.name}")
         registry.add_facts(concept_id, [fact.strip() for fact in manifest.get("facts", [])])
         registry.record_checkpoint(concept_id, checkpoint, manifest["base_model"], manifest["base_fingerprint"], manifest["k"],
-                                   manifest.get("threshold"), manifest.get("metrics"), manifest.get("config"),
-                                   manifest.get("data_hash"))
+                                   imported_metrics(manifest), manifest.get("config"), manifest.get("data_hash"))
+
+
+def imported_metrics(manifest: dict) -> dict | None:
+    """The bundle's metrics, with the cuts in them; a bundle written before they moved there has
+    the tokens' cut beside them as `threshold`."""
+    metrics = manifest.get("metrics")
+    if manifest.get("threshold") is not None and not (metrics or {}).get("thresholds"):
+        metrics = {**(metrics or {}), "thresholds": {"tokens": manifest["threshold"]}}
+    return metrics

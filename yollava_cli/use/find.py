@@ -53,8 +53,7 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
     paths = expand_photo_paths(inputs)
     photos, skipped = read_for_find(paths)
     recognizer = current_recognizer(registry, concept) if by != "tokens" else None
-    # the cuts `recognize` uses too: the recognizer's, stored with the checkpoint (tokens alone: the concept's)
-    thresholds = recognizer.thresholds if recognizer is not None else {"tokens": concept["threshold"]}
+    thresholds = registry.thresholds(concept["id"])  # the cuts `recognize` uses too
     scores: dict[int, tuple[float, str]] = {}
     if recognizer is not None:
         vectors = embed_photos(registry, embedders(recognizer.embedder),
@@ -133,13 +132,14 @@ def recognize(registry: Registry, vlm: VLM, concepts: list[str], images: list[Im
         return []
     verdicts = []
     for name in concepts:
-        recognizer = current(registry, get_concept(registry, name))
+        concept = get_concept(registry, name)
+        recognizer = current(registry, concept)
         if recognizer is None:
             continue
         vector = embed_photos(registry, load_embedder(recognizer.embedder), {keys[0]: lambda: images[0]})[0][keys[0]]
         tokens = vlm.yes_probabilities([Prompt(score_question(name), images, keys, [name])])
         probability = recognizer.fused_probabilities(vector[None], tokens)[0]
-        present = probability >= recognizer.thresholds.get("fused", 0.5)
+        present = probability >= registry.thresholds(concept["id"]).get("fused", 0.5)
         verdicts.append({"concept": name, "present": present, "probability": round(probability, 4),
                          "line": f"<{name}> is {'' if present else 'not '}in this photo."})
     return verdicts

@@ -7,14 +7,13 @@ class CacheRows:
     # -- answers ------------------------------------------------------------------------
 
     def cached_answer(self, sha256: str, model: str, prompt: str) -> str | None:
-        row = self.db.execute(
-            "SELECT answer FROM answers WHERE sha256 = ? AND model = ? AND prompt = ?", [sha256, model, prompt]
-        ).fetchone()
-        return row[0] if row else None
+        row = next(self.db["answers"].rows_where("sha256 = ? AND model = ? AND prompt = ?", [sha256, model, prompt],
+                                                 select="answer"), None)
+        return row["answer"] if row else None
 
     def store_answer(self, sha256: str, model: str, prompt: str, answer: str) -> None:
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", [sha256, model, prompt, answer])
+            db["answers"].insert({"sha256": sha256, "model": model, "prompt": prompt, "answer": answer}, replace=True)
 
     def answer_count(self, concept_id: int, model: str, prompts: list[str]) -> int:
         """How many non-empty answers `model` has given to `prompts` about the concept's photos."""

@@ -13,11 +13,10 @@ class ConceptRows:
     # -- concepts -----------------------------------------------------------------------
 
     def concept(self, name: str) -> dict | None:
-        row = self.db.execute("SELECT * FROM concepts WHERE name = ?", [name]).fetchone()
-        return dict(row) if row else None
+        return next(self.db["concepts"].rows_where("name = ?", [name]), None)
 
     def concepts(self) -> list[dict]:
-        return [dict(r) for r in self.db.query("SELECT * FROM concepts ORDER BY name")]
+        return list(self.db["concepts"].rows_where(order_by="name"))
 
     def concept_summaries(self) -> list[dict]:
         """Every concept with its photo count, by name (what `list` shows)."""
@@ -28,8 +27,9 @@ class ConceptRows:
         )]
 
     def create_concept(self, name: str, kind: str) -> dict:
+        stamp = now()
         with self.transaction() as db:
-            db.execute("INSERT INTO concepts (name, kind, created_at, updated_at) VALUES (?, ?, ?, ?)", [name, kind, now(), now()])
+            db["concepts"].insert({"name": name, "kind": kind, "created_at": stamp, "updated_at": stamp})
             return self.concept(name)
 
     def set_concept_status(self, concept_id: int, status: ConceptStatus) -> None:
@@ -45,7 +45,7 @@ class ConceptRows:
                 "SELECT sha256 FROM negatives WHERE concept_id = ?",
                 [concept_id, concept_id],
             ).fetchall()]
-            db.execute("DELETE FROM concepts WHERE id = ?", [concept_id])
+            db["concepts"].delete_where("id = ?", [concept_id])
         return shas
 
     def add_concept_photo(self, concept_id: int, sha256: str, source_path: str) -> bool:
@@ -101,12 +101,10 @@ class ConceptRows:
         `embedder`. Returns the photos the old ones used, for `delete_unused_photos`."""
         with self.transaction() as db:
             old = [r[0] for r in db.execute("SELECT sha256 FROM negatives WHERE concept_id = ?", [concept_id])]
-            db.execute("DELETE FROM negatives WHERE concept_id = ?", [concept_id])
-            for sha, kind, score, source in negatives:
-                db.execute(
-                    "INSERT OR IGNORE INTO negatives (concept_id, sha256, kind, score, source_path, embedder) VALUES (?,?,?,?,?,?)",
-                    [concept_id, sha, kind, score, source, embedder],
-                )
+            db["negatives"].delete_where("concept_id = ?", [concept_id])
+            db["negatives"].insert_all(({"concept_id": concept_id, "sha256": sha, "kind": kind, "score": score,
+                                         "source_path": source, "embedder": embedder}
+                                        for sha, kind, score, source in negatives), ignore=True)
         return old
 
     def negative_counts(self, concept_id: int) -> dict[str, int]:
@@ -125,53 +123,54 @@ class ConceptRows:
     # -- checkpoints --------------------------------------------------------------------
 
     def current_checkpoint(self, concept_id: int) -> dict | None:
-        row = self.db.execute(
-            "SELECT * FROM checkpoints WHERE concept_id = ? AND is_current = 1", [concept_id]
-        ).fetchone()
-        return dict(row) if row else None
+        return next(self.db["checkpoints"].rows_where("concept_id = ? AND is_current = 1", [concept_id]), None)
 
     def record_checkpoint(self, concept_id: int, file: Path, base_model: str, base_fingerprint: str, k: int,
-                          threshold: float | None, metrics, config, data_hash: str | None) -> None:
-        """Make `file` (under the data dir) the concept's current checkpoint and mark the concept
-        trained on it, with its threshold and metrics: how training and importing a bundle end."""
+                          metrics, config, data_hash: str | None) -> None:
+        """Make `file` (under the data dir) the concept's current checkpoint, with what training
+        measured on it (its metrics, the calibrated cuts among them), and mark the concept trained
+        on it: how training and importing a bundle end."""
         stamp = now()
         with self.transaction() as db:
             db.execute("UPDATE checkpoints SET is_current = 0 WHERE concept_id = ?", [concept_id])
-            db.execute(
-                "INSERT INTO checkpoints (concept_id, file, base_model, base_fingerprint, k, metrics, config, data_hash, is_current, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
-                [concept_id, str(file.relative_to(self.root)), base_model, base_fingerprint, k, json.dumps(metrics),
-                 json.dumps(config), data_hash, stamp],
-            )
-            db.execute(
-                "UPDATE concepts SET status = ?, base_model = ?, base_fingerprint = ?, threshold = ?, metrics = ?, updated_at = ? WHERE id = ?",
-                [ConceptStatus.TRAINED, base_model, base_fingerprint, threshold, json.dumps(metrics), stamp, concept_id],
-            )
+            db["checkpoints"].insert({"concept_id": concept_id, "file": str(file.relative_to(self.root)),
+                                      "base_model": base_model, "base_fingerprint": base_fingerprint, "k": k,
+                                      "metrics": json.dumps(metrics), "config": json.dumps(config),
+                                      "data_hash": data_hash, "is_current": 1, "created_at": stamp})
+            db["concepts"].update(concept_id, {"status": ConceptStatus.TRAINED, "base_model": base_model,
+                                               "base_fingerprint": base_fingerprint, "updated_at": stamp})
+
+    def thresholds(self, concept_id: int) -> dict[str, float]:
+        """The cuts calibrated with the current checkpoint (tokens, head, fused; the head's two only
+        when it has a concept head), or {} when the concept is not trained."""
+        checkpoint = self.current_checkpoint(concept_id)
+        metrics = json.loads(checkpoint["metrics"] or "null") if checkpoint else None
+        return dict((metrics or {}).get("thresholds") or {})
 
     def checkpoints(self) -> list[dict]:
         """{id, concept_id, file} of every checkpoint, the file relative to the data dir."""
-        return list(self.db.query("SELECT id, concept_id, file FROM checkpoints"))
+        return list(self.db["checkpoints"].rows_where(select="id, concept_id, file"))
 
     def forget_checkpoint(self, checkpoint_id: int, concept_id: int) -> None:
         """Drop the row of a checkpoint whose file is lost; a concept left with no current
         checkpoint must be trained again."""
         with self.transaction() as db:
-            db.execute("DELETE FROM checkpoints WHERE id = ?", [checkpoint_id])
+            db["checkpoints"].delete_where("id = ?", [checkpoint_id])
             db.execute(
-                "UPDATE concepts SET status = ?, threshold = NULL, updated_at = ? WHERE id = ? AND NOT EXISTS "
+                "UPDATE concepts SET status = ?, updated_at = ? WHERE id = ? AND NOT EXISTS "
                 "(SELECT 1 FROM checkpoints WHERE concept_id = ? AND is_current = 1)",
                 [ConceptStatus.ADDED, now(), concept_id, concept_id],
             )
 
     def checkpoint_files(self, concept_id: int) -> list[str]:
         """Every checkpoint file of the concept, current or not (relative to the data dir)."""
-        return [r["file"] for r in self.db.query("SELECT file FROM checkpoints WHERE concept_id = ?", [concept_id])]
+        return [r["file"] for r in self.db["checkpoints"].rows_where("concept_id = ?", [concept_id], select="file")]
 
     # -- facts --------------------------------------------------------------------------
 
     def facts(self, concept_id: int) -> list[dict]:
         """The concept's facts in the order they were noted (`note` numbers them from 1)."""
-        rows = self.db.execute("SELECT id, text, created_at FROM facts WHERE concept_id = ? ORDER BY id", [concept_id])
+        rows = self.db["facts"].rows_where("concept_id = ?", [concept_id], select="text, created_at", order_by="id")
         return [{"number": i, "text": r["text"], "created_at": r["created_at"]} for i, r in enumerate(rows, 1)]
 
     def all_facts(self) -> list[dict]:

@@ -17,8 +17,7 @@ class PhotoRows:
         return self.root / "photos" / sha256[:2] / f"{sha256}.jpg"
 
     def photo(self, sha256: str) -> dict | None:
-        row = self.db.execute("SELECT * FROM photos WHERE sha256 = ?", [sha256]).fetchone()
-        return dict(row) if row else None
+        return next(self.db["photos"].rows_where("sha256 = ?", [sha256]), None)
 
     def store_photo(self, sha256: str, jpeg: bytes | Path, width: int, height: int) -> bool:
         """Write the photo file (if new, or if its file went missing from the store: adding the
@@ -29,15 +28,13 @@ class PhotoRows:
         if row:
             if not (self.root / row["file"]).exists():
                 place(self.root / row["file"], jpeg)
-                self.db.execute("UPDATE photos SET bytes = ? WHERE sha256 = ?", [size, sha256])
+                self.db["photos"].update(sha256, {"bytes": size})
             return False
         path = self.photo_file(sha256)
         if not path.exists():
             place(path, jpeg)
-        self.db.execute(
-            "INSERT INTO photos (sha256, file, width, height, bytes, created_at) VALUES (?,?,?,?,?,?)",
-            [sha256, str(path.relative_to(self.root)), width, height, size, now()],
-        )
+        self.db["photos"].insert({"sha256": sha256, "file": str(path.relative_to(self.root)), "width": width,
+                                  "height": height, "bytes": size, "created_at": now()})
         return True
 
     def photo_is_missing(self, sha256: str) -> bool:
@@ -47,16 +44,15 @@ class PhotoRows:
 
     def stored_photos(self) -> dict[str, str]:
         """{sha256: file} of every stored photo, the file relative to the data dir."""
-        return {r["sha256"]: r["file"] for r in self.db.query("SELECT sha256, file FROM photos")}
+        return {r["sha256"]: r["file"] for r in self.db["photos"].rows_where(select="sha256, file")}
 
     def forget_photo(self, sha256: str) -> None:
         """Drop every row of a photo whose file is lost or damaged; the concepts that had it have
         fewer photos than they were trained on, so they must be trained again."""
         with self.transaction() as db:
             concepts = [r[0] for r in db.execute("SELECT concept_id FROM concept_photos WHERE sha256 = ?", [sha256])]
-            db.execute("DELETE FROM concept_photos WHERE sha256 = ?", [sha256])
-            db.execute("DELETE FROM negatives WHERE sha256 = ?", [sha256])
-            db.execute("DELETE FROM photos WHERE sha256 = ?", [sha256])
+            for table in ("concept_photos", "negatives", "photos"):
+                db[table].delete_where("sha256 = ?", [sha256])
             for concept_id in concepts:
                 self.set_concept_status(concept_id, ConceptStatus.ADDED)
 
@@ -70,7 +66,7 @@ class PhotoRows:
                 [sha, sha],
             ).fetchone()
             if not used:
-                self.db.execute("DELETE FROM photos WHERE sha256 = ?", [sha])
+                self.db["photos"].delete_where("sha256 = ?", [sha])
                 removed.append(sha)
         return removed
 

@@ -11,11 +11,10 @@ class PoolRows:
     # -- pools --------------------------------------------------------------------------
 
     def pool(self, name: str) -> dict | None:
-        row = self.db.execute("SELECT * FROM pools WHERE name = ?", [name]).fetchone()
-        return dict(row) if row else None
+        return next(self.db["pools"].rows_where("name = ?", [name]), None)
 
     def pool_names(self) -> list[str]:
-        return [r["name"] for r in self.db.query("SELECT name FROM pools")]
+        return [r["name"] for r in self.db["pools"].rows_where(select="name")]
 
     def pool_summaries(self) -> list[dict]:
         """Every pool with its photo count, by name (what `pool list` shows)."""
@@ -26,18 +25,18 @@ class PoolRows:
 
     def create_pool(self, name: str, path: str) -> None:
         with self.transaction() as db:
-            db.execute("INSERT INTO pools (name, path, created_at) VALUES (?, ?, ?)", [name, path, now()])
+            db["pools"].insert({"name": name, "path": path, "created_at": now()})
 
     def delete_pool(self, pool_id: int) -> None:
         with self.transaction() as db:
-            db.execute("DELETE FROM pools WHERE id = ?", [pool_id])  # cascades to its files
+            db["pools"].delete_where("id = ?", [pool_id])  # cascades to its files
 
     def pool_files(self, pool_id: int) -> list[dict]:
-        return list(self.db.query("SELECT * FROM pool_files WHERE pool_id = ?", [pool_id]))
+        return list(self.db["pool_files"].rows_where("pool_id = ?", [pool_id]))
 
     def update_pool_files(self, pool_id: int, vanished: Iterable[str], changed: list[dict]) -> None:
         """Drop the files gone from the pool's folder; store ({path, sha256, size, mtime}) new or changed ones."""
         with self.transaction() as db:
             for path in vanished:
-                db.execute("DELETE FROM pool_files WHERE pool_id = ? AND path = ?", [pool_id, path])
+                db["pool_files"].delete_where("pool_id = ? AND path = ?", [pool_id, path])
             db["pool_files"].insert_all(({**row, "pool_id": pool_id} for row in changed), replace=True)
