@@ -14,9 +14,11 @@ Ray's own start-up (the two nodes up and joined) is reported apart. Times are me
 """
 
 import argparse
+import atexit
 import json
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,9 +35,13 @@ EMBEDDER = "efficientnet-lite0"
 MODES = {"serial-1-thread": {"OMP_NUM_THREADS": "1"}, "serial-2-threads": {"OMP_NUM_THREADS": "2"}, "ray-2-nodes": {}}
 
 
+SCRATCH = Path(tempfile.mkdtemp(prefix="bench-ray-"))  # every data dir of this process, removed at its exit
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
+
+
 def fresh_home(models: Path | None = None) -> Path:
     """A folder with nothing cached; as a data dir, with the model's converted weights linked."""
-    home = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+    home = Path(tempfile.mkdtemp(dir=SCRATCH))
     if models:
         (home / "models").mkdir()
         for item in models.iterdir():
