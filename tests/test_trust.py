@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import save as save_safetensors
 from tiny import tiny_llava
 
+from yollava_cli.store.backup import write_backup
 from yollava_cli.store.doctor import examine
 from yollava_cli.store.registry import Registry
 from yollava_cli.use.bundles import export_concept
@@ -38,8 +39,9 @@ def world(tmp_path_factory):
     for args in (["add", "bo", data / "concepts" / "dog" / "train", "--kind", "pet", "--no-train"],
                  ["pool", "add", "p", root / "pool"],
                  ["train", "bo", "--model", model_dir, "--epochs", "1", "--k", "4"]):
-        result = run_cli(*args, home=home)
+        result = invoke(*args, home=home)
         assert result.returncode == 0, result.stderr
+    write_backup(home)  # what each of those commands' processes does at exit
     return {"home": home, "model": model_dir, "root": root, "data": data}
 
 
@@ -54,11 +56,11 @@ def fresh_home(world, tmp_path):
 
 def test_facts_travel_in_bundles_and_malformed_facts_are_refused(world, tmp_path):
     home = fresh_home(world, tmp_path)
-    assert run_cli("note", "bo", "loves tennis balls", home=home).returncode == 0
+    assert invoke("note", "bo", "loves tennis balls", home=home).returncode == 0
     bundle = tmp_path / "bo.yollava"
-    assert run_cli("export", "bo", bundle, home=home).returncode == 0
-    assert run_cli("import", bundle, "--as", "bo2", "--model", world["model"], home=home).returncode == 0
-    assert run_cli("note", "bo2", home=home).stdout == "1\tloves tennis balls\n"
+    assert invoke("export", "bo", bundle, home=home).returncode == 0
+    assert invoke("import", bundle, "--as", "bo2", "--model", world["model"], home=home).returncode == 0
+    assert invoke("note", "bo2", home=home).stdout == "1\tloves tennis balls\n"
     for facts, message in ((["ok", "x" * 600], "keep a fact under 500"), ("not a list", '"facts" must be a list')):
         bad = tmp_path / "bad.yollava"
         with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(bad, "w") as dst:
@@ -68,7 +70,7 @@ def test_facts_travel_in_bundles_and_malformed_facts_are_refused(world, tmp_path
                     data = json.dumps({**json.loads(data), "facts": facts}).encode()
                 dst.writestr(item, data)
         before = snapshot(home)
-        result = run_cli("import", bad, "--as", "bo3", "--skip-model-check", home=home)
+        result = invoke("import", bad, "--as", "bo3", "--skip-model-check", home=home)
         assert result.returncode == 1 and message in result.stderr, result.stderr
         assert snapshot(home) == before
 
@@ -76,15 +78,15 @@ def test_facts_travel_in_bundles_and_malformed_facts_are_refused(world, tmp_path
 def test_export_import_round_trip(world, tmp_path):
     home = fresh_home(world, tmp_path)
     bundle = tmp_path / "bo.yollava"
-    exported = json.loads(run_cli("export", "bo", bundle, "--with-photos", "--json", home=home).stdout)
+    exported = json.loads(invoke("export", "bo", bundle, "--with-photos", "--json", home=home).stdout)
     assert exported["photos"] == 3 and bundle.exists()
     other = tmp_path / "other"
-    imported = run_cli("import", bundle, "--as", "bo2", "--model", world["model"], "--json", home=other)
+    imported = invoke("import", bundle, "--as", "bo2", "--model", world["model"], "--json", home=other)
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["concept"] == "bo2"
-    shown = json.loads(run_cli("show", "bo2", "--json", home=other).stdout)
+    shown = json.loads(invoke("show", "bo2", "--json", home=other).stdout)
     assert shown["status"] == "trained" and len(shown["photos"]) == 3
-    asked = run_cli("ask", "bo2", "hi?", "--max-tokens", "4", "--model", world["model"], "--json", home=other)
+    asked = invoke("ask", "bo2", "hi?", "--max-tokens", "4", "--model", world["model"], "--json", home=other)
     assert asked.returncode == 0, asked.stderr
     from yollava_cli.learning.recognition import load
 
@@ -94,15 +96,15 @@ def test_export_import_round_trip(world, tmp_path):
     assert registry.thresholds(registry.concept("bo2")["id"]) == original.thresholds(original.concept("bo")["id"])
     assert set(shown["metrics"]["thresholds"]) == {"tokens", "head", "fused"}
     test_photos = world["data"] / "concepts" / "dog" / "test"
-    found = run_cli("find", "bo2", test_photos, "--by", "head", "--json", home=other)
+    found = invoke("find", "bo2", test_photos, "--by", "head", "--json", home=other)
     # bo was trained on this dog: its head finds the dog's unseen photos, and find exits 0 as grep does on a match
     assert found.returncode == 0, found.stderr
     found = json.loads(found.stdout)
     assert found["by"] == "head" and all(r["match"] for r in found["results"]), found["results"]
-    original = json.loads(run_cli("find", "bo", test_photos, "--by", "head", "--json", home=home).stdout)
+    original = json.loads(invoke("find", "bo", test_photos, "--by", "head", "--json", home=home).stdout)
     ranked = lambda result: [(r["path"], r["probability"]) for r in result["results"]]
     assert ranked(found) == ranked(original) and len(ranked(found)) == len(list(test_photos.glob("*.jpg")))
-    again = run_cli("import", bundle, "--as", "bo2", "--model", world["model"], home=other)
+    again = invoke("import", bundle, "--as", "bo2", "--model", world["model"], home=other)
     assert again.returncode == 1 and "exists already" in again.stderr
 
 
@@ -111,12 +113,12 @@ def test_export_refuses_an_existing_target_unless_forced_and_writes_only_regular
     target = tmp_path / "holiday.jpg"
     shutil.copy(sorted((world["data"] / "concepts" / "dog" / "test").glob("*.jpg"))[0], target)
     before = target.read_bytes()
-    refused = run_cli("export", "bo", target, home=home)
+    refused = invoke("export", "bo", target, home=home)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert str(target) in refused.stderr and "--force" in refused.stderr
     assert target.read_bytes() == before
-    forced = run_cli("export", "bo", target, "--force", home=home)
+    forced = invoke("export", "bo", target, "--force", home=home)
     assert forced.returncode == 0, forced.stderr
     assert zipfile.is_zipfile(target)
     fifo, folder, link = tmp_path / "fifo.yollava", tmp_path / "folder.yollava", tmp_path / "link.yollava"
@@ -135,7 +137,7 @@ def test_import_as_a_look_alike_of_an_existing_name_is_refused(world, tmp_path):
     home = fresh_home(world, tmp_path)
     assert invoke("add", "my_dog", world["data"] / "concepts" / "dog" / "train", "--no-train", home=home).returncode == 0
     bundle = tmp_path / "bo.yollava"
-    assert run_cli("export", "bo", bundle, home=home).returncode == 0
+    assert invoke("export", "bo", bundle, home=home).returncode == 0
     before = snapshot(home)
     for args in (["--skip-model-check"], ["--model", world["model"]]):  # refused before the model loads, too
         result = invoke("import", bundle, "--as", "my-dog", *args, home=home)
@@ -147,12 +149,12 @@ def test_import_as_a_look_alike_of_an_existing_name_is_refused(world, tmp_path):
 def test_importing_photos_already_stored_reuses_them(world, tmp_path):
     home = fresh_home(world, tmp_path)
     bundle = tmp_path / "bo.yollava"
-    assert run_cli("export", "bo", bundle, "--with-photos", home=home).returncode == 0
+    assert invoke("export", "bo", bundle, "--with-photos", home=home).returncode == 0
     before = sorted(p.name for p in (home / "photos").rglob("*.jpg"))
-    imported = run_cli("import", bundle, "--as", "bo2", "--skip-model-check", home=home)
+    imported = invoke("import", bundle, "--as", "bo2", "--skip-model-check", home=home)
     assert imported.returncode == 0, imported.stderr
     assert sorted(p.name for p in (home / "photos").rglob("*.jpg")) == before  # one photo, one file
-    photos = lambda name: sorted(p["sha256"] for p in json.loads(run_cli("show", name, "--json", home=home).stdout)["photos"])
+    photos = lambda name: sorted(p["sha256"] for p in json.loads(invoke("show", name, "--json", home=home).stdout)["photos"])
     assert photos("bo2") == photos("bo")
 
 
