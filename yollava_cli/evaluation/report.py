@@ -87,14 +87,13 @@ def chart(result: dict, path: Path) -> None:
             errors[1].append(interval[1] - value if value is not None and interval else 0)
         axes.bar(np.arange(len(methods)) + (j - 1) * width, values, width, yerr=errors, capsize=3, label=label)
     axes.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance (0.5)")
-    axes.set_xticks(np.arange(len(methods)), methods, rotation=20, ha="right")
+    axes.set_xticks(np.arange(len(methods)), methods, rotation=20, ha="right", rotation_mode="anchor")
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("mean over subjects (95% interval)")
     axes.set_title(f"{result['model']}: n = {len(result['subjects'])} subjects, {result['folds']} fold(s), "
                    f"{result.get('protocol', 'library')} protocol")
-    axes.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(series) + 1, fontsize=8)  # below: bars stay clear
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
