@@ -47,6 +47,20 @@ def cluster(tmp_path_factory):
                 os.environ[key] = value
 
 
+@pytest.fixture(autouse=True)
+def one_thread_like_the_workers():
+    """Ray runs each 1-CPU worker on one torch thread; the serial runs here do too, so their results
+    can be compared bit for bit (on two threads sums are ordered otherwise: vectors within 2e-7)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """The tiny LLaVA as a model folder: workers load it by path, as they would a real one."""
