@@ -51,14 +51,10 @@ def cluster(tmp_path_factory):
 def one_thread_like_the_workers():
     """Ray runs each 1-CPU worker on one torch thread; the serial runs here do too, so their results
     can be compared bit for bit (on two threads sums are ordered otherwise: vectors within 2e-7)."""
-    import torch
+    from yollava_cli.models.cores import one_thread
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
