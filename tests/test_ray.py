@@ -19,7 +19,7 @@ from yollava_cli.evaluation.dataset import load_dataset
 from yollava_cli.learning.train_config import TrainConfig
 
 if importlib.util.find_spec("ray") is None:
-    pytest.skip("Ray is not installed: pip install 'yollava[ray]' (bash scripts/install.sh --ray)", allow_module_level=True)
+    pytest.skip(reason="Ray is not installed: pip install 'yollava[ray]' (bash scripts/install.sh --ray)", allow_module_level=True)
 
 FAST = TrainConfig(k=2, epochs=1, positive_repeats=1, attributes_per_epoch=2)
 EMBEDDER = "efficientnet-lite0"
