@@ -3,6 +3,7 @@
 import hashlib
 import io
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,22 +146,32 @@ def too_big() -> str:
 
 
 def decode(data: bytes, max_side: int) -> Image.Image:
+    """The photo's pixels, upright, RGB, at most `max_side`; or BadPhoto. Every step runs inside
+    the one boundary: a decoder or metadata parser can fail in ways no list of exception types
+    foresees (a malformed EXIF block raises struct.error from exif_transpose), and any such failure
+    means this one file is unusable, never that the command ends."""
     try:
-        image = Image.open(io.BytesIO(without_png_text(data)))
-        if image.width * image.height > MAX_PIXELS:
-            raise BadPhoto(
-                f"image is {image.width}x{image.height} pixels, over the "
-                f"{MAX_PIXELS // 1_000_000} MP limit; downscale it first"
-            )
-        image.load()
-        image = ImageOps.exif_transpose(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data" and the like: the outcome says enough
+            return normalised(Image.open(io.BytesIO(without_png_text(data))), max_side)
+    except BadPhoto:
+        raise
     except UnidentifiedImageError:
         raise BadPhoto("not an image format Pillow can read (use JPEG or PNG)") from None
     except Image.DecompressionBombError:
         raise BadPhoto(f"image is over the {MAX_PIXELS // 1_000_000} MP limit; downscale it first") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise BadPhoto(f"corrupt or truncated image data ({e})") from None
-    image = to_rgb(image)
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise BadPhoto(f"corrupt or truncated image data ({type(e).__name__}: {e})") from None
+
+
+def normalised(image: Image.Image, max_side: int) -> Image.Image:
+    if image.width * image.height > MAX_PIXELS:
+        raise BadPhoto(
+            f"image is {image.width}x{image.height} pixels, over the "
+            f"{MAX_PIXELS // 1_000_000} MP limit; downscale it first"
+        )
+    image.load()
+    image = to_rgb(ImageOps.exif_transpose(image))
     image.info = {}  # the source's comments and the like are not the photo (and JPEG caps a comment at 64 KB)
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
