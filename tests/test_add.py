@@ -1,6 +1,7 @@
 """`add`, `list`, `show`, `rm` through the real command line, on real photos and odd files."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -334,3 +335,43 @@ def test_chat_json_is_a_one_line_usage_error_that_points_at_ask(home):
             "`yollava ask NAME \"QUESTION\" --json`"], (args, result.stderr)
     readme = (REPO / "README.md").read_text()
     assert "Every verb but `chat` takes `--json`" in readme
+
+
+def not_utf8(folder, raw: bytes):
+    """A path in `folder` whose name is the bytes `raw` (Linux allows any but / and NUL)."""
+    return folder / os.fsdecode(raw)
+
+
+def test_file_names_that_are_not_utf8_are_added_and_shown_escaped(home, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    make_photo(not_utf8(folder, b"\xff.jpg"))
+    make_photo(not_utf8(folder, b"caf\xe9.png"), color=(10, 200, 10))
+    not_utf8(folder, b"bad\xfe.jpg").write_bytes(b"junk")
+    added = invoke("add", "bo", folder, "--no-train", home=home)
+    assert added.returncode == 0, added.stderr
+    assert "2 new photo(s), 2 in all" in added.stdout
+    assert f"skipped {folder}/bad\\xfe.jpg: not an image format" in added.stderr
+    shown = invoke("show", "bo", home=home).stdout  # piped: tab-separated, each field escaped
+    assert f"{folder.resolve()}/\\\\xff.jpg" in shown and f"{folder.resolve()}/caf\\\\xe9.png" in shown
+    strict = invoke("add", "bo2", not_utf8(folder, b"bad\xfe.jpg"), "--strict", home=home)
+    assert strict.returncode == 1 and strict.stderr.startswith(f"error: {folder}/bad\\xfe.jpg: not an image format")
+    again = invoke("add", "bo", folder, "--no-train", home=home)
+    assert again.returncode == 0 and "0 new photo(s), 2 in all" in again.stdout
+
+
+def test_a_pool_with_file_names_that_are_not_utf8_mines_them(home, tmp_path):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i, photo in enumerate(sorted((shared_data() / "pool" / "imagenet-sample").glob("*.jpg"))[::60]):
+        (not_utf8(pool, b"\xff%d.jpg" % i) if i % 2 else pool / photo.name).write_bytes(photo.read_bytes())
+    not_utf8(pool, b"bad\xfe.jpg").write_bytes(b"junk")
+    assert invoke("add", "bo", shared_data() / "concepts" / "dog" / "train", "--no-train", home=home).returncode == 0
+    pooled = invoke("pool", "add", "p", pool, home=home)
+    assert pooled.returncode == 0, pooled.stderr
+    assert "1 unreadable" in pooled.stdout  # the junk file: embedding decodes it and leaves it out
+    mined = invoke("mine", "bo", "--pool", "p", "--json", home=home)
+    assert mined.returncode == 0, mined.stderr
+    negatives = [n["photo"] for n in json.loads(mined.stdout)["negatives"]]
+    assert any(n.startswith(f"{pool}/\\xff") for n in negatives), negatives  # stored, and stored escaped
+    assert invoke("pool", "add", "p", pool, home=home).returncode == 0  # a rescan matches the stored names

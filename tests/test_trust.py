@@ -169,6 +169,21 @@ def test_find_skips_a_fifo_with_its_reason_and_does_not_hang(world, tmp_path):
     assert f"skipped {fifo}: not a regular file" in found.stderr.splitlines()
 
 
+def test_find_over_names_that_are_not_utf8_and_broken_exif_shows_them_escaped(world, tmp_path):
+    from test_photo_fuzz import broken_exif
+
+    home = fresh_home(world, tmp_path)
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    photo = sorted((world["data"] / "concepts" / "dog" / "test").glob("*.jpg"))[0]
+    (folder / os.fsdecode(b"\xff.jpg")).write_bytes(photo.read_bytes())
+    (folder / os.fsdecode(b"exif\xfe.jpg")).write_bytes(broken_exif("JPEG"))
+    found = invoke("find", "bo", folder, "--by", "head", "--threshold", "0", home=home)
+    assert found.returncode == 0 and "Traceback" not in found.stderr, found.stderr
+    assert [line.split("\t")[-1] for line in found.stdout.splitlines()] == [f"{folder}/\\xff.jpg"]
+    assert f"skipped {folder}/exif\\xfe.jpg: corrupt or truncated image data" in found.stderr
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_written_files_follow_the_umask(tmp_path, umask):
     from yollava_cli.store.fileio import atomic_write_bytes

@@ -16,10 +16,21 @@ from rich.progress import (
 from rich.table import Table
 
 from yollava_cli.config import data_dir
+from yollava_cli.store.fileio import path_text
 from yollava_cli.store.registry import Registry
 
-out = Console(soft_wrap=True)  # piped output is never wrapped at 80 columns
-err = Console(stderr=True, soft_wrap=True)
+
+
+class TextConsole(Console):
+    """A console that prints any text: a file name's bytes that are not UTF-8 (held by Python as
+    lone surrogates, which an encoder refuses) are shown as \\xNN escapes (path_text)."""
+
+    def print(self, *objects, **options) -> None:
+        super().print(*(path_text(o) if isinstance(o, str) else o for o in objects), **options)
+
+
+out = TextConsole(soft_wrap=True)  # piped output is never wrapped at 80 columns
+err = TextConsole(stderr=True, soft_wrap=True)
 
 
 def print_json(data) -> None:
@@ -32,8 +43,9 @@ LINE_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r"})
 
 
 def field(text: str) -> str:
-    """One field of a tab-separated line: backslash, tab, newline and carriage return escaped."""
-    return text.translate(FIELD_ESCAPES)
+    """One field of a tab-separated line: backslash, tab, newline and carriage return escaped, and
+    bytes that are not UTF-8 (path_text)."""
+    return path_text(text.translate(FIELD_ESCAPES))
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
@@ -45,7 +57,7 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
         return
     table = Table(*headers)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(path_text, row))
     out.print(table)
 
 

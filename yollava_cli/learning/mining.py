@@ -17,6 +17,7 @@ from yollava_cli.config import load_config
 from yollava_cli.errors import UserError
 from yollava_cli.learning.embeddings import Embedder, PhotoFile, embed_photos
 from yollava_cli.store.concepts import get_concept, require_photos
+from yollava_cli.store.fileio import path_text
 from yollava_cli.store.photos import (
     BadPhoto,
     check_regular,
@@ -95,9 +96,10 @@ def scan_pool(registry: Registry, pool: dict, on_status=None, on_scan=None) -> t
         if pool["id"] is None:
             raise
         paths = []
-    current, skipped = {}, []
+    current, skipped, files = {}, [], {}
     for done, path in enumerate(paths, 1):
-        rel = str(path.relative_to(folder))
+        rel = path_text(path.relative_to(folder))  # a name that is not UTF-8 is stored escaped
+        files[rel] = path
         try:  # through photo intake's checks: a FIFO, a device or a huge file is skipped, never read
             stat = path.stat()
             check_regular(stat)
@@ -123,7 +125,7 @@ def scan_pool(registry: Registry, pool: dict, on_status=None, on_scan=None) -> t
     with registry.transaction():
         pool_id = pool["id"] if pool["id"] is not None else new_pool_id(registry, pool["name"], str(folder))
         registry.update_pool_files(pool_id, known.keys() - current.keys(), changed)
-    candidates = [Candidate(row["sha256"], str(folder / rel), file_loader(folder / rel)) for rel, row in current.items()]
+    candidates = [Candidate(row["sha256"], str(files[rel]), file_loader(files[rel])) for rel, row in current.items()]
     return candidates, skipped
 
 
@@ -218,7 +220,7 @@ def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str]
     if result.dropped and on_status:
         on_status(f"dropped {len(result.dropped)} chosen negative(s) that could not be stored: "
                   + "; ".join(f"{d['photo']} ({d['reason']})" for d in result.dropped))
-    result.excluded_near_duplicates = [{"photo": candidates[r].source, "score": round(s, 4)} for r, s in duplicate_rows]
+    result.excluded_near_duplicates = [{"photo": path_text(candidates[r].source), "score": round(s, 4)} for r, s in duplicate_rows]
     result.candidates, result.newly_embedded, result.source = len(candidates), embedded, source
     return result
 
@@ -256,20 +258,21 @@ def store_negatives(registry: Registry, concept: dict, picked: list, embedder_id
         try:
             photo = read_photo(Path(candidate.source))
         except BadPhoto as e:  # vanished or broken since it was embedded: fewer negatives, never a bad one
-            dropped.append({"photo": candidate.source, "reason": str(e)})
+            dropped.append({"photo": path_text(candidate.source), "reason": str(e)})
             continue
         if photo.sha256 == candidate.sha256:
             ready.append((candidate, kind, score, photo))
         else:
-            dropped.append({"photo": candidate.source, "reason": "changed since it was embedded"})
+            dropped.append({"photo": path_text(candidate.source), "reason": "changed since it was embedded"})
     encoded = {c.sha256: jpeg_bytes(p.image) for c, _, _, p in ready if p is not None}
     with registry.transaction():
         for candidate, kind, score, photo in ready:
             if photo is not None:
                 registry.store_photo(candidate.sha256, encoded[candidate.sha256], *photo.image.size)
-        old = registry.replace_negatives(concept["id"], [(c.sha256, kind, score, c.source) for c, kind, score, _ in ready], embedder_id)
+        old = registry.replace_negatives(concept["id"], [(c.sha256, kind, score, path_text(c.source))
+                                                         for c, kind, score, _ in ready], embedder_id)
         registry.set_concept_status(concept["id"], ConceptStatus.MINED)
         removed = registry.delete_unused_photos(old)
     registry.unlink_photo_files(removed)
-    negatives = [{"photo": c.source, "kind": kind, "score": round(score, 4)} for c, kind, score, _ in ready]
+    negatives = [{"photo": path_text(c.source), "kind": kind, "score": round(score, 4)} for c, kind, score, _ in ready]
     return MineResult(concept["name"], embedder_id, negatives, dropped=dropped)

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from yollava_cli.errors import UserError
-from yollava_cli.store.fileio import staging_folder
+from yollava_cli.store.fileio import path_text, staging_folder
 from yollava_cli.store.photos import expand_photo_paths, stage_photos
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus, NegativeKind
@@ -122,7 +122,7 @@ def add_concept(
                 for sha, photo in staged.items():
                     restored += registry.photo_is_missing(sha)
                     registry.store_photo(sha, photo.file, *photo.size)
-                    new += registry.add_concept_photo(concept["id"], sha, str(photo.source.resolve()))
+                    new += registry.add_concept_photo(concept["id"], sha, path_text(photo.source.resolve()))
                 if new and not created:
                     # New photos make earlier negatives and tokens stale: the concept must be mined and trained again.
                     registry.set_concept_status(concept["id"], ConceptStatus.ADDED)

@@ -27,6 +27,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def path_text(path: str | os.PathLike) -> str:
+    """A path, or text that holds one, as valid UTF-8 for SQLite and the terminal. A Linux file
+    name may hold any bytes; Python keeps those that are not UTF-8 as lone surrogates, which
+    neither accepts, so they become \\xNN escapes here (b"\\xff.jpg" reads `\\xff.jpg`)."""
+    text = os.fspath(path)
+    if text.isascii():
+        return text
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no file name gives (from JSON, say)
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def current_umask() -> int:
     mask = os.umask(0o022)  # reading it means setting it: put it straight back
     os.umask(mask)

@@ -12,7 +12,7 @@ from stat import S_ISREG
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from yollava_cli.errors import UserError
-from yollava_cli.store.fileio import atomic_write_bytes
+from yollava_cli.store.fileio import atomic_write_bytes, path_text
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
 MAX_FILE_BYTES = 100 * 1024 * 1024
@@ -54,8 +54,8 @@ def stage_photos(paths: Iterable[Path], folder: Path, strict: bool = False) -> t
             photo = read_photo(path)
         except BadPhoto as e:
             if strict:
-                raise UserError(f"{path}: {e} (--strict refuses the whole add; drop --strict to skip it)") from None
-            skipped.append((str(path), str(e)))
+                raise UserError(f"{path_text(path)}: {e} (--strict refuses the whole add; drop --strict to skip it)") from None
+            skipped.append((path_text(path), str(e)))
             continue
         file = folder / f"{photo.sha256}.tmp"  # doctor takes a stale .tmp of a dead add for debris
         if photo.sha256 not in staged:
@@ -70,7 +70,7 @@ def expand_photo_paths(inputs: list[Path], on_found: Callable[[int], None] | Non
     found: list[Path] = []
     for given in inputs:
         if not given.exists():
-            raise UserError(f"{given}: no such file or directory")
+            raise UserError(f"{path_text(given)}: no such file or directory")
         if given.is_dir():
             inside = []
             for dirpath, _dirs, names in os.walk(given):  # followlinks=False: no symlink loops
@@ -81,7 +81,7 @@ def expand_photo_paths(inputs: list[Path], on_found: Callable[[int], None] | Non
             inside.sort()
             if not inside:
                 raise UserError(
-                    f"{given}: no photos in this folder (looked for {', '.join(sorted(PHOTO_SUFFIXES))})"
+                    f"{path_text(given)}: no photos in this folder (looked for {', '.join(sorted(PHOTO_SUFFIXES))})"
                 )
             found.extend(inside)
         else:
