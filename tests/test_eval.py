@@ -4,8 +4,9 @@ import json
 import shutil
 
 import pytest
-from conftest import shared_data
+from conftest import invoke, shared_data
 from PIL import Image
+from test_photo_fuzz import broken_exif
 from tiny import tiny_llava
 
 from yollava_cli.errors import UserError
@@ -122,11 +123,26 @@ def dataset(tmp_path):
     return root, pool
 
 
+def list_in_manifest(root, photo: str) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["dog"]["train"][0] = photo
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def cut_short(path) -> None:
+    path.write_bytes(path.read_bytes()[:5000])
+
+
 @pytest.mark.parametrize("breakage, message", [
     (lambda root: (root / "text_qa.json").unlink(), "text_qa.json: missing"),
     (lambda root: (root / "manifest.json").write_text("{not json"), "manifest.json: malformed JSON"),
     (lambda root: (root / "descriptions.json").write_text(json.dumps({"<ghost>": "x"})), "unknown subject '<ghost>'"),
     (lambda root: (root / "dog" / "test" / "04.jpg").unlink(), "does not exist"),
+    (lambda root: list_in_manifest(root, "../../../../../../etc/passwd"), "'../../../../../../etc/passwd', outside the dataset folder"),
+    (lambda root: list_in_manifest(root, "/etc/passwd"), "'/etc/passwd', outside the dataset folder"),
+    (lambda root: list_in_manifest(root, "dog/../../dataset/dog/train/00.jpg"), "outside the dataset folder"),
+    (lambda root: cut_short(root / "dog" / "train" / "00.jpg"), r"dog/train/00.jpg: corrupt or truncated image data.*replace it"),
+    (lambda root: (root / "cat" / "test" / "03.jpg").write_bytes(broken_exif("JPEG")), r"cat/test/03.jpg: corrupt or truncated"),
 ])
 def test_dataset_problems_are_one_line_errors(dataset, breakage, message):
     root, _ = dataset
@@ -134,6 +150,15 @@ def test_dataset_problems_are_one_line_errors(dataset, breakage, message):
     with pytest.raises(UserError, match=message) as error:
         load_dataset(root)
     assert "\n" not in str(error.value)
+
+
+def test_eval_refuses_a_manifest_reaching_outside_before_any_model_loads(dataset, home):
+    root, _ = dataset
+    list_in_manifest(root, "../../../../../../etc/passwd")
+    result = invoke("eval", root, "--model", root / "no-model-needed", "--methods", "head", home=home)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: {root / 'manifest.json'}: subject 'dog' lists '../../../../../../etc/passwd', outside the dataset "
+        f"folder; list photos by paths relative to {root}, inside it"]
 
 
 @pytest.mark.slow

@@ -11,9 +11,11 @@ from pydantic import Field
 from yollava_cli.errors import UserError
 from yollava_cli.schema import OpenSchema, Schema, Text, read_json
 from yollava_cli.store.facts import MAX_FACTS
+from yollava_cli.store.photos import BadPhoto, read_photo
 from yollava_cli.store.schemas import ConceptName, Fact
 
 PETS = {"dog", "cat"}
+DECODE_CHECK_SIDE = 64  # each photo is decoded once as the dataset loads: a bad one fails before any training
 
 
 @dataclass
@@ -91,17 +93,32 @@ def subject_key(raw: str, path: Path, known: dict) -> str:
     return name
 
 
+def dataset_photo(root: Path, subject: str, listed: str) -> Path:
+    """A photo manifest.json lists, checked: inside the dataset folder as written (no absolute path,
+    no `..`: a downloaded manifest must not make eval read other files; a symlink the dataset's
+    owner placed is followed), a file, and a photo that decodes."""
+    where = f"{root / 'manifest.json'}: subject {subject!r} lists {listed!r}"
+    if Path(listed).is_absolute() or ".." in Path(listed).parts:
+        raise UserError(f"{where}, outside the dataset folder; list photos by paths relative to {root}, inside it")
+    photo = root / listed
+    if not photo.is_file():
+        raise UserError(f"{where}, which does not exist")
+    try:
+        read_photo(photo, max_side=DECODE_CHECK_SIDE)
+    except BadPhoto as e:
+        raise UserError(f"{photo}: {e}; a photo of {subject!r} in {root / 'manifest.json'}: replace it, "
+                        "or remove it from the manifest") from None
+    return photo
+
+
 def load_dataset(root: Path, only: list[str] | None = None) -> Dataset:
     """Read and check a dataset laid out like ../shared/data/concepts; one-line errors naming the file."""
     if not root.is_dir():
         raise UserError(f"{root}: not a dataset folder")
-    manifest_path = root / "manifest.json"
     subjects = {}
     for name, entry in read_file(root, "manifest.json").items():
-        train, test = [root / p for p in entry.train], [root / p for p in entry.test]
-        for photo in train + test:
-            if not photo.is_file():
-                raise UserError(f"{manifest_path}: subject {name!r} lists {photo}, which does not exist")
+        train = [dataset_photo(root, name, p) for p in entry.train]
+        test = [dataset_photo(root, name, p) for p in entry.test]
         subjects[name] = Subject(name, "pet" if entry.class_ in PETS else "object", train, test)
     descriptions = {subject_key(k, root / "descriptions.json", subjects): v for k, v in read_file(root, "descriptions.json").items()}
     text_qa = {subject_key(k, root / "text_qa.json", subjects): [q.model_dump() for q in v]

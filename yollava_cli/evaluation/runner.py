@@ -46,7 +46,7 @@ from yollava_cli.models.vlm import VLM
 from yollava_cli.store.concepts import add_concept
 from yollava_cli.store.facts import as_sentence, set_facts
 from yollava_cli.store.fileio import atomic_write_bytes
-from yollava_cli.store.photos import read_photo
+from yollava_cli.store.photos import BadPhoto, read_photo
 from yollava_cli.store.registry import Registry, now
 from yollava_cli.store.states import ConceptStatus
 from yollava_cli.use.ask import note_guidance
@@ -80,7 +80,10 @@ class Evaluation:
 
     def photo(self, path: Path):
         if path not in self.images:
-            photo = read_photo(path)
+            try:
+                photo = read_photo(path)
+            except BadPhoto as e:  # it decoded as the dataset loaded: changed since
+                raise UserError(f"{path}: {e}; replace it, or remove it from the dataset's manifest.json") from None
             self.images[path] = (photo.image, photo.sha256)
         return self.images[path]
 
