@@ -10,7 +10,7 @@ _yollava() {
     "add") words="--kind --replace --strict --no-train --note --notes-file --model --quantize --json --help" ;;
     "ask") words="--image --max-tokens --temperature --seed --no-train --model --quantize --json --help" ;;
     "chat") words="--image --max-tokens --temperature --seed --model --quantize --help" ;;
-    "doctor") words="--fix --restore --empty-trash --json --help" ;;
+    "doctor") words="--fix --restore --empty-trash --deep --json --help" ;;
     "eval") words="--methods --subjects --pool --folds --epochs --facts-in-tokens --report --protocol --history --model --quantize --ray --json --help" ;;
     "explain") words="--max-tokens --model --quantize --json --help" ;;
     "export") words="--with-photos --force --json --help" ;;

@@ -47,6 +47,7 @@ complete -c yollava -n "__fish_seen_subcommand_from doctor" -F  # doctor: files
 complete -c yollava -n "__fish_seen_subcommand_from doctor" -l fix -d "Repair what is safe to repair; what is removed goes to the trash."
 complete -c yollava -n "__fish_seen_subcommand_from doctor" -l restore -d "Replace a damaged registry.db with the registry's own backup."
 complete -c yollava -n "__fish_seen_subcommand_from doctor" -l empty-trash -d "Delete everything earlier repairs moved to the trash."
+complete -c yollava -n "__fish_seen_subcommand_from doctor" -l deep -d "Also read every stored photo whole and check its SHA-256 (slower; sizes are always checked)."
 complete -c yollava -n "__fish_seen_subcommand_from doctor" -l json -d "Print one JSON document on stdout, nothing else."
 complete -c yollava -n "__fish_seen_subcommand_from eval" -F  # eval: files
 complete -c yollava -n "__fish_seen_subcommand_from eval" -l methods -r -d "Comma-separated: yollava, vanilla, description, auto-description, embedding, head, fused, ask, word-init."

@@ -352,6 +352,64 @@ def test_doctor_finds_and_repairs(world, tmp_path):
     assert emptied.returncode == 0 and not any((home / "trash").rglob("*.jpg"))
 
 
+def flip_middle(path, other) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 16] = bytes(16)
+    path.write_bytes(bytes(data))
+
+
+def scramble(path, other) -> None:
+    size = path.stat().st_size
+    path.write_bytes(b"\xff\xd8\xff" + b"\xff" * (size - 5) + b"\xff\xd9")
+
+
+DAMAGE = {  # what happens to a stored photo: (the damage, whether `doctor` without --deep sees it, `train` fails)
+    "truncated": (lambda path, other: path.write_bytes(path.read_bytes()[:5000]), True, True),
+    "overwritten": (lambda path, other: path.write_bytes(other.read_bytes()), True, True),  # another valid JPEG
+    "zeroed": (lambda path, other: path.write_bytes(bytes(path.stat().st_size)), True, True),
+    "bit rot": (flip_middle, False, False),  # same size and framing, still decodes: only its hash tells
+    "scrambled": (scramble, False, True),  # same size and framing, does not decode: training finds it
+}
+
+
+def damage_a_stored_photo(world, tmp_path, how):
+    home = fresh_home(world, tmp_path)
+    registry = Registry(home)
+    stored, other = registry.concept_photos(registry.concept("bo")["id"])[:2]
+    DAMAGE[how][0](home / stored["file"], home / other["file"])
+    return home, stored
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_doctor_finds_a_damaged_photo_train_names_it_and_re_adding_restores_it(world, tmp_path, how):
+    home, stored = damage_a_stored_photo(world, tmp_path, how)
+    damaged = (home / stored["file"]).read_bytes()
+    shallow, deep = run_cli("doctor", home=home), run_cli("doctor", "--deep", home=home)
+    assert (shallow.returncode, deep.returncode) == ((1, 1) if DAMAGE[how][1] else (0, 1)), (shallow.stdout, deep.stdout)
+    [line] = [line for line in deep.stderr.splitlines() if line.startswith("photo:")]
+    assert stored["file"] in line and f"yollava add bo {stored['source_path']}" in line and "doctor --fix" in line
+    if DAMAGE[how][2]:
+        trained = invoke("train", "bo", "--model", world["model"], "--epochs", "1", "--k", "4", home=home)
+        assert trained.returncode == 1 and "Traceback" not in trained.stderr
+        error = trained.stderr.strip().splitlines()[-1]  # after the lines of the steps before it
+        assert error.startswith("error: "), trained.stderr
+        assert str(home / stored["file"]) in error and "`yollava doctor" in error and "--fix`" in error, trained.stderr
+    again = invoke("add", "bo", stored["source_path"], "--no-train", home=home)
+    assert again.returncode == 0 and "0 new photo(s), 1 restored to the store, 3 in all" in again.stdout, again.stdout
+    assert run_cli("doctor", "--deep", home=home).returncode == 0
+    assert [p.read_bytes() for p in (home / "trash").rglob("*.jpg")] == [damaged]  # set aside, not deleted
+
+
+def test_doctor_fix_moves_a_damaged_photo_to_the_trash(world, tmp_path):
+    home, stored = damage_a_stored_photo(world, tmp_path, "truncated")
+    fixed = run_cli("doctor", "--fix", home=home)
+    assert fixed.returncode == 0 and "fixed 1 problem(s)" in fixed.stdout, fixed.stdout + fixed.stderr
+    assert [len(p.read_bytes()) for p in (home / "trash").rglob("*.jpg")] == [5000]
+    assert not (home / stored["file"]).exists() and run_cli("doctor", home=home).returncode == 0
+    restored = invoke("add", "bo", stored["source_path"], "--no-train", home=home)
+    assert restored.returncode == 0 and "1 new photo(s), 3 in all" in restored.stdout
+
+
 def test_add_replace_moves_the_old_checkpoints_to_the_trash(world, tmp_path):
     """Replacing a concept drops its checkpoint rows; their files went on lying in checkpoints/ as
     orphans on main. They go to the trash after the new rows commit, and never under a training."""

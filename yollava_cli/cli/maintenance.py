@@ -74,6 +74,7 @@ def doctor(
     fix: Annotated[bool, typer.Option("--fix", help="Repair what is safe to repair; what is removed goes to the trash.")] = False,
     restore: Annotated[bool, typer.Option("--restore", help="Replace a damaged registry.db with the registry's own backup.")] = False,
     empty_trash: Annotated[bool, typer.Option("--empty-trash", help="Delete everything earlier repairs moved to the trash.")] = False,
+    deep: Annotated[bool, typer.Option("--deep", help="Also read every stored photo whole and check its SHA-256 (slower; sizes are always checked).")] = False,
     json_: JsonFlag = False,
 ):
     """Check the registry against its files (missing, orphan, damaged; stale runs). Exit 1 if problems remain.
@@ -95,7 +96,7 @@ def doctor(
             return print_json({"trash_emptied": removed})
         return out.print(f"emptied the trash ({len(removed)} folder(s))", markup=False)
     else:
-        report = checks.examine(open_registry(), fix)
+        report = checks.examine(open_registry(), fix, deep)
     report["compute"] = compute.report()
     if json_:
         print_json(report)

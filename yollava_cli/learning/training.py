@@ -131,7 +131,7 @@ class PhotoViews:
 
     def __call__(self, key: str) -> Image.Image:
         sha, _, view = key.partition("-")
-        image = Image.open(self.files[sha]).convert("RGB")
+        image = self.stored(sha)
         if view == "flip":
             return ImageOps.mirror(image)
         if view.startswith("crop"):
@@ -139,6 +139,17 @@ class PhotoViews:
             corner = int(view[4:]) % 2  # top-left or bottom-right 80% crop
             return image.crop((0, 0, int(w * 0.8), int(h * 0.8)) if corner == 0 else (int(w * 0.2), int(h * 0.2), w, h))
         return image
+
+    def stored(self, sha: str) -> Image.Image:
+        """The stored photo, or a one-line error naming its file and the fix: a copy damaged in a
+        way its size does not show (require_photos checks sizes before training starts)."""
+        try:
+            with Image.open(self.files[sha]) as image:
+                return image.convert("RGB")
+        except Exception as e:  # noqa: BLE001 - any decoder failure means this stored copy is damaged
+            raise UserError(f"{self.files[sha]}: stored photo {sha[:12]} cannot be decoded ({type(e).__name__}: {e}); "
+                            "`yollava doctor --deep` names its source to re-add, or "
+                            "`yollava doctor --deep --fix` moves it to the trash") from None
 
 
 class Trainer:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from yollava_cli.errors import UserError
 from yollava_cli.store.fileio import path_text, staging_folder
+from yollava_cli.store.photo_check import stored_damage
 from yollava_cli.store.photos import expand_photo_paths, stage_photos
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus, NegativeKind
@@ -67,7 +68,7 @@ class AddResult:
     new_photos: int
     total_photos: int
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    restored_photos: int = 0  # stored photos whose files had gone missing, written again
+    restored_photos: int = 0  # stored photos whose files had gone missing or were damaged, written again
 
     def to_json(self) -> dict:
         """What `add --json` prints of the add: the fields are the keys, a skipped file an object."""
@@ -120,7 +121,7 @@ def add_concept(
                     with_concept(concept)
                 new = restored = 0
                 for sha, photo in staged.items():
-                    restored += registry.photo_is_missing(sha)
+                    restored += registry.photo_needs_restoring(sha)
                     registry.store_photo(sha, photo.file, *photo.size)
                     new += registry.add_concept_photo(concept["id"], sha, path_text(photo.source.resolve()))
                 if new and not created:
@@ -169,10 +170,27 @@ def missing_photos(registry: Registry, photos: list[dict]) -> list[dict]:
             for p in photos if not (registry.root / p["file"]).is_file()]
 
 
+def damaged_photos(registry: Registry, photos: list[dict]) -> list[dict]:
+    """Of a concept's photo rows, those whose stored files are there but not as the store wrote
+    them (by size: a stat each, photo_check)."""
+    return [{"sha256": p["sha256"], "source": p["source_path"], "stored": str(registry.root / p["file"])}
+            for p in photos if (registry.root / p["file"]).is_file() and stored_damage(registry.root, p)]
+
+
 def require_photos(registry: Registry, concept: dict, negatives: bool = False) -> None:
     """A one-line error naming the concept's photos (and, with `negatives`, its negatives) that
-    are missing from the store, with the fix; before mining or training would stumble on them."""
-    name, missing = concept["name"], missing_photos(registry, registry.concept_photos(concept["id"]))
+    are missing from the store or damaged, with the fix; before mining or training would stumble
+    on them."""
+    photos = registry.concept_photos(concept["id"])
+    name, missing = concept["name"], missing_photos(registry, photos)
+    damaged = damaged_photos(registry, photos)
+    if damaged:
+        sources = [m["source"] or m["stored"] for m in damaged]
+        raise UserError(
+            f"<{name}>: {len(damaged)} stored photo(s) damaged (e.g. {damaged[0]['stored']}, from {sources[0]}); "
+            f"re-add the originals to restore them (`yollava add {name} "
+            f"{' '.join(map(shlex.quote, sources[:3]))}`), or `yollava doctor --fix` moves them to the trash"
+        )
     if missing:
         sources = [m["source"] or m["stored"] for m in missing]
         one = len(missing) == 1
@@ -182,9 +200,9 @@ def require_photos(registry: Registry, concept: dict, negatives: bool = False) -
             f"re-add {'it' if one else 'them'} with `yollava add {name} {' '.join(map(shlex.quote, sources[:3]))}`, "
             f"or forget {'it' if one else 'them'} with `yollava doctor --fix`"
         )
-    lost = [f for f in registry.negative_files(concept["id"]) if not (registry.root / f).is_file()] if negatives else []
+    lost = [p["file"] for p in registry.negative_photos(concept["id"]) if stored_damage(registry.root, p)] if negatives else []
     if lost:
-        raise UserError(f"<{name}>: {len(lost)} of its negatives are missing from the store (e.g. {lost[0]}); "
+        raise UserError(f"<{name}>: {len(lost)} of its negatives are missing from the store or damaged (e.g. {lost[0]}); "
                         f"choose them again with `yollava mine {name}`, or forget them with `yollava doctor --fix`")
 
 

@@ -14,14 +14,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from PIL import Image
-
 from yollava_cli.errors import UserError
 from yollava_cli.store.backup import FILE as BACKUP_FILE
 from yollava_cli.store.backup import backup_is_usable
 from yollava_cli.store.facts import check_fact
 from yollava_cli.store.fileio import STAGING, staging_in_use
 from yollava_cli.store.migrations import MIGRATIONS
+from yollava_cli.store.photo_check import photo_problems, still_damaged
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.trash import KEEP_DAYS, empty_trash, move_to_trash, trash_folder
 
@@ -32,26 +31,16 @@ def problem(kind: str, detail: str, **target) -> dict:
     return {"kind": kind, "detail": detail, "fixed": False, **target}
 
 
-def readable(path: Path) -> bool:
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        return True
-    except Exception:  # any decoder failure means the stored file is damaged
-        return False
-
-
-def examine(registry: Registry, fix: bool = False) -> dict:
+def examine(registry: Registry, fix: bool = False, deep: bool = False) -> dict:
+    """What is wrong, and with `fix` repaired; `deep` reads every stored photo whole (photo_check)."""
     root = registry.root
     found = []
     integrity = registry.integrity_check()
     if integrity != "ok":
         found.append(problem("database", f"SQLite integrity check: {integrity} (restore registry.db from a backup)"))
 
+    found += photo_problems(registry, deep)
     photos = registry.stored_photos()
-    for sha, file in photos.items():
-        if not photo_is_sound(root / file):
-            found.append(problem("photo", f"stored photo {sha[:12]} is missing or damaged", sha=sha))
     known_files = set(photos.values())
     for path in (root / "photos").rglob("*"):
         if path.is_file() and path.suffix != ".tmp" and rel(root, path) not in known_files:
@@ -102,7 +91,7 @@ def repair(registry: Registry, found: list[dict], trash: Path) -> list[dict]:
             kind = item["kind"]
             if kind == "photo":
                 sha = item["sha"]
-                if sha not in photos or photo_is_sound(root / photos[sha]):
+                if sha not in photos or not still_damaged(registry, item):
                     continue
                 registry.forget_photo(sha)
                 if (root / photos[sha]).is_file():
@@ -130,10 +119,6 @@ def repair(registry: Registry, found: list[dict], trash: Path) -> list[dict]:
             item["fixed"] = kind not in ("database", "fact")
             still.append(item)
     return still
-
-
-def photo_is_sound(path: Path) -> bool:
-    return path.is_file() and readable(path)
 
 
 def rel(root: Path, path: Path) -> str:

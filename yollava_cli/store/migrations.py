@@ -141,3 +141,11 @@ def m004_thresholds_with_checkpoint(db: sqlite_utils.Database) -> None:
     )
     db.execute("ALTER TABLE concepts DROP COLUMN threshold")
     db.execute("ALTER TABLE concepts DROP COLUMN metrics")
+
+
+@migration
+def m005_stored_photo_hashes(db: sqlite_utils.Database) -> None:
+    # The SHA-256 of each stored file as the store wrote it (a photo is named by its source's hash,
+    # and its stored file is a re-encoding): `doctor --deep` compares it to find a damaged copy.
+    # NULL for photos stored before: those are checked by size, and by decoding them.
+    db.execute("ALTER TABLE photos ADD COLUMN stored_sha256 TEXT")

@@ -76,7 +76,7 @@ class ConceptRows:
     def concept_photos(self, concept_id: int) -> list[dict]:
         return list(
             self.db.query(
-                "SELECT cp.sha256, cp.role, cp.source_path, cp.added_at, p.file, p.width, p.height "
+                "SELECT cp.sha256, cp.role, cp.source_path, cp.added_at, p.file, p.width, p.height, p.bytes "
                 "FROM concept_photos cp JOIN photos p USING (sha256) "
                 "WHERE cp.concept_id = ? ORDER BY cp.added_at, cp.source_path",
                 [concept_id],
@@ -93,8 +93,13 @@ class ConceptRows:
 
     def negative_files(self, concept_id: int) -> list[str]:
         """The stored files of the concept's negatives (relative to the data dir)."""
-        return [r[0] for r in self.db.execute(
-            "SELECT p.file FROM negatives n JOIN photos p USING (sha256) WHERE n.concept_id = ?", [concept_id])]
+        return [r["file"] for r in self.negative_photos(concept_id)]
+
+    def negative_photos(self, concept_id: int) -> list[dict]:
+        """The photo rows (file, bytes) of the concept's negatives."""
+        return list(self.db.query(
+            "SELECT p.sha256, p.file, p.bytes FROM negatives n JOIN photos p USING (sha256) WHERE n.concept_id = ?",
+            [concept_id]))
 
     def replace_negatives(self, concept_id: int, negatives: list[tuple], embedder: str) -> list[str]:
         """Make (sha256, kind, score, source_path) of stored photos the concept's negatives, mined with

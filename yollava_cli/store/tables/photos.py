@@ -1,11 +1,14 @@
 """Photos: rows and their files in the content-addressed store."""
 
+import hashlib
 import os
 from pathlib import Path
 
 from yollava_cli.store.connection import now
 from yollava_cli.store.fileio import atomic_write_bytes
+from yollava_cli.store.photo_check import file_sha256, stored_damage
 from yollava_cli.store.states import ConceptStatus
+from yollava_cli.store.trash import move_to_trash, trash_folder
 
 
 class PhotoRows:
@@ -20,31 +23,41 @@ class PhotoRows:
         return next(self.db["photos"].rows_where("sha256 = ?", [sha256]), None)
 
     def store_photo(self, sha256: str, jpeg: bytes | Path, width: int, height: int) -> bool:
-        """Write the photo file (if new, or if its file went missing from the store: adding the
-        photo again restores it) and its row; returns True when the photo is new. `jpeg` is the
-        file's bytes, or a file staged in the data dir (fileio.staging_folder), moved into place."""
+        """Write the photo file (if new, or if its stored copy went missing or was damaged: adding
+        the photo again restores it, the damaged copy moved to the trash) and its row; returns True
+        when the photo is new. `jpeg` is the file's bytes, or a file staged in the data dir
+        (fileio.staging_folder), moved into place. The stored file's size and SHA-256 are kept
+        for doctor (photo_check)."""
         size = jpeg.stat().st_size if isinstance(jpeg, Path) else len(jpeg)
+        digest = file_sha256(jpeg) if isinstance(jpeg, Path) else hashlib.sha256(jpeg).hexdigest()
         row = self.photo(sha256)
         if row:
-            if not (self.root / row["file"]).exists():
+            if self.photo_needs_restoring(sha256):
+                if (self.root / row["file"]).is_file():
+                    move_to_trash(self.root, self.root / row["file"], trash_folder(self.root))
                 place(self.root / row["file"], jpeg)
-                self.db["photos"].update(sha256, {"bytes": size})
+                self.db["photos"].update(sha256, {"bytes": size, "stored_sha256": digest})
             return False
         path = self.photo_file(sha256)
         if not path.exists():
             place(path, jpeg)
         self.db["photos"].insert({"sha256": sha256, "file": str(path.relative_to(self.root)), "width": width,
-                                  "height": height, "bytes": size, "created_at": now()})
+                                  "height": height, "bytes": size, "stored_sha256": digest, "created_at": now()})
         return True
 
-    def photo_is_missing(self, sha256: str) -> bool:
-        """The photo has a row but its file is gone from the store."""
+    def photo_needs_restoring(self, sha256: str) -> bool:
+        """The photo has a row but its stored copy is gone or damaged (checked deep where its hash
+        was kept: a re-add reads only the photos it adds)."""
         row = self.photo(sha256)
-        return row is not None and not (self.root / row["file"]).is_file()
+        return row is not None and stored_damage(self.root, row, deep=bool(row["stored_sha256"])) is not None
 
     def stored_photos(self) -> dict[str, str]:
         """{sha256: file} of every stored photo, the file relative to the data dir."""
         return {r["sha256"]: r["file"] for r in self.db["photos"].rows_where(select="sha256, file")}
+
+    def stored_photo_rows(self) -> list[dict]:
+        """What doctor checks of each stored photo: sha256, file, bytes, stored_sha256."""
+        return list(self.db["photos"].rows_where(select="sha256, file, bytes, stored_sha256"))
 
     def forget_photo(self, sha256: str) -> None:
         """Drop every row of a photo whose file is lost or damaged; the concepts that had it have
