@@ -375,3 +375,7 @@ def test_a_pool_with_file_names_that_are_not_utf8_mines_them(home, tmp_path):
     negatives = [n["photo"] for n in json.loads(mined.stdout)["negatives"]]
     assert any(n.startswith(f"{pool}/\\xff") for n in negatives), negatives  # stored, and stored escaped
     assert invoke("pool", "add", "p", pool, home=home).returncode == 0  # a rescan matches the stored names
+    odd = not_utf8(tmp_path, b"pool\xff")
+    pool.rename(odd)
+    refused = invoke("pool", "add", "q", odd, home=home)
+    assert refused.returncode == 1 and refused.stderr.startswith(f"error: {tmp_path.resolve()}/pool\\xff: a pool folder's path")

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from yollava_cli.errors import UserError
+from yollava_cli.store.fileio import path_text
 from yollava_cli.store.registry import Registry
 
 POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -16,7 +17,10 @@ def checked_new_pool(name: str, folder: Path) -> Path:
         raise UserError(f"invalid pool name {name!r}: use letters, digits, '.', '-', '_' (e.g. library)")
     folder = folder.expanduser().resolve()
     if not folder.is_dir():
-        raise UserError(f"{folder}: not a folder; a pool is a folder of photos")
+        raise UserError(f"{path_text(folder)}: not a folder; a pool is a folder of photos")
+    if path_text(folder) != str(folder):  # the pool is found again by the path kept in the registry
+        raise UserError(f"{path_text(folder)}: a pool folder's path must be valid UTF-8 (the escaped bytes); "
+                        "rename the folder, or point a symlink with a plain name at it")
     return folder
 
 
