@@ -274,7 +274,7 @@ def export(
 
     Example: yollava export bo bo.yollava
     """
-    from yollava_cli.use.bundles import export_concept
+    from yollava_cli.use.bundle_format import export_concept
 
     result = export_concept(open_registry(), name, file, with_photos, force)
     if json_:
@@ -295,9 +295,13 @@ def import_(
 
     Example: yollava import bo.yollava --as bo2
     """
+    from yollava_cli.use.bundle_format import new_concept_name, read_bundle
+
+    registry = open_registry()
+    new_concept_name(registry, as_ or read_bundle(file)[0]["name"])  # a damaged file or a taken name: refused before torch loads
     from yollava_cli.use.bundles import import_on_its_model
 
-    result = import_on_its_model(open_registry(), file, as_, model, quantize, not skip_model_check, on_status=status)
+    result = import_on_its_model(registry, file, as_, model, quantize, not skip_model_check, on_status=status)
     if json_:
         return print_json(result)
     out.print(f"Imported <{result['concept']}> (trained on {result['base_model']}, k={result['k']}, {result['photos']} photos).", markup=False, highlight=False)
