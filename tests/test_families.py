@@ -15,6 +15,7 @@ from tiny import FAMILIES, tiny_gemma3
 from yollava_cli.errors import UserError
 from yollava_cli.models.architectures import ARCHITECTURES, architecture
 from yollava_cli.models.compute import Policy
+from yollava_cli.models.families import check_processor
 from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
@@ -152,6 +153,21 @@ def test_every_verb_on_a_saved_model_folder(family, photos, tmp_path):
     assert set(evaluated["subjects"]) == {"dog", "cat"} and set(evaluated["methods"]) == {"yollava", "fused"}
     assert 0.0 <= evaluated["methods"]["fused"]["recognition"]["weighted"] <= 1.0
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == saved  # the user's model folder is untouched
+
+
+def test_a_folder_without_an_image_processor_is_one_line_naming_the_file(tmp_path):
+    """Weights and tokenizer but no image processor: one line naming the missing file and the fix,
+    whether AutoProcessor raises or falls back to the bare tokenizer."""
+    model, processor = FAMILIES["llava"]()
+    model.save_pretrained(tmp_path / "model")
+    processor.tokenizer.save_pretrained(tmp_path / "model")
+    result = invoke("ask", "hello", "--model", tmp_path / "model", home=tmp_path / "home")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "preprocessor_config.json" in errors[0] and "save_pretrained" in errors[0]
+    with pytest.raises(UserError, match="preprocessor_config.json"):
+        check_processor(processor.tokenizer, "a-folder")
+    assert check_processor(processor, "a-folder") is processor
 
 
 def test_models_lists_every_architecture_and_what_this_machine_holds(tmp_path):

@@ -93,17 +93,33 @@ def load_transformers_model(ref: str, cache_dir: Path, policy, on_status=None):
         on_status(f"Loading {source} ({policy.device}, {policy.precision}{quantized})...")
     try:
         check_architecture(AutoConfig.from_pretrained(source), ref)
-        processor = AutoProcessor.from_pretrained(source)
+        processor = check_processor(AutoProcessor.from_pretrained(source), ref)
         model = AutoModelForImageTextToText.from_pretrained(source, **options)
     except ImportError as e:  # a pre-quantized checkpoint, or a processor, that needs a package
         raise UserError(f"cannot load model {ref!r}: {first_line(e)} (install what it names, e.g. pip install accelerate bitsandbytes)") from None
     except (OSError, ValueError) as e:
+        if "image processor" in str(e):
+            raise no_image_processor(ref) from None
         where = "from the Hugging Face hub" if not local.is_dir() else "from that folder"
         raise UserError(
             f"cannot load model {ref!r} {where} ({first_line(e)}); check the id and your network "
             f"(offline: HF_HUB_OFFLINE=1 uses only cached models), or use --model {default_model()}"
         ) from None
     return (model if "device_map" in options else model.to(policy.device)), processor
+
+
+def check_processor(processor, ref: str):
+    """The processor, if it has both halves: without an image processor's config AutoProcessor
+    falls back to a bare tokenizer, which cannot read a photo."""
+    if not all(hasattr(processor, part) for part in ("tokenizer", "image_processor")):
+        raise no_image_processor(ref)
+    return processor
+
+
+def no_image_processor(ref: str) -> UserError:
+    return UserError(f"{ref}: the model has no image processor (preprocessor_config.json, or processor_config.json, is missing): "
+                     f"copy the model's preprocessor_config.json from where you got it, or save its processor there "
+                     f"with AutoProcessor.from_pretrained(HUB_ID).save_pretrained(DIR)")
 
 
 def check_architecture(config, ref: str) -> None:
