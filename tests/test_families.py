@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import invoke, shared_data
+from conftest import invoke, run_cli, shared_data
 from PIL import Image
 from tiny import FAMILIES, tiny_gemma3
 
@@ -153,6 +153,16 @@ def test_every_verb_on_a_saved_model_folder(family, photos, tmp_path):
     assert set(evaluated["subjects"]) == {"dog", "cat"} and set(evaluated["methods"]) == {"yollava", "fused"}
     assert 0.0 <= evaluated["methods"]["fused"]["recognition"]["weighted"] <= 1.0
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == saved  # the user's model folder is untouched
+
+
+def test_loading_a_model_folder_draws_no_bar_of_its_own(tmp_path):
+    """One progress display, yollava's: transformers' "Loading weights" bar stays off stderr."""
+    model, processor = FAMILIES["llava"]()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    result = run_cli("ask", "hello", "--model", tmp_path / "model", "--max-tokens", "2", home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert "Loading weights" not in result.stderr and "%|" not in result.stderr, result.stderr
 
 
 def test_a_folder_without_an_image_processor_is_one_line_naming_the_file(tmp_path):

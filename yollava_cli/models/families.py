@@ -91,6 +91,7 @@ def load_transformers_model(ref: str, cache_dir: Path, policy, on_status=None):
     if on_status:
         quantized = f", {policy.quantize}" if policy.quantize != "none" else ""
         on_status(f"Loading {source} ({policy.device}, {policy.precision}{quantized})...")
+    without_loading_bars()
     try:
         check_architecture(AutoConfig.from_pretrained(source), ref)
         processor = check_processor(AutoProcessor.from_pretrained(source), ref)
@@ -106,6 +107,18 @@ def load_transformers_model(ref: str, cache_dir: Path, policy, on_status=None):
             f"(offline: HF_HUB_OFFLINE=1 uses only cached models), or use --model {default_model()}"
         ) from None
     return (model if "device_map" in options else model.to(policy.device)), processor
+
+
+def without_loading_bars() -> None:
+    """transformers draws a bar per load ("Loading weights") under the status line yollava already
+    shows; the hub's download bars stay as they were (a download is long, and they are its only display)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging
+
+    downloads_shown = not are_progress_bars_disabled()
+    logging.disable_progress_bar()
+    if downloads_shown:
+        enable_progress_bars()
 
 
 def check_processor(processor, ref: str):
