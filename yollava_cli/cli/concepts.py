@@ -61,11 +61,8 @@ def add(
     data = {**result.to_json(), "facts_added": len(notes)}
     for path, reason in result.skipped:
         status(f"skipped {path}: {reason}")
-    verb = "Created" if result.created else "Updated"
     if not json_:
-        restored = f"{result.restored_photos} restored to the store, " if result.restored_photos else ""
-        out.print(f"{verb} <{result.concept}> ({result.kind}): {result.new_photos} new photo(s), {restored}"
-                  f"{result.total_photos} in all.", markup=False, highlight=False)
+        out.print(added_line(result, len(notes)), markup=False, highlight=False)
     if not no_train and needs_training(registry, result.concept, result.new_photos):
         trained = train_showing_progress(registry, result.concept, model, quantize=quantize)
         data["trained"] = trained.to_json()
@@ -73,6 +70,16 @@ def add(
             render_train(trained, False)
     if json_:
         print_json(data)
+
+
+def added_line(result, facts_added: int) -> str:
+    """What an add did; photos the concept already had are not news (nor does it retrain for them)."""
+    if result.created or result.new_photos or result.restored_photos:
+        restored = f"{result.restored_photos} restored to the store, " if result.restored_photos else ""
+        return (f"{'Created' if result.created else 'Updated'} <{result.concept}> ({result.kind}): "
+                f"{result.new_photos} new photo(s), {restored}{result.total_photos} in all.")
+    noted = f"; noted {facts_added} fact(s)" if facts_added else "; nothing changed"
+    return f"<{result.concept}> ({result.kind}) has these photos already ({result.total_photos} in all){noted}."
 
 
 @app.command()
