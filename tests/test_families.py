@@ -180,24 +180,38 @@ def test_a_folder_without_an_image_processor_is_one_line_naming_the_file(tmp_pat
     assert check_processor(processor, "a-folder") is processor
 
 
-def test_models_lists_every_architecture_and_what_this_machine_holds(tmp_path):
+def test_models_lists_every_example_and_what_this_machine_holds(tmp_path, monkeypatch):
+    """One row per example id at its own size, the share of memory a model may take shown beside
+    the verdicts that use it, and how far each family is verified."""
+    from yollava_cli.use.catalog import REAL_WEIGHTS, TINY_ONLY
+
     result = invoke("models", "--json", home=tmp_path)
     assert result.returncode == 0, result.stderr
     catalog = json.loads(result.stdout)
-    names = [m["name"] for m in catalog["models"]]
-    assert names[0] == "pocket" and names[1:] == [a.name for a in ARCHITECTURES]
-    pocket = catalog["models"][0]
-    assert pocket["runs_here"] and pocket["verdict"] == "yes" and catalog["memory_gb"] > 1
-    assert catalog["compute"]["device"] == "cpu"
+    rows = [(m["name"], m["example"], m["params_b"], m["verified"]) for m in catalog["models"]]
+    assert rows[0] == ("pocket", "pocket", 0.14, REAL_WEIGHTS)
+    assert rows[1:] == [(a.name, example, b, TINY_ONLY) for a in ARCHITECTURES for example, b in a.examples]
+    qwen7b = next(m for m in catalog["models"] if m["example"] == "Qwen/Qwen2.5-VL-7B-Instruct")
+    assert qwen7b["memory_gb"] == round(8.3 * 4 * 1.2, 1)  # its own size in fp32, not the 3B's
+    assert catalog["usable_gb"] == round(catalog["headroom"] * catalog["memory_gb"], 1) and catalog["compute"]["device"] == "cpu"
+    assert all(m["runs_here"] == (m["memory_gb"] <= catalog["usable_gb"]) for m in catalog["models"] if "needs" not in m["verdict"])
+    human = invoke("models", home=tmp_path).stdout
+    usable = f"{catalog['usable_gb']:g} GB"
+    assert f"a model may take 80%: {usable}" in human.splitlines()[0]
+    assert f"too big: ~{qwen7b['memory_gb']:g} GB > {usable}" in human
+    monkeypatch.setenv("YOLLAVA_QUANTIZE", "4bit")  # needs CUDA: still the list, and a note why it is not quantized
+    quantized = invoke("models", home=tmp_path)
+    assert quantized.returncode == 0 and "needs a CUDA GPU" in quantized.stderr and "listed without quantization" in quantized.stderr
+    assert quantized.stdout == human
 
 
 def test_a_model_too_big_or_missing_a_package_says_so():
-    from yollava_cli.use.catalog import row
+    from yollava_cli.use.catalog import TINY_ONLY, row
 
     gpu = Policy("cuda", "bf16", "test")
-    assert row("Qwen2.5-VL", "", [], 7.6, [], gpu, available=16.0)["verdict"] == "too big: ~18.2 GB of 16 GB (try --quantize 4bit)"
-    assert row("Qwen2.5-VL", "", [], 7.6, [], Policy("cuda", "bf16", "test", quantize="4bit"), available=16.0)["runs_here"]
-    assert row("SmolVLM", "", [], 0.26, ["num2words"], FP32, available=16.0)["verdict"] == "needs num2words"
+    assert row("Qwen2.5-VL", "", 7.6, [], gpu, 12.8, TINY_ONLY)["verdict"] == "too big: ~18.2 GB > 12.8 GB (try --quantize 4bit)"
+    assert row("Qwen2.5-VL", "", 7.6, [], Policy("cuda", "bf16", "test", quantize="4bit"), 12.8, TINY_ONLY)["runs_here"]
+    assert row("SmolVLM", "", 0.26, ["num2words"], FP32, 12.8, TINY_ONLY)["verdict"] == "needs num2words"
 
 
 def test_a_missing_processor_package_is_one_line_naming_the_install(monkeypatch, tmp_path):
