@@ -71,28 +71,35 @@ def import_costs(argv: list[str], env: dict, repeats: int) -> dict[str, float]:
     return dict(sorted(costs.items(), key=lambda item: -item[1]))
 
 
-def llm_models_list(env: dict, repeats: int) -> float | None:
-    """`llm models list`'s median wall time (Simon Willison's llm: a typer-free click CLI on
-    sqlite-utils, the start-up yardstick), or None where `llm` is not installed ($LLM names it)."""
+def beside_llm(argv: list[str], env: dict, repeats: int) -> tuple[float, float] | None:
+    """Median seconds of `argv` and of `llm models list`, run alternately so a busy moment falls on
+    both (Simon Willison's llm: a click CLI on sqlite-utils, the start-up yardstick); None where
+    llm is not installed ($LLM may name it)."""
     llm = os.environ.get("LLM") or shutil.which("llm")
     if not llm:
         return None
-    return wall([llm, "models", "list"], {**env, "LLM_USER_PATH": env["YOLLAVA_HOME"]}, repeats)
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(wall(argv, env, 1))
+        theirs.append(wall([llm, "models", "list"], {**env, "LLM_USER_PATH": env["YOLLAVA_HOME"]}, 1))
+    return statistics.median(ours), statistics.median(theirs)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "startup.json")
+    parser.add_argument("--no-model", action="store_true", help="Only the commands that load no model (no training, ~1 min).")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "YOLLAVA_HOME": home, "PYTHONPATH": str(REPO)}
         cli = [sys.executable, "-m", "yollava_cli"]
         for setup in (["add", "dog", str(DATA / "concepts" / "dog" / "train"), "--no-train"],
                       ["pool", "add", "imagenet", str(DATA / "pool" / "imagenet-sample")],
-                      ["train", "dog", "--epochs", "1"]):
+                      ["train", "dog", "--epochs", "1"])[: 1 if args.no_model else 3]:
             subprocess.run([*cli, *setup], env=env, check=True, capture_output=True)
-        subprocess.run([*cli, "ask", "dog", "hi", "--max-tokens", "1"], env=env, check=True, capture_output=True)  # warm OS file cache
+        if not args.no_model:
+            subprocess.run([*cli, "ask", "dog", "hi", "--max-tokens", "1"], env=env, check=True, capture_output=True)  # warm OS file cache
         bare = wall([sys.executable, "-c", "pass"], env, args.repeats)
         commands = {"--help": ["--help"], "list": ["list"], "show dog": ["show", "dog"]}
         results = {}
@@ -100,16 +107,17 @@ def main():
             seconds = wall([*cli, *argv], env, args.repeats)
             results[label] = {"median_s": round(seconds, 3), "ratio_to_bare_python": round(seconds / bare, 1)}
             print(f"{label:10} {seconds:.3f} s  ({seconds / bare:.1f}x bare python)")
-        llm = llm_models_list(env, args.repeats)
-        if llm:
-            results["list"]["ratio_to_llm_models_list"] = round(results["list"]["median_s"] / llm, 2)
-            print(f"llm models list {llm:.3f} s; yollava list is {results['list']['median_s'] / llm:.2f}x that")
+        paired = beside_llm([*cli, "list"], env, args.repeats)
+        llm = paired and paired[1]
+        if paired:
+            results["list"]["ratio_to_llm_models_list"] = round(paired[0] / llm, 2)
+            print(f"list {paired[0]:.3f} s beside llm models list {llm:.3f} s: {paired[0] / llm:.2f}x")
         costs = import_costs([*cli[1:], "list"], env, args.repeats)
         print("imports of `list` (ms): " + ", ".join(f"{name} {ms:g}" for name, ms in list(costs.items())[:10]))
         photo = str(DATA / "concepts" / "dog" / "test" / sorted(os.listdir(DATA / "concepts" / "dog" / "test"))[0])
         asks = {"ask (text), first character": ["ask", "dog", "What should I buy him for his birthday?"],
                 "ask (photo), first character": ["ask", "dog", "What is <dog> doing?", "--image", photo]}
-        for label, argv in asks.items():
+        for label, argv in {} if args.no_model else asks.items():
             seconds = first_character([*cli, *argv, "--max-tokens", "8"], env, args.repeats)
             results[label] = {"median_s": round(seconds, 3), "ratio_to_bare_python": round(seconds / bare, 1)}
             print(f"{label:30} {seconds:.3f} s  ({seconds / bare:.1f}x bare python)")
