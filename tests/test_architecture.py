@@ -78,6 +78,8 @@ def one_concept(tmp_path_factory) -> Path:
     (["ask", "nosuch", "hello"], "unknown concept 'nosuch'"),
     (["ask", "is <nosuch> here?"], "unknown concept 'nosuch'"),
     (["find", "nosuch", "{dir}/taken"], "unknown concept 'nosuch'"),
+    (["ask", "bo", "hello", "--no-train"], "<bo> is not trained yet"),
+    (["find", "bo", "{dir}/taken", "--no-train"], "<bo> is not trained yet"),
 ])
 def test_refusals_that_need_no_model_import_no_torch(one_concept, args, refusal):
     """A refusal the registry or the file system decides costs what `list` costs: no torch."""

@@ -24,11 +24,12 @@ from yollava_cli.errors import UserError
 from yollava_cli.store import concepts
 
 
-def require_concepts(names: list[str], question: str = "") -> None:
-    """Refuse unknown concepts before torch is imported: a refusal that needs no model costs what `list` costs."""
+def require_concepts(names: list[str], question: str = "", trained: bool = False) -> None:
+    """Refuse unknown concepts (and untrained ones, with `trained`: --no-train) before torch is
+    imported: a refusal that needs no model costs what `list` costs."""
     registry = open_registry()
     for name in concepts.mentioned_concepts(question, names):
-        concepts.get_concept(registry, name)
+        (concepts.require_trained if trained else concepts.get_concept)(registry, name)
 
 
 def open_session(names: list[str], question: str, model: Optional[str], no_train: bool, quantize: Optional[str] = None):
@@ -63,7 +64,7 @@ def ask(
     if len(name_or_question) > 2:
         raise UserError("quote the question: yollava ask [NAME] \"QUESTION\"")
     *names, question = name_or_question
-    require_concepts(names, question)
+    require_concepts(names, question, trained=no_train)
     from yollava_cli.store.facts import prompt_notes
     from yollava_cli.use.ask import GenerationOptions
     from yollava_cli.use.ask import ask as answer
@@ -204,7 +205,7 @@ def find(
     """
     from yollava_cli.store.photos import expand_photo_paths
 
-    require_concepts([name])
+    require_concepts([name], trained=no_train and by != "head")
     expand_photo_paths(photos)  # missing paths fail before torch is imported
     from yollava_cli.learning.embeddings import load_embedder
     from yollava_cli.use.find import check_find_options

@@ -67,6 +67,14 @@ def mentioned_concepts(question: str, names: list[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def require_trained(registry: Registry, raw_name: str, then: str = " (or drop --no-train)") -> dict:
+    """The concept, if trained; else a one-line error saying how to train it."""
+    concept = get_concept(registry, raw_name)
+    if concept["status"] != ConceptStatus.TRAINED:
+        raise UserError(f"<{concept['name']}> is not trained yet: run `yollava train {concept['name']}`{then}")
+    return concept
+
+
 @dataclass
 class AddResult:
     concept: str

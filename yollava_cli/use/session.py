@@ -12,7 +12,7 @@ from yollava_cli.learning.train_config import TrainConfig
 from yollava_cli.learning.training import TrainResult, prepare_concept
 from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.vlm import VLM
-from yollava_cli.store.concepts import get_concept, mentioned_concepts
+from yollava_cli.store.concepts import get_concept, mentioned_concepts, require_trained
 from yollava_cli.store.photos import BadPhoto, read_photo
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus
@@ -36,7 +36,7 @@ def load_concepts(registry: Registry, vlm: VLM, names: list[str], train_missing:
     for name in names:
         if get_concept(registry, name)["status"] != ConceptStatus.TRAINED:
             if train_missing is None:
-                raise UserError(f"<{name}> is not trained yet: run `yollava train {name}` (or drop --no-train)")
+                require_trained(registry, name)
             train_missing(name)
         loaded.append(load_checkpoint(registry, vlm, name))
     return loaded
