@@ -1,7 +1,8 @@
 """Refusals that need no model, timed beside `list`: `export` onto an existing file, `import` of a
-bundle whose name is taken, `ask` and `find` about an unknown concept. Each should cost what
-`list` costs (no torch, no model), so the report gives each one's median and its ratio to
-`list`'s, all measured in the same run, interleaved, as fresh processes.
+bundle whose name is taken, `ask` and `find` about an unknown concept, `ask --no-train` about an
+untrained one. Each should cost what `list` costs (no torch, no model), so the report gives each
+one's median and its ratio to `list`'s, all measured in the same run, interleaved, as fresh
+processes. refusals-before-main-470d05e.json is the same run on the code before the fix.
 
 Run:  python bench/bench_refusals.py [--repeats 7] [--out FILE]  (writes bench/results/refusals.json; ~1 min)
 """
@@ -62,7 +63,8 @@ def main():
                     "export onto an existing file": (["export", "bo", str(scratch / "taken")], 1),
                     "import of a taken name": (["import", str(scratch / "bo.yollava")], 1),
                     "ask about an unknown concept": (["ask", "nosuch", "hello"], 1),
-                    "find an unknown concept": (["find", "nosuch", str(scratch / "taken")], 1)}
+                    "find an unknown concept": (["find", "nosuch", str(scratch / "taken")], 1),
+                    "ask --no-train, untrained": (["ask", "bo", "hello", "--no-train"], 1)}
         times = {label: [] for label in commands}
         for _ in range(args.repeats):  # interleaved: a busy moment falls on every command alike
             for label, (argv, expect) in commands.items():
