@@ -8,8 +8,7 @@ from yollava_cli.errors import UserError
 
 @app.command("models")
 def models(quantize: QuantizeOption = None, json_: JsonFlag = False):
-    """List the model families yollava runs, one row per example id: rough memory here, whether this
-    machine can run it, and how far yollava has verified the family.
+    """List the models yollava runs, one row per example id: memory, whether it runs here, how verified.
 
     Examples:
       yollava models
