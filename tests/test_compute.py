@@ -54,7 +54,7 @@ def test_the_policy_follows_what_the_hardware_does_natively(capability, device, 
     assert policy.reason
 
 
-def test_a_capped_onednn_turns_bf16_off_on_this_machine_and_doctor_says_why(tmp_path):
+def test_a_capped_onednn_turns_bf16_off_on_this_machine_and_the_reason_says_why(tmp_path):
     """This CPU (AVX-512-BF16) under ONEDNN_MAX_CPU_ISA=AVX2, read for real in a fresh process:
     torch's oneDNN then has no bf16 GEMM, so the policy is fp32 and its reason names the cap."""
     code = "import json; from yollava_cli.models.compute import current_policy as p; print(json.dumps(p().summary()))"
