@@ -11,7 +11,7 @@ complete -c yollava -n "__fish_use_subcommand" -a find -d "Find a concept across
 complete -c yollava -n "__fish_use_subcommand" -a import -d "Add a concept from a bundle, after verifying it (checksums, shapes, values, base model)."
 complete -c yollava -n "__fish_use_subcommand" -a list -d "List your concepts."
 complete -c yollava -n "__fish_use_subcommand" -a mine -d "Choose a concept's negatives: hard (look-alikes) and easy (random) photos from your pools."
-complete -c yollava -n "__fish_use_subcommand" -a models -d "List the model families yollava runs, example ids, rough memory here, and whether this machine can run them."
+complete -c yollava -n "__fish_use_subcommand" -a models -d "List the models yollava runs, one row per example id: memory, whether it runs here, how verified."
 complete -c yollava -n "__fish_use_subcommand" -a note -d "Note what you know about a concept and photos cannot show; answers use it at once."
 complete -c yollava -n "__fish_use_subcommand" -a pool -d "Folders of everyday photos to mine negatives from."
 complete -c yollava -n "__fish_use_subcommand" -a rm -d "Remove a concept, its checkpoints, and photos no other concept uses."

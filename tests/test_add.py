@@ -30,6 +30,10 @@ def test_add_shared_concept_then_again_adds_nothing(home):
     assert all((home / p["stored"]).exists() for p in shown["photos"])
     again = add_json(home, "dog", train)
     assert (again["new_photos"], again["total_photos"]) == (0, 3)
+    said = invoke("add", "dog", train, "--no-train", home=home).stdout
+    assert said == "<dog> (pet) has these photos already (3 in all); nothing changed.\n"
+    said = invoke("add", "dog", train, "--no-train", "--note", "loves tennis balls", home=home).stdout
+    assert said == "<dog> (pet) has these photos already (3 in all); noted 1 fact(s).\n"
 
 
 def test_list_show_rm(home, tmp_path):
@@ -311,7 +315,7 @@ def test_re_adding_restores_a_stored_photo_missing_from_the_store(home, tmp_path
     assert (home / lost["stored"]).is_file()
     assert not any(p["missing"] for p in json.loads(invoke("show", "bo", "--json", home=home).stdout)["photos"])
     plain = invoke("add", "bo", a, "--no-train", home=home).stdout
-    assert "0 new photo(s), 2 in all" in plain  # nothing to restore the second time
+    assert "has these photos already (2 in all); nothing changed" in plain  # nothing to restore the second time
 
 
 def test_training_names_a_stored_photo_missing_from_the_store(home, tmp_path):

@@ -41,6 +41,57 @@ def test_commands_that_load_no_model_import_no_torch(tmp_path, args):
     assert loaded_heavy_modules(code, home) == []
 
 
+def bundle_named(path: Path, name: str) -> Path:
+    """A well-formed bundle of concept `name` (zero token rows: a refusal never reads them)."""
+    import hashlib
+    import json
+    import zipfile
+
+    import torch
+    from safetensors.torch import save
+
+    tensors = save({"input_rows": torch.zeros(17, 8), "output_row": torch.zeros(8)})
+    manifest = {"format": "yollava-concept-bundle/1", "name": name, "k": 16, "base_model": "tiny",
+                "base_fingerprint": "Tiny:8:ab", "checksums": {"concept.safetensors": hashlib.sha256(tensors).hexdigest()}}
+    with zipfile.ZipFile(path, "w") as bundle:
+        bundle.writestr("manifest.json", json.dumps(manifest))
+        bundle.writestr("concept.safetensors", tensors)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_concept(tmp_path_factory) -> Path:
+    """A data dir holding the concept <bo> (untrained), beside a file named `taken` and a bundle of a <bo>."""
+    home = tmp_path_factory.mktemp("refusals") / "home"
+    added = subprocess.run([sys.executable, "-m", "yollava_cli", "add", "bo", str(shared_data() / "concepts" / "dog" / "train"), "--no-train"],
+                           capture_output=True, text=True, env={"YOLLAVA_HOME": str(home), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert added.returncode == 0, added.stderr
+    (home.parent / "taken").write_text("mine")
+    bundle_named(home.parent / "bo.yollava", "bo")
+    return home
+
+
+@pytest.mark.parametrize("args, refusal", [
+    (["export", "bo", "{dir}/taken"], "exists already"),
+    (["import", "{dir}/bo.yollava"], "concept 'bo' exists already"),
+    (["import", "{dir}/missing.yollava"], "no such file"),
+    (["ask", "nosuch", "hello"], "unknown concept 'nosuch'"),
+    (["ask", "is <nosuch> here?"], "unknown concept 'nosuch'"),
+    (["find", "nosuch", "{dir}/taken"], "unknown concept 'nosuch'"),
+    (["ask", "bo", "hello", "--no-train"], "<bo> is not trained yet"),
+    (["find", "bo", "{dir}/taken", "--no-train"], "<bo> is not trained yet"),
+])
+def test_refusals_that_need_no_model_import_no_torch(one_concept, args, refusal):
+    """A refusal the registry or the file system decides costs what `list` costs: no torch."""
+    args = [a.replace("{dir}", str(one_concept.parent)) for a in args]
+    code = (f"import sys\nsys.argv = ['yollava', *{args!r}]\nfrom yollava_cli.cli import main\ntry:\n    main()\n"
+            f"except SystemExit as e:\n    assert e.code == 1, e.code")
+    assert loaded_heavy_modules(code, one_concept) == []
+    result = subprocess.run([sys.executable, "-m", "yollava_cli", *args], capture_output=True, text=True, timeout=120,
+                            env={"YOLLAVA_HOME": str(one_concept), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1 and refusal in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+
+
 def names_outside_docstrings(source: str) -> list[tuple[int, str]]:
     """(line, text) of every name, string and comment token that is not a docstring."""
     tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))

@@ -2,6 +2,9 @@
 the two CPU paths giving the same verdicts on a tiny model."""
 
 import json
+import subprocess
+import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,7 +21,13 @@ SAPPHIRE = Capability(cpu_model="Intel Xeon Platinum 8481C", machine="x86_64",
                       cpu_flags=("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"), onednn_bf16=True)
 SKYLAKE = Capability(cpu_model="Intel Xeon Gold 6148", cpu_flags=("avx2", "avx512f"), machine="x86_64", onednn_bf16=True)
 M1 = Capability(cpu_model="Apple M1", cpu_flags=(), machine="arm64", mps=True)
-GRAVITON3 = Capability(cpu_model="Neoverse-V1", cpu_flags=("asimd", "bf16"), machine="aarch64")
+GRAVITON3 = Capability(cpu_model="Neoverse-V1", cpu_flags=("asimd", "bf16"), machine="aarch64", onednn_bf16=True)
+ZEN4 = Capability(cpu_model="AMD EPYC 9B14", machine="x86_64", cpu_flags=("avx2", "avx512f", "avx512_bf16"), onednn_bf16=True)
+
+
+def capped(capability: Capability, isa: str) -> Capability:
+    """The capability as torch reports it under ONEDNN_MAX_CPU_ISA=isa (below AVX512_CORE, no bf16 at all)."""
+    return replace(capability, onednn_isa_cap=isa, onednn_bf16=capability.onednn_bf16 and isa.upper() not in ("AVX2", "AVX"))
 
 
 @pytest.mark.parametrize("capability, device, precision", [
@@ -26,6 +35,15 @@ GRAVITON3 = Capability(cpu_model="Neoverse-V1", cpu_flags=("asimd", "bf16"), mac
     (SKYLAKE, "cpu", "fp32"),      # AVX-512 without BF16: oneDNN says yes, but emulates
     (SAPPHIRE, "cpu", "bf16"),     # AMX and AVX-512-BF16
     (GRAVITON3, "cpu", "bf16"),    # Arm BF16
+    (replace(GRAVITON3, onednn_bf16=False), "cpu", "fp32"),  # a torch whose oneDNN lacks Arm's bf16 kernels
+    (ZEN4, "cpu", "bf16"),         # AVX-512-BF16, oneDNN uncapped
+    (capped(ZEN4, "AVX2"), "cpu", "fp32"),              # the flags say bf16, oneDNN may not use it: 24x slower
+    (capped(ZEN4, "AVX512_CORE"), "cpu", "fp32"),       # oneDNN says yes, but emulates: 1.7x slower
+    (capped(ZEN4, "avx512_core_vnni"), "cpu", "fp32"),  # any case, as oneDNN reads it
+    (capped(ZEN4, "AVX512_CORE_BF16"), "cpu", "bf16"),
+    (capped(SAPPHIRE, "AVX512_CORE_AMX"), "cpu", "bf16"),
+    (capped(SAPPHIRE, "ALL"), "cpu", "bf16"),
+    (capped(GRAVITON3, "SVE_256"), "cpu", "bf16"),      # Arm's ISA names are not x86's caps
     (M1, "mps", "fp16"),
     (Capability(machine="x86_64", cuda=True, cuda_bf16=True, cuda_name="H100"), "cuda", "bf16"),
     (Capability(machine="x86_64", cuda=True, cuda_bf16=False, cuda_name="T4"), "cuda", "fp16"),
@@ -34,6 +52,19 @@ def test_the_policy_follows_what_the_hardware_does_natively(capability, device, 
     policy = choose(capability)
     assert (policy.device, policy.precision) == (device, precision), policy.reason
     assert policy.reason
+
+
+def test_a_capped_onednn_turns_bf16_off_on_this_machine_and_the_reason_says_why(tmp_path):
+    """This CPU (AVX-512-BF16) under ONEDNN_MAX_CPU_ISA=AVX2, read for real in a fresh process:
+    torch's oneDNN then has no bf16 GEMM, so the policy is fp32 and its reason names the cap."""
+    code = "import json; from yollava_cli.models.compute import current_policy as p; print(json.dumps(p().summary()))"
+    env = {"PATH": "/usr/bin:/bin", "YOLLAVA_HOME": str(tmp_path), "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    policy = json.loads(result.stdout)
+    assert policy["precision"] == "fp32", policy
+    if detect().native_bf16:
+        assert "oneDNN" in policy["reason"] and "bf16" in policy["reason"], policy
 
 
 def test_overrides_win_and_impossible_ones_are_refused():

@@ -3,18 +3,20 @@ with save_pretrained and loaded back through --model DIR, then every verb. And, 
 makes the generic path right: prompt ids equal to the processor's, generation equal to full passes,
 concept rows at the embedding's scale, the base model untouched, unsupported ones refused."""
 
+import importlib.util
 import json
 import shutil
 
 import pytest
 import torch
-from conftest import invoke, shared_data
+from conftest import invoke, run_cli, shared_data
 from PIL import Image
 from tiny import FAMILIES, tiny_gemma3
 
 from yollava_cli.errors import UserError
 from yollava_cli.models.architectures import ARCHITECTURES, architecture
 from yollava_cli.models.compute import Policy
+from yollava_cli.models.families import check_processor
 from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
@@ -116,9 +118,11 @@ def photos(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in ("llava", "onevision")])
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_verb_on_a_saved_model_folder(family, photos, tmp_path):
-    """LLaVA and OneVision run the same verbs in test_chat and test_eval."""
+    """Every family in the README's table, saved as a folder and run through every verb as a user would."""
+    if family == "onevision" and importlib.util.find_spec("torchvision") is None:
+        pytest.skip(reason="OneVision's processor needs torchvision to save and load (its video processor)")
     model, processor = FAMILIES[family]()
     model_dir, home = tmp_path / "model", tmp_path / "home"
     model.save_pretrained(model_dir)
@@ -129,6 +133,7 @@ def test_every_verb_on_a_saved_model_folder(family, photos, tmp_path):
     def run(*args):
         result = invoke(*args, home=home)
         assert result.returncode == 0, f"{args}: {result.stderr}"
+        assert "Loading weights" not in result.stderr  # one progress display, yollava's
         return result
 
     run("add", "bo", photos / "bo", "--kind", "pet", "--no-train")
@@ -154,24 +159,63 @@ def test_every_verb_on_a_saved_model_folder(family, photos, tmp_path):
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == saved  # the user's model folder is untouched
 
 
-def test_models_lists_every_architecture_and_what_this_machine_holds(tmp_path):
+def test_loading_a_model_folder_draws_no_bar_of_its_own(tmp_path):
+    """One progress display, yollava's: transformers' "Loading weights" bar stays off stderr."""
+    model, processor = FAMILIES["llava"]()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    result = run_cli("ask", "hello", "--model", tmp_path / "model", "--max-tokens", "2", home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert "Loading weights" not in result.stderr and "%|" not in result.stderr, result.stderr
+
+
+def test_a_folder_without_an_image_processor_is_one_line_naming_the_file(tmp_path):
+    """Weights and tokenizer but no image processor: one line naming the missing file and the fix,
+    whether AutoProcessor raises or falls back to the bare tokenizer."""
+    model, processor = FAMILIES["llava"]()
+    model.save_pretrained(tmp_path / "model")
+    processor.tokenizer.save_pretrained(tmp_path / "model")
+    result = invoke("ask", "hello", "--model", tmp_path / "model", home=tmp_path / "home")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "preprocessor_config.json" in errors[0] and "save_pretrained" in errors[0]
+    with pytest.raises(UserError, match="preprocessor_config.json"):
+        check_processor(processor.tokenizer, "a-folder")
+    assert check_processor(processor, "a-folder") is processor
+
+
+def test_models_lists_every_example_and_what_this_machine_holds(tmp_path, monkeypatch):
+    """One row per example id at its own size, the share of memory a model may take shown beside
+    the verdicts that use it, and how far each family is verified."""
+    from yollava_cli.use.catalog import REAL_WEIGHTS, TINY_ONLY
+
     result = invoke("models", "--json", home=tmp_path)
     assert result.returncode == 0, result.stderr
     catalog = json.loads(result.stdout)
-    names = [m["name"] for m in catalog["models"]]
-    assert names[0] == "pocket" and names[1:] == [a.name for a in ARCHITECTURES]
-    pocket = catalog["models"][0]
-    assert pocket["runs_here"] and pocket["verdict"] == "yes" and catalog["memory_gb"] > 1
-    assert catalog["compute"]["device"] == "cpu"
+    rows = [(m["name"], m["example"], m["params_b"], m["verified"]) for m in catalog["models"]]
+    assert rows[0] == ("pocket", "pocket", 0.14, REAL_WEIGHTS)
+    assert rows[1:] == [(a.name, example, b, TINY_ONLY) for a in ARCHITECTURES for example, b in a.examples]
+    qwen7b = next(m for m in catalog["models"] if m["example"] == "Qwen/Qwen2.5-VL-7B-Instruct")
+    assert qwen7b["memory_gb"] == round(8.3 * 4 * 1.2, 1)  # its own size in fp32, not the 3B's
+    assert catalog["usable_gb"] == round(catalog["headroom"] * catalog["memory_gb"], 1) and catalog["compute"]["device"] == "cpu"
+    assert all(m["runs_here"] == (m["memory_gb"] <= catalog["usable_gb"]) for m in catalog["models"] if "needs" not in m["verdict"])
+    human = invoke("models", home=tmp_path).stdout
+    usable = f"{catalog['usable_gb']:g} GB"
+    assert f"a model may take 80%: {usable}" in human.splitlines()[0]
+    assert f"too big: ~{qwen7b['memory_gb']:g} GB > {usable}" in human
+    monkeypatch.setenv("YOLLAVA_QUANTIZE", "4bit")  # needs CUDA: still the list, and a note why it is not quantized
+    quantized = invoke("models", home=tmp_path)
+    assert quantized.returncode == 0 and "needs a CUDA GPU" in quantized.stderr and "listed without quantization" in quantized.stderr
+    assert quantized.stdout == human
 
 
 def test_a_model_too_big_or_missing_a_package_says_so():
-    from yollava_cli.use.catalog import row
+    from yollava_cli.use.catalog import TINY_ONLY, row
 
     gpu = Policy("cuda", "bf16", "test")
-    assert row("Qwen2.5-VL", "", [], 7.6, [], gpu, available=16.0)["verdict"] == "too big: ~18.2 GB of 16 GB (try --quantize 4bit)"
-    assert row("Qwen2.5-VL", "", [], 7.6, [], Policy("cuda", "bf16", "test", quantize="4bit"), available=16.0)["runs_here"]
-    assert row("SmolVLM", "", [], 0.26, ["num2words"], FP32, available=16.0)["verdict"] == "needs num2words"
+    assert row("Qwen2.5-VL", "", 7.6, [], gpu, 12.8, TINY_ONLY)["verdict"] == "too big: ~18.2 GB > 12.8 GB (try --quantize 4bit)"
+    assert row("Qwen2.5-VL", "", 7.6, [], Policy("cuda", "bf16", "test", quantize="4bit"), 12.8, TINY_ONLY)["runs_here"]
+    assert row("SmolVLM", "", 0.26, ["num2words"], FP32, 12.8, TINY_ONLY)["verdict"] == "needs num2words"
 
 
 def test_a_missing_processor_package_is_one_line_naming_the_install(monkeypatch, tmp_path):

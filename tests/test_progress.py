@@ -2,6 +2,8 @@
 ends with it."""
 
 import io
+import subprocess
+import sys
 from typing import get_args
 
 import pytest
@@ -81,3 +83,15 @@ def test_explain_counts_the_tokens():
     counted = []
     explain(vlm, "bo", GenerationOptions(max_tokens=2), lambda done, total: counted.append((done, total)))
     assert counted == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_piped_progress_prints_nothing_of_its_own():
+    """With stderr piped (find's scores on stdout, its notes on stderr) a bar adds no blank line:
+    stderr carries the step lines only."""
+    code = ("from yollava_cli.cli.output import progress_bar\nfrom yollava_cli.cli.render import train_view\n"
+            "from yollava_cli.learning import events\n"
+            "with progress_bar('Looking for <bo>') as update:\n    update(1, 2)\n"
+            "with train_view(2) as view:\n    view(events.FittingHead())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "Fitting the concept head and its fusion with the tokens...\n"

@@ -20,7 +20,7 @@ from tiny import tiny_llava
 from yollava_cli.store.backup import write_backup
 from yollava_cli.store.doctor import examine
 from yollava_cli.store.registry import Registry
-from yollava_cli.use.bundles import export_concept
+from yollava_cli.use.bundle_format import export_concept
 
 # -- a trained concept on a tiny model saved to disk, shared by the tests below -----------------
 

@@ -1,6 +1,8 @@
 """Tiny randomly initialised models of every family yollava runs, built from configs: no download.
 Each comes with its own processor and a chat template that writes the family's own image marker."""
 
+import importlib.util
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -103,14 +105,26 @@ def tiny_onevision(seed: int = 0):
         vision_feature_layer=-1, vision_feature_select_strategy="full", tie_word_embeddings=True,
     )
     model = LlavaOnevisionForConditionalGeneration(config).eval()
-    processor = OnevisionProcessor(
+    # with torchvision, the real processor class and a video processor: the folder it saves loads
+    # back through AutoProcessor (the subclass's name would not, and then only a tokenizer loads)
+    video = onevision_video_processor()
+    processor = (LlavaOnevisionProcessor if video else OnevisionProcessor)(
         image_processor=LlavaOnevisionImageProcessorPil(
             size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints, do_pad=True,
         ),
-        tokenizer=tokenizer, num_image_tokens=16, vision_feature_select_strategy="full",
+        video_processor=video, tokenizer=tokenizer, num_image_tokens=16, vision_feature_select_strategy="full",
         chat_template=CHATML,
     )
     return model, processor
+
+
+def onevision_video_processor():
+    """OneVision's video processor, or None without torchvision (it needs it)."""
+    if importlib.util.find_spec("torchvision") is None:
+        return None
+    from transformers import LlavaOnevisionVideoProcessor
+
+    return LlavaOnevisionVideoProcessor(size={"height": 32, "width": 32})
 
 
 def tiny_llava_next(seed: int = 0):

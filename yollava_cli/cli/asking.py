@@ -24,6 +24,14 @@ from yollava_cli.errors import UserError
 from yollava_cli.store import concepts
 
 
+def require_concepts(names: list[str], question: str = "", trained: bool = False) -> None:
+    """Refuse unknown concepts (and untrained ones, with `trained`: --no-train) before torch is
+    imported: a refusal that needs no model costs what `list` costs."""
+    registry = open_registry()
+    for name in concepts.mentioned_concepts(question, names):
+        (concepts.require_trained if trained else concepts.get_concept)(registry, name)
+
+
 def open_session(names: list[str], question: str, model: Optional[str], no_train: bool, quantize: Optional[str] = None):
     """The registry, the model and the concepts a question needs (trained first unless no_train)."""
     from yollava_cli.use.session import open_session as load
@@ -53,15 +61,16 @@ def ask(
       yollava ask bo "what should I buy him for his birthday?"
       yollava ask "is <bo> in this photo?" --image park.jpg
     """
+    if len(name_or_question) > 2:
+        raise UserError("quote the question: yollava ask [NAME] \"QUESTION\"")
+    *names, question = name_or_question
+    require_concepts(names, question, trained=no_train)
     from yollava_cli.store.facts import prompt_notes
     from yollava_cli.use.ask import GenerationOptions
     from yollava_cli.use.ask import ask as answer
     from yollava_cli.use.find import recognize
     from yollava_cli.use.session import open_images
 
-    if len(name_or_question) > 2:
-        raise UserError("quote the question: yollava ask [NAME] \"QUESTION\"")
-    *names, question = name_or_question
     images, keys = open_images(image or [])  # bad photos fail before the model loads
     registry, vlm, wanted = open_session(names, question, model, no_train, quantize)
     stream = None if json_ else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
@@ -194,13 +203,15 @@ def find(
       yollava find bo ~/Pictures/2024 --top 20
       yollava find bo ~/Pictures --by head      # embeddings only: thousands of photos a second once cached
     """
-    from yollava_cli.learning.embeddings import load_embedder
     from yollava_cli.store.photos import expand_photo_paths
+
+    require_concepts([name], trained=no_train and by != "head")
+    expand_photo_paths(photos)  # missing paths fail before torch is imported
+    from yollava_cli.learning.embeddings import load_embedder
     from yollava_cli.use.find import check_find_options
     from yollava_cli.use.find import find as search
 
     check_find_options(by, verify)
-    expand_photo_paths(photos)  # missing paths fail before the model loads
     # the head alone needs no language model: it scores cached image embeddings
     registry, vlm = (open_registry(), None) if by == "head" else open_session([name], "", model, no_train, quantize)[:2]
     address = ray_address(ray)

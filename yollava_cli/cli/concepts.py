@@ -61,11 +61,8 @@ def add(
     data = {**result.to_json(), "facts_added": len(notes)}
     for path, reason in result.skipped:
         status(f"skipped {path}: {reason}")
-    verb = "Created" if result.created else "Updated"
     if not json_:
-        restored = f"{result.restored_photos} restored to the store, " if result.restored_photos else ""
-        out.print(f"{verb} <{result.concept}> ({result.kind}): {result.new_photos} new photo(s), {restored}"
-                  f"{result.total_photos} in all.", markup=False, highlight=False)
+        out.print(added_line(result, len(notes)), markup=False, highlight=False)
     if not no_train and needs_training(registry, result.concept, result.new_photos):
         trained = train_showing_progress(registry, result.concept, model, quantize=quantize)
         data["trained"] = trained.to_json()
@@ -73,6 +70,16 @@ def add(
             render_train(trained, False)
     if json_:
         print_json(data)
+
+
+def added_line(result, facts_added: int) -> str:
+    """What an add did; photos the concept already had are not news (nor does it retrain for them)."""
+    if result.created or result.new_photos or result.restored_photos:
+        restored = f"{result.restored_photos} restored to the store, " if result.restored_photos else ""
+        return (f"{'Created' if result.created else 'Updated'} <{result.concept}> ({result.kind}): "
+                f"{result.new_photos} new photo(s), {restored}{result.total_photos} in all.")
+    noted = f"; noted {facts_added} fact(s)" if facts_added else "; nothing changed"
+    return f"<{result.concept}> ({result.kind}) has these photos already ({result.total_photos} in all){noted}."
 
 
 @app.command()
@@ -274,7 +281,7 @@ def export(
 
     Example: yollava export bo bo.yollava
     """
-    from yollava_cli.use.bundles import export_concept
+    from yollava_cli.use.bundle_format import export_concept
 
     result = export_concept(open_registry(), name, file, with_photos, force)
     if json_:
@@ -295,9 +302,13 @@ def import_(
 
     Example: yollava import bo.yollava --as bo2
     """
+    from yollava_cli.use.bundle_format import new_concept_name, read_bundle
+
+    registry = open_registry()
+    new_concept_name(registry, as_ or read_bundle(file)[0]["name"])  # a damaged file or a taken name: refused before torch loads
     from yollava_cli.use.bundles import import_on_its_model
 
-    result = import_on_its_model(open_registry(), file, as_, model, quantize, not skip_model_check, on_status=status)
+    result = import_on_its_model(registry, file, as_, model, quantize, not skip_model_check, on_status=status)
     if json_:
         return print_json(result)
     out.print(f"Imported <{result['concept']}> (trained on {result['base_model']}, k={result['k']}, {result['photos']} photos).", markup=False, highlight=False)

@@ -115,6 +115,7 @@ def compute_line(compute: dict) -> str:
         return f"compute: {compute['error']}"
     cap = compute["capability"]
     flags = " ".join(cap["cpu_flags"]) or "none of note"
+    capped = f" (ONEDNN_MAX_CPU_ISA={cap['onednn_isa_cap']})" if cap.get("onednn_isa_cap") else ""
     gpu = f"; CUDA {cap['cuda_name']}" if cap["cuda"] else "; Apple GPU (MPS)" if cap["mps"] else "; no GPU"
     return (f"compute: {compute['device']} {compute['precision']} ({compute['reason']}); "
-            f"CPU {cap['cpu_model']}, flags {flags}, oneDNN bf16 {'yes' if cap['onednn_bf16'] else 'no'}{gpu}")
+            f"CPU {cap['cpu_model']}, flags {flags}, oneDNN bf16 {'yes' if cap['onednn_bf16'] else 'no'}{capped}{gpu}")

@@ -75,7 +75,7 @@ def progress_bar(description: str):
     """A progress bar on stderr (silent when stderr is not a terminal); yields a (done, total)
     callback, whose optional third argument changes what the bar says it is doing."""
     bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=err, transient=True)
+                   console=err, transient=True, disable=not err.is_terminal)  # piped: not even a blank line
     task = bar.add_task(description, total=None)
 
     def update(done: int, total: int | None, doing: str | None = None) -> None:

@@ -81,7 +81,8 @@ class TrainView:
 @contextmanager
 def train_view(epochs: int):
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=True)
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=True,
+                   disable=not err.is_terminal)  # piped: the step lines only, no blank line for the bar
     with bar:
         yield TrainView(bar, epochs)
 

@@ -18,8 +18,7 @@ from yollava_cli.errors import UserError
 class Architecture:
     name: str
     model_types: tuple[str, ...]  # config.json's model_type
-    examples: tuple[str, ...]  # hub ids people personalize
-    params_b: float  # the smallest example's size, billions of parameters: its memory
+    examples: tuple[tuple[str, float], ...]  # hub ids people personalize, each with its billions of parameters
     pooled_as_tensor: bool = False  # mm_encoder_outputs' pooler_output: one tensor, not a list per image
     mrope: bool = False  # positions from get_rope_index over the whole sequence, three axes
     token_types: bool = False  # token_type_ids mark image tokens on every pass
@@ -27,22 +26,22 @@ class Architecture:
 
 
 ARCHITECTURES = (
-    Architecture("LLaVA-1.5", ("llava",), ("llava-hf/llava-1.5-7b-hf",), 7.1),
-    Architecture("LLaVA-NeXT", ("llava_next",), ("llava-hf/llava-v1.6-mistral-7b-hf",), 7.6),
-    Architecture("LLaVA-OneVision", ("llava_onevision",), ("llava-hf/llava-onevision-qwen2-0.5b-ov-hf",), 0.9,
+    Architecture("LLaVA-1.5", ("llava",), (("llava-hf/llava-1.5-7b-hf", 7.1),)),
+    Architecture("LLaVA-NeXT", ("llava_next",), (("llava-hf/llava-v1.6-mistral-7b-hf", 7.6),)),
+    Architecture("LLaVA-OneVision", ("llava_onevision",), (("llava-hf/llava-onevision-qwen2-0.5b-ov-hf", 0.9),),
                  needs=("torchvision",)),
-    Architecture("Idefics3", ("idefics3",), ("HuggingFaceM4/Idefics3-8B-Llama3",), 8.5),
-    Architecture("SmolVLM", ("smolvlm",), ("HuggingFaceTB/SmolVLM-256M-Instruct", "HuggingFaceTB/SmolVLM-500M-Instruct"),
-                 0.26, needs=("num2words", "torchvision")),
-    Architecture("Qwen2-VL", ("qwen2_vl",), ("Qwen/Qwen2-VL-2B-Instruct",), 2.2, mrope=True, needs=("torchvision",)),
-    Architecture("Qwen2.5-VL", ("qwen2_5_vl",), ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct"), 3.8,
+    Architecture("Idefics3", ("idefics3",), (("HuggingFaceM4/Idefics3-8B-Llama3", 8.5),)),
+    Architecture("SmolVLM", ("smolvlm",), (("HuggingFaceTB/SmolVLM-256M-Instruct", 0.26), ("HuggingFaceTB/SmolVLM-500M-Instruct", 0.51)),
+                 needs=("num2words", "torchvision")),
+    Architecture("Qwen2-VL", ("qwen2_vl",), (("Qwen/Qwen2-VL-2B-Instruct", 2.2),), mrope=True, needs=("torchvision",)),
+    Architecture("Qwen2.5-VL", ("qwen2_5_vl",), (("Qwen/Qwen2.5-VL-3B-Instruct", 3.8), ("Qwen/Qwen2.5-VL-7B-Instruct", 8.3)),
                  mrope=True, needs=("torchvision",)),
-    Architecture("Qwen3-VL", ("qwen3_vl",), ("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"), 2.1, mrope=True,
+    Architecture("Qwen3-VL", ("qwen3_vl",), (("Qwen/Qwen3-VL-2B-Instruct", 2.1), ("Qwen/Qwen3-VL-8B-Instruct", 8.8)), mrope=True,
                  needs=("torchvision",)),
-    Architecture("Gemma 3", ("gemma3",), ("google/gemma-3-4b-it",), 4.3, pooled_as_tensor=True, token_types=True),
-    Architecture("InternVL", ("internvl",), ("OpenGVLab/InternVL3-1B-hf", "OpenGVLab/InternVL3-8B-hf"), 0.9,
+    Architecture("Gemma 3", ("gemma3",), (("google/gemma-3-4b-it", 4.3),), pooled_as_tensor=True, token_types=True),
+    Architecture("InternVL", ("internvl",), (("OpenGVLab/InternVL3-1B-hf", 0.9), ("OpenGVLab/InternVL3-8B-hf", 7.9)),
                  pooled_as_tensor=True, needs=("torchvision",)),
-    Architecture("Mistral 3", ("mistral3",), ("mistralai/Mistral-Small-3.1-24B-Instruct-2503",), 24.0),
+    Architecture("Mistral 3", ("mistral3",), (("mistralai/Mistral-Small-3.1-24B-Instruct-2503", 24.0),)),
 )
 
 # what a model type needs that yollava does not do (yet): said instead of a crash mid-pass

@@ -3,7 +3,10 @@
 bf16 halves the bytes a pass reads, but only hardware with native bf16 arithmetic turns that into
 speed: on a CPU without it (AVX2-only AMD Zen 2/3, Intel consumer chips, Apple M1) torch emulates
 bf16 matrix products, and training ran more than 10x slower than in fp32. So the CPU computes in
-bf16 only where its flags say the instructions exist (AVX-512-BF16 or AMX on x86, BF16 on Arm);
+bf16 only where its flags say the instructions exist (AVX-512-BF16 or AMX on x86, BF16 on Arm) and
+oneDNN, which runs the matrix products, will use them: it must report bf16 support, and no
+ONEDNN_MAX_CPU_ISA may cap it below them (capped at AVX2 a bf16 GEMM ran 24x slower than fp32,
+at AVX512_CORE 1.7x slower: emulated either way);
 CUDA uses bf16 where the GPU supports it, else fp16; Apple's MPS runs fp16 weights with fp32
 fallback ops left to torch. `YOLLAVA_DEVICE` / `YOLLAVA_PRECISION` (or the config keys `device`
 and `precision`) override the choice; `yollava doctor` prints it with its reason.
@@ -22,6 +25,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 QUANTIZE = ("none", "4bit", "8bit")
 X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+ISA_CAP_ENVS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+BF16_ISAS = ("BF16", "AMX", "FP16", "AVX10", "ALL", "DEFAULT")  # oneDNN ISA names at or above AVX512_CORE_BF16
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "asimd")
 
 
@@ -32,7 +37,8 @@ class Capability:
     cpu_model: str = "unknown"
     cpu_flags: tuple[str, ...] = ()
     machine: str = ""
-    onednn_bf16: bool = False  # oneDNN's own report: true also where it only emulates bf16
+    onednn_bf16: bool = False  # oneDNN's own report: true also where it only emulates bf16 (AVX-512 without BF16)
+    onednn_isa_cap: str = ""  # ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA): the newest instructions oneDNN may use
     cuda: bool = False
     cuda_bf16: bool = False
     cuda_name: str = ""
@@ -44,6 +50,16 @@ class Capability:
         if self.machine.lower() in ("arm64", "aarch64"):
             return "bf16" in self.cpu_flags
         return any(flag in self.cpu_flags for flag in X86_BF16_FLAGS)
+
+    @property
+    def why_no_onednn_bf16(self) -> str | None:
+        """None where oneDNN runs bf16 matrix products on the native instructions; else why not."""
+        if not self.onednn_bf16:
+            return "oneDNN reports no bf16 support"
+        x86 = self.machine.lower() not in ("arm64", "aarch64")
+        if x86 and self.onednn_isa_cap and not any(isa in self.onednn_isa_cap.upper() for isa in BF16_ISAS):
+            return f"oneDNN is capped at {self.onednn_isa_cap} (ONEDNN_MAX_CPU_ISA), below its bf16 instructions"
+        return None
 
     def describe(self) -> dict:
         return {**asdict(self), "cpu_flags": [f for f in SHOWN_FLAGS if f in self.cpu_flags],
@@ -119,6 +135,7 @@ def detect() -> Capability:
     return Capability(
         cpu_model=model, cpu_flags=flags, machine=platform.machine(),
         onednn_bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        onednn_isa_cap=next((os.environ[name] for name in ISA_CAP_ENVS if os.environ.get(name)), ""),
         cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported(),
         cuda_name=torch.cuda.get_device_name(0) if cuda else "", mps=mps,
     )
@@ -158,7 +175,10 @@ def choose_precision(capability: Capability, device: str, precision: str) -> Pol
     if device == "mps":
         return Policy(device, "fp16", "Apple GPU: fp16, torch falls back to the CPU for ops MPS lacks", described)
     if capability.native_bf16:
-        return Policy(device, "bf16", f"the CPU has native bf16: {native_flags(capability)}", described)
+        if (why_not := capability.why_no_onednn_bf16) is None:
+            return Policy(device, "bf16", f"the CPU has native bf16 ({native_flags(capability)}) and oneDNN runs it", described)
+        return Policy(device, "fp32", f"the CPU has native bf16 ({native_flags(capability)}) but {why_not}: "
+                                      "emulated bf16 is slower than fp32", described)
     return Policy(device, "fp32", "the CPU has no native bf16 (AVX-512-BF16, AMX or Arm BF16): emulated bf16 is slower than fp32",
                   described)
 

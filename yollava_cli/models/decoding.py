@@ -81,6 +81,7 @@ def generate(vlm, prompt: Prompt, sampling: Sampling = Sampling(), steering: Ste
                 logits_processor=LogitsProcessorList(processors),
                 pad_token_id=vlm.tokenizer.pad_token_id or vlm.tokenizer.eos_token_id, **options,
             )
+    vlm.generated_tokens += out.shape[1] - ids.shape[1]
     return decode_answer(vlm.tokenizer, out[0, len(encoded.input_ids):].tolist()).strip()
 
 

@@ -91,19 +91,48 @@ def load_transformers_model(ref: str, cache_dir: Path, policy, on_status=None):
     if on_status:
         quantized = f", {policy.quantize}" if policy.quantize != "none" else ""
         on_status(f"Loading {source} ({policy.device}, {policy.precision}{quantized})...")
+    without_loading_bars()
     try:
         check_architecture(AutoConfig.from_pretrained(source), ref)
-        processor = AutoProcessor.from_pretrained(source)
+        processor = check_processor(AutoProcessor.from_pretrained(source), ref)
         model = AutoModelForImageTextToText.from_pretrained(source, **options)
     except ImportError as e:  # a pre-quantized checkpoint, or a processor, that needs a package
         raise UserError(f"cannot load model {ref!r}: {first_line(e)} (install what it names, e.g. pip install accelerate bitsandbytes)") from None
     except (OSError, ValueError) as e:
+        if "image processor" in str(e):
+            raise no_image_processor(ref) from None
         where = "from the Hugging Face hub" if not local.is_dir() else "from that folder"
         raise UserError(
             f"cannot load model {ref!r} {where} ({first_line(e)}); check the id and your network "
             f"(offline: HF_HUB_OFFLINE=1 uses only cached models), or use --model {default_model()}"
         ) from None
     return (model if "device_map" in options else model.to(policy.device)), processor
+
+
+def without_loading_bars() -> None:
+    """transformers draws a bar per load ("Loading weights") under the status line yollava already
+    shows; the hub's download bars stay as they were (a download is long, and they are its only display)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging
+
+    downloads_shown = not are_progress_bars_disabled()
+    logging.disable_progress_bar()
+    if downloads_shown:
+        enable_progress_bars()
+
+
+def check_processor(processor, ref: str):
+    """The processor, if it has both halves: without an image processor's config AutoProcessor
+    falls back to a bare tokenizer, which cannot read a photo."""
+    if not all(hasattr(processor, part) for part in ("tokenizer", "image_processor")):
+        raise no_image_processor(ref)
+    return processor
+
+
+def no_image_processor(ref: str) -> UserError:
+    return UserError(f"{ref}: the model has no image processor (preprocessor_config.json, or processor_config.json, is missing): "
+                     f"copy the model's preprocessor_config.json from where you got it, or save its processor there "
+                     f"with AutoProcessor.from_pretrained(HUB_ID).save_pretrained(DIR)")
 
 
 def check_architecture(config, ref: str) -> None:

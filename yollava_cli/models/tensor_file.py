@@ -18,11 +18,9 @@ from safetensors.torch import save
 
 from yollava_cli.schema import OpenSchema, Text, parse_json, validate
 from yollava_cli.store.fileio import atomic_write_bytes
-from yollava_cli.store.schemas import ConceptName
+from yollava_cli.store.schemas import ConceptName, Fingerprint
 
 META_KEY = "yollava"
-Fingerprint = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+:[0-9]+:[0-9a-f]+$",
-                                   description="a base-model fingerprint (Architecture:vocabulary size:hash)")]
 
 
 class RecognizerMeta(OpenSchema):

@@ -54,6 +54,7 @@ class VLM:
         self.arch: Architecture = architecture(model.config.model_type, ref)
         self.image_token_id = image_token_id(model.config, processor)
         self.vision_calls = 0  # photos run through the vision tower: the feature cache's misses
+        self.generated_tokens = 0  # tokens the model has generated, all answers together (an opening given is not generated)
         embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
         if isinstance(embedding, ConceptEmbedding):  # the same model wrapped again: start clean
             embedding, head = embedding.base, head.base

@@ -24,6 +24,7 @@ Kind = Enum("Kind", {k: k for k in KINDS}, type=str)  # for the CLI's choices
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 # Words that mean something else in prompts or on the command line.
 RESERVED_NAMES = {"image", "user", "assistant", "system", "all", "none", "s", "pad", "unk"}
+MENTION = re.compile(r"<([a-z0-9][a-z0-9_-]{0,31})>")
 
 
 def parse_name(raw: str) -> str:
@@ -57,6 +58,21 @@ def get_concept(registry: Registry, raw_name: str) -> dict:
             "; `yollava list` shows your concepts" if names else "; add one with `yollava add NAME PHOTOS...`"
         )
         raise UserError(f"unknown concept {name!r}{hint}")
+    return concept
+
+
+def mentioned_concepts(question: str, names: list[str]) -> list[str]:
+    """The given names, then every `<name>` in the question, in order, without repeats."""
+    found = [parse_name(n) for n in names]
+    found += [m for m in MENTION.findall(question) if m not in RESERVED_NAMES and not re.search(r"_\d+$", m)]
+    return list(dict.fromkeys(found))
+
+
+def require_trained(registry: Registry, raw_name: str, then: str = " (or drop --no-train)") -> dict:
+    """The concept, if trained; else a one-line error saying how to train it."""
+    concept = get_concept(registry, raw_name)
+    if concept["status"] != ConceptStatus.TRAINED:
+        raise UserError(f"<{concept['name']}> is not trained yet: run `yollava train {concept['name']}`{then}")
     return concept
 
 

@@ -15,12 +15,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-import sqlite_utils
-
 from yollava_cli.errors import UserError
 from yollava_cli.store.backup import FILE as BACKUP_FILE
 from yollava_cli.store.backup import backup_is_usable, write_backup
 from yollava_cli.store.migrations import MIGRATIONS
+from yollava_cli.store.sqlite_utils_lean import sqlite_utils
 
 BUSY_TIMEOUT_S = 60
 OPENED: list[Path] = []  # the registry this process opened last (an SQLite error carries no file name)

@@ -6,7 +6,7 @@ The schema version is the number of migrations applied.
 
 from collections.abc import Callable
 
-import sqlite_utils
+from yollava_cli.store.sqlite_utils_lean import sqlite_utils
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
 

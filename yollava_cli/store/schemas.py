@@ -14,3 +14,5 @@ ConceptName = Annotated[str, rule(parse_name)]
 Fact = Annotated[str, rule(check_fact)]
 Kind = Literal[KINDS]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="a SHA-256 in hex (64 characters 0-9a-f)")]
+Fingerprint = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]+:[0-9]+:[0-9a-f]+$",
+                                   description="a base-model fingerprint (Architecture:vocabulary size:hash)")]

@@ -198,9 +198,10 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
     settled = [v["present"] for v in verdicts or [] if asks_if_present(question, v["concept"])]
     kept = fitted.facts > len(fitted.left_out)
     guidance = quote_or_lean(prompt, quoted) if not images and (quoted or kept) else {}
+    generated = vlm.generated_tokens
     answer = vlm.generate(prompt, options.max_tokens, options.temperature, options.seed, stream, stop,
                           yes=settled[0] if len(settled) == 1 else None, **guidance)
-    tokens = len(vlm.tokenizer.encode(answer, add_special_tokens=False))
+    tokens = vlm.generated_tokens - generated
     return {"answer": answer, "concepts": concepts, "model": vlm.ref, "verdicts": verdicts or [], "quoted_note": guidance.get("opening"),
             "notes_left_out": fitted.left_out,
             "context": {"limit": fitted.context, "prompt": fitted.tokens, "answer": options.max_tokens} if fitted.context else None,

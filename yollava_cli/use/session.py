@@ -1,7 +1,6 @@
 """What a question needs before the model answers: the concepts it names, trained where they must
 be and loaded into the model, and its photos read; and training a concept on demand."""
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,20 +12,10 @@ from yollava_cli.learning.train_config import TrainConfig
 from yollava_cli.learning.training import TrainResult, prepare_concept
 from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.vlm import VLM
-from yollava_cli.store.concepts import RESERVED_NAMES, get_concept, parse_name
+from yollava_cli.store.concepts import get_concept, mentioned_concepts, require_trained
 from yollava_cli.store.photos import BadPhoto, read_photo
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus
-
-MENTION = re.compile(r"<([a-z0-9][a-z0-9_-]{0,31})>")
-
-
-def mentioned_concepts(question: str, names: list[str]) -> list[str]:
-    """The given names, then every `<name>` in the question, in order, without repeats."""
-    found = [parse_name(n) for n in names]
-    found += [m for m in MENTION.findall(question) if m not in RESERVED_NAMES and not re.search(r"_\d+$", m)]
-    return list(dict.fromkeys(found))
-
 
 def load_checkpoint(registry: Registry, vlm: VLM, name: str, then: str = "") -> dict:
     """Load a trained concept's current checkpoint into the model (once); returns the concept. An
@@ -47,7 +36,7 @@ def load_concepts(registry: Registry, vlm: VLM, names: list[str], train_missing:
     for name in names:
         if get_concept(registry, name)["status"] != ConceptStatus.TRAINED:
             if train_missing is None:
-                raise UserError(f"<{name}> is not trained yet: run `yollava train {name}` (or drop --no-train)")
+                require_trained(registry, name)
             train_missing(name)
         loaded.append(load_checkpoint(registry, vlm, name))
     return loaded

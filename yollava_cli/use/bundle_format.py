@@ -1,0 +1,178 @@
+"""What a bundle is, readable without torch: its manifest, its limits, writing one (export), and
+reading its members back within their limits and checksums. Export and an import's refusals
+(a taken name, a damaged file) need no model and no torch, so they cost what `list` costs;
+bundles.py checks the tensors and imports."""
+
+import hashlib
+import io
+import json
+import stat
+import zipfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from yollava_cli.errors import UserError
+from yollava_cli.learning.train_config import RANGES
+from yollava_cli.schema import Fraction, OpenSchema, Text, parse_json, validate
+from yollava_cli.store.concepts import check_collisions, get_concept, parse_name
+from yollava_cli.store.facts import MAX_FACTS
+from yollava_cli.store.fileio import atomic_write_bytes
+from yollava_cli.store.registry import Registry, now
+from yollava_cli.store.schemas import ConceptName, Fact, Fingerprint, Kind, Sha256
+
+FORMAT = "yollava-concept-bundle/1"
+MAX_BUNDLE_BYTES = 256 * 2**20
+MAX_MEMBER_BYTES = 64 * 2**20
+MAX_PHOTOS = 200
+TENSORS, MANIFEST = "concept.safetensors", "manifest.json"
+
+
+class Validation(OpenSchema):
+    weighted: Fraction
+    positive: Fraction
+    negative: Fraction
+
+
+class TrainMetrics(OpenSchema):
+    """What training measured (`show` prints it): the best epoch's validation, the thresholds."""
+
+    best_epoch: Annotated[int, Field(ge=1)]
+    validation: Validation
+    epochs_run: Annotated[int, Field(ge=1)] | None = None
+    thresholds: dict[str, Fraction] | None = None
+    train_accuracy: Fraction | None = None
+
+
+class TrainSettings(OpenSchema):
+    """The settings it was trained with (learning.train_config.TrainConfig), within what training takes."""
+
+    k: Annotated[int, Field(ge=RANGES["k"][0], le=RANGES["k"][1])]
+    epochs: Annotated[int, Field(ge=1)]
+    lr: Annotated[float, Field(gt=0)]
+    batch_size: Annotated[int, Field(ge=1)]
+    seed: int
+
+
+class Manifest(OpenSchema):
+    """manifest.json of a bundle; keys a newer yollava adds are kept, not refused."""
+
+    format: Literal[FORMAT]
+    name: ConceptName
+    kind: Kind = "object"
+    k: Annotated[int, Field(ge=RANGES["k"][0], le=RANGES["k"][1])]
+    base_model: Text
+    base_fingerprint: Fingerprint
+    threshold: Fraction | None = None
+    metrics: TrainMetrics | None = None
+    config: TrainSettings | None = None
+    data_hash: Text | None = None
+    exported_at: Text | None = None
+    facts: Annotated[list[Fact], Field(max_length=MAX_FACTS)] = []
+    checksums: dict[str, Sha256]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: bool = False, force: bool = False) -> dict:
+    """Write the concept's bundle to `path`: a new file, or with `force` over an existing regular file."""
+    concept = get_concept(registry, raw_name)
+    check_export_target(path, force)
+    row = registry.current_checkpoint(concept["id"])
+    if row is None:
+        raise UserError(f"<{concept['name']}> is not trained yet: nothing to export (run `yollava train {concept['name']}`)")
+    tensors = (registry.root / row["file"]).read_bytes()
+    photos = {}
+    if with_photos:
+        for photo in registry.concept_photos(concept["id"]):
+            photos[f"photos/{photo['sha256']}.jpg"] = (registry.root / photo["file"]).read_bytes()
+    manifest = {
+        "format": FORMAT, "name": concept["name"], "kind": concept["kind"], "k": row["k"],
+        "base_model": row["base_model"], "base_fingerprint": row["base_fingerprint"],
+        "metrics": json.loads(row["metrics"] or "null"),
+        "config": json.loads(row["config"] or "null"), "data_hash": row["data_hash"], "exported_at": now(),
+        "facts": [f["text"] for f in registry.facts(concept["id"])],
+        "checksums": {TENSORS: sha256(tensors), **{name: sha256(data) for name, data in photos.items()}},
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr(MANIFEST, json.dumps(manifest, indent=2))
+        bundle.writestr(TENSORS, tensors)
+        for name, data in photos.items():
+            bundle.writestr(name, data)
+    atomic_write_bytes(path, buffer.getvalue())
+    return {"concept": concept["name"], "file": str(path), "bytes": len(buffer.getvalue()), "photos": len(photos)}
+
+
+def check_export_target(path: Path, force: bool) -> None:
+    """Refuse to write over anything unasked, and over anything but a regular file ever (a FIFO
+    would block, a device or a folder is not a bundle, a symlink would be replaced, not followed)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UserError(f"{path}: cannot check the export target ({e.strerror or e}); pick another file") from None
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path}: exists and is not a regular file; export to a new file name")
+    if not force:
+        raise UserError(f"{path}: exists already; pick another file name, or pass --force to replace it")
+
+
+def read_member(bundle: zipfile.ZipFile, name: str, path: Path) -> bytes:
+    try:
+        info = bundle.getinfo(name)
+    except KeyError:
+        raise UserError(f"{path}: not a yollava bundle (no {name})") from None
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise UserError(f"{path}: {name} is {info.file_size} bytes, over the {MAX_MEMBER_BYTES // 2**20} MB limit")
+    return bundle.read(name)
+
+
+def read_bundle(path: Path) -> tuple[dict, bytes, dict[str, bytes]]:
+    """The manifest, the tensors' bytes and the photos, each within its limit and matching its
+    checksum; a one-line error naming the problem otherwise. The tensors themselves are checked
+    by bundles.check_bundle."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    if path.stat().st_size > MAX_BUNDLE_BYTES:
+        raise UserError(f"{path}: over the {MAX_BUNDLE_BYTES // 2**20} MB bundle limit")
+    try:
+        bundle = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UserError(f"{path}: not a yollava bundle ({e})") from None
+    with bundle:
+        names = bundle.namelist()
+        photo_names = [n for n in names if n.startswith("photos/")]
+        unexpected = [n for n in names if n not in (MANIFEST, TENSORS) and n not in photo_names]
+        if unexpected or len(photo_names) > MAX_PHOTOS:
+            raise UserError(f"{path}: unexpected content in the bundle ({(unexpected or photo_names)[0]!r}); refusing it")
+        manifest = check_manifest(read_member(bundle, MANIFEST, path), path)
+        tensors_bytes = read_member(bundle, TENSORS, path)
+        photos = {n: read_member(bundle, n, path) for n in photo_names}
+    for name, data in {TENSORS: tensors_bytes, **photos}.items():
+        if manifest["checksums"].get(name) != sha256(data):
+            raise UserError(f"{path}: checksum mismatch for {name}: the bundle was altered or damaged")
+    return manifest, tensors_bytes, photos
+
+
+def check_manifest(data: bytes, path: Path) -> dict:
+    """The manifest, checked against `Manifest`: first that it is one (its format), then every key."""
+    where = f"{path}: {MANIFEST}"
+    manifest = parse_json(data, Any, where)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path}: not a {FORMAT} bundle")
+    return validate(manifest, Manifest, where).model_dump()
+
+
+def new_concept_name(registry: Registry, raw_name: str) -> str:
+    """The name the import would take, held to `add`'s rules: valid, free, and not a look-alike
+    of another concept's (bo-cat beside bo_cat)."""
+    name = parse_name(raw_name)
+    if registry.concept(name):
+        raise UserError(f"concept {name!r} exists already; import with --as NEWNAME or `yollava rm {name}` first")
+    check_collisions(registry, name, None, replace=False)
+    return name
