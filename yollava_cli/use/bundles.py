@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from yollava_cli.errors import UserError
+from yollava_cli.learning.embeddings import embedder_width
 from yollava_cli.learning.recognition import HEAD_TENSORS
 from yollava_cli.learning.train_config import RANGES
 from yollava_cli.models.loading import load_vlm
@@ -28,10 +29,10 @@ from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.photos import BadPhoto, decode, jpeg_bytes
 from yollava_cli.store.registry import Registry, now
 from yollava_cli.store.schemas import ConceptName, Fact, Kind, Sha256
+from yollava_cli.use.bundle_zip import check_directory, open_zip, read_member
 
 FORMAT = "yollava-concept-bundle/1"
 MAX_BUNDLE_BYTES = 256 * 2**20
-MAX_MEMBER_BYTES = 64 * 2**20
 MAX_PHOTOS = 200
 TENSORS, MANIFEST = "concept.safetensors", "manifest.json"
 
@@ -135,43 +136,36 @@ def check_export_target(path: Path, force: bool) -> None:
         raise UserError(f"{path}: exists already; pick another file name, or pass --force to replace it")
 
 
-def read_member(bundle: zipfile.ZipFile, name: str, path: Path) -> bytes:
-    try:
-        info = bundle.getinfo(name)
-    except KeyError:
-        raise UserError(f"{path}: not a yollava bundle (no {name})") from None
-    if info.file_size > MAX_MEMBER_BYTES:
-        raise UserError(f"{path}: {name} is {info.file_size} bytes, over the {MAX_MEMBER_BYTES // 2**20} MB limit")
-    return bundle.read(name)
-
-
 def check_bundle(path: Path) -> tuple[dict, bytes, dict[str, bytes], dict[str, torch.Tensor]]:
     """Everything import needs, verified; a one-line error naming the problem otherwise."""
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     if path.stat().st_size > MAX_BUNDLE_BYTES:
         raise UserError(f"{path}: over the {MAX_BUNDLE_BYTES // 2**20} MB bundle limit")
-    try:
-        bundle = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise UserError(f"{path}: not a yollava bundle ({e})") from None
-    with bundle:
+    with open_zip(path) as bundle:
         names = bundle.namelist()
         photo_names = [n for n in names if n.startswith("photos/")]
         unexpected = [n for n in names if n not in (MANIFEST, TENSORS) and n not in photo_names]
         if unexpected or len(photo_names) > MAX_PHOTOS:
             raise UserError(f"{path}: unexpected content in the bundle ({(unexpected or photo_names)[0]!r}); refusing it")
+        check_directory(bundle, path)
         manifest = check_manifest(read_member(bundle, MANIFEST, path), path)
-        tensors_bytes = read_member(bundle, TENSORS, path)
-        photos = {n: read_member(bundle, n, path) for n in photo_names}
-    for name, data in {TENSORS: tensors_bytes, **photos}.items():
-        if manifest["checksums"].get(name) != sha256(data):
-            raise UserError(f"{path}: checksum mismatch for {name}: the bundle was altered or damaged")
+        checksums = manifest["checksums"]
+        if unlisted := next((n for n in [TENSORS, *photo_names] if n not in checksums), None):
+            raise UserError(f"{path}: checksum mismatch for {unlisted} (the manifest lists none): the bundle was altered")
+        tensors_bytes = read_member(bundle, TENSORS, path, checksums[TENSORS])
+        photos = {n: read_member(bundle, n, path, checksums[n]) for n in photo_names}
     try:
         tensors = load_safetensors(tensors_bytes)
     except SafetensorError as e:
         raise UserError(f"{path}: malformed bundle ({e})") from None
-    k = manifest["k"]
+    check_rows(tensors, manifest["k"], path)
+    manifest["recognizer"] = check_recognizer(tensors, tensors_bytes, path)
+    return manifest, tensors_bytes, photos, tensors
+
+
+def check_rows(tensors: dict[str, torch.Tensor], k: int, path: Path) -> None:
+    """The concept's token rows: the two tensors (with or without a head's), float32, (k+1, H) and (H,), finite."""
     rows, head = tensors.get("input_rows"), tensors.get("output_row")
     if rows is None or head is None or set(tensors) - {"input_rows", "output_row"} not in (set(), set(HEAD_TENSORS)):
         raise UserError(f"{path}: the tensors are not a concept's token rows (and concept head)")
@@ -181,8 +175,6 @@ def check_bundle(path: Path) -> tuple[dict, bytes, dict[str, bytes], dict[str, t
         raise UserError(f"{path}: token rows have shapes {tuple(rows.shape)} / {tuple(head.shape)}, expected ({k + 1}, H) / (H,)")
     if not (torch.isfinite(rows).all() and torch.isfinite(head).all()):
         raise UserError(f"{path}: token rows hold NaN or infinite values")
-    manifest["recognizer"] = check_recognizer(tensors, tensors_bytes, path)
-    return manifest, tensors_bytes, photos, tensors
 
 
 def check_manifest(data: bytes, path: Path) -> dict:
@@ -202,11 +194,19 @@ def check_recognizer(tensors: dict[str, torch.Tensor], tensors_bytes: bytes, pat
     positives, negatives, weights = (tensors[k] for k in HEAD_TENSORS)
     if any(t.dtype != torch.float32 or not torch.isfinite(t).all() for t in (positives, negatives, weights)):
         raise UserError(f"{path}: the concept head's tensors must be finite float32 values")
-    if positives.ndim != 2 or negatives.ndim != 2 or positives.shape[1] != negatives.shape[1] or weights.shape != (3,):
+    if positives.ndim != 2 or negatives.ndim != 2 or positives.shape[1] != negatives.shape[1] or weights.shape != (3,) \
+            or not len(positives):
         raise UserError(f"{path}: the concept head's tensors have the wrong shapes")
     where = f"{path}: {TENSORS} metadata"
     meta = parse_json(safe_metadata(tensors_bytes).get(META_KEY, "{}").encode(), Any, where)
     info = validate(meta, BundledHead, where).recognizer
+    try:
+        width = embedder_width(info.embedder)
+    except UserError as e:
+        raise UserError(f"{path}: the concept head's {e}") from None
+    if width is not None and positives.shape[1] != width:
+        raise UserError(f"{path}: the concept head holds {positives.shape[1]}-wide embeddings, but {info.embedder} "
+                        f"gives {width}-wide ones: the bundle is damaged or was altered")
     return {"embedder": info.embedder, "fusion": info.fusion, "fusion_version": info.fusion_version}
 
 
@@ -262,13 +262,18 @@ def new_concept_name(registry: Registry, raw_name: str) -> str:
 
 def import_on_its_model(registry: Registry, path: Path, new_name: str | None = None, model: str | None = None,
                         quantize: str | None = None, check_model: bool = True, on_status=None) -> dict:
-    """import_concept, after loading the base model the bundle names (or `model`) to compare its
-    fingerprint; a bad bundle fails before the model loads."""
+    """import_concept, after loading the user's base model (`model`, else the configured one) to
+    compare its fingerprint with the bundle's; a bad bundle fails before the model loads. The
+    bundle's `base_model` is only a name to show: a file someone sent never picks what is loaded."""
     fingerprint = None
     if check_model:
-        manifest = check_bundle(path)[0]
+        manifest, _, _, tensors = check_bundle(path)
         new_concept_name(registry, new_name or manifest["name"])  # a taken name fails before the model loads
-        fingerprint = load_vlm(model or manifest["base_model"], on_status=on_status, quantize=quantize).fingerprint
+        vlm = load_vlm(model, on_status=on_status, quantize=quantize)
+        fingerprint, width = vlm.fingerprint, vlm.tokens.embedding.base.weight.shape[1]
+        if fingerprint == manifest["base_fingerprint"] and tensors["input_rows"].shape[1] != width:
+            raise UserError(f"{path}: its token rows are {tensors['input_rows'].shape[1]} wide, but {vlm.ref} reads "
+                            f"{width}-wide ones: the bundle is damaged or was altered")
     return import_concept(registry, path, new_name, fingerprint)
 
 
