@@ -114,6 +114,9 @@ def read_config(source: str, ref: str) -> dict:
     from yollava_cli.schema import read_json
 
     path = Path(source) / "config.json" if Path(source).is_dir() else cached_file(source, "config.json")
+    if not Path(path).is_file():
+        raise UserError(f"{ref}: no config.json, so not a model folder; pass a folder saved with save_pretrained, "
+                        f"a hub id, or {default_model()}")
     config = read_json(Path(path), dict, f"{ref}: config.json")
     if "auto_map" in config:
         raise UserError(f"{ref}: its config.json asks to run code shipped with the model (auto_map); yollava never "
