@@ -93,6 +93,8 @@ def test_text_cannot_write_the_templates_control_tokens_and_an_identifier_still_
                                (Prompt("Hi", history=[(injected, "ok")]), None), (Prompt("Hi"), injected)):
             with pytest.raises(UserError, match=re.escape(f"{token!r} is one of this model's control tokens")):
                 vlm.prompts.encode(prompt, answer)
+        with pytest.raises(UserError, match="control tokens"):  # a quoted note the answer opens with
+            vlm.generate(Prompt("Hi"), max_new_tokens=1, opening=injected)
     vlm.tokens.add("bo", 2)  # an added token too, written by the user on purpose: it stays the concept
     ids = vlm.prompts.encode(Prompt("Is <bo> here?", notes=["<bo> likes <bo_1>."], concepts=["bo"])).input_ids.tolist()
     assert ids.count(vlm.tokenizer.convert_tokens_to_ids("<bo>")) == 3 and vlm.tokenizer.convert_tokens_to_ids("<bo_1>") in ids

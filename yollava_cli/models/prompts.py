@@ -83,9 +83,17 @@ class PromptEncoder:
             raise UserError(f"{marker} is this model's image placeholder and cannot be in a question or a note; "
                             "write it another way (photos go in with --image)")
         for text in written:
-            if token := self.control_token_in(text):
-                raise UserError(f"{token!r} is one of this model's control tokens and cannot be in a question, a note "
-                                f"or a chat turn (it would speak for the system): write it another way")
+            self.refuse_control_token_in(text)
+
+    def text_ids(self, text: str) -> list[int]:
+        """The tokens of text an answer goes on with (a quoted note), held to the prompt's rule."""
+        self.refuse_control_token_in(text)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def refuse_control_token_in(self, text: str) -> None:
+        if token := self.control_token_in(text):
+            raise UserError(f"{token!r} is one of this model's control tokens and cannot be in a question, a note "
+                            f"or a chat turn (it would speak for the system): write it another way")
 
     def control_token_in(self, text: str) -> str | None:
         if text not in self._clean:
