@@ -96,3 +96,12 @@ def test_the_recognizer_rides_in_the_checkpoint_file(tmp_path):
 
     tensors, meta = read_concept_file(path)  # the token rows are untouched
     assert torch.equal(tensors["input_rows"], rows["input_rows"]) and meta["name"] == "bo"
+
+
+def test_a_head_of_another_width_than_its_embedder_is_one_line():
+    from yollava_cli.errors import UserError
+
+    w = world(2)
+    head = train_head("efficientnet-lite0", w["positives"][:, :7], list("abcd"), w["negatives"][:, :7])
+    with pytest.raises(UserError, match="7-wide embeddings, but efficientnet-lite0 gives"):
+        head.fused_probabilities(w["test_positives"], [0.5] * len(w["test_positives"]))

@@ -22,6 +22,7 @@ from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
 from yollava_cli.models.cores import use_idle_cores
 from yollava_cli.models.efficientnet import (
+    VARIANTS,
     embed_images,
     load_efficientnet_lite,
     weights_path,
@@ -161,6 +162,24 @@ def load_embedder(name: str | None = None) -> Embedder:
         _, arch, pretrained = name.split(":", 2)
         return load_open_clip(arch, pretrained)
     raise UserError(f"unknown embedder {name!r}: use auto, {OFFLINE_EMBEDDER} or open_clip:ARCH:PRETRAINED")
+
+
+def embedder_width(embedder_id: str) -> int | None:
+    """How wide the vectors of a stored embedder id are, without loading its weights: EfficientNet-
+    Lite's 1280, an open_clip architecture's from its config (None when open_clip is not installed:
+    unknown until it is); a one-line error for an id no embedder here has."""
+    if embedder_id.startswith("efficientnet-") and embedder_id.removeprefix("efficientnet-") in VARIANTS:
+        return 1280
+    if embedder_id.startswith("open_clip:") and embedder_id.count(":") >= 2:
+        if importlib.util.find_spec("open_clip") is None:
+            return None
+        import open_clip
+
+        config = open_clip.get_model_config(embedder_id.split(":")[1])
+        if config is not None:
+            return int(config["embed_dim"])
+    raise UserError(f"embedder {embedder_id!r} is not one yollava has (efficientnet-lite0, efficientnet-lite2, "
+                    "open_clip:ARCH:PRETRAINED)")
 
 
 def noted(embedder: Embedder, why: str) -> Embedder:

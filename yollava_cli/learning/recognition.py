@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from yollava_cli.errors import UserError
 from yollava_cli.models.tensor_file import CheckpointMeta, file_meta, read_tensors, write_tensors
 
 HEAD_TENSORS = ("head.positives", "head.negatives", "head.weights")
@@ -46,6 +47,9 @@ class Recognizer:
 
     def features(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+        if vectors.shape[1] != self.positives.shape[1]:  # a head import could not check (its embedder was missing)
+            raise UserError(f"this concept head holds {self.positives.shape[1]}-wide embeddings, but {self.embedder} "
+                            f"gives {vectors.shape[1]}-wide ones: retrain the concept, or use --by tokens")
         near_negative = (vectors @ self.negatives.T).max(1) if len(self.negatives) else np.zeros(len(vectors))
         return np.stack([(vectors @ self.positives.T).max(1), near_negative], 1)
 

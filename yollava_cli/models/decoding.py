@@ -55,7 +55,7 @@ def generate(vlm, prompt: Prompt, sampling: Sampling = Sampling(), steering: Ste
              on_text: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> str:
     """The answer to `prompt`; `on_text` receives its text as it is generated, `stop` ends it early."""
     encoded = vlm.prompts.encode(prompt)
-    opening_ids = vlm.tokenizer.encode(steering.opening, add_special_tokens=False) if steering.opening else []
+    opening_ids = vlm.prompts.text_ids(steering.opening) if steering.opening else []
     ids = torch.cat([encoded.input_ids, torch.tensor(opening_ids, dtype=torch.long)])[None].to(vlm.device)
     layout = vlm.layout(ids, torch.ones_like(ids), encoded.images)
     streamer = CallbackStreamer(vlm.tokenizer, on_text, opening_ids) if on_text else None

@@ -81,7 +81,7 @@ def load_transformers_model(ref: str, cache_dir: Path, policy, on_status=None):
     """A supported model (`architectures`) and its processor through transformers, from a local
     folder or a hub id; its architecture and the packages its processor needs are checked first,
     before any weight loads."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     local = Path(ref).expanduser()
     if not local.is_dir() and (local.exists() or ref.startswith((".", "/", "~"))):
@@ -93,9 +93,9 @@ def load_transformers_model(ref: str, cache_dir: Path, policy, on_status=None):
         on_status(f"Loading {source} ({policy.device}, {policy.precision}{quantized})...")
     without_loading_bars()
     try:
-        check_architecture(AutoConfig.from_pretrained(source), ref)
-        processor = check_processor(AutoProcessor.from_pretrained(source), ref)
-        model = AutoModelForImageTextToText.from_pretrained(source, **options)
+        check_architecture(read_config(source, ref), ref)
+        processor = check_processor(AutoProcessor.from_pretrained(source, trust_remote_code=False), ref)
+        model = AutoModelForImageTextToText.from_pretrained(source, trust_remote_code=False, **options)
     except ImportError as e:  # a pre-quantized checkpoint, or a processor, that needs a package
         raise UserError(f"cannot load model {ref!r}: {first_line(e)} (install what it names, e.g. pip install accelerate bitsandbytes)") from None
     except (OSError, ValueError) as e:
@@ -135,11 +135,31 @@ def no_image_processor(ref: str) -> UserError:
                      f"with AutoProcessor.from_pretrained(HUB_ID).save_pretrained(DIR)")
 
 
-def check_architecture(config, ref: str) -> None:
+def read_config(source: str, ref: str) -> dict:
+    """config.json, read as plain JSON: what yollava decides before transformers reads anything
+    (transformers would offer to run a folder's own code, `auto_map`, for a type it does not know)."""
+    from transformers.utils import cached_file
+
+    from yollava_cli.schema import read_json
+
+    path = Path(source) / "config.json" if Path(source).is_dir() else cached_file(source, "config.json")
+    if not Path(path).is_file():
+        raise UserError(f"{ref}: no config.json, so not a model folder; pass a folder saved with save_pretrained, "
+                        f"a hub id, or {default_model()}")
+    config = read_json(Path(path), dict, f"{ref}: config.json")
+    if "auto_map" in config:
+        raise UserError(f"{ref}: its config.json asks to run code shipped with the model (auto_map); yollava never "
+                        "runs a model's own code: use a model transformers itself supports (`yollava models` lists them)")
+    if not isinstance(config.get("model_type"), str):
+        raise UserError(f"{ref}: config.json names no model_type; this is not a model yollava can run")
+    return config
+
+
+def check_architecture(config: dict, ref: str) -> None:
     """A one-line error for an architecture yollava does not run, or a package its processor lacks."""
     from yollava_cli.models.architectures import architecture, missing_modules
 
-    arch = architecture(config.model_type, ref)
+    arch = architecture(config["model_type"], ref)
     missing = missing_modules(arch)
     if missing:
         install = f"pip install {' '.join(missing)}"

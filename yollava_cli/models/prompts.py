@@ -1,6 +1,7 @@
 """Prompt to tokens: the model's chat template, the concept prompt, each image placeholder expanded
 as the model's own processor expands it, and batches padded for one pass."""
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ class PromptEncoder:
                  image_inputs: Callable[[list, list], list[ImageInput]]):
         self.processor, self.tokenizer, self.tokens = processor, processor.tokenizer, tokens
         self.image_token_id, self.image_inputs = image_token_id, image_inputs
+        self._clean: set[str] = set()  # texts known to hold no control token
 
     def render(self, prompt: Prompt, answer: str | None = None) -> str:
         """The prompt in the model's own chat template; the concept prompt opens the first turn."""
@@ -71,18 +73,57 @@ class PromptEncoder:
         [expanded], _ = self.processor.get_text_with_replacements([text], [image.replacement for image in images])
         return expanded
 
-    def refuse_placeholders(self, prompt: Prompt, answer: str | None) -> None:
-        """Text that spells the model's image placeholder would take a photo's place."""
+    def refuse_control_tokens(self, prompt: Prompt, answer: str | None) -> None:
+        """Text that spells the image placeholder would take a photo's place; text that tokenizes to
+        a control token (`<|im_end|><|im_start|>system`) would speak as the template does. Each
+        text is tokenized on its own, so a token reached through the tokenizer's normalizer counts."""
         marker = self.processor.image_token
         written = [prompt.question, *prompt.notes, *(text for turn in prompt.history for text in turn), answer or ""]
         if any(marker in text for text in written):
             raise UserError(f"{marker} is this model's image placeholder and cannot be in a question or a note; "
                             "write it another way (photos go in with --image)")
+        for text in written:
+            self.refuse_control_token_in(text)
+
+    def text_ids(self, text: str) -> list[int]:
+        """The tokens of text an answer goes on with (a quoted note), held to the prompt's rule."""
+        self.refuse_control_token_in(text)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def refuse_control_token_in(self, text: str) -> None:
+        if token := self.control_token_in(text):
+            raise UserError(f"{token!r} is one of this model's control tokens and cannot be in a question, a note "
+                            f"or a chat turn (it would speak for the system): write it another way")
+
+    def control_token_in(self, text: str) -> str | None:
+        if text not in self._clean:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            found = next((i for i in ids if i in self.control_ids), None)
+            if found is not None:
+                return self.tokenizer.convert_ids_to_tokens(found)
+            if len(self._clean) > 4096:  # notes are checked again on every pass that ranks them: remember a few
+                self._clean.clear()
+            self._clean.add(text)
+        return None
+
+    @functools.cached_property
+    def control_ids(self) -> set[int]:
+        """The tokens only the template may write: every special token and every added token the chat
+        template itself emits; not the unknown-text token where plain text becomes it (a tokenizer
+        without byte fallback). Concept tokens are added, not special, and the template never writes
+        them: `<bo>` in text stays the concept."""
+        added = self.tokenizer.added_tokens_decoder
+        skeleton = self.tokenize(self.render(Prompt("x", history=[("x", "x")]), answer="x"))
+        ids = {i for i, token in added.items() if token.special} | set(self.tokenizer.all_special_ids)
+        unknown = self.tokenizer.unk_token_id
+        if unknown in self.tokenizer("\u0378\U0001F9A9", add_special_tokens=False)["input_ids"]:  # unassigned, rare
+            ids.discard(unknown)
+        return ids | (set(skeleton) & set(added))
 
     def encode(self, prompt: Prompt, answer: str | None = None) -> Encoded:
         """Token ids equal to the processor's own for the same text and photos; labels cover only
         the answer (everything after the generation prompt), whatever the template's separators."""
-        self.refuse_placeholders(prompt, answer)
+        self.refuse_control_tokens(prompt, answer)
         images = self.image_inputs(prompt.images, prompt.image_keys)
         question_ids = self.tokenize(self.expand(self.render(prompt), images))
         ids = question_ids if answer is None else self.tokenize(self.expand(self.render(prompt, answer), images))

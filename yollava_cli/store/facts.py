@@ -20,6 +20,9 @@ CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # bidirectional embeddings, overrides and isolates: they make a fact display in another order than
 # it is stored and read (the marks U+200E/U+200F, which only set a direction, are fine)
 BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
+# what chat templates mark turns with (ChatML, Llama 3, Gemma, Mistral): refused at once here; the
+# prompt encoder refuses every model's own control tokens, whatever they look like
+CHAT_MARKUP = re.compile(r"<\|[^<>|\s]{1,40}\|>|<(?:start|end)_of_turn>|\[/?INST\]|</?s>")
 
 
 def check_fact(text: str, where: str = "fact") -> str:
@@ -35,6 +38,9 @@ def check_fact(text: str, where: str = "fact") -> str:
     if found := BIDI.search(fact):
         raise UserError(f"{where} holds a bidirectional override (U+{ord(found[0]):04X}), which shows text in another "
                         "order than it is read; remove it")
+    if found := CHAT_MARKUP.search(fact):
+        raise UserError(f"{where} holds {found[0]!r}, a chat model's control token, which would speak for the system; "
+                        "write it another way")
     return fact
 
 

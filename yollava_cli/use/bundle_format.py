@@ -21,10 +21,10 @@ from yollava_cli.store.facts import MAX_FACTS
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.registry import Registry, now
 from yollava_cli.store.schemas import ConceptName, Fact, Fingerprint, Kind, Sha256
+from yollava_cli.use.bundle_zip import check_directory, open_zip, read_member
 
 FORMAT = "yollava-concept-bundle/1"
 MAX_BUNDLE_BYTES = 256 * 2**20
-MAX_MEMBER_BYTES = 64 * 2**20
 MAX_PHOTOS = 200
 TENSORS, MANIFEST = "concept.safetensors", "manifest.json"
 
@@ -122,40 +122,27 @@ def check_export_target(path: Path, force: bool) -> None:
         raise UserError(f"{path}: exists already; pick another file name, or pass --force to replace it")
 
 
-def read_member(bundle: zipfile.ZipFile, name: str, path: Path) -> bytes:
-    try:
-        info = bundle.getinfo(name)
-    except KeyError:
-        raise UserError(f"{path}: not a yollava bundle (no {name})") from None
-    if info.file_size > MAX_MEMBER_BYTES:
-        raise UserError(f"{path}: {name} is {info.file_size} bytes, over the {MAX_MEMBER_BYTES // 2**20} MB limit")
-    return bundle.read(name)
-
-
 def read_bundle(path: Path) -> tuple[dict, bytes, dict[str, bytes]]:
     """The manifest, the tensors' bytes and the photos, each within its limit and matching its
-    checksum; a one-line error naming the problem otherwise. The tensors themselves are checked
-    by bundles.check_bundle."""
+    checksum (bundle_zip); a one-line error naming the problem otherwise. The tensors themselves
+    are checked by bundles.check_bundle."""
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     if path.stat().st_size > MAX_BUNDLE_BYTES:
         raise UserError(f"{path}: over the {MAX_BUNDLE_BYTES // 2**20} MB bundle limit")
-    try:
-        bundle = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise UserError(f"{path}: not a yollava bundle ({e})") from None
-    with bundle:
+    with open_zip(path) as bundle:
         names = bundle.namelist()
         photo_names = [n for n in names if n.startswith("photos/")]
         unexpected = [n for n in names if n not in (MANIFEST, TENSORS) and n not in photo_names]
         if unexpected or len(photo_names) > MAX_PHOTOS:
             raise UserError(f"{path}: unexpected content in the bundle ({(unexpected or photo_names)[0]!r}); refusing it")
+        check_directory(bundle, path)
         manifest = check_manifest(read_member(bundle, MANIFEST, path), path)
-        tensors_bytes = read_member(bundle, TENSORS, path)
-        photos = {n: read_member(bundle, n, path) for n in photo_names}
-    for name, data in {TENSORS: tensors_bytes, **photos}.items():
-        if manifest["checksums"].get(name) != sha256(data):
-            raise UserError(f"{path}: checksum mismatch for {name}: the bundle was altered or damaged")
+        checksums = manifest["checksums"]
+        if unlisted := next((n for n in [TENSORS, *photo_names] if n not in checksums), None):
+            raise UserError(f"{path}: checksum mismatch for {unlisted} (the manifest lists none): the bundle was altered")
+        tensors_bytes = read_member(bundle, TENSORS, path, checksums[TENSORS])
+        photos = {n: read_member(bundle, n, path, checksums[n]) for n in photo_names}
     return manifest, tensors_bytes, photos
 
 

@@ -13,6 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from yollava_cli.errors import UserError
+from yollava_cli.learning.embeddings import embedder_width
 from yollava_cli.learning.recognition import HEAD_TENSORS
 from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.tensor_file import META_KEY, CheckpointMeta, RecognizerMeta, write_tensors
@@ -35,7 +36,13 @@ def check_bundle(path: Path) -> tuple[dict, bytes, dict[str, bytes], dict[str, t
         tensors = load_safetensors(tensors_bytes)
     except SafetensorError as e:
         raise UserError(f"{path}: malformed bundle ({e})") from None
-    k = manifest["k"]
+    check_rows(tensors, manifest["k"], path)
+    manifest["recognizer"] = check_recognizer(tensors, tensors_bytes, path)
+    return manifest, tensors_bytes, photos, tensors
+
+
+def check_rows(tensors: dict[str, torch.Tensor], k: int, path: Path) -> None:
+    """The concept's token rows: the two tensors (with or without a head's), float32, (k+1, H) and (H,), finite."""
     rows, head = tensors.get("input_rows"), tensors.get("output_row")
     if rows is None or head is None or set(tensors) - {"input_rows", "output_row"} not in (set(), set(HEAD_TENSORS)):
         raise UserError(f"{path}: the tensors are not a concept's token rows (and concept head)")
@@ -45,8 +52,6 @@ def check_bundle(path: Path) -> tuple[dict, bytes, dict[str, bytes], dict[str, t
         raise UserError(f"{path}: token rows have shapes {tuple(rows.shape)} / {tuple(head.shape)}, expected ({k + 1}, H) / (H,)")
     if not (torch.isfinite(rows).all() and torch.isfinite(head).all()):
         raise UserError(f"{path}: token rows hold NaN or infinite values")
-    manifest["recognizer"] = check_recognizer(tensors, tensors_bytes, path)
-    return manifest, tensors_bytes, photos, tensors
 
 
 def check_recognizer(tensors: dict[str, torch.Tensor], tensors_bytes: bytes, path: Path) -> dict | None:
@@ -57,11 +62,19 @@ def check_recognizer(tensors: dict[str, torch.Tensor], tensors_bytes: bytes, pat
     positives, negatives, weights = (tensors[k] for k in HEAD_TENSORS)
     if any(t.dtype != torch.float32 or not torch.isfinite(t).all() for t in (positives, negatives, weights)):
         raise UserError(f"{path}: the concept head's tensors must be finite float32 values")
-    if positives.ndim != 2 or negatives.ndim != 2 or positives.shape[1] != negatives.shape[1] or weights.shape != (3,):
+    if positives.ndim != 2 or negatives.ndim != 2 or positives.shape[1] != negatives.shape[1] or weights.shape != (3,) \
+            or not len(positives):
         raise UserError(f"{path}: the concept head's tensors have the wrong shapes")
     where = f"{path}: {TENSORS} metadata"
     meta = parse_json(safe_metadata(tensors_bytes).get(META_KEY, "{}").encode(), Any, where)
     info = validate(meta, BundledHead, where).recognizer
+    try:
+        width = embedder_width(info.embedder)
+    except UserError as e:
+        raise UserError(f"{path}: the concept head's {e}") from None
+    if width is not None and positives.shape[1] != width:
+        raise UserError(f"{path}: the concept head holds {positives.shape[1]}-wide embeddings, but {info.embedder} "
+                        f"gives {width}-wide ones: the bundle is damaged or was altered")
     return {"embedder": info.embedder, "fusion": info.fusion, "fusion_version": info.fusion_version}
 
 
@@ -107,13 +120,18 @@ def import_concept(registry: Registry, path: Path, new_name: str | None = None, 
 
 def import_on_its_model(registry: Registry, path: Path, new_name: str | None = None, model: str | None = None,
                         quantize: str | None = None, check_model: bool = True, on_status=None) -> dict:
-    """import_concept, after loading the base model the bundle names (or `model`) to compare its
-    fingerprint; a bad bundle fails before the model loads."""
+    """import_concept, after loading the user's base model (`model`, else the configured one) to
+    compare its fingerprint with the bundle's; a bad bundle fails before the model loads. The
+    bundle's `base_model` is only a name to show: a file someone sent never picks what is loaded."""
     fingerprint = None
     if check_model:
-        manifest = check_bundle(path)[0]
+        manifest, _, _, tensors = check_bundle(path)
         new_concept_name(registry, new_name or manifest["name"])  # a taken name fails before the model loads
-        fingerprint = load_vlm(model or manifest["base_model"], on_status=on_status, quantize=quantize).fingerprint
+        vlm = load_vlm(model, on_status=on_status, quantize=quantize)
+        fingerprint, width = vlm.fingerprint, vlm.tokens.embedding.base.weight.shape[1]
+        if fingerprint == manifest["base_fingerprint"] and tensors["input_rows"].shape[1] != width:
+            raise UserError(f"{path}: its token rows are {tensors['input_rows'].shape[1]} wide, but {vlm.ref} reads "
+                            f"{width}-wide ones: the bundle is damaged or was altered")
     return import_concept(registry, path, new_name, fingerprint)
 
 

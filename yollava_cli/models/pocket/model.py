@@ -194,7 +194,7 @@ def _language_model_files(cache_dir: Path, on_status=None) -> Path:
         tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=LlamaForCausalLM(config))["tensors"]
     finally:
         gguf_utils.tqdm = original
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
     tmp = target.with_name(target.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     save_file({k.removeprefix("model."): v.float().contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
@@ -265,7 +265,7 @@ def build_pocket(cache_dir: Path, on_status=None, weights: Path | None = WEIGHTS
     """Assemble model + processor; `weights` = projector/LoRA file to apply (None: untrained, for training)."""
     _package_dir(VISION_PACKAGE)
     lm_dir = _language_model_files(Path(cache_dir), on_status)
-    tokenizer = AutoTokenizer.from_pretrained(str(lm_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(lm_dir), trust_remote_code=False)
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     text_config = LlamaConfig.from_json_file(lm_dir / "config.json")
