@@ -1,0 +1,76 @@
+"""Recovery that cannot destroy: racing writers, failed disks and refused restores never lose
+what the data dir holds (issue 33)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import invoke, run_cli, shared_data
+from tiny import tiny_llava
+
+from yollava_cli.store.backup import write_backup
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A trained concept <bo> on a tiny model saved to disk, with a pool, and its bundle."""
+    data = shared_data()
+    root = tmp_path_factory.mktemp("recovery")
+    home, model_dir = root / "home", root / "model"
+    model, processor = tiny_llava()
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    (root / "pool").mkdir()
+    for photo in sorted((data / "pool" / "imagenet-sample").glob("*.jpg"))[::40]:
+        shutil.copy(photo, root / "pool")
+    for args in (["add", "bo", data / "concepts" / "dog" / "train", "--kind", "pet", "--no-train"],
+                 ["pool", "add", "p", root / "pool"],
+                 ["train", "bo", "--model", model_dir, "--epochs", "1", "--k", "4"],
+                 ["export", "bo", root / "bo.yollava", "--with-photos"]):
+        result = invoke(*args, home=home)
+        assert result.returncode == 0, result.stderr
+    write_backup(home)  # what each of those commands' processes does at exit
+    return {"home": home, "model": model_dir, "root": root, "data": data, "bundle": root / "bo.yollava"}
+
+
+def fresh_home(world, tmp_path):
+    home = tmp_path / "home"
+    shutil.copytree(world["home"], home)
+    return home
+
+
+def cli_with(patch: str, *args, home, **popen) -> subprocess.Popen:
+    """`yollava ARGS` in a subprocess, after running `patch` (Python) in it: to hold a race's
+    window open long enough that every racer is inside it."""
+    code = f"import sys, time; {patch}; from yollava_cli.cli import main; sys.argv = ['yollava', *sys.argv[1:]]; main()"
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "YOLLAVA_HOME": str(home)}, **popen)
+
+
+# -- racing writers -----------------------------------------------------------------------------
+
+# Every racer passes import's "is the name free?" check, then waits a different time: they
+# record one after the other, as four terminals a moment apart would.
+SLOW_IMPORT = ("from yollava_cli.use import bundles; check = bundles.new_concept_name; "
+               "bundles.new_concept_name = lambda *a: (check(*a), time.sleep({wait}))[0]")
+
+
+def test_racing_imports_of_one_bundle_keep_the_winners_checkpoint(world, tmp_path):
+    home = tmp_path / "home"
+    racers = [cli_with(SLOW_IMPORT.format(wait=4 + 0.7 * i), "import", world["bundle"], "--skip-model-check", home=home)
+              for i in range(4)]
+    results = [(proc.wait(timeout=300), *proc.communicate()) for proc in racers]
+    assert [code for code, _, _ in results].count(0) == 1, results
+    for code, _, stderr in results:
+        assert code == 0 or (len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr), stderr
+    doctor = run_cli("doctor", "--json", home=home)
+    assert doctor.returncode == 0 and json.loads(doctor.stdout)["problems"] == [], doctor.stdout
+    assert not list((home / "checkpoints").rglob("*.tmp"))
+    shown = json.loads(run_cli("show", "bo", "--json", home=home).stdout)
+    assert shown["status"] == "trained" and (home / shown["checkpoint"]["file"]).is_file()
+    asked = run_cli("ask", "bo", "hi?", "--max-tokens", "2", "--model", world["model"], home=home)
+    assert asked.returncode == 0, asked.stderr
