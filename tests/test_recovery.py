@@ -118,3 +118,29 @@ def test_two_first_uses_of_pocket_at_once_build_it_once(tmp_path):
     assert all(code == 0 and out.strip().endswith("loaded") for code, out, _ in results), results
     assert sum("Building pocket" in out for _, out, _ in results) == 1, results
     assert sorted(p.name for p in (tmp_path / "pocket").iterdir() if not p.name.startswith(".")) == ["smollm2-135m-instruct"]
+
+
+# -- a lost checkpoint ------------------------------------------------------------------------------
+
+
+def test_a_missing_checkpoint_names_the_ways_forward_and_both_work(world, tmp_path):
+    home = fresh_home(world, tmp_path)
+    for path in (home / "checkpoints" / "bo").glob("*.safetensors"):
+        path.unlink()
+    for args in (["ask", "bo", "hi?", "--model", world["model"]],
+                 ["find", "bo", world["data"] / "concepts" / "dog" / "test", "--by", "head", "--model", world["model"]],
+                 ["export", "bo", tmp_path / "bo.yollava"]):
+        result = invoke(*args, home=home)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == 1 and len(errors) == 1, result.stderr
+        assert "checkpoint" in errors[0] and "missing" in errors[0], errors
+        assert "`yollava train bo`" in errors[0] and "`yollava doctor --fix`" in errors[0], errors
+    forgotten = tmp_path / "forgotten"
+    shutil.copytree(home, forgotten)
+    assert invoke("doctor", "--fix", home=forgotten).returncode == 0
+    asked = invoke("ask", "bo", "hi?", "--no-train", "--model", world["model"], home=forgotten)
+    assert asked.returncode == 1 and "not trained yet: run `yollava train bo`" in asked.stderr, asked.stderr
+    trained = invoke("train", "bo", "--model", world["model"], "--epochs", "1", "--k", "4", home=home)
+    assert trained.returncode == 0, trained.stderr
+    asked = invoke("ask", "bo", "hi?", "--max-tokens", "2", "--model", world["model"], home=home)
+    assert asked.returncode == 0, asked.stderr

@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 
 from yollava_cli.models.tensor_file import CheckpointMeta, file_meta, read_tensors, write_tensors
+from yollava_cli.store.concepts import current_checkpoint_file
 
 HEAD_TENSORS = ("head.positives", "head.negatives", "head.weights")
 # The fits see a handful of positives: keep weights modest. Similarities differ by hundredths
@@ -148,5 +149,5 @@ def load(path: Path) -> Recognizer | None:
 
 def current(registry, concept: dict) -> Recognizer | None:
     """The recognizer stored with the concept's current checkpoint, if it has one."""
-    checkpoint = registry.current_checkpoint(concept["id"])
-    return load(registry.root / checkpoint["file"]) if checkpoint else None
+    path = current_checkpoint_file(registry, concept)
+    return load(path) if path else None

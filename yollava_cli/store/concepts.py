@@ -188,6 +188,20 @@ def require_photos(registry: Registry, concept: dict, negatives: bool = False) -
                         f"choose them again with `yollava mine {name}`, or forget them with `yollava doctor --fix`")
 
 
+def current_checkpoint_file(registry: Registry, concept: dict) -> Path | None:
+    """The concept's current checkpoint file (None when it has none), or a one-line error with the
+    ways forward when the file its row names is gone."""
+    row = registry.current_checkpoint(concept["id"])
+    if row is None:
+        return None
+    path = registry.root / row["file"]
+    if not path.is_file():
+        name = concept["name"]
+        raise UserError(f"<{name}>: its checkpoint {path} is missing (deleted or lost); train it again with "
+                        f"`yollava train {name}`, or let `yollava doctor --fix` forget it")
+    return path
+
+
 def remove_concept(registry: Registry, raw_name: str) -> dict:
     """Remove a concept, its checkpoints, and the photos no other concept uses."""
     concept = get_concept(registry, raw_name)

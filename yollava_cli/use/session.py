@@ -13,7 +13,7 @@ from yollava_cli.learning.train_config import TrainConfig
 from yollava_cli.learning.training import TrainResult, prepare_concept
 from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.vlm import VLM
-from yollava_cli.store.concepts import RESERVED_NAMES, get_concept, parse_name
+from yollava_cli.store.concepts import RESERVED_NAMES, current_checkpoint_file, get_concept, parse_name
 from yollava_cli.store.photos import BadPhoto, read_photo
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus
@@ -36,7 +36,7 @@ def load_checkpoint(registry: Registry, vlm: VLM, name: str, then: str = "") -> 
     if concept["status"] != ConceptStatus.TRAINED or checkpoint is None:
         raise UserError(f"<{name}> is not trained yet: run `yollava train {name}`{then}")
     if name not in vlm.tokens:
-        vlm.tokens.load(registry.root / checkpoint["file"], name)
+        vlm.tokens.load(current_checkpoint_file(registry, concept), name)
     return concept
 
 
