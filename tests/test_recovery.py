@@ -6,9 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
-from conftest import invoke, run_cli, shared_data
+from conftest import invoke, run_cli, shared_data, snapshot
 from tiny import tiny_llava
 
 from yollava_cli.store.backup import write_backup
@@ -144,3 +146,34 @@ def test_a_missing_checkpoint_names_the_ways_forward_and_both_work(world, tmp_pa
     assert trained.returncode == 0, trained.stderr
     asked = invoke("ask", "bo", "hi?", "--max-tokens", "2", "--model", world["model"], home=home)
     assert asked.returncode == 0, asked.stderr
+
+
+# -- file systems that refuse writes ---------------------------------------------------------------
+
+
+@contextmanager
+def read_only(folder: Path):
+    """`folder` as a read-only bind mount of itself (needs root and mount; else the test skips)."""
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(reason=f"cannot bind-mount {folder} read-only here ({mounted.stderr.strip() or 'mount failed'})")
+    try:
+        remounted = subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True, text=True)
+        if remounted.returncode != 0:
+            pytest.skip(reason=f"cannot remount {folder} read-only here ({remounted.stderr.strip()})")
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_rm_with_read_only_photos_changes_nothing(world, tmp_path):
+    home = fresh_home(world, tmp_path)
+    before = snapshot(home)
+    with read_only(home / "photos"):
+        result = run_cli("rm", "bo", "--yes", home=home)
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert snapshot(home) == before  # the concept and its files, all still there
+        assert "nothing was changed" in result.stderr and "photos" in result.stderr, result.stderr
+    assert run_cli("rm", "bo", "--yes", home=home).returncode == 0
+    doctor = run_cli("doctor", "--json", home=home)
+    assert doctor.returncode == 0 and json.loads(doctor.stdout)["problems"] == [], doctor.stdout
