@@ -4,8 +4,10 @@ what the data dir holds (issue 33)."""
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,9 +40,14 @@ def world(tmp_path_factory):
     return {"home": home, "model": model_dir, "root": root, "data": data, "bundle": root / "bo.yollava"}
 
 
-def fresh_home(world, tmp_path):
-    home = tmp_path / "home"
+def fresh_home(world, tmp_path, home=None):
+    """A copy of the world's data dir, its write-ahead log folded in as a closed registry's is."""
+    home = home or tmp_path / "home"
     shutil.copytree(world["home"], home)
+    conn = sqlite3.connect(home / "registry.db")
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    conn.close()  # the last connection to close folds in the log and removes -wal and -shm
+    assert not (home / "registry.db-wal").exists()
     return home
 
 
@@ -177,3 +184,145 @@ def test_rm_with_read_only_photos_changes_nothing(world, tmp_path):
     assert run_cli("rm", "bo", "--yes", home=home).returncode == 0
     doctor = run_cli("doctor", "--json", home=home)
     assert doctor.returncode == 0 and json.loads(doctor.stdout)["problems"] == [], doctor.stdout
+
+
+# -- restore: only a damaged registry, never by moving before copying ----------------------------
+
+
+def damage_a_table(db: Path) -> None:
+    """Overwrite the header of concept_photos' first page: the file opens, the table is malformed."""
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'concept_photos'").fetchone()[0]
+    conn.close()
+    with open(db, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\x07" * 12)
+
+
+def test_restore_refuses_a_healthy_registry_even_mid_write(world, tmp_path):
+    """The issue's case: `pool add` is writing when `doctor --restore` runs; the restore is refused
+    and the pool is kept."""
+    home = fresh_home(world, tmp_path)
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i, photo in enumerate(sorted((world["data"] / "pool" / "imagenet-sample").glob("*.jpg"))[:30]):
+        shutil.copy(photo, folder / f"{i}.jpg")
+    marker = tmp_path / "writing"
+    slow = ("from pathlib import Path; from yollava_cli.learning import mining; add = mining.add_pool; "
+            f"mining.add_pool = lambda *a, **k: (Path({str(marker)!r}).touch(), time.sleep(4), add(*a, **k))[2]")
+    writer = cli_with(slow, "pool", "add", "big", folder, home=home)
+    while not marker.exists():  # the writer has the registry open and is about to write the pool
+        assert writer.poll() is None, writer.communicate()
+        time.sleep(0.05)
+    restored = run_cli("doctor", "--restore", home=home)
+    assert restored.returncode == 1 and len(restored.stderr.strip().splitlines()) == 1, restored.stderr
+    assert "is healthy" in restored.stderr and "nothing to restore" in restored.stderr, restored.stderr
+    assert writer.wait(timeout=300) == 0, writer.communicate()
+    pools = run_cli("pool", "list", "--json", home=home)
+    assert sorted(p["name"] for p in json.loads(pools.stdout)["pools"]) == ["big", "p"], pools.stdout
+    assert not (home / "trash").exists()
+
+
+def test_restore_says_what_the_backup_lacks_before_replacing(world, tmp_path):
+    home = fresh_home(world, tmp_path)
+    assert run_cli("note", "bo", "loves tennis balls", home=home).returncode == 0
+    shutil.copy(world["home"] / "registry.db.backup", home / "registry.db.backup")  # a backup without the note
+    damage_a_table(home / "registry.db")
+    restored = run_cli("doctor", "--restore", home=home)
+    assert restored.returncode == 0, restored.stderr
+    said = restored.stderr.splitlines()
+    assert "malformed" in said[0] and "lacks" in said[0] and "1 facts row" in said[0], said
+    assert said[1].startswith("restored the registry"), said
+    assert list((home / "trash").rglob("registry.db"))  # the damaged copy, with the note in it, is kept
+
+
+@contextmanager
+def small_disk(tmp_path, megabytes: int = 24):
+    """A tmpfs of its own (needs root and mount; else the test skips)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(mount)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(reason=f"cannot mount a small tmpfs here ({mounted.stderr.strip() or 'mount failed'})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Take all the disk's free space but `leave` bytes."""
+    filler = disk / f"filler-{len(list(disk.glob('filler-*')))}"
+    free = shutil.disk_usage(disk).free - leave
+    if free > 0:
+        subprocess.run(["fallocate", "-l", str(free), str(filler)], check=True)
+    return filler
+
+
+def test_a_full_disk_is_not_damage_and_restore_never_leaves_no_registry(world, tmp_path):
+    with small_disk(tmp_path) as disk:
+        home = fresh_home(world, tmp_path, disk / "home")
+        db = home / "registry.db"
+        intact = db.read_bytes()
+        filler = fill(disk)
+        for args in (["list"], ["note", "bo", "loves tennis balls"]):
+            result = run_cli(*args, home=home)
+            assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert "the disk is full" in result.stderr and "registry is damaged" not in result.stderr, result.stderr
+            assert "doctor --restore" not in result.stderr, result.stderr
+        restored = run_cli("doctor", "--restore", home=home)
+        assert restored.returncode == 1 and "the disk is full" in restored.stderr, restored.stderr
+        assert db.read_bytes() == intact and not (home / "trash").exists()
+        filler.unlink()
+        db.write_bytes(b"not a database at all" * 100)  # damage, now, on a disk that fills again
+        fill(disk, leave=64 * 1024)
+        restored = run_cli("doctor", "--restore", home=home)
+        assert restored.returncode == 1 and "MB free" in restored.stderr and "nothing was changed" in restored.stderr
+        assert db.read_bytes() == b"not a database at all" * 100 and not list(home.glob(".*.tmp"))
+        for path in disk.glob("filler-*"):
+            path.unlink()
+        restored = run_cli("doctor", "--restore", home=home)
+        assert restored.returncode == 0, restored.stderr
+        assert json.loads(run_cli("show", "bo", "--json", home=home).stdout)["status"] == "trained"
+
+
+def test_a_read_only_data_dir_is_said_as_such(world, tmp_path):
+    home = fresh_home(world, tmp_path)
+    with read_only(home):
+        result = run_cli("note", "bo", "loves tennis balls", home=home)
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "read-only" in result.stderr and "registry is damaged" not in result.stderr, result.stderr
+
+
+# -- the backup never goes stale in silence -------------------------------------------------------
+
+
+def test_a_failed_backup_refresh_is_said_and_doctor_reports_it(world, tmp_path):
+    with small_disk(tmp_path) as disk:
+        home = fresh_home(world, tmp_path, disk / "home")
+        fill(disk, leave=(home / "registry.db.backup").stat().st_size // 2)  # room for the note, not the backup
+        noted = run_cli("note", "bo", "loves tennis balls", home=home)
+        assert noted.returncode == 0, noted.stderr
+        assert "backup was not refreshed" in noted.stderr and "the disk is full" in noted.stderr, noted.stderr
+        for path in disk.glob("filler-*"):
+            path.unlink()
+        doctor = run_cli("doctor", "--json", home=home)
+        backup = json.loads(doctor.stdout)["backup"]
+        assert backup["behind"] and backup["lacks"] == {"facts": 1} and backup["age_s"] >= 0, backup
+        assert "is behind the registry" in run_cli("doctor", home=home).stdout
+        fixed = run_cli("doctor", "--fix", home=home)
+        assert "refreshed" in fixed.stdout, fixed.stdout
+        assert json.loads(run_cli("doctor", "--json", home=home).stdout)["backup"]["behind"] is False
+
+
+def test_a_data_dir_whose_path_is_not_utf8_gets_its_backup(world, tmp_path):
+    home = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9-home"))
+    shutil.copytree(world["home"], home)
+    (home / "registry.db.backup").unlink()
+    noted = run_cli("note", "bo", "loves tennis balls", home=home)
+    assert noted.returncode == 0 and "Traceback" not in noted.stderr, noted.stderr
+    assert (home / "registry.db.backup").is_file()
+    assert json.loads(run_cli("doctor", "--json", home=home).stdout)["backup"]["behind"] is False
