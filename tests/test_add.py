@@ -240,7 +240,7 @@ def test_completions_are_current():
         assert (OUT / name).read_text() == text, f"completions/{name} is stale: run python scripts/gen_completions.py"
 
 
-def test_the_disk_hint_is_given_only_for_disk_errors(home, monkeypatch):
+def test_each_disk_trouble_has_its_own_message_and_fix(home, monkeypatch):
     import errno
     import sqlite3
 
@@ -254,16 +254,22 @@ def test_the_disk_hint_is_given_only_for_disk_errors(home, monkeypatch):
         assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
         return result.stderr
 
-    hint = "is the disk full or the data dir read-only?"
-    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
-        assert hint in fail_with(OSError(code, "boom", "/data/x.jpg"))
+    told = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk is full", errno.EROFS: "file system is read-only",
+            errno.EACCES: "permission denied", errno.EIO: "input/output error"}
+    for code, message in told.items():
+        said = fail_with(OSError(code, "boom", "/data/x.jpg"))
+        assert said.startswith("error: /data/x.jpg: ") and message in said, said
+        assert all(other not in said for other in told.values() if other != message), said
     vanished = fail_with(FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/x.jpg"))
     assert vanished.strip() == "error: No such file or directory: /data/x.jpg"
-    assert hint not in fail_with(OSError(errno.EIO, "Input/output error"))
     full = sqlite3.OperationalError("database or disk is full")
     full.sqlite_errorcode = sqlite3.SQLITE_FULL
-    assert hint in fail_with(full)
-    assert hint not in fail_with(sqlite3.OperationalError("no such table: concepts"))
+    assert "the disk is full" in fail_with(full) and str(home / "registry.db") in fail_with(full)
+    busy = sqlite3.OperationalError("database is locked")
+    busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
+    assert "locked by another process" in fail_with(busy) and "restore" not in fail_with(busy)
+    plain = fail_with(sqlite3.OperationalError("no such table: concepts"))
+    assert all(message not in plain for message in told.values()) and "restore" not in plain, plain
 
 
 def test_rm_refuses_while_the_concept_is_training(home, tmp_path):

@@ -3,36 +3,34 @@
 Exit codes: 0 ok, 1 user error (one line on stderr), 2 usage error, 130 interrupted.
 """
 
-import errno
 import sqlite3
+from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
 
 from yollava_cli.cli.output import err
+from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
-
-NO_SPACE_OR_ACCESS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
-
-
-def disk_trouble(e: OSError | sqlite3.Error) -> bool:
-    """Whether the error means no space or no write access: only then is the hint about a full
-    disk or a read-only data dir true; on other errors it would send the user the wrong way."""
-    if isinstance(e, sqlite3.Error):
-        return (getattr(e, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY)
-    return e.errno in NO_SPACE_OR_ACCESS
+from yollava_cli.store.failures import explain
 
 
-def sqlite_where(e: sqlite3.Error, hint: str) -> tuple[str, str]:
-    """The registry an SQLite error is about (the error does not say), and what to do about a damaged one."""
+def error_line(e: OSError | sqlite3.Error) -> str:
+    """One line for an OS or SQLite error: a full disk, a read-only file system, a permission, a
+    failing disk or a held lock with its own fix (see failures.py); damage inside the registry
+    with the way back; anything else as it is, naming its file."""
     from yollava_cli.store.connection import opened_registry
 
-    path = opened_registry()
-    if path is None:
-        return "", hint
-    if not hint and type(e) is sqlite3.DatabaseError:  # "malformed", "not a database": the file is damaged
-        hint = "; `yollava doctor --restore` puts the registry's backup back"
-    return f": {path}", hint
+    path = Path(e.filename) if isinstance(e, OSError) and e.filename else None
+    if isinstance(e, sqlite3.Error):
+        path = opened_registry()
+    told = explain(e, path or data_dir())
+    if told:
+        return told
+    what = getattr(e, "strerror", None) or str(e)
+    if isinstance(e, sqlite3.Error) and path is not None and type(e) is sqlite3.DatabaseError:
+        return f"{what}: {path}; `yollava doctor --restore` puts the registry's backup back"  # malformed: damaged
+    return f"{what}: {path}" if path else what
 
 
 class YollavaGroup(TyperGroup):
@@ -45,12 +43,7 @@ class YollavaGroup(TyperGroup):
             err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except (OSError, sqlite3.Error) as e:  # disk full, read-only or vanished files: say so in one line
-            where = f": {e.filename}" if getattr(e, "filename", None) else ""
-            hint = " (is the disk full or the data dir read-only?)" if disk_trouble(e) else ""
-            if isinstance(e, sqlite3.Error):
-                where, hint = sqlite_where(e, hint)
-            err.print(f"error: {getattr(e, 'strerror', None) or e}{where}{hint}",
-                      markup=False, highlight=False, soft_wrap=True)
+            err.print(f"error: {error_line(e)}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("interrupted", markup=False, highlight=False)

@@ -88,7 +88,7 @@ def doctor(
     from yollava_cli.store.trash import empty_trash as delete_trash
 
     if restore:
-        report = checks.restore(data_dir())
+        report = checks.restore(data_dir(), on_status=status)
         status(f"restored the registry from {report['restored_from']}; the damaged one is in the trash")
     elif empty_trash:
         removed = delete_trash(data_dir(), None)

@@ -43,7 +43,7 @@ from yollava_cli.learning.training import (
 from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
-from yollava_cli.store.concepts import add_concept
+from yollava_cli.store.concepts import add_concept, current_checkpoint_file
 from yollava_cli.store.facts import as_sentence, set_facts
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.photos import BadPhoto, read_photo
@@ -141,7 +141,7 @@ class Evaluation:
                             on_event=self.on_event)
             concept = self.registry.concept(subject.name)
         if subject.name not in self.vlm.tokens:
-            self.vlm.tokens.load(self.registry.root / self.registry.current_checkpoint(concept["id"])["file"])
+            self.vlm.tokens.load(current_checkpoint_file(self.registry, concept))
         return concept
 
     def vectors(self, photos: list[Path]) -> np.ndarray:

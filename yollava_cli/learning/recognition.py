@@ -25,6 +25,7 @@ from safetensors import safe_open
 
 from yollava_cli.errors import UserError
 from yollava_cli.models.tensor_file import CheckpointMeta, file_meta, read_tensors, write_tensors
+from yollava_cli.store.concepts import current_checkpoint_file
 
 HEAD_TENSORS = ("head.positives", "head.negatives", "head.weights")
 # The fits see a handful of positives: keep weights modest. Similarities differ by hundredths
@@ -152,5 +153,5 @@ def load(path: Path) -> Recognizer | None:
 
 def current(registry, concept: dict) -> Recognizer | None:
     """The recognizer stored with the concept's current checkpoint, if it has one."""
-    checkpoint = registry.current_checkpoint(concept["id"])
-    return load(registry.root / checkpoint["file"]) if checkpoint else None
+    path = current_checkpoint_file(registry, concept)
+    return load(path) if path else None

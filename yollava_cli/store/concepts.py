@@ -4,6 +4,7 @@ import difflib
 import json
 import re
 import shlex
+import tempfile
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -222,17 +223,45 @@ def require_photos(registry: Registry, concept: dict, negatives: bool = False) -
                         f"choose them again with `yollava mine {name}`, or forget them with `yollava doctor --fix`")
 
 
+def current_checkpoint_file(registry: Registry, concept: dict) -> Path | None:
+    """The concept's current checkpoint file (None when it has none), or a one-line error with the
+    ways forward when the file its row names is gone."""
+    row = registry.current_checkpoint(concept["id"])
+    if row is None:
+        return None
+    path = registry.root / row["file"]
+    if not path.is_file():
+        name = concept["name"]
+        raise UserError(f"<{name}>: its checkpoint {path} is missing (deleted or lost); train it again with "
+                        f"`yollava train {name}`, or let `yollava doctor --fix` forget it")
+    return path
+
+
 def remove_concept(registry: Registry, raw_name: str) -> dict:
-    """Remove a concept, its checkpoints, and the photos no other concept uses."""
+    """Remove a concept, its checkpoints, and the photos no other concept uses. The folders of its
+    files are checked first: one that cannot be written to refuses the removal with nothing
+    changed, rather than dropping rows whose files then stay behind."""
     concept = get_concept(registry, raw_name)
-    with registry.lock(f"train-{concept['name']}", f"training <{concept['name']}>"):
+    name = concept["name"]
+    with registry.lock(f"train-{name}", f"training <{name}>"):
         checkpoint_files = [registry.root / file for file in registry.checkpoint_files(concept["id"])]
+        photo_files = [registry.root / p["file"] for p in registry.concept_photos(concept["id"])]
+        for folder in sorted({path.parent for path in checkpoint_files + photo_files if path.exists()}):
+            try:
+                tempfile.TemporaryFile(dir=folder).close()  # a file created and gone: what deleting needs
+            except OSError as e:
+                raise UserError(f"cannot remove <{name}>: {folder} is not writable ({e.strerror}); nothing was changed; "
+                                f"make it writable, then run `yollava rm {name}` again") from None
         with registry.transaction():
             removed = registry.delete_unused_photos(registry.delete_concept(concept["id"]))
-        registry.unlink_photo_files(removed)
-        for path in checkpoint_files:
-            path.unlink(missing_ok=True)
-    return {"removed": concept["name"], "photos_deleted": len(removed)}
+        try:
+            registry.unlink_photo_files(removed)
+            for path in checkpoint_files:
+                path.unlink(missing_ok=True)
+        except OSError as e:
+            raise UserError(f"removed <{name}> from the registry, but not all its files: {e.filename}: {e.strerror}; "
+                            "`yollava doctor --fix` moves what is left to the trash once it can") from None
+    return {"removed": name, "photos_deleted": len(removed)}
 
 
 def describe_concept(registry: Registry, raw_name: str) -> dict:

@@ -10,6 +10,7 @@ import atexit
 import fcntl
 import os
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -18,10 +19,10 @@ from pathlib import Path
 from yollava_cli.errors import UserError
 from yollava_cli.store.backup import FILE as BACKUP_FILE
 from yollava_cli.store.backup import backup_is_usable, write_backup
+from yollava_cli.store.failures import BUSY_TIMEOUT_S, explain
 from yollava_cli.store.migrations import MIGRATIONS
 from yollava_cli.store.sqlite_utils_lean import sqlite_utils
 
-BUSY_TIMEOUT_S = 60
 OPENED: list[Path] = []  # the registry this process opened last (an SQLite error carries no file name)
 
 
@@ -90,9 +91,9 @@ class Connection:
                 try:
                     conn.execute("PRAGMA journal_mode=WAL")
                 except sqlite3.DatabaseError as e:
-                    if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
-                        raise
                     conn.close()
+                    if explain(e, root / "registry.db"):
+                        raise  # a full disk, a lock, a permission: said below, not damage
                     raise DamagedRegistry(damaged_message(root, f"is not a readable SQLite database ({e})")) from None
                 conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
                 conn.execute("PRAGMA foreign_keys=ON")
@@ -101,18 +102,21 @@ class Connection:
                 self.changed = False  # a schema change alone is backed up with the next write
         except (OSError, sqlite3.OperationalError) as e:
             raise UserError(
-                f"{root}: cannot open the data dir ({e}); make it writable or set YOLLAVA_HOME"
+                explain(e, root / "registry.db") or f"{root}: cannot open the data dir ({e}); make it writable or set YOLLAVA_HOME"
             ) from None
         atexit.register(self.back_up_if_changed)
 
     def back_up_if_changed(self) -> None:
-        """Refresh registry.db.backup when this process committed a change to the registry."""
+        """Refresh registry.db.backup when this process committed a change to the registry; a
+        refresh that fails is said, since the backup now lacks this change."""
         if self.changed:
             self.changed = False
             try:
                 write_backup(self.root)
-            except (OSError, sqlite3.Error):
-                pass  # the registry itself is intact; the previous backup stays
+            except Exception as e:  # an exit hook's exception would be swallowed by Python: say it instead
+                reason = explain(e, self.root / BACKUP_FILE) or f"{self.root / BACKUP_FILE}: {e}"
+                print(f"warning: the registry's backup was not refreshed, so it lacks this change: {reason}",
+                      file=sys.stderr)
 
     def close(self) -> None:
         self.db.close()

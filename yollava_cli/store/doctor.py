@@ -7,16 +7,21 @@ just before it is moved, files a live training owns are left alone, and nothing 
 is removed goes to the trash folder (see trash.py).
 """
 
+import fcntl
 import json
+import os
 import shutil
+import sqlite3
 import struct
 import time
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 from yollava_cli.errors import UserError
 from yollava_cli.store.backup import FILE as BACKUP_FILE
-from yollava_cli.store.backup import backup_is_usable
+from yollava_cli.store.backup import backup_is_usable, backup_lacks, backup_state, describe_lacks, uri, write_backup
+from yollava_cli.store.failures import BUSY_TIMEOUT_S, explain, require_free
 from yollava_cli.store.facts import check_fact
 from yollava_cli.store.fileio import STAGING, staging_in_use
 from yollava_cli.store.migrations import MIGRATIONS
@@ -71,8 +76,12 @@ def examine(registry: Registry, fix: bool = False, deep: bool = False) -> dict:
         found = repair(registry, found, trash)
     emptied = empty_trash(root) if fix else []
     report = [{k: v for k, v in p.items() if k in ("kind", "detail", "fixed", "moved_to")} for p in found]
+    backup = backup_state(root)
+    if fix and backup.get("behind"):  # a refresh that failed at a command's exit, tried again
+        write_backup(root)
+        backup = {**backup_state(root), "refreshed": True}
     return {"registry": str(root / "registry.db"), "schema_version": registry.schema_version,
-            "schema_expected": len(MIGRATIONS), "problems": report,
+            "schema_expected": len(MIGRATIONS), "problems": report, "backup": backup,
             "trash": str(trash) if trash and trash.exists() else None, "trash_emptied": emptied,
             "ok": not [p for p in report if not p["fixed"]]}
 
@@ -204,26 +213,104 @@ def running(registry: Registry, name: str | None) -> bool:
     return name is not None and training(registry, name)
 
 
-def restore(root: Path) -> dict:
-    """Put the registry's own backup in place of a damaged registry.db (moved to the trash)."""
+def restore(root: Path, on_status=None) -> dict:
+    """Put the registry's own backup in place of a registry.db that is damaged (missing, empty,
+    unreadable, or failing SQLite's integrity check), and only then: a healthy one is refused, as
+    is one that cannot be read for a reason a restore does not cure (a full disk, a permission).
+    Under the lock every command takes to open the registry; what the backup lacks of the
+    registry is said (`on_status`) before anything is replaced; the backup is copied first and
+    swapped in by a rename, so a failure midway leaves registry.db where it was."""
+    db = root / "registry.db"
     if not backup_is_usable(root):
         raise UserError(f"{root / BACKUP_FILE}: no usable backup to restore; restore registry.db from your own backup")
-    trash = trash_folder(root)
-    moved = [rel(root, move_to_trash(root, root / name, trash))
-             for name in ("registry.db", "registry.db-wal", "registry.db-shm") if (root / name).exists()]
-    tmp = root / ".registry.db.restore.tmp"
-    shutil.copyfile(root / BACKUP_FILE, tmp)
-    tmp.replace(root / "registry.db")
+    with open(root / "registry.open-lock", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        damage = registry_damage(db)
+        if damage is None:
+            raise UserError(f"{db} is healthy (SQLite's integrity check: ok): nothing to restore, it was left as it is; "
+                            "`yollava doctor` checks it against its files")
+        require_free(root, 2 * (root / BACKUP_FILE).stat().st_size + 2**20, "restoring the backup")
+        lacks = backup_lacks(root)
+        if on_status:
+            on_status(f"{db} {damage}; the backup ({saved_at(root)}) " + (
+                f"lacks {describe_lacks(lacks)} of it, which the damaged copy in the trash keeps" if lacks
+                else "holds all that could be read of it" if lacks is not None
+                else "replaces it: what changed since the backup cannot be read from it"))
+        moved = swap_in_backup(root)
     report = examine(Registry(root))
-    return {**report, "restored_from": str(root / BACKUP_FILE), "damaged_moved_to": moved}
+    return {**report, "restored_from": str(root / BACKUP_FILE), "damaged_moved_to": moved, "backup_lacked": lacks}
+
+
+def registry_damage(db: Path) -> str | None:
+    """How registry.db is damaged, or None when it is sound; an error it cannot be read for that
+    is not damage (see failures.py) is raised as a one-line UserError."""
+    if not db.is_file():
+        return "is missing"
+    if db.stat().st_size == 0:
+        return "is empty (0 bytes)"
+    try:
+        conn = sqlite3.connect(uri(db, "rw"), uri=True, timeout=BUSY_TIMEOUT_S)
+        try:
+            result = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        told = explain(e, db)
+        if told:
+            raise UserError(f"{told}; nothing was restored") from None
+        return f"cannot be read ({e})"
+    return None if result == "ok" else f"fails SQLite's integrity check ({result})"
+
+
+def swap_in_backup(root: Path) -> list[str]:
+    """Copy the backup beside registry.db, then keep the damaged files in the trash and rename
+    the copy into place; returns where the damaged files went."""
+    tmp = root / f".registry.db.restore.{os.getpid()}.tmp"
+    try:
+        shutil.copyfile(root / BACKUP_FILE, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    trash = trash_folder(root)
+    moved = []
+    try:
+        for name in ("registry.db-wal", "registry.db-shm", "registry.db"):  # the log first: never replayed on the backup
+            if (root / name).exists():
+                moved.append(rel(root, move_to_trash(root, root / name, trash)))
+        os.replace(tmp, root / "registry.db")
+    finally:
+        tmp.unlink(missing_ok=True)
+    return moved[::-1]
+
+
+def saved_at(root: Path) -> str:
+    return "saved " + datetime.fromtimestamp((root / BACKUP_FILE).stat().st_mtime).isoformat(timespec="minutes")
 
 
 def summary_line(report: dict) -> str:
     open_problems = [p for p in report["problems"] if not p["fixed"]]
     if not report["problems"]:
-        return f"registry OK (schema {report['schema_version']})"
+        return f"registry OK (schema {report['schema_version']}); {backup_line(report['backup'])}"
     if not open_problems:
         moved = f"; what was removed is in {report['trash']} (kept {KEEP_DAYS} days, or `yollava doctor --empty-trash`)" \
             if report.get("trash") else ""
-        return f"fixed {len(report['problems'])} problem(s){moved}"
-    return f"{len(open_problems)} problem(s); `yollava doctor --fix` repairs what is safe to repair"
+        return f"fixed {len(report['problems'])} problem(s){moved}; {backup_line(report['backup'])}"
+    return f"{len(open_problems)} problem(s); `yollava doctor --fix` repairs what is safe to repair; {backup_line(report['backup'])}"
+
+
+def backup_line(backup: dict) -> str:
+    """The backup's age, and whether it is behind the registry: a restore would lose what it lacks."""
+    if not backup["usable"]:
+        return f"no usable backup ({backup['file']}): one is written after the next change"
+    age = backup["age_s"]
+    ago = f"{age // 86400} d" if age >= 86400 else f"{age // 3600} h" if age >= 3600 else f"{age // 60} min"
+    saved = f"backup saved {backup['saved_at']} ({ago} ago)"
+    if backup.get("refreshed"):
+        return "the backup was behind the registry and is refreshed now"
+    if backup["lacks"] is None:
+        return f"{saved}; whether it is behind the registry could not be read"
+    if backup["behind"]:
+        return f"{saved} is behind the registry: it lacks {describe_lacks(backup['lacks'])}; `yollava doctor --fix` refreshes it"
+    return f"{saved}, up to date"

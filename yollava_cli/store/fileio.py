@@ -4,7 +4,7 @@ import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,3 +78,33 @@ def staging_in_use(folder: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def build_once(target: Path, build: Callable[[Path], None], on_wait: Callable[[], None] | None = None) -> Path:
+    """The folder `target`, built once however many processes ask at the same time: the first
+    builds it under a lock, into a temporary folder of its own renamed into place when complete;
+    the others wait on the lock (`on_wait` says so), then use that result. A builder that was
+    killed left only its temporary folder, which the next build removes."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(f".{target.name}.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_dir():
+            return target
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # no live builder: this one holds the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            os.chmod(folder, 0o777 & ~current_umask())  # mkdtemp makes it private; a cache is not
+            build(folder)
+            os.rename(folder, target)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    return target

@@ -16,7 +16,7 @@ from pydantic import Field
 from yollava_cli.errors import UserError
 from yollava_cli.learning.train_config import RANGES
 from yollava_cli.schema import Fraction, OpenSchema, Text, parse_json, validate
-from yollava_cli.store.concepts import check_collisions, get_concept, parse_name
+from yollava_cli.store.concepts import check_collisions, current_checkpoint_file, get_concept, parse_name
 from yollava_cli.store.facts import MAX_FACTS
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.registry import Registry, now
@@ -84,7 +84,7 @@ def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: b
     row = registry.current_checkpoint(concept["id"])
     if row is None:
         raise UserError(f"<{concept['name']}> is not trained yet: nothing to export (run `yollava train {concept['name']}`)")
-    tensors = (registry.root / row["file"]).read_bytes()
+    tensors = current_checkpoint_file(registry, concept).read_bytes()
     photos = {}
     if with_photos:
         for photo in registry.concept_photos(concept["id"]):

@@ -5,6 +5,7 @@ verified, and no pickle is ever loaded. The manifest, the limits and export are 
 (no torch); this module checks the tensors and imports."""
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -108,13 +109,15 @@ def import_concept(registry: Registry, path: Path, new_name: str | None = None, 
     checkpoint = registry.root / "checkpoints" / name / f"imported-{sha256(tensors_bytes)[:12]}.safetensors"
     extra = {"imported_from": path.name} | ({"recognizer": manifest["recognizer"]} if manifest["recognizer"] else {})
     meta = CheckpointMeta(name, manifest["k"], manifest["base_model"], manifest["base_fingerprint"], extra)
+    # Written under this writer's own name and published inside the transaction: another import of
+    # the same bundle names the same checkpoint, and a rollback must never remove the winner's file.
+    staged = checkpoint.with_name(f".{checkpoint.name}.{os.getpid()}.tmp")
     with registry.lock(f"train-{name}", f"writing <{name}>"):  # doctor leaves the file alone until it is recorded
-        write_tensors(checkpoint, rows, meta.to_json())
+        write_tensors(staged, rows, meta.to_json())
         try:
-            record_import(registry, name, manifest, decoded, checkpoint, path)
-        except BaseException:
-            checkpoint.unlink(missing_ok=True)  # the registry never saw it
-            raise
+            record_import(registry, name, manifest, decoded, (staged, checkpoint), path)
+        finally:
+            staged.unlink(missing_ok=True)  # published by now, or never seen by the registry
     return {"concept": name, "base_model": manifest["base_model"], "k": manifest["k"], "photos": len(decoded)}
 
 
@@ -135,8 +138,14 @@ def import_on_its_model(registry: Registry, path: Path, new_name: str | None = N
     return import_concept(registry, path, new_name, fingerprint)
 
 
-def record_import(registry: Registry, name: str, manifest: dict, decoded: list, checkpoint: Path, path: Path) -> None:
+def record_import(registry: Registry, name: str, manifest: dict, decoded: list, files: tuple[Path, Path], path: Path) -> None:
+    """The concept's rows, and the staged checkpoint renamed to its place (files: staged, final)
+    under the write lock, once no earlier import can have taken the name."""
+    staged, checkpoint = files
     with registry.transaction():
+        if registry.concept(name):
+            raise UserError(f"concept {name!r} exists already (imported meanwhile by another process); "
+                            f"import with --as NEWNAME")
         concept_id = registry.create_concept(name, manifest.get("kind") or "object")["id"]
         for sha, jpeg, size in decoded:
             registry.store_photo(sha, jpeg, *size)
@@ -144,6 +153,7 @@ def record_import(registry: Registry, name: str, manifest: dict, decoded: list, 
         registry.add_facts(concept_id, [fact.strip() for fact in manifest.get("facts", [])])
         registry.record_checkpoint(concept_id, checkpoint, manifest["base_model"], manifest["base_fingerprint"], manifest["k"],
                                    imported_metrics(manifest), manifest.get("config"), manifest.get("data_hash"))
+        os.replace(staged, checkpoint)
 
 
 def imported_metrics(manifest: dict) -> dict | None:

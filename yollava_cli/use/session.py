@@ -12,7 +12,7 @@ from yollava_cli.learning.train_config import TrainConfig
 from yollava_cli.learning.training import TrainResult, prepare_concept
 from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.vlm import VLM
-from yollava_cli.store.concepts import get_concept, mentioned_concepts, require_trained
+from yollava_cli.store.concepts import current_checkpoint_file, get_concept, mentioned_concepts, require_trained
 from yollava_cli.store.photos import BadPhoto, read_photo
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus
@@ -25,7 +25,7 @@ def load_checkpoint(registry: Registry, vlm: VLM, name: str, then: str = "") -> 
     if concept["status"] != ConceptStatus.TRAINED or checkpoint is None:
         raise UserError(f"<{name}> is not trained yet: run `yollava train {name}`{then}")
     if name not in vlm.tokens:
-        vlm.tokens.load(registry.root / checkpoint["file"], name)
+        vlm.tokens.load(current_checkpoint_file(registry, concept), name)
     return concept
 
 

@@ -37,6 +37,7 @@ from transformers.models.llava.image_processing_pil_llava import LlavaImageProce
 from transformers.models.llava.modeling_llava import LlavaModel, LlavaPreTrainedModel
 
 from yollava_cli.models.efficientnet import EfficientNetLite, efficientnet_lite_state
+from yollava_cli.store.fileio import build_once
 
 IMAGE_TOKEN = "<image>"
 GRID = 3  # 7x7 feature map average-pooled to GRID x GRID, plus one global token
@@ -172,14 +173,18 @@ def image_processor() -> LlavaImageProcessorPil:
 
 
 def _language_model_files(cache_dir: Path, on_status=None) -> Path:
-    """Dequantise the GGUF once into plain safetensors + tokenizer files (loads in ~0.6 s afterwards).
-
-    transformers' own GGUF path needs `accelerate` and cannot save_pretrained, so the tensors are
-    converted with its GGUF reader into a plain LlamaForCausalLM state dict.
-    """
+    """Dequantise the GGUF once into plain safetensors + tokenizer files (loads in ~0.6 s afterwards);
+    two first uses at once build it once (see build_once)."""
     target = cache_dir / "smollm2-135m-instruct"
     if (target / "model.safetensors").exists():
         return target
+    wait = (lambda: on_status("Waiting for another process building pocket (one time)...")) if on_status else None
+    return build_once(target, lambda folder: _write_language_model(folder, on_status), on_wait=wait)
+
+
+def _write_language_model(folder: Path, on_status=None) -> None:
+    """transformers' own GGUF path needs `accelerate` and cannot save_pretrained, so the tensors are
+    converted with its GGUF reader into a plain LlamaForCausalLM state dict."""
     from transformers import LlamaForCausalLM
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
@@ -195,13 +200,9 @@ def _language_model_files(cache_dir: Path, on_status=None) -> Path:
     finally:
         gguf_utils.tqdm = original
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k.removeprefix("model."): v.float().contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
-    config.to_json_file(tmp / "config.json")
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
-    return target
+    save_file({k.removeprefix("model."): v.float().contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
+    config.to_json_file(folder / "config.json")
+    tokenizer.save_pretrained(folder)
 
 
 def read_pocket_weights(path: Path = WEIGHTS) -> tuple[dict[str, torch.Tensor], dict]:
