@@ -17,7 +17,7 @@ from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.sentences import load_sentences
 from yollava_cli.models.vlm import VLM
 
-# A note is quoted when its score, pmi + QUOTE_WEIGHT x cosine (note_scores), passes QUOTE_SCORE;
+# A note is quoted when its score, pmi + QUOTE_WEIGHT x cosine (quoted_note), passes QUOTE_SCORE;
 # without the sentence model, when its pmi passes QUOTE_NATS (e^5, ~150x). Both set on paraphrased
 # questions, half of the shared subjects, and checked on the other half (bench/bench_fact_choice.py).
 QUOTE_WEIGHT = 27.0  # nats per unit of cosine: the ratio of the two scores' spreads
@@ -132,12 +132,12 @@ class Fitted:
 
 def fit_prompt(vlm: VLM, prompt: Prompt, facts: list[str], answer_tokens: int) -> Fitted:
     """The prompt with the owner's facts (its own notes, the grounding lines, always ride along)
-    and the fact to quote (quoted_note), within the model's context
-    beside `answer_tokens` and the quote (100 facts of 500 characters make ~9,800 tokens, over
-    SmolLM2's 8,192; past it `ask` printed nothing for 300 s and grew to 6.2 GB). Facts that do not
-    all fit are ranked (note_gains) and the best kept; a chat's oldest turns go when the question
-    does not fit beside them; a question that does not fit alone is refused. A question about its
-    photo (about_the_photo) gets no facts at all: they never enter what is said about a photo."""
+    and the fact to quote (quoted_note), within the model's context beside `answer_tokens` and the
+    quote (100 facts of 500 characters make ~9,800 tokens, over SmolLM2's 8,192; past it `ask`
+    printed nothing for 300 s and grew to 6.2 GB). Facts that do not all fit are ranked (note_gains)
+    and the best kept; a chat's oldest turns go when the question does not fit beside them; a
+    question that does not fit alone is refused. A question about its photo (about_the_photo) gets
+    no facts at all: they never enter what is said about a photo."""
     context = vlm.context_tokens
     if about_the_photo(prompt):
         prompt, turns, size = fit_question(vlm, prompt, answer_tokens, context) if context is not None else (prompt, 0, None)
