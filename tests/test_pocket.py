@@ -219,8 +219,8 @@ def test_text_turns_answer_exactly_as_the_bare_language_model(pocket_cache):
 
 def test_the_note_that_answers_a_question_is_quoted_and_no_other(pocket_cache):
     """use.ask.quoted_note on the real model, with invented notes about a new concept at neutral rows:
-    a question one note answers gets that note; a question none answers gets none. (Each case is
-    at least 2 nats from the 5-nat threshold here, so CPUs that round differently agree.)"""
+    a question one note answers gets that note; a question none answers gets none (paraphrases:
+    test_pocket_facts)."""
     from yollava_cli.models.prompts import Prompt
     from yollava_cli.models.vlm import VLM
     from yollava_cli.use.ask import quoted_note

