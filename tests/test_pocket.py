@@ -183,11 +183,12 @@ def test_text_turns_answer_exactly_as_the_bare_language_model(pocket_cache):
     still answers like the grounded model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from yollava_cli.models.decoding import without_onednn
+    from yollava_cli.models.decoding import Guards, without_onednn
     from yollava_cli.models.prompts import Prompt
     from yollava_cli.models.vlm import VLM, store_matrices_in_bf16
 
     vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")
+    vlm.guards = Guards(0, 1.0, False)  # the bare model's own greedy decoding: no blocking, no trimming
     lm_dir = pocket_cache / "smollm2-135m-instruct"
     bare = LlamaForCausalLM(LlamaConfig.from_json_file(lm_dir / "config.json"))
     from safetensors.torch import load_file

@@ -72,6 +72,7 @@ class VLM:
         self.tokens = ConceptTokens(self.tokenizer, embedding, self.head, self.device, self.fingerprint, ref)
         self.prompts = PromptEncoder(processor, self.tokens, self.image_token_id, self.image_inputs)
         self.grounding = self.family.photo_switch(model)  # on only for the rows that hold a photo
+        self.guards = decoding.Guards()  # what keeps answers readable (a benchmark swaps in the old ones)
 
     # -- passes -------------------------------------------------------------------------
 
@@ -267,7 +268,7 @@ class VLM:
         the answer), `opening` (text the answer starts with), `contrast` (lean on the context that
         prompt lacks)."""
         return decoding.generate(self, prompt, decoding.Sampling(max_new_tokens, temperature, seed),
-                                 decoding.Steering(yes, opening, contrast), on_text, stop)
+                                 decoding.Steering(yes, opening, contrast), on_text, stop, self.guards)
 
     # -- images -------------------------------------------------------------------------
 
