@@ -383,7 +383,8 @@ def test_show_reads_like_git_show_and_never_wraps(trained):
         assert f"{photo['sha256'][:12]}\ttrain\t{photo['size'][0]}x{photo['size'][1]}\t{photo['source']}" in lines
     with_data = show("--data")
     assert with_data[:9] == lines[:9] and with_data.index("attribute conversations:") > with_data.index("photos:")
-    assert sum(line.startswith("Q: ") for line in with_data) == 30
+    learned = json.loads(run_cli("show", "bo", "--data", "--json", home=home).stdout)["training_data"]["attribute_conversations"]
+    assert sum(line.startswith("Q: ") for line in with_data) == len(learned) > 0
     assert info["attribute_conversations"] == 30 and {"name", "photos", "negatives", "checkpoint", "metrics"} <= set(info)
 
 
@@ -413,7 +414,8 @@ def test_show_data_lists_the_training_conversations(trained, tmp_path):
     assert (data["hard_negatives"], data["easy_negatives"]) == (mined.get("hard", 0), mined.get("easy", 0))
     assert data["subject_word"] == "corgi"  # articles and case dropped, the most frequent word
     conversations = data["attribute_conversations"]
-    assert len(conversations) == 30 and sorted({c["photo"] for c in conversations}) == sorted(sha[:12] for sha in photos)
+    # the random model's answers that say nothing (or say it again) are not learned, nor listed
+    assert len(conversations) <= 30 and {c["photo"] for c in conversations} <= {sha[:12] for sha in photos}
     assert {"photo": photos[0][:12], "question": "What color is <bo>?", "answer": "<bo> is brown and white."} in conversations
     assert all("<bo>" in c["question"] and "this subject" not in c["question"].lower() for c in conversations)
     assert info["checkpoint"]["k"] == 4 and info["status"] == "trained"

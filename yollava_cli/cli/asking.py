@@ -235,12 +235,13 @@ def find(
 @app.command()
 def explain(
     name: str,
-    max_tokens: Generation.MaxTokens = 40,
+    max_tokens: Generation.MaxTokens = 16,
     model: ModelOption = None,
     quantize: QuantizeOption = None,
     json_: JsonFlag = False,
 ):
-    """Ask the model what each of a concept's latent tokens describes (a window into what it learned).
+    """What each of a concept's latent tokens stands for: its nearest words in the model's
+    vocabulary, and the model's own few words where they differ from the other tokens'.
 
     Example: yollava explain bo
     """
@@ -249,7 +250,10 @@ def explain(
 
     _, vlm, wanted = open_session([name], "", model, no_train=True, quantize=quantize)
     with progress_bar(f"Explaining <{wanted[0]}>'s latent tokens") as on_progress:
-        rows = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens), on_progress)
+        result = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens), on_progress)
     if json_:
-        return print_json({"concept": wanted[0], "tokens": rows})
-    print_table(["token", "explanation"], [[r["token"], r["explanation"]] for r in rows])
+        return print_json(result)
+    print_table(["token", "nearest words", "the model says"],
+                [[r["token"], ", ".join(r["nearest_words"]), r["description"] or "(as the others)"] for r in result["tokens"]])
+    if result["shared_description"]:
+        sys.stdout.write(f"the others: {result['shared_description']}\n")
