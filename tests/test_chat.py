@@ -281,7 +281,12 @@ def test_explain_lists_each_latent_token(trained):
     home, model_dir, _ = trained
     result = invoke("explain", "bo", "--max-tokens", "4", "--model", model_dir, "--json", home=home)
     assert result.returncode == 0, result.stderr
-    assert [t["token"] for t in json.loads(result.stdout)["tokens"]] == [f"<bo_{i}>" for i in range(4)]
+    tokens = json.loads(result.stdout)["tokens"]
+    assert [t["token"] for t in tokens] == [f"<bo_{i}>" for i in range(4)]
+    # each token's nearest words are whole words of the vocabulary, and what training added to
+    # each (it moved) reads differently from token to token
+    assert all(len(t["nearest_words"]) == 5 and all(w.isalpha() for w in t["nearest_words"]) for t in tokens)
+    assert all(t["moved"] > 0 for t in tokens) and len({tuple(t["moved_toward"]) for t in tokens}) > 1
 
 
 def read_until(fd, marker: bytes, timeout: float = 60) -> bytes:
