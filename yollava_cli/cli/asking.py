@@ -235,7 +235,7 @@ def find(
 @app.command()
 def explain(
     name: str,
-    max_tokens: Generation.MaxTokens = 16,
+    max_tokens: Generation.MaxTokens = 8,  # a few words each: 16 of them, in seconds
     model: ModelOption = None,
     quantize: QuantizeOption = None,
     json_: JsonFlag = False,
