@@ -235,3 +235,24 @@ def test_the_note_that_answers_a_question_is_quoted_and_no_other(pocket_cache):
     got = {q: quoted_note(vlm, Prompt(q, concepts=["rex"]), notes) for q in asked}
     assert got == asked
     assert quoted_note(vlm, Prompt("How old is <rex>?", concepts=["rex"]), []) is None
+
+
+def test_the_readmes_birthday_answer_does_not_loop_and_ends_a_sentence(pocket_cache):
+    """The README's main question, through `ask` with its three notes and <dog> at its starting rows,
+    at the default 256 tokens: no 4 words said twice (it said "a <dog>-friendly <dog>-friendly toy"
+    twice), and the answer ends at the end of a sentence, as it streamed."""
+    import re
+
+    from yollava_cli.models.vlm import VLM
+    from yollava_cli.use.ask import GenerationOptions, ask
+
+    vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")
+    vlm.tokens.add("dog", 16)
+    notes = ["<dog> is 4 years old.", "<dog> loves chasing tennis balls.", "<dog> is scared of the vacuum cleaner."]
+    pieces = []
+    answer = ask(vlm, ["dog"], "what should I buy him for his birthday?", [], [], GenerationOptions(256), pieces.append,
+                 notes=notes)["answer"]
+    words = re.findall(r"<\w+>|[\w']+", answer.lower())
+    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
+    assert len(grams) == len(set(grams)), answer
+    assert re.search(r"[.!?][\"')\]]*$", answer) and "".join(pieces).strip() == answer, answer
