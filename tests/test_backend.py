@@ -212,6 +212,19 @@ def last_sentence_end(text: str) -> bool:
     return text.endswith("…") or text[-1] in ".!?\"')]"
 
 
+def test_the_same_words_in_another_case_are_a_repeat_too():
+    """Token n-grams miss "The answer is not ... the answer is not" (" The" and " the" are two
+    tokens; "built-in" and "built in" likewise): the guard also blocks repeated word 4-grams."""
+    tok = tiny_llava()[1].tokenizer
+    answer = tok.encode("Is this a photo? No. is this a", add_special_tokens=False)
+    assert not decoding.repeated_continuations(answer, 4)  # "Is" and " is" are different tokens
+    keys = decoding.WordKeys(tok)
+    scores = decoding.NoRepeats(0, 4, 1.0, [], keys)(torch.tensor([answer]), torch.zeros(1, len(tok)))
+    banned = set(torch.isinf(scores[0]).nonzero()[:, 0].tolist())
+    photo = tok.encode(" photo", add_special_tokens=False)[0]
+    assert photo in banned and banned == keys.ids[keys.key(photo)]
+
+
 def test_last_full_sentence():
     cut = decoding.last_full_sentence
     assert cut("He likes balls. Get him a") == "He likes balls."

@@ -85,7 +85,8 @@ def generate(vlm, prompt: Prompt, sampling: Sampling = Sampling(), steering: Ste
         cache = vlm.prefill(ids[:, :-1], layout=part(layout, cols=slice(0, -1)), images=encoded.images)
         start = ids.shape[1] - len(opening_ids)  # where the answer starts: an opening is its own
         processors = [WholeNames(names, vlm), SettleVerdict(steering.yes, ids.shape[1], vlm),
-                      NoRepeats(start, guards.no_repeat_ngram, guards.repetition_penalty, names)]
+                      NoRepeats(start, guards.no_repeat_ngram, guards.repetition_penalty, names,
+                                vlm.word_keys if guards.no_repeat_ngram > 0 else None)]
         if steering.contrast is not None:  # a text-only prompt, prefilled the same way
             other = torch.cat([vlm.prompts.encode(steering.contrast).input_ids,
                                torch.tensor(opening_ids, dtype=torch.long)])[None].to(vlm.device)
@@ -157,10 +158,12 @@ class NoRepeats(LogitsProcessor):
     fact from the prompt may be repeated). With n = 4 a name and the function words around it may
     come back ("<bo> is a ... <bo> is a"), only not with the same next word. With `penalty` > 1, each
     token the answer already holds is less likely (CTRL's repetition penalty: positive scores
-    divided, negative multiplied), a concept's name exempt: it is the answer's subject."""
+    divided, negative multiplied), a concept's name exempt: it is the answer's subject. With `words`,
+    n-grams of words are blocked too, whatever their case or hyphens ("The answer is not ... the
+    answer is not", "with a built-in ... with a built in" are different tokens, the same words)."""
 
-    def __init__(self, start: int, n: int, penalty: float, names: list[int]):
-        self.start, self.n, self.penalty, self.names = start, n, penalty, names
+    def __init__(self, start: int, n: int, penalty: float, names: list[int], words: "WordKeys | None" = None):
+        self.start, self.n, self.penalty, self.names, self.words = start, n, penalty, names, words
 
     def __call__(self, input_ids, scores):
         answer = input_ids[0, self.start :].tolist()
@@ -170,12 +173,31 @@ class NoRepeats(LogitsProcessor):
                 held = scores[:, seen]
                 scores = scores.index_copy(-1, seen, torch.where(held > 0, held / self.penalty, held * self.penalty))
         banned = repeated_continuations(answer, self.n)
+        if self.words is not None:
+            keys = [key for key in map(self.words.key, answer) if key]
+            for key in repeated_continuations(keys, self.n):
+                banned |= self.words.ids.get(key, set())
         if banned:
             scores = scores.index_fill(-1, torch.tensor(sorted(banned), device=scores.device), float("-inf"))
         return scores
 
 
-def repeated_continuations(tokens: list[int], n: int) -> set[int]:
+class WordKeys:
+    """Each token's text as a repeat reads it: lowercased letters, digits and a name's brackets
+    ("" for punctuation and spaces, which are left out of word n-grams), and the tokens of each."""
+
+    def __init__(self, tokenizer):
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        self.keys = [re.sub(r"[^0-9a-z<>_]", "", text.lower()) for text in texts]
+        self.ids: dict[str, set[int]] = {}
+        for i, key in enumerate(self.keys):
+            self.ids.setdefault(key, set()).add(i)
+
+    def key(self, token: int) -> str:
+        return self.keys[token] if token < len(self.keys) else f"<{token}>"  # a token added since: its own word
+
+
+def repeated_continuations(tokens: list, n: int) -> set:
     """The tokens that, appended, would make the last n tokens an n-gram `tokens` already holds."""
     if n <= 0 or len(tokens) < n:
         return set()

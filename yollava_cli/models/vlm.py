@@ -256,6 +256,11 @@ class VLM:
                              if t and t[0].isalnum() and not t.startswith("\u2581")  # sentencepiece's space marker
                              and text([t])[:1].isalnum()], dtype=torch.long)
 
+    @functools.cached_property
+    def word_keys(self) -> "decoding.WordKeys":
+        """Each token as the repeat guard reads it (decoding.WordKeys); once, when first needed."""
+        return decoding.WordKeys(self.tokenizer)
+
     def word_ids(self, words) -> list[int]:
         return sorted({self.tokenizer.encode(w, add_special_tokens=False)[0] for w in words})
 
