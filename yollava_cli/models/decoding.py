@@ -52,7 +52,7 @@ class Guards:
     """What keeps an answer readable; bench/bench_answers.py measured these against the old ones
     (`Guards(0, 1.0, False)`: only the 8-token loop stop) on the shared subjects' questions."""
 
-    no_repeat_ngram: int = 4  # no n tokens of the answer twice (0: off)
+    no_repeat_ngram: int = 4  # no n tokens, nor n words, of the answer twice (0: off)
     repetition_penalty: float = 1.0  # CTRL's, on the answer's own tokens (1: off)
     whole_sentences: bool = True  # an answer cut short ends at its last full sentence
 
