@@ -134,6 +134,7 @@ def test_generation_stops_when_asked(tmp_path):
     """On tiny LLaVA only: tiny OneVision's greedy answer is empty, so no stop could show there.
     Seed 1: its answer runs past 40 tokens in fp32 and bf16 alike (seed 0's loops after 21 in fp32)."""
     vlm = VLM(*tiny_llava(seed=1), "tiny-llava", cache_dir=tmp_path)
+    vlm.guards = decoding.Guards(whole_sentences=False)  # its gibberish has no sentence end to stream at
     prompt = Prompt("What is this?", [photo()])
     unstopped = vlm.generate(prompt, max_new_tokens=40)
     # long without the stop, else an answer that ends early by itself would pass for a stopped one
@@ -157,23 +158,80 @@ def test_loading_a_concept_reads_the_vocabulary_once(vlm, monkeypatch):
     assert len(calls) == 1
 
 
-def test_a_looping_answer_stops_early_and_others_are_unchanged(monkeypatch):
+def looping_vlm() -> tuple[VLM, list[list[int]]]:
+    """The tiny model, which never ends an answer by itself and greedily loops, and the list each
+    answer's generated token ids are appended to."""
     model, processor = tiny_llava()
-    model.generation_config.suppress_tokens = [processor.tokenizer.eos_token_id]  # never ends by itself
+    model.generation_config.suppress_tokens = [processor.tokenizer.eos_token_id]
     vlm = VLM(model, processor, "tiny")
     vlm.tokens.add("bo", 4)
+    answers, generate = [], model.generate
+
+    def kept(*args, **kwargs):
+        out = generate(*args, **kwargs)
+        answers.append(out[0, kwargs["input_ids"].shape[1]:].tolist())
+        return out
+
+    model.generate = kept
+    return vlm, answers
+
+
+def repeated_ngrams(tokens: list[int], n: int = 4) -> int:
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) - len(set(grams))
+
+
+def test_no_answer_holds_the_same_four_tokens_twice():
+    vlm, answers = looping_vlm()
     prompt = Prompt("what should I buy <bo>?", concepts=["bo"])
-    short, guarded = vlm.generate(prompt, 12), vlm.generate(prompt, 80)
-    monkeypatch.setattr(decoding, "LOOP_NGRAM", 10**6)  # the guard off
-    assert vlm.generate(prompt, 12) == short  # an answer that does not loop is the same greedy answer
-    unguarded = vlm.generate(prompt, 80)
-    count = lambda text: len(vlm.tokenizer.encode(text, add_special_tokens=False))
-    assert unguarded.startswith(guarded) and count(guarded) < count(unguarded) * 0.6
+    vlm.guards = decoding.Guards(0, 1.0, False)  # the old guard: stop at an 8-token repeat
+    vlm.generate(prompt, 80)
+    vlm.guards = decoding.Guards()
+    vlm.generate(prompt, 80)
+    old, new = answers
+    assert repeated_ngrams(old) > 0  # the tiny model loops (a name included: "<bo><bo><bo>...")
+    assert repeated_ngrams(new) == 0 and len(new) == 80, new
+    first = next(i for i in range(4, len(old) + 1) if repeated_ngrams(old[:i]))
+    assert new[: first - 1] == old[: first - 1]  # the same greedy answer until it would repeat
 
 
-def test_repeats_itself_needs_the_whole_ngram_again():
-    assert repeats_itself([1, 2, 3, 9, 1, 2, 3], 3) and repeats_itself([5] * 4, 3)
-    assert not repeats_itself([1, 2, 3, 9, 1, 2, 4], 3) and not repeats_itself([1, 2, 3], 3)
+def test_an_answer_cut_short_ends_at_its_last_full_sentence_as_streamed():
+    vlm, answers = looping_vlm()
+    prompt = Prompt("what should I buy <bo>?", concepts=["bo"])
+    vlm.guards = decoding.Guards(whole_sentences=False)
+    whole = vlm.generate(prompt, 40)
+    vlm.guards = decoding.Guards()
+    pieces = []
+    cut = vlm.generate(prompt, 40, on_text=pieces.append)
+    assert "".join(pieces).strip() == cut  # the streamed user reads what is returned, no more
+    assert cut == decoding.last_full_sentence(whole).strip() and cut != whole
+    assert last_sentence_end(cut), cut
+
+
+def last_sentence_end(text: str) -> bool:
+    return text.endswith("…") or text[-1] in ".!?\"')]"
+
+
+def test_the_same_words_in_another_case_are_a_repeat_too():
+    """Token n-grams miss "The answer is not ... the answer is not" (" The" and " the" are two
+    tokens; "built-in" and "built in" likewise): the guard also blocks repeated word 4-grams."""
+    tok = tiny_llava()[1].tokenizer
+    answer = tok.encode("Is this a photo? No. is this a", add_special_tokens=False)
+    assert not decoding.repeated_continuations(answer, 4)  # "Is" and " is" are different tokens
+    keys = decoding.WordKeys(tok)
+    scores = decoding.NoRepeats(0, 4, 1.0, [], keys)(torch.tensor([answer]), torch.zeros(1, len(tok)))
+    banned = set(torch.isinf(scores[0]).nonzero()[:, 0].tolist())
+    photo = tok.encode(" photo", add_special_tokens=False)[0]
+    assert photo in banned and banned == keys.ids[keys.key(photo)]
+
+
+def test_last_full_sentence():
+    cut = decoding.last_full_sentence
+    assert cut("He likes balls. Get him a") == "He likes balls."
+    assert cut('She said "yes!" and then') == 'She said "yes!"'
+    assert cut("Toys:\n- a ball\n- a rope, or a") == "Toys:\n- a ball"
+    assert cut("It costs 3.5 euros") == "It costs 3.5 euros…"  # no sentence end: kept, marked cut
+    assert cut("Done.") == "Done." and cut("Done. ") == "Done."
 
 
 def test_a_concept_token_after_a_word_is_decoded_with_a_space(vlm):
@@ -324,6 +382,7 @@ def test_an_opening_streams_first_and_the_model_writes_what_follows():
     it streams before any generated token, and the continuation is the model's greedy choice after
     it, the same as if the opening had been part of the prompt, up to its first line break."""
     vlm = VLM(*tiny_llava(), "tiny")
+    vlm.guards = decoding.Guards(0, 1.0, False)  # compared with plain greedy decoding, cut at 6 tokens
     vlm.tokens.add("bo", 4)
     prompt = Prompt("How old is <bo>?", concepts=["bo"])
     pieces = []

@@ -16,6 +16,7 @@ from conftest import invoke, run_cli, shared_data
 from PIL import Image
 from tiny import tiny_llava
 
+from yollava_cli.models.decoding import Guards
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
 from yollava_cli.use import ask as asking
@@ -115,6 +116,7 @@ def test_a_quoted_fact_is_the_whole_answer(monkeypatch):
 
 def test_streaming_callback_receives_the_answer_in_order():
     vlm = VLM(*tiny_llava(), "tiny")
+    vlm.guards = Guards(whole_sentences=False)  # the random model writes no sentence end to stream at
     vlm.tokens.add("bo", 4)
     pieces, arrived = [], []
 
@@ -333,7 +335,12 @@ def test_explain_lists_each_latent_token(trained):
     home, model_dir, _ = trained
     result = invoke("explain", "bo", "--max-tokens", "4", "--model", model_dir, "--json", home=home)
     assert result.returncode == 0, result.stderr
-    assert [t["token"] for t in json.loads(result.stdout)["tokens"]] == [f"<bo_{i}>" for i in range(4)]
+    tokens = json.loads(result.stdout)["tokens"]
+    assert [t["token"] for t in tokens] == [f"<bo_{i}>" for i in range(4)]
+    # each token's nearest words are whole words of the vocabulary, and what training added to
+    # each (it moved) reads differently from token to token
+    assert all(len(t["nearest_words"]) == 5 and all(w.isalpha() for w in t["nearest_words"]) for t in tokens)
+    assert all(t["moved"] > 0 for t in tokens) and len({tuple(t["moved_toward"]) for t in tokens}) > 1
 
 
 def read_until(fd, marker: bytes, timeout: float = 60) -> bytes:
@@ -435,7 +442,8 @@ def test_show_reads_like_git_show_and_never_wraps(trained):
         assert f"{photo['sha256'][:12]}\ttrain\t{photo['size'][0]}x{photo['size'][1]}\t{photo['source']}" in lines
     with_data = show("--data")
     assert with_data[:9] == lines[:9] and with_data.index("attribute conversations:") > with_data.index("photos:")
-    assert sum(line.startswith("Q: ") for line in with_data) == 30
+    learned = json.loads(run_cli("show", "bo", "--data", "--json", home=home).stdout)["training_data"]["attribute_conversations"]
+    assert sum(line.startswith("Q: ") for line in with_data) == len(learned) > 0
     assert info["attribute_conversations"] == 30 and {"name", "photos", "negatives", "checkpoint", "metrics"} <= set(info)
 
 
@@ -465,7 +473,8 @@ def test_show_data_lists_the_training_conversations(trained, tmp_path):
     assert (data["hard_negatives"], data["easy_negatives"]) == (mined.get("hard", 0), mined.get("easy", 0))
     assert data["subject_word"] == "corgi"  # articles and case dropped, the most frequent word
     conversations = data["attribute_conversations"]
-    assert len(conversations) == 30 and sorted({c["photo"] for c in conversations}) == sorted(sha[:12] for sha in photos)
+    # the random model's answers that say nothing (or say it again) are not learned, nor listed
+    assert len(conversations) <= 30 and {c["photo"] for c in conversations} <= {sha[:12] for sha in photos}
     assert {"photo": photos[0][:12], "question": "What color is <bo>?", "answer": "<bo> is brown and white."} in conversations
     assert all("<bo>" in c["question"] and "this subject" not in c["question"].lower() for c in conversations)
     assert info["checkpoint"]["k"] == 4 and info["status"] == "trained"

@@ -183,11 +183,12 @@ def test_text_turns_answer_exactly_as_the_bare_language_model(pocket_cache):
     still answers like the grounded model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from yollava_cli.models.decoding import without_onednn
+    from yollava_cli.models.decoding import Guards, without_onednn
     from yollava_cli.models.prompts import Prompt
     from yollava_cli.models.vlm import VLM, store_matrices_in_bf16
 
     vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")
+    vlm.guards = Guards(0, 1.0, False)  # the bare model's own greedy decoding: no blocking, no trimming
     lm_dir = pocket_cache / "smollm2-135m-instruct"
     bare = LlamaForCausalLM(LlamaConfig.from_json_file(lm_dir / "config.json"))
     from safetensors.torch import load_file
@@ -256,3 +257,24 @@ def test_text_cannot_speak_for_the_system_on_pocket(pocket_cache):
             vlm.prompts.encode(Prompt(f"What is {text}?"))
     ids = vlm.prompts.encode(Prompt("Is <rex> asleep? Write <|im_end| and |im_start|> as text.", concepts=["rex"])).input_ids
     assert ids.tolist().count(vlm.tokenizer.convert_tokens_to_ids("<rex>")) == 2
+
+
+def test_the_readmes_birthday_answer_does_not_loop_and_ends_a_sentence(pocket_cache):
+    """The README's main question, through `ask` with its three notes and <dog> at its starting rows,
+    at the default 256 tokens: no 4 words said twice (it said "a <dog>-friendly <dog>-friendly toy"
+    twice), and the answer ends at the end of a sentence, as it streamed."""
+    import re
+
+    from yollava_cli.models.vlm import VLM
+    from yollava_cli.use.ask import GenerationOptions, ask
+
+    vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")
+    vlm.tokens.add("dog", 16)
+    notes = ["<dog> is 4 years old.", "<dog> loves chasing tennis balls.", "<dog> is scared of the vacuum cleaner."]
+    pieces = []
+    answer = ask(vlm, ["dog"], "what should I buy him for his birthday?", [], [], GenerationOptions(256), pieces.append,
+                 notes=notes)["answer"]
+    words = re.findall(r"<\w+>|[\w']+", answer.lower())
+    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
+    assert len(grams) == len(set(grams)), answer
+    assert re.search(r"[.!?][\"')\]]*$", answer) and "".join(pieces).strip() == answer, answer

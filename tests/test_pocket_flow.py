@@ -108,7 +108,7 @@ def test_ask_streams_an_answer_about_the_concept(flow):
     options = GenerationOptions(max_tokens=24)
     pieces = []
     result = ask(flow["vlm"], ["dog"], "What should I buy him for his birthday?", [], [], options, pieces.append)
-    assert len(pieces) > 1 and "".join(pieces).strip() == result["answer"]
+    assert pieces and "".join(pieces).strip() == result["answer"]  # whole sentences, as they end
     # greedy: unstreamed, the same question gets the same answer
     assert ask(flow["vlm"], ["dog"], "What should I buy him for his birthday?", [], [], options)["answer"] == result["answer"]
     # asked whether <dog> is in a photo, the answer opens with the fused verdict's yes or no; its own

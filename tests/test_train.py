@@ -11,6 +11,7 @@ from yollava_cli.learning.events import Step
 from yollava_cli.learning.synthesis import (
     SUBJECT_QUESTION,
     build_training_data,
+    inspect_training_data,
     subject_word,
     templates,
 )
@@ -53,7 +54,7 @@ def test_the_data_uses_the_papers_templates_and_the_stated_mix(registry):
     assert len(table["positive"]) == 30 and len(table["negative"]) == 30
     assert table["positive"][0] == {"question": "Is {sks} in this photo?", "answer": "Yes, {sks} is in this photo."}
     assert len(data.positives) == 3 and len(data.negatives) == 12
-    assert len(data.attributes) == 30  # 10 questions x 3 photos
+    assert 10 <= len(data.attributes) <= 30  # 10 questions x 3 photos, those saying nothing or said before left out
     assert all("<bo>" in q and "this subject" not in q.lower() for q, _ in data.attributes)
     split = split_data(data, FAST)
     assert len(split.val_negatives) == 4 and len(split.negatives) == 8  # 2 hard + 2 easy held out
@@ -83,6 +84,32 @@ def test_the_identifier_starts_at_the_base_models_word_for_the_subject(registry)
     rows = vlm.tokens.embedding.tables["bo"].detach()
     assert torch.allclose(rows[0], vlm.tokens.word_embedding("dog")) and torch.allclose(vlm.head.rows["bo"].detach(), rows[0])
     assert not torch.allclose(rows[1], vlm.tokens.word_embedding("dog"))  # the latent tokens keep the neutral start
+
+
+def test_attribute_conversations_say_something_once(registry):
+    """What the base model said about each photo (as pocket said it about the README's dog): answers
+    that only restate the class or the question's noun are not learned, a repeated answer is
+    learned once, and the type question falls back to the label and the owner's kind; `show
+    --data` (inspect_training_data) lists exactly what training learns."""
+    vlm = tiny_vlm()
+    concept = registry.concept("bo")
+    photos = registry.concept_photos(concept["id"])
+    said = {"What color is this subject?": ["A color.", "This subject is orange and white.", "Orange and white."],
+            "What shape does this subject have?": ["A dog.", "A dog.", "It is round."],
+            "What type of object is this subject?": ["A dog.", "Dog.", "A dog"]}
+    questions = templates()["attributes"]["other"]["questions"]
+    for i, photo in enumerate(photos):
+        registry.store_answer(photo["sha256"], vlm.fingerprint, SUBJECT_QUESTION, "A dog.")
+        for question in questions:
+            registry.store_answer(photo["sha256"], vlm.fingerprint, question, said.get(question, ["A dog."] * 3)[i])
+    data = build_training_data(registry, vlm, concept)
+    assert data.attributes == [("What color is <bo>?", "<bo> is orange and white."),
+                               ("What color is <bo>?", "Orange and white."),
+                               ("What shape does <bo> have?", "It is round."),
+                               ("What type of object is <bo>?", "<bo> is a pet dog.")]
+    shown = inspect_training_data(registry, {**concept, "base_fingerprint": vlm.fingerprint})
+    assert [(c["question"], c["answer"]) for c in shown["attribute_conversations"]] == data.attributes
+    assert shown["subject_word"] == "dog"
 
 
 def test_training_changes_only_the_concept_rows_and_records_a_checkpoint(registry):

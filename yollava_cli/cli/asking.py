@@ -246,21 +246,27 @@ def find(
 @app.command()
 def explain(
     name: str,
-    max_tokens: Generation.MaxTokens = 40,
+    max_tokens: Generation.MaxTokens = 8,  # a few words each: 16 of them, in seconds
     model: ModelOption = None,
     quantize: QuantizeOption = None,
     json_: JsonFlag = False,
 ):
-    """Ask the model what each of a concept's latent tokens describes (a window into what it learned).
+    """What each of a concept's latent tokens stands for: the vocabulary words nearest its row and
+    nearest what training added to it, and the model's own few words where they differ between tokens.
 
     Example: yollava explain bo
     """
     from yollava_cli.use.ask import GenerationOptions
     from yollava_cli.use.explain import explain as explain_tokens
+    from yollava_cli.use.explain import training_seed
 
-    _, vlm, wanted = open_session([name], "", model, no_train=True, quantize=quantize)
+    registry, vlm, wanted = open_session([name], "", model, no_train=True, quantize=quantize)
     with progress_bar(f"Explaining <{wanted[0]}>'s latent tokens") as on_progress:
-        rows = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens), on_progress)
+        result = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens), on_progress, training_seed(registry, wanted[0]))
     if json_:
-        return print_json({"concept": wanted[0], "tokens": rows})
-    print_table(["token", "explanation"], [[r["token"], r["explanation"]] for r in rows])
+        return print_json(result)
+    print_table(["token", "nearest words", "moved", "toward", "the model says"],
+                [[r["token"], ", ".join(r["nearest_words"]), f"{r['moved']:.1%}", ", ".join(r["moved_toward"]),
+                  r["description"] or "(the common answer)"] for r in result["tokens"]])
+    if result["shared_description"]:
+        sys.stdout.write(f"the common answer: {result['shared_description']}\n")

@@ -4,7 +4,8 @@ Recognition: the concept's photos (and their mirror images) with the 30 positive
 templates, its negatives with the 30 negative ones. Attribute conversations: the base model
 answers 10 questions about each photo under a neutral name ("this subject", or "Riley" for
 people); the name is replaced by the identifier and the pair is trained *without* the photo, so
-the tokens themselves must carry the appearance. Fact conversations (only when training puts the
+the tokens themselves must carry the appearance. Only answers that say something are kept, each
+once (`worth_learning`). Fact conversations (only when training puts the
 owner's facts in the tokens): generic questions about the concept answered with one fact, in the
 owner's words; the model never writes them.
 """
@@ -28,6 +29,12 @@ from yollava_cli.store.registry import Registry
 ATTRIBUTE_MAX_TOKENS = 48  # short answers keep training sequences (and steps) short
 SUBJECT_QUESTION = "What is the main subject of this photo? Answer with one word."
 ARTICLES = {"a", "an", "the", "this", "it", "is"}
+# words that carry no attribute: an answer made only of these, the question's own words and the
+# subject's class ("A dog.", "What color is <bo>? A color.") teaches the tokens nothing
+FILLER = ARTICLES | {"its", "that", "are", "was", "of", "and", "or", "with", "in", "on", "to", "has", "have",
+                     "be", "very", "some", "any", "yes", "no", "not", "there", "subject", "object", "thing",
+                     "type", "kind", "photo", "image", "picture"}
+LABEL_QUESTION = "What type of object is this subject?"  # answered with the label where nothing better is said
 
 
 @cache
@@ -77,8 +84,9 @@ def build_training_data(registry: Registry, vlm: VLM, concept: dict, facts: list
                         on_progress: Callable[[int, int], None] | None = None) -> TrainingData:
     photos = registry.concept_photos(concept["id"])
     negatives = registry.negatives(concept["id"])
-    attributes = attribute_conversations(registry, vlm, concept, photos, on_progress)
-    return TrainingData([p["sha256"] for p in photos], negatives, attributes, subject_word(registry, vlm, photos),
+    word = subject_word(registry, vlm, photos)
+    attributes = [(q, a) for _, q, a in attribute_conversations(registry, vlm, concept, photos, word, on_progress)]
+    return TrainingData([p["sha256"] for p in photos], negatives, attributes, word,
                         [fact_conversations(concept["name"], fact) for fact in facts])
 
 
@@ -88,22 +96,54 @@ def fact_conversations(name: str, fact: str) -> list[tuple[str, str]]:
     return [(question.format(sks=identifier(name)), as_sentence(name, fact)) for question in templates()["facts"]["questions"]]
 
 
-def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos: list[dict],
-                            on_progress=None) -> list[tuple[str, str]]:
+def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos: list[dict], label: str | None,
+                            on_progress=None) -> list[tuple[str, str, str]]:
+    """(photo, question, answer) worth learning (`worth_learning`) from the base model's answers
+    about each photo; `label`: what the base model calls the subject (subject_word)."""
     spec = templates()["attributes"]["person" if concept["kind"] == "person" else "other"]
-    neutral = spec["neutral_name"]
     total = len(photos) * len(spec["questions"])
-    pairs, done = [], 0
+    said, done = [], 0
     for photo in photos:
         for question in spec["questions"]:
             prompt = Prompt(question, [photo_loader(registry, photo)], [photo["sha256"]])
-            answer = answer_once(registry, vlm, photo["sha256"], question, prompt, ATTRIBUTE_MAX_TOKENS)
+            said.append((photo["sha256"], question, answer_once(registry, vlm, photo["sha256"], question, prompt, ATTRIBUTE_MAX_TOKENS)))
             done += 1
             if on_progress:
                 on_progress(done, total)
-            if answer:
-                pairs.append((rename(question, neutral, concept["name"]), rename(answer, neutral, concept["name"])))
-    return pairs
+    return worth_learning(said, concept, label)
+
+
+def worth_learning(said: list[tuple[str, str, str]], concept: dict, label: str | None) -> list[tuple[str, str, str]]:
+    """The (photo, question, answer) triples training learns from, renamed to the identifier: an
+    answer that carries no attribute (only filler, the question's own words, the subject's class:
+    "A dog.", "What color is <bo>? A color.") is dropped, and an answer already kept for the
+    question is kept once. Where no answer to the type question survives, the label and the
+    owner's kind answer it ("<bo> is a pet dog.")."""
+    spec = templates()["attributes"]["person" if concept["kind"] == "person" else "other"]
+    name, neutral = concept["name"], spec["neutral_name"]
+    known = set(words(label or "")) | {concept["kind"]}
+    kept, seen = [], set()
+    for photo, question, answer in said:
+        plain = set(words(rename(question, neutral, name))) | set(words(neutral))
+        key = (question, " ".join(words(answer)))
+        if answer and key not in seen and set(words(answer)) - FILLER - plain - known:
+            seen.add(key)
+            kept.append((photo, rename(question, neutral, name), rename(answer, neutral, name)))
+    asked = rename(LABEL_QUESTION, neutral, name)
+    if LABEL_QUESTION in spec["questions"] and said and not any(question == asked for _, question, _ in kept):
+        kept.append((said[0][0], asked, label_answer(name, concept["kind"], label)))
+    return kept
+
+
+def label_answer(name: str, kind: str, label: str | None) -> str:
+    """'<bo> is a pet dog.', '<bo> is a backpack.' (an object is no news), '<bo> is a pet.'"""
+    what = " ".join(w for w in (kind if kind != "object" else None, label) if w) or "thing"
+    return f"{identifier(name)} is {'an' if what[0] in 'aeiou' else 'a'} {what}."
+
+
+def words(text: str) -> list[str]:
+    """Lowercased words, a concept's identifier left out."""
+    return re.findall(r"[a-z]+", re.sub(r"<[^>]*>", " ", text.lower()))
 
 
 def photo_loader(registry: Registry, photo: dict) -> Callable[[], Image.Image]:
@@ -150,16 +190,14 @@ def inspect_training_data(registry: Registry, concept: dict) -> dict:
     the base model the concept was trained on. Generates nothing."""
     spec = templates()["attributes"]["person" if concept["kind"] == "person" else "other"]
     photos = registry.concept_photos(concept["id"])
-    conversations = []
-    for photo in photos:
-        for question in spec["questions"]:
-            answer = registry.cached_answer(photo["sha256"], concept["base_fingerprint"] or "", question)
-            if answer:
-                conversations.append({"photo": photo["sha256"][:12], "question": rename(question, spec["neutral_name"], concept["name"]),
-                                      "answer": rename(answer, spec["neutral_name"], concept["name"])})
-    names = [registry.cached_answer(p["sha256"], concept["base_fingerprint"] or "", SUBJECT_QUESTION) for p in photos]
+    fingerprint = concept["base_fingerprint"] or ""
+    said = [(photo["sha256"], question, answer) for photo in photos for question in spec["questions"]
+            if (answer := registry.cached_answer(photo["sha256"], fingerprint, question))]
+    names = [registry.cached_answer(p["sha256"], fingerprint, SUBJECT_QUESTION) for p in photos]
+    label = most_common_word([n for n in names if n])
+    conversations = [{"photo": photo[:12], "question": question, "answer": answer}
+                     for photo, question, answer in worth_learning(said, concept, label)]
     kinds = registry.negative_counts(concept["id"])
     return {"positive_photos": len(photos), "positive_views": 2 * len(photos), "hard_negatives": kinds.get("hard", 0),
             "easy_negatives": kinds.get("easy", 0), "recognition_templates": {side: len(pairs) for side, pairs in templates()["recognition"].items()},
-            "subject_word": most_common_word([n for n in names if n]),
-            "attribute_conversations": conversations}
+            "subject_word": label, "attribute_conversations": conversations}

@@ -119,11 +119,7 @@ class ConceptTokens:
             self.head.width = len(self.tokenizer)
         ids = self.tokenizer.convert_tokens_to_ids(names)
         if input_rows is None:
-            generator = torch.Generator().manual_seed(seed)
-            start = self.word_embedding("thing")
-            input_rows = start + torch.randn(k + 1, start.shape[0], generator=generator) * start.std() * 0.1
-            if init_word:
-                input_rows[0] = self.word_embedding(init_word)
+            input_rows = self.starting_rows(k, seed, init_word)
         if output_row is None:
             output_row = input_rows[0].clone()
         width = self.embedding.base.weight.shape[1]
@@ -139,6 +135,16 @@ class ConceptTokens:
         self._latents[name] = k
         self._reindex()
         return ids
+
+    def starting_rows(self, k: int, seed: int = 0, init_word: str | None = None) -> torch.Tensor:
+        """The k+1 input rows a new concept starts from (`add`): the word 'thing', a little apart
+        (seeded noise); with `init_word` the identifier starts at that word."""
+        generator = torch.Generator().manual_seed(seed)
+        start = self.word_embedding("thing")
+        rows = start + torch.randn(k + 1, start.shape[0], generator=generator) * start.std() * 0.1
+        if init_word:
+            rows[0] = self.word_embedding(init_word)
+        return rows
 
     def word_embedding(self, text: str) -> torch.Tensor:
         """The mean input embedding of a word's tokens (as it reads mid-sentence, after a space)."""

@@ -1,5 +1,7 @@
 """Writing an answer: greedy or sampled decoding over a prefilled prompt, streamed as it goes, with
-three optional ways to steer it (`Steering`) and two guards (a stop event, a loop detector).
+three optional ways to steer it (`Steering`) and its guards: a stop event, no repeated n-gram (a
+small model answering greedily that repeats a phrase once repeats it until max tokens), and an
+answer cut short (max tokens) that ends at its last full sentence.
 
 The steering modes:
 - `yes`: a recognizer's verdict on a yes/no question ("is <bo> in this photo?"). The answer opens
@@ -14,6 +16,7 @@ The steering modes:
   win over what the model says anyway. Costs a second pass per token.
 """
 
+import re
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -31,6 +34,8 @@ from yollava_cli.models.prompts import Prompt, part
 
 CONTRAST_WEIGHT = 0.5  # context-aware decoding's alpha (Shi et al. 2023, their default)
 LOOP_NGRAM = 8  # an answer whose last 8 tokens already occurred in it is looping: stop it
+# a sentence ends at . ! ? (and any closing quote or bracket) before a space, or at a line break
+SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|\n")
 YES_WORDS = ("Yes", "yes", " Yes", " yes", "YES")
 NO_WORDS = ("No", "no", " No", " no", "NO")
 
@@ -43,6 +48,16 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class Guards:
+    """What keeps an answer readable; bench/bench_answers.py measured these against the old ones
+    (`Guards(0, 1.0, False)`: only the 8-token loop stop) on the shared subjects' questions."""
+
+    no_repeat_ngram: int = 4  # no n tokens, nor n words, of the answer twice (0: off)
+    repetition_penalty: float = 1.0  # CTRL's, on the answer's own tokens (1: off)
+    whole_sentences: bool = True  # an answer cut short ends at its last full sentence
+
+
+@dataclass(frozen=True)
 class Steering:
     """How an answer is steered (module docstring); each field is off when None."""
 
@@ -52,13 +67,14 @@ class Steering:
 
 
 def generate(vlm, prompt: Prompt, sampling: Sampling = Sampling(), steering: Steering = Steering(),
-             on_text: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> str:
+             on_text: Callable[[str], None] | None = None, stop: threading.Event | None = None,
+             guards: Guards = Guards()) -> str:
     """The answer to `prompt`; `on_text` receives its text as it is generated, `stop` ends it early."""
     encoded = vlm.prompts.encode(prompt)
     opening_ids = vlm.prompts.text_ids(steering.opening) if steering.opening else []
     ids = torch.cat([encoded.input_ids, torch.tensor(opening_ids, dtype=torch.long)])[None].to(vlm.device)
     layout = vlm.layout(ids, torch.ones_like(ids), encoded.images)
-    streamer = CallbackStreamer(vlm.tokenizer, on_text, opening_ids) if on_text else None
+    streamer = CallbackStreamer(vlm.tokenizer, on_text, opening_ids, guards.whole_sentences) if on_text else None
     scale = sampling.temperature if sampling.temperature > 0 else 1.0
     names = list(vlm.head.identifier_ids.values())
     torch.manual_seed(sampling.seed)
@@ -67,7 +83,10 @@ def generate(vlm, prompt: Prompt, sampling: Sampling = Sampling(), steering: Ste
         # the prompt (all but its last token, no head) runs through oneDNN's GEMM; then one token
         # at a time, where ATen's own bf16 matrix-vector kernel decodes ~1.5x faster on CPU
         cache = vlm.prefill(ids[:, :-1], layout=part(layout, cols=slice(0, -1)), images=encoded.images)
-        processors = [WholeNames(names, vlm), SettleVerdict(steering.yes, ids.shape[1], vlm)]
+        start = ids.shape[1] - len(opening_ids)  # where the answer starts: an opening is its own
+        processors = [WholeNames(names, vlm), SettleVerdict(steering.yes, ids.shape[1], vlm),
+                      NoRepeats(start, guards.no_repeat_ngram, guards.repetition_penalty, names,
+                                vlm.word_keys if guards.no_repeat_ngram > 0 else None)]
         if steering.contrast is not None:  # a text-only prompt, prefilled the same way
             other = torch.cat([vlm.prompts.encode(steering.contrast).input_ids,
                                torch.tensor(opening_ids, dtype=torch.long)])[None].to(vlm.device)
@@ -82,7 +101,28 @@ def generate(vlm, prompt: Prompt, sampling: Sampling = Sampling(), steering: Ste
                 pad_token_id=vlm.tokenizer.pad_token_id or vlm.tokenizer.eos_token_id, **options,
             )
     vlm.generated_tokens += out.shape[1] - ids.shape[1]
-    return decode_answer(vlm.tokenizer, out[0, len(encoded.input_ids):].tolist()).strip()
+    answer = out[0, len(encoded.input_ids):].tolist()
+    text = decode_answer(vlm.tokenizer, answer)
+    ended = not answer or (stop is not None and stop.is_set()) or answer[-1] in eos_ids(vlm) or (
+        bool(opening_ids) and "\n" in vlm.tokenizer.decode(answer[-1:]))
+    if guards.whole_sentences and not ended:  # cut short (max tokens, a loop): to its last sentence
+        text = last_full_sentence(text)
+    if streamer:
+        streamer.finish(text)
+    return text.strip()
+
+
+def eos_ids(vlm) -> set[int]:
+    """The tokens that end an answer (the generation config's, which may name several)."""
+    configured = vlm.model.generation_config.eos_token_id
+    configured = configured if isinstance(configured, list) else [configured]
+    return {i for i in configured + [vlm.tokenizer.eos_token_id] if i is not None}
+
+
+def last_full_sentence(text: str) -> str:
+    """The text up to its last full sentence; text with no sentence end is kept and marked cut ("…")."""
+    ends = [m.end() for m in SENTENCE_END.finditer(text + " ")]  # the text's own end counts as a space
+    return text[: ends[-1]].rstrip() if ends else text.rstrip() + "…"
 
 
 class Stop(StoppingCriteria):
@@ -111,6 +151,59 @@ class SettleVerdict(LogitsProcessor):
         settled = torch.full_like(scores, float("-inf"))
         settled[:, self.words] = scores[:, self.words]
         return settled
+
+
+class NoRepeats(LogitsProcessor):
+    """No n tokens of the answer twice: a token that would complete an n-gram the answer already
+    holds is ruled out (no-repeat n-gram blocking, as `generate`'s own but over the answer alone: a
+    fact from the prompt may be repeated). With n = 4 a name and the function words around it may
+    come back ("<bo> is a ... <bo> is a"), only not with the same next word. With `penalty` > 1, each
+    token the answer already holds is less likely (CTRL's repetition penalty: positive scores
+    divided, negative multiplied), a concept's name exempt: it is the answer's subject. With `words`,
+    n-grams of words are blocked too, whatever their case or hyphens ("The answer is not ... the
+    answer is not", "with a built-in ... with a built in" are different tokens, the same words)."""
+
+    def __init__(self, start: int, n: int, penalty: float, names: list[int], words: "WordKeys | None" = None):
+        self.start, self.n, self.penalty, self.names, self.words = start, n, penalty, names, words
+
+    def __call__(self, input_ids, scores):
+        answer = input_ids[0, self.start :].tolist()
+        if self.penalty != 1.0 and answer:
+            seen = torch.tensor(sorted(set(answer) - set(self.names)), dtype=torch.long, device=scores.device)
+            if len(seen):
+                held = scores[:, seen]
+                scores = scores.index_copy(-1, seen, torch.where(held > 0, held / self.penalty, held * self.penalty))
+        banned = repeated_continuations(answer, self.n)
+        if self.words is not None:
+            keys = [key for key in map(self.words.key, answer) if key]
+            for key in repeated_continuations(keys, self.n):
+                banned |= self.words.ids.get(key, set())
+        if banned:
+            scores = scores.index_fill(-1, torch.tensor(sorted(banned), device=scores.device), float("-inf"))
+        return scores
+
+
+class WordKeys:
+    """Each token's text as a repeat reads it: lowercased letters, digits and a name's brackets
+    ("" for punctuation and spaces, which are left out of word n-grams), and the tokens of each."""
+
+    def __init__(self, tokenizer):
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        self.keys = [re.sub(r"[^0-9a-z<>_]", "", text.lower()) for text in texts]
+        self.ids: dict[str, set[int]] = {}
+        for i, key in enumerate(self.keys):
+            self.ids.setdefault(key, set()).add(i)
+
+    def key(self, token: int) -> str:
+        return self.keys[token] if token < len(self.keys) else f"<{token}>"  # a token added since: its own word
+
+
+def repeated_continuations(tokens: list, n: int) -> set:
+    """The tokens that, appended, would make the last n tokens an n-gram `tokens` already holds."""
+    if n <= 0 or len(tokens) < n:
+        return set()
+    tail = tokens[len(tokens) - n + 1 :]
+    return {tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tokens[i : i + n - 1] == tail}
 
 
 class WholeNames(LogitsProcessor):
@@ -148,33 +241,44 @@ class Contrast(LogitsProcessor):
 
 
 class CallbackStreamer:
-    """Hands newly decoded text to a callback as tokens arrive (the prompt is skipped)."""
+    """Hands newly decoded text to a callback as tokens arrive (the prompt is skipped). With
+    `whole_sentences`, text after the last sentence end is held back until the next one, or until
+    `finish` says how the answer ends (an answer cut short drops its unfinished sentence)."""
 
-    def __init__(self, tokenizer, callback: Callable[[str], None], opening: list[int] | None = None):
-        self.tokenizer, self.callback = tokenizer, callback
+    def __init__(self, tokenizer, callback: Callable[[str], None], opening: list[int] | None = None,
+                 whole_sentences: bool = False):
+        self.tokenizer, self.callback, self.whole_sentences = tokenizer, callback, whole_sentences
         self.ids: list[int] = list(opening or [])  # an answer's given opening streams first
         self.sent = 0
         self.prompt_seen = False
         if self.ids:
-            self._emit(final=False)
+            self._emit(decode_answer(self.tokenizer, self.ids))
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
         self.ids += value.reshape(-1).tolist()
-        self._emit(final=False)
+        self._emit(decode_answer(self.tokenizer, self.ids))
 
     def end(self) -> None:
-        self._emit(final=True)
+        """generate's own end: the rest is sent by `finish` (decoding.generate), or here when nothing will."""
+        if not self.whole_sentences:
+            self.finish(decode_answer(self.tokenizer, self.ids))
 
-    def _emit(self, final: bool) -> None:
-        text = decode_answer(self.tokenizer, self.ids)
-        if text.endswith("\ufffd") and not final:  # half of a multi-byte character: wait for the rest
-            return
+    def finish(self, text: str) -> None:
+        """Sends what is left of the answer as it finally reads."""
         if len(text) > self.sent:
-            self.callback(text[self.sent:])
+            self.callback(text[self.sent :])
             self.sent = len(text)
+
+    def _emit(self, text: str) -> None:
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return
+        if self.whole_sentences:
+            ends = [m.end() for m in SENTENCE_END.finditer(text)]
+            text = text[: ends[-1]] if ends else ""
+        self.finish(text)
 
 
 def repeats_itself(tokens: list[int], n: int) -> bool:

@@ -73,6 +73,7 @@ class VLM:
         self.tokens = ConceptTokens(self.tokenizer, embedding, self.head, self.device, self.fingerprint, ref)
         self.prompts = PromptEncoder(processor, self.tokens, self.image_token_id, self.image_inputs)
         self.grounding = self.family.photo_switch(model)  # on only for the rows that hold a photo
+        self.guards = decoding.Guards()  # what keeps answers readable (a benchmark swaps in the old ones)
 
     # -- passes -------------------------------------------------------------------------
 
@@ -256,6 +257,11 @@ class VLM:
                              if t and t[0].isalnum() and not t.startswith("\u2581")  # sentencepiece's space marker
                              and text([t])[:1].isalnum()], dtype=torch.long)
 
+    @functools.cached_property
+    def word_keys(self) -> "decoding.WordKeys":
+        """Each token as the repeat guard reads it (decoding.WordKeys); once, when first needed."""
+        return decoding.WordKeys(self.tokenizer)
+
     def word_ids(self, words) -> list[int]:
         return sorted({self.tokenizer.encode(w, add_special_tokens=False)[0] for w in words})
 
@@ -268,7 +274,7 @@ class VLM:
         the answer), `opening` (text the answer starts with), `contrast` (lean on the context that
         prompt lacks)."""
         return decoding.generate(self, prompt, decoding.Sampling(max_new_tokens, temperature, seed),
-                                 decoding.Steering(yes, opening, contrast), on_text, stop)
+                                 decoding.Steering(yes, opening, contrast), on_text, stop, self.guards)
 
     # -- images -------------------------------------------------------------------------
 
