@@ -88,6 +88,17 @@ def test_training_separates_at_least_as_well_as_its_starting_word(flow):
     assert trained[2] >= start[2], report
 
 
+def test_the_yes_no_decision_does_not_collapse_to_no_while_the_loss_falls(flow):
+    """Under one cross-entropy over every answer token, validation's positive recall reached 1.0
+    and fell to 0 by epoch 4 (the tokens learned to say "no") while the loss kept falling."""
+    history = flow["result"].history
+    curve = [(h["epoch"], h["validation"]["positive"], round(h["validation"]["mean_yes_positive"], 3),
+              round(h["validation"]["mean_yes_negative"], 3)) for h in history]
+    recalls = [h["validation"]["positive"] for h in history]
+    assert min(recalls[recalls.index(max(recalls)):]) > 0, curve
+    assert all(pos > neg for _, _, pos, neg in curve), curve  # own crops above negatives at every epoch
+
+
 def test_find_ranks_its_own_photos_first_on_average(flow):
     from yollava_cli.use.find import find
 

@@ -8,8 +8,10 @@ from tiny import tiny_llava
 
 from yollava_cli.errors import UserError
 from yollava_cli.learning.events import Step
+from yollava_cli.learning.objective import class_weights, decision_targets, step_losses
 from yollava_cli.learning.synthesis import (
     SUBJECT_QUESTION,
+    TrainingData,
     build_training_data,
     inspect_training_data,
     subject_word,
@@ -23,6 +25,8 @@ from yollava_cli.learning.training import (
     split_data,
     train_concept,
 )
+from yollava_cli.models.decoding import NO_WORDS, YES_WORDS
+from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
 from yollava_cli.store.concepts import add_concept, describe_concept
 from yollava_cli.store.registry import Registry
@@ -235,3 +239,57 @@ def test_cli_training_options_default_to_train_config():
             "print({p.name: p.default for p in commands['train'].params}['lr'], {p.name: p.default for p in commands['eval'].params}['epochs'])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["0.0005", "7"], result.stderr
+
+
+def test_each_class_weighs_half_so_an_undecided_model_is_not_pushed_to_say_no(registry):
+    """Negatives outnumber positives in an epoch (8 to 6 here, 2:1 by default). Under one
+    cross-entropy over every answer token, a model that cannot tell yet is pushed toward "no" by
+    the mix alone; scored apart and balanced, the decision's gradient at P(yes) = 0.5 nets to zero."""
+    concept = registry.concept("bo")
+    photos = [p["sha256"] for p in registry.concept_photos(concept["id"])]
+    data = TrainingData(photos, registry.negatives(concept["id"]), [("What color is <bo>?", "<bo> is red.")] * 4)
+    labels = [e.label for e in epoch_examples("bo", split_data(data, FAST), 0, FAST)]
+    assert labels.count("negative") > labels.count("positive")
+    weights = class_weights(labels)
+    assert weights["positive"] * labels.count("positive") == pytest.approx(weights["negative"] * labels.count("negative"))
+    targets, row_weights = decision_targets(labels, weights)
+    assert row_weights[[i for i, label in enumerate(labels) if label == "attribute"]].eq(0).all()
+    margin = torch.zeros(len(labels), requires_grad=True)  # log P(yes) - log P(no), undecided
+    deciding = ~torch.isnan(targets)
+    torch.nn.functional.binary_cross_entropy_with_logits(margin[deciding], targets[deciding], weight=row_weights[deciding],
+                                                         reduction="sum").backward()
+    assert margin.grad.sum().item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_decision_is_read_at_the_answers_first_token_and_left_out_of_the_text(registry):
+    vlm = tiny_vlm()
+    vlm.tokens.add("bo", 4)
+    photo = Image.new("RGB", (48, 40), (220, 40, 30))
+    rows = [(Prompt("Is <bo> in this photo?", [photo], [None], ["bo"]), "Yes, <bo> is in this photo.", "positive"),
+            (Prompt("Is <bo> in this photo?", [photo], [None], ["bo"]), "No, <bo> is not in this photo.", "negative"),
+            (Prompt("What color is <bo>?", [], [], ["bo"]), "<bo> is red.", "attribute")]
+    batch = vlm.prompts.collate([vlm.prompts.encode(p, a) for p, a, _ in rows])
+    labels = [label for _, _, label in rows]
+    targets, weights = decision_targets(labels, class_weights(labels))
+    torch.manual_seed(0)
+    logits = torch.randn(*batch["labels"].shape, vlm.model.config.text_config.vocab_size, requires_grad=True)
+    yes, no = vlm.word_ids(YES_WORDS), vlm.word_ids(NO_WORDS)
+    text, decision = step_losses(logits, batch["labels"], targets, weights, yes, no)
+    shifted = batch["labels"][:, 1:].clone()
+    first = (shifted != -100).int().argmax(dim=1)
+    at = logits[:, :-1][[0, 1], first[:2]]
+    margin = torch.logsumexp(at[:, yes], -1) - torch.logsumexp(at[:, no], -1)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(margin, torch.tensor([1.0, 0.0]))
+    assert decision.item() == pytest.approx(expected.item(), rel=1e-5)  # one of each class: weights 1
+    shifted[[0, 1], first[:2]] = -100  # the decision's token is scored once, in the decision term
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1])
+    assert text.item() == pytest.approx(torch.nn.functional.cross_entropy(flat, shifted.reshape(-1)).item(), rel=1e-5)
+    assert shifted[2, first[2]] != -100  # an attribute answer keeps its first token in the text
+
+
+def test_training_records_the_decisions_part_of_the_loss(registry):
+    result = train_concept(registry, tiny_vlm(), "bo", TrainConfig(k=4, epochs=1, batch_size=8, positive_repeats=1,
+                                                                   attributes_per_epoch=4))
+    assert 0 < result.history[0]["decision_loss"] < 10
+    plain = TrainConfig(k=4, epochs=1, batch_size=8, positive_repeats=1, attributes_per_epoch=4, decision_weight=0.0)
+    assert "decision_loss" not in train_concept(registry, tiny_vlm(), "bo", plain).history[0]

@@ -49,6 +49,7 @@ class EpochDone:
     train_accuracy: float
     validation: dict
     seconds: float = 0.0  # the epoch's wall time, steps and validation
+    decision_loss: float | None = None  # the recognition answers' yes/no term, where the objective has one
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,10 @@ class TrainConfig:
     validation_fraction: float = 0.2  # of the negatives, held out for checkpoint selection
     patience: int = 3  # stop after this many epochs without a better validation score
     weight_decay: float = 0.01
+    # The recognition answers' yes/no, scored apart from their text (learning/objective.py):
+    # class-balanced, this many times the text's per-token loss. 0: one cross-entropy over every
+    # answer token, under which the decision collapsed to "no" after a few epochs.
+    decision_weight: float = 1.0
     # Also train the owner's facts into the tokens (text-only conversations, one per fact per
     # epoch). Facts always ride in the prompt; eval's facts metric measures what this adds.
     facts_in_tokens: bool = False

@@ -32,6 +32,7 @@ from yollava_cli.learning.events import (
     WritingConversations,
 )
 from yollava_cli.learning.mining import mine
+from yollava_cli.learning.objective import class_weights, decision_targets, step_losses
 from yollava_cli.learning.recognition import attach, fit_fusion, train_head
 from yollava_cli.learning.synthesis import (
     TrainingData,
@@ -40,6 +41,7 @@ from yollava_cli.learning.synthesis import (
     score_question,
 )
 from yollava_cli.learning.train_config import TrainConfig
+from yollava_cli.models.decoding import NO_WORDS, YES_WORDS
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
 from yollava_cli.store.concepts import get_concept, require_photos
@@ -200,23 +202,10 @@ class Trainer:
                 if best and epoch - best["epoch"] >= self.config.patience:  # epochs run since the best one
                     break
                 started = time.perf_counter()
-                examples = epoch_examples(self.name, split, epoch, self.config)
-                steps = (len(examples) + self.config.batch_size - 1) // self.config.batch_size
-                self.on_event(EpochStarted(epoch, steps))
-                losses = []
-                for step in range(steps):
-                    batch = [self.encode(e) for e in examples[step * self.config.batch_size : (step + 1) * self.config.batch_size]]
-                    loss = self.vlm.loss(self.vlm.prompts.collate(batch))
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(loss.item())
-                    self.on_event(Step(epoch, step + 1, steps, losses[-1]))
-                self.on_event(Validating(epoch, steps))
+                losses = self.train_epoch(epoch, epoch_examples(self.name, split, epoch, self.config), optimizer)
                 validation = self.score(split.val_positives, split.val_negatives)
                 train = self.score(probe[:3], probe[3:])
-                history.append({"epoch": epoch + 1, "loss": sum(losses) / len(losses),
-                                "train_accuracy": train["weighted"], "validation": validation,
+                history.append({"epoch": epoch + 1, **losses, "train_accuracy": train["weighted"], "validation": validation,
                                 "seconds": round(time.perf_counter() - started, 2)})
                 if best is None or selection_key(validation) > selection_key(best["validation"]):
                     file = self.folder / f"run{run_id}.safetensors"
@@ -234,6 +223,32 @@ class Trainer:
             self.fail(run_id, history, best, e)
             raise
         return self.finish(run_id, data, history, best, interrupted=False)
+
+    def train_epoch(self, epoch: int, examples: list[Example], optimizer) -> dict:
+        """One pass over the epoch's examples; the mean loss, and the decision's part of it."""
+        steps = (len(examples) + self.config.batch_size - 1) // self.config.batch_size
+        self.on_event(EpochStarted(epoch, steps))
+        weights = class_weights([e.label for e in examples])
+        losses, decisions = [], []
+        for step in range(steps):
+            chunk = examples[step * self.config.batch_size : (step + 1) * self.config.batch_size]
+            batch = self.vlm.prompts.collate([self.encode(e) for e in chunk])
+            if self.config.decision_weight:
+                targets, row_weights = decision_targets([e.label for e in chunk], weights)
+                text, decision = step_losses(self.vlm.forward(batch), batch["labels"], targets, row_weights,
+                                             self.vlm.word_ids(YES_WORDS), self.vlm.word_ids(NO_WORDS))
+                loss = text + self.config.decision_weight * decision
+                decisions.append(decision.item())
+            else:  # every answer token alike, the decision's among them
+                loss = self.vlm.loss(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            self.on_event(Step(epoch, step + 1, steps, losses[-1]))
+        self.on_event(Validating(epoch, steps))
+        out = {"loss": sum(losses) / len(losses)}
+        return {**out, "decision_loss": sum(decisions) / len(decisions)} if decisions else out
 
     def fit_recognizer(self, split: Split, best: dict) -> dict:
         """The concept head over image embeddings (positives and their mirror images against the

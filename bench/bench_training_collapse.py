@@ -1,0 +1,141 @@
+"""Does training's yes/no decision collapse? Per-epoch curves on a few shared subjects, isolated
+protocol (each subject alone, negatives mined from the ImageNet sample), for several training
+objectives side by side, on pocket.
+
+Each subject trains for --epochs with early stopping off (patience = epochs), so the whole curve is
+seen; the history records each epoch's loss, train accuracy and validation (positive recall,
+negative accuracy, mean P(yes)). The best checkpoint is then scored on the paper's test protocol:
+the subject's test photos against every other subject's test photos (all 19, as the 20-subject eval
+does), tokens alone (cut at 0.5, as `eval`'s yollava method) and fused.
+
+Run:  python bench/bench_training_collapse.py --variants today,decision1,decision4 --subjects dog,dog6,cat,backpack
+Writes bench/results/training-collapse.json and .md (merged with earlier variants' entries).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from measure import where
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+OUT = REPO / "bench" / "results" / "training-collapse"
+
+# What each variant changes from the defaults of the code it runs on (today's objective is
+# decision_weight 0: plain cross-entropy over every answer token, negatives 2:1).
+VARIANTS = {
+    "today": {"decision_weight": 0.0},
+    "decision1": {"decision_weight": 1.0},  # the default
+    "decision4": {"decision_weight": 4.0},
+}
+
+
+def collapsed(history: list[dict]) -> bool:
+    """Validation positive recall fell to 0 after reaching 1.0."""
+    recalls = [h["validation"]["positive"] for h in history]
+    return any(r == 1.0 for r in recalls) and any(r == 0.0 for r in recalls[recalls.index(1.0):])
+
+
+def run_subject(name: str, dataset, vlm, embedder, config, root: Path, pool: Path) -> dict:
+    from yollava_cli.evaluation.methods import Fused, Yollava
+    from yollava_cli.evaluation.runner import Evaluation, isolated_registry
+    from yollava_cli.learning.training import prepare_concept, recognition_metrics
+
+    subject = dataset.subjects[name]
+    registry = isolated_registry(root / name, dataset, subject, [pool], embedder, lambda e: None)
+    started = time.perf_counter()
+    result = prepare_concept(registry, name, lambda: vlm, lambda: embedder, config)
+    seconds = time.perf_counter() - started
+    run = Evaluation(dataset, vlm, registry, embedder, [], config, lambda e: None)
+    concept = registry.concept(name)
+    others = [p for s in dataset.subjects.values() if s.name != name for p in s.test]
+    tokens = Yollava()
+    scores = {}
+    for method in (tokens, Fused(tokens)):
+        pos, neg = method.scores(run, name, subject.test), method.scores(run, name, others)
+        cut = 0.5 if method.name == "yollava" else method.threshold(run, name, concept)
+        metrics = recognition_metrics(pos, neg, cut)
+        scores[method.name] = {k: round(metrics[k], 4) for k in ("positive", "negative", "weighted")}
+    curve = [{"epoch": h["epoch"], "loss": round(h["loss"], 4), "train_accuracy": round(h["train_accuracy"], 4),
+              **{k: round(h["validation"][k], 4) for k in ("positive", "negative", "weighted", "mean_yes_positive", "mean_yes_negative")},
+              **({"decision_loss": round(h["decision_loss"], 4)} if "decision_loss" in h else {})}
+             for h in result.history]
+    return {"best_epoch": result.best_epoch, "epochs_run": len(result.history), "collapsed": collapsed(result.history),
+            "test": scores, "train_s": round(seconds, 1), "curve": curve}
+
+
+def summary(subjects: dict) -> dict:
+    n = len(subjects)
+    return {"tokens_weighted": round(sum(s["test"]["yollava"]["weighted"] for s in subjects.values()) / n, 4),
+            "fused_weighted": round(sum(s["test"]["fused"]["weighted"] for s in subjects.values()) / n, 4),
+            "collapsed": sum(s["collapsed"] for s in subjects.values()),
+            "best_after_first": sum(s["best_epoch"] > 1 for s in subjects.values()), "subjects": n}
+
+
+def markdown(results: dict) -> str:
+    lines = ["# Training collapse: per-epoch validation, isolated protocol, pocket", "",
+             f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, shared (1-min load before/after each subject in the JSON).",
+             f"Command: `{results['command']}`", ""]
+    lines += ["| variant | config | tokens weighted | fused weighted | collapsed | best epoch > 1 |", "|---|---|---|---|---|---|"]
+    for name, v in results["variants"].items():
+        s = v["summary"]
+        lines.append(f"| {name} | `{json.dumps(v['config_changes'])}` | {s['tokens_weighted']} | {s['fused_weighted']} | "
+                     f"{s['collapsed']}/{s['subjects']} | {s['best_after_first']}/{s['subjects']} |")
+    for name, v in results["variants"].items():
+        lines += ["", f"## {name}", ""]
+        for subject, r in v["subjects"].items():
+            lines.append(f"**{subject}**: best epoch {r['best_epoch']} of {r['epochs_run']}, tokens {r['test']['yollava']['weighted']}, "
+                         f"fused {r['test']['fused']['weighted']}, collapsed: {r['collapsed']}, {r['train_s']} s")
+            lines += ["", "| epoch | loss | train acc | val positive | val negative | val weighted | P(yes) pos | P(yes) neg |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for h in r["curve"]:
+                lines.append(f"| {h['epoch']} | {h['loss']} | {h['train_accuracy']} | {h['positive']} | {h['negative']} | "
+                             f"{h['weighted']} | {h['mean_yes_positive']} | {h['mean_yes_negative']} |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--subjects", default="dog,dog6,cat,backpack")
+    parser.add_argument("--variants", default="today,decision1")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--pool", type=Path, default=DATA / "pool" / "imagenet-sample", help="folder of negatives to mine")
+    parser.add_argument("--home", default=os.environ.get("YOLLAVA_HOME", "/tmp/yollava-collapse"))
+    args = parser.parse_args()
+    os.environ["YOLLAVA_HOME"] = args.home
+    from dataclasses import fields
+
+    from yollava_cli.evaluation.dataset import load_dataset
+    from yollava_cli.learning.embeddings import load_embedder
+    from yollava_cli.learning.train_config import TrainConfig
+    from yollava_cli.models.loading import load_vlm
+
+    dataset = load_dataset(DATA / "concepts")
+    vlm, embedder = load_vlm("pocket"), load_embedder("efficientnet-lite0")
+    known = {f.name for f in fields(TrainConfig)}
+    path = OUT.with_suffix(".json")
+    results = json.loads(path.read_text()) if path.exists() else {"variants": {}}
+    results.update(machine=where(),
+                   command=f"python bench/bench_training_collapse.py --subjects {args.subjects} --epochs {args.epochs} --pool {args.pool} --variants ...",
+                   commit=subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip())
+    variants = args.variants.split(",")
+    for name in args.subjects.split(","):  # subject by subject, so a cut-short run still compares variants
+        for variant in variants:
+            changes = {k: v for k, v in VARIANTS[variant].items() if k in known}
+            config = TrainConfig(**{**changes, "epochs": args.epochs, "patience": args.epochs})
+            entry = results["variants"].setdefault(variant, {"config_changes": changes, "epochs": args.epochs, "subjects": {}})
+            load = open("/proc/loadavg").read().split()[0]
+            entry["subjects"][name] = {**run_subject(name, dataset, vlm, embedder, config, Path(args.home) / "bench", args.pool),
+                                       "load_before_after": [load, open("/proc/loadavg").read().split()[0]]}
+            entry["summary"] = summary(entry["subjects"])
+            print(variant, name, json.dumps({k: v for k, v in entry["subjects"][name].items() if k != "curve"}), flush=True)
+            path.write_text(json.dumps(results, indent=1))
+            OUT.with_suffix(".md").write_text(markdown(results))
+
+if __name__ == "__main__":
+    main()
