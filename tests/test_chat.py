@@ -94,8 +94,11 @@ def test_a_question_about_several_concepts_answers_for_each():
     assert asking.asked_verdicts("Are <mam> and <bo> in this photo?", verdicts) == verdicts[::-1]
     assert asking.asked_verdicts("Is <bo> in this photo?", verdicts) == verdicts[:1]
     assert asking.asked_verdicts("What are <bo> and <mam> doing here?", verdicts) == []
-    both = ask(vlm, ["bo", "mam"], "is <bo> with <mam> here?", red, [None], GenerationOptions(max_tokens=4), verdicts=verdicts)
+    said = []
+    both = ask(vlm, ["bo", "mam"], "is <bo> with <mam> here?", red, [None], GenerationOptions(max_tokens=4), verdicts=verdicts,
+               notes=["<bo> is 4 years old."], on_status=said.append)
     assert both["answer"] == "<bo> is here; <mam> is not." and both["quoted_note"] is None
+    assert not any("left out" in line for line in said)  # the verdicts answer it: no fact is missed
     one = ask(vlm, ["bo", "mam"], "Is <mam> here?", red, [None], GenerationOptions(max_tokens=4), verdicts=verdicts)
     assert one["answer"][:1] in ("N", "n") and not one["answer"].lower().startswith("yes")
 
@@ -337,10 +340,9 @@ def test_explain_lists_each_latent_token(trained):
     assert result.returncode == 0, result.stderr
     tokens = json.loads(result.stdout)["tokens"]
     assert [t["token"] for t in tokens] == [f"<bo_{i}>" for i in range(4)]
-    # each token's nearest words are whole words of the vocabulary, and what training added to
-    # each (it moved) reads differently from token to token
+    # each token's nearest words are whole words of the vocabulary, and training moved each
     assert all(len(t["nearest_words"]) == 5 and all(w.isalpha() for w in t["nearest_words"]) for t in tokens)
-    assert all(t["moved"] > 0 for t in tokens) and len({tuple(t["moved_toward"]) for t in tokens}) > 1
+    assert all(t["moved"] > 0 for t in tokens) and "moved_toward" not in tokens[0]
 
 
 def read_until(fd, marker: bytes, timeout: float = 60) -> bytes:

@@ -251,8 +251,8 @@ def explain(
     quantize: QuantizeOption = None,
     json_: JsonFlag = False,
 ):
-    """What each of a concept's latent tokens stands for: the vocabulary words nearest its row and
-    nearest what training added to it, and the model's own few words where they differ between tokens.
+    """What each of a concept's latent tokens stands for: the vocabulary words nearest its row, how
+    far training moved it from its start, and the model's own few words where they differ between tokens.
 
     Example: yollava explain bo
     """
@@ -265,8 +265,8 @@ def explain(
         result = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens), on_progress, training_seed(registry, wanted[0]))
     if json_:
         return print_json(result)
-    print_table(["token", "nearest words", "moved", "toward", "the model says"],
-                [[r["token"], ", ".join(r["nearest_words"]), f"{r['moved']:.1%}", ", ".join(r["moved_toward"]),
-                  r["description"] or "(the common answer)"] for r in result["tokens"]])
+    print_table(["token", "nearest words", "moved", "the model says"],
+                [[r["token"], ", ".join(r["nearest_words"]), f"{r['moved']:.1%}", r["description"] or "-"]
+                 for r in result["tokens"]])
     if result["shared_description"]:
-        sys.stdout.write(f"the common answer: {result['shared_description']}\n")
+        sys.stdout.write(f"the model says of the other tokens: {result['shared_description']}\n")

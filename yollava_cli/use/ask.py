@@ -114,12 +114,12 @@ class Fitted:
     context: int | None
     about_the_photo: bool = False  # the facts were left out: the question asks about the photo
 
-    def notice(self, ref: str) -> str | None:
-        """One line saying what was left out, or None."""
+    def notice(self, ref: str, answered_by_verdicts: bool = False) -> str | None:
+        """One line saying what was left out, or None (facts a recognizer's verdicts answer without
+        are not missed)."""
         said, parts = [], []
-        if self.about_the_photo and self.facts:
-            said.append(f"{self.facts} fact{'s' if self.facts > 1 else ''} left out: the question is about the photo "
-                        f"(without words like 'here' or 'this photo' it gets them)")
+        if self.about_the_photo and self.facts and not answered_by_verdicts:
+            said.append(f"{self.facts} fact{'s' if self.facts > 1 else ''} left out: the question is about the photo")
         if self.left_out:
             parts.append(f"{len(self.left_out)} of {self.facts} facts left out (kept the "
                          f"{self.facts - len(self.left_out)} that best answer the question)")
@@ -254,14 +254,15 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
 
     fitted = fit_prompt(vlm, Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []),
                                     [v["line"] for v in verdicts or []]), list(notes or []), options.max_tokens)
-    if on_status and (notice := fitted.notice(vlm.ref)):
+    asked = asked_verdicts(question, verdicts or [])
+    if on_status and (notice := fitted.notice(vlm.ref, answered_by_verdicts=bool(asked))):
         on_status(notice)
     if on_status and fitted.facts and not fitted.about_the_photo and load_sentences() is None:
         on_status(WITHOUT_SENTENCES)
     prompt, quoted = fitted.prompt, fitted.quoted
     kept = fitted.facts > len(fitted.left_out) and not fitted.about_the_photo
     # asked whether concepts are here, the answer opens with the fused recognizer's verdicts
-    guidance = (quote_or_lean(prompt, quoted) if quoted or kept else {}) | verdict_steering(asked_verdicts(question, verdicts or []))
+    guidance = (quote_or_lean(prompt, quoted) if quoted or kept else {}) | verdict_steering(asked)
     # a quoted fact, or the verdicts, is the whole answer: after a quote the 135M model only
     # recited or changed the notes ("scared of" the vacuum became "loves chasing" it;
     # bench/bench_fact_answers.py)

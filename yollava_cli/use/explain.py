@@ -1,10 +1,10 @@
 """What each of a concept's latent tokens stands for, read from its row in the model's input
 embedding (the standard reading of soft prompts: the vocabulary words nearest it by cosine, Lester
-et al. 2021, Khashabi et al. 2022): the words nearest the row, the words nearest what training
-added to it (the row less the one it started from: a token a few percent from 'thing' still reads
-'thing', whatever it learned), how far it moved, and the model's own few words about it (paper
-appendix K) only where they differ between tokens: asked alone, a 135M model said the same sentence
-for all 16."""
+et al. 2021, Khashabi et al. 2022), how far training moved it from where it started (a token a few
+percent from 'thing' still reads 'thing', whatever it learned), and the model's own few words about
+it (paper appendix K) only where they differ between tokens: asked alone, a 135M model said the
+same sentence for all 16. The words nearest what training added (the row less its start) were
+tried and dropped: on pocket they read as noise ("sum, planes, greater, sell")."""
 
 import re
 from collections import Counter
@@ -29,7 +29,7 @@ def explain(vlm: VLM, name: str, options: GenerationOptions,
     A description most tokens share is given once, as `shared_description`."""
     rows = vlm.tokens.rows(name)[0][1:].float()
     learned = rows - vlm.tokens.starting_rows(len(rows), seed)[1:]
-    near, toward = nearest_words(vlm, rows, NEAREST), nearest_words(vlm, learned, NEAREST)
+    near = nearest_words(vlm, rows, NEAREST)
     moved = (learned.norm(dim=-1) / rows.norm(dim=-1)).tolist()
     descriptions = []
     for i in range(len(rows)):
@@ -41,7 +41,7 @@ def explain(vlm: VLM, name: str, options: GenerationOptions,
     shared = shared if count > 1 else None
     return {"concept": name, "shared_description": shared,
             "tokens": [{"token": f"<{name}_{i}>", "nearest_words": near[i], "moved": round(moved[i], 4),
-                        "moved_toward": toward[i], "description": None if d == shared else d}
+                        "description": None if d == shared else d}
                        for i, d in enumerate(descriptions)]}
 
 
