@@ -431,7 +431,7 @@ def test_show_reads_like_git_show_and_never_wraps(trained):
     v = info["metrics"]["validation"]
     assert lines[:9] == [
         "<bo>  pet, trained", f"base model: {info['base_model']}", "photos: 3",
-        f"negatives: {info['negatives']['hard']} hard, {info['negatives']['easy']} easy", "attribute conversations: 30",
+        f"negatives: {info['negatives']['hard']} hard, {info['negatives']['easy']} easy", "attribute answers cached: 30",
         f"checkpoint: {info['checkpoint']['file']} (k=4, {info['checkpoint']['created_at']})", "best epoch: 1 of 1 run",
         f"validation: weighted {v['weighted']:.2f}, positive {v['positive']:.2f}, negative {v['negative']:.2f}",
         "thresholds: " + ", ".join(f"{k} {t:.3f}" for k, t in info["metrics"]["thresholds"].items()),
@@ -443,8 +443,10 @@ def test_show_reads_like_git_show_and_never_wraps(trained):
     for photo in info["photos"]:
         assert f"{photo['sha256'][:12]}\ttrain\t{photo['size'][0]}x{photo['size'][1]}\t{photo['source']}" in lines
     with_data = show("--data")
-    assert with_data[:9] == lines[:9] and with_data.index("attribute conversations:") > with_data.index("photos:")
+    assert with_data[:9] == lines[:9] and with_data.index("photos:") < next(
+        i for i, line in enumerate(with_data) if line.startswith("attribute conversations training learns ("))
     learned = json.loads(run_cli("show", "bo", "--data", "--json", home=home).stdout)["training_data"]["attribute_conversations"]
+    assert f"attribute conversations training learns ({len(learned)}):" in with_data
     assert sum(line.startswith("Q: ") for line in with_data) == len(learned) > 0
     assert info["attribute_conversations"] == 30 and {"name", "photos", "negatives", "checkpoint", "metrics"} <= set(info)
 

@@ -123,7 +123,7 @@ def render_concept(info: dict) -> None:
         line(f"missing from the store: {len(sources)} of {len(info['photos'])} photos ({', '.join(sources)}); "
              f"re-add with `yollava add {info['name']} {' '.join(map(shlex.quote, sources))}`")
     line(f"negatives: {info['negatives']['hard']} hard, {info['negatives']['easy']} easy")
-    line(f"attribute conversations: {info['attribute_conversations']}")
+    line(f"attribute answers cached: {info['attribute_conversations']}")
     for item in info["facts"]:
         line(f"fact {item['number']}: {item['text']}")
     if info["checkpoint"]:
@@ -151,7 +151,7 @@ def render_concept(info: dict) -> None:
     if data:
         line()
         line(f"identifier started at: {data['subject_word']!r}")
-        line("attribute conversations:")
+        line(f"attribute conversations training learns ({len(data['attribute_conversations'])}):")
         for item in data["attribute_conversations"]:
             line(f"Q: {item['question']}")
             line(f"A: {item['answer']}")
