@@ -269,4 +269,5 @@ def explain(
                 [[r["token"], ", ".join(r["nearest_words"]), f"{r['moved']:.1%}", r["description"] or "-"]
                  for r in result["tokens"]])
     if result["shared_description"]:
-        sys.stdout.write(f"the model says of the other tokens: {result['shared_description']}\n")
+        which = "the other tokens" if any(r["description"] for r in result["tokens"]) else "every token"
+        sys.stdout.write(f"the model says of {which}: {result['shared_description']}\n")
