@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,30 @@ def with_negatives(registry, name: str, folder: Path, count: int = 12) -> None:
         candidate = Candidate(hashlib.sha256(path.read_bytes()).hexdigest(), str(path), file_loader(path))
         picked.append((candidate, "hard" if i < count // 2 else "easy", 0.5))
     store_negatives(registry, registry.concept(name), picked, "test")
+
+
+def tiny_world(root: Path, bundle: bool = False) -> dict:
+    """A trained concept <bo> on a tiny model saved to disk (a user's folder), with a pool; with
+    `bundle`, its export with photos too. Built by the trust and recovery tests once per module."""
+    from tiny import tiny_llava
+
+    from yollava_cli.store.backup import write_backup
+
+    data = shared_data()
+    home, model_dir = root / "home", root / "model"
+    model, processor = tiny_llava()
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    (root / "pool").mkdir()
+    for photo in sorted((data / "pool" / "imagenet-sample").glob("*.jpg"))[::40]:
+        shutil.copy(photo, root / "pool")
+    steps = [["add", "bo", data / "concepts" / "dog" / "train", "--kind", "pet", "--no-train"],
+             ["pool", "add", "p", root / "pool"],
+             ["train", "bo", "--model", model_dir, "--epochs", "1", "--k", "4"]]
+    if bundle:
+        steps.append(["export", "bo", root / "bo.yollava", "--with-photos"])
+    for args in steps:
+        result = invoke(*args, home=home)
+        assert result.returncode == 0, result.stderr
+    write_backup(home)  # what each of those commands' processes does at exit
+    return {"home": home, "model": model_dir, "root": root, "data": data} | ({"bundle": root / "bo.yollava"} if bundle else {})

@@ -12,32 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import invoke, run_cli, shared_data, snapshot
-from tiny import tiny_llava
+from conftest import invoke, run_cli, snapshot, tiny_world
 
-from yollava_cli.store.backup import write_backup
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A trained concept <bo> on a tiny model saved to disk, with a pool, and its bundle."""
-    data = shared_data()
-    root = tmp_path_factory.mktemp("recovery")
-    home, model_dir = root / "home", root / "model"
-    model, processor = tiny_llava()
-    model.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
-    (root / "pool").mkdir()
-    for photo in sorted((data / "pool" / "imagenet-sample").glob("*.jpg"))[::40]:
-        shutil.copy(photo, root / "pool")
-    for args in (["add", "bo", data / "concepts" / "dog" / "train", "--kind", "pet", "--no-train"],
-                 ["pool", "add", "p", root / "pool"],
-                 ["train", "bo", "--model", model_dir, "--epochs", "1", "--k", "4"],
-                 ["export", "bo", root / "bo.yollava", "--with-photos"]):
-        result = invoke(*args, home=home)
-        assert result.returncode == 0, result.stderr
-    write_backup(home)  # what each of those commands' processes does at exit
-    return {"home": home, "model": model_dir, "root": root, "data": data, "bundle": root / "bo.yollava"}
+    return tiny_world(tmp_path_factory.mktemp("recovery"), bundle=True)
 
 
 def fresh_home(world, tmp_path, home=None):

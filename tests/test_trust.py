@@ -12,12 +12,11 @@ import zipfile
 
 import pytest
 import torch
-from conftest import invoke, run_cli, shared_data, snapshot
+from conftest import invoke, run_cli, snapshot, tiny_world
 from PIL import Image
 from safetensors.torch import save as save_safetensors
 from tiny import tiny_llava
 
-from yollava_cli.store.backup import write_backup
 from yollava_cli.store.doctor import examine
 from yollava_cli.store.registry import Registry
 from yollava_cli.use.bundle_format import export_concept
@@ -27,22 +26,7 @@ from yollava_cli.use.bundle_format import export_concept
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    data = shared_data()
-    root = tmp_path_factory.mktemp("trust")
-    home, model_dir = root / "home", root / "model"
-    model, processor = tiny_llava()
-    model.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
-    (root / "pool").mkdir()
-    for photo in sorted((data / "pool" / "imagenet-sample").glob("*.jpg"))[::40]:
-        shutil.copy(photo, root / "pool")
-    for args in (["add", "bo", data / "concepts" / "dog" / "train", "--kind", "pet", "--no-train"],
-                 ["pool", "add", "p", root / "pool"],
-                 ["train", "bo", "--model", model_dir, "--epochs", "1", "--k", "4"]):
-        result = invoke(*args, home=home)
-        assert result.returncode == 0, result.stderr
-    write_backup(home)  # what each of those commands' processes does at exit
-    return {"home": home, "model": model_dir, "root": root, "data": data}
+    return tiny_world(tmp_path_factory.mktemp("trust"))
 
 
 def fresh_home(world, tmp_path):
