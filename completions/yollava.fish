@@ -5,7 +5,7 @@ complete -c yollava -n "__fish_use_subcommand" -a ask -d "Ask about your concept
 complete -c yollava -n "__fish_use_subcommand" -a chat -d "An interactive chat. /image PATH, /concepts, /reset, /quit; Ctrl-C stops an answer, Ctrl-D exits."
 complete -c yollava -n "__fish_use_subcommand" -a doctor -d "Check the registry against its files (missing, orphan, damaged; stale runs). Exit 1 if problems remain."
 complete -c yollava -n "__fish_use_subcommand" -a eval -d "Measure personalization: recognition, multiple choice and captions, yollava vs prompting baselines."
-complete -c yollava -n "__fish_use_subcommand" -a explain -d "Ask the model what each of a concept's latent tokens describes (a window into what it learned)."
+complete -c yollava -n "__fish_use_subcommand" -a explain -d "What each of a concept's latent tokens stands for: the vocabulary words nearest its row, how"
 complete -c yollava -n "__fish_use_subcommand" -a export -d "Write a trained concept to one portable bundle file (zip of safetensors + JSON)."
 complete -c yollava -n "__fish_use_subcommand" -a find -d "Find a concept across photos: one line per photo with P(it is there), matches first."
 complete -c yollava -n "__fish_use_subcommand" -a import -d "Add a concept from a bundle, after verifying it (checksums, shapes, values, base model)."
