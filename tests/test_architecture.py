@@ -1,7 +1,10 @@
-"""The floors' two import rules: cli/ and store/ import no torch (so commands that load no model
-start fast), and nothing outside models/pocket/ names the offline model or branches on it (every
-family plugs in through models.families)."""
+"""The floors' import rules: each floor imports only the floors below it, with no cycle (imports
+under TYPE_CHECKING or in a function count too); cli/ and store/ import no torch (so commands that
+load no model start fast); nothing outside models/pocket/ names the offline model or branches on it
+(every family plugs in through models.families)."""
 
+import ast
+import importlib.util
 import io
 import subprocess
 import sys
@@ -13,6 +16,39 @@ from conftest import SHARED_DATA, shared_data
 
 PACKAGE = Path(__file__).resolve().parents[1] / "yollava_cli"
 HEAVY = ("torch", "transformers")
+
+
+def counts_module():
+    """bench/architecture_counts.py: the floor table and the import reader the counts use."""
+    spec = importlib.util.spec_from_file_location("architecture_counts", PACKAGE.parent / "bench" / "architecture_counts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_floor_imports_only_the_floors_below():
+    counts = counts_module().count(PACKAGE)
+    assert counts["upward"] == []
+    assert counts["cycles"] == []
+
+
+def test_the_floor_order_is_the_one_docs_design_states():
+    floors = counts_module().FLOORS
+    design = (PACKAGE.parent / "docs" / "design.md").read_text()
+    stated = " → ".join(name for name in sorted(floors, key=floors.get, reverse=True) if name != "__main__")
+    assert f"Imports go downwards only: {stated} " in " ".join(design.split()), stated
+
+
+def test_the_floor_checker_sees_hidden_and_lazy_imports():
+    """An import under TYPE_CHECKING or inside a function is a dependency all the same."""
+    counts = counts_module()
+    source = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from yollava_cli.cli.app import app\n"
+              "def f():\n    from ..scale import driver\n    from yollava_cli.store.registry import Registry\n")
+    known = {"yollava_cli.cli.app", "yollava_cli.scale.driver", "yollava_cli.store.registry", "yollava_cli.models.vlm"}
+    found = counts.imports(ast.parse(source), "yollava_cli.models.vlm", False, known)
+    assert sorted((target, top, counts.upward("yollava_cli.models.vlm", target)) for target, _, top in found) == [
+        ("yollava_cli.cli.app", True, True), ("yollava_cli.scale.driver", False, True), ("yollava_cli.store.registry", False, False)]
+    assert counts.cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
 
 
 def loaded_heavy_modules(code: str, home: Path) -> list[str]:

@@ -3,16 +3,32 @@ prompting baselines, the image-embedding reference, the concept head, the fusion
 user reads. A run builds its own (`build_methods`), so what a method remembers is its own."""
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from yollava_cli.errors import UserError
 from yollava_cli.learning.synthesis import score_question
 
-if TYPE_CHECKING:  # the run each method is scored in
-    from yollava_cli.evaluation.runner import Evaluation
-
 
 ASK_TOKENS = 4
+
+
+class Run(Protocol):
+    """What a method may use of the run it is scored in (runner.Evaluation provides it); declared
+    here so that methods need not import the runner that imports them."""
+
+    registry: Any
+    dataset: Any
+    config: Any
+    vlm: Any
+
+    def yes_probabilities(self, method: "Method", subject: str, photos: list[Path]) -> list[float]: ...
+    def subject_word(self, subject: str) -> str | None: ...
+    def auto_description(self, subject: str) -> str: ...
+    def similarities(self, subject: str, photos: list[Path]) -> list[float]: ...
+    def embedding_threshold(self, subject: str, concept: dict) -> float: ...
+    def recognizer(self, subject: str) -> Any: ...
+    def vectors(self, photos: list[Path]) -> Any: ...
+    def prompt(self, method: "Method", subject: str, question: str, photos: list[Path]) -> Any: ...
 
 
 class Method:
@@ -28,20 +44,20 @@ class Method:
     def concepts(self, subject: str) -> list[str]:
         return []
 
-    def prefix(self, run: "Evaluation", subject: str) -> str:
+    def prefix(self, run: Run, subject: str) -> str:
         return ""
 
-    def scores(self, run: "Evaluation", subject: str, photos: list[Path]) -> list[float]:
+    def scores(self, run: Run, subject: str, photos: list[Path]) -> list[float]:
         return run.yes_probabilities(self, subject, photos)
 
-    def threshold(self, run: "Evaluation", subject: str, concept: dict) -> float:
+    def threshold(self, run: Run, subject: str, concept: dict) -> float:
         return 0.5
 
-    def start_rows(self, run: "Evaluation", subject: str) -> dict:
+    def start_rows(self, run: Run, subject: str) -> dict:
         """How the identifier's rows start for this method when it does not read the trained ones."""
         return {}
 
-    def extra(self, run: "Evaluation", subject: str) -> dict:
+    def extra(self, run: Run, subject: str) -> dict:
         """Figures of this method's own, after its scores, beside the recognition entry."""
         return {}
 
