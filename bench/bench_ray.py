@@ -62,13 +62,12 @@ def serial(task: str, repeats: int, epochs: int) -> dict:
 
     def run(home):
         from yollava_cli.evaluation.dataset import load_dataset
-        from yollava_cli.evaluation.runner import run_eval
+        from yollava_cli.evaluation.runs import run_eval
+        from yollava_cli.learning.executor import LocalExecutor
         from yollava_cli.learning.train_config import TrainConfig
 
-        for name in list(vlm.tokens):  # each repeat starts from the bare model, as a worker's unit does
-            vlm.tokens.remove(name)
-        return run_eval(load_dataset(DATA / "concepts", SUBJECTS), vlm, embedder, home / "eval", METHODS, [],
-                        TrainConfig(epochs=epochs))
+        return run_eval(LocalExecutor(vlm=vlm, loaded_embedder=embedder), load_dataset(DATA / "concepts", SUBJECTS),
+                        home / "eval", METHODS, [], TrainConfig(epochs=epochs))
     return timed(run, repeats)
 
 
@@ -83,24 +82,23 @@ def on_ray(task: str, repeats: int, epochs: int) -> dict:
     ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
     cluster.wait_for_nodes()
     ray_start = time.perf_counter() - start
-    from yollava_cli.scale.driver import Workers
+    from yollava_cli.scale.driver import RayExecutor
 
     start = time.perf_counter()
-    with Workers("auto", None, None, EMBEDDER, needs_model=task == "eval") as workers:
+    with RayExecutor("auto", None, None, EMBEDDER, needs_model=task == "eval") as executor:
+        executor.workers()
         workers_start = time.perf_counter() - start
         if task == "embed":
-            from yollava_cli.scale.embedding import RayEmbedder
-
-            embedder = RayEmbedder(workers)
+            embedder = executor.embedder()
             result = timed(lambda home: embed(home, embedder), repeats)
         else:
             from yollava_cli.evaluation.dataset import load_dataset
+            from yollava_cli.evaluation.runs import run_eval
             from yollava_cli.learning.train_config import TrainConfig
-            from yollava_cli.scale.evaluation import run_eval
 
-            result = timed(lambda home: run_eval(workers, load_dataset(DATA / "concepts", SUBJECTS), home / "eval", METHODS, [],
+            result = timed(lambda home: run_eval(executor, load_dataset(DATA / "concepts", SUBJECTS), home / "eval", METHODS, [],
                                                  TrainConfig(epochs=epochs)), repeats)
-        result["ray"] = workers.report()
+        result["ray"] = executor.report()
     ray.shutdown()
     cluster.shutdown()
     return {**result, "ray_start_s": round(ray_start, 2), "workers_start_s": round(workers_start, 2)}

@@ -13,7 +13,8 @@ from yollava_cli.errors import UserError
 from yollava_cli.evaluation.dataset import load_dataset
 from yollava_cli.evaluation.metrics import auc, bootstrap_ci, summarise
 from yollava_cli.evaluation.report import markdown, write_report
-from yollava_cli.evaluation.runner import run_eval
+from yollava_cli.evaluation.runs import run_eval
+from yollava_cli.learning.executor import LocalExecutor
 from yollava_cli.learning.events import Scoring, SubjectStarted
 from yollava_cli.learning.training import TrainConfig, recognition_metrics
 from yollava_cli.models.vlm import VLM
@@ -176,9 +177,9 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_eval(data, VLM(*tiny_llava(), "tiny"), embedder, tmp_path / "eval", methods, [pool], FAST,
+        run_eval(LocalExecutor(vlm=VLM(*tiny_llava(), "tiny"), loaded_embedder=embedder), data, tmp_path / "eval", methods, [pool], FAST,
                  on_event=stop_at_second_subject)
-    result = run_eval(data, VLM(*tiny_llava(), "tiny"), embedder, tmp_path / "eval", methods, [pool], FAST,
+    result = run_eval(LocalExecutor(vlm=VLM(*tiny_llava(), "tiny"), loaded_embedder=embedder), data, tmp_path / "eval", methods, [pool], FAST,
                       on_event=seen.append)
     evaluated = {e.subject for e in seen if isinstance(e, Scoring)}
     assert evaluated == {"cat", "backpack"}  # dog finished before the interruption: not recomputed
@@ -212,7 +213,7 @@ def test_a_subset_without_pool_mines_the_other_subjects_train_photos(tmp_path):
     from yollava_cli.store.registry import Registry
 
     data = load_dataset(shared_data() / "concepts", ["dog", "cat"])  # the other 18 subjects are not evaluated
-    result = run_eval(data, VLM(*tiny_llava(), "tiny"), load_embedder("efficientnet-lite0"), tmp_path / "eval",
+    result = run_eval(LocalExecutor(vlm=VLM(*tiny_llava(), "tiny"), loaded_embedder=load_embedder("efficientnet-lite0")), data, tmp_path / "eval",
                       ["yollava", "embedding"], [], FAST, protocol="library")
     assert set(result["subjects"]) == {"dog", "cat"} and result["negatives"] == "other subjects' train photos"
     assert result["protocol"] == "library"
@@ -232,7 +233,7 @@ def test_the_isolated_protocol_trains_each_subject_alone(tmp_path):
     from yollava_cli.store.registry import Registry
 
     data = load_dataset(shared_data() / "concepts", ["dog", "dog6"])  # the two corgis
-    result = run_eval(data, VLM(*tiny_llava(), "tiny"), load_embedder("efficientnet-lite0"), tmp_path / "eval",
+    result = run_eval(LocalExecutor(vlm=VLM(*tiny_llava(), "tiny"), loaded_embedder=load_embedder("efficientnet-lite0")), data, tmp_path / "eval",
                       ["embedding", "head"], [], FAST)
     assert result["protocol"] == "isolated" and set(result["subjects"]) == {"dog", "dog6"}
     for subject in ("dog", "dog6"):
@@ -250,7 +251,7 @@ def test_the_isolated_protocol_trains_each_subject_alone(tmp_path):
 def test_one_subject_is_refused_not_scored_perfect(tmp_path):
     data = load_dataset(shared_data() / "concepts", ["dog"])
     with pytest.raises(UserError, match="at least 2 subjects"):
-        run_eval(data, None, None, tmp_path / "eval", ["yollava"], [], FAST)
+        run_eval(LocalExecutor(), data, tmp_path / "eval", ["yollava"], [], FAST)
 
 
 def test_baselines_read_the_identifier_without_its_trained_rows():
@@ -308,10 +309,10 @@ def test_eval_retrains_a_subject_trained_under_other_settings(tmp_path, monkeypa
 
 
 def test_eval_results_are_keyed_on_the_code_that_produced_them(tmp_path, monkeypatch):
-    import yollava_cli.evaluation.runner as evaluation
+    import yollava_cli.evaluation.runs as evaluation
     from yollava_cli import __version__
     from yollava_cli.evaluation.dataset import Dataset
-    from yollava_cli.evaluation.runner import results_path
+    from yollava_cli.evaluation.runs import results_path
 
     assert evaluation.code_version().startswith(f"{__version__}+")
     dataset = Dataset(tmp_path, {}, {}, {}, {})

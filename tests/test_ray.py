@@ -183,15 +183,16 @@ def test_eval_on_ray_gives_the_serial_runs_metrics_through_a_killed_worker_and_a
     """Three subjects on two workers. The first run's driver stops after one subject (as if killed:
     what it wrote is whole); the rerun does only the other two, and one of their workers is killed
     mid-unit: Ray restarts it and reruns that subject. The metrics equal the serial run's."""
-    from yollava_cli.evaluation.runner import run_eval as run_serially
+    from yollava_cli.evaluation.runs import run_eval
     from yollava_cli.learning.embeddings import load_embedder
+    from yollava_cli.learning.executor import LocalExecutor
     from yollava_cli.models.loading import load_vlm
-    from yollava_cli.scale.driver import Workers
-    from yollava_cli.scale.evaluation import run_eval
+    from yollava_cli.scale.driver import RayExecutor
 
     data = load_dataset(shared_data() / "concepts", ["dog", "cat", "backpack"])
     methods = ["embedding", "head", "fused"]  # fused reads the trained tokens; language metrics would only add minutes
-    serial = run_serially(data, load_vlm(str(tiny_model)), load_embedder(EMBEDDER), tmp_path / "serial", methods, [], FAST)
+    serial = run_eval(LocalExecutor(vlm=load_vlm(str(tiny_model)), loaded_embedder=load_embedder(EMBEDDER)), data,
+                      tmp_path / "serial", methods, [], FAST)
 
     def stop_after_one(done, total):
         if done == 1:
@@ -201,18 +202,18 @@ def test_eval_on_ray_gives_the_serial_runs_metrics_through_a_killed_worker_and_a
 
     def kill_a_busy_worker(done, total):
         if done == 1 and not killed:
-            killed.append(busy_worker_pid("Worker.evaluate"))
+            killed.append(busy_worker_pid("Worker.run"))
             if killed[0] is not None:
                 os.kill(killed[0], signal.SIGKILL)
 
-    with Workers("auto", str(tiny_model), None, EMBEDDER, needs_model=True) as workers:
+    with RayExecutor("auto", str(tiny_model), None, EMBEDDER, needs_model=True) as executor:
         with pytest.raises(KeyboardInterrupt):
-            run_eval(workers, data, tmp_path / "ray", methods, [], FAST, on_progress=stop_after_one)
+            run_eval(executor, data, tmp_path / "ray", methods, [], FAST, on_progress=stop_after_one)
     results = next((tmp_path / "ray").glob("results-*.fold0.json"))
     assert len(json.loads(results.read_text())) == 1  # one subject, whole
-    with Workers("auto", str(tiny_model), None, EMBEDDER, needs_model=True) as workers:
-        result = run_eval(workers, data, tmp_path / "ray", methods, [], FAST, on_progress=kill_a_busy_worker)
-        report = workers.report()
+    with RayExecutor("auto", str(tiny_model), None, EMBEDDER, needs_model=True) as executor:
+        result = run_eval(executor, data, tmp_path / "ray", methods, [], FAST, on_progress=kill_a_busy_worker)
+        report = executor.report()
     assert killed and killed[0] is not None
     assert sum(report["units_per_worker"].values()) == 3  # two subjects (one of them run twice counts once) and the forgetting check
     for key in ("subjects", "methods", "forgetting", "folds", "negatives", "protocol", "model"):

@@ -1,14 +1,13 @@
 """Commands that ask the model: ask, chat (and its terminal loop), find, explain."""
 
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from yollava_cli.cli.app import app
-from yollava_cli.cli.options import Generation, JsonFlag, ModelOption, QuantizeOption, RayOption, ray_address
+from yollava_cli.cli.options import Generation, JsonFlag, ModelOption, QuantizeOption, RayOption, executor
 from yollava_cli.cli.output import (
     err,
     field,
@@ -207,30 +206,17 @@ def find(
 
     require_concepts([name], trained=no_train and by != "head")
     expand_photo_paths(photos)  # missing paths fail before torch is imported
-    from yollava_cli.learning.embeddings import load_embedder
     from yollava_cli.use.find import check_find_options
     from yollava_cli.use.find import find as search
 
     check_find_options(by, verify)
     # the head alone needs no language model: it scores cached image embeddings
     registry, vlm = (open_registry(), None) if by == "head" else open_session([name], "", model, no_train, quantize)[:2]
-    address = ray_address(ray)
-    with ExitStack() as stack:
-        started = []
-
-        def on_ray(embedder_id: str):
-            """The head's embedder on Ray workers, started when find first needs it."""
-            from yollava_cli.scale.driver import Workers
-            from yollava_cli.scale.embedding import RayEmbedder
-
-            started.append(stack.enter_context(Workers(address, embedder=embedder_id)))
-            return RayEmbedder(started[-1])
-
+    with executor(ray) as ex:
         with progress_bar(f"Looking for <{concepts.parse_name(name)}>") as on_progress:
-            result = search(registry, vlm, name, photos, threshold, on_progress, by, verify,
-                            embedders=on_ray if address else load_embedder)
-        if address:  # --by tokens embeds nothing: no worker was started
-            result["ray"] = started[0].report() if started else {"workers": 0, "units_per_worker": {}}
+            result = search(registry, vlm, name, photos, threshold, on_progress, by, verify, embedders=ex.embedder)
+        if ex.report() is not None:  # --by tokens embeds nothing: no worker was started
+            result["ray"] = ex.report()
     shown = result["results"][:top] if top else result["results"]
     matched = any(r["match"] for r in result["results"])
     for item in result["skipped"]:

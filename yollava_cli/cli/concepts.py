@@ -13,7 +13,7 @@ from yollava_cli.cli.options import (
     ModelOption,
     QuantizeOption,
     RayOption,
-    ray_address,
+    executor,
 )
 from yollava_cli.cli.output import (
     open_registry,
@@ -151,20 +151,19 @@ def train(
     names = [c["name"] for c in registry.concepts()] if all_ else list(dict.fromkeys(names or []))
     if not names:
         raise UserError("name the concept(s) to train, or pass --all" + (" (there are no concepts yet)" if all_ else ""))
-    address = ray_address(ray)
-    if address:
-        from yollava_cli.learning.training import TrainResult
-        from yollava_cli.scale import training as on_ray
+    with executor(ray, model, quantize, needs_model=True) as ex:
+        if not ex.local:  # each concept a unit on a worker
+            from yollava_cli.learning.training import TrainResult
 
-        if resume:
-            raise UserError("--resume continues an interrupted run on this machine: drop --ray")
-        with progress_bar(f"Training {len(names)} concept(s) on Ray") as on_progress:
-            result = on_ray.train(registry, names, address, config, model, quantize, on_status=status, on_progress=on_progress)
-        if json_:
-            return print_json(result)
-        for item in result["concepts"]:
-            render_train(TrainResult(**item), json_=False)
-        return
+            if resume:
+                raise UserError("--resume continues an interrupted run on this machine: drop --ray")
+            with progress_bar(f"Training {len(names)} concept(s) on workers") as on_progress:
+                result = ex.train(registry, names, config, on_status=status, on_progress=on_progress)
+            if json_:
+                return print_json(result)
+            for item in result["concepts"]:
+                render_train(TrainResult(**item), json_=False)
+            return
     if len(names) == 1 and not all_:
         return render_train(train_showing_progress(registry, names[0], model, config, resume, quantize), json_)
     results = [train_showing_progress(registry, name, model, config, resume, quantize) for name in names]

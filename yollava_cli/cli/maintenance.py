@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 import typer
 
 from yollava_cli.cli.app import app
-from yollava_cli.cli.options import JsonFlag, ModelOption, QuantizeOption, RayOption, ray_address
-from yollava_cli.cli.output import open_registry, out, print_json, print_table, progress_bar, status
+from yollava_cli.cli.options import JsonFlag, ModelOption, QuantizeOption, RayOption, executor
+from yollava_cli.cli.output import open_registry, out, print_json, print_table, status
 from yollava_cli.cli.render import train_view
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
@@ -39,11 +39,11 @@ def eval_(
       yollava eval --history --json
     """
     from yollava_cli.evaluation import report as reports
-    from yollava_cli.evaluation import runner as evaluation
+    from yollava_cli.evaluation import runs
 
     registry = open_registry()
     if history:
-        rows = evaluation.history(registry)
+        rows = runs.history(registry)
         if json_:
             return print_json({"runs": rows})
         return print_table(["id", "finished", "model", "dataset", "weighted recognition"],
@@ -51,19 +51,10 @@ def eval_(
                              ", ".join(f"{m} {v:.3f}" for m, v in r["weighted"].items() if v is not None)] for r in rows])
     if dataset is None:
         raise UserError("name a dataset folder (or pass --history)")
-    config = TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens)
-    address = ray_address(ray)
-    if address:
-        from yollava_cli.scale import evaluation as on_ray
-
-        with progress_bar("Evaluating subjects on Ray") as on_progress:
-            result = on_ray.evaluate(registry, dataset, subjects.split(",") if subjects else None, methods.split(","), pool or [],
-                                     config, address, folds, model, quantize, report, on_progress, protocol)
-    else:
-        with train_view(epochs) as view:
-            result = evaluation.evaluate(registry, dataset, subjects.split(",") if subjects else None, methods.split(","),
-                                         pool or [], config, folds, model, quantize, report, on_event=view, on_status=status,
-                                         protocol=protocol)
+    settings = runs.EvalSettings(dataset, methods.split(","), subjects.split(",") if subjects else None, pool or [],
+                                 TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens), folds, protocol, report)
+    with executor(ray, model, quantize, needs_model=True, on_status=status) as ex, train_view(epochs) as view:
+        result = runs.evaluate(registry, ex, settings, on_event=view)
     if json_:
         return print_json(result)
     out.print(reports.markdown(result), markup=False, highlight=False)

@@ -46,3 +46,17 @@ def ray_address(given: str | None) -> str | None:
 
     address = given or load_config().get("ray")
     return None if address in (None, "", "off") else str(address)
+
+
+def executor(ray: str | None, model: str | None = None, quantize: str | None = None, embedder: str | None = None,
+             needs_model: bool = False, on_status=None):
+    """Where the command's units run: on Ray workers for --ray (or the config's "ray"), else here.
+    The one place the CLI decides; `with executor(...) as ex:` stops workers it started."""
+    address = ray_address(ray)
+    if address:
+        from yollava_cli.scale.driver import RayExecutor
+
+        return RayExecutor(address, model, quantize, embedder, needs_model)
+    from yollava_cli.learning.executor import LocalExecutor
+
+    return LocalExecutor(model, quantize, embedder, on_status=on_status)

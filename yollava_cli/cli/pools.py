@@ -1,10 +1,9 @@
 """`yollava pool add|list|rm`: folders of everyday photos to mine negatives from."""
 
-from contextlib import ExitStack
 from pathlib import Path
 
 from yollava_cli.cli.app import pool_app
-from yollava_cli.cli.options import EmbedderOption, JsonFlag, RayOption, ray_address
+from yollava_cli.cli.options import EmbedderOption, JsonFlag, RayOption, executor
 from yollava_cli.cli.output import (
     open_registry,
     out,
@@ -25,25 +24,16 @@ def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, ray: RayO
     from yollava_cli.store.pools import checked_new_pool
 
     checked_new_pool(name, folder)  # a bad name or folder fails before the embedder loads
-    address = ray_address(ray)
-    with ExitStack() as stack:
-        if address:  # the batches embedded on Ray workers; this process stores them
-            from yollava_cli.scale.driver import Workers
-            from yollava_cli.scale.embedding import RayEmbedder
-
-            workers = stack.enter_context(Workers(address, embedder=embedder))
-            model, on_ray = RayEmbedder(workers), f", {len(workers.actors)} Ray workers"
-        else:
-            from yollava_cli.learning.embeddings import load_embedder
-
-            workers, model, on_ray = None, load_embedder(embedder), ""
-        scanning, embedding = f"Scanning {folder}", f"Embedding {folder} ({model.id}{on_ray})"
+    with executor(embedder=embedder, ray=ray) as ex:
+        model = ex.embedder()
+        workers = f", {ex.report()['workers']} Ray workers" if ex.report() else ""
+        scanning, embedding = f"Scanning {folder}", f"Embedding {folder} ({model.id}{workers})"
         with progress_bar(scanning) as on_progress:
             result = mining.add_pool(open_registry(), name, folder, model,
                                      lambda done, total: on_progress(done, total, embedding), on_status=status,
                                      on_scan=lambda done, total: on_progress(done, total, scanning))
-        if workers:
-            result["ray"] = workers.report()
+        if ex.report() is not None:
+            result["ray"] = ex.report()
     for item in result["skipped"]:
         status(f"skipped {Path(result['path']) / item['path']}: {item['reason']}")
     if json_:

@@ -1,37 +1,22 @@
-"""The paper's benchmark as one command: recognition, text-only and visual multiple choice, caption
-recall and personal facts, for the trained soft tokens and the prompting baselines side by side.
-
-Each dataset is evaluated in a registry of its own (under the data dir's eval/ folder), so
-subjects never mix with the user's concepts and trained subjects are reused by later runs.
-Finished subjects are written to a results file as they complete: an interrupted run resumes.
+"""The paper's benchmark for one subject: recognition, text-only and visual multiple choice, caption
+recall and personal facts, for the trained soft tokens and the prompting baselines side by side,
+and the forgetting check. evaluation.runs runs it over a dataset's subjects.
 """
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-from yollava_cli import __version__
-from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
-from yollava_cli.evaluation.dataset import Dataset, Subject, load_dataset, rotate
+from yollava_cli.evaluation.dataset import Dataset, Subject
 from yollava_cli.evaluation.methods import Method, build_methods
-from yollava_cli.evaluation.metrics import FACT_SETTINGS, auc, merge_folds, summarise
-from yollava_cli.evaluation.report import write_report
-from yollava_cli.learning.embeddings import load_embedder
-from yollava_cli.learning.events import (
-    EmbeddingPool,
-    EmbeddingToMine,
-    Scoring,
-    SubjectStarted,
-)
-from yollava_cli.learning.mining import add_pool
+from yollava_cli.evaluation.metrics import FACT_SETTINGS, auc
+from yollava_cli.learning.events import EmbeddingToMine, Scoring
 from yollava_cli.learning.recognition import current
 from yollava_cli.learning.synthesis import answer_once, score_question, subject_word
 from yollava_cli.learning.training import (
@@ -40,14 +25,12 @@ from yollava_cli.learning.training import (
     prepare_concept,
     recognition_metrics,
 )
-from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
 from yollava_cli.store.concepts import add_concept, current_checkpoint_file
 from yollava_cli.store.facts import as_sentence, set_facts
-from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.photos import BadPhoto, read_photo
-from yollava_cli.store.registry import Registry, now
+from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus
 from yollava_cli.use.ask import note_guidance
 
@@ -60,7 +43,6 @@ FORGETTING_QUESTIONS = ("What is in this photo?", "What color is the main object
 CAPTION_TOKENS = 32
 
 FACT_TOKENS = 48
-PROTOCOLS = ("isolated", "library")
 
 
 def mcq_prompt(item: dict) -> str:
@@ -253,149 +235,3 @@ class Evaluation:
             self.vlm.tokens.add(name, k, rows, head)
         same = sum(a == b for a, b in zip(with_concepts, bare))
         return {"passed": same == len(prompts), "identical": same, "compared": len(prompts), "concepts_loaded": len(loaded)}
-
-
-@cache
-def code_version() -> str:
-    """The package version and a hash of its code and templates, computed once: results that other
-    code produced (before a bug fix, say) are never served from the cache."""
-    digest = hashlib.sha256()
-    package = Path(__file__).parents[1]  # the whole package, every floor
-    for path in sorted([*package.rglob("*.py"), *package.rglob("*.json")]):
-        digest.update(f"{path.relative_to(package)}\0".encode() + path.read_bytes())
-    return f"{__version__}+{digest.hexdigest()[:12]}"
-
-
-def results_path(eval_root: Path, dataset: Dataset, model_fingerprint: str, methods: list[str], config: TrainConfig,
-                 pools: list[Path], protocol: str = "isolated") -> Path:
-    settings = json.dumps([str(dataset.root.resolve()), model_fingerprint, sorted(methods), vars(config),
-                           [str(p.resolve()) for p in pools], code_version(), protocol], sort_keys=True, default=str)
-    return eval_root / f"results-{hashlib.sha256(settings.encode()).hexdigest()[:16]}.json"
-
-
-def run_eval(dataset: Dataset, vlm: VLM, embedder, eval_root: Path, methods: list[str], pools: list[Path],
-             config: TrainConfig | None = None, folds: int = 1, on_event: Callable[..., None] | None = None,
-             protocol: str = "isolated") -> dict:
-    """Evaluate every subject (resuming finished ones), then summarise with intervals.
-
-    `protocol`: `isolated` (the paper's) trains each subject alone, in a registry of its own, from
-    negatives mined out of the pools (without --pool, out of the other subjects' train photos as a
-    pool): its concept head knows no other subject. `library` trains every subject beside the
-    others, as a user's concepts: each head knows the others' train photos, so a look-alike among
-    the test negatives (another corgi) was seen in training, as in a user's own library."""
-    check_run(dataset, methods, protocol)
-    config = config or TrainConfig()
-    on_event = on_event or (lambda event: None)
-    start = time.perf_counter()
-    folded = []
-    for fold in range(folds):
-        fold_data = rotate(dataset, fold) if folds > 1 else dataset
-        path = results_path(eval_root, fold_data, vlm.fingerprint, methods, config, pools, protocol).with_suffix(f".fold{fold}.json")
-        done = json.loads(path.read_text()) if path.exists() else {}
-        shared = library_registry(eval_root / f"fold{fold}", fold_data, pools, embedder, on_event) if protocol == "library" else None
-        for index, subject in enumerate(fold_data.subjects.values()):
-            on_event(SubjectStarted(subject.name, index, len(fold_data.subjects), fold, folds))
-            registry = shared or isolated_registry(eval_root / f"fold{fold}-isolated" / subject.name, fold_data, subject,
-                                                   pools, embedder, on_event)
-            evaluation = Evaluation(fold_data, vlm, registry, embedder, methods, config, on_event)
-            if subject.name not in done:
-                done[subject.name] = evaluation.evaluate_subject(subject)
-                atomic_write_bytes(path, json.dumps(done, indent=1).encode())
-            else:
-                evaluation.train(subject)  # loaded for the forgetting check
-        folded.append((done, evaluation.forgetting_check()))
-    return run_summary(dataset, vlm.ref, folded, methods, pools, protocol, start)
-
-
-def check_run(dataset: Dataset, methods: list[str], protocol: str) -> None:
-    """What makes a run impossible, said before any model loads or trains."""
-    build_methods(methods)  # an unknown name fails before any training
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {protocol!r}: use {' or '.join(PROTOCOLS)}")
-    if len(dataset.subjects) < 2:
-        raise UserError("eval needs at least 2 subjects: each subject's test negatives are the other subjects' "
-                        "test photos; name another in --subjects")
-
-
-def run_summary(dataset: Dataset, model: str, folded: list[tuple[dict, dict]], methods: list[str], pools: list[Path],
-                protocol: str, start: float) -> dict:
-    """The run's result from each fold's (per-subject results, forgetting check)."""
-    per_subject = {name: merge_folds([f[0][name] for f in folded]) for name in dataset.subjects}
-    forgetting = {k: sum(f[1][k] for f in folded) for k in ("identical", "compared")}
-    forgetting["passed"] = all(f[1]["passed"] for f in folded)
-    return {"model": model, "dataset": str(dataset.root), "methods": summarise(per_subject, methods),
-            "subjects": per_subject, "forgetting": forgetting, "folds": len(folded),
-            "negatives": f"pools {', '.join(map(str, pools))}" if pools else "other subjects' train photos",
-            "protocol": protocol,
-            "wall_s": round(time.perf_counter() - start, 1), "finished_at": now()}
-
-
-def library_registry(folder: Path, data: Dataset, pools: list[Path], embedder, on_event) -> Registry:
-    """Every subject as a user's concept, in one registry: without --pool, mining finds the others'
-    photos (subset or not), and each concept head knows them."""
-    registry = Registry(folder)
-    add_pools(registry, pools, embedder, on_event)
-    for subject in [*data.subjects.values(), *data.others.values()]:
-        add_concept(registry, subject.name, subject.train, kind=subject.kind)
-    return registry
-
-
-def isolated_registry(folder: Path, data: Dataset, subject: Subject, pools: list[Path], embedder, on_event) -> Registry:
-    """The subject alone, as the paper trains it: its negatives are mined from the pools, or without
-    any, from a pool of the other subjects' train photos (copied, so it holds no test photo)."""
-    registry = Registry(folder)
-    if not pools:
-        others = folder / "others"
-        others.mkdir(parents=True, exist_ok=True)
-        for other in [*data.subjects.values(), *data.others.values()]:
-            if other.name != subject.name:
-                for photo in other.train:
-                    copy = others / f"{other.name}-{photo.name}"
-                    if not copy.exists():
-                        atomic_write_bytes(copy, photo.read_bytes())
-        pools = [others]
-    add_pools(registry, pools, embedder, on_event)
-    add_concept(registry, subject.name, subject.train, kind=subject.kind)
-    return registry
-
-
-def add_pools(registry: Registry, pools: list[Path], embedder, on_event) -> None:
-    for i, pool in enumerate(pools):
-        if registry.pool(f"pool{i}") is None:
-            add_pool(registry, f"pool{i}", pool, embedder, lambda d, t: on_event(EmbeddingPool(d, t)))
-
-
-def record_run(registry: Registry, result: dict) -> int:
-    """Keep the run in the user's registry, so cron jobs can track drift (`eval --history`)."""
-    return registry.record_eval_run({"model": result["model"], "dataset": result["dataset"], "folds": result["folds"]},
-                                    result, result["finished_at"])
-
-
-def history(registry: Registry) -> list[dict]:
-    rows = registry.eval_runs()
-    out = []
-    for row in rows:
-        result = json.loads(row["results"])
-        out.append({"id": row["id"], "finished_at": row["finished_at"], "model": result["model"],
-                    "dataset": result["dataset"], "wall_s": result.get("wall_s"),
-                    "weighted": {m: v.get("recognition", {}).get("weighted") for m, v in result["methods"].items()}})
-    return out
-
-
-def evaluate(registry: Registry, dataset: Path, subjects: list[str] | None, methods: list[str], pools: list[Path],
-             config: TrainConfig, folds: int = 1, model: str | None = None, quantize: str | None = None,
-             report: Path | None = None, on_event: Callable[..., None] | None = None, on_status=None,
-             protocol: str = "isolated") -> dict:
-    """`yollava eval`: the dataset checked before any model loads, the run (in the data dir's eval/
-    registries), recorded in the user's registry for --history, and its report written if asked."""
-    data = load_dataset(dataset, subjects)
-    check_run(data, methods, protocol)
-    vlm = load_vlm(model, on_status=on_status, quantize=quantize)
-    embedder = load_embedder()
-    if embedder.note and on_status:
-        on_status(embedder.note)
-    result = run_eval(data, vlm, embedder, data_dir() / "eval", methods, pools, config, folds, on_event, protocol)
-    result["run_id"] = record_run(registry, result)
-    if report:
-        result["report_files"] = [str(p) for p in write_report(result, report)]
-    return result

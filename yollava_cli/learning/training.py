@@ -363,15 +363,20 @@ def prepare_concept(registry: Registry, name: str, load_vlm: Callable[[], VLM], 
                     config: TrainConfig | None = None, resume: bool = False, on_status=None, on_progress=None,
                     on_event=None) -> TrainResult:
     """Mine (when the concept has no negatives yet) and train: what `add` and `ask` run for a new concept."""
-    concept = get_concept(registry, name)
-    require_photos(registry, concept)  # before any model loads
-    has_negatives = registry.negative_counts(concept["id"])
+    require_photos(registry, get_concept(registry, name))  # before any model loads
     embedder = load_embedder()
-    if concept["status"] == ConceptStatus.ADDED or not has_negatives:
-        if on_status:
-            on_status(f"Mining negatives for <{concept['name']}>...")
-        mined = mine(registry, name, embedder, on_status=on_status, on_progress=on_progress)
-        if on_status:
-            kinds = [n["kind"] for n in mined.negatives]
-            on_status(f"Mined {kinds.count('hard')} hard and {kinds.count('easy')} easy negatives ({mined.source}).")
+    mine_if_needed(registry, name, embedder, on_status, on_progress)
     return train_concept(registry, load_vlm(), name, config, resume, on_event, embedder)
+
+
+def mine_if_needed(registry: Registry, name: str, embedder, on_status=None, on_progress=None) -> None:
+    """Mine the concept's negatives when it has none yet (training needs them)."""
+    concept = get_concept(registry, name)
+    if concept["status"] != ConceptStatus.ADDED and registry.negative_counts(concept["id"]):
+        return
+    if on_status:
+        on_status(f"Mining negatives for <{concept['name']}>...")
+    mined = mine(registry, name, embedder, on_status=on_status, on_progress=on_progress)
+    if on_status:
+        kinds = [n["kind"] for n in mined.negatives]
+        on_status(f"Mined {kinds.count('hard')} hard and {kinds.count('easy')} easy negatives ({mined.source}).")

@@ -1,11 +1,13 @@
-"""The driver's side of a Ray run: workers started on the cluster, units handed to whichever is
-free, their results back in this process (which alone writes them), and the `ray` object that
---json reports."""
+"""The driver's side of a Ray run: `RayExecutor`, the executor (see learning.executor) whose units
+run on workers started on the cluster, handed to whichever is free, their results back in this
+process (which alone writes them), and the `ray` object that --json reports."""
 
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from yollava_cli.errors import UserError
+from yollava_cli.learning.executor import code_version
 from yollava_cli.scale.cluster import connect, disconnect, first_line
 
 RETRIES = 3  # a worker killed mid-unit is restarted and its unit run again, up to this many times
@@ -53,8 +55,6 @@ class Workers:
 
     def check_alike(self) -> None:
         """Every worker must run this code, with the same embedder (and model), or results would mix."""
-        from yollava_cli.evaluation.runner import code_version
-
         for info in self.info:
             if info["code"] != code_version():
                 raise UserError(f"a Ray worker (node {info['node'][:8]}) runs other yollava code ({info['code']}; here "
@@ -77,10 +77,10 @@ class Workers:
         except ray.exceptions.ActorDiedError as e:
             raise UserError(f"a Ray worker died {RETRIES + 1} times on one unit ({first_line(e)})") from None
 
-    def submit(self, method: str, *args):
-        """The call on the least busy worker (Ray retries it on a restarted worker if that one dies)."""
+    def submit(self, fn: Callable, *args):
+        """The unit on the least busy worker (Ray retries it on a restarted worker if that one dies)."""
         index = min(range(len(self.actors)), key=lambda i: self.busy[i])
-        ref = getattr(self.actors[index], method).remote(*args)
+        ref = self.actors[index].run.remote(fn, *args)
         self.busy[index] += 1
         self.pending[ref] = index
         return ref
@@ -89,9 +89,9 @@ class Workers:
         self.busy[self.pending.pop(ref)] -= 1
         value = self.get(ref)
         self.units[value["worker"]] += 1
-        return value
+        return value["value"]
 
-    def run(self, method: str, units: list[tuple], on_result: Callable[[tuple, dict], None]) -> None:
+    def run(self, fn: Callable, units: list[tuple], on_result: Callable[[tuple, dict], None]) -> None:
         """Each unit on a free worker, one at a time per worker; `on_result(unit, result)` here as
         each finishes, so the driver writes it before the next one comes back."""
         import ray
@@ -100,16 +100,16 @@ class Workers:
         while queue or waiting:
             while queue and len(waiting) < len(self.actors):
                 unit = queue.popleft()
-                waiting[self.submit(method, *unit)] = unit
+                waiting[self.submit(fn, *unit)] = unit
             [ready], _ = ray.wait(list(waiting), num_returns=1)
             on_result(waiting.pop(ready), self.result(ready))
 
-    def ordered(self, method: str, calls: Iterable[tuple], in_flight: int = 2) -> Iterator[dict]:
+    def ordered(self, fn: Callable, calls: Iterable[tuple], in_flight: int = 2) -> Iterator[dict]:
         """Results of many short calls in order, with `in_flight` per worker queued so that the
         next call's bytes travel while a worker computes."""
         window = deque()
         for args in calls:
-            window.append(self.submit(method, *args))
+            window.append(self.submit(fn, *args))
             if len(window) >= in_flight * len(self.actors):
                 yield self.result(window.popleft())
         while window:
@@ -123,3 +123,76 @@ class Workers:
                 "worker_nodes": len({info["node"] for info in self.info}),
                 "units_per_worker": {worker[:12]: n for worker, n in sorted(self.units.items())},
                 "local_instance": self.started}
+
+
+class RayExecutor:
+    """Units on Ray workers, started when first needed (a command that needs none starts none);
+    `with RayExecutor(...) as executor:` stops what it started."""
+
+    local = False
+
+    def __init__(self, address: str, model: str | None = None, quantize: str | None = None,
+                 embedder: str | None = None, needs_model: bool = False):
+        self.address, self.model_ref, self.quantize = address, model, quantize
+        self.embedder_name, self.needs_model = embedder, needs_model
+        self.started: Workers | None = None
+
+    def __enter__(self) -> "RayExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            self.started.close()
+
+    def workers(self, units: int | None = None) -> Workers:
+        if self.started is None:
+            from yollava_cli.models.loading import resolve_model_ref
+
+            model = resolve_model_ref(self.model_ref) if self.needs_model else self.model_ref
+            self.started = Workers(self.address, model, self.quantize, self.embedder_name, self.needs_model, units)
+        return self.started
+
+    def model(self, units: int | None = None) -> dict:
+        info = self.workers(units).info[0]
+        return {"model": info["model"], "fingerprint": info["fingerprint"]}
+
+    def embedder(self, name: str | None = None):
+        from yollava_cli.scale.embedding import RayEmbedder
+
+        if name is not None and self.started is None:
+            self.embedder_name = name
+        return RayEmbedder(self)
+
+    def share(self, root: Path, files: list[Path]):
+        """The files (inside `root`) packed once into Ray's object store: what a worker unpacks."""
+        import ray
+
+        from yollava_cli.scale.worker import pack_files
+
+        packed = {}
+        for path in files:
+            try:
+                packed[str(path.relative_to(root))] = path.read_bytes()
+            except ValueError:
+                raise UserError(f"{path}: --ray sends {root}'s files to the workers, and this one is outside it; "
+                                f"move it inside") from None
+            except OSError:
+                continue  # unreadable here: the worker's copy lacks it, as a scan here would skip it
+        return ray.put(pack_files(packed))
+
+    def run(self, fn: Callable, units: list[tuple], on_result: Callable[[tuple, dict], None], on_event=None) -> None:
+        """Each unit on a free worker; the workers' events stay there (the driver reports progress)."""
+        if units:
+            self.workers(len(units)).run(fn, units, on_result)
+
+    def ordered(self, fn: Callable, calls: Iterable[tuple]) -> Iterator:
+        return self.workers().ordered(fn, calls)
+
+    def train(self, registry, names: list[str], config, on_status=None, on_progress=None) -> dict:
+        """`train --ray`: each concept a unit (see scale.training)."""
+        from yollava_cli.scale.training import train
+
+        return train(registry, names, self, config, on_status, on_progress)
+
+    def report(self) -> dict:
+        return self.started.report() if self.started else {"workers": 0, "units_per_worker": {}}

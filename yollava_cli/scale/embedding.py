@@ -7,16 +7,16 @@ import numpy as np
 from PIL import Image
 
 from yollava_cli.learning.embeddings import Embedder, PhotoFile
-from yollava_cli.scale.driver import Workers
-from yollava_cli.store.photos import BadPhoto, photo_bytes
+from yollava_cli.learning.executor import Env
+from yollava_cli.store.photos import BadPhoto, decode, photo_bytes
 
 
 class RayEmbedder(Embedder):
     """The workers' embedder, as seen from the driver (its id, size and duplicate cut are theirs)."""
 
-    def __init__(self, workers: Workers):
-        info = workers.info[0]
-        self.workers, self.id, self.dim = workers, info["embedder"], info["dim"]
+    def __init__(self, executor):
+        info = executor.workers().info[0]
+        self.executor, self.id, self.dim = executor, info["embedder"], info["dim"]
         self.duplicate_above, self.note = info["duplicate_above"], info["note"]
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
@@ -24,8 +24,8 @@ class RayEmbedder(Embedder):
         return np.stack(vectors)
 
     def embed_batches(self, batches: Iterable[list[Callable[[], Image.Image | None]]]) -> Iterator[list[np.ndarray | None]]:
-        for result in self.workers.ordered("embed", ([[payload(load) for load in loaders]] for loaders in batches)):
-            yield result["vectors"]
+        calls = (([payload(load) for load in loaders],) for loaders in batches)
+        yield from self.executor.ordered(embed_batch, calls)
 
 
 def payload(load: Callable[[], Image.Image | None]):
@@ -38,3 +38,24 @@ def payload(load: Callable[[], Image.Image | None]):
             return None
     image = load()
     return None if image is None else ("pixels", np.asarray(image))
+
+
+def embed_batch(env: Env, photos: list) -> list[np.ndarray | None]:
+    """A unit: one batch, ("file", bytes, max_side) decoded as the driver's photo intake would, or
+    ("pixels", uint8 array); None (unreadable) gives None."""
+    images = [open_payload(p) for p in photos]
+    kept = [image for image in images if image is not None]
+    vectors = iter(env.embedder.embed(kept) if kept else ())
+    return [next(vectors) if image is not None else None for image in images]
+
+
+def open_payload(payload) -> Image.Image | None:
+    if payload is None:
+        return None
+    kind, data, *rest = payload
+    if kind == "pixels":
+        return Image.fromarray(data)
+    try:
+        return decode(data, rest[0])
+    except BadPhoto:
+        return None

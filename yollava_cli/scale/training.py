@@ -4,23 +4,20 @@ concepts' photos and the cached answers to a worker, and records what comes back
 run, checkpoint row, new answers) in one transaction, holding each concept's training lock as
 serial training does."""
 
+import json
 from contextlib import ExitStack
 from dataclasses import asdict
 
-from yollava_cli.learning.mining import mine
+from yollava_cli.learning.executor import Env
 from yollava_cli.learning.train_config import TrainConfig
-from yollava_cli.learning.training import TrainResult
-from yollava_cli.models.loading import resolve_model_ref
-from yollava_cli.scale.driver import Workers
-from yollava_cli.scale.embedding import RayEmbedder
+from yollava_cli.learning.training import TrainResult, mine_if_needed, train_concept
 from yollava_cli.store.concepts import get_concept, require_photos
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus, RunStatus
 
 
-def train(registry: Registry, names: list[str], address: str, config: TrainConfig, model: str | None = None,
-          quantize: str | None = None, on_status=None, on_progress=None) -> dict:
+def train(registry: Registry, names: list[str], executor, config: TrainConfig, on_status=None, on_progress=None) -> dict:
     """Train each named concept on a worker; {"concepts": [train --json of each], "ray": ...}."""
     concepts = [get_concept(registry, name) for name in names]
     for concept in concepts:
@@ -28,12 +25,8 @@ def train(registry: Registry, names: list[str], address: str, config: TrainConfi
     with ExitStack() as stack:
         for concept in concepts:
             stack.enter_context(registry.lock(f"train-{concept['name']}", f"training <{concept['name']}>"))
-        workers = stack.enter_context(Workers(address, resolve_model_ref(model), quantize, needs_model=True))
         for concept in concepts:
-            if concept["status"] == ConceptStatus.ADDED or not registry.negative_counts(concept["id"]):
-                if on_status:
-                    on_status(f"Mining negatives for <{concept['name']}> (embeddings on Ray)...")
-                mine(registry, concept["name"], RayEmbedder(workers), on_status=on_status)
+            mine_if_needed(registry, concept["name"], executor.embedder(), on_status)
         for concept in concepts:
             require_photos(registry, get_concept(registry, concept["name"]), negatives=True)
         results = {}
@@ -45,8 +38,8 @@ def train(registry: Registry, names: list[str], address: str, config: TrainConfi
 
         if on_progress:
             on_progress(0, len(concepts))
-        workers.run("train", [(pack_concept(registry, c["name"], config),) for c in concepts], write)
-        return {"concepts": [results[c["name"]] for c in concepts], "ray": workers.report()}
+        executor.run(train_copy, [(pack_concept(registry, c["name"], config),) for c in concepts], write)
+        return {"concepts": [results[c["name"]] for c in concepts], "ray": executor.report()}
 
 
 def pack_concept(registry: Registry, name: str, config: TrainConfig) -> dict:
@@ -56,20 +49,17 @@ def pack_concept(registry: Registry, name: str, config: TrainConfig) -> dict:
     photos = [[p["sha256"], (registry.root / p["file"]).read_bytes(), p["width"], p["height"], p["source_path"], p["added_at"]]
               for p in registry.concept_photos(concept["id"])]
     negatives = [[r["sha256"], r["kind"], r["score"], r["source_path"], (registry.root / r["file"]).read_bytes(), r["width"], r["height"]]
-                 for r in registry.db.query(
-                     "SELECT n.sha256, n.kind, n.score, n.source_path, p.file, p.width, p.height FROM negatives n "
-                     "JOIN photos p USING (sha256) WHERE n.concept_id = ? ORDER BY n.kind, n.score DESC", [concept["id"]])]
-    embedder = registry.db.execute("SELECT embedder FROM negatives WHERE concept_id = ? LIMIT 1", [concept["id"]]).fetchone()[0]
+                 for r in registry.negative_rows(concept["id"])]
+    embedder = registry.negatives_embedder(concept["id"])
     others = []
     for row in registry.other_concepts_photos(concept["id"]):
         photo = registry.photo(row["sha256"])
         others.append([row["sha256"], (registry.root / row["file"]).read_bytes(), photo["width"], photo["height"]])
     shas = [p[0] for p in photos]
-    answers = [list(row) for row in registry.db.execute(
-        f"SELECT sha256, model, prompt, answer FROM answers WHERE sha256 IN ({','.join('?' * len(shas))})", shas)]
+    answers = registry.answers(shas)
     every = list(dict.fromkeys(shas + [n[0] for n in negatives] + [o[0] for o in others]))
     vectors = {}  # the cached vectors (mining's), so the head learns from the vectors it would here
-    for (embedding,) in registry.db.execute("SELECT DISTINCT embedder FROM embeddings"):
+    for embedding in registry.embedders():
         vectors[embedding] = registry.embeddings(embedding, every)
     return {"name": name, "kind": concept["kind"], "photos": photos, "negatives": negatives, "embedder": embedder,
             "others": others, "facts": [f["text"] for f in registry.facts(concept["id"])], "answers": answers,
@@ -91,3 +81,43 @@ def record(registry: Registry, name: str, config: TrainConfig, result: dict) -> 
         for row in result["answers"]:
             registry.store_answer(*row)
     return TrainResult(**{**result["result"], "checkpoint": str(file)}).to_json()
+
+
+def train_copy(env: Env, unit: dict) -> dict:
+    """A unit: one concept, trained in a scratch registry rebuilt from what the driver sent (see
+    pack_concept): the checkpoint file's bytes and what the driver records."""
+    with env.workspace(None) as folder:
+        registry = Registry(folder)
+        rebuild_concept(registry, unit)
+        result = train_concept(registry, env.vlm, unit["name"], TrainConfig(**unit["config"]), embedder=env.embedder)
+        checkpoint = registry.current_checkpoint(registry.concept(unit["name"])["id"])
+        known = {tuple(row[:3]) for row in unit["answers"]}
+        return {"result": result.to_json(), "checkpoint": (registry.root / checkpoint["file"]).read_bytes(),
+                "run": registry.run_results(registry.latest_run_id()), "metrics": json.loads(checkpoint["metrics"]),
+                "data_hash": checkpoint["data_hash"], "model": env.vlm.ref, "fingerprint": env.vlm.fingerprint,
+                "answers": [row for row in registry.answers() if tuple(row[:3]) not in known]}
+
+
+def rebuild_concept(registry: Registry, unit: dict) -> None:
+    """The concept as the driver's registry holds it, in one transaction: its photos (their stored
+    bytes, under their hashes, in their order), negatives, facts, cached answers and vectors, and
+    the other concepts' photos (its head learns them as negatives) under a stand-in concept."""
+    with registry.transaction():
+        concept = registry.create_concept(unit["name"], unit["kind"])
+        for sha, data, width, height, source, added_at in unit["photos"]:
+            registry.store_photo(sha, data, width, height)
+            registry.add_concept_photo(concept["id"], sha, source, added_at)
+        if unit["others"]:
+            others = registry.create_concept(f"{unit['name']}-others", "object")
+            for sha, data, width, height in unit["others"]:
+                registry.store_photo(sha, data, width, height)
+                registry.add_concept_photo(others["id"], sha, sha)
+        for sha, _kind, _score, _source, data, width, height in unit["negatives"]:
+            registry.store_photo(sha, data, width, height)
+        registry.replace_negatives(concept["id"], [row[:4] for row in unit["negatives"]], unit["embedder"])
+        registry.add_facts(concept["id"], unit["facts"])
+        for row in unit["answers"]:
+            registry.store_answer(*row)
+        for embedder, vectors in unit["embeddings"].items():
+            registry.store_embeddings(embedder, vectors)
+        registry.set_concept_status(concept["id"], ConceptStatus.MINED)

@@ -15,6 +15,17 @@ class CacheRows:
         with self.transaction() as db:
             db["answers"].insert({"sha256": sha256, "model": model, "prompt": prompt, "answer": answer}, replace=True)
 
+    def answers(self, shas: list[str] | None = None) -> list[list[str]]:
+        """[sha256, model, prompt, answer] of every cached answer, or of those about `shas`."""
+        if shas is None:
+            return [list(row) for row in self.db.execute("SELECT sha256, model, prompt, answer FROM answers")]
+        found = []
+        for start in range(0, len(shas), 500):
+            chunk = shas[start : start + 500]
+            found += [list(row) for row in self.db.execute(
+                f"SELECT sha256, model, prompt, answer FROM answers WHERE sha256 IN ({','.join('?' * len(chunk))})", chunk)]
+        return found
+
     def answer_count(self, concept_id: int, model: str, prompts: list[str]) -> int:
         """How many non-empty answers `model` has given to `prompts` about the concept's photos."""
         marks = ",".join("?" * len(prompts))
@@ -38,6 +49,10 @@ class CacheRows:
             )
             found.update({sha: blob for sha, blob in rows})
         return found
+
+    def embedders(self) -> list[str]:
+        """The embedders that have cached vectors here."""
+        return [row[0] for row in self.db.execute("SELECT DISTINCT embedder FROM embeddings")]
 
     def store_embeddings(self, embedder: str, vectors: dict[str, bytes]) -> None:
         """Cache {sha256: float32 little-endian vector}, replacing earlier ones."""

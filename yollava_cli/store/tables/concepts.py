@@ -48,13 +48,14 @@ class ConceptRows:
             db["concepts"].delete_where("id = ?", [concept_id])
         return shas
 
-    def add_concept_photo(self, concept_id: int, sha256: str, source_path: str) -> bool:
-        """Add a stored photo to the concept's training photos; False when it has it already."""
+    def add_concept_photo(self, concept_id: int, sha256: str, source_path: str, added_at: str | None = None) -> bool:
+        """Add a stored photo to the concept's training photos (added now, unless a copy keeps the
+        original's time, and with it the photos' order); False when it has it already."""
         with self.transaction() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO concept_photos (concept_id, sha256, role, source_path, added_at) "
                 "VALUES (?, ?, 'train', ?, ?)",
-                [concept_id, sha256, source_path, now()],
+                [concept_id, sha256, source_path, added_at or now()],
             )
         return cursor.rowcount == 1
 
@@ -100,6 +101,18 @@ class ConceptRows:
         return list(self.db.query(
             "SELECT p.sha256, p.file, p.bytes FROM negatives n JOIN photos p USING (sha256) WHERE n.concept_id = ?",
             [concept_id]))
+
+    def negative_rows(self, concept_id: int) -> list[dict]:
+        """Every negative with its photo row: {sha256, kind, score, source_path, file, width, height},
+        by kind, then most similar first (what a copy of the concept needs)."""
+        return list(self.db.query(
+            "SELECT n.sha256, n.kind, n.score, n.source_path, p.file, p.width, p.height FROM negatives n "
+            "JOIN photos p USING (sha256) WHERE n.concept_id = ? ORDER BY n.kind, n.score DESC", [concept_id]))
+
+    def negatives_embedder(self, concept_id: int) -> str | None:
+        """The embedder the concept's negatives were mined with; None before mining."""
+        row = self.db.execute("SELECT embedder FROM negatives WHERE concept_id = ? LIMIT 1", [concept_id]).fetchone()
+        return row[0] if row else None
 
     def replace_negatives(self, concept_id: int, negatives: list[tuple], embedder: str) -> list[str]:
         """Make (sha256, kind, score, source_path) of stored photos the concept's negatives, mined with

@@ -21,6 +21,13 @@ class RunRows:
         with self.transaction() as db:
             db["runs"].update(run_id, {"status": status, "results": json.dumps(results), "finished_at": now()})
 
+    def run_results(self, run_id: int) -> dict | None:
+        row = self.db.execute("SELECT results FROM runs WHERE id = ?", [run_id]).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+    def latest_run_id(self) -> int | None:
+        return self.db.execute("SELECT max(id) FROM runs").fetchone()[0]
+
     def running_runs(self) -> list[dict]:
         """{id, name} of the runs marked running; name is the concept's, None for a run without one."""
         return list(self.db.query(

@@ -1,0 +1,140 @@
+"""Where units of work run. A unit is a module-level function `fn(env, *inputs) -> output` of plain
+inputs and outputs (paths, dicts, lists, bytes): eval's subject, a batch of photos to embed, a
+concept to train. An executor runs units; `LocalExecutor` here, one after another in this process,
+`scale.executor.RayExecutor` on Ray workers (`--ray`). The code of a unit is the same on both, so a
+change to eval or training is made once.
+
+`Env` is what a unit may use where it runs: the model and the embedder, loaded once per worker;
+the folders the driver shared (`executor.share`); a folder to work in; and `on_event`, which only
+the local executor connects to the command's display.
+"""
+
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from yollava_cli import __version__
+
+
+@cache
+def code_version() -> str:
+    """The package version and a hash of its code and templates, computed once: a worker running
+    other code is refused, and results other code produced (before a bug fix, say) are never
+    served from a cache."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parents[1]  # the whole package, every floor
+    for path in sorted([*package.rglob("*.py"), *package.rglob("*.json")]):
+        digest.update(f"{path.relative_to(package)}\0".encode() + path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+class Env:
+    """The machine a unit runs on: what it loaded, and where it may write."""
+
+    def __init__(self, model: str | None = None, quantize: str | None = None, embedder: str | None = None,
+                 vlm=None, loaded_embedder=None, on_status: Callable[[str], None] | None = None):
+        self.model_ref, self.quantize, self.embedder_name, self.on_status = model, quantize, embedder, on_status
+        self._vlm, self._embedder = vlm, loaded_embedder
+        self.on_event: Callable[..., None] = lambda event: None
+
+    @property
+    def vlm(self):
+        if self._vlm is None:
+            from yollava_cli.models.loading import load_vlm
+
+            self._vlm = load_vlm(self.model_ref, on_status=self.on_status, quantize=self.quantize)
+        return self._vlm
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from yollava_cli.learning.embeddings import load_embedder
+
+            self._embedder = load_embedder(self.embedder_name)
+            if self._embedder.note and self.on_status:
+                self.on_status(self._embedder.note)
+        return self._embedder
+
+    def folder(self, shared: Any) -> Path:
+        """The folder the driver shared (here: its own path)."""
+        return Path(shared)
+
+    @contextmanager
+    def workspace(self, folder: Path | None):
+        """A folder for the unit's registry: `folder` where the driver's disk is this machine's (so
+        a later run reuses what it holds), else a scratch folder removed after the unit."""
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            yield folder
+            return
+        scratch = Path(tempfile.mkdtemp(prefix="yollava-unit-"))
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def unload_concepts(self) -> None:
+        """Each unit starts from the bare base model, whichever units ran before it."""
+        if self._vlm is not None:
+            for name in list(self._vlm.tokens):
+                self._vlm.tokens.remove(name)
+
+
+def call(env: Env, fn: Callable, args: tuple) -> Any:
+    """One unit, leaving the model as it found it."""
+    try:
+        return fn(env, *args)
+    finally:
+        env.unload_concepts()
+
+
+class LocalExecutor:
+    """Units run here, in order, on one model and embedder (loaded on first use, or given)."""
+
+    local = True
+
+    def __init__(self, model: str | None = None, quantize: str | None = None, embedder: str | None = None,
+                 vlm=None, loaded_embedder=None, on_status: Callable[[str], None] | None = None):
+        self.env = Env(model, quantize, embedder, vlm, loaded_embedder, on_status)
+
+    def __enter__(self) -> "LocalExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def model(self, units: int | None = None) -> dict:
+        """{"model": ref, "fingerprint": ...} of the base model the units run."""
+        return {"model": self.env.vlm.ref, "fingerprint": self.env.vlm.fingerprint}
+
+    def embedder(self, name: str | None = None):
+        """The embedder units run (`name`, where it is not loaded yet)."""
+        if name is not None and self.env._embedder is None:
+            self.env.embedder_name = name
+        return self.env.embedder
+
+    def share(self, root: Path, files: list[Path]) -> Path:
+        return root
+
+    def run(self, fn: Callable, units: list[tuple], on_result: Callable[[tuple, Any], None],
+            on_event: Callable[..., None] | None = None) -> None:
+        """`on_result(unit, fn(env, *unit))` for each unit, in order."""
+        self.env.on_event = on_event or (lambda event: None)
+        try:
+            for unit in units:
+                on_result(unit, call(self.env, fn, unit))
+        finally:
+            self.env.on_event = lambda event: None
+
+    def ordered(self, fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]:
+        for args in calls:
+            yield call(self.env, fn, args)
+
+    def report(self) -> dict | None:
+        """What --json says about where the work ran: nothing, for this machine."""
+        return None
