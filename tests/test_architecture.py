@@ -32,6 +32,18 @@ def test_each_floor_imports_only_the_floors_below():
     assert counts["cycles"] == []
 
 
+def test_sql_stays_in_the_store():
+    assert counts_module().count(PACKAGE)["sql_outside_store"] == []
+
+
+def test_the_cli_decides_where_work_runs_in_one_place():
+    """Only cli/options.py turns --ray into an executor; the commands pass the executor on."""
+    mentions = [f"{path.name}:{line}: {text}" for path in sorted((PACKAGE / "cli").glob("*.py")) if path.name != "options.py"
+                for line, text in names_outside_docstrings(path.read_text())
+                if text in ("ray_address", "Workers", "RayEmbedder", "RayExecutor") or "scale" in text]
+    assert mentions == []
+
+
 def test_the_floor_order_is_the_one_docs_design_states():
     floors = counts_module().FLOORS
     design = (PACKAGE.parent / "docs" / "design.md").read_text()
