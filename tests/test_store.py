@@ -86,3 +86,45 @@ def test_deleting_a_concept_cascades_to_its_rows(tmp_path):
         db.execute("INSERT INTO concept_photos VALUES (1, ?, 'train', '/src', 'x')", ["ab" * 32])
         db.execute("DELETE FROM concepts WHERE id = 1")
     assert registry.db.execute("SELECT count(*) FROM concept_photos").fetchone()[0] == 0
+
+
+def test_a_registry_closes_and_backs_up_once_when_its_block_ends(tmp_path):
+    """`with Registry(root) as registry:` refreshes the backup at the end of a block that wrote (not
+    at process exit, not per write), leaves it alone after a block that only read, and closes."""
+    backup = tmp_path / "registry.db.backup"
+    with Registry(tmp_path) as registry:
+        registry.create_concept("bo", "pet")
+        registry.create_concept("mo", "pet")
+        assert not backup.exists()
+    assert backup.is_file()
+    with pytest.raises(sqlite3.ProgrammingError):
+        registry.concepts()  # closed
+    written = backup.stat().st_mtime_ns
+    with Registry(tmp_path) as registry:
+        assert [c["name"] for c in registry.concepts()] == ["bo", "mo"]
+    assert backup.stat().st_mtime_ns == written
+
+
+def test_a_command_uses_one_registry_and_backs_it_up_once_before_it_returns(tmp_path, monkeypatch):
+    """`mine` opens the registry in two places; both get the command's one registry,
+    whose backup is refreshed once, as the command ends (not when the process exits)."""
+    from conftest import invoke, shared_data
+
+    import yollava_cli.store.connection as connection
+
+    opened, backups = [], []
+    real_init, real_backup = connection.Connection.__init__, connection.write_backup
+    monkeypatch.setattr(connection.Connection, "__init__", lambda self, root: (opened.append(root), real_init(self, root))[1])
+    monkeypatch.setattr(connection, "write_backup", lambda root: (backups.append(root), real_backup(root))[1])
+    home = tmp_path / "home"
+    photos = shared_data() / "concepts"
+    assert invoke("add", "bo", photos / "dog" / "train", "--no-train", home=home).returncode == 0
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for photo in sorted((shared_data() / "pool" / "imagenet-sample").glob("*.jpg"))[:8]:
+        (pool / photo.name).symlink_to(photo)
+    assert invoke("pool", "add", "p", pool, "--embedder", "efficientnet-lite0", home=home).returncode == 0
+    opened.clear(), backups.clear()
+    mined = invoke("mine", "bo", "--embedder", "efficientnet-lite0", home=home)
+    assert mined.returncode == 0, mined.stderr
+    assert len(opened) == 1 and backups == [home]

@@ -9,21 +9,20 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from yollava_cli.cli.output import err
+from yollava_cli.cli.output import command_scope, err
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
 from yollava_cli.store.failures import explain
 
 
-def error_line(e: OSError | sqlite3.Error) -> str:
+def error_line(e: OSError | sqlite3.Error, registry: Path | None = None) -> str:
     """One line for an OS or SQLite error: a full disk, a read-only file system, a permission, a
     failing disk or a held lock with its own fix (see failures.py); damage inside the registry
-    with the way back; anything else as it is, naming its file."""
-    from yollava_cli.store.connection import opened_registry
-
+    with the way back; anything else as it is, naming its file (an SQLite error, the command's
+    registry: `registry`, else the data dir's)."""
     path = Path(e.filename) if isinstance(e, OSError) and e.filename else None
     if isinstance(e, sqlite3.Error):
-        path = opened_registry()
+        path = registry or data_dir() / "registry.db"
     told = explain(e, path or data_dir())
     if told:
         return told
@@ -37,17 +36,20 @@ class YollavaGroup(TyperGroup):
     """Turns UserError into one line on stderr and exit 1, and Ctrl-C into exit 130."""
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except UserError as e:
-            err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except (OSError, sqlite3.Error) as e:  # disk full, read-only or vanished files: say so in one line
-            err.print(f"error: {error_line(e)}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            err.print("interrupted", markup=False, highlight=False)
-            raise typer.Exit(130) from None
+        with command_scope() as command:
+            try:
+                return super().invoke(ctx)
+            except UserError as e:
+                err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+            except (OSError, sqlite3.Error) as e:  # disk full, read-only or vanished files: say so in one line
+                registry = command.get("registry")
+                err.print(f"error: {error_line(e, registry.path if registry else None)}", markup=False, highlight=False,
+                          soft_wrap=True)
+                raise typer.Exit(1) from None
+            except KeyboardInterrupt:
+                err.print("interrupted", markup=False, highlight=False)
+                raise typer.Exit(130) from None
 
 
 app = typer.Typer(

@@ -3,8 +3,8 @@ progress and notes on stderr."""
 
 import json
 import sys
-from contextlib import contextmanager
-
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -84,5 +84,26 @@ def progress_bar(description: str):
         yield update
 
 
+COMMAND: ContextVar[dict | None] = ContextVar("command", default=None)  # what the running command opened
+
+
+@contextmanager
+def command_scope():
+    """One command's lifetime: what it opens (its registry) is closed when it ends."""
+    with ExitStack() as stack:
+        token = COMMAND.set({"stack": stack})
+        try:
+            yield COMMAND.get()
+        finally:
+            COMMAND.reset(token)
+
+
 def open_registry() -> Registry:
-    return Registry(data_dir())
+    """The command's registry: opened on first use, the same one for the rest of the command, and
+    closed when it ends (its backup refreshed then, once, if the command wrote)."""
+    scope = COMMAND.get()
+    if scope is None:  # called outside a command (a test calling a command's function)
+        return Registry(data_dir())
+    if "registry" not in scope:
+        scope["registry"] = scope["stack"].enter_context(Registry(data_dir()))
+    return scope["registry"]

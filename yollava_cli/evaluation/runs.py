@@ -131,11 +131,12 @@ def evaluate_subject(env: Env, unit: dict) -> dict:
             registry = library_registry(folder, data, pools, env.embedder, env.on_event)
         else:
             registry = isolated_registry(folder, data, subject, pools, env.embedder, env.on_event)
-        evaluation = Evaluation(data, env.vlm, registry, env.embedder, unit["methods"], TrainConfig(**unit["config"]),
-                                env.on_event)
-        results = evaluation.evaluate_subject(subject)
-        checkpoint = registry.current_checkpoint(registry.concept(subject.name)["id"])
-        return {"results": results, "checkpoint": (registry.root / checkpoint["file"]).read_bytes()}
+        with registry:
+            evaluation = Evaluation(data, env.vlm, registry, env.embedder, unit["methods"], TrainConfig(**unit["config"]),
+                                    env.on_event)
+            results = evaluation.evaluate_subject(subject)
+            checkpoint = registry.current_checkpoint(registry.concept(subject.name)["id"])
+            return {"results": results, "checkpoint": (registry.root / checkpoint["file"]).read_bytes()}
 
 
 def forgetting(env: Env, unit: dict) -> dict:

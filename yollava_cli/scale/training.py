@@ -86,8 +86,7 @@ def record(registry: Registry, name: str, config: TrainConfig, result: dict) -> 
 def train_copy(env: Env, unit: dict) -> dict:
     """A unit: one concept, trained in a scratch registry rebuilt from what the driver sent (see
     pack_concept): the checkpoint file's bytes and what the driver records."""
-    with env.workspace(None) as folder:
-        registry = Registry(folder)
+    with env.workspace(None) as folder, Registry(folder) as registry:
         rebuild_concept(registry, unit)
         result = train_concept(registry, env.vlm, unit["name"], TrainConfig(**unit["config"]), embedder=env.embedder)
         checkpoint = registry.current_checkpoint(registry.concept(unit["name"])["id"])

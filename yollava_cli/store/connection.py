@@ -6,7 +6,6 @@ rows that point at them, so a crash leaves at worst an unreferenced file, never 
 points at nothing.
 """
 
-import atexit
 import fcntl
 import os
 import sqlite3
@@ -22,13 +21,6 @@ from yollava_cli.store.backup import backup_is_usable, write_backup
 from yollava_cli.store.failures import BUSY_TIMEOUT_S, explain
 from yollava_cli.store.migrations import MIGRATIONS
 from yollava_cli.store.sqlite_utils_lean import sqlite_utils
-
-OPENED: list[Path] = []  # the registry this process opened last (an SQLite error carries no file name)
-
-
-def opened_registry() -> Path | None:
-    return OPENED[-1] if OPENED else None
-
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -71,7 +63,8 @@ def damaged_message(root: Path, state: str, content: dict | None = None) -> str:
 
 class Connection:
     """The registry's database under `root`, opened (created and migrated if needed), with its
-    transactions and locks; `Registry` adds the tables."""
+    transactions and locks; `Registry` adds the tables. `with Registry(root) as registry:` closes it
+    at the end, refreshing the backup once if anything was written."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -83,7 +76,6 @@ class Connection:
             with open(root / "registry.open-lock", "a") as guard:
                 fcntl.flock(guard, fcntl.LOCK_EX)
                 refuse_damaged(root)
-                OPENED[:] = [root / "registry.db"]
                 conn = sqlite3.connect(
                     root / "registry.db", timeout=BUSY_TIMEOUT_S, isolation_level=None
                 )
@@ -104,7 +96,20 @@ class Connection:
             raise UserError(
                 explain(e, root / "registry.db") or f"{root}: cannot open the data dir ({e}); make it writable or set YOLLAVA_HOME"
             ) from None
-        atexit.register(self.back_up_if_changed)
+
+    @property
+    def path(self) -> Path:
+        """The database file (an SQLite error carries no file name: errors name this one)."""
+        return self.root / "registry.db"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.back_up_if_changed()  # what was committed is kept, even when the command then failed
+        finally:
+            self.close()
 
     def back_up_if_changed(self) -> None:
         """Refresh registry.db.backup when this process committed a change to the registry; a

@@ -237,7 +237,8 @@ def restore(root: Path, on_status=None) -> dict:
                 else "holds all that could be read of it" if lacks is not None
                 else "replaces it: what changed since the backup cannot be read from it"))
         moved = swap_in_backup(root)
-    report = examine(Registry(root))
+    with Registry(root) as registry:
+        report = examine(registry)
     return {**report, "restored_from": str(root / BACKUP_FILE), "damaged_moved_to": moved, "backup_lacked": lacks}
 
 
