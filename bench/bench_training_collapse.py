@@ -41,7 +41,8 @@ def collapsed(history: list[dict]) -> bool:
 
 
 def run_subject(name: str, dataset, vlm, embedder, config, root: Path, pool: Path) -> dict:
-    from yollava_cli.evaluation.methods import Fused, Yollava
+    from yollava_cli.evaluation.methods.fused import Fused
+    from yollava_cli.evaluation.methods.yollava import Yollava
     from yollava_cli.evaluation.runner import Evaluation
     from yollava_cli.evaluation.runs import isolated_registry
     from yollava_cli.learning.training import prepare_concept, recognition_metrics

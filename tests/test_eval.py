@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import invoke, shared_data
@@ -321,3 +323,39 @@ def test_eval_results_are_keyed_on_the_code_that_produced_them(tmp_path, monkeyp
         monkeypatch.setattr(evaluation, "code_version", lambda: version)
         keys.add(results_path(tmp_path / "eval", dataset, "fp", ["yollava"], FAST, []))
     assert len(keys) == 2
+
+
+def test_a_new_method_is_one_module_and_nothing_else_names_it(tmp_path, monkeypatch):
+    """A module dropped into the methods package registers itself; the run builds it beside the
+    others, and a method built on another gets the run's one instance of it."""
+    import yollava_cli.evaluation.methods as methods
+
+    (tmp_path / "toy.py").write_text(
+        "from yollava_cli.evaluation.methods import Method, register\n\n\n"
+        "@register\nclass Toy(Method):\n    name, order, language, requires = 'toy', 55, False, ('head',)\n\n"
+        "    def __init__(self, head):\n        self.head = head\n\n"
+        "    def scores(self, run, subject, photos):\n        return [0.5 for _ in photos]\n")
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(tmp_path)])
+    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    monkeypatch.delitem(sys.modules, "yollava_cli.evaluation.methods.toy", raising=False)
+    assert methods.method_names() == ["yollava", "vanilla", "description", "auto-description", "embedding", "toy",
+                                      "head", "fused", "ask", "word-init"]
+    toy, head, ask, fused = methods.build_methods(["toy", "head", "ask", "fused"])
+    assert toy.head is head and ask.fused is fused and fused.tokens.name == "yollava"
+    assert toy.scores(None, "bo", ["a", "b"]) == [0.5, 0.5]
+    with pytest.raises(UserError, match="choose from yollava, vanilla, .*toy"):
+        methods.build_methods(["nosuch"])
+
+
+def test_the_base_method_is_no_method_and_the_report_defaults_to_the_runs_protocol():
+    from yollava_cli.evaluation.methods import METHODS, Method, method_names
+    from yollava_cli.evaluation.metrics import PROTOCOLS
+    from yollava_cli.evaluation.runs import EvalSettings
+
+    assert method_names() == ["yollava", "vanilla", "description", "auto-description", "embedding", "head", "fused",
+                              "ask", "word-init"]
+    assert Method not in METHODS.values() and METHODS["vanilla"] is not Method
+    assert not any(issubclass(METHODS["word-init"], other) for other in (METHODS["yollava"],))
+    result = {"model": "tiny", "dataset": "d", "methods": {}, "subjects": {}, "forgetting": {"identical": 0, "compared": 0,
+              "passed": True}, "folds": 1, "negatives": "n", "wall_s": 1}
+    assert f"{PROTOCOLS[0]} protocol" in markdown(result) and EvalSettings(Path(".")).protocol == PROTOCOLS[0]

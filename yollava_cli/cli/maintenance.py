@@ -17,14 +17,14 @@ from yollava_cli.learning.train_config import RANGES, TrainConfig
 @app.command("eval")
 def eval_(
     dataset: Annotated[Optional[Path], typer.Argument(help="A dataset folder laid out like shared/data/concepts.")] = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated: yollava, vanilla, description, auto-description, embedding, head, fused, ask, word-init.")] = "yollava,vanilla,description,auto-description,embedding,head,fused,ask,word-init",
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated method names (default: every method; an unknown name lists them).")] = None,
     subjects: Annotated[Optional[str], typer.Option(help="Comma-separated subjects (default: all).")] = None,
     pool: Annotated[Optional[list[Path]], typer.Option("--pool", help="Folder(s) of negatives to mine (default: other subjects' train photos).")] = None,
     folds: Annotated[int, typer.Option(min=1, max=20, help="Leave-photos-out rotations per subject, for steadier figures.")] = 1,
     epochs: Annotated[int, typer.Option(min=RANGES["epochs"][0], max=RANGES["epochs"][1], help="Training epochs per subject.")] = TrainConfig.epochs,
     facts_in_tokens: Annotated[bool, typer.Option("--facts-in-tokens", help="Train each subject's facts into its tokens (facts metric: tokens, both).")] = TrainConfig.facts_in_tokens,
     report: Annotated[Optional[Path], typer.Option(help="Write report.json, report.md and chart.png here.")] = None,
-    protocol: Annotated[str, typer.Option("--protocol", help="isolated: each subject learns alone from mined negatives (the paper's); library: every subject beside the others, as a user's concepts.")] = "isolated",
+    protocol: Annotated[Optional[str], typer.Option("--protocol", help="isolated (the default): each subject learns alone from mined negatives (the paper's); library: every subject beside the others, as a user's concepts.")] = None,
     history: Annotated[bool, typer.Option("--history", help="List earlier eval runs instead.")] = False,
     model: ModelOption = None,
     quantize: QuantizeOption = None,
@@ -51,8 +51,9 @@ def eval_(
                              ", ".join(f"{m} {v:.3f}" for m, v in r["weighted"].items() if v is not None)] for r in rows])
     if dataset is None:
         raise UserError("name a dataset folder (or pass --history)")
-    settings = runs.EvalSettings(dataset, methods.split(","), subjects.split(",") if subjects else None, pool or [],
-                                 TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens), folds, protocol, report)
+    settings = runs.EvalSettings(dataset, methods.split(",") if methods else None, subjects.split(",") if subjects else None, pool or [],
+                                 TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens), folds,
+                                 protocol or runs.PROTOCOLS[0], report)
     with executor(ray, model, quantize, needs_model=True, on_status=status) as ex, train_view(epochs) as view:
         result = runs.evaluate(registry, ex, settings, on_event=view)
     if json_:

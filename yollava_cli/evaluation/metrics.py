@@ -3,6 +3,8 @@ the facts settings, and folds and subjects merged into one summary."""
 
 import numpy as np
 
+PROTOCOLS = ("isolated", "library")  # how subjects are trained (see runs.run_eval); the first is the default
+
 # The facts metric's settings, two per run: with and without the facts in the prompt, on tokens
 # trained without them (facts_in_tokens off) or with them (on).
 FACT_SETTINGS = {False: (("facts_prompt", True), ("facts_none", False)), True: (("facts_both", True), ("facts_tokens", False))}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yollava_cli.evaluation.metrics import FACT_LABELS
+from yollava_cli.evaluation.metrics import FACT_LABELS, PROTOCOLS
 from yollava_cli.store.fileio import atomic_write_bytes
 
 
@@ -27,7 +27,7 @@ def fmt(value) -> str:
 def markdown(result: dict) -> str:
     lines = [f"# yollava eval: {result['dataset']}", "",
              f"Model `{result['model']}`, {len(result['subjects'])} subjects, {result['folds']} fold(s), "
-             f"negatives from {result['negatives']}, {result.get('protocol', 'library')} protocol, {result['wall_s']} s.", "",
+             f"negatives from {result['negatives']}, {result.get('protocol', PROTOCOLS[0])} protocol, {result['wall_s']} s.", "",
              "| method | positive | negative | weighted (95% CI) | AUC | text MCQ | visual MCQ | caption recall |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for method, m in result["methods"].items():
@@ -91,7 +91,7 @@ def chart(result: dict, path: Path) -> None:
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("mean over subjects (95% interval)")
     axes.set_title(f"{result['model']}: n = {len(result['subjects'])} subjects, {result['folds']} fold(s), "
-                   f"{result.get('protocol', 'library')} protocol")
+                   f"{result.get('protocol', PROTOCOLS[0])} protocol")
     axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(series) + 1, fontsize=8)  # below: bars stay clear
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")

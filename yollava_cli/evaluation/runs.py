@@ -17,8 +17,8 @@ from pathlib import Path
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
 from yollava_cli.evaluation.dataset import FILES, Dataset, Subject, load_dataset, rotate
-from yollava_cli.evaluation.methods import build_methods
-from yollava_cli.evaluation.metrics import merge_folds, summarise
+from yollava_cli.evaluation.methods import build_methods, method_names
+from yollava_cli.evaluation.metrics import PROTOCOLS, merge_folds, summarise
 from yollava_cli.evaluation.report import write_report
 from yollava_cli.evaluation.runner import Evaluation
 from yollava_cli.learning.events import EmbeddingPool, SubjectStarted
@@ -30,11 +30,8 @@ from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.photos import expand_photo_paths
 from yollava_cli.store.registry import Registry, now
 
-PROTOCOLS = ("isolated", "library")
-
-
 def results_path(eval_root: Path, dataset: Dataset, model_fingerprint: str, methods: list[str], config: TrainConfig,
-                 pools: list[Path], protocol: str = "isolated") -> Path:
+                 pools: list[Path], protocol: str = PROTOCOLS[0]) -> Path:
     settings = json.dumps([str(dataset.root.resolve()), model_fingerprint, sorted(methods), vars(config),
                            [str(p.resolve()) for p in pools], code_version(), protocol], sort_keys=True, default=str)
     return eval_root / f"results-{hashlib.sha256(settings.encode()).hexdigest()[:16]}.json"
@@ -42,7 +39,7 @@ def results_path(eval_root: Path, dataset: Dataset, model_fingerprint: str, meth
 
 def run_eval(executor, dataset: Dataset, eval_root: Path, methods: list[str], pools: list[Path],
              config: TrainConfig | None = None, folds: int = 1, on_event: Callable[..., None] | None = None,
-             protocol: str = "isolated", on_progress: Callable[[int, int], None] | None = None) -> dict:
+             protocol: str = PROTOCOLS[0], on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Evaluate every subject not finished yet (on the executor), then each fold's forgetting check,
     and summarise with intervals.
 
@@ -230,12 +227,12 @@ class EvalSettings:
     """What `yollava eval` is asked to run, in one object (the command's flags)."""
 
     dataset: Path
-    methods: list[str]
+    methods: list[str] | None = None  # every registered method
     subjects: list[str] | None = None
     pools: list[Path] = field(default_factory=list)
     config: TrainConfig = field(default_factory=TrainConfig)
     folds: int = 1
-    protocol: str = "isolated"
+    protocol: str = PROTOCOLS[0]
     report: Path | None = None
 
 
@@ -244,8 +241,9 @@ def evaluate(registry: Registry, executor, settings: EvalSettings, on_event: Cal
     """`yollava eval`: the dataset checked before any model loads, the run (in the data dir's eval/
     registries), recorded in the user's registry for --history, and its report written if asked."""
     data = load_dataset(settings.dataset, settings.subjects)
-    check_run(data, settings.methods, settings.protocol)
-    result = run_eval(executor, data, data_dir() / "eval", settings.methods, settings.pools, settings.config,
+    methods = settings.methods or method_names()
+    check_run(data, methods, settings.protocol)
+    result = run_eval(executor, data, data_dir() / "eval", methods, settings.pools, settings.config,
                       settings.folds, on_event, settings.protocol, on_progress)
     if executor.report() is not None:
         result["ray"] = executor.report()
