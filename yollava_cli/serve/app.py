@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -67,7 +67,7 @@ def create_app(vlm: VLM, worker: Worker, settings: Settings, log: Log) -> FastAP
     started = int(time.time())
 
     def refused(request: Request, error: ApiError, model: str | None = None) -> JSONResponse:
-        log.event("refused", error.message, status=error.status, path=request.url.path, model=model)
+        log.event("refused", error.detail, status=error.status, path=request.url.path, model=model)
         return JSONResponse(error.body(), error.status, headers=error.headers)
 
     @app.exception_handler(ApiError)
@@ -80,9 +80,7 @@ def create_app(vlm: VLM, worker: Worker, settings: Settings, log: Log) -> FastAP
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception):
-        log.event("failed", f"{type(error).__name__}: {error}", status=500, path=request.url.path)
-        return JSONResponse(ApiError(500, f"internal error ({type(error).__name__}); the server's log has it",
-                                     kind="server_error").body(), 500)
+        return refused(request, internal(error))
 
     def authorize(request: Request) -> None:
         if settings.token is None:
@@ -123,13 +121,18 @@ def create_app(vlm: VLM, worker: Worker, settings: Settings, log: Log) -> FastAP
                                 f"{e.retry_after} s", code="server_busy", kind="rate_limit_error",
                            headers={"Retry-After": str(e.retry_after)}) from None
         reply = Reply(request, chat, job, events, arrived, log)
-        first = await reply.next()  # an error before the first word still gets its status code
-        if first is END and (failure := reply.failure()):
-            raise failure
-        if chat.stream:
-            return StreamingResponse(reply.stream(first), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return JSONResponse(await reply.whole(first))
+        try:
+            first = await reply.next()  # an error before the first word still gets its status code
+            if first is END and (failure := reply.failure()):
+                reply.done = True
+                raise failure
+            if chat.stream:
+                return StreamingResponse(reply.stream(first), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return JSONResponse(await reply.whole(first))
+        except Gone:
+            reply.abandon()
+            return Response(status_code=499)  # nobody reads it: nginx's "client closed request"
 
     return app
 
@@ -150,13 +153,24 @@ async def read_body(request: Request, cap: int) -> object:
         raise ApiError(400, f"the request body is not JSON ({e})") from None
 
 
+def internal(error: Exception) -> ApiError:
+    """A failure of the server's own: the client hears its kind, the log its message."""
+    failed = ApiError(500, f"internal error ({type(error).__name__}); the server's log has it", kind="server_error")
+    failed.detail = f"{type(error).__name__}: {error}"
+    return failed
+
+
+class Gone(Exception):
+    """The client closed the connection before its answer was done."""
+
+
 class Reply:
     """One request's answer as it arrives from the worker: the `stop` strings cut, the client
     watched (gone: the answer is stopped), and one log line at the end."""
 
     def __init__(self, request: Request, chat: ChatRequest, job: Job, events: asyncio.Queue, arrived: float, log: Log):
         self.request, self.chat, self.job, self.events, self.arrived, self.log = request, chat, job, events, arrived, log
-        self.stops, self.shapes, self.first_s = Stops(chat.stop), Shapes(chat.model), None
+        self.stops, self.shapes, self.first_s, self.done = Stops(chat.stop), Shapes(chat.model), None, False
 
     async def next(self):
         """The next piece of text, or END; sets the job's stop when the client has gone."""
@@ -165,8 +179,7 @@ class Reply:
                 item = await asyncio.wait_for(self.events.get(), POLL_S)
             except asyncio.TimeoutError:
                 if await self.request.is_disconnected():
-                    self.job.stop.set()
-                    self.job.result.cancel()  # still queued: never started
+                    raise Gone() from None
                 continue
             if item is not END:
                 self.first_s = self.first_s if self.first_s is not None else time.perf_counter() - self.arrived
@@ -175,18 +188,31 @@ class Reply:
                     self.job.stop.set()  # the rest of the answer is not wanted
             return item
 
+    def abandon(self) -> None:
+        """The client has gone: its answer is stopped (or, still queued, never started), and the
+        log says how far it got."""
+        if self.done:
+            return
+        self.done = True
+        self.job.stop.set()
+        self.job.result.cancel()
+
+        def logged(result) -> None:
+            tokens = 0 if result.cancelled() or result.exception() else result.result()["timings"]["tokens"]
+            self.log.event("gone", "the client left: its answer was stopped", model=self.chat.model, tokens=tokens,
+                           total_s=round(time.perf_counter() - self.arrived, 3))
+
+        self.job.result.add_done_callback(logged)
+
     def failure(self) -> ApiError | None:
         """The answer's error as the client sees it, logged; None when it succeeded."""
-        if self.job.result.cancelled():
-            return ApiError(499, "the client closed the request", code="client_closed")
         error = self.job.result.exception()
         if error is None:
             return None
         if isinstance(error, UserError):
             error = ApiError(400, str(error), "messages")
         elif not isinstance(error, ApiError):
-            self.log.event("failed", f"{type(error).__name__}: {error}", status=500, model=self.chat.model)
-            error = ApiError(500, f"internal error ({type(error).__name__}); the server's log has it", kind="server_error")
+            error = internal(error)
         return error
 
     async def whole(self, first) -> dict:
@@ -195,6 +221,7 @@ class Reply:
             item = await self.next()
         result = self.job.result.result()
         text = self.stops.text.strip() if self.stops.hit else result["answer"]
+        self.done = True
         self.logged(result)
         return self.shapes.completion(text, result, finish_reason(result, self.chat.max_tokens, self.stops.hit))
 
@@ -208,8 +235,9 @@ class Reply:
                 if piece := self.stops.ready():
                     yield self.shapes.chunk({"content": piece})
                 item = await self.next()
-            if self.job.result.cancelled() or self.job.result.exception() is not None:
-                error = self.failure()
+            if error := self.failure():  # failed after its first words: said in the stream
+                self.done = True
+                self.log.event("refused", error.detail, status=error.status, path=self.request.url.path, model=self.chat.model)
                 yield event(error.body())
                 return
             result = self.job.result.result()
@@ -219,9 +247,12 @@ class Reply:
             if self.chat.include_usage:
                 yield self.shapes.usage_chunk(result)
             yield event("[DONE]")
+            self.done = True
             self.logged(result)
+        except Gone:
+            pass
         finally:
-            self.job.stop.set()
+            self.abandon()  # closed by the server when the client left mid-stream
 
     def logged(self, result: dict) -> None:
         timings = result["timings"]
