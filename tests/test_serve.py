@@ -39,12 +39,12 @@ class Server:
         if not self.listening.wait(180) or self.process.poll() is not None:
             self.stop()
             raise AssertionError("the server did not start:\n" + "\n".join(self.lines))
-        self.url = re.search(r"url=(\S+)", next(line for line in self.lines if " listening " in line)).group(1)
+        self.url = re.search(r"url\W+(http[^\s\"]+)", next(line for line in self.lines if "listening" in line)).group(1)
 
     def _read(self) -> None:
         for line in self.process.stderr:
             self.lines.append(line.rstrip("\n"))
-            if " listening " in line:
+            if "listening" in line:
                 self.listening.set()
         self.listening.set()
 
@@ -54,7 +54,7 @@ class Server:
     def logged(self, event: str, timeout: float = 30) -> list[str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if found := [line for line in self.lines if f" {event} " in f"{line} "]:
+            if found := [line for line in self.lines if re.search(rf"\b{event}\b", line)]:
                 return found
             time.sleep(0.05)
         return []
@@ -86,7 +86,7 @@ def server(world):
 
 def asked(world: dict, *args: str) -> dict:
     """`yollava ask ... --json` on the same data dir and model: the answer the server must match."""
-    result = run_cli("ask", *args, "--model", world["model"], "--no-train", "--json", home=world["home"])
+    result = invoke("ask", *args, "--model", world["model"], "--no-train", "--json", home=world["home"])
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -215,8 +215,10 @@ def test_llm_cli_talks_to_it_with_text_and_an_attachment(server, world, tmp_path
 def test_a_token_is_required_when_set_and_for_any_other_address(world):
     refused = run_cli("serve", "--host", "0.0.0.0", "--port", "0", "--model", world["model"], home=world["home"], timeout=60)
     assert refused.returncode == 1 and "token" in refused.stderr and "Traceback" not in refused.stderr
-    guarded = Server(world["home"], "--model", world["model"], "--token", "s3cret")
+    guarded = Server(world["home"], "--model", world["model"], "--token", "s3cret", "--json")
     try:
+        started = json.loads(guarded.lines[-1])
+        assert started["event"] == "listening" and started["concepts"] == ["bo", "mam"] and started["auth"] == "token"
         for key in ("wrong", "unused"):
             with pytest.raises(openai.AuthenticationError):
                 guarded.client(key).models.list()
@@ -224,6 +226,7 @@ def test_a_token_is_required_when_set_and_for_any_other_address(world):
         with pytest.raises(urllib.error.HTTPError) as bare:  # no Authorization at all
             urllib.request.urlopen(f"{guarded.url}/models", timeout=30)
         assert bare.value.code == 401 and json.load(bare.value)["error"]["code"] == "invalid_api_key"
+        assert all(json.loads(line)["event"] for line in guarded.logged("refused"))  # --json: every line is JSON
     finally:
         guarded.stop()
 

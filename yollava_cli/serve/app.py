@@ -125,7 +125,7 @@ def create_app(vlm: VLM, worker: Worker, settings: Settings, log: Log) -> FastAP
             first = await reply.next()  # an error before the first word still gets its status code
             if first is END and (failure := reply.failure()):
                 reply.done = True
-                raise failure
+                return refused(request, failure, chat.model)
             if chat.stream:
                 return StreamingResponse(reply.stream(first), media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

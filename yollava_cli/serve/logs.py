@@ -29,6 +29,6 @@ def text(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     if isinstance(value, (list, tuple)):
-        value = ",".join(map(str, value))
+        value = ",".join(map(str, value)) or "-"
     value = str(value)
     return json.dumps(value) if not value or any(c.isspace() or c in "\"=" for c in value) else value

@@ -58,7 +58,7 @@ def serve(settings, model: str | None, quantize: str | None, log: Log) -> None:
     worker = Worker(vlm, data_dir(), settings.queue)
     app = create_app(vlm, worker, settings, log)
     concepts = served_models(Registries(data_dir()).get(), vlm)[1:]
-    log.event("listening", f"on {url(sock)}", url=url(sock), model=vlm.ref, concepts=concepts or "none",
+    log.event("listening", f"on {url(sock)}", url=url(sock), model=vlm.ref, concepts=concepts,
               auth="token" if settings.token else "none", local_images=settings.limits.local_images)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                            timeout_graceful_shutdown=3))
