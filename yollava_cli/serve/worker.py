@@ -4,9 +4,10 @@ answer bytes `ask` gives. Every model-path state (the concept head's active set,
 M-RoPE's offset, the oneDNN switch) is set and restored inside one answer on this thread, and the
 sampling seed is the answer's own (decoding forks the RNG), so no request sees another's state.
 
-Why one thread, one answer at a time: on 2 CPU cores torch's own threads already use both, and two
-answers side by side only share them (bench/bench_serve.py measures it); decoding several answers
-in one batch would need a second decoding path beside `ask`'s."""
+Why one thread, one answer at a time: torch's own threads already use every core for one answer,
+and the shared state above would need to move into each pass's arguments before two answers could
+run side by side; decoding several answers in one batch would need a second decoding path beside
+`ask`'s."""
 
 import queue
 import threading
