@@ -136,6 +136,12 @@ def test_streaming_gives_the_same_answer_in_chunks_then_usage(server):
     assert text.strip() == whole.choices[0].message.content
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    answer = whole.choices[0].message.content
+    stop = answer[4:7]  # a stop string cuts the answer before its first occurrence, streamed or not
+    for stream in (False, True):
+        cut = client.chat.completions.create(model="bo", messages=messages, max_tokens=24, stop=[stop], stream=stream)
+        text = "".join(c.choices[0].delta.content or "" for c in cut if c.choices) if stream else cut.choices[0].message.content
+        assert text.strip() == answer[: answer.index(stop)].strip()
 
 
 def test_concurrent_requests_equal_the_same_requests_one_at_a_time(server, world):

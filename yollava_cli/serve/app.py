@@ -66,21 +66,17 @@ def create_app(vlm: VLM, worker: Worker, settings: Settings, log: Log) -> FastAP
     registries = Registries(worker.home)
     started = int(time.time())
 
-    def refused(request: Request, error: ApiError, model: str | None = None) -> JSONResponse:
-        log.event("refused", error.detail, status=error.status, path=request.url.path, model=model)
-        return JSONResponse(error.body(), error.status, headers=error.headers)
-
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError):
-        return refused(request, error)
+        return refused(log, request, error)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
-        return refused(request, ApiError(error.status_code, str(error.detail), code="not_found"))
+        return refused(log, request, ApiError(error.status_code, str(error.detail), code="not_found"))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception):
-        return refused(request, internal(error))
+        return refused(log, request, internal(error))
 
     def authorize(request: Request) -> None:
         if settings.token is None:
@@ -108,33 +104,40 @@ def create_app(vlm: VLM, worker: Worker, settings: Settings, log: Log) -> FastAP
         if chat.model not in await model_names():
             raise ApiError(404, f"the model `{chat.model}` does not exist: GET /v1/models lists the base model and "
                                 f"the concepts trained on it", "model", "model_not_found")
-        return await answer(request, chat, arrived)
-
-    async def answer(request: Request, chat: ChatRequest, arrived: float):
-        loop, events = asyncio.get_running_loop(), asyncio.Queue()
-        job = Job(chat, lambda text: loop.call_soon_threadsafe(events.put_nowait, text))
-        job.result.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, END))
-        try:
-            worker.submit(job)
-        except Busy as e:
-            raise ApiError(429, f"the server is busy (its queue holds {settings.queue} requests): try again in "
-                                f"{e.retry_after} s", code="server_busy", kind="rate_limit_error",
-                           headers={"Retry-After": str(e.retry_after)}) from None
-        reply = Reply(request, chat, job, events, arrived, log)
-        try:
-            first = await reply.next()  # an error before the first word still gets its status code
-            if first is END and (failure := reply.failure()):
-                reply.done = True
-                return refused(request, failure, chat.model)
-            if chat.stream:
-                return StreamingResponse(reply.stream(first), media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-            return JSONResponse(await reply.whole(first))
-        except Gone:
-            reply.abandon()
-            return Response(status_code=499)  # nobody reads it: nginx's "client closed request"
+        return await answer(request, chat, arrived, worker, settings, log)
 
     return app
+
+
+def refused(log: Log, request: Request, error: ApiError, model: str | None = None) -> JSONResponse:
+    log.event("refused", error.detail, status=error.status, path=request.url.path, model=model)
+    return JSONResponse(error.body(), error.status, headers=error.headers)
+
+
+async def answer(request: Request, chat: ChatRequest, arrived: float, worker: Worker, settings: Settings, log: Log):
+    """The request queued for the worker, and its answer as one JSON document or as a stream."""
+    loop, events = asyncio.get_running_loop(), asyncio.Queue()
+    job = Job(chat, lambda text: loop.call_soon_threadsafe(events.put_nowait, text))
+    job.result.add_done_callback(lambda _: loop.call_soon_threadsafe(events.put_nowait, END))
+    try:
+        worker.submit(job)
+    except Busy as e:
+        raise ApiError(429, f"the server is busy (its queue holds {settings.queue} requests): try again in "
+                            f"{e.retry_after} s", code="server_busy", kind="rate_limit_error",
+                       headers={"Retry-After": str(e.retry_after)}) from None
+    reply = Reply(request, chat, job, events, arrived, log)
+    try:
+        first = await reply.next()  # an error before the first word still gets its status code
+        if first is END and (failure := reply.failure()):
+            reply.done = True
+            return refused(log, request, failure, chat.model)
+        if chat.stream:
+            return StreamingResponse(reply.stream(first), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return JSONResponse(await reply.whole(first))
+    except Gone:
+        reply.abandon()
+        return Response(status_code=499)  # nobody reads it: nginx's "client closed request"
 
 
 async def read_body(request: Request, cap: int) -> object:
