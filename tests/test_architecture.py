@@ -15,7 +15,7 @@ import pytest
 from conftest import SHARED_DATA, shared_data
 
 PACKAGE = Path(__file__).resolve().parents[1] / "yollava_cli"
-HEAVY = ("torch", "transformers")
+HEAVY = ("torch", "transformers", "fastapi", "uvicorn")  # the server's stack loads only for `yollava serve`
 
 
 def counts_module():

@@ -68,6 +68,9 @@ class ConfigFile(Schema):
     precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
     quantize: Literal["none", "4bit", "8bit"] | None = None
     ray: Text | None = None  # --ray when it is not given: "auto", a cluster's HOST:PORT, or "off"
+    serve_host: Text | None = None  # `serve`'s --host, --port and --token when they are not given
+    serve_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    serve_token: Text | None = None
 
 
 # -- reading and validating ---------------------------------------------------------------------

@@ -26,8 +26,12 @@ import torch
 from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
+    MinPLogitsWarper,
     StoppingCriteria,
     StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
 )
 
 from yollava_cli.models.prompts import Prompt, part
@@ -77,8 +81,6 @@ def generate(vlm, prompt: Prompt, sampling: Sampling = Sampling(), steering: Ste
     streamer = CallbackStreamer(vlm.tokenizer, on_text, opening_ids, guards.whole_sentences) if on_text else None
     scale = sampling.temperature if sampling.temperature > 0 else 1.0
     names = list(vlm.head.identifier_ids.values())
-    torch.manual_seed(sampling.seed)
-    options = {"do_sample": True, "temperature": sampling.temperature} if sampling.temperature > 0 else {"do_sample": False}
     with torch.no_grad(), vlm.conversation(encoded.concepts, bool(encoded.images)):
         # the prompt (all but its last token, no head) runs through oneDNN's GEMM; then one token
         # at a time, where ATen's own bf16 matrix-vector kernel decodes ~1.5x faster on CPU
@@ -91,6 +93,8 @@ def generate(vlm, prompt: Prompt, sampling: Sampling = Sampling(), steering: Ste
             other = torch.cat([vlm.prompts.encode(steering.contrast).input_ids,
                                torch.tensor(opening_ids, dtype=torch.long)])[None].to(vlm.device)
             processors.insert(0, Contrast(vlm.model, vlm.prefill(other[:, :-1]), other[:, -1:], names, scale))
+        if sampling.temperature > 0:  # sampled by the last processor; generate then takes its one token
+            processors += [*warpers(vlm.model.generation_config, sampling.temperature), Draw(sampling.seed, vlm.head.identifier_ids)]
         vlm.rope_deltas(layout, ids)  # set after the contrast prompt's prefill: the answer's positions
         with without_onednn():
             out = vlm.model.generate(
@@ -98,7 +102,7 @@ def generate(vlm, prompt: Prompt, sampling: Sampling = Sampling(), steering: Ste
                 max_new_tokens=sampling.max_new_tokens, streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([Stop(stop, ids.shape[1], bool(opening_ids), vlm.tokenizer)]),
                 logits_processor=LogitsProcessorList(processors),
-                pad_token_id=vlm.tokenizer.pad_token_id or vlm.tokenizer.eos_token_id, **options,
+                pad_token_id=vlm.tokenizer.pad_token_id or vlm.tokenizer.eos_token_id, do_sample=False,
             )
     vlm.generated_tokens += out.shape[1] - ids.shape[1]
     answer = out[0, len(encoded.input_ids):].tolist()
@@ -136,6 +140,37 @@ class Stop(StoppingCriteria):
         done = bool(self.event and self.event.is_set()) or repeats_itself(input_ids[0, self.prompt_length:].tolist(), LOOP_NGRAM)
         done = done or (self.opened and "\n" in self.tokenizer.decode(input_ids[0, -1:]))
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
+
+
+def warpers(config, temperature: float) -> list[LogitsProcessor]:
+    """What generate's sampling applies before its draw, from the model's generation config (with
+    generate's own defaults: top-k 50, top-p 1)."""
+    top_k = config.top_k if config.top_k is not None else 50
+    top_p = config.top_p if config.top_p is not None else 1.0
+    return ([TemperatureLogitsWarper(temperature)] + ([TopKLogitsWarper(top_k)] if top_k else [])
+            + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else []) + ([MinPLogitsWarper(config.min_p)] if config.min_p else []))
+
+
+class Draw(LogitsProcessor):
+    """Samples the next token with the answer's own generator (seeded by it), and leaves only that
+    token: no process-wide RNG is read or reseeded, so answers sampled side by side never share
+    one. One uniform number a token, over the candidates in an order that does not depend on which
+    other concepts are loaded (the vocabulary's own tokens by id, then concept names by name): a
+    seed gives the same answer in a fresh `ask` as in a server holding many concepts."""
+
+    def __init__(self, seed: int, identifiers: dict[str, int]):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.names = {i: name for name, i in identifiers.items()}
+
+    def __call__(self, input_ids, scores):
+        finite = torch.isfinite(scores[0]).nonzero()[:, 0].tolist()
+        order = sorted(finite, key=lambda i: (1, 0, self.names[i]) if i in self.names else (0, i, ""))
+        chances = torch.softmax(scores[0, order].double(), -1).cumsum(0)
+        u = torch.rand(1, generator=self.generator, dtype=torch.float64)
+        pick = order[min(int(torch.searchsorted(chances, u)), len(order) - 1)]
+        drawn = torch.full_like(scores, float("-inf"))
+        drawn[:, pick] = 0
+        return drawn
 
 
 class SettleVerdict(LogitsProcessor):
