@@ -33,10 +33,9 @@ def decision_targets(labels: list[str], weights: dict[str, float]) -> tuple[torc
 
 
 def step_losses(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
-                yes: list[int], no: list[int], text_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                yes: list[int], no: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(text, decision) losses of a collated batch's logits (rows, T, vocab) and labels (rows, T).
-    Text: cross-entropy summed over answer tokens, the deciding rows' first token left out and their
-    other tokens weighted by text_weight, over the number of answer tokens. Decision:
+    Text: mean cross-entropy over answer tokens, the deciding rows' first token left out. Decision:
     the class-weighted binary cross-entropy of log P(yes words) - log P(no words) at that token,
     averaged over the deciding rows (zero when none)."""
     logits, labels = logits[:, :-1].float(), labels[:, 1:].to(logits.device)
@@ -46,11 +45,8 @@ def step_losses(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tenso
     first = (labels != -100).int().argmax(dim=1)[rows]  # each deciding row's first answer position
     text_labels = labels.clone()
     text_labels[rows, first] = -100
-    row_weights = torch.where(deciding, text_weight, 1.0)
-    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), text_labels.reshape(-1), ignore_index=-100,
-                                reduction="none").view(text_labels.shape)
-    counted = (text_labels != -100).sum()
-    text = (per_token * row_weights[:, None]).sum() / counted if counted else logits.sum() * 0
+    text = (F.cross_entropy(logits.reshape(-1, logits.shape[-1]), text_labels.reshape(-1), ignore_index=-100)
+            if (text_labels != -100).any() else logits.sum() * 0)
     if not len(rows):
         return text, logits.sum() * 0
     at = logits[rows, first]

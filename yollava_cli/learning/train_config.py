@@ -29,7 +29,6 @@ class TrainConfig:
     # class-balanced, this many times the text's per-token loss. 0: one cross-entropy over every
     # answer token, under which the decision collapsed to "no" after a few epochs.
     decision_weight: float = 1.0
-    recognition_text_weight: float = 1.0  # the recognition answers' other tokens, against attributes' 1
     # Also train the owner's facts into the tokens (text-only conversations, one per fact per
     # epoch). Facts always ride in the prompt; eval's facts metric measures what this adds.
     facts_in_tokens: bool = False

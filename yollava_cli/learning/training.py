@@ -236,8 +236,7 @@ class Trainer:
             if self.config.decision_weight:
                 targets, row_weights = decision_targets([e.label for e in chunk], weights)
                 text, decision = step_losses(self.vlm.forward(batch), batch["labels"], targets, row_weights,
-                                             self.vlm.word_ids(YES_WORDS), self.vlm.word_ids(NO_WORDS),
-                                             self.config.recognition_text_weight)
+                                             self.vlm.word_ids(YES_WORDS), self.vlm.word_ids(NO_WORDS))
                 loss = text + self.config.decision_weight * decision
                 decisions.append(decision.item())
             else:  # every answer token alike, the decision's among them
