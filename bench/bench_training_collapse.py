@@ -175,6 +175,8 @@ def main():
 
 def write_eval(home: Path, path: Path) -> None:
     subjects = from_eval(home)
+    if not subjects:
+        raise SystemExit(f"{home}: the eval has not finished a subject yet (results-*.fold0.json in its eval/); run this again later")
     results = json.loads(path.read_text()) if path.exists() else {"variants": {}}
     results.update(machine=where(), command=f"python bench/bench_training_collapse.py --from-eval {home} --out {path.stem}")
     results["variants"]["eval"] = {"config_changes": {}, "subjects": subjects, "summary": summary(subjects)}
