@@ -338,11 +338,21 @@ def test_explain_lists_each_latent_token(trained):
     home, model_dir, _ = trained
     result = invoke("explain", "bo", "--max-tokens", "4", "--model", model_dir, "--json", home=home)
     assert result.returncode == 0, result.stderr
-    tokens = json.loads(result.stdout)["tokens"]
+    explained = json.loads(result.stdout)
+    tokens = explained["tokens"]
     assert [t["token"] for t in tokens] == [f"<bo_{i}>" for i in range(4)]
-    # each token's nearest words are whole words of the vocabulary, and training moved each
+    # each token's nearest words are whole words of the vocabulary, and training moved each; the
+    # words nearest where it moved tell the tokens apart (on pocket their nearest words are all
+    # "thing, things, stuff": the start they share)
     assert all(len(t["nearest_words"]) == 5 and all(w.isalpha() for w in t["nearest_words"]) for t in tokens)
-    assert all(t["moved"] > 0 for t in tokens) and "moved_toward" not in tokens[0]
+    assert all(t["moved"] > 0 for t in tokens)
+    assert len({tuple(t["moved_toward"]) for t in tokens}) > 1 and len(explained["moved_together_toward"]) == 5
+    table = invoke("explain", "bo", "--max-tokens", "4", "--model", model_dir, home=home)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    for t in tokens:  # the plain table shows each token's own line
+        assert any(line.startswith(t["token"]) and ", ".join(t["moved_toward"]) in line for line in lines)
+    assert f"all tokens together moved toward: {', '.join(explained['moved_together_toward'])}" in lines
 
 
 def read_until(fd, marker: bytes, timeout: float = 60) -> bytes:
