@@ -64,6 +64,28 @@ def test_notes_guide_answers_and_stay_out_of_what_is_said_about_a_photo(monkeypa
     assert any("1 fact left out: the question is about the photo" in line for line in said)
 
 
+def test_facts_no_direct_question_asks_for_are_left_out_and_advice_gets_them_as_the_owners(monkeypatch):
+    """Asked for an attribute no fact gives ("What colour is his fur?"), pocket recited one ("The
+    answer is: dog is 4 years old."): facts a direct question does not ask for stay out of its
+    prompt, and ask says so. Asked for advice or a telling ("What should I buy him?"), the model
+    leans on them, under a line saying they are the owner's: given bare, pocket answered them as a
+    claim ("You're right, ...")."""
+    assert all(asking.asks_for_an_answer(q) for q in ("About <bo>: Is he big?", "What colour is <bo>?", "How do I boil an egg?"))
+    assert not any(asking.asks_for_an_answer(q) for q in ("About <bo>: what should I buy him?", "Describe <bo>.",
+                                                          "Can you tell me about <bo>?", "Hi, how is it going?"))
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    monkeypatch.setattr(asking, "quoted_note", lambda vlm, prompt, notes, gains=None: None)
+    prompts = spied(vlm, monkeypatch)
+    notes, said = ["<bo> is 4 years old.", "<bo> loves chasing tennis balls."], []
+    fur = ask(vlm, ["bo"], "What colour is his fur?", [], [], GenerationOptions(max_tokens=4), notes=notes, on_status=said.append)
+    assert prompts[-1].notes == [] and fur["quoted_note"] is None
+    assert said == ["2 facts left out: none answers the question"]
+    ask(vlm, ["bo"], "What should I buy him?", [], [], GenerationOptions(max_tokens=4), notes=notes, on_status=said.append)
+    assert prompts[-1].notes == ["What I know about <bo>:", *notes] and len(said) == 1
+    assert "What I know about <bo>: <bo> is 4 years old." in vlm.prompts.render(prompts[-1])
+
+
 def test_without_the_sentence_model_facts_are_matched_by_the_model_alone_and_ask_says_so(monkeypatch):
     """The sentence model's package absent, the language model's gain alone picks the quote (over
     QUOTE_NATS), and `ask` says so in one line."""
@@ -165,8 +187,8 @@ def test_facts_over_the_context_are_ranked_and_the_best_kept(monkeypatch):
     prompts, said = spied(vlm, monkeypatch), []
     question = "What should I buy <bo>?"
     result = ask(vlm, ["bo"], question, [], [], GenerationOptions(max_tokens=16), notes=FACTS, on_status=said.append)
-    kept = prompts[-1].notes
-    assert 0 < len(kept) < len(FACTS) and kept == [f for f in FACTS if f in kept]
+    header, *kept = prompts[-1].notes
+    assert header == "What I know about <bo>:" and 0 < len(kept) < len(FACTS) and kept == [f for f in FACTS if f in kept]
     assert result["notes_left_out"] == [f for f in FACTS if f not in kept]
     gains = asking.note_gains(vlm, Prompt(question, concepts=["bo"]), FACTS)
     assert set(kept) == set(sorted(FACTS, key=lambda f: -gains[FACTS.index(f)])[: len(kept)])
@@ -174,7 +196,7 @@ def test_facts_over_the_context_are_ranked_and_the_best_kept(monkeypatch):
     assert said == [(f"{20 - len(kept)} of 20 facts left out (kept the {len(kept)} that best answer the question): "
                      "tiny reads 512 tokens at once")]
     few = ask(vlm, ["bo"], question, [], [], GenerationOptions(max_tokens=16), notes=FACTS[:3], on_status=said.append)
-    assert few["notes_left_out"] == [] and prompts[-1].notes == FACTS[:3] and len(said) == 1  # all fit: nothing said
+    assert few["notes_left_out"] == [] and prompts[-1].notes[1:] == FACTS[:3] and len(said) == 1  # all fit: nothing said
 
 
 def test_facts_are_ranked_a_batch_at_a_time_as_all_at_once():
