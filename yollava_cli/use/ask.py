@@ -29,7 +29,7 @@ ABOUT_THE_PHOTO = re.compile(r"\b(here|this|these|photo|photos|picture|pictures|
                              r"shown|visible|doing|look|looks|looking|wearing|holding|sitting|standing)\b", re.IGNORECASE)
 # a question that asks for something directly ("what colour is his fur?", "is he big?") and not for
 # advice or a telling ("what should I buy him?", "can you tell me about him?"): when no fact answers
-# it the facts stay out of its prompt; in it, pocket recited one ("The answer is: dog is 4 years old.")
+# it the facts stay out of its prompt; in it, a 135M model recited one ("The answer is: dog is 4 years old.")
 ASKS_DIRECTLY = re.compile(r"^(?:about [^:]*:\s*)?\W*(what|which|how|who|whose|when|where|why|is|are|am|was|were|"
                            r"does|do|did|has|have|had|can|will)\b", re.IGNORECASE)
 ASKS_FOR_ADVICE = re.compile(r"\b(should|could|would|recommend|suggest|suggestions?|ideas?|advice|tips?|gifts?|"
@@ -226,7 +226,7 @@ def fit_facts(vlm: VLM, prompt: Prompt, facts: list[str], room: int,
 
 def owners(prompt: Prompt, facts: list[str]) -> list[str]:
     """The facts as the owner's, under one line that says so: given bare after the concept prompt,
-    pocket read them as a claim to answer ("You're right, I should avoid making a blanket statement
+    a 135M model read them as a claim to answer ("You're right, I should avoid making a blanket statement
     about dog's behavior.") or as a story ("What a wonderful story!") instead of the question."""
     names = " and ".join(f"<{n}>" for n in prompt.concepts)
     return [f"What I know about {names}:", *facts] if facts and names else facts

@@ -4,7 +4,7 @@ et al. 2021, Khashabi et al. 2022), how far training moved it from where it star
 nearest the direction it moved (the row less its start), and the model's own few words about it
 (paper appendix K) only where they differ between tokens. Every row starts a few percent from
 'thing', so after a short training all 16 still read "thing, things, stuff" (shown once); what
-training added is what differs between them. On pocket that reading is mostly noise ("sum, planes,
+training added is what differs between them. On a 135M model that reading is mostly noise ("sum, planes,
 greater, sell") with a few words of the photos ("white, snow" for a white-chested corgi): it says
 how little the tokens learned, which the shared reading hides."""
 
