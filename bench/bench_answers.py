@@ -1,6 +1,7 @@
 """Loops in what pocket writes, on the 20 shared subjects' open questions: each subject's fact
 questions and gift question (facts.json), its first two text_qa questions asked open (no options),
-and "Describe <x>.", all through `ask` with the subject's facts as its notes and the concept at its
+"Describe <x>.", and its paraphrased fact questions and questions no fact answers
+(fact_paraphrases.json), all through `ask` with the subject's facts as its notes and the concept at its
 starting rows (no training: loops are the decoder's, and every subject then costs seconds). Each
 question is asked under every guard setting in the same run: "old" is the decoding before this
 benchmark (only an 8-token loop stop), the others are candidates; "new" is decoding.Guards().
@@ -8,11 +9,15 @@ benchmark (only an 8-token loop stop), the others are candidates; "new" is decod
 An answer counts as looping when a 4-word sequence occurs twice in it (words: lowercased, a concept
 name is one word, punctuation dropped), as stuttering when a 1-3 word phrase follows itself
 ("<dog>-friendly <dog>-friendly"); quality is the fact questions' right answers (answer_contains),
-and how many answers end mid-sentence.
+and how many answers end mid-sentence. A paraphrase is right when its answer holds its fact (most of
+the fact's words), wrong when it holds another; an answer to a question no fact answers recites when
+it holds any fact; a gift answer opens off the point when its first sentence answers a claim or a
+story ("You're right, ...", "What a wonderful story!") instead of the question.
 
     python bench/bench_answers.py                  # old vs new: writes bench/results/answers.json
     python bench/bench_answers.py --candidates     # also the settings new was chosen among
     python bench/bench_answers.py --subjects dog cat backpack   # a few subjects only
+    python bench/bench_answers.py --new-only --half held-out --out FILE   # today's guards, the odd half
 """
 
 import argparse
@@ -26,26 +31,40 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "concepts"
-OUT = Path(__file__).resolve().parent / "results" / "answers.json"
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "answers.json"
+STOP = {"the", "a", "an", "is", "are", "was", "were", "of", "in", "on", "to", "and", "my", "it", "for", "with", "at", "his",
+        "her", "he", "she", "its", "very", "has", "have", "had", "be", "by", "from", "that", "this", "i", "thing"}
+OFF_THE_POINT = re.compile(r"^\W*(you're right|you are right|i apologi[sz]e|i'm sorry|i should|what a (wonderful|great|cute|lovely)|"
+                           r"the (story|sentence|text|passage|information|phrase))", re.IGNORECASE)
 
 
-def settings(candidates: bool) -> dict:
+def settings(candidates: bool, new_only: bool = False) -> dict:
     from yollava_cli.models.decoding import Guards
 
-    chosen = {"old": Guards(0, 1.0, False), "new": Guards()}
+    chosen = {"new": Guards()} if new_only else {"old": Guards(0, 1.0, False), "new": Guards()}
     if candidates:
         chosen |= {"block 3-grams": Guards(3), "block 5-grams": Guards(5), "penalty 1.2": Guards(0, 1.2),
                    "block 4-grams + penalty 1.1": Guards(4, 1.1)}
     return chosen
 
 
-def questions(subjects: list[str] | None) -> list[dict]:
+def questions(subjects: list[str] | None, kinds: list[str] | None = None) -> list[dict]:
+    asked = [q for q in every_question(subjects) if not kinds or q["kind"] in kinds]
+    return sorted(asked, key=lambda q: q["subject"])
+
+
+def every_question(subjects: list[str] | None) -> list[dict]:
     facts = json.loads((DATA / "facts.json").read_text())
     text_qa = json.loads((DATA / "text_qa.json").read_text())
+    paraphrases = json.loads((HERE / "fact_paraphrases.json").read_text())["subjects"]
     asked = []
     for name, entry in facts.items():
         if subjects and name not in subjects:
             continue
+        asked += [{"subject": name, "kind": "paraphrase", "question": q["question"], "fact": q["fact"]}
+                  for q in paraphrases[name]["answered"]]
+        asked += [{"subject": name, "kind": "no_fact", "question": q} for q in paraphrases[name]["unanswered"]]
         for item in entry["questions"]:
             asked.append({"subject": name, "kind": "fact", "question": item["question"], "expect": item["answer_contains"]})
         if entry.get("gift"):
@@ -57,6 +76,27 @@ def questions(subjects: list[str] | None) -> list[dict]:
 
 def words(text: str) -> list[str]:
     return re.findall(r"<\w+>|[\w']+", text.lower())
+
+
+def holds(answer: str, fact: str) -> bool:
+    """Whether an answer states a fact: most of the fact's own words are in it."""
+    def content(text: str) -> set[str]:
+        return {w for w in re.findall(r"[a-z0-9]+", re.sub(r"<[^>]+>", " ", text.lower())) if w not in STOP}
+
+    own = content(fact)
+    return bool(own) and len(own & content(answer)) >= max(1, round(len(own) * 2 / 3))
+
+
+def judged(item: dict, answer: str, notes: list[str]) -> dict:
+    """What an answer to one question does with the facts (module docstring)."""
+    if item["kind"] == "paraphrase":
+        return {"right": holds(answer, notes[item["fact"]]),
+                "wrong": any(holds(answer, n) for i, n in enumerate(notes) if i != item["fact"])}
+    if item["kind"] == "no_fact":
+        return {"recites": any(holds(answer, n) for n in notes)}
+    if item["kind"] == "gift":
+        return {"off_the_point": bool(OFF_THE_POINT.search(answer))}
+    return {}
 
 
 def repeated_ngram(text: str, n: int = 4) -> bool:
@@ -75,6 +115,9 @@ def summary(rows: list[dict]) -> dict:
             "stuttering": sum(r["stutters"] for r in rows),
             "ends_mid_sentence": sum(not re.search(r"[.!?][\"')\]]*$", r["answer"]) for r in rows),
             "fact_hits": f"{sum(r['hit'] for r in facts)}/{len(facts)}",
+            **{f"{kind} {label}": f"{sum(r[label] for r in rows if r['kind'] == kind)}/{sum(r['kind'] == kind for r in rows)}"
+               for kind, label in (("paraphrase", "right"), ("paraphrase", "wrong"), ("no_fact", "recites"),
+                                   ("gift", "off_the_point")) if any(r["kind"] == kind for r in rows)},
             "mean_words": round(sum(len(words(r["answer"])) for r in rows) / len(rows), 1)}
 
 
@@ -83,7 +126,15 @@ def main() -> None:
     parser.add_argument("--candidates", action="store_true", help="also the settings the new guards were chosen among")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--subjects", nargs="*", help="only these subjects (default: all 20)")
+    parser.add_argument("--half", choices=["calibration", "held-out"],
+                        help="only the subjects at even (calibration) or odd (held-out) alphabetical positions")
+    parser.add_argument("--kinds", nargs="*", help="only these kinds of question (fact, gift, open, describe, paraphrase, no_fact)")
+    parser.add_argument("--new-only", action="store_true", help="only today's guards")
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    if args.half:
+        names = sorted(json.loads((DATA / "facts.json").read_text()))
+        args.subjects = names[args.half == "held-out" :: 2]
     os.environ.setdefault("YOLLAVA_HOME", tempfile.mkdtemp(prefix="yollava-bench-"))
     from yollava_cli.models.loading import load_vlm
     from yollava_cli.store.facts import as_sentence
@@ -91,33 +142,37 @@ def main() -> None:
 
     vlm = load_vlm("pocket")
     facts = json.loads((DATA / "facts.json").read_text())
-    rows = {setting: [] for setting in settings(args.candidates)}
+    chosen = settings(args.candidates, args.new_only)
+    rows = {setting: [] for setting in chosen}
     start = time.perf_counter()
-    for item in questions(args.subjects):
+    for item in questions(args.subjects, args.kinds):
         name = item["subject"]
         vlm.tokens.add(name, 16)  # starting rows: what the prompt alone carries
         notes = [as_sentence(name, f) for f in facts[name]["facts"]]
-        for setting, guards in settings(args.candidates).items():
+        for setting, guards in chosen.items():
             vlm.guards = guards
             answer = ask(vlm, [name], item["question"], [], [], GenerationOptions(args.max_tokens), notes=notes)["answer"]
             rows[setting].append({**{k: v for k, v in item.items() if k != "expect"}, "answer": answer,
                                   "repeated_4gram": repeated_ngram(answer), "stutters": stutters(answer),
-                                  "hit": any(w.lower() in answer.lower() for w in item.get("expect", []))})
+                                  "hit": any(w.lower() in answer.lower() for w in item.get("expect", [])),
+                                  **judged(item, answer, notes)})
         vlm.tokens.remove(name)
         write(rows, args, start)  # after every question: a run cut short still says what it saw
-    json.dump({k: v for k, v in json.loads(OUT.read_text()).items() if k in ("settings", "wall_s")}, sys.stdout, indent=1)
+    json.dump({k: v for k, v in json.loads(args.out.read_text()).items() if k in ("settings", "wall_s")}, sys.stdout, indent=1)
 
 
 def write(rows: dict, args, start: float) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    quoted = [i for i, r in enumerate(rows["old"]) if r["repeated_4gram"] or r["stutters"]][:6]
+    first = next(iter(rows))
+    quoted = [i for i, r in enumerate(rows[first]) if r["repeated_4gram"] or r["stutters"]][:6]
     result = {"commit": commit, "model": "pocket, concepts at their starting rows", "max_tokens": args.max_tokens,
               "subjects": args.subjects or "all", "cpu": cpu(), "load": os.getloadavg()[0],
               "wall_s": round(time.perf_counter() - start, 1),
+              "kinds": args.kinds or "all",
               "settings": {s: {**vars(settings(args.candidates)[s]), **summary(r)} for s, r in rows.items()},
-              "quoted": [{"question": rows["old"][i]["question"], **{s: rows[s][i]["answer"] for s in rows}} for i in quoted],
+              "quoted": [{"question": rows[first][i]["question"], **{s: rows[s][i]["answer"] for s in rows}} for i in quoted],
               "answers": rows}
-    OUT.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 def cpu() -> str:

@@ -64,6 +64,28 @@ def test_notes_guide_answers_and_stay_out_of_what_is_said_about_a_photo(monkeypa
     assert any("1 fact left out: the question is about the photo" in line for line in said)
 
 
+def test_facts_no_direct_question_asks_for_are_left_out_and_advice_gets_them_as_the_owners(monkeypatch):
+    """Asked for an attribute no fact gives ("What colour is his fur?"), pocket recited one ("The
+    answer is: dog is 4 years old."): facts a direct question does not ask for stay out of its
+    prompt, and ask says so. Asked for advice or a telling ("What should I buy him?"), the model
+    leans on them, under a line saying they are the owner's: given bare, pocket answered them as a
+    claim ("You're right, ...")."""
+    assert all(asking.asks_for_an_answer(q) for q in ("About <bo>: Is he big?", "What colour is <bo>?", "How do I boil an egg?"))
+    assert not any(asking.asks_for_an_answer(q) for q in ("About <bo>: what should I buy him?", "Describe <bo>.",
+                                                          "Can you tell me about <bo>?", "Hi, how is it going?"))
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    monkeypatch.setattr(asking, "quoted_note", lambda vlm, prompt, notes, gains=None: None)
+    prompts = spied(vlm, monkeypatch)
+    notes, said = ["<bo> is 4 years old.", "<bo> loves chasing tennis balls."], []
+    fur = ask(vlm, ["bo"], "What colour is his fur?", [], [], GenerationOptions(max_tokens=4), notes=notes, on_status=said.append)
+    assert prompts[-1].notes == [] and fur["quoted_note"] is None
+    assert said == ["2 facts left out: none answers the question"]
+    ask(vlm, ["bo"], "What should I buy him?", [], [], GenerationOptions(max_tokens=4), notes=notes, on_status=said.append)
+    assert prompts[-1].notes == ["What I know about <bo>:", *notes] and len(said) == 1
+    assert "What I know about <bo>: <bo> is 4 years old." in vlm.prompts.render(prompts[-1])
+
+
 def test_without_the_sentence_model_facts_are_matched_by_the_model_alone_and_ask_says_so(monkeypatch):
     """The sentence model's package absent, the language model's gain alone picks the quote (over
     QUOTE_NATS), and `ask` says so in one line."""
@@ -165,8 +187,8 @@ def test_facts_over_the_context_are_ranked_and_the_best_kept(monkeypatch):
     prompts, said = spied(vlm, monkeypatch), []
     question = "What should I buy <bo>?"
     result = ask(vlm, ["bo"], question, [], [], GenerationOptions(max_tokens=16), notes=FACTS, on_status=said.append)
-    kept = prompts[-1].notes
-    assert 0 < len(kept) < len(FACTS) and kept == [f for f in FACTS if f in kept]
+    header, *kept = prompts[-1].notes
+    assert header == "What I know about <bo>:" and 0 < len(kept) < len(FACTS) and kept == [f for f in FACTS if f in kept]
     assert result["notes_left_out"] == [f for f in FACTS if f not in kept]
     gains = asking.note_gains(vlm, Prompt(question, concepts=["bo"]), FACTS)
     assert set(kept) == set(sorted(FACTS, key=lambda f: -gains[FACTS.index(f)])[: len(kept)])
@@ -174,7 +196,7 @@ def test_facts_over_the_context_are_ranked_and_the_best_kept(monkeypatch):
     assert said == [(f"{20 - len(kept)} of 20 facts left out (kept the {len(kept)} that best answer the question): "
                      "tiny reads 512 tokens at once")]
     few = ask(vlm, ["bo"], question, [], [], GenerationOptions(max_tokens=16), notes=FACTS[:3], on_status=said.append)
-    assert few["notes_left_out"] == [] and prompts[-1].notes == FACTS[:3] and len(said) == 1  # all fit: nothing said
+    assert few["notes_left_out"] == [] and prompts[-1].notes[1:] == FACTS[:3] and len(said) == 1  # all fit: nothing said
 
 
 def test_facts_are_ranked_a_batch_at_a_time_as_all_at_once():
@@ -338,11 +360,21 @@ def test_explain_lists_each_latent_token(trained):
     home, model_dir, _ = trained
     result = invoke("explain", "bo", "--max-tokens", "4", "--model", model_dir, "--json", home=home)
     assert result.returncode == 0, result.stderr
-    tokens = json.loads(result.stdout)["tokens"]
+    explained = json.loads(result.stdout)
+    tokens = explained["tokens"]
     assert [t["token"] for t in tokens] == [f"<bo_{i}>" for i in range(4)]
-    # each token's nearest words are whole words of the vocabulary, and training moved each
+    # each token's nearest words are whole words of the vocabulary, and training moved each; the
+    # words nearest where it moved tell the tokens apart (on pocket their nearest words are all
+    # "thing, things, stuff": the start they share)
     assert all(len(t["nearest_words"]) == 5 and all(w.isalpha() for w in t["nearest_words"]) for t in tokens)
-    assert all(t["moved"] > 0 for t in tokens) and "moved_toward" not in tokens[0]
+    assert all(t["moved"] > 0 for t in tokens)
+    assert len({tuple(t["moved_toward"]) for t in tokens}) > 1 and len(explained["moved_together_toward"]) == 5
+    table = invoke("explain", "bo", "--max-tokens", "4", "--model", model_dir, home=home)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    for t in tokens:  # the plain table shows each token's own line
+        assert any(line.startswith(t["token"]) and ", ".join(t["moved_toward"]) in line for line in lines)
+    assert f"all tokens together moved toward: {', '.join(explained['moved_together_toward'])}" in lines
 
 
 def read_until(fd, marker: bytes, timeout: float = 60) -> bytes:

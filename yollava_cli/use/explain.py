@@ -1,10 +1,12 @@
 """What each of a concept's latent tokens stands for, read from its row in the model's input
 embedding (the standard reading of soft prompts: the vocabulary words nearest it by cosine, Lester
-et al. 2021, Khashabi et al. 2022), how far training moved it from where it started (a token a few
-percent from 'thing' still reads 'thing', whatever it learned), and the model's own few words about
-it (paper appendix K) only where they differ between tokens: asked alone, a 135M model said the
-same sentence for all 16. The words nearest what training added (the row less its start) were
-tried and dropped: on pocket they read as noise ("sum, planes, greater, sell")."""
+et al. 2021, Khashabi et al. 2022), how far training moved it from where it started, the words
+nearest the direction it moved (the row less its start), and the model's own few words about it
+(paper appendix K) only where they differ between tokens. Every row starts a few percent from
+'thing', so after a short training all 16 still read "thing, things, stuff" (shown once); what
+training added is what differs between them. On a 135M model that reading is mostly noise ("sum, planes,
+greater, sell") with a few words of the photos ("white, snow" for a white-chested corgi): it says
+how little the tokens learned, which the shared reading hides."""
 
 import re
 from collections import Counter
@@ -26,10 +28,12 @@ NEAREST = 5  # words shown per token
 def explain(vlm: VLM, name: str, options: GenerationOptions,
             on_progress: Callable[[int, int], None] | None = None, seed: int = 0) -> dict:
     """Each latent token's reading; `seed`: the one training started the rows from (its config's).
-    A description most tokens share is given once, as `shared_description`."""
+    Nearest words or a description most tokens share are given once (`shared_nearest_words`,
+    `shared_description`); `moved_together_toward` reads what training added to all of them."""
     rows = vlm.tokens.rows(name)[0][1:].float()
     learned = rows - vlm.tokens.starting_rows(len(rows), seed)[1:]
-    near = nearest_words(vlm, rows, NEAREST)
+    near, toward = nearest_words(vlm, rows, NEAREST), nearest_words(vlm, learned, NEAREST)
+    together = nearest_words(vlm, learned.mean(0, keepdim=True), NEAREST)[0]
     moved = (learned.norm(dim=-1) / rows.norm(dim=-1)).tolist()
     descriptions = []
     for i in range(len(rows)):
@@ -37,12 +41,18 @@ def explain(vlm: VLM, name: str, options: GenerationOptions,
         descriptions.append(vlm.generate(prompt, options.max_tokens, options.temperature, options.seed))
         if on_progress:
             on_progress(i + 1, len(rows))
-    shared, count = Counter(descriptions).most_common(1)[0]
-    shared = shared if count > 1 else None
-    return {"concept": name, "shared_description": shared,
+    shared, shared_near = most_common(descriptions), most_common([tuple(n) for n in near])
+    return {"concept": name, "shared_description": shared, "shared_nearest_words": list(shared_near or []) or None,
+            "moved_together_toward": together,
             "tokens": [{"token": f"<{name}_{i}>", "nearest_words": near[i], "moved": round(moved[i], 4),
-                        "description": None if d == shared else d}
+                        "moved_toward": toward[i], "description": None if d == shared else d}
                        for i, d in enumerate(descriptions)]}
+
+
+def most_common(values: list):
+    """The value most of them share, or None when no two do."""
+    value, count = Counter(values).most_common(1)[0]
+    return value if count > 1 else None
 
 
 def training_seed(registry: Registry, name: str) -> int:
