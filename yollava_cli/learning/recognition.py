@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 
 from yollava_cli.errors import UserError
+from yollava_cli.learning.embeddings import embed_photos
 from yollava_cli.models.tensor_file import CheckpointMeta, file_meta, read_tensors, write_tensors
 from yollava_cli.store.concepts import current_checkpoint_file
 
@@ -112,6 +113,38 @@ def train_head(embedder: str, positives: np.ndarray, groups: list[str], negative
     x = np.concatenate([np.stack([a, b, np.ones(len(a))], 1) for a, b, _ in rows])
     y = np.concatenate([np.full(len(a), label) for a, _, label in rows])
     return Recognizer(embedder, positives, negatives, fit_logistic(x, y, HEAD_L2))
+
+
+@dataclass
+class HeadFit:
+    """A head fitted without the held-out photos, their embeddings and labels (to calibrate the
+    cuts and fit the fusion on), and the head to store: refitted with the held-out photo, if any."""
+
+    recognizer: Recognizer
+    held_out: np.ndarray
+    labels: list[int]
+    final: Recognizer
+
+
+def fit_head(registry, embedder, views, positives: list[str], val_positives: list[str], val_negatives: list[str],
+             negatives: list[str]) -> HeadFit:
+    """The concept head over `embedder`'s vectors of the photos (`views(key)` reads one: a stored
+    photo, its mirror image or a crop): the positives and their mirror images against `negatives`.
+    Validation keys with a "-" are crops, kept out of the final head."""
+    negatives = list(dict.fromkeys(negatives))
+    every_photo = positives + [key for key in val_positives if "-" not in key]
+    stored = embed_photos(registry, embedder, {sha: lambda sha=sha: views(sha) for sha in every_photo + negatives})[0]
+    negative_vectors = np.stack([stored[s] for s in negatives if s in stored])
+    flips = dict(zip(every_photo, embedder.embed([views(f"{sha}-flip") for sha in every_photo])))
+
+    def head(photos: list[str]) -> Recognizer:
+        vectors = [stored[s] for s in photos] + [flips[s] for s in photos]
+        return train_head(embedder.id, np.stack(vectors), photos * 2, negative_vectors)
+
+    recognizer = head(positives)
+    held_out = embedder.embed([views(key) for key in val_positives + val_negatives])
+    labels = [1] * len(val_positives) + [0] * len(val_negatives)
+    return HeadFit(recognizer, np.asarray(held_out), labels, head(every_photo) if every_photo != positives else recognizer)
 
 
 def fit_fusion(recognizer: Recognizer, head_logits: np.ndarray, token_probabilities: list[float], labels: list[int]) -> None:
