@@ -76,32 +76,43 @@ def fusion_inputs(head_logits: np.ndarray, token_probabilities: list[float]) -> 
     return np.stack([np.asarray(head_logits, dtype=np.float64), votes, np.ones(len(votes))], 1)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, offset: np.ndarray | None = None, steps: int = 200) -> np.ndarray:
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, offset: np.ndarray | None = None, steps: int = 200,
+                 nonpositive: tuple[int, ...] = ()) -> np.ndarray:
     """Class-balanced logistic regression by L-BFGS; the last column of x is the bias. Without an
     offset the weights (not the bias) shrink toward 0; with one (a logit every row starts from),
-    the bias shrinks too: the offset alone is the prior."""
+    the bias shrinks too: the offset alone is the prior. Weights named in `nonpositive` are held
+    at or below 0 (fitted as -softplus)."""
     xs, ys = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
     start = torch.tensor(offset if offset is not None else np.zeros(len(x)), dtype=torch.float64)
     balance = torch.where(ys > 0, 0.5 / max(float(ys.sum()), 1.0), 0.5 / max(float((1 - ys).sum()), 1.0))
     penalised = slice(None) if offset is not None else slice(None, -1)
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
+    bounded = torch.zeros(x.shape[1], dtype=torch.bool)
+    bounded[list(nonpositive)] = True
+    raw = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([raw], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def weights():
+        return torch.where(bounded, -torch.nn.functional.softplus(raw), raw)
 
     def closure():
         optimizer.zero_grad()
+        w = weights()
         loss = (balance * torch.nn.functional.binary_cross_entropy_with_logits(start + xs @ w, ys, reduction="none")).sum()
         loss = loss + l2 * (w[penalised] ** 2).sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    return w.detach().numpy()
+    return weights().detach().numpy()
 
 
 def train_head(embedder: str, positives: np.ndarray, groups: list[str], negatives: np.ndarray) -> Recognizer:
     """Fit the head's weights on leave-one-out similarities: each positive against the concept's
     other photos (never its own mirror image: `groups` names each row's photo), each negative
-    against the positives and the other negatives."""
+    against the positives and the other negatives. Nearness to a known non-concept photo may only
+    lower the score: hard negatives are mined near the concept's photos, so unbounded, the fit
+    learnt the opposite (being near a negative raised the score, and 65 of 72 false matches in a
+    library search were the head's own negatives; bench/results/library-find-before.md)."""
     positives, negatives = np.asarray(positives, np.float32), np.asarray(negatives, np.float32)
     pos_sims, neg_to_pos = positives @ positives.T, negatives @ positives.T
     same = np.array([[a == b for b in groups] for a in groups])
@@ -112,7 +123,33 @@ def train_head(embedder: str, positives: np.ndarray, groups: list[str], negative
             (neg_to_pos.max(1), neg_sims.max(1) if len(negatives) > 1 else np.zeros(len(negatives)), 0.0)]
     x = np.concatenate([np.stack([a, b, np.ones(len(a))], 1) for a, b, _ in rows])
     y = np.concatenate([np.full(len(a), label) for a, _, label in rows])
-    return Recognizer(embedder, positives, negatives, fit_logistic(x, y, HEAD_L2))
+    return Recognizer(embedder, positives, negatives, fit_logistic(x, y, HEAD_L2, nonpositive=(1,)))
+
+
+def above_known_negatives(recognizer: Recognizer, cuts: dict) -> dict:
+    """The calibrated cuts, the head's raised where needed so that none of the negatives the head
+    holds passes it (each scored as a photo it never saw: against the other negatives), and the
+    fused cut moved by as many logits (the fusion adds the tokens' vote to the head's logit). A
+    handful of held-out photos put the calibrated cut anywhere in a wide gap; the known negatives
+    say where in it the look-alikes begin."""
+    negatives = recognizer.negatives
+    if len(negatives) < 2 or "head" not in cuts:
+        return cuts
+    others = negatives @ negatives.T
+    np.fill_diagonal(others, -1.0)
+    features = np.stack([(negatives @ recognizer.positives.T).max(1), others.max(1)], 1)
+    highest = float(sigmoid(features @ recognizer.weights[:2] + recognizer.weights[2]).max())
+    head = max(cuts["head"], min(highest + 1e-4, 1 - 1e-4))
+    raised = {**cuts, "head": round(head, 6)}
+    if "fused" in cuts:
+        shift = logit(head) - logit(cuts["head"])
+        raised["fused"] = round(float(sigmoid(logit(cuts["fused"]) + shift)), 6)
+    return raised
+
+
+def logit(p: float) -> float:
+    p = min(max(float(p), 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
 
 
 @dataclass

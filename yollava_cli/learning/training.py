@@ -31,7 +31,7 @@ from yollava_cli.learning.events import (
 )
 from yollava_cli.learning.mining import mine
 from yollava_cli.learning.objective import class_weights, decision_targets, step_losses
-from yollava_cli.learning.recognition import attach, fit_fusion, fit_head
+from yollava_cli.learning.recognition import above_known_negatives, attach, fit_fusion, fit_head
 from yollava_cli.learning.synthesis import (
     TrainingData,
     build_training_data,
@@ -266,7 +266,7 @@ class Trainer:
             thresholds[signal] = calibrate(recognition_metrics(probabilities[:cut], probabilities[cut:]))
         fit.final.fusion = recognizer.fusion
         attach(self.registry.root / best["file"], fit.final)
-        return thresholds
+        return above_known_negatives(fit.final, thresholds)
 
     # -- checkpoints --------------------------------------------------------------------
 
