@@ -48,7 +48,7 @@ def learn_alone(registry, embedder, subject: str):
     """The subject added and mined alone, its head fitted and calibrated as training does (the
     tokens aside). Only its mined negatives are the head's: the other subjects are not its negatives."""
     from yollava_cli.learning.mining import mine
-    from yollava_cli.learning.recognition import fit_head
+    from yollava_cli.learning.recognition import above_known_negatives, fit_head
     from yollava_cli.learning.synthesis import TrainingData
     from yollava_cli.learning.train_config import TrainConfig
     from yollava_cli.learning.training import PhotoViews, calibrate, recognition_metrics, split_data
@@ -67,7 +67,7 @@ def learn_alone(registry, embedder, subject: str):
                    [sha for sha, _ in split.negatives])
     probabilities = fit.recognizer.head_probabilities(fit.held_out)
     cut = len(split.val_positives)
-    threshold = calibrate(recognition_metrics(probabilities[:cut], probabilities[cut:]))
+    threshold = above_known_negatives(fit.final, {"head": calibrate(recognition_metrics(probabilities[:cut], probabilities[cut:]))})["head"]
     roles = {sha: "train negative" for sha, _ in split.negatives} | {sha: "validation negative" for sha in split.val_negatives}
     return fit.final, threshold, roles, {"mine_s": round(mined, 2), "head_s": round(time.perf_counter() - started, 2)}
 
@@ -87,16 +87,21 @@ def search(registry, embedder, recognizer, threshold: float, photos: list[tuple[
     features = recognizer.features(matrix)
     own = np.array([s == subject for _, s in photos])
     passed = probabilities >= threshold
+    from yollava_cli.use.find_explain import verdict
+
     false = [{"photo": str(photos[i][0].relative_to(DATA)), "probability": round(float(probabilities[i]), 4),
+              "verdict": verdict(float(probabilities[i]), threshold),
               "concept_similarity": round(float(features[i, 0]), 3), "negative_similarity": round(float(features[i, 1]), 3),
               "was": roles.get(shas[i], "not a negative")}
              for i in np.argsort(-probabilities) if passed[i] and not own[i]]
     missed = [{"photo": str(photos[i][0].relative_to(DATA)), "probability": round(float(probabilities[i]), 4)}
               for i in np.flatnonzero(own & ~passed)]
+    sure = [verdict(float(probabilities[i]), threshold) for i in np.flatnonzero(own & passed)]
     found = int((own & passed).sum())
     return {"threshold": round(threshold, 4), "positives": int(own.sum()), "found": found, "misses": missed,
             "false_matches": false, "precision": round(found / max(int(passed.sum()), 1), 4),
-            "recall": round(found / max(int(own.sum()), 1), 4), "search_s": round(search_s, 4)}
+            "recall": round(found / max(int(own.sum()), 1), 4), "search_s": round(search_s, 4),
+            "found_likely": sure.count("likely")}
 
 
 def markdown(result: dict) -> str:
@@ -104,11 +109,13 @@ def markdown(result: dict) -> str:
              f"{result['library']} photos (the ImageNet sample pool + every subject's test photos), each subject "
              f"learned alone. {result['where']['cpu']}, load {result['load']}.", "",
              f"Totals: recall {result['totals']['recall']}, precision {result['totals']['precision']}, "
-             f"false matches {result['totals']['false_matches']} ({result['totals']['false_per_concept']} per concept).", "",
+             f"false matches {result['totals']['false_matches']} ({result['totals']['false_per_concept']} per concept). "
+             f"`likely`, not `match`: {result['totals'].get('found_likely', '-')} of the photos found, "
+             f"{result['totals'].get('false_likely', '-')} of the false matches.", "",
              "| subject | found | misses | false | precision | worst false matches |", "|---|---|---|---|---|---|"]
     for subject, r in result["subjects"].items():
         worst = "; ".join(f"{f['photo'].rsplit('/', 1)[-1] if 'pool' in f['photo'] else f['photo']} {f['probability']}"
-                          f" ({f['was']})" for f in r["false_matches"][:3])
+                          f" ({f['was']}{', ' + f['verdict'] if 'verdict' in f else ''})" for f in r["false_matches"][:3])
         lines.append(f"| {subject} | {r['found']}/{r['positives']} | {len(r['misses'])} | {len(r['false_matches'])} | "
                      f"{r['precision']} | {worst} |")
     return "\n".join(lines) + "\n"
@@ -136,6 +143,8 @@ def main() -> None:
     totals = {"found": found, "positives": positives, "false_matches": false, "recall": round(found / positives, 4),
               "precision": round(found / (found + false), 4), "false_per_concept": round(false / len(results), 2),
               "false_not_in_pool": sum(1 for r in results.values() for f in r["false_matches"] if "pool" not in f["photo"]),
+              "found_likely": sum(r["found_likely"] for r in results.values()),
+              "false_likely": sum(f["verdict"] == "likely" for r in results.values() for f in r["false_matches"]),
               "head_s_mean": round(float(np.mean([r["head_s"] for r in results.values()])), 3)}
     result = {"tag": args.tag or "current", "library": len(photos), "where": where(), "load": os.getloadavg()[0],
               "totals": totals, "subjects": results}
