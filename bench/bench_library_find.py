@@ -104,6 +104,18 @@ def search(registry, embedder, recognizer, threshold: float, photos: list[tuple[
             "found_likely": sure.count("likely")}
 
 
+def isolated_weighted(results: dict, manifest: dict) -> float:
+    """The paper's isolated protocol read off the same search: each subject's own test photos
+    against every other subject's, weighted accuracy (positive and negative accuracy's mean), averaged."""
+    tests = sum(len(entry["test"]) for entry in manifest.values())
+    scores = []
+    for subject, r in results.items():
+        others = tests - r["positives"]
+        false = sum(1 for f in r["false_matches"] if f["photo"].startswith("concepts/"))
+        scores.append((r["recall"] + 1 - false / others) / 2)
+    return round(float(np.mean(scores)), 4)
+
+
 def markdown(result: dict) -> str:
     lines = [f"# Library search, head ({result['tag']})", "",
              f"{result['library']} photos (the ImageNet sample pool + every subject's test photos), each subject "
@@ -111,7 +123,8 @@ def markdown(result: dict) -> str:
              f"Totals: recall {result['totals']['recall']}, precision {result['totals']['precision']}, "
              f"false matches {result['totals']['false_matches']} ({result['totals']['false_per_concept']} per concept). "
              f"`likely`, not `match`: {result['totals'].get('found_likely', '-')} of the photos found, "
-             f"{result['totals'].get('false_likely', '-')} of the false matches.", "",
+             f"{result['totals'].get('false_likely', '-')} of the false matches. The isolated protocol (own test photos vs "
+             f"the other subjects'), weighted: {result['totals'].get('isolated_weighted', '-')}.", "",
              "| subject | found | misses | false | precision | worst false matches |", "|---|---|---|---|---|---|"]
     for subject, r in result["subjects"].items():
         worst = "; ".join(f"{f['photo'].rsplit('/', 1)[-1] if 'pool' in f['photo'] else f['photo']} {f['probability']}"
@@ -145,6 +158,7 @@ def main() -> None:
               "false_not_in_pool": sum(1 for r in results.values() for f in r["false_matches"] if "pool" not in f["photo"]),
               "found_likely": sum(r["found_likely"] for r in results.values()),
               "false_likely": sum(f["verdict"] == "likely" for r in results.values() for f in r["false_matches"]),
+              "isolated_weighted": isolated_weighted(results, manifest),
               "head_s_mean": round(float(np.mean([r["head_s"] for r in results.values()])), 3)}
     result = {"tag": args.tag or "current", "library": len(photos), "where": where(), "load": os.getloadavg()[0],
               "totals": totals, "subjects": results}

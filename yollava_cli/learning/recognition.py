@@ -80,30 +80,31 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, offset: np.ndarray | N
                  nonpositive: tuple[int, ...] = ()) -> np.ndarray:
     """Class-balanced logistic regression by L-BFGS; the last column of x is the bias. Without an
     offset the weights (not the bias) shrink toward 0; with one (a logit every row starts from),
-    the bias shrinks too: the offset alone is the prior. Weights named in `nonpositive` are held
-    at or below 0 (fitted as -softplus)."""
+    the bias shrinks too: the offset alone is the prior. A weight named in `nonpositive` that the
+    fit makes positive is held at 0 (the loss is convex: the best bounded fit lies on that bound)."""
     xs, ys = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
     start = torch.tensor(offset if offset is not None else np.zeros(len(x)), dtype=torch.float64)
     balance = torch.where(ys > 0, 0.5 / max(float(ys.sum()), 1.0), 0.5 / max(float((1 - ys).sum()), 1.0))
     penalised = slice(None) if offset is not None else slice(None, -1)
-    bounded = torch.zeros(x.shape[1], dtype=torch.bool)
-    bounded[list(nonpositive)] = True
-    raw = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([raw], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def weights():
-        return torch.where(bounded, -torch.nn.functional.softplus(raw), raw)
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()
-        w = weights()
         loss = (balance * torch.nn.functional.binary_cross_entropy_with_logits(start + xs @ w, ys, reduction="none")).sum()
         loss = loss + l2 * (w[penalised] ** 2).sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    return weights().detach().numpy()
+    weights = w.detach().numpy()
+    held = [i for i in nonpositive if weights[i] > 0]
+    if held:  # without its feature, the weight's only pull is the penalty's, to 0
+        x = np.array(x, dtype=np.float64)
+        x[:, held] = 0.0
+        weights = fit_logistic(x, y, l2, offset, steps)
+        weights[held] = 0.0
+    return weights
 
 
 def train_head(embedder: str, positives: np.ndarray, groups: list[str], negatives: np.ndarray) -> Recognizer:
