@@ -65,7 +65,8 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
         kept = [p for p in photos if p["sha256"] in vectors]
         head = recognizer.head_probabilities(np.stack([vectors[p["sha256"]] for p in kept])) if kept else []
         scores = {id(p): (prob, "head") for p, prob in zip(kept, head)}
-        evidence = {id(p): {"head": round(prob, 4), "vector": vectors[p["sha256"]]} for p, prob in zip(kept, head)}
+        if explain:
+            evidence = {id(p): {"head": round(prob, 4), "vector": vectors[p["sha256"]]} for p, prob in zip(kept, head)}
         if by == "fused":
             cut = thresholds.get("head", 0.5)
             ranked = sorted(kept, key=lambda p: -scores[id(p)][0])
@@ -75,11 +76,11 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
             fused = recognizer.fused_probabilities(np.stack([vectors[p["sha256"]] for p in checked]),
                                                    [tokens[id(p)] for p in checked]) if checked else []
             scores.update({id(p): (prob, "fused") for p, prob in zip(checked, fused)})
-            for p, prob in zip(checked, fused):
+            for p, prob in zip(checked, fused) if explain else ():
                 evidence[id(p)].update({"tokens": round(tokens[id(p)], 4), "fused": round(prob, 4)})
     else:
         scores = {key: (prob, "tokens") for key, prob in yes_probabilities(vlm, concept["name"], photos, on_progress).items()}
-        evidence = {key: {"tokens": round(prob, 4)} for key, (prob, _) in scores.items()}
+        evidence = {key: {"tokens": round(prob, 4)} for key, (prob, _) in scores.items()} if explain else {}
     cuts = {signal: (threshold if threshold is not None else thresholds.get(signal) or 0.5) for signal in SIGNALS}
     results = rank_results(registry, concept, recognizer, [p for p in photos if id(p) in scores], scores, evidence, cuts, explain)
     return {"concept": concept["name"], "by": by, "thresholds": {s: cuts[s] for s in SIGNALS},
