@@ -9,11 +9,16 @@ negatives' coverage.
 
     python bench/bench_library_find.py [--subjects dog cat ...] [--tag before]
         # writes bench/results/library-find[-TAG].json|md; embeddings are cached in --home
+    python bench/bench_library_find.py --fused bear_plushie cat --epochs 2
+        # the CLI's own `train` then `find` (fused, the default) for each, in a copy of --home
+        # holding that subject alone; adds them to bench/results/library-find-fused.json
 """
 
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -116,6 +121,31 @@ def isolated_weighted(results: dict, manifest: dict) -> float:
     return round(float(np.mean(scores)), 4)
 
 
+def fused(home: Path, subject: str, epochs: int, manifest: dict) -> dict:
+    """`yollava train` and `yollava find` (fused) for one subject, learned alone."""
+    alone = Path(f"{home}-{subject}")
+    shutil.rmtree(alone, ignore_errors=True)
+    shutil.copytree(home, alone)
+
+    def cli(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "yollava_cli", *args], env={**os.environ, "YOLLAVA_HOME": str(alone)},
+                              capture_output=True, text=True).stdout
+
+    for other in json.loads(cli("list", "--json"))["concepts"]:
+        if other["name"] != subject:
+            cli("rm", other["name"], "--yes")
+    started = time.perf_counter()
+    trained = json.loads(cli("train", subject, "--epochs", str(epochs), "--json"))
+    train_s = time.perf_counter() - started
+    tests = [str(DATA / "concepts" / s / "test") for s in manifest]
+    found = json.loads(cli("find", subject, str(DATA / "pool" / "imagenet-sample"), *tests, "--json"))
+    own = [r for r in found["results"] if f"/{subject}/test/" in r["path"]]
+    false = [{"photo": r["path"].split("data/")[-1], "probability": r["probability"], "signal": r["signal"],
+              "verdict": r["verdict"]} for r in found["results"] if r["match"] and r not in own]
+    return {"epochs": epochs, "train_s": round(train_s, 1), "thresholds": trained["thresholds"],
+            "found": sum(r["match"] for r in own), "positives": len(own), "false_matches": false}
+
+
 def markdown(result: dict) -> str:
     lines = [f"# Library search, head ({result['tag']})", "",
              f"{result['library']} photos (the ImageNet sample pool + every subject's test photos), each subject "
@@ -139,8 +169,17 @@ def main() -> None:
     parser.add_argument("--subjects", nargs="*")
     parser.add_argument("--tag", default="")
     parser.add_argument("--home", type=Path, default=Path("/tmp/yollava-library-bench"))
+    parser.add_argument("--fused", nargs="*", help="subjects to train (tokens too) and find by the CLI; needs a run without it first")
+    parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
     manifest = json.loads((DATA / "concepts" / "manifest.json").read_text())
+    if args.fused:
+        out = RESULTS / "library-find-fused.json"
+        runs = json.loads(out.read_text())["subjects"] if out.exists() else {}  # subjects run before are kept
+        for subject in args.fused:
+            runs[subject] = {**fused(args.home, subject, args.epochs, manifest), "load": os.getloadavg()[0]}
+            print(json.dumps({subject: runs[subject]}))
+        out.write_text(json.dumps({"where": where(), "subjects": runs}, indent=1) + "\n")
     subjects = args.subjects or sorted(manifest)
     registry, embedder = setup(args.home)
     photos = library(manifest)
