@@ -180,6 +180,7 @@ def main() -> None:
             runs[subject] = {**fused(args.home, subject, args.epochs, manifest), "load": os.getloadavg()[0]}
             print(json.dumps({subject: runs[subject]}))
         out.write_text(json.dumps({"where": where(), "subjects": runs}, indent=1) + "\n")
+        return
     subjects = args.subjects or sorted(manifest)
     registry, embedder = setup(args.home)
     photos = library(manifest)
