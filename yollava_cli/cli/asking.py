@@ -189,18 +189,21 @@ def find(
     by: Annotated[str, typer.Option("--by", help="Signal: fused (head + tokens), head (image embeddings only, fastest) or tokens (the language model on every photo).")] = "fused",
     verify: Annotated[int, typer.Option("--verify", help="With --by fused: how many of the head's best photos the language model checks (plus those near the threshold).")] = 32,
     no_train: Annotated[bool, typer.Option("--no-train", help="Refuse an untrained concept instead of training it.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Say why each photo scored as it did: each signal's score, the nearest concept photo and the nearest known non-concept photo.")] = False,
     model: ModelOption = None,
     quantize: QuantizeOption = None,
     ray: RayOption = None,
     json_: JsonFlag = False,
 ):
-    """Find a concept across photos: one line per photo with P(it is there), matches first.
-    Exit 0 if any photo matches, 1 if none (like grep).
+    """Find a concept across photos: one line per photo with P(it is there) and a verdict, matches
+    first: `match` (clears the calibrated cut by a wide margin), `likely` (passes it narrowly: look
+    before acting on it) or `-`. Exit 0 if any photo matches, 1 if none (like grep).
 
     \b
     Examples:
       yollava find bo ~/Pictures/2024 --top 20
       yollava find bo ~/Pictures --by head      # embeddings only: thousands of photos a second once cached
+      yollava find bo --explain IMG_0042.jpg    # why it matched
     """
     from yollava_cli.store.photos import expand_photo_paths
 
@@ -214,7 +217,8 @@ def find(
     registry, vlm = (open_registry(), None) if by == "head" else open_session([name], "", model, no_train, quantize)[:2]
     with executor(ray) as ex:
         with progress_bar(f"Looking for <{concepts.parse_name(name)}>") as on_progress:
-            result = search(registry, vlm, name, photos, threshold, on_progress, by, verify, embedders=ex.embedder)
+            result = search(registry, vlm, name, photos, threshold, on_progress, by, verify, embedders=ex.embedder,
+                            explain=explain)
         if ex.report() is not None:  # --by tokens embeds nothing: no worker was started
             result["ray"] = ex.report()
     shown = result["results"][:top] if top else result["results"]
@@ -225,8 +229,20 @@ def find(
         print_json({**result, "results": shown})
     else:
         for r in shown:
-            sys.stdout.write(f"{r['probability']:.3f}\t{'match' if r['match'] else '-'}\t{r['signal']}\t{field(r['path'])}\n")
+            sys.stdout.write(f"{r['probability']:.3f}\t{r['verdict'].replace('no', '-')}\t{r['signal']}\t{field(r['path'])}\n")
+            if explain:
+                sys.stdout.write(explanation(r["why"]))
     raise typer.Exit(0 if matched else 1)
+
+
+def explanation(why: dict) -> str:
+    """`find --explain`'s lines under a photo: each signal's score against its cut, and the nearest photos."""
+    scores = ", ".join(f"{signal} {why[signal]:.3f}" for signal in ("head", "tokens", "fused") if signal in why)
+    lines = [f"  scores: {scores} (cut {why['cut']:.3f})"]
+    for key, label in (("nearest_concept_photo", "nearest concept photo"), ("nearest_negative", "nearest known other")):
+        if why.get(key):
+            lines.append(f"  {label}: {field(why[key]['photo'])} (similarity {why[key]['similarity']:.3f})")
+    return "".join(line + "\n" for line in lines)
 
 
 @app.command()

@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 
 from yollava_cli.errors import UserError
+from yollava_cli.learning.embeddings import embed_photos
 from yollava_cli.models.tensor_file import CheckpointMeta, file_meta, read_tensors, write_tensors
 from yollava_cli.store.concepts import current_checkpoint_file
 
@@ -75,10 +76,12 @@ def fusion_inputs(head_logits: np.ndarray, token_probabilities: list[float]) -> 
     return np.stack([np.asarray(head_logits, dtype=np.float64), votes, np.ones(len(votes))], 1)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, offset: np.ndarray | None = None, steps: int = 200) -> np.ndarray:
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, offset: np.ndarray | None = None, steps: int = 200,
+                 nonpositive: tuple[int, ...] = ()) -> np.ndarray:
     """Class-balanced logistic regression by L-BFGS; the last column of x is the bias. Without an
     offset the weights (not the bias) shrink toward 0; with one (a logit every row starts from),
-    the bias shrinks too: the offset alone is the prior."""
+    the bias shrinks too: the offset alone is the prior. A weight named in `nonpositive` that the
+    fit makes positive is held at 0 (the loss is convex: the best bounded fit lies on that bound)."""
     xs, ys = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
     start = torch.tensor(offset if offset is not None else np.zeros(len(x)), dtype=torch.float64)
     balance = torch.where(ys > 0, 0.5 / max(float(ys.sum()), 1.0), 0.5 / max(float((1 - ys).sum()), 1.0))
@@ -94,13 +97,23 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, offset: np.ndarray | N
         return loss
 
     optimizer.step(closure)
-    return w.detach().numpy()
+    weights = w.detach().numpy()
+    held = [i for i in nonpositive if weights[i] > 0]
+    if held:  # without its feature, the weight's only pull is the penalty's, to 0
+        x = np.array(x, dtype=np.float64)
+        x[:, held] = 0.0
+        weights = fit_logistic(x, y, l2, offset, steps)
+        weights[held] = 0.0
+    return weights
 
 
 def train_head(embedder: str, positives: np.ndarray, groups: list[str], negatives: np.ndarray) -> Recognizer:
     """Fit the head's weights on leave-one-out similarities: each positive against the concept's
     other photos (never its own mirror image: `groups` names each row's photo), each negative
-    against the positives and the other negatives."""
+    against the positives and the other negatives. Nearness to a known non-concept photo may only
+    lower the score: hard negatives are mined near the concept's photos, so unbounded, the fit
+    learnt the opposite (being near a negative raised the score, and 65 of 72 false matches in a
+    library search were the head's own negatives; bench/results/library-find-before.md)."""
     positives, negatives = np.asarray(positives, np.float32), np.asarray(negatives, np.float32)
     pos_sims, neg_to_pos = positives @ positives.T, negatives @ positives.T
     same = np.array([[a == b for b in groups] for a in groups])
@@ -111,7 +124,65 @@ def train_head(embedder: str, positives: np.ndarray, groups: list[str], negative
             (neg_to_pos.max(1), neg_sims.max(1) if len(negatives) > 1 else np.zeros(len(negatives)), 0.0)]
     x = np.concatenate([np.stack([a, b, np.ones(len(a))], 1) for a, b, _ in rows])
     y = np.concatenate([np.full(len(a), label) for a, _, label in rows])
-    return Recognizer(embedder, positives, negatives, fit_logistic(x, y, HEAD_L2))
+    return Recognizer(embedder, positives, negatives, fit_logistic(x, y, HEAD_L2, nonpositive=(1,)))
+
+
+def above_known_negatives(recognizer: Recognizer, cuts: dict) -> dict:
+    """The calibrated cuts, the head's raised where needed so that none of the negatives the head
+    holds passes it (each scored as a photo it never saw: against the other negatives), and the
+    fused cut moved by as many logits (the fusion adds the tokens' vote to the head's logit). A
+    handful of held-out photos put the calibrated cut anywhere in a wide gap; the known negatives
+    say where in it the look-alikes begin."""
+    negatives = recognizer.negatives
+    if len(negatives) < 2 or "head" not in cuts:
+        return cuts
+    others = negatives @ negatives.T
+    np.fill_diagonal(others, -1.0)
+    features = np.stack([(negatives @ recognizer.positives.T).max(1), others.max(1)], 1)
+    highest = float(sigmoid(features @ recognizer.weights[:2] + recognizer.weights[2]).max())
+    head = max(cuts["head"], min(highest + 1e-4, 1 - 1e-4))
+    raised = {**cuts, "head": round(head, 6)}
+    if "fused" in cuts:
+        shift = logit(head) - logit(cuts["head"])
+        raised["fused"] = round(float(sigmoid(logit(cuts["fused"]) + shift)), 6)
+    return raised
+
+
+def logit(p: float) -> float:
+    p = min(max(float(p), 1e-6), 1 - 1e-6)
+    return float(np.log(p / (1 - p)))
+
+
+@dataclass
+class HeadFit:
+    """A head fitted without the held-out photos, their embeddings and labels (to calibrate the
+    cuts and fit the fusion on), and the head to store: refitted with the held-out photo, if any."""
+
+    recognizer: Recognizer
+    held_out: np.ndarray
+    labels: list[int]
+    final: Recognizer
+
+
+def fit_head(registry, embedder, views, positives: list[str], val_positives: list[str], val_negatives: list[str],
+             negatives: list[str]) -> HeadFit:
+    """The concept head over `embedder`'s vectors of the photos (`views(key)` reads one: a stored
+    photo, its mirror image or a crop): the positives and their mirror images against `negatives`.
+    Validation keys with a "-" are crops, kept out of the final head."""
+    negatives = list(dict.fromkeys(negatives))
+    every_photo = positives + [key for key in val_positives if "-" not in key]
+    stored = embed_photos(registry, embedder, {sha: lambda sha=sha: views(sha) for sha in every_photo + negatives})[0]
+    negative_vectors = np.stack([stored[s] for s in negatives if s in stored])
+    flips = dict(zip(every_photo, embedder.embed([views(f"{sha}-flip") for sha in every_photo])))
+
+    def head(photos: list[str]) -> Recognizer:
+        vectors = [stored[s] for s in photos] + [flips[s] for s in photos]
+        return train_head(embedder.id, np.stack(vectors), photos * 2, negative_vectors)
+
+    recognizer = head(positives)
+    held_out = embedder.embed([views(key) for key in val_positives + val_negatives])
+    labels = [1] * len(val_positives) + [0] * len(val_negatives)
+    return HeadFit(recognizer, np.asarray(held_out), labels, head(every_photo) if every_photo != positives else recognizer)
 
 
 def fit_fusion(recognizer: Recognizer, head_logits: np.ndarray, token_probabilities: list[float], labels: list[int]) -> None:

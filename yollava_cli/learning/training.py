@@ -15,13 +15,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 from yollava_cli.errors import UserError
 from yollava_cli.learning import resume as resume_state
-from yollava_cli.learning.embeddings import embed_photos
 from yollava_cli.learning.events import (
     EpochDone,
     EpochStarted,
@@ -33,7 +31,7 @@ from yollava_cli.learning.events import (
 )
 from yollava_cli.learning.mining import mine
 from yollava_cli.learning.objective import class_weights, decision_targets, step_losses
-from yollava_cli.learning.recognition import attach, fit_fusion, train_head
+from yollava_cli.learning.recognition import above_known_negatives, attach, fit_fusion, fit_head
 from yollava_cli.learning.synthesis import (
     TrainingData,
     build_training_data,
@@ -251,39 +249,24 @@ class Trainer:
         return {**out, "decision_loss": sum(decisions) / len(decisions)} if decisions else out
 
     def fit_recognizer(self, split: Split, best: dict) -> dict:
-        """The concept head over image embeddings (positives and their mirror images against the
-        training negatives and the user's other concepts' photos) and its fusion with the tokens,
-        fitted on the validation data the checkpoint was chosen on; stored in the checkpoint.
-        Returns the three thresholds calibrated there (the registry keeps them with the checkpoint)."""
+        """The concept head over image embeddings (see `fit_head`: the training negatives and the
+        user's other concepts' photos its negatives) and its fusion with the tokens, fitted on the
+        validation data the checkpoint was chosen on; stored in the checkpoint. Returns the three
+        thresholds calibrated there (the registry keeps them with the checkpoint)."""
         others = self.registry.other_concepts_photo_shas(self.concept["id"])
-        negatives = list(dict.fromkeys([sha for sha, _ in split.negatives] + others))
-        every_photo = split.positives + [key for key in split.val_positives if "-" not in key]  # not crops
-        stored = embed_photos(self.registry, self.embedder, {sha: lambda sha=sha: self.views(sha)
-                                                             for sha in every_photo + negatives})[0]
-        negative_vectors = np.stack([stored[s] for s in negatives if s in stored])
-
-        flips = dict(zip(every_photo, self.embedder.embed([self.views(f"{sha}-flip") for sha in every_photo])))
-
-        def fit_head(positives: list[str]):
-            vectors = [stored[s] for s in positives] + [flips[s] for s in positives]
-            return train_head(self.embedder.id, np.stack(vectors), positives * 2, negative_vectors)
-
-        recognizer = fit_head(split.positives)
-        held_out = split.val_positives + split.val_negatives
-        vectors = self.embedder.embed([self.views(key) for key in held_out])
+        fit = fit_head(self.registry, self.embedder, self.views, split.positives, split.val_positives,
+                       split.val_negatives, [sha for sha, _ in split.negatives] + others)
+        recognizer, vectors = fit.recognizer, fit.held_out
         tokens = best["validation"]["probabilities"]["positive"] + best["validation"]["probabilities"]["negative"]
-        labels = [1] * len(split.val_positives) + [0] * len(split.val_negatives)
-        fit_fusion(recognizer, recognizer.head_logits(vectors), tokens, labels)
+        fit_fusion(recognizer, recognizer.head_logits(vectors), tokens, fit.labels)
         cut = len(split.val_positives)
         thresholds = {"tokens": best["threshold"]}
         for signal, probabilities in (("head", recognizer.head_probabilities(vectors)),
                                       ("fused", recognizer.fused_probabilities(vectors, tokens))):
             thresholds[signal] = calibrate(recognition_metrics(probabilities[:cut], probabilities[cut:]))
-        if every_photo != split.positives:  # calibrated on the held-out photo, the head now keeps it too
-            final = fit_head(every_photo)
-            final.fusion, recognizer = recognizer.fusion, final
-        attach(self.registry.root / best["file"], recognizer)
-        return thresholds
+        fit.final.fusion = recognizer.fusion
+        attach(self.registry.root / best["file"], fit.final)
+        return above_known_negatives(fit.final, thresholds)
 
     # -- checkpoints --------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from yollava_cli.learning.synthesis import score_question
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import SCORE_BATCH, VLM
 from yollava_cli.store.concepts import get_concept
+from yollava_cli.use.find_explain import explain as explain_photo
+from yollava_cli.use.find_explain import sure_cut, verdict
 from yollava_cli.store.photos import (
     BadPhoto,
     expand_photo_paths,
@@ -39,7 +41,7 @@ def check_find_options(by: str, verify: int) -> None:
 
 def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], threshold: float | None = None,
          on_progress: Callable[[int, int], None] | None = None, by: str = "fused", verify: int = VERIFY,
-         embedders: Callable[[str], Embedder] = load_embedder) -> dict:
+         embedders: Callable[[str], Embedder] = load_embedder, explain: bool = False) -> dict:
     """P(the concept is in each photo) for every photo (recursive for folders), best first.
 
     `by`: `tokens` asks the language model about every photo; `head` scores cached image
@@ -47,7 +49,8 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
     head, then has the language model verify the `verify` best and every photo near the head's
     threshold, and fuses both there. Photos it did not verify keep the head's score. `vlm` may be
     None for `head`. `embedders` gives the embedder the head was trained with, by its id (on Ray
-    workers with --ray)."""
+    workers with --ray). Each result's `verdict` says how sure it is (see find_explain.verdict);
+    `explain` adds `why`: each signal's score and the nearest concept photo and known negative."""
     check_find_options(by, verify)
     concept = get_concept(registry, name)
     paths = expand_photo_paths(inputs)
@@ -55,12 +58,15 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
     recognizer = current_recognizer(registry, concept) if by != "tokens" else None
     thresholds = registry.thresholds(concept["id"])  # the cuts `recognize` uses too
     scores: dict[int, tuple[float, str]] = {}
+    evidence: dict[int, dict] = {}  # each photo's score by every signal computed, for --explain
     if recognizer is not None:
         vectors = embed_photos(registry, embedders(recognizer.embedder),
                                {p["sha256"]: p["decode"] for p in photos}, on_progress)[0]
         kept = [p for p in photos if p["sha256"] in vectors]
         head = recognizer.head_probabilities(np.stack([vectors[p["sha256"]] for p in kept])) if kept else []
         scores = {id(p): (prob, "head") for p, prob in zip(kept, head)}
+        if explain:
+            evidence = {id(p): {"head": round(prob, 4), "vector": vectors[p["sha256"]]} for p, prob in zip(kept, head)}
         if by == "fused":
             cut = thresholds.get("head", 0.5)
             ranked = sorted(kept, key=lambda p: -scores[id(p)][0])
@@ -70,14 +76,31 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
             fused = recognizer.fused_probabilities(np.stack([vectors[p["sha256"]] for p in checked]),
                                                    [tokens[id(p)] for p in checked]) if checked else []
             scores.update({id(p): (prob, "fused") for p, prob in zip(checked, fused)})
+            for p, prob in zip(checked, fused) if explain else ():
+                evidence[id(p)].update({"tokens": round(tokens[id(p)], 4), "fused": round(prob, 4)})
     else:
         scores = {key: (prob, "tokens") for key, prob in yes_probabilities(vlm, concept["name"], photos, on_progress).items()}
+        evidence = {key: {"tokens": round(prob, 4)} for key, (prob, _) in scores.items()} if explain else {}
     cuts = {signal: (threshold if threshold is not None else thresholds.get(signal) or 0.5) for signal in SIGNALS}
-    results = [{"path": str(p["path"]), "probability": round(scores[id(p)][0], 4), "signal": scores[id(p)][1],
-                "match": scores[id(p)][0] >= cuts[scores[id(p)][1]]} for p in photos if id(p) in scores]
-    results.sort(key=lambda r: (-r["match"], -r["probability"]))
+    results = rank_results(registry, concept, recognizer, [p for p in photos if id(p) in scores], scores, evidence, cuts, explain)
     return {"concept": concept["name"], "by": by, "thresholds": {s: cuts[s] for s in SIGNALS},
             "threshold": cuts[by], "results": results, "skipped": skipped}
+
+
+def rank_results(registry: Registry, concept: dict, recognizer, photos: list[dict], scores: dict, evidence: dict, cuts: dict,
+                 explain: bool) -> list[dict]:
+    """One result per scored photo, matches first, then best first; with `explain`, each with `why`."""
+    results, sure = [], {signal: sure_cut(cut) for signal, cut in cuts.items()}
+    for p in photos:
+        probability, signal = scores[id(p)]
+        result = {"path": str(p["path"]), "probability": round(probability, 4), "signal": signal,
+                  "match": probability >= cuts[signal], "verdict": verdict(probability, cuts[signal], sure[signal])}
+        if explain:
+            found = {k: v for k, v in evidence[id(p)].items() if k != "vector"} | {"cut": cuts[signal]}
+            result["why"] = (explain_photo(registry, concept, recognizer, evidence[id(p)]["vector"], found)
+                             if recognizer is not None else found)
+        results.append(result)
+    return sorted(results, key=lambda r: (-r["match"], -r["probability"]))
 
 
 def read_for_find(paths: list[Path]) -> tuple[list[dict], list[dict]]:

@@ -74,6 +74,17 @@ class ConceptRows:
         return [r[0] for r in self.db.execute(
             "SELECT DISTINCT sha256 FROM concept_photos WHERE concept_id != ?", [concept_id])]
 
+    def other_concepts_photo_sources(self, concept_id: int) -> list[tuple[str, str, str]]:
+        """(sha256, concept name, source path) of the other concepts' photos: `find --explain` names them."""
+        return [tuple(r) for r in self.db.execute(
+            "SELECT cp.sha256, c.name, cp.source_path FROM concept_photos cp JOIN concepts c ON c.id = cp.concept_id "
+            "WHERE cp.concept_id != ?", [concept_id])]
+
+    def negative_sources(self, concept_id: int) -> list[tuple[str, str, str]]:
+        """(sha256, hard|easy, where it was mined from) of the concept's negatives."""
+        return [tuple(r) for r in self.db.execute(
+            "SELECT sha256, kind, source_path FROM negatives WHERE concept_id = ?", [concept_id])]
+
     def concept_photos(self, concept_id: int) -> list[dict]:
         return list(
             self.db.query(
