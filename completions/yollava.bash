@@ -3,10 +3,10 @@ _yollava() {
   local cur="${COMP_WORDS[COMP_CWORD]}" cmdpath="" w words
   for w in "${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
     [[ "$w" == -* ]] && continue
-    case "$cmdpath${cmdpath:+ }$w" in "add"|"ask"|"chat"|"doctor"|"eval"|"explain"|"export"|"find"|"import"|"list"|"mine"|"models"|"note"|"pool"|"pool add"|"pool list"|"pool rm"|"rm"|"show"|"train") cmdpath="$cmdpath${cmdpath:+ }$w" ;; esac
+    case "$cmdpath${cmdpath:+ }$w" in "add"|"ask"|"chat"|"doctor"|"eval"|"explain"|"export"|"find"|"import"|"list"|"mine"|"models"|"note"|"pool"|"pool add"|"pool list"|"pool rm"|"rm"|"serve"|"show"|"train") cmdpath="$cmdpath${cmdpath:+ }$w" ;; esac
   done
   case "$cmdpath" in
-    "") words="add ask chat doctor eval explain export find import list mine models note pool rm show train --help" ;;
+    "") words="add ask chat doctor eval explain export find import list mine models note pool rm serve show train --help" ;;
     "add") words="--kind --replace --strict --no-train --note --notes-file --model --quantize --json --help" ;;
     "ask") words="--image --max-tokens --temperature --seed --no-train --model --quantize --json --help" ;;
     "chat") words="--image --max-tokens --temperature --seed --model --quantize --help" ;;
@@ -14,7 +14,7 @@ _yollava() {
     "eval") words="--methods --subjects --pool --folds --epochs --facts-in-tokens --report --protocol --history --model --quantize --ray --json --help" ;;
     "explain") words="--max-tokens --model --quantize --json --help" ;;
     "export") words="--with-photos --force --json --help" ;;
-    "find") words="--threshold --top --by --verify --no-train --model --quantize --ray --json --help" ;;
+    "find") words="--threshold --top --by --verify --no-train --explain --model --quantize --ray --json --help" ;;
     "import") words="--as --skip-model-check --model --quantize --json --help" ;;
     "list") words="--json --help" ;;
     "mine") words="--pool --hard --easy --seed --duplicate-above --embedder --json --help" ;;
@@ -25,6 +25,7 @@ _yollava() {
     "pool list") words="--json --help" ;;
     "pool rm") words="--json --help" ;;
     "rm") words="--yes -y --json --help" ;;
+    "serve") words="--host --port --token --allow-local-images --queue --max-request-mb --max-image-mb --model --quantize --json --help" ;;
     "show") words="--data --json --help" ;;
     "train") words="--all --k --epochs --lr --batch-size --seed --facts-in-tokens --resume --model --quantize --ray --json --help" ;;
   esac
