@@ -49,15 +49,16 @@ def test_fusion_leans_on_the_signal_that_separates_validation_data():
     vectors = np.concatenate([w["test_positives"][:6], w["test_lookalikes"][:6]])
     labels = [1] * 6 + [0] * 6
     noise = [0.5] * 12  # tokens that know nothing
-    fit_fusion(head, head.head_logits(vectors), noise, labels)
-    assert abs(head.fusion[1]) < abs(head.fusion[0])
-    fused = head.fused_probabilities(vectors, noise)
+    fit_fusion(head, head.head_logits(vectors), {"tokens": noise}, labels)
+    assert abs(head.fusion["tokens"]) < abs(head.fusion["head"])
+    fused = head.fused_probabilities(vectors, {"tokens": noise})
     assert min(fused[:6]) > max(fused[6:])
     knowing = [0.99] * 6 + [0.01] * 6  # tokens that know everything pull the other way too
     blind = train_head("test", w["positives"], ["a", "b", "c", "d"], w["negatives"][4:])  # never saw the look-alike
-    fit_fusion(blind, blind.head_logits(vectors), knowing, labels)
-    assert blind.fusion[1] > 0.5
-    assert min(blind.fused_probabilities(vectors, knowing)[:6]) > max(blind.fused_probabilities(vectors, knowing)[6:])
+    fit_fusion(blind, blind.head_logits(vectors), {"tokens": knowing}, labels)
+    assert blind.fusion["tokens"] > 0.5
+    fused = blind.fused_probabilities(vectors, {"tokens": knowing})
+    assert min(fused[:6]) > max(fused[6:])
 
 
 def test_one_held_out_photo_cannot_hand_the_decision_to_the_tokens():
@@ -70,10 +71,10 @@ def test_one_held_out_photo_cannot_hand_the_decision_to_the_tokens():
     missed = unit(rng.normal(size=(1, 64)))  # a photo of the concept that looks like nothing the head knows
     vectors = np.concatenate([missed, w["negatives"][:20]])
     tokens = [0.999] + rng.choice([0.999, 0.001], size=20).tolist()  # tokens: right on it, a coin elsewhere
-    fit_fusion(head, head.head_logits(vectors), tokens, [1] + [0] * 20)
+    fit_fusion(head, head.head_logits(vectors), {"tokens": tokens}, [1] + [0] * 20)
     test = np.concatenate([w["test_positives"], w["test_lookalikes"]])
     coin = rng.choice([0.999, 0.001], size=len(test)).tolist()
-    fused = np.array(head.fused_probabilities(test, coin)) >= 0.5
+    fused = np.array(head.fused_probabilities(test, {"tokens": coin})) >= 0.5
     alone = np.array(head.head_probabilities(test)) >= 0.5
     assert (fused == alone).mean() >= 0.95, head.fusion
 
@@ -87,7 +88,7 @@ def test_the_recognizer_rides_in_the_checkpoint_file(tmp_path):
     assert load(path) is None  # a checkpoint from before heads
     w = world(2)
     head = train_head("efficientnet-lite0", w["positives"], list("abcd"), w["negatives"])
-    head.fusion = [1.0, 0.7, -0.2]
+    head.fusion = {"head": 1.0, "tokens": 0.7, "bias": -0.2}
     attach(path, head)
     again = load(path)
     assert again.embedder == "efficientnet-lite0" and again.fusion == head.fusion
@@ -104,4 +105,4 @@ def test_a_head_of_another_width_than_its_embedder_is_one_line():
     w = world(2)
     head = train_head("efficientnet-lite0", w["positives"][:, :7], list("abcd"), w["negatives"][:, :7])
     with pytest.raises(UserError, match="7-wide embeddings, but efficientnet-lite0 gives"):
-        head.fused_probabilities(w["test_positives"], [0.5] * len(w["test_positives"]))
+        head.fused_probabilities(w["test_positives"], {"tokens": [0.5] * len(w["test_positives"])})

@@ -780,7 +780,7 @@ def bad_json_cases(world, tmp_path, home):
         checkpoint(lambda m: m.update(k="4"), '"k" must be a whole number >= 1 (got "4")'),
         checkpoint(lambda m: m.pop("base_model") and None, 'missing "base_model"'),
         checkpoint(lambda m: m["recognizer"].update(embedder=""), '"recognizer.embedder" must be'),
-        checkpoint(lambda m: m["recognizer"].update(fusion=[1.0]), '"recognizer.fusion" must be a list of numbers, exactly 3'),
+        checkpoint(lambda m: m["recognizer"].update(fusion=[1.0]), '"recognizer.fusion": must be the weights by name, with "head" and "bias" (numbers), or a list of numbers, exactly 3'),
         checkpoint(lambda m: [m], "must be an object (got a list"),
         checkpoint(TRUNCATED, "malformed JSON"),
     ]

@@ -186,7 +186,7 @@ def find(
     photos: Annotated[list[Path], typer.Argument(help="Photos and/or folders (searched recursively).")],
     threshold: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Match cut (default: calibrated at training).")] = None,
     top: Annotated[Optional[int], typer.Option(min=1, help="Show only the best N.")] = None,
-    by: Annotated[str, typer.Option("--by", help="Signal: fused (head + tokens), head (image embeddings only, fastest) or tokens (the language model on every photo).")] = "fused",
+    by: Annotated[str, typer.Option("--by", help="Signal: fused (the head + every recognition signal), head (image embeddings only, fastest), or one signal alone: tokens (the language model on every photo).")] = "fused",
     verify: Annotated[int, typer.Option("--verify", help="With --by fused: how many of the head's best photos the language model checks (plus those near the threshold).")] = 32,
     no_train: Annotated[bool, typer.Option("--no-train", help="Refuse an untrained concept instead of training it.")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Say why each photo scored as it did: each signal's score, the nearest concept photo and the nearest known non-concept photo.")] = False,
@@ -237,7 +237,7 @@ def find(
 
 def explanation(why: dict) -> str:
     """`find --explain`'s lines under a photo: each signal's score against its cut, and the nearest photos."""
-    scores = ", ".join(f"{signal} {why[signal]:.3f}" for signal in ("head", "tokens", "fused") if signal in why)
+    scores = ", ".join(f"{signal} {score:.3f}" for signal, score in why.items() if signal != "cut" and isinstance(score, float))
     lines = [f"  scores: {scores} (cut {why['cut']:.3f})"]
     for key, label in (("nearest_concept_photo", "nearest concept photo"), ("nearest_negative", "nearest known other")):
         if why.get(key):

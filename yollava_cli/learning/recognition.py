@@ -8,12 +8,13 @@ regression on leave-one-photo-out similarities, so its 0.5 means what it says on
 seen. That second similarity is what tells `<dog>` from another corgi the user also owns, where
 plain cosine to the concept's photos fails. It trains in well under a second.
 
-The fused recognizer adds the tokens' vote (2 P(yes) - 1, times a weight) and a bias to the
-head's logit, fitted by logistic regression on the validation data training already holds out
-(never on test photos). That is one or two photos of the concept, so the head's logit stays as
-it is and the weight and bias are pulled toward 0 the harder the fewer photos there are: the
-tokens earn a say only as far as the held-out photos show they add something. The head and the
-fusion ride in the concept's checkpoint file (safetensors + JSON), so bundles carry them.
+The fused recognizer adds each registered signal's vote (learning.signals: the tokens' is
+2 P(yes) - 1), times a weight, and a bias to the head's logit, fitted by logistic regression on
+the validation data training already holds out (never on test photos). That is one or two photos
+of the concept, so the head's logit stays as it is and the weights and bias are pulled toward 0
+the harder the fewer photos there are: a signal earns a say only as far as the held-out photos
+show it adds something. The head and the fusion (its weights by signal name) ride in the
+concept's checkpoint file (safetensors + JSON), so bundles carry them.
 """
 
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from safetensors import safe_open
 
 from yollava_cli.errors import UserError
 from yollava_cli.learning.embeddings import embed_photos
+from yollava_cli.learning.signals import registered
 from yollava_cli.models.tensor_file import CheckpointMeta, file_meta, read_tensors, write_tensors
 from yollava_cli.store.concepts import current_checkpoint_file
 
@@ -33,19 +35,22 @@ HEAD_TENSORS = ("head.positives", "head.negatives", "head.weights")
 # where logits differ by units, so the head's penalty is the smaller. The fusion's penalty keeps
 # it near the head alone: a held-out photo or two cannot hand the decision to the weaker signal.
 HEAD_L2, FUSION_L2 = 1e-5, 1.0
-HEAD_ALONE = np.array([1.0, 0.0, 0.0])  # fusion weights: head logit, token vote, bias
-FUSION_VERSION = 2  # 1 weighed the tokens' logit, not their bounded vote: its weights are not reused
+# Fusion layouts: 3 names the weights ({"head": 1.0, signal: weight..., "bias": b}); 2 listed
+# [head, tokens' vote, bias]; 1 weighed the tokens' logit, not their bounded vote (not reused).
+FUSION_VERSION = 3
+VERSION_2 = ("head", "tokens", "bias")
+HEAD_ALONE = {"head": 1.0, "tokens": 0.0, "bias": 0.0}
 
 
 @dataclass
 class Recognizer:
-    """A concept's head (prototypes + weights) and the fusion of its logit with the tokens'."""
+    """A concept's head (prototypes + weights) and the fusion of its logit with the signals'."""
 
     embedder: str
     positives: np.ndarray  # (P, d) unit vectors: the concept's photos and their mirror images
     negatives: np.ndarray  # (N, d): mined negatives and the user's other concepts' photos
     weights: np.ndarray  # (3,): similarity to the concept, to the nearest non-concept, bias
-    fusion: list[float] = field(default_factory=HEAD_ALONE.tolist)  # head logit, token vote, bias
+    fusion: dict[str, float] = field(default_factory=lambda: dict(HEAD_ALONE))  # weight by signal, "head", "bias"
 
     def features(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
@@ -61,19 +66,28 @@ class Recognizer:
     def head_probabilities(self, vectors: np.ndarray) -> list[float]:
         return sigmoid(self.head_logits(vectors)).tolist()
 
-    def fused_probabilities(self, vectors: np.ndarray, token_probabilities: list[float]) -> list[float]:
-        return sigmoid(fusion_inputs(self.head_logits(vectors), token_probabilities) @ np.array(self.fusion)).tolist()
+    def signals(self) -> list[str]:
+        """The signals this fusion weighs that are registered here (one it names that is not, a
+        plugin missing on this machine, is left out: its vote would be 0, no opinion)."""
+        known = registered()
+        return [name for name in self.fusion if name not in ("head", "bias") and name in known]
+
+    def fused_probabilities(self, vectors: np.ndarray, probabilities: dict[str, list[float]]) -> list[float]:
+        """P(concept) fused from the head and each of `signals()`'s probabilities for the photos."""
+        names = self.signals()
+        weights = np.array([self.fusion["head"], *(self.fusion[n] for n in names), self.fusion["bias"]])
+        return sigmoid(fusion_inputs(self.head_logits(vectors), {n: probabilities[n] for n in names}) @ weights).tolist()
 
 
 def sigmoid(x) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(x, dtype=np.float64), -60, 60)))
 
 
-def fusion_inputs(head_logits: np.ndarray, token_probabilities: list[float]) -> np.ndarray:
-    """The head's logit, the tokens' vote 2 P(yes) - 1 (bounded: a confident token answer on one
-    odd photo cannot outweigh everything else in the fit) and a constant."""
-    votes = 2 * np.asarray(token_probabilities, dtype=np.float64) - 1
-    return np.stack([np.asarray(head_logits, dtype=np.float64), votes, np.ones(len(votes))], 1)
+def fusion_inputs(head_logits: np.ndarray, probabilities: dict[str, list[float]]) -> np.ndarray:
+    """The head's logit, each signal's vote (Signal.vote: bounded) in the order given, and a constant."""
+    signals, head = registered(), np.asarray(head_logits, dtype=np.float64)
+    votes = [signals[name].vote(p) for name, p in probabilities.items()]
+    return np.stack([head, *votes, np.ones(len(head))], 1)
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, offset: np.ndarray | None = None, steps: int = 200,
@@ -185,15 +199,15 @@ def fit_head(registry, embedder, views, positives: list[str], val_positives: lis
     return HeadFit(recognizer, np.asarray(held_out), labels, head(every_photo) if every_photo != positives else recognizer)
 
 
-def fit_fusion(recognizer: Recognizer, head_logits: np.ndarray, token_probabilities: list[float], labels: list[int]) -> None:
-    """Fit the fusion on held-out validation data, shrunk toward the head alone; without both
-    classes there, the head alone."""
-    recognizer.fusion = HEAD_ALONE.tolist()
+def fit_fusion(recognizer: Recognizer, head_logits: np.ndarray, probabilities: dict[str, list[float]], labels: list[int]) -> None:
+    """Fit the fusion of the head with each signal in `probabilities` on held-out validation data,
+    shrunk toward the head alone; without both classes there, the head alone (every weight 0)."""
+    weights = np.zeros(len(probabilities) + 1)
     rarer = min(sum(labels), len(labels) - sum(labels))  # the evidence counts as this many photos a side
     if rarer:
-        inputs = fusion_inputs(head_logits, token_probabilities)
+        inputs = fusion_inputs(head_logits, probabilities)
         weights = fit_logistic(inputs[:, 1:], np.array(labels, float), FUSION_L2 / rarer, inputs[:, 0])
-        recognizer.fusion = [1.0, *weights.tolist()]
+    recognizer.fusion = {"head": 1.0, **{n: float(w) for n, w in zip(probabilities, weights)}, "bias": float(weights[-1])}
 
 
 # -- in the checkpoint file --------------------------------------------------------------------
@@ -217,9 +231,18 @@ def load(path: Path) -> Recognizer | None:
         if info is None or not set(HEAD_TENSORS) <= set(f.keys()):
             return None
         tensors = {k: f.get_tensor(k).numpy() for k in HEAD_TENSORS}
-    current = info.get("fusion_version") == FUSION_VERSION
     return Recognizer(info["embedder"], tensors["head.positives"], tensors["head.negatives"],
-                      tensors["head.weights"].astype(np.float64), list(info["fusion"]) if current else HEAD_ALONE.tolist())
+                      tensors["head.weights"].astype(np.float64), named_fusion(info))
+
+
+def named_fusion(info: dict) -> dict[str, float]:
+    """The stored fusion's weights by name, whichever layout wrote them (a list is version 2's)."""
+    version, fusion = info.get("fusion_version"), info["fusion"]
+    if version == 2 and isinstance(fusion, list):
+        return {name: float(w) for name, w in zip(VERSION_2, fusion)}
+    if version == FUSION_VERSION and isinstance(fusion, dict):
+        return {name: float(w) for name, w in fusion.items()}
+    return dict(HEAD_ALONE)
 
 
 def current(registry, concept: dict) -> Recognizer | None:

@@ -32,6 +32,9 @@ from yollava_cli.learning.events import (
 from yollava_cli.learning.mining import mine
 from yollava_cli.learning.objective import class_weights, decision_targets, step_losses
 from yollava_cli.learning.recognition import above_known_negatives, attach, fit_fusion, fit_head
+from yollava_cli.learning.signals import Photo as SignalPhoto
+from yollava_cli.learning.signals import registered as registered_signals
+from yollava_cli.learning.signals import scores as signal_scores
 from yollava_cli.learning.synthesis import (
     TrainingData,
     build_training_data,
@@ -250,19 +253,23 @@ class Trainer:
 
     def fit_recognizer(self, split: Split, best: dict) -> dict:
         """The concept head over image embeddings (see `fit_head`: the training negatives and the
-        user's other concepts' photos its negatives) and its fusion with the tokens, fitted on the
-        validation data the checkpoint was chosen on; stored in the checkpoint. Returns the three
-        thresholds calibrated there (the registry keeps them with the checkpoint)."""
+        user's other concepts' photos its negatives) and its fusion with every registered signal
+        (learning.signals), fitted on the validation data the checkpoint was chosen on; stored in
+        the checkpoint. Returns the cuts calibrated there, by signal name, the head's and the
+        fused one's too (the registry keeps them with the checkpoint)."""
         others = self.registry.other_concepts_photo_shas(self.concept["id"])
         fit = fit_head(self.registry, self.embedder, self.views, split.positives, split.val_positives,
                        split.val_negatives, [sha for sha, _ in split.negatives] + others)
         recognizer, vectors = fit.recognizer, fit.held_out
         tokens = best["validation"]["probabilities"]["positive"] + best["validation"]["probabilities"]["negative"]
-        fit_fusion(recognizer, recognizer.head_logits(vectors), tokens, fit.labels)
+        held_out = [SignalPhoto(key, lambda key=key: self.views(key)) for key in split.val_positives + split.val_negatives]
+        votes = signal_scores(list(registered_signals()), self.vlm, self.name, held_out, known={"tokens": tokens})
+        fit_fusion(recognizer, recognizer.head_logits(vectors), votes, fit.labels)
         cut = len(split.val_positives)
         thresholds = {"tokens": best["threshold"]}
-        for signal, probabilities in (("head", recognizer.head_probabilities(vectors)),
-                                      ("fused", recognizer.fused_probabilities(vectors, tokens))):
+        for signal, probabilities in (*((n, p) for n, p in votes.items() if n != "tokens"),
+                                      ("head", recognizer.head_probabilities(vectors)),
+                                      ("fused", recognizer.fused_probabilities(vectors, votes))):
             thresholds[signal] = calibrate(recognition_metrics(probabilities[:cut], probabilities[cut:]))
         fit.final.fusion = recognizer.fusion
         attach(self.registry.root / best["file"], fit.final)

@@ -7,6 +7,7 @@ Read back, the metadata is checked against `CheckpointFields` (a damaged or fore
 one-line error naming it and the key), the concept head's settings too when it has them."""
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,19 +17,34 @@ from pydantic import Field
 from safetensors import safe_open
 from safetensors.torch import save
 
-from yollava_cli.schema import OpenSchema, Text, parse_json, validate
+from yollava_cli.errors import UserError
+from yollava_cli.schema import OpenSchema, Text, parse_json, rule, validate
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.schemas import ConceptName, Fingerprint
 
 META_KEY = "yollava"
 
 
+def fusion_weights(value: Any) -> Any:
+    """The fusion's weights: finite numbers by name, "head" and "bias" among them, or the list of
+    exactly 3 that files written before signals had names hold."""
+    def number(w: Any) -> bool:
+        return isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+
+    if isinstance(value, list) and len(value) == 3 and all(map(number, value)):
+        return value
+    if isinstance(value, dict) and {"head", "bias"} <= set(value) and all(k and number(w) for k, w in value.items()):
+        return value
+    raise UserError("must be the weights by name, with \"head\" and \"bias\" (numbers), or a list of numbers, exactly 3")
+
+
 class RecognizerMeta(OpenSchema):
     """The concept head's settings beside its tensors (learning.recognition): the embedder it
-    scores with and the fusion weights (head logit, token vote, bias)."""
+    scores with and the fusion's weights by name ("head", each signal's, "bias"); files written
+    before signals had names list exactly three (head logit, token vote, bias)."""
 
     embedder: Text
-    fusion: Annotated[list[float], Field(min_length=3, max_length=3)]
+    fusion: Annotated[Any, rule(fusion_weights)]
     fusion_version: int | None = None
 
 

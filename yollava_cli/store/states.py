@@ -1,6 +1,5 @@
-"""The values stored state takes, named once: a concept's status, a run's status, a negative's kind
-and the recognition signals (each calibrated with a concept's checkpoint). Each is a str enum, so a row
-read from SQLite compares equal to its member."""
+"""The values stored state takes, named once: a concept's status, a run's status, a negative's kind.
+Each is a str enum, so a row read from SQLite compares equal to its member."""
 
 from enum import StrEnum
 
@@ -22,8 +21,3 @@ class NegativeKind(StrEnum):
     HARD = "hard"  # a look-alike, by image-embedding similarity
     EASY = "easy"  # a random other photo
 
-
-class Signal(StrEnum):
-    FUSED = "fused"  # the concept head and the soft tokens together
-    HEAD = "head"  # the concept head over image embeddings
-    TOKENS = "tokens"  # the soft tokens' yes/no

@@ -1,5 +1,6 @@
-"""Is the concept in these photos? `find` over many photos (the concept head, the soft tokens, or
-both fused) and `recognize` for the one photo a question is about."""
+"""Is the concept in these photos? `find` over many photos (the concept head, one recognition
+signal such as the soft tokens, or the head and the signals fused) and `recognize` for the one
+photo a question is about."""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -10,9 +11,9 @@ from PIL import Image
 from yollava_cli.errors import UserError
 from yollava_cli.learning.embeddings import Embedder, embed_photos, load_embedder
 from yollava_cli.learning.recognition import current
-from yollava_cli.learning.synthesis import score_question
-from yollava_cli.models.prompts import Prompt
-from yollava_cli.models.vlm import SCORE_BATCH, VLM
+from yollava_cli.learning.signals import Photo, registered
+from yollava_cli.learning.signals import scores as signal_scores
+from yollava_cli.models.vlm import VLM
 from yollava_cli.store.concepts import get_concept
 from yollava_cli.use.find_explain import explain as explain_photo
 from yollava_cli.use.find_explain import sure_cut, verdict
@@ -23,18 +24,21 @@ from yollava_cli.store.photos import (
     read_photo,
 )
 from yollava_cli.store.registry import Registry
-from yollava_cli.store.states import Signal
 
-SIGNALS = tuple(Signal)
 VERIFY = 32  # photos the language model checks per search, best head scores first
 NEAR = 0.25  # head scores this close to its threshold are verified too
 FIND_SIDE = 512  # photos are decoded downscaled to this side for scoring
 
 
+def signal_names() -> tuple[str, ...]:
+    """What --by takes: the fusion, the head, and each registered signal alone."""
+    return ("fused", "head", *registered())
+
+
 def check_find_options(by: str, verify: int) -> None:
     """find's options, checked before any model loads."""
-    if by not in SIGNALS:
-        raise UserError(f"unknown signal --by {by!r}: use {', '.join(SIGNALS)}")
+    if by not in signal_names():
+        raise UserError(f"unknown signal --by {by!r}: use {', '.join(signal_names())}")
     if verify < 0:
         raise UserError(f"--verify {verify}: give how many photos the language model checks (0 or more)")
 
@@ -55,7 +59,7 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
     concept = get_concept(registry, name)
     paths = expand_photo_paths(inputs)
     photos, skipped = read_for_find(paths)
-    recognizer = current_recognizer(registry, concept) if by != "tokens" else None
+    recognizer = current_recognizer(registry, concept) if by in ("head", "fused") else None
     thresholds = registry.thresholds(concept["id"])  # the cuts `recognize` uses too
     scores: dict[int, tuple[float, str]] = {}
     evidence: dict[int, dict] = {}  # each photo's score by every signal computed, for --explain
@@ -71,20 +75,36 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
             cut = thresholds.get("head", 0.5)
             ranked = sorted(kept, key=lambda p: -scores[id(p)][0])
             checked = ranked[:verify] + [p for p in ranked[verify:] if abs(scores[id(p)][0] - cut) < NEAR]
-            tokens = yes_probabilities(vlm, concept["name"], checked, on_progress)
-            checked = [p for p in checked if id(p) in tokens]
-            fused = recognizer.fused_probabilities(np.stack([vectors[p["sha256"]] for p in checked]),
-                                                   [tokens[id(p)] for p in checked]) if checked else []
-            scores.update({id(p): (prob, "fused") for p, prob in zip(checked, fused)})
-            for p, prob in zip(checked, fused) if explain else ():
-                evidence[id(p)].update({"tokens": round(tokens[id(p)], 4), "fused": round(prob, 4)})
+            fuse(recognizer, vlm, concept["name"], checked, vectors, scores, evidence if explain else None, on_progress)
     else:
-        scores = {key: (prob, "tokens") for key, prob in yes_probabilities(vlm, concept["name"], photos, on_progress).items()}
-        evidence = {key: {"tokens": round(prob, 4)} for key, (prob, _) in scores.items()} if explain else {}
-    cuts = {signal: (threshold if threshold is not None else thresholds.get(signal) or 0.5) for signal in SIGNALS}
+        scored = signal_scores([by], vlm, concept["name"], signal_photos(photos), on_progress=on_progress)[by]
+        scores = {id(p): (prob, by) for p, prob in zip(photos, scored) if prob is not None}
+        evidence = {key: {by: round(prob, 4)} for key, (prob, _) in scores.items()} if explain else {}
+    names = signal_names()
+    cuts = {signal: (threshold if threshold is not None else thresholds.get(signal) or 0.5) for signal in names}
     results = rank_results(registry, concept, recognizer, [p for p in photos if id(p) in scores], scores, evidence, cuts, explain)
-    return {"concept": concept["name"], "by": by, "thresholds": {s: cuts[s] for s in SIGNALS},
+    return {"concept": concept["name"], "by": by, "thresholds": {s: cuts[s] for s in names},
             "threshold": cuts[by], "results": results, "skipped": skipped}
+
+
+def fuse(recognizer, vlm: VLM, name: str, checked: list[dict], vectors: dict, scores: dict, evidence: dict | None,
+         on_progress=None) -> None:
+    """Score the `checked` photos by every signal the concept's fusion weighs and fuse them with
+    the head (into `scores`, and each signal's score into `evidence` when explaining); a photo
+    some signal could not read keeps the head's score."""
+    signals = recognizer.signals()
+    votes = signal_scores(signals, vlm, name, signal_photos(checked), on_progress=on_progress)
+    kept = [i for i in range(len(checked)) if all(votes[s][i] is not None for s in signals)]
+    fused = recognizer.fused_probabilities(np.stack([vectors[checked[i]["sha256"]] for i in kept]),
+                                           {s: [votes[s][i] for i in kept] for s in signals}) if kept else []
+    for i, prob in zip(kept, fused):
+        scores[id(checked[i])] = (prob, "fused")
+        if evidence is not None:
+            evidence[id(checked[i])].update({**{s: round(votes[s][i], 4) for s in signals}, "fused": round(prob, 4)})
+
+
+def signal_photos(photos: list[dict]) -> list[Photo]:
+    return [Photo(p["sha256"], p["decode"], p["path"]) for p in photos]
 
 
 def rank_results(registry: Registry, concept: dict, recognizer, photos: list[dict], scores: dict, evidence: dict, cuts: dict,
@@ -131,21 +151,6 @@ def read_for_find(paths: list[Path]) -> tuple[list[dict], list[dict]]:
     return photos, skipped
 
 
-def yes_probabilities(vlm: VLM, name: str, photos: list[dict], on_progress=None) -> dict[int, float]:
-    """The soft tokens' P(yes) for "is <name> in this photo?", by id(photo). Photos are decoded one
-    scoring batch at a time (those with cached features not at all) and dropped after it; one that
-    no longer reads is left out (its loader reported it skipped)."""
-    question, scores = score_question(name), {}
-    for start in range(0, len(photos), SCORE_BATCH):
-        batch = [(p, p["decode"] if p["sha256"] in vlm.features else p["decode"]()) for p in photos[start : start + SCORE_BATCH]]
-        batch = [(p, image) for p, image in batch if image is not None]
-        probabilities = vlm.yes_probabilities([Prompt(question, [image], [p["sha256"]], [name]) for p, image in batch])
-        scores.update({id(p): probability for (p, _), probability in zip(batch, probabilities)})
-        if on_progress:
-            on_progress(min(start + SCORE_BATCH, len(photos)), len(photos))
-    return scores
-
-
 def recognize(registry: Registry, vlm: VLM, concepts: list[str], images: list[Image.Image], keys: list[str]) -> list[dict]:
     """For one photo: whether each loaded concept is in it, by its fused recognizer, with the
     grounding line `ask` puts before the question (as RAP puts its retriever's finds), so "is <bo>
@@ -160,8 +165,8 @@ def recognize(registry: Registry, vlm: VLM, concepts: list[str], images: list[Im
         if recognizer is None:
             continue
         vector = embed_photos(registry, load_embedder(recognizer.embedder), {keys[0]: lambda: images[0]})[0][keys[0]]
-        tokens = vlm.yes_probabilities([Prompt(score_question(name), images, keys, [name])])
-        probability = recognizer.fused_probabilities(vector[None], tokens)[0]
+        votes = signal_scores(recognizer.signals(), vlm, name, [Photo(keys[0], lambda: images[0])])
+        probability = recognizer.fused_probabilities(vector[None], votes)[0]
         present = probability >= registry.thresholds(concept["id"]).get("fused", 0.5)
         verdicts.append({"concept": name, "present": present, "probability": round(probability, 4),
                          "line": f"<{name}> is {'' if present else 'not '}in this photo."})

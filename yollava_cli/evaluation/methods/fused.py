@@ -1,7 +1,9 @@
-"""The head and the tokens, fused."""
+"""The head and the recognition signals (the tokens, and any other registered), fused."""
 
 from yollava_cli.evaluation.methods import Method, register
 from yollava_cli.evaluation.methods.yollava import Yollava
+from yollava_cli.learning.signals import Photo
+from yollava_cli.learning.signals import scores as signal_scores
 
 
 @register
@@ -12,7 +14,12 @@ class Fused(Method):
         self.tokens = tokens
 
     def scores(self, run, subject, photos):
-        return run.recognizer(subject).fused_probabilities(run.vectors(photos), self.tokens.scores(run, subject, photos))
+        recognizer = run.recognizer(subject)
+        loaded = [(path, *run.photo(path)) for path in photos]
+        votes = signal_scores(recognizer.signals(), run.vlm, subject,
+                              [Photo(sha, lambda image=image: image, path) for path, image, sha in loaded],
+                              known={"tokens": self.tokens.scores(run, subject, photos)})
+        return recognizer.fused_probabilities(run.vectors(photos), votes)
 
     def threshold(self, run, subject, concept):
         return run.registry.thresholds(concept["id"]).get("fused", 0.5)
