@@ -2,28 +2,84 @@
 the manner of `llm`'s model plugins. `transformers` (any LLaVA-style model transformers loads from a
 hub id or a local folder) is the fallback; every subpackage of `yollava_cli.models` may register a
 more specific family when imported (the offline default lives in one), and so may an installed
-package, through the `yollava.models` entry-point group. This module imports no torch: the CLI lists
-families and reads the default without loading a model."""
+package, through the `yollava.models` entry-point group. What a family's loader must return is
+written down as `BaseModel` and `Processor` and checked after every load (`check_contract`). This
+module imports no torch: the CLI lists families and reads the default without loading a model."""
 
 import importlib
 import importlib.metadata
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any, Protocol
 
 from yollava_cli.errors import UserError
 
 ENTRY_POINTS = "yollava.models"
 
 
+class BaseModel(Protocol):
+    """The model a family's `load` returns: what VLM, decoding and images use of a transformers
+    LLaVA-style `...ForConditionalGeneration` (pocket meets it by subclassing transformers' LLaVA).
+    `config.model_type` must be one `architectures` lists: it says where image features go.
+    `base_model` is the multimodal model without the head (called for hidden states, with a cache);
+    `__call__(**inputs)` returns `.logits`; `get_image_features` takes the processor's outputs."""
+
+    config: Any
+    dtype: Any
+    base_model: Any
+    generation_config: Any
+
+    def __call__(self, **inputs) -> Any: ...
+    def eval(self) -> Any: ...
+    def requires_grad_(self, requires_grad: bool = True) -> Any: ...
+    def parameters(self) -> Iterator: ...
+    def buffers(self) -> Iterator: ...
+    def get_input_embeddings(self) -> Any: ...
+    def set_input_embeddings(self, value) -> None: ...
+    def get_output_embeddings(self) -> Any: ...
+    def set_output_embeddings(self, value) -> None: ...
+    def get_decoder(self) -> Any: ...
+    def get_image_features(self, **inputs) -> Any: ...
+    def generate(self, **options) -> Any: ...
+
+
+class Processor(Protocol):
+    """The processor beside it: a tokenizer, an image processor, the image placeholder, the chat
+    template, and the placeholder's expansion for given images."""
+
+    tokenizer: Any
+    image_processor: Any
+    image_token: str
+
+    def apply_chat_template(self, messages, **options) -> Any: ...
+    def get_text_with_replacements(self, texts, replacements) -> Any: ...
+
+
+def missing_members(obj: object, protocol: type) -> list[str]:
+    """The members of `protocol` that `obj` lacks."""
+    names = [*protocol.__annotations__,
+             *(n for n, v in vars(protocol).items() if callable(v) and (not n.startswith("_") or n == "__call__"))]
+    return [name for name in names if not hasattr(obj, name)]
+
+
+def check_contract(family: "Family", model: object, processor: object) -> None:
+    """A one-line error naming the family when what it loaded is not a BaseModel and a Processor."""
+    for part, obj, protocol in (("model", model, BaseModel), ("processor", processor, Processor)):
+        missing = missing_members(obj, protocol)
+        if missing:
+            raise UserError(f"model family {family.name!r} loaded a {part} without {', '.join(missing)} "
+                            f"(what models.families.{protocol.__name__} lists): fix or uninstall the plugin that provides it")
+
+
 @dataclass(frozen=True)
 class Family:
     """How a family of base models is loaded and run.
 
-    `load(ref, cache_dir, policy, on_status)` returns (model, processor), placed on the policy's
-    device. `handles(ref)` says whether a model reference belongs to the family. `photo_switch(model)`
+    `load(ref, cache_dir, policy, on_status)` returns (model, processor) (a BaseModel and a
+    Processor), placed on the policy's device. `handles(ref)` says whether a model reference belongs to the family. `photo_switch(model)`
     returns the family's part that must be on exactly for the batch rows holding a photo (an object
     with a `rows` attribute), or None. `bf16_matrices_on_cpu`: under a CPU bf16 policy the language
     model's Linear weights are stored in bf16 (decoding reads half the bytes); otherwise the weights
@@ -59,7 +115,10 @@ def _discover() -> None:
         if module.ispkg:
             importlib.import_module(f"{models.__name__}.{module.name}")
     for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
-        entry.load()
+        try:
+            entry.load()
+        except (ImportError, ValueError) as e:  # a plugin that is broken, or names a family taken already
+            raise UserError(f"model plugin {entry.name!r} ({entry.value}): {first_line(e)}; fix or uninstall it") from None
 
 
 def families() -> list[Family]:

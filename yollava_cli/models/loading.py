@@ -31,4 +31,5 @@ def load_vlm(ref: str | None = None, on_status: Callable[[str], None] | None = N
     if policy.quantize != "none" and not family.quantizable:
         raise UserError(f"{ref} is not quantized: drop --quantize (it is for 7B/13B models on a GPU)")
     model, processor = family.load(ref, cache, policy, on_status)
+    families.check_contract(family, model, processor)
     return VLM(model, processor, ref, cache, policy=policy, family=family)
