@@ -9,6 +9,10 @@ from yollava_cli.errors import UserError
 
 HOME_ENV = "YOLLAVA_HOME"
 MODEL_ENV = "YOLLAVA_MODEL"
+# the compute choices (models.compute), named here once for the config file's schema and the checks
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+QUANTIZE = ("none", "4bit", "8bit")
 
 
 def data_dir() -> Path:

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from yollava_cli.config import DEVICES, PRECISIONS, QUANTIZE
 from yollava_cli.errors import UserError
 
 T = TypeVar("T")
@@ -64,9 +65,9 @@ class ConfigFile(Schema):
     # the image-feature cache's cap, disk and memory alike: a few LLaVA-1.5 photos at the least
     # (4.7 MB each), at most 1 TB
     feature_cache_mb: Annotated[int, Field(ge=64, le=2**20)] = 4096
-    device: Literal["auto", "cpu", "cuda", "mps"] | None = None
-    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
-    quantize: Literal["none", "4bit", "8bit"] | None = None
+    device: Literal[DEVICES] | None = None
+    precision: Literal[PRECISIONS] | None = None
+    quantize: Literal[QUANTIZE] | None = None
     ray: Text | None = None  # --ray when it is not given: "auto", a cluster's HOST:PORT, or "off"
     serve_host: Text | None = None  # `serve`'s --host, --port and --token when they are not given
     serve_port: Annotated[int, Field(ge=0, le=65535)] | None = None

@@ -4,6 +4,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from yollava_cli.config import QUANTIZE
 from yollava_cli.learning.train_config import RANGES
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
@@ -13,7 +14,7 @@ ModelOption = Annotated[
 ]
 
 QuantizeOption = Annotated[
-    Optional[str], typer.Option("--quantize", metavar="4bit|8bit",
+    Optional[str], typer.Option("--quantize", metavar="|".join(QUANTIZE[1:]),
                                 help="Load a big base model's weights in 4 or 8 bits on a CUDA GPU (bitsandbytes). Default: $YOLLAVA_QUANTIZE, else config.")
 ]
 

@@ -18,12 +18,10 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from yollava_cli.config import DEVICES, PRECISIONS, QUANTIZE
 from yollava_cli.errors import UserError
 
 DEVICE_ENV, PRECISION_ENV, QUANTIZE_ENV = "YOLLAVA_DEVICE", "YOLLAVA_PRECISION", "YOLLAVA_QUANTIZE"
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-QUANTIZE = ("none", "4bit", "8bit")
 X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 ISA_CAP_ENVS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 BF16_ISAS = ("BF16", "AMX", "FP16", "AVX10", "ALL", "DEFAULT")  # oneDNN ISA names at or above AVX512_CORE_BF16
