@@ -6,7 +6,9 @@ change to eval or training is made once.
 
 `Env` is what a unit may use where it runs: the model and the embedder, loaded once per worker;
 the folders the driver shared (`executor.share`); a folder to work in; and `on_event`, which only
-the local executor connects to the command's display.
+the local executor connects to the command's display. `Executor` says what an executor provides:
+another one (a thread pool, another cluster) is one class with those members, passed wherever
+an executor is taken (evaluation.runs.run_eval, scale.training, scale.embedding, the CLI's options).
 """
 
 import hashlib
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from yollava_cli import __version__
 
@@ -31,6 +33,27 @@ def code_version() -> str:
     for path in sorted([*package.rglob("*.py"), *package.rglob("*.json")]):
         digest.update(f"{path.relative_to(package)}\0".encode() + path.read_bytes())
     return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where units run. `local`: on this machine's disk (a unit may work in the driver's folders).
+    `run` calls `on_result(unit, fn(env, *unit))` in the driver for each unit, in any order;
+    `ordered` yields `fn(env, *args)` for each of `calls` in order. `model` and `embedder` say what
+    the units run (loading it where needed), `share` makes the driver's folder readable to units,
+    `report` says where the work ran (None: here). A `with` block stops what it started."""
+
+    local: bool
+
+    def __enter__(self) -> "Executor": ...
+    def __exit__(self, *exc) -> None: ...
+    def model(self, units: int | None = None) -> dict: ...
+    def embedder(self, name: str | None = None) -> Any: ...
+    def share(self, root: Path, files: list[Path]) -> Any: ...
+    def run(self, fn: Callable, units: list[tuple], on_result: Callable[[tuple, Any], None],
+            on_event: Callable[..., None] | None = None) -> None: ...
+    def ordered(self, fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]: ...
+    def report(self) -> dict | None: ...
 
 
 class Env:
