@@ -6,6 +6,7 @@ import queue
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
+import pytest
 import torch
 from conftest import shared_data
 from tiny import tiny_llava
@@ -78,6 +79,7 @@ class Brightest(Method):
         return [float(np.asarray(run.photo(p)[0].convert("L"), np.float32).mean() / 255) for p in photos]
 
 
+@pytest.mark.slow
 def test_a_thread_pool_executor_gives_the_local_executors_results(tmp_path, monkeypatch):
     import yollava_cli.evaluation.methods as methods
     from yollava_cli.learning.embeddings import load_embedder
