@@ -9,10 +9,12 @@ from PIL import Image
 
 from yollava_cli.errors import UserError
 from yollava_cli.learning.embeddings import Embedder, embed_photos, load_embedder
+from yollava_cli.learning.events import ScoringPhotos
 from yollava_cli.learning.recognition import current
 from yollava_cli.learning.synthesis import score_question
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import SCORE_BATCH, VLM
+from yollava_cli.reporting import report
 from yollava_cli.store.concepts import get_concept
 from yollava_cli.use.find_explain import explain as explain_photo
 from yollava_cli.use.find_explain import sure_cut, verdict
@@ -40,7 +42,7 @@ def check_find_options(by: str, verify: int) -> None:
 
 
 def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], threshold: float | None = None,
-         on_progress: Callable[[int, int], None] | None = None, by: str = "fused", verify: int = VERIFY,
+         by: str = "fused", verify: int = VERIFY,
          embedders: Callable[[str], Embedder] = load_embedder, explain: bool = False) -> dict:
     """P(the concept is in each photo) for every photo (recursive for folders), best first.
 
@@ -61,7 +63,7 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
     evidence: dict[int, dict] = {}  # each photo's score by every signal computed, for --explain
     if recognizer is not None:
         vectors = embed_photos(registry, embedders(recognizer.embedder),
-                               {p["sha256"]: p["decode"] for p in photos}, on_progress)[0]
+                               {p["sha256"]: p["decode"] for p in photos})[0]
         kept = [p for p in photos if p["sha256"] in vectors]
         head = recognizer.head_probabilities(np.stack([vectors[p["sha256"]] for p in kept])) if kept else []
         scores = {id(p): (prob, "head") for p, prob in zip(kept, head)}
@@ -71,7 +73,7 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
             cut = thresholds.get("head", 0.5)
             ranked = sorted(kept, key=lambda p: -scores[id(p)][0])
             checked = ranked[:verify] + [p for p in ranked[verify:] if abs(scores[id(p)][0] - cut) < NEAR]
-            tokens = yes_probabilities(vlm, concept["name"], checked, on_progress)
+            tokens = yes_probabilities(vlm, concept["name"], checked)
             checked = [p for p in checked if id(p) in tokens]
             fused = recognizer.fused_probabilities(np.stack([vectors[p["sha256"]] for p in checked]),
                                                    [tokens[id(p)] for p in checked]) if checked else []
@@ -79,7 +81,7 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
             for p, prob in zip(checked, fused) if explain else ():
                 evidence[id(p)].update({"tokens": round(tokens[id(p)], 4), "fused": round(prob, 4)})
     else:
-        scores = {key: (prob, "tokens") for key, prob in yes_probabilities(vlm, concept["name"], photos, on_progress).items()}
+        scores = {key: (prob, "tokens") for key, prob in yes_probabilities(vlm, concept["name"], photos).items()}
         evidence = {key: {"tokens": round(prob, 4)} for key, (prob, _) in scores.items()} if explain else {}
     cuts = {signal: (threshold if threshold is not None else thresholds.get(signal) or 0.5) for signal in SIGNALS}
     results = rank_results(registry, concept, recognizer, [p for p in photos if id(p) in scores], scores, evidence, cuts, explain)
@@ -131,7 +133,7 @@ def read_for_find(paths: list[Path]) -> tuple[list[dict], list[dict]]:
     return photos, skipped
 
 
-def yes_probabilities(vlm: VLM, name: str, photos: list[dict], on_progress=None) -> dict[int, float]:
+def yes_probabilities(vlm: VLM, name: str, photos: list[dict]) -> dict[int, float]:
     """The soft tokens' P(yes) for "is <name> in this photo?", by id(photo). Photos are decoded one
     scoring batch at a time (those with cached features not at all) and dropped after it; one that
     no longer reads is left out (its loader reported it skipped)."""
@@ -141,8 +143,7 @@ def yes_probabilities(vlm: VLM, name: str, photos: list[dict], on_progress=None)
         batch = [(p, image) for p, image in batch if image is not None]
         probabilities = vlm.yes_probabilities([Prompt(question, [image], [p["sha256"]], [name]) for p, image in batch])
         scores.update({id(p): probability for (p, _), probability in zip(batch, probabilities)})
-        if on_progress:
-            on_progress(min(start + SCORE_BATCH, len(photos)), len(photos))
+        report(ScoringPhotos(min(start + SCORE_BATCH, len(photos)), len(photos)))
     return scores
 
 
