@@ -29,7 +29,7 @@ class Counted:
     """A step that counts what it has done of how many; each subclass names the step."""
 
     done: int
-    total: int
+    total: int | None  # None while the total is not known yet (a folder still being walked)
 
 
 def report(event: object) -> None:

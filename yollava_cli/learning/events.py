@@ -17,6 +17,14 @@ class ScanningPool(Counted):
     """Reading a pool folder's files before embedding them."""
 
 
+class EmbeddingPool(Counted):
+    """Embedding a pool folder's photos (cached across runs): `pool add`, eval's --pool."""
+
+
+class EmbeddingToMine(Counted):
+    """Embedding the concept's photos and its candidate negatives before mining."""
+
+
 class ScoringPhotos(Counted):
     """The language model asked "is <name> in this photo?" about each photo (find)."""
 
@@ -69,17 +77,7 @@ class FittingHead:
     """Fitting the concept head and its fusion with the tokens, after the last epoch."""
 
 
-TrainEvent = WritingConversations | EpochStarted | Step | Validating | EpochDone | FittingHead
-
 # -- eval (run_eval); each subject's training events pass through as they are -------------
-
-
-class EmbeddingPool(Counted):
-    """Embedding a --pool folder's photos (cached across runs)."""
-
-
-class EmbeddingToMine(Counted):
-    """Embedding the concept's photos and its candidate negatives before mining."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +98,6 @@ class Scoring:
 class SubjectsEvaluated(Counted):
     """Units of an eval run finished (subjects in folds, then each fold's forgetting check)."""
 
-
-EvalEvent = EmbeddingPool | EmbeddingToMine | SubjectStarted | Scoring | SubjectsEvaluated | TrainEvent
 
 # -- train --ray ----------------------------------------------------------------------------
 
