@@ -28,6 +28,7 @@ def main():
     from yollava_cli.learning.events import FittingHead, Step
     from yollava_cli.learning.training import TrainConfig, train_concept
     from yollava_cli.models.feature_cache import FeatureCache
+    from yollava_cli.reporting import reporting
 
     class NoFeatureCache(FeatureCache):
         """Every photo through the vision tower, every time: the cache's saving, measured."""
@@ -42,15 +43,15 @@ def main():
 
     steps, head_start = [], []
 
-    def on_event(event):
+    def clock(event):
         if isinstance(event, Step):
             steps.append(time.perf_counter())
         elif isinstance(event, FittingHead):
             head_start.append(time.perf_counter())
 
     start = time.perf_counter()
-    result = train_concept(registry, vlm, args.subject, TrainConfig(), on_event=on_event,
-                           embedder=load_embedder("efficientnet-lite0"))
+    with reporting(clock):
+        result = train_concept(registry, vlm, args.subject, TrainConfig(), embedder=load_embedder("efficientnet-lite0"))
     total = time.perf_counter() - start  # includes describing the photos once (attribute conversations)
     head_s = time.perf_counter() - head_start[0]  # the concept head and its fusion, after the last epoch
     step_times = [b - a for a, b in zip(steps, steps[1:])]
@@ -59,8 +60,8 @@ def main():
         if not cache:
             vlm.features = NoFeatureCache(None)
         times = []
-        train_concept(registry, vlm, args.subject, TrainConfig(epochs=1),
-                      on_event=lambda event: times.append(time.perf_counter()) if isinstance(event, Step) else None)
+        with reporting(lambda event: times.append(time.perf_counter()) if isinstance(event, Step) else None):
+            train_concept(registry, vlm, args.subject, TrainConfig(epochs=1))
         return statistics.median(b - a for a, b in zip(times, times[1:]))
 
     cached = one_epoch_step_median(True)

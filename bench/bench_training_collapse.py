@@ -58,11 +58,11 @@ def run_subject(name: str, dataset, vlm, embedder, config, root: Path, pool: Pat
     from yollava_cli.learning.training import prepare_concept, recognition_metrics
 
     subject = dataset.subjects[name]
-    registry = isolated_registry(root / name, dataset, subject, [pool], embedder, lambda e: None)
+    registry = isolated_registry(root / name, dataset, subject, [pool], embedder)
     started = time.perf_counter()
     result = prepare_concept(registry, name, lambda: vlm, lambda: embedder, config)
     seconds = time.perf_counter() - started
-    run = Evaluation(dataset, vlm, registry, embedder, [], config, lambda e: None)
+    run = Evaluation(dataset, vlm, registry, embedder, [], config)
     concept = registry.concept(name)
     others = [p for s in dataset.subjects.values() if s.name != name for p in s.test]
     tokens = Yollava()

@@ -9,7 +9,7 @@ from yollava_cli.learning.signals import Signal, register
 class Brightness(Signal):
     name = "brightness"
 
-    def score(self, vlm, concept, photos, on_progress=None):
+    def score(self, vlm, concept, photos):
         images = [p.load() for p in photos]
         return [None if image is None else float(np.asarray(image.convert("L"), np.float32).mean() / 255) for image in images]
 

@@ -18,6 +18,16 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
+def said():
+    """The status lines the test's code reports (yollava_cli.reporting), as the CLI would print them."""
+    from yollava_cli.reporting import Status, reporting
+
+    lines = []
+    with reporting(lambda event: lines.append(event.text) if isinstance(event, Status) else None):
+        yield lines
+
+
+@pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """A fresh data dir for each test, via YOLLAVA_HOME."""
     path = tmp_path / "home"

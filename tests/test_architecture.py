@@ -36,6 +36,12 @@ def test_sql_stays_in_the_store():
     assert counts_module().count(PACKAGE)["sql_outside_store"] == []
 
 
+def test_progress_travels_as_events_not_callbacks():
+    """Deep code reports typed events to the current reporter (yollava_cli.reporting) instead of
+    on_status/on_progress/on_event callbacks threaded through every layer (206 mentions before; 0 now)."""
+    assert counts_module().count(PACKAGE)["callback_mentions"] <= 10
+
+
 def test_the_cli_decides_where_work_runs_in_one_place():
     """Only cli/options.py turns --ray into an executor; the commands pass the executor on."""
     mentions = [f"{path.name}:{line}: {text}" for path in sorted((PACKAGE / "cli").glob("*.py")) if path.name != "options.py"

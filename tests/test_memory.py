@@ -10,7 +10,9 @@ import tracemalloc
 from PIL import Image
 from tiny import tiny_llava
 
+from yollava_cli.learning.events import ScoringPhotos
 from yollava_cli.models.vlm import SCORE_BATCH, VLM
+from yollava_cli.reporting import reporting
 from yollava_cli.store.concepts import add_concept
 from yollava_cli.store.registry import Registry
 from yollava_cli.use.find import find
@@ -71,11 +73,13 @@ def test_find_holds_one_scoring_batch_at_a_time(tmp_path):
     gc.collect()
     before = images_alive()  # what earlier tests in this process left alive is not find's
 
-    def count_images(done, total):
-        alive.append(images_alive() - before)
+    def count_images(event):
+        if isinstance(event, ScoringPhotos):
+            alive.append(images_alive() - before)
 
     def search(name):
-        found[name] = find(registry, vlm, "bo", [tmp_path / name], by="tokens", on_progress=count_images)
+        with reporting(count_images):
+            found[name] = find(registry, vlm, "bo", [tmp_path / name], by="tokens")
 
     for name in ("few", "many"):
         vlm.features.clear()  # every photo decoded: none is scored from cached features

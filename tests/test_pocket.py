@@ -16,6 +16,7 @@ from PIL import Image  # noqa: E402
 
 from yollava_cli.models.efficientnet import load_efficientnet_lite, preprocess  # noqa: E402
 from yollava_cli.models.pocket import model as pocket  # noqa: E402
+from yollava_cli.reporting import Status, collecting  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 POOL = DATA / "pool" / "imagenet-sample"
@@ -35,9 +36,9 @@ def pocket_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pocket_model(pocket_cache):
-    statuses = []
-    model, processor = pocket.load_pocket(pocket_cache, on_status=statuses.append)
-    assert statuses == ["Building pocket from installed packages (one time)..."]
+    with collecting() as statuses:
+        model, processor = pocket.load_pocket(pocket_cache)
+    assert statuses == [Status("Building pocket from installed packages (one time)...")]
     return model, processor
 
 

@@ -64,33 +64,30 @@ def test_the_fact_that_answers_is_the_whole_answer(vlm):
     assert ask(vlm, ["dog"], "Is he afraid of anything?", [], [], GenerationOptions(max_tokens=48), notes=NOTES)["answer"] == NOTES[2]
 
 
-def test_facts_answer_with_a_photo_and_stay_out_of_what_is_said_about_it(vlm):
+def test_facts_answer_with_a_photo_and_stay_out_of_what_is_said_about_it(vlm, said):
     if not PHOTO.exists():
         pytest.skip(reason=f"shared data not found at {PHOTO}")
     from yollava_cli.store.photos import read_photo
 
     photo = read_photo(PHOTO)
-    said = []
     aged = ask(vlm, ["dog"], "How old is <dog>?", [photo.image], [photo.sha256], GenerationOptions(max_tokens=24),
-               notes=NOTES, on_status=said.append)
+               notes=NOTES)
     assert aged["answer"] == aged["quoted_note"] == NOTES[0]
     doing = ask(vlm, ["dog"], "What is <dog> doing here?", [photo.image], [photo.sha256], GenerationOptions(max_tokens=24),
-                notes=NOTES, on_status=said.append)
+                notes=NOTES)
     assert doing["quoted_note"] is None and not any(note[len("<dog> "):-1] in doing["answer"] for note in NOTES)
     assert said == ["3 facts left out: the question is about the photo"]
 
 
-def test_a_direct_question_no_fact_answers_is_answered_without_reciting_one(vlm):
+def test_a_direct_question_no_fact_answers_is_answered_without_reciting_one(vlm, said):
     """With the facts in its prompt, pocket recited one: "What colour are <cat>'s eyes?" was
     answered "The answer to your question is:  thing loves feather wands." (neutral rows; on the
     trained <dog>, "What colour is his fur?" got "The answer is: dog is 4 years old."). A direct
     question no fact answers now gets none, and ask says so."""
     cat = ["<cat> is 7 years old.", "<cat> loves feather wands.", "<cat> only eats salmon."]
     vlm.tokens.add("cat", 16)
-    said = []
     try:
-        eyes = ask(vlm, ["cat"], "What colour are <cat>'s eyes?", [], [], GenerationOptions(max_tokens=48), notes=cat,
-                   on_status=said.append)
+        eyes = ask(vlm, ["cat"], "What colour are <cat>'s eyes?", [], [], GenerationOptions(max_tokens=48), notes=cat)
     finally:
         vlm.tokens.remove("cat")
     assert eyes["quoted_note"] is None and said == ["3 facts left out: none answers the question"]

@@ -8,6 +8,8 @@ from PIL import Image
 from yollava_cli.errors import UserError
 from yollava_cli.learning import mining
 from yollava_cli.learning.embeddings import Embedder
+from yollava_cli.learning.events import ScanningPool
+from yollava_cli.reporting import Status, collecting
 from yollava_cli.store.concepts import add_concept
 from yollava_cli.store.photos import BadPhoto
 from yollava_cli.store.registry import Registry
@@ -49,8 +51,9 @@ def test_an_emptied_pool_folder_keeps_its_rows_and_says_so(pooled):
     hidden = pool.parent / "hidden"
     pool.rename(hidden)
     pool.mkdir()  # the mount point of an unmounted drive: there, but empty
-    said = []
-    result = mining.add_pool(registry, "p", pool, ColorEmbedder(), on_status=said.append)
+    with collecting() as heard:
+        result = mining.add_pool(registry, "p", pool, ColorEmbedder())
+    said = [e.text for e in heard if isinstance(e, Status)]
     assert result["photos"] == 0 and pool_rows(registry) == 4
     assert len(said) == 1 and "kept its 4 known files" in said[0]
     pool.rmdir()
@@ -69,8 +72,9 @@ def test_negatives_that_cannot_be_stored_are_reported(pooled, monkeypatch):
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(mining, "read_photo", read_photo)
-    said = []
-    result = mining.mine(registry, "bo", ColorEmbedder(), hard=2, easy=2, on_status=said.append)
+    with collecting() as heard:
+        result = mining.mine(registry, "bo", ColorEmbedder(), hard=2, easy=2)
+    said = [e.text for e in heard if isinstance(e, Status)]
     assert len(result.negatives) == 3
     assert result.dropped == [{"photo": victim, "reason": "no such file"}]
     assert any("dropped 1 chosen negative" in line and victim in line for line in said)
@@ -80,8 +84,9 @@ def test_mine_names_the_embedder_auto_chose(pooled):
     registry, _ = pooled
     embedder = ColorEmbedder()
     embedder.note = "embedder: color (auto: a test)"
-    said = []
-    mining.mine(registry, "bo", embedder, hard=2, easy=2, on_status=said.append)
+    with collecting() as heard:
+        mining.mine(registry, "bo", embedder, hard=2, easy=2)
+    said = [e.text for e in heard if isinstance(e, Status)]
     assert said == ["embedder: color (auto: a test)"]
 
 
@@ -117,8 +122,9 @@ def test_pool_add_interrupted_while_scanning_leaves_no_pool(tmp_path, monkeypatc
 
 def test_pool_add_reports_its_scan_and_refuses_a_folder_with_no_usable_photo(tmp_path):
     registry = Registry(tmp_path / "home")
-    progress = []
-    mining.add_pool(registry, "big", nested_pool(tmp_path), ColorEmbedder(), on_scan=lambda done, total: progress.append((done, total)))
+    with collecting() as heard:
+        mining.add_pool(registry, "big", nested_pool(tmp_path), ColorEmbedder())
+    progress = [(e.done, e.total) for e in heard if isinstance(e, ScanningPool)]
     walked = [done for done, total in progress if total is None]
     assert walked == sorted(walked) and walked[-1] == 12 and len(walked) >= 4  # found so far, folder by folder
     assert [p for p in progress if p[1] is not None] == [(i, 12) for i in range(1, 13)]  # then checked of all

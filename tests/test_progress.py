@@ -1,30 +1,31 @@
 """Progress that does not mislead: each long step names itself, counts what it can, and its bar
 ends with it."""
 
+import dataclasses
 import io
 import subprocess
 import sys
-from typing import get_args
 
 import pytest
 from rich.console import Console
 from rich.progress import Progress
 from tiny import tiny_llava
 
-from yollava_cli.cli.render import TrainView, train_view
+from yollava_cli.cli.render import Display, showing
 from yollava_cli.learning import events
 from yollava_cli.models.vlm import VLM
+from yollava_cli.reporting import Counted, Status, collecting, report
 from yollava_cli.use.ask import GenerationOptions
 from yollava_cli.use.explain import explain
 
 
-def view(epochs: int = 15) -> TrainView:
+def view(epochs: int = 15) -> Display:
     console = Console(file=io.StringIO(), force_terminal=True, width=120)
-    return TrainView(Progress(console=console), epochs)
+    return Display(Progress(console=console), epochs)
 
 
-def shown(train_view: TrainView) -> list[tuple[str, float, float | None]]:
-    return [(t.description, t.completed, t.total) for t in train_view.bar.tasks]
+def shown(display: Display) -> list[tuple[str, float, float | None]]:
+    return [(t.description, t.completed, t.total) for t in display.bar.tasks]
 
 
 def test_training_counts_one_epoch_at_a_time_and_names_each_step():
@@ -39,12 +40,14 @@ def test_training_counts_one_epoch_at_a_time_and_names_each_step():
     assert shown(v) == [("Training epoch 1 (of at most 15)", 6, 6)]
     v(events.EpochStarted(1, 6))
     assert shown(v) == [("Training epoch 2 (of at most 15)", 0, 6)]
-    v.embedding(5, 40)
+    v(events.EmbeddingToMine(5, 40))
     assert shown(v) == [("Embedding photos to mine negatives", 5, 40)]
     v.note("<dog> (1/2, fold 1/1)")
     assert shown(v) == []
-    with train_view(15) as v:
+    with showing(15) as v:
         assert v.bar.live.transient  # the bars are cleared at the end, not left frozen
+        report(events.EpochStarted(0, 6))  # deep code reports to it, with no callback passed down
+        assert shown(v) == [("Training epoch 1 (of at most 15)", 0, 6)]
 
 
 def test_the_view_renders_every_event_and_refuses_anything_else():
@@ -64,10 +67,18 @@ def test_the_view_renders_every_event_and_refuses_anything_else():
         (events.EmbeddingToMine(1, 2), [("Embedding photos to mine negatives", 1, 2, "")], []),
         (events.SubjectStarted("dog", 0, 2, 0, 1), [], ["<dog> (1/2, fold 1/1)"]),
         (events.Scoring("dog", "yollava"), [], ["  scoring with yollava"]),
+        (events.SubjectsEvaluated(1, 3), [("Evaluating subjects", 1, 3, "")], []),
+        (events.EmbeddingPhotos(1, 2), [("Embedding photos", 1, 2, "")], []),
+        (events.ScanningPool(4, None), [("Scanning the pool's folder", 4, None, "")], []),
+        (events.ScoringPhotos(1, 2), [("Scoring photos", 1, 2, "")], []),
+        (events.ExplainingTokens(1, 2), [("Explaining the latent tokens", 1, 2, "")], []),
+        (events.ConceptsTrained(1, 2), [("Training concepts on workers", 1, 2, "")], []),
+        (Status("Mining negatives for <dog>..."), [("Training concepts on workers", 1, 2, "")], ["Mining negatives for <dog>..."]),
     ]
-    assert {type(e) for e, _, _ in expected} == set(get_args(events.EvalEvent))  # a new event must be rendered too
+    every = {c for c in vars(events).values() if isinstance(c, type) and dataclasses.is_dataclass(c) and c is not Counted}
+    assert {type(e) for e, _, _ in expected} == every | {Status}  # a new event must be rendered too
     printed = io.StringIO()
-    v = TrainView(Progress(console=Console(file=printed, force_terminal=False, width=200)), 15)
+    v = Display(Progress(console=Console(file=printed, force_terminal=False, width=200)), 15)
     for event, bars, lines in expected:
         before = printed.getvalue()
         v(event)
@@ -80,18 +91,19 @@ def test_the_view_renders_every_event_and_refuses_anything_else():
 def test_explain_counts_the_tokens():
     vlm = VLM(*tiny_llava(), "tiny")
     vlm.tokens.add("bo", 3)
-    counted = []
-    explain(vlm, "bo", GenerationOptions(max_tokens=2), lambda done, total: counted.append((done, total)))
-    assert counted == [(1, 3), (2, 3), (3, 3)]
+    with collecting() as counted:
+        explain(vlm, "bo", GenerationOptions(max_tokens=2))
+    assert counted == [events.ExplainingTokens(1, 3), events.ExplainingTokens(2, 3), events.ExplainingTokens(3, 3)]
 
 
 def test_piped_progress_prints_nothing_of_its_own():
     """With stderr piped (find's scores on stdout, its notes on stderr) a bar adds no blank line:
     stderr carries the step lines only."""
-    code = ("from yollava_cli.cli.output import progress_bar\nfrom yollava_cli.cli.render import train_view\n"
-            "from yollava_cli.learning import events\n"
-            "with progress_bar('Looking for <bo>') as update:\n    update(1, 2)\n"
-            "with train_view(2) as view:\n    view(events.FittingHead())\n")
+    code = ("from yollava_cli.cli.render import showing\nfrom yollava_cli.learning import events\n"
+            "from yollava_cli.reporting import report\n"
+            "with showing(labels={events.ScoringPhotos: 'Looking for <bo>'}, waiting='Looking for <bo>'):\n"
+            "    report(events.ScoringPhotos(1, 2))\n"
+            "with showing(2):\n    report(events.FittingHead())\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "Fitting the concept head and its fusion with the tokens...\n"

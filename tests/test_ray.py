@@ -16,7 +16,9 @@ from conftest import invoke, run_cli, shared_data
 from tiny import tiny_llava
 
 from yollava_cli.evaluation.dataset import load_dataset
+from yollava_cli.learning.events import SubjectsEvaluated, SubjectStarted
 from yollava_cli.learning.train_config import TrainConfig
+from yollava_cli.reporting import reporting
 
 if importlib.util.find_spec("ray") is None:
     pytest.skip(reason="Ray is not installed: pip install 'yollava[ray]' (bash scripts/install.sh --ray)", allow_module_level=True)
@@ -178,6 +180,20 @@ def test_train_on_ray_records_the_serial_runs_checkpoints(cluster, tiny_model, t
         assert stored(tmp_path / "ray", name) == stored(home, name)
 
 
+def test_eval_on_ray_reports_each_subjects_progress(cluster, tiny_model, tmp_path):
+    """`eval --ray` lost its progress when Ray became an executor: the workers' events stayed on
+    the workers. They are reported here as each subject finishes: the serial run's lines on stderr
+    (a subject's line, its epochs', its methods'), and stdout is still exactly the JSON document."""
+    on_ray = invoke("eval", shared_data() / "concepts", "--subjects", "dog,cat", "--methods", "embedding", "--epochs", "1",
+                    "--model", tiny_model, "--ray", "auto", "--json", home=tmp_path)
+    assert on_ray.returncode == 0, on_ray.stderr
+    assert json.loads(on_ray.stdout)["ray"]["workers"] == 2
+    # subjects finish in either order on two workers; an epoch's figures aside
+    shown = sorted(line.split(":")[0] for line in on_ray.stderr.splitlines() if line.startswith(("<", "epoch", "  scoring")))
+    assert shown == sorted(["<dog> (1/2, fold 1/1)", "<cat> (2/2, fold 1/1)", "epoch  1", "epoch  1",
+                            "  scoring with embedding", "  scoring with embedding"]), on_ray.stderr
+
+
 @pytest.mark.slow
 def test_eval_on_ray_gives_the_serial_runs_metrics_through_a_killed_worker_and_an_interrupted_driver(cluster, tiny_model, tmp_path):
     """Three subjects on two workers. The first run's driver stops after one subject (as if killed:
@@ -194,27 +210,32 @@ def test_eval_on_ray_gives_the_serial_runs_metrics_through_a_killed_worker_and_a
     serial = run_eval(LocalExecutor(vlm=load_vlm(str(tiny_model)), loaded_embedder=load_embedder(EMBEDDER)), data,
                       tmp_path / "serial", methods, [], FAST)
 
-    def stop_after_one(done, total):
-        if done == 1:
+    def stop_after_one(event):
+        if event == SubjectsEvaluated(1, 4):
             raise KeyboardInterrupt
 
-    killed = []
+    killed, heard = [], []
 
-    def kill_a_busy_worker(done, total):
-        if done == 1 and not killed:
+    def kill_a_busy_worker(event):
+        heard.append(event)
+        if event == SubjectsEvaluated(1, 3) and not killed:
             killed.append(busy_worker_pid("Worker.run"))
             if killed[0] is not None:
                 os.kill(killed[0], signal.SIGKILL)
 
     with RayExecutor("auto", str(tiny_model), None, EMBEDDER, needs_model=True) as executor:
-        with pytest.raises(KeyboardInterrupt):
-            run_eval(executor, data, tmp_path / "ray", methods, [], FAST, on_progress=stop_after_one)
+        with pytest.raises(KeyboardInterrupt), reporting(stop_after_one):
+            run_eval(executor, data, tmp_path / "ray", methods, [], FAST)
     results = next((tmp_path / "ray").glob("results-*.fold0.json"))
     assert len(json.loads(results.read_text())) == 1  # one subject, whole
     with RayExecutor("auto", str(tiny_model), None, EMBEDDER, needs_model=True) as executor:
-        result = run_eval(executor, data, tmp_path / "ray", methods, [], FAST, on_progress=kill_a_busy_worker)
+        with reporting(kill_a_busy_worker):
+            result = run_eval(executor, data, tmp_path / "ray", methods, [], FAST)
         report = executor.report()
     assert killed and killed[0] is not None
+    # the workers' events reached this reporter, each subject's before the count that finished it
+    assert [e.done for e in heard if isinstance(e, SubjectsEvaluated)] == [0, 1, 2, 3]
+    assert sorted(e.subject for e in heard if isinstance(e, SubjectStarted)) == ["backpack", "cat"]
     assert sum(report["units_per_worker"].values()) == 3  # two subjects (one of them run twice counts once) and the forgetting check
     for key in ("subjects", "methods", "forgetting", "folds", "negatives", "protocol", "model"):
         assert result[key] == serial[key], key

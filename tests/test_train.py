@@ -28,6 +28,7 @@ from yollava_cli.learning.training import (
 from yollava_cli.models.decoding import NO_WORDS, YES_WORDS
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
+from yollava_cli.reporting import reporting
 from yollava_cli.store.concepts import add_concept, describe_concept
 from yollava_cli.store.registry import Registry
 
@@ -143,7 +144,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(registry, tmp_pa
             seen.append(event)
             raise KeyboardInterrupt
 
-    stopped = train_concept(registry, tiny_vlm(), "bo", FAST, on_event=interrupt)
+    with reporting(interrupt):
+        stopped = train_concept(registry, tiny_vlm(), "bo", FAST)
     assert stopped.interrupted and len(stopped.history) == 1 and seen
     assert (registry.root / "checkpoints" / "bo" / "resume.safetensors").exists()
     resumed_vlm = tiny_vlm()
@@ -210,8 +212,8 @@ def test_a_run_that_fails_is_recorded_as_failed_with_its_error(registry):
         if isinstance(event, Step) and event.epoch == 1:
             raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space left"):
-        train_concept(registry, tiny_vlm(), "bo", FAST, on_event=break_disk)
+    with pytest.raises(OSError, match="No space left"), reporting(break_disk):
+        train_concept(registry, tiny_vlm(), "bo", FAST)
     status, results, finished = registry.db.execute("SELECT status, results, finished_at FROM runs WHERE kind = 'train'").fetchone()
     assert status == "failed" and finished
     assert json.loads(results)["error"] == "OSError: [Errno 28] No space left on device"

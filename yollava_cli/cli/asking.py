@@ -14,12 +14,13 @@ from yollava_cli.cli.output import (
     open_registry,
     print_json,
     print_table,
-    progress_bar,
     status,
 )
-from yollava_cli.cli.render import train_showing_progress
+from yollava_cli.cli.render import showing, train_showing_progress
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
+from yollava_cli.learning import events
+from yollava_cli.reporting import Status, reporting
 from yollava_cli.store import concepts
 
 
@@ -37,7 +38,7 @@ def open_session(names: list[str], question: str, model: Optional[str], no_train
 
     registry = open_registry()
     train = None if no_train else (lambda name: train_showing_progress(registry, name, model, quantize=quantize))
-    vlm, wanted = load(registry, names, question, model, quantize, train, on_status=status)
+    vlm, wanted = load(registry, names, question, model, quantize, train)
     return registry, vlm, wanted
 
 
@@ -74,8 +75,7 @@ def ask(
     registry, vlm, wanted = open_session(names, question, model, no_train, quantize)
     stream = None if json_ else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
     result = answer(vlm, wanted, question, images, keys, GenerationOptions(max_tokens, temperature, seed), stream,
-                    notes=prompt_notes(registry, wanted), verdicts=recognize(registry, vlm, wanted, images, keys),
-                    on_status=status)
+                    notes=prompt_notes(registry, wanted), verdicts=recognize(registry, vlm, wanted, images, keys))
     if json_:
         return print_json(result)
     sys.stdout.write("\n")
@@ -158,7 +158,8 @@ def chat_loop(chat_session) -> None:
         try:  # the prompt is inside: a Ctrl-C right after it still only stops this answer
             sys.stdout.write("yollava> ")
             sys.stdout.flush()
-            chat_session.say(line, lambda text: (sys.stdout.write(text), sys.stdout.flush()), on_status=chat_notice)
+            with reporting(chat_notice):
+                chat_session.say(line, lambda text: (sys.stdout.write(text), sys.stdout.flush()))
         except KeyboardInterrupt:
             sys.stdout.write(" [stopped]")
         except UserError as e:  # a question too long for the model: this turn is refused, the chat goes on
@@ -170,12 +171,14 @@ def chat_loop(chat_session) -> None:
         sys.stdout.flush()
 
 
-def chat_notice(message: str) -> None:
+def chat_notice(event) -> None:
     """A line about the answer that has just begun (what its prompt left out): on a line of its
     own, then the answer's prompt again."""
+    if not isinstance(event, Status):
+        return
     sys.stdout.write("\n")
     sys.stdout.flush()
-    status(message)
+    status(event.text)
     sys.stdout.write("yollava> ")
     sys.stdout.flush()
 
@@ -216,9 +219,9 @@ def find(
     # the head alone needs no language model: it scores cached image embeddings
     registry, vlm = (open_registry(), None) if by == "head" else open_session([name], "", model, no_train, quantize)[:2]
     with executor(ray) as ex:
-        with progress_bar(f"Looking for <{concepts.parse_name(name)}>") as on_progress:
-            result = search(registry, vlm, name, photos, threshold, on_progress, by, verify, embedders=ex.embedder,
-                            explain=explain)
+        looking = f"Looking for <{concepts.parse_name(name)}>"
+        with showing(labels={events.EmbeddingPhotos: looking, events.ScoringPhotos: looking}, waiting=looking):
+            result = search(registry, vlm, name, photos, threshold, by, verify, embedders=ex.embedder, explain=explain)
         if ex.report() is not None:  # --by tokens embeds nothing: no worker was started
             result["ray"] = ex.report()
     shown = result["results"][:top] if top else result["results"]
@@ -264,8 +267,9 @@ def explain(
     from yollava_cli.use.explain import training_seed
 
     registry, vlm, wanted = open_session([name], "", model, no_train=True, quantize=quantize)
-    with progress_bar(f"Explaining <{wanted[0]}>'s latent tokens") as on_progress:
-        result = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens), on_progress, training_seed(registry, wanted[0]))
+    explaining = f"Explaining <{wanted[0]}>'s latent tokens"
+    with showing(labels={events.ExplainingTokens: explaining}, waiting=explaining):
+        result = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens), training_seed(registry, wanted[0]))
     if json_:
         return print_json(result)
     shared = result["shared_nearest_words"]

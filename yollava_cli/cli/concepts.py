@@ -20,11 +20,11 @@ from yollava_cli.cli.output import (
     out,
     print_json,
     print_table,
-    progress_bar,
     status,
 )
-from yollava_cli.cli.render import render_concept, render_train, train_showing_progress
+from yollava_cli.cli.render import render_concept, render_train, showing, train_showing_progress
 from yollava_cli.errors import UserError
+from yollava_cli.learning import events
 from yollava_cli.learning.train_config import RANGES, TrainConfig
 from yollava_cli.store import concepts
 
@@ -107,9 +107,9 @@ def mine(
     for each in pool or []:
         pool_by_name(registry, each)
     model = load_embedder(embedder)
-    with progress_bar(f"Embedding photos ({model.id})") as on_progress:
-        result = mining.mine(open_registry(), name, model, pool, hard, easy, seed, duplicate_above,
-                             on_status=status, on_progress=on_progress)
+    embedding = f"Embedding photos ({model.id})"
+    with showing(labels={events.EmbeddingToMine: embedding}, waiting=embedding):
+        result = mining.mine(open_registry(), name, model, pool, hard, easy, seed, duplicate_above)
     if json_:
         return print_json(result.to_json())
     kinds = [n["kind"] for n in result.negatives]
@@ -157,8 +157,9 @@ def train(
 
             if resume:
                 raise UserError("--resume continues an interrupted run on this machine: drop --ray")
-            with progress_bar(f"Training {len(names)} concept(s) on workers") as on_progress:
-                result = ex.train(registry, names, config, on_status=status, on_progress=on_progress)
+            on_workers = f"Training {len(names)} concept(s) on workers"
+            with showing(epochs, {events.ConceptsTrained: on_workers}, waiting=on_workers):
+                result = ex.train(registry, names, config)
             if json_:
                 return print_json(result)
             for item in result["concepts"]:
@@ -307,7 +308,7 @@ def import_(
     new_concept_name(registry, as_ or read_bundle(file)[0]["name"])  # a damaged file or a taken name: refused before torch loads
     from yollava_cli.use.bundles import import_on_its_model
 
-    result = import_on_its_model(registry, file, as_, model, quantize, not skip_model_check, on_status=status)
+    result = import_on_its_model(registry, file, as_, model, quantize, not skip_model_check)
     if json_:
         return print_json(result)
     out.print(f"Imported <{result['concept']}> (trained on {result['base_model']}, k={result['k']}, {result['photos']} photos).", markup=False, highlight=False)

@@ -8,7 +8,7 @@ import typer
 from yollava_cli.cli.app import app
 from yollava_cli.cli.options import JsonFlag, ModelOption, QuantizeOption, RayOption, executor
 from yollava_cli.cli.output import open_registry, out, print_json, print_table, status
-from yollava_cli.cli.render import train_view
+from yollava_cli.cli.render import showing
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
 from yollava_cli.learning.train_config import RANGES, TrainConfig
@@ -54,8 +54,8 @@ def eval_(
     settings = runs.EvalSettings(dataset, methods.split(",") if methods else None, subjects.split(",") if subjects else None, pool or [],
                                  TrainConfig(epochs=epochs, facts_in_tokens=facts_in_tokens), folds,
                                  protocol or runs.PROTOCOLS[0], report)
-    with executor(ray, model, quantize, needs_model=True, on_status=status) as ex, train_view(epochs) as view:
-        result = runs.evaluate(registry, ex, settings, on_event=view)
+    with executor(ray, model, quantize, needs_model=True) as ex, showing(epochs):
+        result = runs.evaluate(registry, ex, settings)
     if json_:
         return print_json(result)
     out.print(reports.markdown(result), markup=False, highlight=False)
@@ -80,7 +80,7 @@ def doctor(
     from yollava_cli.store.trash import empty_trash as delete_trash
 
     if restore:
-        report = checks.restore(data_dir(), on_status=status)
+        report = checks.restore(data_dir())
         status(f"restored the registry from {report['restored_from']}; the damaged one is in the trash")
     elif empty_trash:
         removed = delete_trash(data_dir(), None)

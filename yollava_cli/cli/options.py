@@ -50,7 +50,7 @@ def ray_address(given: str | None) -> str | None:
 
 
 def executor(ray: str | None, model: str | None = None, quantize: str | None = None, embedder: str | None = None,
-             needs_model: bool = False, on_status=None):
+             needs_model: bool = False):
     """Where the command's units run: on Ray workers for --ray (or the config's "ray"), else here.
     The one place the CLI decides; `with executor(...) as ex:` stops workers it started."""
     address = ray_address(ray)
@@ -60,4 +60,4 @@ def executor(ray: str | None, model: str | None = None, quantize: str | None = N
         return RayExecutor(address, model, quantize, embedder, needs_model)
     from yollava_cli.learning.executor import LocalExecutor
 
-    return LocalExecutor(model, quantize, embedder, on_status=on_status)
+    return LocalExecutor(model, quantize, embedder)

@@ -5,17 +5,12 @@ import json
 import sys
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
+
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from yollava_cli.config import data_dir
+from yollava_cli.reporting import Status, reporting
 from yollava_cli.store.fileio import path_text
 from yollava_cli.store.registry import Registry
 
@@ -70,18 +65,10 @@ def status(message: str) -> None:
     err.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
-@contextmanager
-def progress_bar(description: str):
-    """A progress bar on stderr (silent when stderr is not a terminal); yields a (done, total)
-    callback, whose optional third argument changes what the bar says it is doing."""
-    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=err, transient=True, disable=not err.is_terminal)  # piped: not even a blank line
-    task = bar.add_task(description, total=None)
-
-    def update(done: int, total: int | None, doing: str | None = None) -> None:
-        bar.update(task, completed=done, total=total, **({"description": doing} if doing else {}))
-    with bar:
-        yield update
+def show_status(event) -> None:
+    """The command's reporter outside its long work (render.showing): status lines on stderr."""
+    if isinstance(event, Status):
+        status(event.text)
 
 
 COMMAND: ContextVar[dict | None] = ContextVar("command", default=None)  # what the running command opened
@@ -89,8 +76,9 @@ COMMAND: ContextVar[dict | None] = ContextVar("command", default=None)  # what t
 
 @contextmanager
 def command_scope():
-    """One command's lifetime: what it opens (its registry) is closed when it ends."""
-    with ExitStack() as stack:
+    """One command's lifetime: what it opens (its registry) is closed when it ends; what it reports
+    is shown (show_status)."""
+    with ExitStack() as stack, reporting(show_status):
         token = COMMAND.set({"stack": stack})
         try:
             yield COMMAND.get()

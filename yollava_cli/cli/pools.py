@@ -9,9 +9,10 @@ from yollava_cli.cli.output import (
     out,
     print_json,
     print_table,
-    progress_bar,
     status,
 )
+from yollava_cli.cli.render import showing
+from yollava_cli.learning import events
 
 
 @pool_app.command("add")
@@ -28,10 +29,8 @@ def pool_add(name: str, folder: Path, embedder: EmbedderOption = None, ray: RayO
         model = ex.embedder()
         workers = f", {ex.report()['workers']} Ray workers" if ex.report() else ""
         scanning, embedding = f"Scanning {folder}", f"Embedding {folder} ({model.id}{workers})"
-        with progress_bar(scanning) as on_progress:
-            result = mining.add_pool(open_registry(), name, folder, model,
-                                     lambda done, total: on_progress(done, total, embedding), on_status=status,
-                                     on_scan=lambda done, total: on_progress(done, total, scanning))
+        with showing(labels={events.ScanningPool: scanning, events.EmbeddingPool: embedding}, waiting=scanning):
+            result = mining.add_pool(open_registry(), name, folder, model)
         if ex.report() is not None:
             result["ray"] = ex.report()
     for item in result["skipped"]:

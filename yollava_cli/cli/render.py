@@ -1,5 +1,5 @@
-"""Rendering long work and concepts: training's and eval's progress bars and epoch lines, the
-training summary, and `show`."""
+"""Rendering long work and concepts: the progress bars and lines of what long work reports
+(yollava_cli.reporting), the training summary, and `show`."""
 
 import shlex
 from contextlib import contextmanager
@@ -16,15 +16,31 @@ from rich.progress import (
 from yollava_cli.cli.output import err, line, out, print_json, print_table, status
 from yollava_cli.learning import events
 from yollava_cli.learning.train_config import TrainConfig
+from yollava_cli.reporting import Counted, Status, reporting
 from yollava_cli.store.registry import Registry
 
 
-class TrainView:
-    """Renders training and eval events: a counted bar for each step that takes a while (mining's
-    embedding, the attribute conversations, each epoch), a line per epoch; the bars are cleared at the end."""
+# what each counted step's bar says; a command may name its own (`showing(labels=...)`)
+LABELS = {
+    events.EmbeddingPhotos: "Embedding photos",
+    events.ScanningPool: "Scanning the pool's folder",
+    events.EmbeddingPool: "Embedding the pool's photos",
+    events.EmbeddingToMine: "Embedding photos to mine negatives",
+    events.WritingConversations: "Writing attribute conversations",
+    events.ScoringPhotos: "Scoring photos",
+    events.ExplainingTokens: "Explaining the latent tokens",
+    events.SubjectsEvaluated: "Evaluating subjects",
+    events.ConceptsTrained: "Training concepts on workers",
+}
 
-    def __init__(self, bar: Progress, epochs: int):
-        self.bar, self.epochs = bar, epochs
+
+class Display:
+    """The CLI's reporter while long work runs: a counted bar for each step that takes a while
+    (embedding, the attribute conversations, each epoch), a line per epoch and per status; the bars
+    are cleared at the end."""
+
+    def __init__(self, bar: Progress, epochs: int | None = None, labels: dict | None = None):
+        self.bar, self.epochs, self.labels = bar, epochs, {**LABELS, **(labels or {})}
         self.tasks: dict[str, int] = {}
 
     def count(self, label: str, done: int, total: int | None, info: str = "") -> None:
@@ -39,19 +55,19 @@ class TrainView:
         """Print a line and end the bars: the step that follows has nothing to count."""
         for label in list(self.tasks):
             self.bar.remove_task(self.tasks.pop(label))
-        self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        self.line(text)
 
-    def embedding(self, done: int, total: int) -> None:
-        self.count("Embedding photos to mine negatives", done, total)
+    def line(self, text: str) -> None:
+        self.bar.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def epoch(self, epoch: int, done: int, steps: int, doing: str = "") -> None:
         # per epoch: early stopping may end training before the last one, so an ETA over all of them misleads
-        self.count(f"Training epoch {epoch + 1} (of at most {self.epochs})", done, steps, doing)
+        self.count(f"Training epoch {epoch + 1}" + (f" (of at most {self.epochs})" if self.epochs else ""), done, steps, doing)
 
-    def __call__(self, event: events.EvalEvent) -> None:
+    def __call__(self, event) -> None:
         match event:
-            case events.WritingConversations(done, total):
-                self.count("Writing attribute conversations", done, total)
+            case Status(text):
+                self.line(text)
             case events.EpochStarted(epoch, steps):
                 self.epoch(epoch, 0, steps)
             case events.Step(epoch, step, steps, loss):
@@ -59,32 +75,32 @@ class TrainView:
             case events.Validating(epoch, steps):
                 self.epoch(epoch, steps, steps, "validating")
             case events.EpochDone(epoch, loss, train_accuracy, v):
-                self.bar.console.print(
-                    f"epoch {epoch:>2}: loss {loss:.3f}  train acc {train_accuracy:.2f}  "
-                    f"validation acc {v['weighted']:.2f} (positive {v['positive']:.2f}, negative {v['negative']:.2f})",
-                    markup=False, highlight=False,
-                )
+                self.line(f"epoch {epoch:>2}: loss {loss:.3f}  train acc {train_accuracy:.2f}  "
+                          f"validation acc {v['weighted']:.2f} (positive {v['positive']:.2f}, negative {v['negative']:.2f})")
             case events.FittingHead():
                 self.note("Fitting the concept head and its fusion with the tokens...")
-            case events.EmbeddingPool(done, total):
-                self.count("Embedding the pool's photos", done, total)
-            case events.EmbeddingToMine(done, total):
-                self.embedding(done, total)
             case events.SubjectStarted(subject, index, total, fold, folds):
                 self.note(f"<{subject}> ({index + 1}/{total}, fold {fold + 1}/{folds})")
             case events.Scoring(method=method):
                 self.note(f"  scoring with {method}")
+            case Counted(done, total):
+                self.count(self.labels[type(event)], done, total)
             case _:
-                raise TypeError(f"not a training or eval event: {event!r}")
+                raise TypeError(f"not an event the CLI shows: {event!r}")
 
 
 @contextmanager
-def train_view(epochs: int):
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+def showing(epochs: int | None = None, labels: dict | None = None, waiting: str | None = None):
+    """The command's long work shown on stderr while the block runs (see Display); `waiting`: a
+    bar shown before the first event arrives."""
+    bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, transient=True,
                    disable=not err.is_terminal)  # piped: the step lines only, no blank line for the bar
-    with bar:
-        yield TrainView(bar, epochs)
+    display = Display(bar, epochs, labels)
+    if waiting:
+        display.count(waiting, 0, None)
+    with bar, reporting(display):
+        yield display
 
 
 def render_train(result, json_: bool) -> None:
@@ -108,9 +124,8 @@ def train_showing_progress(registry: Registry, name: str, model: str | None, con
     from yollava_cli.use import session
 
     config = config or TrainConfig()
-    with train_view(config.epochs) as view:
-        return session.train(registry, name, model, quantize, config, resume,
-                             on_status=status, on_progress=view.embedding, on_event=view)
+    with showing(config.epochs):
+        return session.train(registry, name, model, quantize, config, resume)
 
 
 def render_concept(info: dict) -> None:

@@ -5,7 +5,6 @@ and the forgetting check. evaluation.runs runs it over a dataset's subjects.
 
 import hashlib
 import json
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -16,7 +15,7 @@ from yollava_cli.errors import UserError
 from yollava_cli.evaluation.dataset import Dataset, Subject
 from yollava_cli.evaluation.methods import Method, build_methods
 from yollava_cli.evaluation.metrics import FACT_SETTINGS, auc
-from yollava_cli.learning.events import EmbeddingToMine, Scoring
+from yollava_cli.learning.events import Scoring
 from yollava_cli.learning.recognition import current
 from yollava_cli.learning.synthesis import answer_once, score_question, subject_word
 from yollava_cli.learning.training import (
@@ -27,6 +26,7 @@ from yollava_cli.learning.training import (
 )
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
+from yollava_cli.reporting import report
 from yollava_cli.store.concepts import add_concept, current_checkpoint_file
 from yollava_cli.store.facts import as_sentence, set_facts
 from yollava_cli.store.photos import BadPhoto, read_photo
@@ -52,9 +52,9 @@ def mcq_prompt(item: dict) -> str:
 
 class Evaluation:
     def __init__(self, dataset: Dataset, vlm: VLM, registry: Registry, embedder, methods: list[str],
-                 config: TrainConfig, on_event: Callable[..., None]):
+                 config: TrainConfig):
         self.dataset, self.vlm, self.registry, self.embedder = dataset, vlm, registry, embedder
-        self.methods, self.config, self.on_event = build_methods(methods), config, on_event
+        self.methods, self.config = build_methods(methods), config
         self.images: dict[Path, tuple] = {}
         self.auto_descriptions: dict[str, str] = {}
         self.embedded: dict[Path, np.ndarray] = {}
@@ -118,9 +118,7 @@ class Evaluation:
         checkpoint = self.registry.current_checkpoint(concept["id"])
         other_config = checkpoint is None or json.loads(checkpoint["config"] or "{}") != asdict(self.config)
         if concept["status"] != ConceptStatus.TRAINED or concept["base_fingerprint"] != self.vlm.fingerprint or other_config:
-            prepare_concept(self.registry, subject.name, lambda: self.vlm, lambda: self.embedder, self.config,
-                            on_progress=lambda done, total: self.on_event(EmbeddingToMine(done, total)),
-                            on_event=self.on_event)
+            prepare_concept(self.registry, subject.name, lambda: self.vlm, lambda: self.embedder, self.config)
             concept = self.registry.concept(subject.name)
         if subject.name not in self.vlm.tokens:
             self.vlm.tokens.load(current_checkpoint_file(self.registry, concept))
@@ -153,7 +151,7 @@ class Evaluation:
         others = [p for s in self.dataset.subjects.values() if s.name != subject.name for p in s.test]
         results = {}
         for method in self.methods:
-            self.on_event(Scoring(subject.name, method.name))
+            report(Scoring(subject.name, method.name))
             with self.identifier_for(method, subject.name):
                 pos, neg = method.scores(self, subject.name, subject.test), method.scores(self, subject.name, others)
                 threshold = method.threshold(self, subject.name, concept)

@@ -10,7 +10,6 @@ interrupted run resumes) and, beside it, each subject's checkpoint for the forge
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,10 +20,11 @@ from yollava_cli.evaluation.methods import build_methods, method_names
 from yollava_cli.evaluation.metrics import PROTOCOLS, merge_folds, summarise
 from yollava_cli.evaluation.report import write_report
 from yollava_cli.evaluation.runner import Evaluation
-from yollava_cli.learning.events import EmbeddingPool, SubjectStarted
+from yollava_cli.learning.events import SubjectsEvaluated, SubjectStarted
 from yollava_cli.learning.executor import Env, code_version
 from yollava_cli.learning.mining import add_pool
 from yollava_cli.learning.train_config import TrainConfig
+from yollava_cli.reporting import report
 from yollava_cli.store.concepts import add_concept
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.photos import expand_photo_paths
@@ -38,8 +38,7 @@ def results_path(eval_root: Path, dataset: Dataset, model_fingerprint: str, meth
 
 
 def run_eval(executor, dataset: Dataset, eval_root: Path, methods: list[str], pools: list[Path],
-             config: TrainConfig | None = None, folds: int = 1, on_event: Callable[..., None] | None = None,
-             protocol: str = PROTOCOLS[0], on_progress: Callable[[int, int], None] | None = None) -> dict:
+             config: TrainConfig | None = None, folds: int = 1, protocol: str = PROTOCOLS[0]) -> dict:
     """Evaluate every subject not finished yet (on the executor), then each fold's forgetting check,
     and summarise with intervals.
 
@@ -47,10 +46,10 @@ def run_eval(executor, dataset: Dataset, eval_root: Path, methods: list[str], po
     negatives mined out of the pools (without --pool, out of the other subjects' train photos as a
     pool): its concept head knows no other subject. `library` trains every subject beside the
     others, as a user's concepts: each head knows the others' train photos, so a look-alike among
-    the test negatives (another corgi) was seen in training, as in a user's own library."""
+    the test negatives (another corgi) was seen in training, as in a user's own library.
+    Reports SubjectsEvaluated as each unit finishes, on either executor."""
     check_run(dataset, methods, protocol)
     config = config or TrainConfig()
-    on_progress = on_progress or (lambda done, total: None)
     start = time.perf_counter()
     model = executor.model(units=len(dataset.subjects) * folds)
     shared = executor.share(dataset.root, dataset_files(dataset))
@@ -71,7 +70,7 @@ def run_eval(executor, dataset: Dataset, eval_root: Path, methods: list[str], po
                            "subject": name, "index": index, "methods": methods, "config": asdict(config),
                            "protocol": protocol, "workspace": workspace if executor.local else None},))
     total, finished = len(units) + folds, 0
-    on_progress(0, total)
+    report(SubjectsEvaluated(0, total))
 
     def write(unit: tuple, result: dict) -> None:
         """One finished subject, in its own writes: its checkpoint, then the results file that names it."""
@@ -81,9 +80,9 @@ def run_eval(executor, dataset: Dataset, eval_root: Path, methods: list[str], po
         done[unit[0]["subject"]] = result["results"]
         atomic_write_bytes(path, json.dumps(done, indent=1).encode())
         finished += 1
-        on_progress(finished, total)
+        report(SubjectsEvaluated(finished, total))
 
-    executor.run(evaluate_subject, units, write, on_event)
+    executor.run(evaluate_subject, units, write)
     checks = [({"dataset": shared, "only": only, "fold": fold, "folds": folds,
                 "checkpoints": {name: (checkpoints_folder(path) / f"{name}.safetensors").read_bytes() for name in done}},)
               for fold, (path, done) in enumerate(folds_done)]
@@ -93,7 +92,7 @@ def run_eval(executor, dataset: Dataset, eval_root: Path, methods: list[str], po
         nonlocal finished
         forgotten[unit[0]["fold"]] = result
         finished += 1
-        on_progress(finished, total)
+        report(SubjectsEvaluated(finished, total))
 
     executor.run(forgetting, checks, count)
     folded = [(done, forgotten[fold]) for fold, (_, done) in enumerate(folds_done)]
@@ -121,16 +120,15 @@ def evaluate_subject(env: Env, unit: dict) -> dict:
     checkpoint file's bytes."""
     data = unit_dataset(env, unit)
     subject = data.subjects[unit["subject"]]
-    env.on_event(SubjectStarted(subject.name, unit["index"], len(data.subjects), unit["fold"], unit["folds"]))
+    report(SubjectStarted(subject.name, unit["index"], len(data.subjects), unit["fold"], unit["folds"]))
     pools = [env.folder(pool) for pool in unit["pools"]]
     with env.workspace(unit["workspace"]) as folder:
         if unit["protocol"] == "library":
-            registry = library_registry(folder, data, pools, env.embedder, env.on_event)
+            registry = library_registry(folder, data, pools, env.embedder)
         else:
-            registry = isolated_registry(folder, data, subject, pools, env.embedder, env.on_event)
+            registry = isolated_registry(folder, data, subject, pools, env.embedder)
         with registry:
-            evaluation = Evaluation(data, env.vlm, registry, env.embedder, unit["methods"], TrainConfig(**unit["config"]),
-                                    env.on_event)
+            evaluation = Evaluation(data, env.vlm, registry, env.embedder, unit["methods"], TrainConfig(**unit["config"]))
             results = evaluation.evaluate_subject(subject)
             checkpoint = registry.current_checkpoint(registry.concept(subject.name)["id"])
             return {"results": results, "checkpoint": (registry.root / checkpoint["file"]).read_bytes()}
@@ -144,7 +142,7 @@ def forgetting(env: Env, unit: dict) -> dict:
             path = folder / f"{name}.safetensors"
             path.write_bytes(unit["checkpoints"][name])
             env.vlm.tokens.load(path, name)
-        return Evaluation(data, env.vlm, None, env.embedder, [], TrainConfig(), lambda event: None).forgetting_check()
+        return Evaluation(data, env.vlm, None, env.embedder, [], TrainConfig()).forgetting_check()
 
 
 def check_run(dataset: Dataset, methods: list[str], protocol: str) -> None:
@@ -170,17 +168,17 @@ def run_summary(dataset: Dataset, model: str, folded: list[tuple[dict, dict]], m
             "wall_s": round(time.perf_counter() - start, 1), "finished_at": now()}
 
 
-def library_registry(folder: Path, data: Dataset, pools: list[Path], embedder, on_event) -> Registry:
+def library_registry(folder: Path, data: Dataset, pools: list[Path], embedder) -> Registry:
     """Every subject as a user's concept, in one registry: without --pool, mining finds the others'
     photos (subset or not), and each concept head knows them."""
     registry = Registry(folder)
-    add_pools(registry, pools, embedder, on_event)
+    add_pools(registry, pools, embedder)
     for subject in [*data.subjects.values(), *data.others.values()]:
         add_concept(registry, subject.name, subject.train, kind=subject.kind)
     return registry
 
 
-def isolated_registry(folder: Path, data: Dataset, subject: Subject, pools: list[Path], embedder, on_event) -> Registry:
+def isolated_registry(folder: Path, data: Dataset, subject: Subject, pools: list[Path], embedder) -> Registry:
     """The subject alone, as the paper trains it: its negatives are mined from the pools, or without
     any, from a pool of the other subjects' train photos (copied, so it holds no test photo)."""
     registry = Registry(folder)
@@ -194,15 +192,15 @@ def isolated_registry(folder: Path, data: Dataset, subject: Subject, pools: list
                     if not copy.exists():
                         atomic_write_bytes(copy, photo.read_bytes())
         pools = [others]
-    add_pools(registry, pools, embedder, on_event)
+    add_pools(registry, pools, embedder)
     add_concept(registry, subject.name, subject.train, kind=subject.kind)
     return registry
 
 
-def add_pools(registry: Registry, pools: list[Path], embedder, on_event) -> None:
+def add_pools(registry: Registry, pools: list[Path], embedder) -> None:
     for i, pool in enumerate(pools):
         if registry.pool(f"pool{i}") is None:
-            add_pool(registry, f"pool{i}", pool, embedder, lambda d, t: on_event(EmbeddingPool(d, t)))
+            add_pool(registry, f"pool{i}", pool, embedder)
 
 
 def record_run(registry: Registry, result: dict) -> int:
@@ -236,15 +234,14 @@ class EvalSettings:
     report: Path | None = None
 
 
-def evaluate(registry: Registry, executor, settings: EvalSettings, on_event: Callable[..., None] | None = None,
-             on_progress: Callable[[int, int], None] | None = None) -> dict:
+def evaluate(registry: Registry, executor, settings: EvalSettings) -> dict:
     """`yollava eval`: the dataset checked before any model loads, the run (in the data dir's eval/
     registries), recorded in the user's registry for --history, and its report written if asked."""
     data = load_dataset(settings.dataset, settings.subjects)
     methods = settings.methods or method_names()
     check_run(data, methods, settings.protocol)
     result = run_eval(executor, data, data_dir() / "eval", methods, settings.pools, settings.config,
-                      settings.folds, on_event, settings.protocol, on_progress)
+                      settings.folds, settings.protocol)
     if executor.report() is not None:
         result["ray"] = executor.report()
     result["run_id"] = record_run(registry, result)

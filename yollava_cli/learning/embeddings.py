@@ -20,6 +20,7 @@ from PIL import Image
 
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
+from yollava_cli.learning.events import EmbeddingPhotos
 from yollava_cli.models.cores import use_idle_cores
 from yollava_cli.models.efficientnet import (
     VARIANTS,
@@ -27,6 +28,7 @@ from yollava_cli.models.efficientnet import (
     load_efficientnet_lite,
     weights_path,
 )
+from yollava_cli.reporting import Counted, report
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.photos import BadPhoto, read_photo
 from yollava_cli.store.registry import Registry
@@ -206,10 +208,11 @@ def embed_photos(
     registry: Registry,
     embedder: Embedder,
     photos: dict[str, Callable[[], Image.Image | None]],
-    on_progress: Callable[[int, int], None] | None = None,
+    step: type[Counted] = EmbeddingPhotos,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Vectors for {sha: loader}, embedding only those not cached; each batch is committed as it
     finishes, so an interrupted run keeps its work. A loader returning None skips that photo.
+    Reports `step(done, total)` after each batch: the caller names what the embedding is for.
     Returns (vectors, number newly embedded)."""
     vectors = cached_vectors(registry, embedder.id, photos)
     todo = [sha for sha in photos if sha not in vectors]
@@ -222,6 +225,5 @@ def embed_photos(
             vectors.update(fresh)
         done += len(fresh)
         finished += len(shas)
-        if on_progress:
-            on_progress(finished, len(todo))
+        report(step(finished, len(todo)))
     return vectors, done

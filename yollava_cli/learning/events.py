@@ -1,16 +1,36 @@
-"""What training and eval report while they run: one small frozen dataclass per event, so a
-consumer dispatches with `match event: case Step(...)` and a misspelt event is an error, not a
-kind string that nothing ever matches."""
+"""What long work reports while it runs (see yollava_cli.reporting): one small frozen dataclass
+per event, so a consumer dispatches with `match event: case Step(...)` and a misspelt event is an
+error, not a kind string that nothing ever matches."""
 
 from dataclasses import dataclass
 
+from yollava_cli.reporting import Counted
 
-@dataclass(frozen=True)
-class Counted:
-    """A step that counts what it has done of how many; each subclass names the step."""
+# -- photos (embedding, pools, find, explain) ---------------------------------------------
 
-    done: int
-    total: int
+
+class EmbeddingPhotos(Counted):
+    """Image embeddings of photos not cached yet (find's head, a concept head's negatives)."""
+
+
+class ScanningPool(Counted):
+    """Reading a pool folder's files before embedding them."""
+
+
+class EmbeddingPool(Counted):
+    """Embedding a pool folder's photos (cached across runs): `pool add`, eval's --pool."""
+
+
+class EmbeddingToMine(Counted):
+    """Embedding the concept's photos and its candidate negatives before mining."""
+
+
+class ScoringPhotos(Counted):
+    """The language model asked "is <name> in this photo?" about each photo (find)."""
+
+
+class ExplainingTokens(Counted):
+    """The model describing each latent token in a few words (explain)."""
 
 
 # -- training (Trainer.run) ---------------------------------------------------------------
@@ -57,17 +77,7 @@ class FittingHead:
     """Fitting the concept head and its fusion with the tokens, after the last epoch."""
 
 
-TrainEvent = WritingConversations | EpochStarted | Step | Validating | EpochDone | FittingHead
-
 # -- eval (run_eval); each subject's training events pass through as they are -------------
-
-
-class EmbeddingPool(Counted):
-    """Embedding a --pool folder's photos (cached across runs)."""
-
-
-class EmbeddingToMine(Counted):
-    """Embedding the concept's photos and its candidate negatives before mining."""
 
 
 @dataclass(frozen=True)
@@ -85,4 +95,12 @@ class Scoring:
     method: str
 
 
-EvalEvent = EmbeddingPool | EmbeddingToMine | SubjectStarted | Scoring | TrainEvent
+class SubjectsEvaluated(Counted):
+    """Units of an eval run finished (subjects in folds, then each fold's forgetting check)."""
+
+
+# -- train --ray ----------------------------------------------------------------------------
+
+
+class ConceptsTrained(Counted):
+    """Concepts trained on Ray workers and recorded here."""

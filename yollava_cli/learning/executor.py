@@ -5,10 +5,11 @@ concept to train. An executor runs units; `LocalExecutor` here, one after anothe
 change to eval or training is made once.
 
 `Env` is what a unit may use where it runs: the model and the embedder, loaded once per worker;
-the folders the driver shared (`executor.share`); a folder to work in; and `on_event`, which only
-the local executor connects to the command's display. `Executor` says what an executor provides:
-another one (a thread pool, another cluster) is one class with those members, passed wherever
-an executor is taken (evaluation.runs.run_eval, scale.training, scale.embedding, the CLI's options).
+the folders the driver shared (`executor.share`); and a folder to work in. What a unit reports
+(yollava_cli.reporting) reaches the command's reporter: directly here, sent back with the result
+from a Ray worker. `Executor` says what an executor provides: another one (a thread pool, another
+cluster) is one class with those members, passed wherever an executor is taken
+(evaluation.runs.run_eval, scale.training, scale.embedding, the CLI's options).
 """
 
 import hashlib
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from yollava_cli import __version__
+from yollava_cli.reporting import Status, report
 
 
 @cache
@@ -50,8 +52,7 @@ class Executor(Protocol):
     def model(self, units: int | None = None) -> dict: ...
     def embedder(self, name: str | None = None) -> Any: ...
     def share(self, root: Path, files: list[Path]) -> Any: ...
-    def run(self, fn: Callable, units: list[tuple], on_result: Callable[[tuple, Any], None],
-            on_event: Callable[..., None] | None = None) -> None: ...
+    def run(self, fn: Callable, units: list[tuple], on_result: Callable[[tuple, Any], None]) -> None: ...
     def ordered(self, fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]: ...
     def report(self) -> dict | None: ...
 
@@ -60,17 +61,16 @@ class Env:
     """The machine a unit runs on: what it loaded, and where it may write."""
 
     def __init__(self, model: str | None = None, quantize: str | None = None, embedder: str | None = None,
-                 vlm=None, loaded_embedder=None, on_status: Callable[[str], None] | None = None):
-        self.model_ref, self.quantize, self.embedder_name, self.on_status = model, quantize, embedder, on_status
+                 vlm=None, loaded_embedder=None):
+        self.model_ref, self.quantize, self.embedder_name = model, quantize, embedder
         self._vlm, self._embedder = vlm, loaded_embedder
-        self.on_event: Callable[..., None] = lambda event: None
 
     @property
     def vlm(self):
         if self._vlm is None:
             from yollava_cli.models.loading import load_vlm
 
-            self._vlm = load_vlm(self.model_ref, on_status=self.on_status, quantize=self.quantize)
+            self._vlm = load_vlm(self.model_ref, quantize=self.quantize)
         return self._vlm
 
     @property
@@ -79,8 +79,8 @@ class Env:
             from yollava_cli.learning.embeddings import load_embedder
 
             self._embedder = load_embedder(self.embedder_name)
-            if self._embedder.note and self.on_status:
-                self.on_status(self._embedder.note)
+            if self._embedder.note:
+                report(Status(self._embedder.note))
         return self._embedder
 
     def folder(self, shared: Any) -> Path:
@@ -122,8 +122,8 @@ class LocalExecutor:
     local = True
 
     def __init__(self, model: str | None = None, quantize: str | None = None, embedder: str | None = None,
-                 vlm=None, loaded_embedder=None, on_status: Callable[[str], None] | None = None):
-        self.env = Env(model, quantize, embedder, vlm, loaded_embedder, on_status)
+                 vlm=None, loaded_embedder=None):
+        self.env = Env(model, quantize, embedder, vlm, loaded_embedder)
 
     def __enter__(self) -> "LocalExecutor":
         return self
@@ -144,15 +144,10 @@ class LocalExecutor:
     def share(self, root: Path, files: list[Path]) -> Path:
         return root
 
-    def run(self, fn: Callable, units: list[tuple], on_result: Callable[[tuple, Any], None],
-            on_event: Callable[..., None] | None = None) -> None:
+    def run(self, fn: Callable, units: list[tuple], on_result: Callable[[tuple, Any], None]) -> None:
         """`on_result(unit, fn(env, *unit))` for each unit, in order."""
-        self.env.on_event = on_event or (lambda event: None)
-        try:
-            for unit in units:
-                on_result(unit, call(self.env, fn, unit))
-        finally:
-            self.env.on_event = lambda event: None
+        for unit in units:
+            on_result(unit, call(self.env, fn, unit))
 
     def ordered(self, fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]:
         for args in calls:

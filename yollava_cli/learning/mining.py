@@ -16,6 +16,8 @@ import numpy as np
 from yollava_cli.config import load_config
 from yollava_cli.errors import UserError
 from yollava_cli.learning.embeddings import Embedder, PhotoFile, embed_photos
+from yollava_cli.learning.events import EmbeddingPool, EmbeddingToMine, ScanningPool
+from yollava_cli.reporting import Status, report
 from yollava_cli.store.concepts import get_concept, require_photos
 from yollava_cli.store.fileio import path_text
 from yollava_cli.store.photos import (
@@ -61,26 +63,25 @@ class MineResult:
 # -- pools ------------------------------------------------------------------------------
 
 
-def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder, on_progress=None, on_status=None,
-             on_scan=None) -> dict:
+def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder) -> dict:
     """Register a folder of everyday photos as a negative pool and embed it. A new pool is
     registered with its files in one transaction once the folder is scanned, so an interrupted
-    scan (Ctrl-C in `pool add /`) leaves no empty pool behind. `on_scan(done, total)` follows the
-    scan: photos found so far (total None), then photos checked of all found."""
+    scan (Ctrl-C in `pool add /`) leaves no empty pool behind. It reports ScanningPool (photos found
+    so far, total None; then photos checked of all found), then EmbeddingPool."""
     folder = checked_new_pool(name, folder)
     existing = registry.pool(name)
     if existing and existing["path"] != str(folder):
         raise UserError(f"pool {name!r} already points at {existing['path']}; `yollava pool rm {name}` first")
-    candidates, skipped = scan_pool(registry, existing or {"id": None, "name": name, "path": str(folder)}, on_status, on_scan)
-    vectors, embedded = embed_photos(registry, embedder, {c.sha256: c.load for c in candidates}, on_progress)
-    if embedder.note and on_status:
-        on_status(embedder.note)
+    candidates, skipped = scan_pool(registry, existing or {"id": None, "name": name, "path": str(folder)})
+    vectors, embedded = embed_photos(registry, embedder, {c.sha256: c.load for c in candidates}, EmbeddingPool)
+    if embedder.note:
+        report(Status(embedder.note))
     return {"pool": name, "path": str(folder), "photos": len(candidates), "embedded": embedded,
             "unreadable": len(candidates) - len(vectors) + len(skipped), "embedder": embedder.id,
             "skipped": skipped}
 
 
-def scan_pool(registry: Registry, pool: dict, on_status=None, on_scan=None) -> tuple[list[Candidate], list[dict]]:
+def scan_pool(registry: Registry, pool: dict) -> tuple[list[Candidate], list[dict]]:
     """Bring the pool's file list up to date: unchanged files keep their hash, new or changed files
     are hashed, vanished files are dropped, files photo intake refuses are skipped ({"path" in the
     folder, "reason"}). A pool whose folder lost files keeps working. A folder
@@ -91,7 +92,7 @@ def scan_pool(registry: Registry, pool: dict, on_status=None, on_scan=None) -> t
         raise UserError(f"pool {pool['name']!r}: folder {folder} is gone; `yollava pool rm {pool['name']}` or restore it")
     known = {r["path"]: r for r in registry.pool_files(pool["id"])} if pool["id"] is not None else {}
     try:
-        paths = expand_photo_paths([folder], on_found=on_scan and (lambda found: on_scan(found, None)))
+        paths = expand_photo_paths([folder], on_found=lambda found: report(ScanningPool(found, None)))
     except UserError:
         if pool["id"] is None:
             raise
@@ -112,14 +113,12 @@ def scan_pool(registry: Registry, pool: dict, on_status=None, on_scan=None) -> t
             skipped.append({"path": rel, "reason": str(e)})
         except OSError as e:
             skipped.append({"path": rel, "reason": f"cannot read it ({e.strerror or e})"})
-        if on_scan:
-            on_scan(done, len(paths))
+        report(ScanningPool(done, len(paths)))
     if not current and pool["id"] is None:
         raise UserError(f"{folder}: no usable photo to make a pool of (e.g. {skipped[0]['path']}: {skipped[0]['reason']})")
     if known and not current:
-        if on_status:
-            on_status(f"pool {pool['name']!r}: no photos in {folder} now (an unmounted drive?); "
-                      f"kept its {len(known)} known files and skipped it this time")
+        report(Status(f"pool {pool['name']!r}: no photos in {folder} now (an unmounted drive?); "
+                      f"kept its {len(known)} known files and skipped it this time"))
         return [], skipped
     changed = [row for rel, row in current.items() if known.get(rel) != {**row, "pool_id": pool["id"]}]
     with registry.transaction():
@@ -189,17 +188,16 @@ def select_negatives(queries: np.ndarray, matrix: np.ndarray, hard: int, easy: i
 
 
 def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str] | None = None,
-         hard: int = 100, easy: int = 100, seed: int = 0, duplicate_above: float | None = None,
-         on_status=None, on_progress=None) -> MineResult:
+         hard: int = 100, easy: int = 100, seed: int = 0, duplicate_above: float | None = None) -> MineResult:
     """Choose and store a concept's hard and easy negatives (replacing earlier ones)."""
     concept = get_concept(registry, raw_name)
     require_photos(registry, concept)
     own = {p["sha256"]: registry.root / p["file"] for p in registry.concept_photos(concept["id"])}
-    candidates, source = gather_candidates(registry, concept, pools, on_status)
+    candidates, source = gather_candidates(registry, concept, pools)
     candidates = [c for c in candidates if c.sha256 not in own]
     loaders = {sha: file_loader(path) for sha, path in own.items()}
     loaders.update({c.sha256: c.load for c in candidates})
-    vectors, embedded = embed_photos(registry, embedder, loaders, on_progress)
+    vectors, embedded = embed_photos(registry, embedder, loaders, EmbeddingToMine)
     candidates = list({c.sha256: c for c in candidates if c.sha256 in vectors}.values())
     if not candidates:
         raise UserError(f"no readable photos to mine negatives from ({source})")
@@ -215,27 +213,27 @@ def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str]
     picked = [(candidates[r], NegativeKind.HARD, s) for r, s in hard_rows]
     picked += [(candidates[r], NegativeKind.EASY, float((queries @ matrix[r]).max())) for r in easy_rows]
     result = store_negatives(registry, concept, picked, embedder.id)
-    if embedder.note and on_status:
-        on_status(embedder.note)
-    if result.dropped and on_status:
-        on_status(f"dropped {len(result.dropped)} chosen negative(s) that could not be stored: "
-                  + "; ".join(f"{d['photo']} ({d['reason']})" for d in result.dropped))
+    if embedder.note:
+        report(Status(embedder.note))
+    if result.dropped:
+        report(Status(f"dropped {len(result.dropped)} chosen negative(s) that could not be stored: "
+                      + "; ".join(f"{d['photo']} ({d['reason']})" for d in result.dropped)))
     result.excluded_near_duplicates = [{"photo": path_text(candidates[r].source), "score": round(s, 4)} for r, s in duplicate_rows]
     result.candidates, result.newly_embedded, result.source = len(candidates), embedded, source
     return result
 
 
-def gather_candidates(registry: Registry, concept: dict, pools: list[str] | None, on_status) -> tuple[list[Candidate], str]:
+def gather_candidates(registry: Registry, concept: dict, pools: list[str] | None) -> tuple[list[Candidate], str]:
     """The chosen pools, else the configured default pools, else every pool, else other concepts' photos."""
     names = pools or load_config().get("default_pools") or registry.pool_names()
     if names:
         candidates = []
         for name in names:
-            found, skipped = scan_pool(registry, pool_by_name(registry, name), on_status)
+            found, skipped = scan_pool(registry, pool_by_name(registry, name))
             candidates += found
-            if skipped and on_status:
-                on_status(f"pool {name!r}: skipped {len(skipped)} file(s) that are not usable photos, e.g. "
-                          f"{skipped[0]['path']} ({skipped[0]['reason']}); `yollava pool add {name} DIR` lists them all")
+            if skipped:
+                report(Status(f"pool {name!r}: skipped {len(skipped)} file(s) that are not usable photos, e.g. "
+                              f"{skipped[0]['path']} ({skipped[0]['reason']}); `yollava pool add {name} DIR` lists them all"))
         return candidates, f"pool {', '.join(names)}"
     others = registry.other_concepts_photos(concept["id"])
     if len(others) < MIN_CONCEPT_POOL:
@@ -243,8 +241,7 @@ def gather_candidates(registry: Registry, concept: dict, pools: list[str] | None
             f"no pool to mine negatives for <{concept['name']}> from: add a folder of everyday photos (your photo "
             f"library is best) with `yollava pool add NAME DIR`, then `yollava train {concept['name']}`"
         )
-    if on_status:
-        on_status(f"No pool registered: mining among your other concepts' {len(others)} photos")
+    report(Status(f"No pool registered: mining among your other concepts' {len(others)} photos"))
     return [Candidate(r["sha256"], str(registry.root / r["file"]), file_loader(registry.root / r["file"])) for r in others], "other concepts"
 
 

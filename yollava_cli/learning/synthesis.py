@@ -21,8 +21,10 @@ from importlib import resources
 
 from PIL import Image
 
+from yollava_cli.learning.events import WritingConversations
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
+from yollava_cli.reporting import report
 from yollava_cli.store.facts import as_sentence
 from yollava_cli.store.registry import Registry
 
@@ -80,12 +82,11 @@ class TrainingData:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_training_data(registry: Registry, vlm: VLM, concept: dict, facts: list[str] = (),
-                        on_progress: Callable[[int, int], None] | None = None) -> TrainingData:
+def build_training_data(registry: Registry, vlm: VLM, concept: dict, facts: list[str] = ()) -> TrainingData:
     photos = registry.concept_photos(concept["id"])
     negatives = registry.negatives(concept["id"])
     word = subject_word(registry, vlm, photos)
-    attributes = [(q, a) for _, q, a in attribute_conversations(registry, vlm, concept, photos, word, on_progress)]
+    attributes = [(q, a) for _, q, a in attribute_conversations(registry, vlm, concept, photos, word)]
     return TrainingData([p["sha256"] for p in photos], negatives, attributes, word,
                         [fact_conversations(concept["name"], fact) for fact in facts])
 
@@ -96,8 +97,8 @@ def fact_conversations(name: str, fact: str) -> list[tuple[str, str]]:
     return [(question.format(sks=identifier(name)), as_sentence(name, fact)) for question in templates()["facts"]["questions"]]
 
 
-def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos: list[dict], label: str | None,
-                            on_progress=None) -> list[tuple[str, str, str]]:
+def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos: list[dict],
+                            label: str | None) -> list[tuple[str, str, str]]:
     """(photo, question, answer) worth learning (`worth_learning`) from the base model's answers
     about each photo; `label`: what the base model calls the subject (subject_word)."""
     spec = templates()["attributes"]["person" if concept["kind"] == "person" else "other"]
@@ -108,8 +109,7 @@ def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos:
             prompt = Prompt(question, [photo_loader(registry, photo)], [photo["sha256"]])
             said.append((photo["sha256"], question, answer_once(registry, vlm, photo["sha256"], question, prompt, ATTRIBUTE_MAX_TOKENS)))
             done += 1
-            if on_progress:
-                on_progress(done, total)
+            report(WritingConversations(done, total))
     return worth_learning(said, concept, label)
 
 

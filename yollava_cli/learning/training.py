@@ -25,9 +25,7 @@ from yollava_cli.learning.events import (
     EpochStarted,
     FittingHead,
     Step,
-    TrainEvent,
     Validating,
-    WritingConversations,
 )
 from yollava_cli.learning.mining import mine
 from yollava_cli.learning.objective import class_weights, decision_targets, step_losses
@@ -45,6 +43,7 @@ from yollava_cli.learning.train_config import TrainConfig
 from yollava_cli.models.decoding import NO_WORDS, YES_WORDS
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
+from yollava_cli.reporting import Status, report
 from yollava_cli.store.concepts import get_concept, require_photos
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus, NegativeKind, RunStatus
@@ -156,13 +155,11 @@ class PhotoViews:
 
 
 class Trainer:
-    def __init__(self, registry: Registry, vlm: VLM, name: str, config: TrainConfig,
-                 on_event: Callable[[TrainEvent], None] | None = None, embedder=None):
+    def __init__(self, registry: Registry, vlm: VLM, name: str, config: TrainConfig, embedder=None):
         self.registry, self.vlm, self.config, self.embedder = registry, vlm, config, embedder
         self.concept = get_concept(registry, name)
         self.name = self.concept["name"]
         self.views = PhotoViews(registry)
-        self.on_event = on_event or (lambda event: None)
         self.folder = registry.root / "checkpoints" / self.name
 
     def encode(self, example: Example):
@@ -182,8 +179,7 @@ class Trainer:
 
     def run(self, resume: bool = False) -> TrainResult:
         facts = self.registry.facts(self.concept["id"]) if self.config.facts_in_tokens else []
-        data = build_training_data(self.registry, self.vlm, self.concept, [f["text"] for f in facts],
-                                   on_progress=lambda d, t: self.on_event(WritingConversations(d, t)))
+        data = build_training_data(self.registry, self.vlm, self.concept, [f["text"] for f in facts])
         if not data.negatives:
             raise UserError(f"<{self.name}> has no negatives yet: run `yollava mine {self.name}` first (it needs a pool)")
         split = split_data(data, self.config)
@@ -214,9 +210,9 @@ class Trainer:
                             "file": str(file.relative_to(self.registry.root))}  # a resumed run may keep an earlier run's file
                     self.save_rows(file, data, best)
                 resume_state.save(self.folder, params, optimizer, {**self.produced_by(data), "history": history, "best": best})
-                self.on_event(EpochDone(**history[-1]))
+                report(EpochDone(**history[-1]))
             if best is not None and self.embedder is not None:
-                self.on_event(FittingHead())
+                report(FittingHead())
                 best["thresholds"] = self.fit_recognizer(split, best)
         except KeyboardInterrupt:
             return self.finish(run_id, data, history, best, interrupted=True)
@@ -228,7 +224,7 @@ class Trainer:
     def train_epoch(self, epoch: int, examples: list[Example], optimizer) -> dict:
         """One pass over the epoch's examples; the mean loss, and the decision's part of it."""
         steps = (len(examples) + self.config.batch_size - 1) // self.config.batch_size
-        self.on_event(EpochStarted(epoch, steps))
+        report(EpochStarted(epoch, steps))
         weights = class_weights([e.label for e in examples])
         losses, decisions = [], []
         for step in range(steps):
@@ -246,8 +242,8 @@ class Trainer:
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-            self.on_event(Step(epoch, step + 1, steps, losses[-1]))
-        self.on_event(Validating(epoch, steps))
+            report(Step(epoch, step + 1, steps, losses[-1]))
+        report(Validating(epoch, steps))
         out = {"loss": sum(losses) / len(losses)}
         return {**out, "decision_loss": sum(decisions) / len(decisions)} if decisions else out
 
@@ -341,32 +337,29 @@ def calibrate(metrics: dict) -> float:
 
 
 def train_concept(registry: Registry, vlm: VLM, name: str, config: TrainConfig | None = None,
-                  resume: bool = False, on_event=None, embedder=None) -> TrainResult:
+                  resume: bool = False, embedder=None) -> TrainResult:
     """Train the concept's tokens, then (given an image embedder) its head and fused recognizer."""
-    trainer = Trainer(registry, vlm, name, config or TrainConfig(), on_event, embedder)
+    trainer = Trainer(registry, vlm, name, config or TrainConfig(), embedder)
     with registry.lock(f"train-{trainer.name}", f"training <{trainer.name}>"):
         require_photos(registry, trainer.concept, negatives=True)
         return trainer.run(resume)
 
 
 def prepare_concept(registry: Registry, name: str, load_vlm: Callable[[], VLM], load_embedder: Callable[[], object],
-                    config: TrainConfig | None = None, resume: bool = False, on_status=None, on_progress=None,
-                    on_event=None) -> TrainResult:
+                    config: TrainConfig | None = None, resume: bool = False) -> TrainResult:
     """Mine (when the concept has no negatives yet) and train: what `add` and `ask` run for a new concept."""
     require_photos(registry, get_concept(registry, name))  # before any model loads
     embedder = load_embedder()
-    mine_if_needed(registry, name, embedder, on_status, on_progress)
-    return train_concept(registry, load_vlm(), name, config, resume, on_event, embedder)
+    mine_if_needed(registry, name, embedder)
+    return train_concept(registry, load_vlm(), name, config, resume, embedder)
 
 
-def mine_if_needed(registry: Registry, name: str, embedder, on_status=None, on_progress=None) -> None:
+def mine_if_needed(registry: Registry, name: str, embedder) -> None:
     """Mine the concept's negatives when it has none yet (training needs them)."""
     concept = get_concept(registry, name)
     if concept["status"] != ConceptStatus.ADDED and registry.negative_counts(concept["id"]):
         return
-    if on_status:
-        on_status(f"Mining negatives for <{concept['name']}>...")
-    mined = mine(registry, name, embedder, on_status=on_status, on_progress=on_progress)
-    if on_status:
-        kinds = [n["kind"] for n in mined.negatives]
-        on_status(f"Mined {kinds.count('hard')} hard and {kinds.count('easy')} easy negatives ({mined.source}).")
+    report(Status(f"Mining negatives for <{concept['name']}>..."))
+    mined = mine(registry, name, embedder)
+    kinds = [n["kind"] for n in mined.negatives]
+    report(Status(f"Mined {kinds.count('hard')} hard and {kinds.count('easy')} easy negatives ({mined.source})."))

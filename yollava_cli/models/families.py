@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from yollava_cli.errors import UserError
+from yollava_cli.reporting import Status, report
 
 ENTRY_POINTS = "yollava.models"
 
@@ -78,8 +79,8 @@ def check_contract(family: "Family", model: object, processor: object) -> None:
 class Family:
     """How a family of base models is loaded and run.
 
-    `load(ref, cache_dir, policy, on_status)` returns (model, processor) (a BaseModel and a
-    Processor), placed on the policy's device. `handles(ref)` says whether a model reference belongs to the family. `photo_switch(model)`
+    `load(ref, cache_dir, policy)` returns (model, processor) (a BaseModel and a Processor), placed
+    on the policy's device. `handles(ref)` says whether a model reference belongs to the family. `photo_switch(model)`
     returns the family's part that must be on exactly for the batch rows holding a photo (an object
     with a `rows` attribute), or None. `bf16_matrices_on_cpu`: under a CPU bf16 policy the language
     model's Linear weights are stored in bf16 (decoding reads half the bytes); otherwise the weights
@@ -136,7 +137,7 @@ def default_model() -> str:
     return next((f.name for f in families() if f.offline_default), TRANSFORMERS.name)
 
 
-def load_transformers_model(ref: str, cache_dir: Path, policy, on_status=None):
+def load_transformers_model(ref: str, cache_dir: Path, policy):
     """A supported model (`architectures`) and its processor through transformers, from a local
     folder or a hub id; its architecture and the packages its processor needs are checked first,
     before any weight loads."""
@@ -147,9 +148,8 @@ def load_transformers_model(ref: str, cache_dir: Path, policy, on_status=None):
         raise UserError(f"{ref}: not a model directory; pass a local HF-format folder, a hub id, or {default_model()}")
     source = str(local) if local.is_dir() else ref
     options = {"dtype": policy.load_dtype, **quantized_loading(policy)}
-    if on_status:
-        quantized = f", {policy.quantize}" if policy.quantize != "none" else ""
-        on_status(f"Loading {source} ({policy.device}, {policy.precision}{quantized})...")
+    quantized = f", {policy.quantize}" if policy.quantize != "none" else ""
+    report(Status(f"Loading {source} ({policy.device}, {policy.precision}{quantized})..."))
     without_loading_bars()
     try:
         check_architecture(read_config(source, ref), ref)

@@ -2,7 +2,6 @@
 compute policy."""
 
 import os
-from collections.abc import Callable
 
 from yollava_cli.errors import UserError
 from yollava_cli.models import families
@@ -15,7 +14,7 @@ def resolve_model_ref(explicit: str | None = None) -> str:
     return explicit or os.environ.get(MODEL_ENV) or load_config().get("model") or families.default_model()
 
 
-def load_vlm(ref: str | None = None, on_status: Callable[[str], None] | None = None, quantize: str | None = None):
+def load_vlm(ref: str | None = None, quantize: str | None = None):
     """The base model `ref` names, ready for passes (a VLM); one-line errors when it cannot load.
     `quantize`: 4bit or 8bit weights (CUDA), else $YOLLAVA_QUANTIZE or the config's choice."""
     from yollava_cli.config import data_dir
@@ -30,6 +29,6 @@ def load_vlm(ref: str | None = None, on_status: Callable[[str], None] | None = N
     policy = current_policy(quantize)
     if policy.quantize != "none" and not family.quantizable:
         raise UserError(f"{ref} is not quantized: drop --quantize (it is for 7B/13B models on a GPU)")
-    model, processor = family.load(ref, cache, policy, on_status)
+    model, processor = family.load(ref, cache, policy)
     families.check_contract(family, model, processor)
     return VLM(model, processor, ref, cache, policy=policy, family=family)

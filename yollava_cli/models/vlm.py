@@ -186,15 +186,13 @@ class VLM:
             hidden = base(**inputs)[0]
             return self.head(hidden[torch.arange(len(encoded), device=self.device), lengths - 1 - shared]).float()
 
-    def yes_probabilities(self, prompts: list[Prompt], on_progress: Callable[[int, int], None] | None = None) -> list[float]:
+    def yes_probabilities(self, prompts: list[Prompt]) -> list[float]:
         """P(yes) from the next-token logits of yes vs no words: deterministic and calibrated. Runs
-        SCORE_BATCH prompts a pass (bounded memory), calling on_progress(done, total) after each."""
+        SCORE_BATCH prompts a pass (bounded memory)."""
         yes, no, out = self.word_ids(YES_WORDS), self.word_ids(NO_WORDS), []
         for start in range(0, len(prompts), SCORE_BATCH):
             final = self.next_token_logits(prompts[start : start + SCORE_BATCH])
             out += torch.sigmoid(torch.logsumexp(final[:, yes], -1) - torch.logsumexp(final[:, no], -1)).tolist()
-            if on_progress:
-                on_progress(min(start + SCORE_BATCH, len(prompts)), len(prompts))
         return out
 
     def prefill(self, ids: torch.Tensor, rows: int = 1, layout: dict | None = None, images: list[ImageInput] = ()):

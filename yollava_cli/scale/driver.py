@@ -8,6 +8,7 @@ from pathlib import Path
 
 from yollava_cli.errors import UserError
 from yollava_cli.learning.executor import code_version
+from yollava_cli.reporting import report
 from yollava_cli.scale.cluster import connect, disconnect, first_line
 
 RETRIES = 3  # a worker killed mid-unit is restarted and its unit run again, up to this many times
@@ -86,9 +87,12 @@ class Workers:
         return ref
 
     def result(self, ref):
+        """The unit's output, after what it reported on its worker is reported here, in order."""
         self.busy[self.pending.pop(ref)] -= 1
         value = self.get(ref)
         self.units[value["worker"]] += 1
+        for event in value["events"]:
+            report(event)
         return value["value"]
 
     def run(self, fn: Callable, units: list[tuple], on_result: Callable[[tuple, dict], None]) -> None:
@@ -180,19 +184,19 @@ class RayExecutor:
                 continue  # unreadable here: the worker's copy lacks it, as a scan here would skip it
         return ray.put(pack_files(packed))
 
-    def run(self, fn: Callable, units: list[tuple], on_result: Callable[[tuple, dict], None], on_event=None) -> None:
-        """Each unit on a free worker; the workers' events stay there (the driver reports progress)."""
+    def run(self, fn: Callable, units: list[tuple], on_result: Callable[[tuple, dict], None]) -> None:
+        """Each unit on a free worker; what each reported there is reported here as it finishes."""
         if units:
             self.workers(len(units)).run(fn, units, on_result)
 
     def ordered(self, fn: Callable, calls: Iterable[tuple]) -> Iterator:
         return self.workers().ordered(fn, calls)
 
-    def train(self, registry, names: list[str], config, on_status=None, on_progress=None) -> dict:
+    def train(self, registry, names: list[str], config) -> dict:
         """`train --ray`: each concept a unit (see scale.training)."""
         from yollava_cli.scale.training import train
 
-        return train(registry, names, self, config, on_status, on_progress)
+        return train(registry, names, self, config)
 
     def report(self) -> dict:
         return self.started.report() if self.started else {"workers": 0, "units_per_worker": {}}

@@ -8,16 +8,18 @@ import json
 from contextlib import ExitStack
 from dataclasses import asdict
 
+from yollava_cli.learning.events import ConceptsTrained
 from yollava_cli.learning.executor import Env
 from yollava_cli.learning.train_config import TrainConfig
 from yollava_cli.learning.training import TrainResult, mine_if_needed, train_concept
+from yollava_cli.reporting import report
 from yollava_cli.store.concepts import get_concept, require_photos
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus, RunStatus
 
 
-def train(registry: Registry, names: list[str], executor, config: TrainConfig, on_status=None, on_progress=None) -> dict:
+def train(registry: Registry, names: list[str], executor, config: TrainConfig) -> dict:
     """Train each named concept on a worker; {"concepts": [train --json of each], "ray": ...}."""
     concepts = [get_concept(registry, name) for name in names]
     for concept in concepts:
@@ -26,18 +28,16 @@ def train(registry: Registry, names: list[str], executor, config: TrainConfig, o
         for concept in concepts:
             stack.enter_context(registry.lock(f"train-{concept['name']}", f"training <{concept['name']}>"))
         for concept in concepts:
-            mine_if_needed(registry, concept["name"], executor.embedder(), on_status)
+            mine_if_needed(registry, concept["name"], executor.embedder())
         for concept in concepts:
             require_photos(registry, get_concept(registry, concept["name"]), negatives=True)
         results = {}
 
         def write(unit: tuple, result: dict) -> None:
             results[unit[0]["name"]] = record(registry, unit[0]["name"], config, result)
-            if on_progress:
-                on_progress(len(results), len(concepts))
+            report(ConceptsTrained(len(results), len(concepts)))
 
-        if on_progress:
-            on_progress(0, len(concepts))
+        report(ConceptsTrained(0, len(concepts)))
         executor.run(train_copy, [(pack_concept(registry, c["name"], config),) for c in concepts], write)
         return {"concepts": [results[c["name"]] for c in concepts], "ray": executor.report()}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from yollava_cli import __version__
 from yollava_cli.learning.executor import Env, call, code_version
+from yollava_cli.reporting import collecting
 
 
 def pack_files(files: dict[str, bytes]) -> dict:
@@ -71,7 +72,9 @@ class Worker:
         return info
 
     def run(self, fn: Callable, *args) -> dict:
-        """One unit: its output, and which worker ran it."""
+        """One unit: its output, which worker ran it, and what it reported (for the driver's reporter)."""
         import ray
 
-        return {"value": call(self.env, fn, args), "worker": ray.get_runtime_context().get_actor_id()}
+        with collecting() as events:
+            value = call(self.env, fn, args)
+        return {"value": value, "worker": ray.get_runtime_context().get_actor_id(), "events": events}

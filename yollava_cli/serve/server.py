@@ -6,6 +6,7 @@ import socket
 
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
+from yollava_cli.reporting import Status, reporting
 from yollava_cli.serve.logs import Log
 
 LOOPBACK_NAMES = ("localhost",)
@@ -54,7 +55,8 @@ def serve(settings, model: str | None, quantize: str | None, log: Log) -> None:
     from yollava_cli.serve.app import Registries, create_app, served_models
     from yollava_cli.serve.worker import Worker
 
-    vlm = load_vlm(model, on_status=lambda message: log.event("loading", message), quantize=quantize)
+    with reporting(lambda event: log.event("loading", event.text) if isinstance(event, Status) else None):
+        vlm = load_vlm(model, quantize=quantize)
     worker = Worker(vlm, data_dir(), settings.queue)
     app = create_app(vlm, worker, settings, log)
     concepts = served_models(Registries(data_dir()).get(), vlm)[1:]

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from yollava_cli.errors import UserError
+from yollava_cli.reporting import Status, report
 from yollava_cli.store.backup import FILE as BACKUP_FILE
 from yollava_cli.store.backup import backup_is_usable, backup_lacks, backup_state, describe_lacks, uri, write_backup
 from yollava_cli.store.failures import BUSY_TIMEOUT_S, explain, require_free
@@ -213,12 +214,12 @@ def running(registry: Registry, name: str | None) -> bool:
     return name is not None and training(registry, name)
 
 
-def restore(root: Path, on_status=None) -> dict:
+def restore(root: Path) -> dict:
     """Put the registry's own backup in place of a registry.db that is damaged (missing, empty,
     unreadable, or failing SQLite's integrity check), and only then: a healthy one is refused, as
     is one that cannot be read for a reason a restore does not cure (a full disk, a permission).
     Under the lock every command takes to open the registry; what the backup lacks of the
-    registry is said (`on_status`) before anything is replaced; the backup is copied first and
+    registry is said (a reported Status) before anything is replaced; the backup is copied first and
     swapped in by a rename, so a failure midway leaves registry.db where it was."""
     db = root / "registry.db"
     if not backup_is_usable(root):
@@ -231,15 +232,14 @@ def restore(root: Path, on_status=None) -> dict:
                             "`yollava doctor` checks it against its files")
         require_free(root, 2 * (root / BACKUP_FILE).stat().st_size + 2**20, "restoring the backup")
         lacks = backup_lacks(root)
-        if on_status:
-            on_status(f"{db} {damage}; the backup ({saved_at(root)}) " + (
-                f"lacks {describe_lacks(lacks)} of it, which the damaged copy in the trash keeps" if lacks
-                else "holds all that could be read of it" if lacks is not None
-                else "replaces it: what changed since the backup cannot be read from it"))
+        report(Status(f"{db} {damage}; the backup ({saved_at(root)}) " + (
+            f"lacks {describe_lacks(lacks)} of it, which the damaged copy in the trash keeps" if lacks
+            else "holds all that could be read of it" if lacks is not None
+            else "replaces it: what changed since the backup cannot be read from it")))
         moved = swap_in_backup(root)
     with Registry(root) as registry:
-        report = examine(registry)
-    return {**report, "restored_from": str(root / BACKUP_FILE), "damaged_moved_to": moved, "backup_lacked": lacks}
+        found = examine(registry)
+    return {**found, "restored_from": str(root / BACKUP_FILE), "damaged_moved_to": moved, "backup_lacked": lacks}
 
 
 def registry_damage(db: Path) -> str | None:

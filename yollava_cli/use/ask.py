@@ -16,6 +16,7 @@ from yollava_cli.learning.synthesis import asks_if_present
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.sentences import load_sentences
 from yollava_cli.models.vlm import VLM
+from yollava_cli.reporting import Status, report
 
 # A note is quoted when its score, pmi + QUOTE_WEIGHT x cosine (quoted_note), passes QUOTE_SCORE;
 # without the sentence model, when its pmi passes QUOTE_NATS (e^5, ~150x). Both set on paraphrased
@@ -266,14 +267,13 @@ class GenerationOptions:
 def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image], keys: list[str],
         options: GenerationOptions, on_text: Callable[[str], None] | None = None,
         history: list[tuple[str, str]] | None = None, stop: threading.Event | None = None,
-        notes: list[str] | None = None, verdicts: list[dict] | None = None,
-        on_status: Callable[[str], None] | None = None) -> dict:
+        notes: list[str] | None = None, verdicts: list[dict] | None = None) -> dict:
     """Answer one question, streaming text to `on_text`; returns the answer with timings. `notes`:
     the concepts' facts, carried in their opening line (the one that answers the question is the
     answer; else a text-only answer leans on them: note_guidance);
     `verdicts`: the recognizer's word on the photo (`recognize`), one grounding line
     each before the question. The prompt is fitted to the model's context (fit_prompt), and
-    `on_status` hears what was left out to fit it."""
+    what was left out to fit it is reported (a Status)."""
     start = time.perf_counter()
     first: list[float] = []
 
@@ -286,10 +286,10 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
     fitted = fit_prompt(vlm, Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []),
                                     [v["line"] for v in verdicts or []]), list(notes or []), options.max_tokens)
     asked = asked_verdicts(question, verdicts or [])
-    if on_status and (notice := fitted.notice(vlm.ref, answered_by_verdicts=bool(asked))):
-        on_status(notice)
-    if on_status and fitted.facts and not about_the_photo(fitted.prompt) and load_sentences() is None:
-        on_status(WITHOUT_SENTENCES)
+    if notice := fitted.notice(vlm.ref, answered_by_verdicts=bool(asked)):
+        report(Status(notice))
+    if fitted.facts and not about_the_photo(fitted.prompt) and load_sentences() is None:
+        report(Status(WITHOUT_SENTENCES))
     prompt, quoted = fitted.prompt, fitted.quoted
     kept = fitted.facts > len(fitted.left_out) and not fitted.left_out_because
     # asked whether concepts are here, the answer opens with the fused recognizer's verdicts

@@ -122,7 +122,7 @@ def import_concept(registry: Registry, path: Path, new_name: str | None = None, 
 
 
 def import_on_its_model(registry: Registry, path: Path, new_name: str | None = None, model: str | None = None,
-                        quantize: str | None = None, check_model: bool = True, on_status=None) -> dict:
+                        quantize: str | None = None, check_model: bool = True) -> dict:
     """import_concept, after loading the user's base model (`model`, else the configured one) to
     compare its fingerprint with the bundle's; a bad bundle fails before the model loads. The
     bundle's `base_model` is only a name to show: a file someone sent never picks what is loaded."""
@@ -130,7 +130,7 @@ def import_on_its_model(registry: Registry, path: Path, new_name: str | None = N
     if check_model:
         manifest, _, _, tensors = check_bundle(path)
         new_concept_name(registry, new_name or manifest["name"])  # a taken name fails before the model loads
-        vlm = load_vlm(model, on_status=on_status, quantize=quantize)
+        vlm = load_vlm(model, quantize=quantize)
         fingerprint, width = vlm.fingerprint, vlm.tokens.embedding.base.weight.shape[1]
         if fingerprint == manifest["base_fingerprint"] and tensors["input_rows"].shape[1] != width:
             raise UserError(f"{path}: its token rows are {tensors['input_rows'].shape[1]} wide, but {vlm.ref} reads "

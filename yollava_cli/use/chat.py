@@ -54,11 +54,10 @@ class ChatSession:
     def reset(self) -> None:
         self.images, self.keys, self.history = [], [], []
 
-    def say(self, text: str, on_text: Callable[[str], None], stop: threading.Event | None = None,
-            on_status: Callable[[str], None] | None = None) -> str:
+    def say(self, text: str, on_text: Callable[[str], None], stop: threading.Event | None = None) -> str:
         verdicts = recognize(self.registry, self.vlm, self.concepts, self.images, self.keys) if self.registry else []
         result = ask(self.vlm, self.concepts, text, self.images, self.keys, self.options, on_text, self.history, stop,
-                     self.notes, verdicts, on_status)
+                     self.notes, verdicts)
         self.history.append((with_identifiers(text, self.concepts), result["answer"]))
         return result["answer"]
 

@@ -10,14 +10,15 @@ how little the tokens learned, which the shared reading hides."""
 
 import re
 from collections import Counter
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from yollava_cli.learning.events import ExplainingTokens
 from yollava_cli.models.concept_tokens import read_concept_file
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
+from yollava_cli.reporting import report
 from yollava_cli.store.concepts import get_concept
 from yollava_cli.store.registry import Registry
 from yollava_cli.use.ask import GenerationOptions
@@ -25,8 +26,7 @@ from yollava_cli.use.ask import GenerationOptions
 NEAREST = 5  # words shown per token
 
 
-def explain(vlm: VLM, name: str, options: GenerationOptions,
-            on_progress: Callable[[int, int], None] | None = None, seed: int = 0) -> dict:
+def explain(vlm: VLM, name: str, options: GenerationOptions, seed: int = 0) -> dict:
     """Each latent token's reading; `seed`: the one training started the rows from (its config's).
     Nearest words or a description most tokens share are given once (`shared_nearest_words`,
     `shared_description`); `moved_together_toward` reads what training added to all of them."""
@@ -39,8 +39,7 @@ def explain(vlm: VLM, name: str, options: GenerationOptions,
     for i in range(len(rows)):
         prompt = Prompt(f"In a few words, what does <{name}_{i}> describe about <{name}>?", concepts=[name])
         descriptions.append(vlm.generate(prompt, options.max_tokens, options.temperature, options.seed))
-        if on_progress:
-            on_progress(i + 1, len(rows))
+        report(ExplainingTokens(i + 1, len(rows)))
     shared, shared_near = most_common(descriptions), most_common([tuple(n) for n in near])
     return {"concept": name, "shared_description": shared, "shared_nearest_words": list(shared_near or []) or None,
             "moved_together_toward": together,

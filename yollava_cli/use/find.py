@@ -44,7 +44,7 @@ def check_find_options(by: str, verify: int) -> None:
 
 
 def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], threshold: float | None = None,
-         on_progress: Callable[[int, int], None] | None = None, by: str = "fused", verify: int = VERIFY,
+         by: str = "fused", verify: int = VERIFY,
          embedders: Callable[[str], Embedder] = load_embedder, explain: bool = False) -> dict:
     """P(the concept is in each photo) for every photo (recursive for folders), best first.
 
@@ -65,7 +65,7 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
     evidence: dict[int, dict] = {}  # each photo's score by every signal computed, for --explain
     if recognizer is not None:
         vectors = embed_photos(registry, embedders(recognizer.embedder),
-                               {p["sha256"]: p["decode"] for p in photos}, on_progress)[0]
+                               {p["sha256"]: p["decode"] for p in photos})[0]
         kept = [p for p in photos if p["sha256"] in vectors]
         head = recognizer.head_probabilities(np.stack([vectors[p["sha256"]] for p in kept])) if kept else []
         scores = {id(p): (prob, "head") for p, prob in zip(kept, head)}
@@ -75,9 +75,9 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
             cut = thresholds.get("head", 0.5)
             ranked = sorted(kept, key=lambda p: -scores[id(p)][0])
             checked = ranked[:verify] + [p for p in ranked[verify:] if abs(scores[id(p)][0] - cut) < NEAR]
-            fuse(recognizer, vlm, concept["name"], checked, vectors, scores, evidence if explain else None, on_progress)
+            fuse(recognizer, vlm, concept["name"], checked, vectors, scores, evidence if explain else None)
     else:
-        scored = signal_scores([by], vlm, concept["name"], signal_photos(photos), on_progress=on_progress)[by]
+        scored = signal_scores([by], vlm, concept["name"], signal_photos(photos))[by]
         scores = {id(p): (prob, by) for p, prob in zip(photos, scored) if prob is not None}
         evidence = {key: {by: round(prob, 4)} for key, (prob, _) in scores.items()} if explain else {}
     names = signal_names()
@@ -87,13 +87,12 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
             "threshold": cuts[by], "results": results, "skipped": skipped}
 
 
-def fuse(recognizer, vlm: VLM, name: str, checked: list[dict], vectors: dict, scores: dict, evidence: dict | None,
-         on_progress=None) -> None:
+def fuse(recognizer, vlm: VLM, name: str, checked: list[dict], vectors: dict, scores: dict, evidence: dict | None) -> None:
     """Score the `checked` photos by every signal the concept's fusion weighs and fuse them with
     the head (into `scores`, and each signal's score into `evidence` when explaining); a photo
     some signal could not read keeps the head's score."""
     signals = recognizer.signals()
-    votes = signal_scores(signals, vlm, name, signal_photos(checked), on_progress=on_progress)
+    votes = signal_scores(signals, vlm, name, signal_photos(checked))
     kept = [i for i in range(len(checked)) if all(votes[s][i] is not None for s in signals)]
     fused = recognizer.fused_probabilities(np.stack([vectors[checked[i]["sha256"]] for i in kept]),
                                            {s: [votes[s][i] for i in kept] for s in signals}) if kept else []

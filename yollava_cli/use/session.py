@@ -55,13 +55,13 @@ def open_images(paths: list[Path]) -> tuple[list[Image.Image], list[str]]:
 
 
 def open_session(registry: Registry, names: list[str], question: str, model: str | None = None, quantize: str | None = None,
-                 train_missing: Callable[[str], object] | None = None, on_status=None) -> tuple[VLM, list[str]]:
+                 train_missing: Callable[[str], object] | None = None) -> tuple[VLM, list[str]]:
     """The model, with the concepts named (and every <name> in the question) loaded; unknown names
     fail before the model loads."""
     wanted = mentioned_concepts(question, names)
     for name in wanted:
         get_concept(registry, name)
-    vlm = load_vlm(model, on_status=on_status, quantize=quantize)
+    vlm = load_vlm(model, quantize=quantize)
     load_concepts(registry, vlm, wanted, train_missing)
     return vlm, wanted
 
@@ -72,8 +72,8 @@ def needs_training(registry: Registry, name: str, new_photos: int) -> bool:
 
 
 def train(registry: Registry, name: str, model: str | None = None, quantize: str | None = None,
-          config: TrainConfig | None = None, resume: bool = False, on_status=None, on_progress=None, on_event=None) -> TrainResult:
+          config: TrainConfig | None = None, resume: bool = False) -> TrainResult:
     """Mine the concept's negatives if it has none, then train it; the model and embedder load only
     once the photos are known to be there."""
-    return prepare_concept(registry, name, lambda: load_vlm(model, on_status=on_status, quantize=quantize), load_embedder,
-                           config or TrainConfig(), resume, on_status=on_status, on_progress=on_progress, on_event=on_event)
+    return prepare_concept(registry, name, lambda: load_vlm(model, quantize=quantize), load_embedder,
+                           config or TrainConfig(), resume)

@@ -40,7 +40,7 @@ class Signal:
 
     name = ""
 
-    def score(self, vlm, concept: str, photos: list[Photo], on_progress=None) -> list[float | None]:
+    def score(self, vlm, concept: str, photos: list[Photo]) -> list[float | None]:
         raise NotImplementedError
 
     def vote(self, probabilities) -> np.ndarray:
@@ -72,9 +72,8 @@ def registered() -> dict[str, Signal]:
     return dict(SIGNALS)
 
 
-def scores(names: list[str], vlm, concept: str, photos: list[Photo], known: dict[str, list] | None = None,
-           on_progress=None) -> dict[str, list[float | None]]:
+def scores(names: list[str], vlm, concept: str, photos: list[Photo], known: dict[str, list] | None = None) -> dict[str, list[float | None]]:
     """Each named signal's probabilities for `photos`: those in `known` as given, the others scored."""
     signals, known = registered(), known or {}
-    return {name: known[name] if name in known else signals[name].score(vlm, concept, photos, on_progress)
+    return {name: known[name] if name in known else signals[name].score(vlm, concept, photos)
             for name in names}

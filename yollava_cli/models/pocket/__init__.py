@@ -5,19 +5,19 @@ from pathlib import Path
 
 from yollava_cli.errors import UserError
 from yollava_cli.models.families import Family, register
+from yollava_cli.reporting import Status, report
 
 NAME = "pocket"
 
 
-def load(ref: str, cache_dir: Path, policy, on_status=None):
+def load(ref: str, cache_dir: Path, policy):
     from yollava_cli.models.cores import one_thread
     from yollava_cli.models.pocket.model import PocketUnavailable, load_pocket
 
-    if on_status:  # ~0.6 s of silence otherwise, before the first token
-        on_status(f"Loading {NAME}...")
+    report(Status(f"Loading {NAME}..."))  # ~0.6 s of silence otherwise, before the first token
     with one_thread():
         try:
-            model, processor = load_pocket(cache_dir / NAME, on_status=on_status)
+            model, processor = load_pocket(cache_dir / NAME)
         except PocketUnavailable as e:
             raise UserError(str(e)) from None
     return (model.to(policy.device) if policy.device != "cpu" else model), processor

@@ -37,6 +37,7 @@ from transformers.models.llava.image_processing_pil_llava import LlavaImageProce
 from transformers.models.llava.modeling_llava import LlavaModel, LlavaPreTrainedModel
 
 from yollava_cli.models.efficientnet import EfficientNetLite, efficientnet_lite_state
+from yollava_cli.reporting import Status, report
 from yollava_cli.store.fileio import build_once
 
 IMAGE_TOKEN = "<image>"
@@ -172,25 +173,24 @@ def image_processor() -> LlavaImageProcessorPil:
     )
 
 
-def _language_model_files(cache_dir: Path, on_status=None) -> Path:
+def _language_model_files(cache_dir: Path) -> Path:
     """Dequantise the GGUF once into plain safetensors + tokenizer files (loads in ~0.6 s afterwards);
     two first uses at once build it once (see build_once)."""
     target = cache_dir / "smollm2-135m-instruct"
     if (target / "model.safetensors").exists():
         return target
-    wait = (lambda: on_status("Waiting for another process building pocket (one time)...")) if on_status else None
-    return build_once(target, lambda folder: _write_language_model(folder, on_status), on_wait=wait)
+    return build_once(target, _write_language_model,
+                      on_wait=lambda: report(Status("Waiting for another process building pocket (one time)...")))
 
 
-def _write_language_model(folder: Path, on_status=None) -> None:
+def _write_language_model(folder: Path) -> None:
     """transformers' own GGUF path needs `accelerate` and cannot save_pretrained, so the tensors are
     converted with its GGUF reader into a plain LlamaForCausalLM state dict."""
     from transformers import LlamaForCausalLM
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    if on_status:
-        on_status("Building pocket from installed packages (one time)...")
+    report(Status("Building pocket from installed packages (one time)..."))
     gguf = _package_dir(LM_PACKAGE) / LM_FILE
     original, gguf_utils.tqdm = gguf_utils.tqdm, lambda items, **_: items  # our status line says it; no 2nd bar
     try:
@@ -262,10 +262,10 @@ def attach_grounding(language_model: LlamaModel, tensors: dict[str, torch.Tensor
     return grounding
 
 
-def build_pocket(cache_dir: Path, on_status=None, weights: Path | None = WEIGHTS):
+def build_pocket(cache_dir: Path, weights: Path | None = WEIGHTS):
     """Assemble model + processor; `weights` = projector/LoRA file to apply (None: untrained, for training)."""
     _package_dir(VISION_PACKAGE)
-    lm_dir = _language_model_files(Path(cache_dir), on_status)
+    lm_dir = _language_model_files(Path(cache_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(lm_dir), trust_remote_code=False)
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -311,9 +311,9 @@ def build_pocket(cache_dir: Path, on_status=None, weights: Path | None = WEIGHTS
     return model.float().eval(), processor
 
 
-def load_pocket(cache_dir: Path, on_status=None):
+def load_pocket(cache_dir: Path):
     """(model, processor) for pocket, float32 on CPU in eval mode; raises PocketUnavailable."""
     _package_dir(LM_PACKAGE)
     if not WEIGHTS.exists():
         raise PocketUnavailable(f"pocket weights missing ({WEIGHTS}); run scripts/build_pocket.py")
-    return build_pocket(cache_dir, on_status)
+    return build_pocket(cache_dir)
