@@ -85,8 +85,9 @@ def quoted_note(vlm: VLM, prompt: Prompt, notes: list[str], gains: list[float] |
 def asks_for_an_answer(question: str) -> bool:
     """Whether a question asks for a fact, an attribute or a yes or no ("What colour is his fur?"),
     not for advice or a telling ("What should I buy him?", "Describe <bo>."): facts help those
-    even when none answers them."""
-    asked = re.sub(r"^About [^:]*:\s*", "", question)  # with_identifiers' prefix
+    even when none answers them. The question is its last line (an eval method's description
+    comes before it)."""
+    asked = re.sub(r"^About [^:]*:\s*", "", question.rsplit("\n", 1)[-1])  # with_identifiers' prefix
     return bool(ASKS_DIRECTLY.match(asked)) and not ASKS_FOR_ADVICE.search(asked)
 
 
@@ -94,17 +95,6 @@ def about_the_photo(prompt: Prompt) -> bool:
     """Whether a question asks about its photo: the owner's facts stay out of what is said about a
     photo, while a question a fact answers ("How old is <bo>?") gets it with or without one."""
     return bool(prompt.images) and bool(ABOUT_THE_PHOTO.search(prompt.question))
-
-
-def note_guidance(vlm: VLM, prompt: Prompt) -> dict:
-    """How a text-only answer uses the owner's notes (VLM.generate's keywords): the note that
-    answers the question opens it, and the model ends that paragraph in its own words; a question
-    no note answers ("what should I buy him?") leans toward what the notes make likelier than the
-    same prompt without them (leaning after a quote only recited the other notes). With a photo,
-    only the quote, and only for a question not about the photo (about_the_photo)."""
-    if not prompt.notes or about_the_photo(prompt):
-        return {}
-    return quote_or_lean(prompt, quoted_note(vlm, prompt, prompt.notes))
 
 
 def quote_or_lean(prompt: Prompt, quoted: str | None) -> dict:
@@ -256,6 +246,31 @@ def verdict_steering(asked: list[dict]) -> dict:
     return {}
 
 
+def steered(vlm: VLM, prompt: Prompt, facts: list[str], answer_tokens: int,
+            asked: list[dict] | None = None) -> tuple[Fitted, dict]:
+    """The prompt fitted with the owner's facts (fit_prompt) and how its answer opens or leans
+    (VLM.generate's keywords): the fact that answers the question opens it; a question no fact
+    answers but that keeps them ("what should I buy him?") leans toward what they make likelier;
+    asked whether concepts are here, the fused recognizer's verdicts open it (`asked`). What `ask`
+    answers from, and eval's fact questions too, so eval measures the prompt users get."""
+    fitted = fit_prompt(vlm, prompt, facts, answer_tokens)
+    kept = fitted.facts > len(fitted.left_out) and not fitted.left_out_because
+    guidance = quote_or_lean(fitted.prompt, fitted.quoted) if fitted.quoted or kept else {}
+    return fitted, guidance | verdict_steering(asked or [])
+
+
+def answered(vlm: VLM, prompt: Prompt, guidance: dict, max_tokens: int, stream: Callable[[str], None] | None = None,
+             **sampling) -> str:
+    """The answer: a quoted fact, or the verdicts, that open it are the whole of it (after a quote
+    the 135M model only recited or changed the notes: "scared of" the vacuum became "loves chasing"
+    it; bench/bench_fact_answers.py); else what the model writes (`sampling`: VLM.generate's)."""
+    if opening := guidance.get("opening"):
+        if stream:
+            stream(opening)
+        return opening
+    return vlm.generate(prompt, max_tokens, on_text=stream, **sampling, **guidance)
+
+
 @dataclass
 class GenerationOptions:
     max_tokens: int = 256
@@ -270,7 +285,7 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
         on_status: Callable[[str], None] | None = None) -> dict:
     """Answer one question, streaming text to `on_text`; returns the answer with timings. `notes`:
     the concepts' facts, carried in their opening line (the one that answers the question is the
-    answer; else a text-only answer leans on them: note_guidance);
+    answer; else a text-only answer leans on them: steered);
     `verdicts`: the recognizer's word on the photo (`recognize`), one grounding line
     each before the question. The prompt is fitted to the model's context (fit_prompt), and
     `on_status` hears what was left out to fit it."""
@@ -283,28 +298,18 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
         if on_text:
             on_text(text)
 
-    fitted = fit_prompt(vlm, Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []),
-                                    [v["line"] for v in verdicts or []]), list(notes or []), options.max_tokens)
     asked = asked_verdicts(question, verdicts or [])
+    fitted, guidance = steered(vlm, Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []),
+                                           [v["line"] for v in verdicts or []]), list(notes or []), options.max_tokens, asked)
     if on_status and (notice := fitted.notice(vlm.ref, answered_by_verdicts=bool(asked))):
         on_status(notice)
     if on_status and fitted.facts and not about_the_photo(fitted.prompt) and load_sentences() is None:
         on_status(WITHOUT_SENTENCES)
-    prompt, quoted = fitted.prompt, fitted.quoted
-    kept = fitted.facts > len(fitted.left_out) and not fitted.left_out_because
-    # asked whether concepts are here, the answer opens with the fused recognizer's verdicts
-    guidance = (quote_or_lean(prompt, quoted) if quoted or kept else {}) | verdict_steering(asked)
-    # a quoted fact, or the verdicts, is the whole answer: after a quote the 135M model only
-    # recited or changed the notes ("scared of" the vacuum became "loves chasing" it;
-    # bench/bench_fact_answers.py)
     generated = vlm.generated_tokens
-    if opening := guidance.get("opening"):
-        stream(opening)
-        answer = opening
-    else:
-        answer = vlm.generate(prompt, options.max_tokens, options.temperature, options.seed, stream, stop, **guidance)
+    answer = answered(vlm, fitted.prompt, guidance, options.max_tokens, stream, temperature=options.temperature,
+                      seed=options.seed, stop=stop)
     tokens = vlm.generated_tokens - generated
-    return {"answer": answer, "concepts": concepts, "model": vlm.ref, "verdicts": verdicts or [], "quoted_note": quoted if opening == quoted else None,
+    return {"answer": answer, "concepts": concepts, "model": vlm.ref, "verdicts": verdicts or [], "quoted_note": fitted.quoted if guidance.get("opening") == fitted.quoted else None,
             "notes_left_out": fitted.left_out,
             "context": {"limit": fitted.context, "prompt": fitted.tokens, "answer": options.max_tokens} if fitted.context else None,
             "timings": {"first_token_s": round(first[0], 4) if first else None,
