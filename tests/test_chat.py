@@ -372,6 +372,25 @@ def test_find_by_each_signal(trained):
         assert bad.returncode == 1 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_explain_leaves_out_what_the_model_says_of_every_token_alike(trained, monkeypatch):
+    """On the README's dog pocket said the same cut sentence of all 16 tokens ('The phrase "thing" in
+    the sentence...'): the model's description is shown only where it tells tokens apart."""
+    import yollava_cli.use.explain as explaining
+
+    home, model_dir, _ = trained
+    tokens = [{"token": f"<bo_{i}>", "nearest_words": ["thing"], "moved": 0.03, "moved_toward": [f"w{i}"], "description": None}
+              for i in range(2)]
+    result = {"concept": "bo", "shared_description": 'The phrase "thing" in the sentence', "shared_nearest_words": ["thing"],
+              "moved_together_toward": ["white"], "tokens": tokens}
+    monkeypatch.setattr(explaining, "explain", lambda *args, **kwargs: result)
+    alike = invoke("explain", "bo", "--model", model_dir, home=home)
+    assert alike.returncode == 0 and "<bo_1>" in alike.stdout, alike.stderr
+    assert "the model says" not in alike.stdout and "The phrase" not in alike.stdout
+    tokens[1]["description"] = "A small dog."
+    apart = invoke("explain", "bo", "--model", model_dir, home=home)
+    assert "A small dog." in apart.stdout and 'the model says of the other tokens: The phrase "thing"' in apart.stdout
+
+
 def test_explain_lists_each_latent_token(trained):
     home, model_dir, _ = trained
     result = invoke("explain", "bo", "--max-tokens", "4", "--model", model_dir, "--json", home=home)
