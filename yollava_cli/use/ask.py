@@ -97,7 +97,7 @@ def looks_unanswered(question: str, note: str) -> bool:
     def content(text: str) -> set[str]:
         return set(re.findall(r"[a-z]+", re.sub(IDENTIFIER, " ", text.lower()))) - PLAIN_WORDS
 
-    asked = re.sub(r"^About [^:]*:\s*", "", question)  # with_identifiers' prefix
+    asked = question_itself(question)
     if not ASKS_HOW_IT_LOOKS.search(asked):
         return False
     noted = content(note)
@@ -108,10 +108,15 @@ def looks_unanswered(question: str, note: str) -> bool:
 def asks_for_an_answer(question: str) -> bool:
     """Whether a question asks for a fact, an attribute or a yes or no ("What colour is his fur?"),
     not for advice or a telling ("What should I buy him?", "Describe <bo>."): facts help those
-    even when none answers them. The question is its last line (an eval method's description
-    comes before it)."""
-    asked = re.sub(r"^About [^:]*:\s*", "", question.rsplit("\n", 1)[-1])  # with_identifiers' prefix
+    even when none answers them."""
+    asked = question_itself(question)
     return bool(ASKS_DIRECTLY.match(asked)) and not ASKS_FOR_ADVICE.search(asked)
+
+
+def question_itself(question: str) -> str:
+    """The question without what comes before it: with_identifiers' "About <bo>: ", and the lines
+    an eval method's description puts above it."""
+    return re.sub(r"^About [^:]*:\s*", "", question.rsplit("\n", 1)[-1])
 
 
 def about_the_photo(prompt: Prompt) -> bool:
