@@ -1,8 +1,9 @@
 """Personal facts on pocket, for the 20 shared subjects (facts.json): each paraphrased question
 asked with the subject's facts in its opening line and without (the control), through the tool's
 own prompt path (use.ask.steered and answered: the note that answers the question is the answer, else
-every word leans toward the notes, under the owner's line; a direct question no note answers gets none) with the concept at neutral rows (no training, so every subject
-costs seconds), plus the bare language model with the facts pasted into a plain prompt (no concept prompt).
+every word leans toward the notes, under the owner's line; a direct question no note answers gets none)
+with the concept at its starting rows, the identifier at its class word as `add` starts it (no training,
+so every subject costs seconds), plus the bare language model with the facts pasted into a plain prompt (no concept prompt).
 
     python bench/bench_facts.py   # writes bench/results/facts.json
 """
@@ -28,6 +29,7 @@ def main() -> None:
     from yollava_cli.use.ask import answered, steered
 
     facts = json.loads((DATA / "facts.json").read_text())
+    classes = {name: entry["class"] for name, entry in json.loads((DATA / "manifest.json").read_text()).items()}
     vlm = load_vlm("pocket")
     settings = {"facts in the prompt": [], "no facts (control)": [], "bare, facts pasted as plain text": []}
     gifts = {name: [] for name in settings}
@@ -35,7 +37,7 @@ def main() -> None:
     start = time.perf_counter()
     for subject, entry in facts.items():
         name = subject.strip("<>")
-        vlm.tokens.add(name, 16)  # neutral rows: what the prompt alone carries
+        vlm.tokens.add(name, 16, init_word=classes[name])  # starting rows, the identifier at its class word as `add` starts it
         notes = [as_sentence(name, f) for f in entry["facts"]]
         plain = " ".join(f.replace(f"<{name}>", name.capitalize()) for f in entry["facts"])
         items = [(q, False) for q in entry["questions"]] + ([(entry["gift"], True)] if entry.get("gift") else [])
