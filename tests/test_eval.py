@@ -44,6 +44,7 @@ def test_metric_arithmetic_by_hand():
 def test_a_subjects_metrics_by_hand(monkeypatch):
     """One subject's recognition and facts entries, and their summary, on scores and answers made up
     so that every figure can be worked out by hand."""
+    from dataclasses import replace
     from types import SimpleNamespace
 
     from yollava_cli.evaluation import runner as evaluation
@@ -79,7 +80,7 @@ def test_a_subjects_metrics_by_hand(monkeypatch):
 
     dataset = SimpleNamespace(subjects={"bo": SimpleNamespace(name="bo", test=["own"]),
                                         "mam": SimpleNamespace(name="mam", test=["other"])}, facts={"bo": facts})
-    monkeypatch.setattr(evaluation, "note_guidance", lambda vlm, prompt: {})
+    monkeypatch.setattr(evaluation, "steered", lambda vlm, prompt, notes, tokens: (SimpleNamespace(prompt=replace(prompt, notes=notes)), {}))
     run = Evaluation(dataset, SimpleNamespace(generate=generate), None, None, [], TrainConfig())
     run.methods = [Scripted(True)]
     monkeypatch.setattr(run, "train", lambda subject: {})
@@ -103,6 +104,34 @@ def test_a_subjects_metrics_by_hand(monkeypatch):
     overall = summarise({"bo": {"m": bo}, "mam": {"m": mam}}, ["m"])["m"]["facts_prompt"]
     assert overall["accuracy"] == pytest.approx(5 / 6) and overall["n"] == 5  # mean of 2/3 and 1, 3 + 2 questions
     assert (overall["gift_hits"], overall["gift_asked"]) == (1, 1)  # mam was not asked one
+
+
+def test_eval_asks_its_fact_questions_with_the_prompt_ask_builds(monkeypatch):
+    """Eval's fact questions go through `ask`'s own prompt building (use.ask.steered): a direct
+    question no fact answers gets no facts, and advice gets them under the owner's line. Eval had a
+    copy (note_guidance) that put every fact, bare, in every prompt: it measured a prompt no user got."""
+    from types import SimpleNamespace
+
+    from yollava_cli.evaluation.methods.yollava import Yollava
+    from yollava_cli.evaluation.runner import Evaluation
+    from yollava_cli.use import ask as asking
+
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    monkeypatch.setattr(asking, "quoted_note", lambda vlm, prompt, notes, gains=None: None)
+    generate, prompts = vlm.generate, []
+    monkeypatch.setattr(vlm, "generate", lambda prompt, *args, **kwargs: (prompts.append(prompt), generate(prompt, *args, **kwargs))[1])
+    facts = {"facts": ["is 4 years old", "loves tennis"],
+             "questions": [{"question": "What colour is <bo>'s fur?", "answer_contains": ["brown"]}],
+             "gift": {"question": "What should I buy <bo>?", "answer_contains": ["ball"]}}
+    dataset = SimpleNamespace(subjects={}, facts={"bo": facts})
+    run = Evaluation(dataset, vlm, None, None, [], TrainConfig())
+    run.facts_metrics(Yollava(), "bo")
+    with_facts = prompts[:2]  # FACT_SETTINGS: with the facts in the prompt first
+    assert with_facts[0].question.endswith("What colour is <bo>'s fur?") and with_facts[0].notes == []
+    assert with_facts[1].notes == ["What I know about <bo>:", "<bo> is 4 years old.", "<bo> loves tennis."]
+    # a description method's prefix comes before the question: the question is still read as one
+    assert asking.asks_for_an_answer("<bo> is a corgi with a white chest.\nWhat colour is <bo>'s fur?")
 
 
 @pytest.fixture

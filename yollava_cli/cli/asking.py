@@ -275,12 +275,12 @@ def explain(
     shared = result["shared_nearest_words"]
     differ = [", ".join(r["nearest_words"]) if r["nearest_words"] != shared else "-" for r in result["tokens"]]
     every = all(word == "-" for word in differ)  # every token reads the same words: said once, below
-    print_table(["token", *([] if every else ["nearest words"]), "moved", "moved toward", "the model says"],
+    said = any(r["description"] for r in result["tokens"])  # the model's words, only where they tell tokens apart
+    print_table(["token", *([] if every else ["nearest words"]), "moved", "moved toward", *(["the model says"] if said else [])],
                 [[r["token"], *([] if every else [near]), f"{r['moved']:.1%}", ", ".join(r["moved_toward"]),
-                  r["description"] or "-"] for r, near in zip(result["tokens"], differ)])
+                  *([r["description"] or "-"] if said else [])] for r, near in zip(result["tokens"], differ)])
     if shared:
         sys.stdout.write(f"nearest words of {'every token' if every else 'the other tokens'}: {', '.join(shared)}\n")
     sys.stdout.write(f"all tokens together moved toward: {', '.join(result['moved_together_toward'])}\n")
-    if result["shared_description"]:
-        which = "the other tokens" if any(r["description"] for r in result["tokens"]) else "every token"
-        sys.stdout.write(f"the model says of {which}: {result['shared_description']}\n")
+    if result["shared_description"] and said:  # the same sentence for all 16 says nothing of any one
+        sys.stdout.write(f"the model says of the other tokens: {result['shared_description']}\n")

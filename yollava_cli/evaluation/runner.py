@@ -32,7 +32,7 @@ from yollava_cli.store.facts import as_sentence, set_facts
 from yollava_cli.store.photos import BadPhoto, read_photo
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus
-from yollava_cli.use.ask import note_guidance
+from yollava_cli.use.ask import answered, steered
 
 CAPTION_PROMPT = "Describe this photo in one sentence."
 
@@ -211,9 +211,10 @@ class Evaluation:
         for setting, in_prompt in FACT_SETTINGS[self.config.facts_in_tokens]:
             right = []
             for item in questions:
-                prompt = self.prompt(method, subject, item["question"], [])
-                prompt.notes = notes if in_prompt else []
-                answer = self.vlm.generate(prompt, max_new_tokens=FACT_TOKENS, **note_guidance(self.vlm, prompt)).lower()
+                # the prompt and steering `ask` gives its users (use.ask.steered), facts and all
+                fitted, guidance = steered(self.vlm, self.prompt(method, subject, item["question"], []),
+                                           notes if in_prompt else [], FACT_TOKENS)
+                answer = answered(self.vlm, fitted.prompt, guidance, FACT_TOKENS).lower()
                 right.append(any(word.lower() in answer for word in item["answer_contains"]))
             asked = len(entry["questions"])
             out[setting] = {"accuracy": sum(right[:asked]) / asked, "n": asked,

@@ -3,7 +3,7 @@ cleaner"). They are stored in the owner's words, never rewritten, and reach answ
 concept's opening line (`<bo> is <bo_0>...<bo_15>. <bo> is scared of the vacuum cleaner.`), as
 retrieval-augmented personalization does: a new fact works at once, with no retraining. When one
 fact answers a question, photo or not, it is the answer (use.ask.quoted_note); when none does, a
-text-only answer leans toward what the facts make likelier (use.ask.note_guidance). They never
+text-only answer leans toward what the facts make likelier (use.ask.steered). They never
 enter what the model generates about photos (captions, attribute conversations, questions about
 the photo)."""
 

