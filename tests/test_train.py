@@ -195,10 +195,20 @@ def test_metrics_and_calibration_by_hand():
     assert recognition_metrics([0.9, 0.6, 0.4], [0.1, 0.55, 0.3, 0.2], threshold)["positive"] == 1.0
 
 
+def test_a_later_epoch_must_beat_the_best_by_more_than_rounding():
+    from yollava_cli.learning.training import improves
+
+    best = {"weighted": 0.9, "mean_yes_positive": 0.8, "mean_yes_negative": 0.3}
+    assert improves({**best, "weighted": 0.95}, best)
+    assert not improves({**best, "weighted": 0.85, "mean_yes_negative": 0.0}, best)
+    assert not improves({**best, "mean_yes_positive": 0.8002}, best)  # rounding: a resumed run's float path
+    assert improves({**best, "mean_yes_positive": 0.85}, best)
+
+
 def test_early_stopping_runs_patience_epochs_after_the_best(registry, monkeypatch):
     import yollava_cli.learning.training as training
 
-    monkeypatch.setattr(training, "selection_key", lambda metrics: 0.0)  # no epoch beats the first
+    monkeypatch.setattr(training, "improves", lambda metrics, best: False)  # no epoch beats the first
     config = TrainConfig(k=4, epochs=5, batch_size=8, positive_repeats=1, attributes_per_epoch=4, patience=1)
     result = train_concept(registry, tiny_vlm(), "bo", config)
     assert result.best_epoch == 1

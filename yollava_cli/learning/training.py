@@ -49,6 +49,7 @@ from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus, NegativeKind, RunStatus
 
 MIN_PHOTOS_TO_HOLD_OUT = 5
+GAP_MARGIN = 1e-3  # a P(yes) gap this much wider is a better epoch; less is rounding
 
 
 @dataclass
@@ -204,7 +205,7 @@ class Trainer:
                 train = self.score(probe[:3], probe[3:])
                 history.append({"epoch": epoch + 1, **losses, "train_accuracy": train["weighted"], "validation": validation,
                                 "seconds": round(time.perf_counter() - started, 2)})
-                if best is None or selection_key(validation) > selection_key(best["validation"]):
+                if best is None or improves(validation, best["validation"]):
                     file = self.folder / f"run{run_id}.safetensors"
                     best = {"epoch": epoch + 1, "validation": validation, "threshold": calibrate(validation),
                             "file": str(file.relative_to(self.registry.root))}  # a resumed run may keep an earlier run's file
@@ -322,9 +323,14 @@ def recognition_metrics(pos: list[float], neg: list[float], threshold: float = 0
             "probabilities": {"positive": [round(x, 4) for x in pos], "negative": [round(x, 4) for x in neg]}}
 
 
-def selection_key(metrics: dict) -> tuple[float, float]:
-    """Weighted accuracy first, then the gap between positives' and negatives' mean P(yes)."""
-    return (metrics["weighted"], metrics["mean_yes_positive"] - metrics["mean_yes_negative"])
+def improves(metrics: dict, best: dict) -> bool:
+    """Weighted accuracy first, then the gap between positives' and negatives' mean P(yes), which
+    must widen by more than GAP_MARGIN: a gain within float rounding keeps the earlier epoch, so a
+    resumed run (another float path) picks the same epoch as an uninterrupted one."""
+    if metrics["weighted"] != best["weighted"]:
+        return metrics["weighted"] > best["weighted"]
+    gap = metrics["mean_yes_positive"] - metrics["mean_yes_negative"]
+    return gap > best["mean_yes_positive"] - best["mean_yes_negative"] + GAP_MARGIN
 
 
 def calibrate(metrics: dict) -> float:
