@@ -76,7 +76,7 @@ complete -c yollava -n "__fish_seen_subcommand_from export" -l json -d "Print on
 complete -c yollava -n "__fish_seen_subcommand_from find" -F  # find: files
 complete -c yollava -n "__fish_seen_subcommand_from find" -l threshold -r -d "Match cut (default: calibrated at training)."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l top -r -d "Show only the best N."
-complete -c yollava -n "__fish_seen_subcommand_from find" -l by -r -d "Signal: fused (head + tokens), head (image embeddings only, fastest) or tokens (the language model on every photo)."
+complete -c yollava -n "__fish_seen_subcommand_from find" -l by -r -d "Signal: fused (the head + every recognition signal), head (image embeddings only, fastest), or one signal alone: tokens (the language model on every photo)."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l verify -r -d "With --by fused: how many of the head's best photos the language model checks (plus those near the threshold)."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l no-train -d "Refuse an untrained concept instead of training it."
 complete -c yollava -n "__fish_seen_subcommand_from find" -l explain -d "Say why each photo scored as it did: each signal's score, the nearest concept photo and the nearest known non-concept photo."
