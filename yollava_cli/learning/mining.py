@@ -74,8 +74,6 @@ def add_pool(registry: Registry, name: str, folder: Path, embedder: Embedder) ->
         raise UserError(f"pool {name!r} already points at {existing['path']}; `yollava pool rm {name}` first")
     candidates, skipped = scan_pool(registry, existing or {"id": None, "name": name, "path": str(folder)})
     vectors, embedded = embed_photos(registry, embedder, {c.sha256: c.load for c in candidates}, EmbeddingPool)
-    if embedder.note:
-        report(Status(embedder.note))
     return {"pool": name, "path": str(folder), "photos": len(candidates), "embedded": embedded,
             "unreadable": len(candidates) - len(vectors) + len(skipped), "embedder": embedder.id,
             "skipped": skipped}

@@ -8,6 +8,7 @@ from PIL import Image
 
 from yollava_cli.learning.embeddings import Embedder, PhotoFile
 from yollava_cli.learning.executor import Env
+from yollava_cli.reporting import Status, report
 from yollava_cli.store.photos import BadPhoto, decode, photo_bytes
 
 
@@ -18,6 +19,8 @@ class RayEmbedder(Embedder):
         info = executor.workers().info[0]
         self.executor, self.id, self.dim = executor, info["embedder"], info["dim"]
         self.duplicate_above, self.note = info["duplicate_above"], info["note"]
+        if self.note:  # said where the embedder is loaded, as Env.embedder says it
+            report(Status(self.note))
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         [vectors] = self.embed_batches([[lambda image=image: image for image in images]])
