@@ -235,3 +235,35 @@ def test_mining_names_the_concepts_photos_missing_from_the_store(pooled):
         mining.mine(registry, "bo", ColorEmbedder(), hard=2, easy=2)
     with pytest.raises(UserError, match="2 stored photos are missing from the store"):
         train_concept(registry, None, "bo")
+
+
+def test_pool_add_names_the_embedder_auto_chose_once(tmp_path, monkeypatch):
+    """The executor that loads the embedder says which one auto chose; the pool step must not say
+    it again (it did, once the note travelled as an event from both)."""
+    from conftest import invoke
+
+    from yollava_cli.learning import embeddings
+
+    def offline(*args):
+        raise UserError("cannot load open_clip weights (offline)")
+
+    monkeypatch.setattr(embeddings, "load_open_clip", offline)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 64), (60 * i, 90, 200)).save(pool / f"{i}.jpg")
+    result = invoke("pool", "add", "p", pool, home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("embedder: efficientnet-lite0 (auto:") == 1, result.stderr
+
+
+def test_a_photo_given_twice_is_listed_once(tmp_path):
+    """`find bo ~/Pictures ~/Pictures/park.jpg` scores park.jpg once, not twice."""
+    from yollava_cli.store.photos import expand_photo_paths
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        Image.new("RGB", (8, 8)).save(folder / name)
+    given = [folder, folder / "b.jpg", tmp_path / "photos" / ".." / "photos" / "a.jpg"]
+    assert expand_photo_paths(given) == [folder / "a.jpg", folder / "b.jpg"]

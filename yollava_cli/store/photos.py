@@ -65,8 +65,9 @@ def stage_photos(paths: Iterable[Path], folder: Path, strict: bool = False) -> t
 
 
 def expand_photo_paths(inputs: list[Path], on_found: Callable[[int], None] | None = None) -> list[Path]:
-    """Files as given, and the photo-suffixed files under each directory (recursive, sorted);
-    `on_found(count)` after each directory walked, for a folder as big as a whole disk."""
+    """Files as given, and the photo-suffixed files under each directory (recursive, sorted), each
+    once (a folder and a photo in it both given: the photo is listed once); `on_found(count)` after
+    each directory walked, for a folder as big as a whole disk."""
     found: list[Path] = []
     for given in inputs:
         if not given.exists():
@@ -86,7 +87,10 @@ def expand_photo_paths(inputs: list[Path], on_found: Callable[[int], None] | Non
             found.extend(inside)
         else:
             found.append(given)
-    return found
+    first: dict[str, Path] = {}
+    for path in found:
+        first.setdefault(os.path.abspath(path), path)
+    return list(first.values())
 
 
 def read_photo(path: Path, max_side: int = STORE_MAX_SIDE) -> Photo:
