@@ -269,13 +269,13 @@ def test_the_isolated_protocol_trains_each_subject_alone(tmp_path):
     for subject in ("dog", "dog6"):
         registry = Registry(tmp_path / "eval" / "fold0-isolated" / subject)
         concept = registry.concept(subject)
-        assert [c["name"] for c in registry.concepts()] == [subject]
-        assert registry.other_concepts_photo_shas(concept["id"]) == []
+        assert [c.name for c in registry.concepts()] == [subject]
+        assert registry.other_concepts_photo_shas(concept.id) == []
         pool = {p.name for p in (tmp_path / "eval" / "fold0-isolated" / subject / "others").iterdir()}
         expected = {f"{s.name}-{p.name}" for s in [*data.subjects.values(), *data.others.values()] if s.name != subject
                     for p in s.train}
         assert pool == expected and len(pool) == 57  # 19 other subjects' 3 train photos, never a test photo
-        assert sum(registry.negative_counts(concept["id"]).values()) > 0
+        assert sum(registry.negative_counts(concept.id).values()) > 0
 
 
 def test_one_subject_is_refused_not_scored_perfect(tmp_path):
@@ -325,7 +325,7 @@ def test_eval_retrains_a_subject_trained_under_other_settings(tmp_path, monkeypa
         """What training leaves behind, minus the training: a current checkpoint with its config."""
         trained_with.append(config.epochs)
         concept = registry.concept(name)
-        registry.record_checkpoint(concept["id"], registry.root / "x", "fake", "fp", 2, {"thresholds": {"tokens": 0.5}},
+        registry.record_checkpoint(concept.id, registry.root / "x", "fake", "fp", 2, {"thresholds": {"tokens": 0.5}},
                                    asdict(config), None)
 
     class LoadedVLM:

@@ -51,7 +51,7 @@ def test_add_holds_one_photo_at_a_time(tmp_path):
     few = traced_peak(lambda: add_concept(registry, "few", [tmp_path / "few"]))
     many = traced_peak(lambda: add_concept(registry, "many", [tmp_path / "many"]))
     assert many - few < 3 * one, (few, many)  # 20 more photos: 20 more JPEGs if they were all held
-    assert registry.concept_photo_count(registry.concept("many")["id"]) == 24
+    assert registry.concept_photo_count(registry.concept("many").id) == 24
     assert not any((tmp_path / "home" / "incoming").iterdir())  # the staging folders are gone
 
 

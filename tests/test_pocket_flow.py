@@ -53,7 +53,7 @@ def flow(tmp_path_factory):
     config = TrainConfig(epochs=6)
     # "before" is where training starts, zero epochs in: the identifier at the base model's word for
     # the subject ("dog"), which alone already separates; training must be credited only beyond it
-    word = subject_word(registry, vlm, registry.concept_photos(registry.concept("dog")["id"]))
+    word = subject_word(registry, vlm, registry.concept_photos(registry.concept("dog").id))
     vlm.tokens.add("dog", config.k, seed=config.seed, init_word=word)
     before = p_yes()
     result = train_concept(registry, vlm, "dog", config, embedder=embedder)  # tokens, then head and fusion

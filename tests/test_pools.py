@@ -228,7 +228,7 @@ def test_mining_names_the_concepts_photos_missing_from_the_store(pooled):
     from yollava_cli.learning.training import train_concept
 
     registry, _ = pooled
-    photos = registry.concept_photos(registry.concept("bo")["id"])
+    photos = registry.concept_photos(registry.concept("bo").id)
     for photo in photos:
         (registry.root / photo["file"]).unlink()
     with pytest.raises(UserError, match=r"<bo>: 2 stored photos are missing from the store \(.*0\.png, .*1\.png\)"):

@@ -46,7 +46,7 @@ def bright_world(tmp_path_factory):
 
 def checkpoint(home):
     registry = Registry(home)
-    return home / registry.current_checkpoint(registry.concept("bo")["id"])["file"]
+    return home / registry.current_checkpoint(registry.concept("bo").id)["file"]
 
 
 def edit_recognizer(path, edit) -> None:
@@ -79,7 +79,7 @@ def test_a_toy_signal_is_fitted_into_the_fusion_and_fused_by_find(bright_world):
     stored = recognizer_meta(path)
     assert set(stored["fusion"]) == {"head", "tokens", "brightness", "bias"} and stored["fusion_version"] == 3
     registry = Registry(bright_world["home"])
-    assert 0 < registry.thresholds(registry.concept("bo")["id"])["brightness"] < 1  # calibrated under its name
+    assert 0 < registry.thresholds(registry.concept("bo").id)["brightness"] < 1  # calibrated under its name
     edit_recognizer(path, lambda r: {**r, "fusion": {**r["fusion"], "brightness": 20.0}})  # make its say unmistakable
     weights = recognizer_meta(path)["fusion"]
     with brightness():

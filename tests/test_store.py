@@ -101,7 +101,7 @@ def test_a_registry_closes_and_backs_up_once_when_its_block_ends(tmp_path):
         registry.concepts()  # closed
     written = backup.stat().st_mtime_ns
     with Registry(tmp_path) as registry:
-        assert [c["name"] for c in registry.concepts()] == ["bo", "mo"]
+        assert [c.name for c in registry.concepts()] == ["bo", "mo"]
     assert backup.stat().st_mtime_ns == written
 
 

@@ -1,5 +1,7 @@
 """Training on a tiny random LLaVA: what may change, the data mix, resume, and base-model refusal."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import with_negatives
@@ -81,7 +83,7 @@ def test_the_data_uses_the_papers_templates_and_the_stated_mix(registry):
 
 def test_the_identifier_starts_at_the_base_models_word_for_the_subject(registry):
     vlm = tiny_vlm()
-    photos = registry.concept_photos(registry.concept("bo")["id"])
+    photos = registry.concept_photos(registry.concept("bo").id)
     for photo, answer in zip(photos, ["A dog.", "Dog", "a cat!"]):
         registry.store_answer(photo["sha256"], vlm.fingerprint, SUBJECT_QUESTION, answer)
     assert subject_word(registry, vlm, photos) == "dog"  # articles and case dropped, most frequent wins
@@ -98,7 +100,7 @@ def test_attribute_conversations_say_something_once(registry):
     --data` (inspect_training_data) lists exactly what training learns."""
     vlm = tiny_vlm()
     concept = registry.concept("bo")
-    photos = registry.concept_photos(concept["id"])
+    photos = registry.concept_photos(concept.id)
     said = {"What color is this subject?": ["A color.", "This subject is orange and white.", "Orange and white."],
             "What shape does this subject have?": ["A dog.", "A dog.", "It is round."],
             "What type of object is this subject?": ["A dog.", "Dog.", "A dog"]}
@@ -112,7 +114,7 @@ def test_attribute_conversations_say_something_once(registry):
                                ("What color is <bo>?", "Orange and white."),
                                ("What shape does <bo> have?", "It is round."),
                                ("What type of object is <bo>?", "<bo> is a pet dog.")]
-    shown = inspect_training_data(registry, {**concept, "base_fingerprint": vlm.fingerprint})
+    shown = inspect_training_data(registry, replace(concept, base_fingerprint=vlm.fingerprint))
     assert [(c["question"], c["answer"]) for c in shown["attribute_conversations"]] == data.attributes
     assert shown["subject_word"] == "dog"
 
@@ -258,8 +260,8 @@ def test_each_class_weighs_half_so_an_undecided_model_is_not_pushed_to_say_no(re
     cross-entropy over every answer token, a model that cannot tell yet is pushed toward "no" by
     the mix alone; scored apart and balanced, the decision's gradient at P(yes) = 0.5 nets to zero."""
     concept = registry.concept("bo")
-    photos = [p["sha256"] for p in registry.concept_photos(concept["id"])]
-    data = TrainingData(photos, registry.negatives(concept["id"]), [("What color is <bo>?", "<bo> is red.")] * 4)
+    photos = [p["sha256"] for p in registry.concept_photos(concept.id)]
+    data = TrainingData(photos, registry.negatives(concept.id), [("What color is <bo>?", "<bo> is red.")] * 4)
     labels = [e.label for e in epoch_examples("bo", split_data(data, FAST), 0, FAST)]
     assert labels.count("negative") > labels.count("positive")
     weights = class_weights(labels)

@@ -75,9 +75,9 @@ def test_export_import_round_trip(world, tmp_path):
     from yollava_cli.learning.recognition import load
 
     registry, original = Registry(other), Registry(home)  # the concept head came along, its fusion and cuts too
-    head = load(other / registry.current_checkpoint(registry.concept("bo2")["id"])["file"])
-    assert head.fusion == load(home / original.current_checkpoint(original.concept("bo")["id"])["file"]).fusion
-    assert registry.thresholds(registry.concept("bo2")["id"]) == original.thresholds(original.concept("bo")["id"])
+    head = load(other / registry.current_checkpoint(registry.concept("bo2").id)["file"])
+    assert head.fusion == load(home / original.current_checkpoint(original.concept("bo").id)["file"]).fusion
+    assert registry.thresholds(registry.concept("bo2").id) == original.thresholds(original.concept("bo").id)
     assert set(shown["metrics"]["thresholds"]) == {"tokens", "head", "fused"}
     test_photos = world["data"] / "concepts" / "dog" / "test"
     found = invoke("find", "bo2", test_photos, "--by", "head", "--json", home=other)
@@ -312,7 +312,7 @@ def test_two_processes_train_different_concepts_while_another_reads(world, tmp_p
 def test_doctor_finds_and_repairs(world, tmp_path):
     home = fresh_home(world, tmp_path)
     registry = Registry(home)
-    stored = registry.concept_photos(registry.concept("bo")["id"])[0]
+    stored = registry.concept_photos(registry.concept("bo").id)[0]
     (home / stored["file"]).unlink()
     (home / "photos" / "zz").mkdir()
     (home / "photos" / "zz" / "stray.jpg").write_bytes(b"x")
@@ -359,7 +359,7 @@ DAMAGE = {  # what happens to a stored photo: (the damage, whether `doctor` with
 def damage_a_stored_photo(world, tmp_path, how):
     home = fresh_home(world, tmp_path)
     registry = Registry(home)
-    stored, other = registry.concept_photos(registry.concept("bo")["id"])[:2]
+    stored, other = registry.concept_photos(registry.concept("bo").id)[:2]
     DAMAGE[how][0](home / stored["file"], home / other["file"])
     return home, stored
 
@@ -801,7 +801,7 @@ def test_every_json_the_tool_reads_is_checked_against_its_schema(world, tmp_path
     with wrong types, missing keys, numbers out of range, a list for an object, non-UTF-8 bytes and
     truncated JSON: one line naming the file and the key, exit 1, nothing stored changed."""
     home = fresh_home(world, tmp_path)
-    checkpoint_file = home / Registry(home).current_checkpoint(Registry(home).concept("bo")["id"])["file"]
+    checkpoint_file = home / Registry(home).current_checkpoint(Registry(home).concept("bo").id)["file"]
     good_checkpoint = checkpoint_file.read_bytes()
     cases = bad_json_cases(world, tmp_path, home)
     for kind, path, edit, args, message in cases:

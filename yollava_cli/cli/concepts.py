@@ -148,7 +148,7 @@ def train(
     """
     config = TrainConfig(k=k, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, facts_in_tokens=facts_in_tokens)
     registry = open_registry()
-    names = [c["name"] for c in registry.concepts()] if all_ else list(dict.fromkeys(names or []))
+    names = [c.name for c in registry.concepts()] if all_ else list(dict.fromkeys(names or []))
     if not names:
         raise UserError("name the concept(s) to train, or pass --all" + (" (there are no concepts yet)" if all_ else ""))
     with executor(ray, model, quantize, needs_model=True) as ex:
@@ -261,8 +261,8 @@ def rm(
     concept = concepts.get_concept(registry, name)
     if not yes:
         if not sys.stdin.isatty():
-            raise UserError(f"not removing <{concept['name']}> without confirmation; pass --yes")
-        typer.confirm(f"Remove <{concept['name']}> and its photos?", abort=True)
+            raise UserError(f"not removing <{concept.name}> without confirmation; pass --yes")
+        typer.confirm(f"Remove <{concept.name}> and its photos?", abort=True)
     result = concepts.remove_concept(registry, name)
     if json_:
         return print_json(result)

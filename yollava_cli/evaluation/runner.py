@@ -30,6 +30,7 @@ from yollava_cli.reporting import report
 from yollava_cli.store.concepts import add_concept, current_checkpoint_file
 from yollava_cli.store.facts import as_sentence, set_facts
 from yollava_cli.store.photos import BadPhoto, read_photo
+from yollava_cli.store.records import Concept
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus
 from yollava_cli.use.ask import answered, steered
@@ -96,7 +97,7 @@ class Evaluation:
     def subject_word(self, subject: str) -> str | None:
         """The base model's word for the subject, as training started from it (cached answers)."""
         concept = self.registry.concept(subject)
-        return subject_word(self.registry, self.vlm, self.registry.concept_photos(concept["id"]))
+        return subject_word(self.registry, self.vlm, self.registry.concept_photos(concept.id))
 
     def describe(self, subject: str) -> str:
         captions = []
@@ -115,9 +116,9 @@ class Evaluation:
         if self.config.facts_in_tokens and subject.name in self.dataset.facts:
             set_facts(self.registry, subject.name, self.dataset.facts[subject.name]["facts"])
         concept = self.registry.concept(subject.name)
-        checkpoint = self.registry.current_checkpoint(concept["id"])
+        checkpoint = self.registry.current_checkpoint(concept.id)
         other_config = checkpoint is None or json.loads(checkpoint["config"] or "{}") != asdict(self.config)
-        if concept["status"] != ConceptStatus.TRAINED or concept["base_fingerprint"] != self.vlm.fingerprint or other_config:
+        if concept.status != ConceptStatus.TRAINED or concept.base_fingerprint != self.vlm.fingerprint or other_config:
             prepare_concept(self.registry, subject.name, lambda: self.vlm, lambda: self.embedder, self.config)
             concept = self.registry.concept(subject.name)
         if subject.name not in self.vlm.tokens:
@@ -135,14 +136,14 @@ class Evaluation:
         train = self.vectors(self.dataset.subjects[subject].train)
         return (self.vectors(photos) @ train.T).max(axis=1).tolist()
 
-    def embedding_threshold(self, subject: str, concept: dict) -> float:
+    def embedding_threshold(self, subject: str, concept: Concept) -> float:
         """Calibrated on training data only: each train photo against the others (positives) and the
         concept's mined negatives against the train photos."""
         train = self.vectors(self.dataset.subjects[subject].train)
         sims = train @ train.T
         np.fill_diagonal(sims, -1)
         pos = sims.max(axis=1).tolist()
-        files = [self.registry.root / file for file in self.registry.negative_files(concept["id"])]
+        files = [self.registry.root / file for file in self.registry.negative_files(concept.id)]
         neg = (self.embedder.embed([read_photo(f).image for f in files]) @ train.T).max(axis=1).tolist() if files else []
         return calibrate(recognition_metrics(pos, neg))
 

@@ -130,7 +130,7 @@ def evaluate_subject(env: Env, unit: dict) -> dict:
         with registry:
             evaluation = Evaluation(data, env.vlm, registry, env.embedder, unit["methods"], TrainConfig(**unit["config"]))
             results = evaluation.evaluate_subject(subject)
-            checkpoint = registry.current_checkpoint(registry.concept(subject.name)["id"])
+            checkpoint = registry.current_checkpoint(registry.concept(subject.name).id)
             return {"results": results, "checkpoint": (registry.root / checkpoint["file"]).read_bytes()}
 
 

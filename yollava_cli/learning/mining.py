@@ -29,6 +29,7 @@ from yollava_cli.store.photos import (
     read_photo,
 )
 from yollava_cli.store.pools import checked_new_pool, pool_by_name
+from yollava_cli.store.records import Concept
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus, NegativeKind
 
@@ -190,7 +191,7 @@ def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str]
     """Choose and store a concept's hard and easy negatives (replacing earlier ones)."""
     concept = get_concept(registry, raw_name)
     require_photos(registry, concept)
-    own = {p["sha256"]: registry.root / p["file"] for p in registry.concept_photos(concept["id"])}
+    own = {p["sha256"]: registry.root / p["file"] for p in registry.concept_photos(concept.id)}
     candidates, source = gather_candidates(registry, concept, pools)
     candidates = [c for c in candidates if c.sha256 not in own]
     loaders = {sha: file_loader(path) for sha, path in own.items()}
@@ -205,7 +206,7 @@ def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str]
     hard_rows, easy_rows, duplicate_rows = select_negatives(queries, matrix, hard, easy, seed, duplicate_above)
     if not hard_rows and not easy_rows:
         raise UserError(
-            f"all {len(candidates)} candidate photos look like <{concept['name']}> itself (similarity >= "
+            f"all {len(candidates)} candidate photos look like <{concept.name}> itself (similarity >= "
             f"{duplicate_above}): use a pool of other photos, or a higher --duplicate-above"
         )
     picked = [(candidates[r], NegativeKind.HARD, s) for r, s in hard_rows]
@@ -221,7 +222,7 @@ def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str]
     return result
 
 
-def gather_candidates(registry: Registry, concept: dict, pools: list[str] | None) -> tuple[list[Candidate], str]:
+def gather_candidates(registry: Registry, concept: Concept, pools: list[str] | None) -> tuple[list[Candidate], str]:
     """The chosen pools, else the configured default pools, else every pool, else other concepts' photos."""
     names = pools or load_config().get("default_pools") or registry.pool_names()
     if names:
@@ -233,17 +234,17 @@ def gather_candidates(registry: Registry, concept: dict, pools: list[str] | None
                 report(Status(f"pool {name!r}: skipped {len(skipped)} file(s) that are not usable photos, e.g. "
                               f"{skipped[0]['path']} ({skipped[0]['reason']}); `yollava pool add {name} DIR` lists them all"))
         return candidates, f"pool {', '.join(names)}"
-    others = registry.other_concepts_photos(concept["id"])
+    others = registry.other_concepts_photos(concept.id)
     if len(others) < MIN_CONCEPT_POOL:
         raise UserError(
-            f"no pool to mine negatives for <{concept['name']}> from: add a folder of everyday photos (your photo "
-            f"library is best) with `yollava pool add NAME DIR`, then `yollava train {concept['name']}`"
+            f"no pool to mine negatives for <{concept.name}> from: add a folder of everyday photos (your photo "
+            f"library is best) with `yollava pool add NAME DIR`, then `yollava train {concept.name}`"
         )
     report(Status(f"No pool registered: mining among your other concepts' {len(others)} photos"))
     return [Candidate(r["sha256"], str(registry.root / r["file"]), file_loader(registry.root / r["file"])) for r in others], "other concepts"
 
 
-def store_negatives(registry: Registry, concept: dict, picked: list, embedder_id: str) -> MineResult:
+def store_negatives(registry: Registry, concept: Concept, picked: list, embedder_id: str) -> MineResult:
     """Copy the chosen photos into the store and replace the concept's negatives in one transaction."""
     ready, dropped = [], []
     for candidate, kind, score in picked:
@@ -264,10 +265,10 @@ def store_negatives(registry: Registry, concept: dict, picked: list, embedder_id
         for candidate, kind, score, photo in ready:
             if photo is not None:
                 registry.store_photo(candidate.sha256, encoded[candidate.sha256], *photo.image.size)
-        old = registry.replace_negatives(concept["id"], [(c.sha256, kind, score, path_text(c.source))
+        old = registry.replace_negatives(concept.id, [(c.sha256, kind, score, path_text(c.source))
                                                          for c, kind, score, _ in ready], embedder_id)
-        registry.set_concept_status(concept["id"], ConceptStatus.MINED)
+        registry.set_concept_status(concept.id, ConceptStatus.MINED)
         removed = registry.delete_unused_photos(old)
     registry.unlink_photo_files(removed)
     negatives = [{"photo": path_text(c.source), "kind": kind, "score": round(score, 4)} for c, kind, score, _ in ready]
-    return MineResult(concept["name"], embedder_id, negatives, dropped=dropped)
+    return MineResult(concept.name, embedder_id, negatives, dropped=dropped)

@@ -83,12 +83,12 @@ class TrainingData:
 
 
 def build_training_data(registry: Registry, vlm: VLM, concept: dict, facts: list[str] = ()) -> TrainingData:
-    photos = registry.concept_photos(concept["id"])
-    negatives = registry.negatives(concept["id"])
+    photos = registry.concept_photos(concept.id)
+    negatives = registry.negatives(concept.id)
     word = subject_word(registry, vlm, photos)
     attributes = [(q, a) for _, q, a in attribute_conversations(registry, vlm, concept, photos, word)]
     return TrainingData([p["sha256"] for p in photos], negatives, attributes, word,
-                        [fact_conversations(concept["name"], fact) for fact in facts])
+                        [fact_conversations(concept.name, fact) for fact in facts])
 
 
 def fact_conversations(name: str, fact: str) -> list[tuple[str, str]]:
@@ -101,7 +101,7 @@ def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos:
                             label: str | None) -> list[tuple[str, str, str]]:
     """(photo, question, answer) worth learning (`worth_learning`) from the base model's answers
     about each photo; `label`: what the base model calls the subject (subject_word)."""
-    spec = templates()["attributes"]["person" if concept["kind"] == "person" else "other"]
+    spec = templates()["attributes"]["person" if concept.kind == "person" else "other"]
     total = len(photos) * len(spec["questions"])
     said, done = [], 0
     for photo in photos:
@@ -119,9 +119,9 @@ def worth_learning(said: list[tuple[str, str, str]], concept: dict, label: str |
     "A dog.", "What color is <bo>? A color.") is dropped, and an answer already kept for the
     question is kept once. Where no answer to the type question survives, the label and the
     owner's kind answer it ("<bo> is a pet dog.")."""
-    spec = templates()["attributes"]["person" if concept["kind"] == "person" else "other"]
-    name, neutral = concept["name"], spec["neutral_name"]
-    known = set(words(label or "")) | {concept["kind"]}
+    spec = templates()["attributes"]["person" if concept.kind == "person" else "other"]
+    name, neutral = concept.name, spec["neutral_name"]
+    known = set(words(label or "")) | {concept.kind}
     kept, seen = [], set()
     for photo, question, answer in said:
         plain = set(words(rename(question, neutral, name))) | set(words(neutral))
@@ -131,7 +131,7 @@ def worth_learning(said: list[tuple[str, str, str]], concept: dict, label: str |
             kept.append((photo, rename(question, neutral, name), rename(answer, neutral, name)))
     asked = rename(LABEL_QUESTION, neutral, name)
     if LABEL_QUESTION in spec["questions"] and said and not any(question == asked for _, question, _ in kept):
-        kept.append((said[0][0], asked, label_answer(name, concept["kind"], label)))
+        kept.append((said[0][0], asked, label_answer(name, concept.kind, label)))
     return kept
 
 
@@ -188,16 +188,16 @@ def answer_once(registry: Registry, vlm: VLM, key: str, question: str, prompt: P
 def inspect_training_data(registry: Registry, concept: dict) -> dict:
     """What training used (for `show --data`): counts, and the attribute conversations cached for
     the base model the concept was trained on. Generates nothing."""
-    spec = templates()["attributes"]["person" if concept["kind"] == "person" else "other"]
-    photos = registry.concept_photos(concept["id"])
-    fingerprint = concept["base_fingerprint"] or ""
+    spec = templates()["attributes"]["person" if concept.kind == "person" else "other"]
+    photos = registry.concept_photos(concept.id)
+    fingerprint = concept.base_fingerprint or ""
     said = [(photo["sha256"], question, answer) for photo in photos for question in spec["questions"]
             if (answer := registry.cached_answer(photo["sha256"], fingerprint, question))]
     names = [registry.cached_answer(p["sha256"], fingerprint, SUBJECT_QUESTION) for p in photos]
     label = most_common_word([n for n in names if n])
     conversations = [{"photo": photo[:12], "question": question, "answer": answer}
                      for photo, question, answer in worth_learning(said, concept, label)]
-    kinds = registry.negative_counts(concept["id"])
+    kinds = registry.negative_counts(concept.id)
     return {"positive_photos": len(photos), "positive_views": 2 * len(photos), "hard_negatives": kinds.get("hard", 0),
             "easy_negatives": kinds.get("easy", 0), "recognition_templates": {side: len(pairs) for side, pairs in templates()["recognition"].items()},
             "subject_word": label, "attribute_conversations": conversations}

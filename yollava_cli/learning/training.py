@@ -159,7 +159,7 @@ class Trainer:
     def __init__(self, registry: Registry, vlm: VLM, name: str, config: TrainConfig, embedder=None):
         self.registry, self.vlm, self.config, self.embedder = registry, vlm, config, embedder
         self.concept = get_concept(registry, name)
-        self.name = self.concept["name"]
+        self.name = self.concept.name
         self.views = PhotoViews(registry)
         self.folder = registry.root / "checkpoints" / self.name
 
@@ -179,7 +179,7 @@ class Trainer:
         return recognition_metrics(pos, neg)
 
     def run(self, resume: bool = False) -> TrainResult:
-        facts = self.registry.facts(self.concept["id"]) if self.config.facts_in_tokens else []
+        facts = self.registry.facts(self.concept.id) if self.config.facts_in_tokens else []
         data = build_training_data(self.registry, self.vlm, self.concept, [f["text"] for f in facts])
         if not data.negatives:
             raise UserError(f"<{self.name}> has no negatives yet: run `yollava mine {self.name}` first (it needs a pool)")
@@ -254,7 +254,7 @@ class Trainer:
         (learning.signals), fitted on the validation data the checkpoint was chosen on; stored in
         the checkpoint. Returns the cuts calibrated there, by signal name, the head's and the
         fused one's too (the registry keeps them with the checkpoint)."""
-        others = self.registry.other_concepts_photo_shas(self.concept["id"])
+        others = self.registry.other_concepts_photo_shas(self.concept.id)
         fit = fit_head(self.registry, self.embedder, self.views, split.positives, split.val_positives,
                        split.val_negatives, [sha for sha, _ in split.negatives] + others)
         recognizer, vectors = fit.recognizer, fit.held_out
@@ -276,7 +276,7 @@ class Trainer:
 
     def save_rows(self, path: Path, data: TrainingData, best: dict) -> None:
         self.vlm.tokens.save(self.name, path, {"config": asdict(self.config), "data_hash": data.hash,
-                                                "best": best, "kind": self.concept["kind"]})
+                                                "best": best, "kind": self.concept.kind})
 
     def produced_by(self, data: TrainingData) -> dict:
         """What a resume state must match: these settings, this data, this base model."""
@@ -285,7 +285,7 @@ class Trainer:
     # -- registry -----------------------------------------------------------------------
 
     def start_run(self, resume: bool) -> int:
-        return self.registry.start_run("train", self.concept["id"], {**asdict(self.config), "resume": resume})
+        return self.registry.start_run("train", self.concept.id, {**asdict(self.config), "resume": resume})
 
     def fail(self, run_id: int, history: list, best: dict | None, error: Exception) -> None:
         """Mark the run `failed` with the error's first line, so it is not left `running` (which
@@ -302,7 +302,7 @@ class Trainer:
                 metrics = {"best_epoch": best["epoch"], "validation": best["validation"], "epochs_run": len(history),
                            "thresholds": best.get("thresholds", {"tokens": best["threshold"]}),
                            "train_accuracy": history[best["epoch"] - 1]["train_accuracy"] if len(history) >= best["epoch"] else None}
-                self.registry.record_checkpoint(self.concept["id"], checkpoint, self.vlm.ref, self.vlm.fingerprint, self.config.k,
+                self.registry.record_checkpoint(self.concept.id, checkpoint, self.vlm.ref, self.vlm.fingerprint, self.config.k,
                                                 metrics, asdict(self.config), data.hash)
         if not interrupted:
             resume_state.discard(self.folder)
@@ -363,9 +363,9 @@ def prepare_concept(registry: Registry, name: str, load_vlm: Callable[[], VLM], 
 def mine_if_needed(registry: Registry, name: str, embedder) -> None:
     """Mine the concept's negatives when it has none yet (training needs them)."""
     concept = get_concept(registry, name)
-    if concept["status"] != ConceptStatus.ADDED and registry.negative_counts(concept["id"]):
+    if concept.status != ConceptStatus.ADDED and registry.negative_counts(concept.id):
         return
-    report(Status(f"Mining negatives for <{concept['name']}>..."))
+    report(Status(f"Mining negatives for <{concept.name}>..."))
     mined = mine(registry, name, embedder)
     kinds = [n["kind"] for n in mined.negatives]
     report(Status(f"Mined {kinds.count('hard')} hard and {kinds.count('easy')} easy negatives ({mined.source})."))

@@ -26,11 +26,11 @@ def train(registry: Registry, names: list[str], executor, config: TrainConfig) -
         require_photos(registry, concept)  # before any worker starts
     with ExitStack() as stack:
         for concept in concepts:
-            stack.enter_context(registry.lock(f"train-{concept['name']}", f"training <{concept['name']}>"))
+            stack.enter_context(registry.lock(f"train-{concept.name}", f"training <{concept.name}>"))
         for concept in concepts:
-            mine_if_needed(registry, concept["name"], executor.embedder())
+            mine_if_needed(registry, concept.name, executor.embedder())
         for concept in concepts:
-            require_photos(registry, get_concept(registry, concept["name"]), negatives=True)
+            require_photos(registry, get_concept(registry, concept.name), negatives=True)
         results = {}
 
         def write(unit: tuple, result: dict) -> None:
@@ -38,8 +38,8 @@ def train(registry: Registry, names: list[str], executor, config: TrainConfig) -
             report(ConceptsTrained(len(results), len(concepts)))
 
         report(ConceptsTrained(0, len(concepts)))
-        executor.run(train_copy, [(pack_concept(registry, c["name"], config),) for c in concepts], write)
-        return {"concepts": [results[c["name"]] for c in concepts], "ray": executor.report()}
+        executor.run(train_copy, [(pack_concept(registry, c.name, config),) for c in concepts], write)
+        return {"concepts": [results[c.name] for c in concepts], "ray": executor.report()}
 
 
 def pack_concept(registry: Registry, name: str, config: TrainConfig) -> dict:
@@ -47,12 +47,12 @@ def pack_concept(registry: Registry, name: str, config: TrainConfig) -> dict:
     under their hashes, in the registry's order."""
     concept = registry.concept(name)
     photos = [[p["sha256"], (registry.root / p["file"]).read_bytes(), p["width"], p["height"], p["source_path"], p["added_at"]]
-              for p in registry.concept_photos(concept["id"])]
+              for p in registry.concept_photos(concept.id)]
     negatives = [[r["sha256"], r["kind"], r["score"], r["source_path"], (registry.root / r["file"]).read_bytes(), r["width"], r["height"]]
-                 for r in registry.negative_rows(concept["id"])]
-    embedder = registry.negatives_embedder(concept["id"])
+                 for r in registry.negative_rows(concept.id)]
+    embedder = registry.negatives_embedder(concept.id)
     others = []
-    for row in registry.other_concepts_photos(concept["id"]):
+    for row in registry.other_concepts_photos(concept.id):
         photo = registry.photo(row["sha256"])
         others.append([row["sha256"], (registry.root / row["file"]).read_bytes(), photo["width"], photo["height"]])
     shas = [p[0] for p in photos]
@@ -61,8 +61,8 @@ def pack_concept(registry: Registry, name: str, config: TrainConfig) -> dict:
     vectors = {}  # the cached vectors (mining's), so the head learns from the vectors it would here
     for embedding in registry.embedders():
         vectors[embedding] = registry.embeddings(embedding, every)
-    return {"name": name, "kind": concept["kind"], "photos": photos, "negatives": negatives, "embedder": embedder,
-            "others": others, "facts": [f["text"] for f in registry.facts(concept["id"])], "answers": answers,
+    return {"name": name, "kind": concept.kind, "photos": photos, "negatives": negatives, "embedder": embedder,
+            "others": others, "facts": [f["text"] for f in registry.facts(concept.id)], "answers": answers,
             "embeddings": vectors, "config": asdict(config)}
 
 
@@ -71,12 +71,12 @@ def record(registry: Registry, name: str, config: TrainConfig, result: dict) -> 
     answers the worker's base model gave (cached here as if this machine had asked)."""
     concept = registry.concept(name)
     with registry.transaction():
-        run_id = registry.start_run("train", concept["id"], {**asdict(config), "resume": False})
+        run_id = registry.start_run("train", concept.id, {**asdict(config), "resume": False})
         file = registry.root / "checkpoints" / name / f"run{run_id}.safetensors"
         atomic_write_bytes(file, result["checkpoint"])
         best = {**result["run"]["best"], "file": str(file.relative_to(registry.root))}
         registry.finish_run(run_id, RunStatus.DONE, {"history": result["run"]["history"], "best": best})
-        registry.record_checkpoint(concept["id"], file, result["model"], result["fingerprint"], config.k,
+        registry.record_checkpoint(concept.id, file, result["model"], result["fingerprint"], config.k,
                                    result["metrics"], asdict(config), result["data_hash"])
         for row in result["answers"]:
             registry.store_answer(*row)
@@ -89,7 +89,7 @@ def train_copy(env: Env, unit: dict) -> dict:
     with env.workspace(None) as folder, Registry(folder) as registry:
         rebuild_concept(registry, unit)
         result = train_concept(registry, env.vlm, unit["name"], TrainConfig(**unit["config"]), embedder=env.embedder)
-        checkpoint = registry.current_checkpoint(registry.concept(unit["name"])["id"])
+        checkpoint = registry.current_checkpoint(registry.concept(unit["name"]).id)
         known = {tuple(row[:3]) for row in unit["answers"]}
         return {"result": result.to_json(), "checkpoint": (registry.root / checkpoint["file"]).read_bytes(),
                 "run": registry.run_results(registry.latest_run_id()), "metrics": json.loads(checkpoint["metrics"]),
@@ -105,18 +105,18 @@ def rebuild_concept(registry: Registry, unit: dict) -> None:
         concept = registry.create_concept(unit["name"], unit["kind"])
         for sha, data, width, height, source, added_at in unit["photos"]:
             registry.store_photo(sha, data, width, height)
-            registry.add_concept_photo(concept["id"], sha, source, added_at)
+            registry.add_concept_photo(concept.id, sha, source, added_at)
         if unit["others"]:
             others = registry.create_concept(f"{unit['name']}-others", "object")
             for sha, data, width, height in unit["others"]:
                 registry.store_photo(sha, data, width, height)
-                registry.add_concept_photo(others["id"], sha, sha)
+                registry.add_concept_photo(others.id, sha, sha)
         for sha, _kind, _score, _source, data, width, height in unit["negatives"]:
             registry.store_photo(sha, data, width, height)
-        registry.replace_negatives(concept["id"], [row[:4] for row in unit["negatives"]], unit["embedder"])
-        registry.add_facts(concept["id"], unit["facts"])
+        registry.replace_negatives(concept.id, [row[:4] for row in unit["negatives"]], unit["embedder"])
+        registry.add_facts(concept.id, unit["facts"])
         for row in unit["answers"]:
             registry.store_answer(*row)
         for embedder, vectors in unit["embeddings"].items():
             registry.store_embeddings(embedder, vectors)
-        registry.set_concept_status(concept["id"], ConceptStatus.MINED)
+        registry.set_concept_status(concept.id, ConceptStatus.MINED)

@@ -55,9 +55,9 @@ def served_models(registry: Registry, vlm: VLM) -> list[str]:
     registry each time, so concepts added, retrained or removed while the server runs are seen."""
     names = []
     for concept in registry.concepts():
-        checkpoint = registry.current_checkpoint(concept["id"])
-        if concept["status"] == ConceptStatus.TRAINED and checkpoint and checkpoint["base_fingerprint"] == vlm.fingerprint:
-            names.append(concept["name"])
+        checkpoint = registry.current_checkpoint(concept.id)
+        if concept.status == ConceptStatus.TRAINED and checkpoint and checkpoint["base_fingerprint"] == vlm.fingerprint:
+            names.append(concept.name)
     return [vlm.ref, *names]
 
 

@@ -98,7 +98,7 @@ class Worker:
             concept = get_concept(registry, name)
         except UserError as e:
             raise ApiError(400, str(e), "messages", "unknown_concept") from None
-        file = current_checkpoint_file(registry, concept) if concept["status"] == ConceptStatus.TRAINED else None
+        file = current_checkpoint_file(registry, concept) if concept.status == ConceptStatus.TRAINED else None
         if file is None:
             raise ApiError(400, f"<{name}> is not trained yet: run `yollava train {name}`", "messages", "concept_not_trained")
         if self.loaded.get(name) == str(file) and name in self.vlm.tokens:

@@ -16,6 +16,7 @@ from yollava_cli.errors import UserError
 from yollava_cli.store.fileio import path_text, staging_folder
 from yollava_cli.store.photo_check import stored_damage
 from yollava_cli.store.photos import expand_photo_paths, stage_photos
+from yollava_cli.store.records import Concept
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus, NegativeKind
 from yollava_cli.store.trash import move_to_trash, trash_folder
@@ -48,12 +49,12 @@ def parse_name(raw: str) -> str:
     return name
 
 
-def get_concept(registry: Registry, raw_name: str) -> dict:
+def get_concept(registry: Registry, raw_name: str) -> Concept:
     """The concept called `raw_name`, or a one-line error that lists close names."""
     name = parse_name(raw_name)
     concept = registry.concept(name)
     if concept is None:
-        names = [c["name"] for c in registry.concepts()]
+        names = [c.name for c in registry.concepts()]
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else (
             "; `yollava list` shows your concepts" if names else "; add one with `yollava add NAME PHOTOS...`"
@@ -69,11 +70,11 @@ def mentioned_concepts(question: str, names: list[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def require_trained(registry: Registry, raw_name: str, then: str = " (or drop --no-train)") -> dict:
+def require_trained(registry: Registry, raw_name: str, then: str = " (or drop --no-train)") -> Concept:
     """The concept, if trained; else a one-line error saying how to train it."""
     concept = get_concept(registry, raw_name)
-    if concept["status"] != ConceptStatus.TRAINED:
-        raise UserError(f"<{concept['name']}> is not trained yet: run `yollava train {concept['name']}`{then}")
+    if concept.status != ConceptStatus.TRAINED:
+        raise UserError(f"<{concept.name}> is not trained yet: run `yollava train {concept.name}`{then}")
     return concept
 
 
@@ -99,7 +100,7 @@ def add_concept(
     kind: str | None = None,
     replace: bool = False,
     strict: bool = False,
-    with_concept: Callable[[dict], None] | None = None,
+    with_concept: Callable[[Concept], None] | None = None,
 ) -> AddResult:
     """Add photos to a concept (creating it), all in one transaction.
 
@@ -128,24 +129,24 @@ def add_concept(
                 concept = registry.concept(name)
                 orphaned: list[str] = []
                 if concept and replace:
-                    orphaned = registry.delete_concept(concept["id"])
+                    orphaned = registry.delete_concept(concept.id)
                     concept = None
                 created = concept is None
                 if created:
                     concept = registry.create_concept(name, kind or "object")
-                kind = concept["kind"]
+                kind = concept.kind
                 if with_concept:
                     with_concept(concept)
                 new = restored = 0
                 for sha, photo in staged.items():
                     restored += registry.photo_needs_restoring(sha)
                     registry.store_photo(sha, photo.file, *photo.size)
-                    new += registry.add_concept_photo(concept["id"], sha, path_text(photo.source.resolve()))
+                    new += registry.add_concept_photo(concept.id, sha, path_text(photo.source.resolve()))
                 if new and not created:
                     # New photos make earlier negatives and tokens stale: the concept must be mined and trained again.
-                    registry.set_concept_status(concept["id"], ConceptStatus.ADDED)
+                    registry.set_concept_status(concept.id, ConceptStatus.ADDED)
                 removed = registry.delete_unused_photos(orphaned)
-                total = registry.concept_photo_count(concept["id"])
+                total = registry.concept_photo_count(concept.id)
             registry.unlink_photo_files(removed)
             if replace:
                 retire_checkpoints(registry, name)
@@ -169,14 +170,14 @@ def check_collisions(registry: Registry, name: str, kind: str | None, replace: b
     if replace:
         return
     for other in registry.concepts():
-        if other["name"] == name:
-            if kind and kind != other["kind"]:
+        if other.name == name:
+            if kind and kind != other.kind:
                 raise UserError(
-                    f"concept {name!r} exists as a {other['kind']}; use --replace to start it afresh as a {kind}"
+                    f"concept {name!r} exists as a {other.kind}; use --replace to start it afresh as a {kind}"
                 )
-        elif other["name"].replace("-", "_") == name.replace("-", "_"):
+        elif other.name.replace("-", "_") == name.replace("-", "_"):
             raise UserError(
-                f"{name!r} is too close to the existing concept {other['name']!r}; "
+                f"{name!r} is too close to the existing concept {other.name!r}; "
                 "pick another name or use that one"
             )
 
@@ -194,12 +195,12 @@ def damaged_photos(registry: Registry, photos: list[dict]) -> list[dict]:
             for p in photos if (registry.root / p["file"]).is_file() and stored_damage(registry.root, p)]
 
 
-def require_photos(registry: Registry, concept: dict, negatives: bool = False) -> None:
+def require_photos(registry: Registry, concept: Concept, negatives: bool = False) -> None:
     """A one-line error naming the concept's photos (and, with `negatives`, its negatives) that
     are missing from the store or damaged, with the fix; before mining or training would stumble
     on them."""
-    photos = registry.concept_photos(concept["id"])
-    name, missing = concept["name"], missing_photos(registry, photos)
+    photos = registry.concept_photos(concept.id)
+    name, missing = concept.name, missing_photos(registry, photos)
     damaged = damaged_photos(registry, photos)
     if damaged:
         sources = [m["source"] or m["stored"] for m in damaged]
@@ -217,21 +218,21 @@ def require_photos(registry: Registry, concept: dict, negatives: bool = False) -
             f"re-add {'it' if one else 'them'} with `yollava add {name} {' '.join(map(shlex.quote, sources[:3]))}`, "
             f"or forget {'it' if one else 'them'} with `yollava doctor --fix`"
         )
-    lost = [p["file"] for p in registry.negative_photos(concept["id"]) if stored_damage(registry.root, p)] if negatives else []
+    lost = [p["file"] for p in registry.negative_photos(concept.id) if stored_damage(registry.root, p)] if negatives else []
     if lost:
         raise UserError(f"<{name}>: {len(lost)} of its negatives are missing from the store or damaged (e.g. {lost[0]}); "
                         f"choose them again with `yollava mine {name}`, or forget them with `yollava doctor --fix`")
 
 
-def current_checkpoint_file(registry: Registry, concept: dict) -> Path | None:
+def current_checkpoint_file(registry: Registry, concept: Concept) -> Path | None:
     """The concept's current checkpoint file (None when it has none), or a one-line error with the
     ways forward when the file its row names is gone."""
-    row = registry.current_checkpoint(concept["id"])
+    row = registry.current_checkpoint(concept.id)
     if row is None:
         return None
     path = registry.root / row["file"]
     if not path.is_file():
-        name = concept["name"]
+        name = concept.name
         raise UserError(f"<{name}>: its checkpoint {path} is missing (deleted or lost); train it again with "
                         f"`yollava train {name}`, or let `yollava doctor --fix` forget it")
     return path
@@ -242,10 +243,10 @@ def remove_concept(registry: Registry, raw_name: str) -> dict:
     files are checked first: one that cannot be written to refuses the removal with nothing
     changed, rather than dropping rows whose files then stay behind."""
     concept = get_concept(registry, raw_name)
-    name = concept["name"]
+    name = concept.name
     with registry.lock(f"train-{name}", f"training <{name}>"):
-        checkpoint_files = [registry.root / file for file in registry.checkpoint_files(concept["id"])]
-        photo_files = [registry.root / p["file"] for p in registry.concept_photos(concept["id"])]
+        checkpoint_files = [registry.root / file for file in registry.checkpoint_files(concept.id)]
+        photo_files = [registry.root / p["file"] for p in registry.concept_photos(concept.id)]
         for folder in sorted({path.parent for path in checkpoint_files + photo_files if path.exists()}):
             try:
                 tempfile.TemporaryFile(dir=folder).close()  # a file created and gone: what deleting needs
@@ -253,7 +254,7 @@ def remove_concept(registry: Registry, raw_name: str) -> dict:
                 raise UserError(f"cannot remove <{name}>: {folder} is not writable ({e.strerror}); nothing was changed; "
                                 f"make it writable, then run `yollava rm {name}` again") from None
         with registry.transaction():
-            removed = registry.delete_unused_photos(registry.delete_concept(concept["id"]))
+            removed = registry.delete_unused_photos(registry.delete_concept(concept.id))
         try:
             registry.unlink_photo_files(removed)
             for path in checkpoint_files:
@@ -267,19 +268,19 @@ def remove_concept(registry: Registry, raw_name: str) -> dict:
 def describe_concept(registry: Registry, raw_name: str) -> dict:
     """Everything `show` reports about one concept, as plain JSON-able data."""
     concept = get_concept(registry, raw_name)
-    photos = registry.concept_photos(concept["id"])
+    photos = registry.concept_photos(concept.id)
     missing = missing_photos(registry, photos)
-    negatives = registry.negative_counts(concept["id"])
-    hardest = registry.hardest_negatives(concept["id"], 5)
-    checkpoint = registry.current_checkpoint(concept["id"])
+    negatives = registry.negative_counts(concept.id)
+    hardest = registry.hardest_negatives(concept.id, 5)
+    checkpoint = registry.current_checkpoint(concept.id)
     return {
-        "name": concept["name"],
-        "kind": concept["kind"],
-        "status": concept["status"],
-        "base_model": concept["base_model"],
+        "name": concept.name,
+        "kind": concept.kind,
+        "status": concept.status,
+        "base_model": concept.base_model,
         "metrics": json.loads(checkpoint["metrics"] or "null") if checkpoint else None,
-        "created_at": concept["created_at"],
-        "updated_at": concept["updated_at"],
+        "created_at": concept.created_at,
+        "updated_at": concept.updated_at,
         "photos": [
             {
                 "sha256": p["sha256"],
@@ -292,7 +293,7 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
             for p in photos
         ],
         "missing_photos": missing,
-        "facts": [{"number": f["number"], "text": f["text"]} for f in registry.facts(concept["id"])],
+        "facts": [{"number": f["number"], "text": f["text"]} for f in registry.facts(concept.id)],
         "negatives": {
             "hard": negatives.get(NegativeKind.HARD, 0),
             "easy": negatives.get(NegativeKind.EASY, 0),
@@ -305,9 +306,9 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
     }
 
 
-def attribute_conversation_count(registry: Registry, concept: dict) -> int:
+def attribute_conversation_count(registry: Registry, concept: Concept) -> int:
     """How many attribute conversations training has for the concept (cached answers of its base
     model); read here, not through synthesis, which would import torch into `show`."""
     templates = json.loads(resources.files("yollava_cli").joinpath("data/templates.json").read_text())
-    questions = templates["attributes"]["person" if concept["kind"] == "person" else "other"]["questions"]
-    return registry.answer_count(concept["id"], concept["base_fingerprint"] or "", questions)
+    questions = templates["attributes"]["person" if concept.kind == "person" else "other"]["questions"]
+    return registry.answer_count(concept.id, concept.base_fingerprint or "", questions)

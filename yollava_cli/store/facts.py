@@ -12,6 +12,7 @@ from pathlib import Path
 
 from yollava_cli.errors import UserError
 from yollava_cli.store.concepts import AddResult, add_concept, get_concept
+from yollava_cli.store.records import Concept
 from yollava_cli.store.registry import Registry
 
 MAX_CHARS = 500
@@ -75,13 +76,13 @@ def add_concept_with_facts(registry: Registry, raw_name: str, inputs: list[Path]
                        with_concept=(lambda concept: append_facts(registry, concept, facts)) if facts else None)
 
 
-def append_facts(registry: Registry, concept: dict, facts: list[str]) -> None:
+def append_facts(registry: Registry, concept: Concept, facts: list[str]) -> None:
     """Inside the caller's transaction: the checked facts after the concept's, within MAX_FACTS."""
-    count = len(registry.facts(concept["id"]))
+    count = len(registry.facts(concept.id))
     if count + len(facts) > MAX_FACTS:
-        raise UserError(f"<{concept['name']}> would have {count + len(facts)} facts; the limit is {MAX_FACTS} "
-                        f"(remove some with `yollava note {concept['name']} --rm N`)")
-    registry.add_facts(concept["id"], facts)
+        raise UserError(f"<{concept.name}> would have {count + len(facts)} facts; the limit is {MAX_FACTS} "
+                        f"(remove some with `yollava note {concept.name} --rm N`)")
+    registry.add_facts(concept.id, facts)
 
 
 def set_facts(registry: Registry, name: str, texts: list[str]) -> None:
@@ -90,23 +91,23 @@ def set_facts(registry: Registry, name: str, texts: list[str]) -> None:
     if fact_texts(registry, name) == facts:
         return
     concept = get_concept(registry, name)
-    registry.replace_facts(concept["id"], facts)
+    registry.replace_facts(concept.id, facts)
 
 
 def list_facts(registry: Registry, name: str) -> list[dict]:
     """The concept's facts, numbered from 1 in the order they were noted."""
-    return registry.facts(get_concept(registry, name)["id"])
+    return registry.facts(get_concept(registry, name).id)
 
 
 def remove_fact(registry: Registry, name: str, number: int) -> dict:
     """Remove fact `number` (as `note NAME` lists it); returns the removed fact."""
     concept = get_concept(registry, name)
     with registry.transaction():
-        facts = registry.facts(concept["id"])
+        facts = registry.facts(concept.id)
         if not 1 <= number <= len(facts):
-            raise UserError(f"<{concept['name']}> has no fact {number}; `yollava note {concept['name']}` lists "
+            raise UserError(f"<{concept.name}> has no fact {number}; `yollava note {concept.name}` lists "
                             f"{len(facts)} fact(s)")
-        registry.remove_fact(concept["id"], number)
+        registry.remove_fact(concept.id, number)
     return {"number": number, "text": facts[number - 1]["text"]}
 
 

@@ -81,20 +81,20 @@ def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: b
     """Write the concept's bundle to `path`: a new file, or with `force` over an existing regular file."""
     concept = get_concept(registry, raw_name)
     check_export_target(path, force)
-    row = registry.current_checkpoint(concept["id"])
+    row = registry.current_checkpoint(concept.id)
     if row is None:
-        raise UserError(f"<{concept['name']}> is not trained yet: nothing to export (run `yollava train {concept['name']}`)")
+        raise UserError(f"<{concept.name}> is not trained yet: nothing to export (run `yollava train {concept.name}`)")
     tensors = current_checkpoint_file(registry, concept).read_bytes()
     photos = {}
     if with_photos:
-        for photo in registry.concept_photos(concept["id"]):
+        for photo in registry.concept_photos(concept.id):
             photos[f"photos/{photo['sha256']}.jpg"] = (registry.root / photo["file"]).read_bytes()
     manifest = {
-        "format": FORMAT, "name": concept["name"], "kind": concept["kind"], "k": row["k"],
+        "format": FORMAT, "name": concept.name, "kind": concept.kind, "k": row["k"],
         "base_model": row["base_model"], "base_fingerprint": row["base_fingerprint"],
         "metrics": json.loads(row["metrics"] or "null"),
         "config": json.loads(row["config"] or "null"), "data_hash": row["data_hash"], "exported_at": now(),
-        "facts": [f["text"] for f in registry.facts(concept["id"])],
+        "facts": [f["text"] for f in registry.facts(concept.id)],
         "checksums": {TENSORS: sha256(tensors), **{name: sha256(data) for name, data in photos.items()}},
     }
     buffer = io.BytesIO()
@@ -104,7 +104,7 @@ def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: b
         for name, data in photos.items():
             bundle.writestr(name, data)
     atomic_write_bytes(path, buffer.getvalue())
-    return {"concept": concept["name"], "file": str(path), "bytes": len(buffer.getvalue()), "photos": len(photos)}
+    return {"concept": concept.name, "file": str(path), "bytes": len(buffer.getvalue()), "photos": len(photos)}
 
 
 def check_export_target(path: Path, force: bool) -> None:

@@ -146,7 +146,7 @@ def record_import(registry: Registry, name: str, manifest: dict, decoded: list, 
         if registry.concept(name):
             raise UserError(f"concept {name!r} exists already (imported meanwhile by another process); "
                             f"import with --as NEWNAME")
-        concept_id = registry.create_concept(name, manifest.get("kind") or "object")["id"]
+        concept_id = registry.create_concept(name, manifest.get("kind") or "object").id
         for sha, jpeg, size in decoded:
             registry.store_photo(sha, jpeg, *size)
             registry.add_concept_photo(concept_id, sha, f"bundle:{path.name}")

@@ -15,6 +15,7 @@ from yollava_cli.learning.signals import Photo, registered
 from yollava_cli.learning.signals import scores as signal_scores
 from yollava_cli.models.vlm import VLM
 from yollava_cli.store.concepts import get_concept
+from yollava_cli.store.records import Concept
 from yollava_cli.use.find_explain import explain as explain_photo
 from yollava_cli.use.find_explain import sure_cut, verdict
 from yollava_cli.store.photos import (
@@ -60,7 +61,7 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
     paths = expand_photo_paths(inputs)
     photos, skipped = read_for_find(paths)
     recognizer = current_recognizer(registry, concept) if by in ("head", "fused") else None
-    thresholds = registry.thresholds(concept["id"])  # the cuts `recognize` uses too
+    thresholds = registry.thresholds(concept.id)  # the cuts `recognize` uses too
     scores: dict[int, tuple[float, str]] = {}
     evidence: dict[int, dict] = {}  # each photo's score by every signal computed, for --explain
     if recognizer is not None:
@@ -75,15 +76,15 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
             cut = thresholds.get("head", 0.5)
             ranked = sorted(kept, key=lambda p: -scores[id(p)][0])
             checked = ranked[:verify] + [p for p in ranked[verify:] if abs(scores[id(p)][0] - cut) < NEAR]
-            fuse(recognizer, vlm, concept["name"], checked, vectors, scores, evidence if explain else None)
+            fuse(recognizer, vlm, concept.name, checked, vectors, scores, evidence if explain else None)
     else:
-        scored = signal_scores([by], vlm, concept["name"], signal_photos(photos))[by]
+        scored = signal_scores([by], vlm, concept.name, signal_photos(photos))[by]
         scores = {id(p): (prob, by) for p, prob in zip(photos, scored) if prob is not None}
         evidence = {key: {by: round(prob, 4)} for key, (prob, _) in scores.items()} if explain else {}
     names = signal_names()
     cuts = {signal: (threshold if threshold is not None else thresholds.get(signal) or 0.5) for signal in names}
     results = rank_results(registry, concept, recognizer, [p for p in photos if id(p) in scores], scores, evidence, cuts, explain)
-    return {"concept": concept["name"], "by": by, "thresholds": {s: cuts[s] for s in names},
+    return {"concept": concept.name, "by": by, "thresholds": {s: cuts[s] for s in names},
             "threshold": cuts[by], "results": results, "skipped": skipped}
 
 
@@ -106,7 +107,7 @@ def signal_photos(photos: list[dict]) -> list[Photo]:
     return [Photo(p["sha256"], p["decode"], p["path"]) for p in photos]
 
 
-def rank_results(registry: Registry, concept: dict, recognizer, photos: list[dict], scores: dict, evidence: dict, cuts: dict,
+def rank_results(registry: Registry, concept: Concept, recognizer, photos: list[dict], scores: dict, evidence: dict, cuts: dict,
                  explain: bool) -> list[dict]:
     """One result per scored photo, matches first, then best first; with `explain`, each with `why`."""
     results, sure = [], {signal: sure_cut(cut) for signal, cut in cuts.items()}
@@ -166,16 +167,16 @@ def recognize(registry: Registry, vlm: VLM, concepts: list[str], images: list[Im
         vector = embed_photos(registry, load_embedder(recognizer.embedder), {keys[0]: lambda: images[0]})[0][keys[0]]
         votes = signal_scores(recognizer.signals(), vlm, name, [Photo(keys[0], lambda: images[0])])
         probability = recognizer.fused_probabilities(vector[None], votes)[0]
-        present = probability >= registry.thresholds(concept["id"]).get("fused", 0.5)
+        present = probability >= registry.thresholds(concept.id).get("fused", 0.5)
         verdicts.append({"concept": name, "present": present, "probability": round(probability, 4),
                          "line": f"<{name}> is {'' if present else 'not '}in this photo."})
     return verdicts
 
 
-def current_recognizer(registry: Registry, concept: dict):
+def current_recognizer(registry: Registry, concept: Concept):
     """The concept head and fusion stored with the current checkpoint, or a one-line error."""
     recognizer = current(registry, concept)
     if recognizer is None:
-        raise UserError(f"<{concept['name']}> has no concept head (trained before heads existed, or without an "
-                        f"image embedder): retrain it with `yollava train {concept['name']}`, or use --by tokens")
+        raise UserError(f"<{concept.name}> has no concept head (trained before heads existed, or without an "
+                        f"image embedder): retrain it with `yollava train {concept.name}`, or use --by tokens")
     return recognizer

@@ -6,6 +6,7 @@ import numpy as np
 
 from yollava_cli.learning.embeddings import cached_vectors
 from yollava_cli.learning.recognition import Recognizer, logit, sigmoid
+from yollava_cli.store.records import Concept
 from yollava_cli.store.registry import Registry
 
 SURE = 2.0  # logits above the cut: a score this far past it is a `match`; nearer, `likely`
@@ -24,13 +25,13 @@ def verdict(probability: float, cut: float, sure: float | None = None) -> str:
     return "match" if probability >= (sure_cut(cut) if sure is None else sure) else "likely"
 
 
-def explain(registry: Registry, concept: dict, recognizer: Recognizer, vector: np.ndarray, scores: dict) -> dict:
+def explain(registry: Registry, concept: Concept, recognizer: Recognizer, vector: np.ndarray, scores: dict) -> dict:
     """Why a photo scored as it did: the nearest of the concept's photos and of the known
     non-concept photos (its negatives, the user's other concepts), by the head's embeddings,
     with `scores` (head, tokens, fused: those computed) beside them."""
-    own = {p["sha256"]: p["source_path"] for p in registry.concept_photos(concept["id"])}
-    known = {sha: f"{kind} negative {source}" for sha, kind, source in registry.negative_sources(concept["id"])}
-    known.update({sha: f"<{name}>'s photo {source}" for sha, name, source in registry.other_concepts_photo_sources(concept["id"])})
+    own = {p["sha256"]: p["source_path"] for p in registry.concept_photos(concept.id)}
+    known = {sha: f"{kind} negative {source}" for sha, kind, source in registry.negative_sources(concept.id)}
+    known.update({sha: f"<{name}>'s photo {source}" for sha, name, source in registry.other_concepts_photo_sources(concept.id)})
     return {**scores, "nearest_concept_photo": nearest(registry, recognizer.embedder, own, vector),
             "nearest_negative": nearest(registry, recognizer.embedder, known, vector)}
 

@@ -21,8 +21,8 @@ def load_checkpoint(registry: Registry, vlm: VLM, name: str, then: str = "") -> 
     """Load a trained concept's current checkpoint into the model (once); returns the concept. An
     untrained one is refused, saying how to train it and `then` what."""
     concept = get_concept(registry, name)
-    checkpoint = registry.current_checkpoint(concept["id"])
-    if concept["status"] != ConceptStatus.TRAINED or checkpoint is None:
+    checkpoint = registry.current_checkpoint(concept.id)
+    if concept.status != ConceptStatus.TRAINED or checkpoint is None:
         raise UserError(f"<{name}> is not trained yet: run `yollava train {name}`{then}")
     if name not in vlm.tokens:
         vlm.tokens.load(current_checkpoint_file(registry, concept), name)
@@ -34,7 +34,7 @@ def load_concepts(registry: Registry, vlm: VLM, names: list[str], train_missing:
     through `train_missing`, or refused when it is None."""
     loaded = []
     for name in names:
-        if get_concept(registry, name)["status"] != ConceptStatus.TRAINED:
+        if get_concept(registry, name).status != ConceptStatus.TRAINED:
             if train_missing is None:
                 require_trained(registry, name)
             train_missing(name)
@@ -68,7 +68,7 @@ def open_session(registry: Registry, names: list[str], question: str, model: str
 
 def needs_training(registry: Registry, name: str, new_photos: int) -> bool:
     """After an add: new photos change what the concept is; a concept never trained must be."""
-    return bool(new_photos) or get_concept(registry, name)["status"] != ConceptStatus.TRAINED
+    return bool(new_photos) or get_concept(registry, name).status != ConceptStatus.TRAINED
 
 
 def train(registry: Registry, name: str, model: str | None = None, quantize: str | None = None,

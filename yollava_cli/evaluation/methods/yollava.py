@@ -20,4 +20,4 @@ class Yollava(Method):
         return self.scored[key]
 
     def threshold(self, run, subject, concept):
-        return run.registry.thresholds(concept["id"])["tokens"]
+        return run.registry.thresholds(concept.id)["tokens"]

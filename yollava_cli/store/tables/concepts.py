@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from yollava_cli.store.connection import now
+from yollava_cli.store.records import Concept
 from yollava_cli.store.states import ConceptStatus
 
 
@@ -12,11 +13,12 @@ class ConceptRows:
 
     # -- concepts -----------------------------------------------------------------------
 
-    def concept(self, name: str) -> dict | None:
-        return next(self.db["concepts"].rows_where("name = ?", [name]), None)
+    def concept(self, name: str) -> Concept | None:
+        row = next(self.db["concepts"].rows_where("name = ?", [name]), None)
+        return Concept.from_row(row) if row else None
 
-    def concepts(self) -> list[dict]:
-        return list(self.db["concepts"].rows_where(order_by="name"))
+    def concepts(self) -> list[Concept]:
+        return [Concept.from_row(row) for row in self.db["concepts"].rows_where(order_by="name")]
 
     def concept_summaries(self) -> list[dict]:
         """Every concept with its photo count, by name (what `list` shows)."""
@@ -26,7 +28,7 @@ class ConceptRows:
             "GROUP BY c.id ORDER BY c.name"
         )]
 
-    def create_concept(self, name: str, kind: str) -> dict:
+    def create_concept(self, name: str, kind: str) -> Concept:
         stamp = now()
         with self.transaction() as db:
             db["concepts"].insert({"name": name, "kind": kind, "created_at": stamp, "updated_at": stamp})

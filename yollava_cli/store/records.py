@@ -1,0 +1,24 @@
+"""Typed records of the registry's rows, handed across floors instead of string-keyed dicts: a
+misspelt field fails where it is read, and an editor can follow it. Dicts only at the JSON edge."""
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One row of the concepts table."""
+
+    id: int
+    name: str
+    kind: str
+    status: str  # a ConceptStatus value: added | mined | trained
+    base_model: str | None  # the base model of its current checkpoint; None before training
+    base_fingerprint: str | None
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Concept":
+        """The record of a row as sqlite-utils reads it (columns a later migration adds are ignored
+        until the record names them)."""
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
