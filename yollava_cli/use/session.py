@@ -14,10 +14,11 @@ from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.vlm import VLM
 from yollava_cli.store.concepts import current_checkpoint_file, get_concept, mentioned_concepts, require_trained
 from yollava_cli.store.photos import BadPhoto, read_photo
+from yollava_cli.store.records import Concept
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus
 
-def load_checkpoint(registry: Registry, vlm: VLM, name: str, then: str = "") -> dict:
+def load_checkpoint(registry: Registry, vlm: VLM, name: str, then: str = "") -> Concept:
     """Load a trained concept's current checkpoint into the model (once); returns the concept. An
     untrained one is refused, saying how to train it and `then` what."""
     concept = get_concept(registry, name)
@@ -29,7 +30,7 @@ def load_checkpoint(registry: Registry, vlm: VLM, name: str, then: str = "") -> 
     return concept
 
 
-def load_concepts(registry: Registry, vlm: VLM, names: list[str], train_missing: Callable[[str], object] | None) -> list[dict]:
+def load_concepts(registry: Registry, vlm: VLM, names: list[str], train_missing: Callable[[str], object] | None) -> list[Concept]:
     """Load each concept's current checkpoint into the model; untrained ones are trained first
     through `train_missing`, or refused when it is None."""
     loaded = []
