@@ -40,7 +40,7 @@ def missing_files(home: Path) -> int:
     from yollava_cli.store.registry import Registry
 
     registry = Registry(home)
-    files = list(registry.stored_photos().values()) + [r["file"] for r in registry.checkpoints()]
+    files = list(registry.stored_photos().values()) + [checkpoint.file for checkpoint in registry.checkpoints()]
     return sum(not (home / f).is_file() for f in files)
 
 

@@ -46,7 +46,7 @@ def bright_world(tmp_path_factory):
 
 def checkpoint(home):
     registry = Registry(home)
-    return home / registry.current_checkpoint(registry.concept("bo").id)["file"]
+    return home / registry.current_checkpoint(registry.concept("bo").id).file
 
 
 def edit_recognizer(path, edit) -> None:

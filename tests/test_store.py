@@ -63,7 +63,7 @@ def test_m004_keeps_the_cuts_once_with_the_checkpoint(tmp_path):
     registry = Registry(tmp_path)
     assert "threshold" not in registry.db["concepts"].columns_dict and "metrics" not in registry.db["concepts"].columns_dict
     assert registry.thresholds(1) == {"tokens": 0.3}
-    assert json.loads(registry.current_checkpoint(1)["metrics"]) == {"best_epoch": 2, "thresholds": {"tokens": 0.3}}
+    assert json.loads(registry.current_checkpoint(1).metrics) == {"best_epoch": 2, "thresholds": {"tokens": 0.3}}
     assert registry.thresholds(2) == cuts and registry.thresholds(3) == {}
     old = registry.db.execute("SELECT metrics FROM checkpoints WHERE concept_id = 1 AND is_current = 0").fetchone()[0]
     assert json.loads(old) == {"best_epoch": 1}  # a past checkpoint's record stays as it was

@@ -75,8 +75,8 @@ def test_export_import_round_trip(world, tmp_path):
     from yollava_cli.learning.recognition import load
 
     registry, original = Registry(other), Registry(home)  # the concept head came along, its fusion and cuts too
-    head = load(other / registry.current_checkpoint(registry.concept("bo2").id)["file"])
-    assert head.fusion == load(home / original.current_checkpoint(original.concept("bo").id)["file"]).fusion
+    head = load(other / registry.current_checkpoint(registry.concept("bo2").id).file)
+    assert head.fusion == load(home / original.current_checkpoint(original.concept("bo").id).file).fusion
     assert registry.thresholds(registry.concept("bo2").id) == original.thresholds(original.concept("bo").id)
     assert set(shown["metrics"]["thresholds"]) == {"tokens", "head", "fused"}
     test_photos = world["data"] / "concepts" / "dog" / "test"
@@ -415,7 +415,7 @@ def test_add_replace_moves_the_old_checkpoints_to_the_trash(world, tmp_path):
 def stored_files_exist(home) -> list[str]:
     """The registry's photo and checkpoint files that are missing on disk (none, when nothing was lost)."""
     registry = Registry(home)
-    files = list(registry.stored_photos().values()) + [r["file"] for r in registry.checkpoints()]
+    files = list(registry.stored_photos().values()) + [checkpoint.file for checkpoint in registry.checkpoints()]
     return [f for f in files if not (home / f).is_file()]
 
 
@@ -801,7 +801,7 @@ def test_every_json_the_tool_reads_is_checked_against_its_schema(world, tmp_path
     with wrong types, missing keys, numbers out of range, a list for an object, non-UTF-8 bytes and
     truncated JSON: one line naming the file and the key, exit 1, nothing stored changed."""
     home = fresh_home(world, tmp_path)
-    checkpoint_file = home / Registry(home).current_checkpoint(Registry(home).concept("bo").id)["file"]
+    checkpoint_file = home / Registry(home).current_checkpoint(Registry(home).concept("bo").id).file
     good_checkpoint = checkpoint_file.read_bytes()
     cases = bad_json_cases(world, tmp_path, home)
     for kind, path, edit, args, message in cases:

@@ -117,7 +117,7 @@ class Evaluation:
             set_facts(self.registry, subject.name, self.dataset.facts[subject.name]["facts"])
         concept = self.registry.concept(subject.name)
         checkpoint = self.registry.current_checkpoint(concept.id)
-        other_config = checkpoint is None or json.loads(checkpoint["config"] or "{}") != asdict(self.config)
+        other_config = checkpoint is None or json.loads(checkpoint.config or "{}") != asdict(self.config)
         if concept.status != ConceptStatus.TRAINED or concept.base_fingerprint != self.vlm.fingerprint or other_config:
             prepare_concept(self.registry, subject.name, lambda: self.vlm, lambda: self.embedder, self.config)
             concept = self.registry.concept(subject.name)

@@ -131,7 +131,7 @@ def evaluate_subject(env: Env, unit: dict) -> dict:
             evaluation = Evaluation(data, env.vlm, registry, env.embedder, unit["methods"], TrainConfig(**unit["config"]))
             results = evaluation.evaluate_subject(subject)
             checkpoint = registry.current_checkpoint(registry.concept(subject.name).id)
-            return {"results": results, "checkpoint": (registry.root / checkpoint["file"]).read_bytes()}
+            return {"results": results, "checkpoint": (registry.root / checkpoint.file).read_bytes()}
 
 
 def forgetting(env: Env, unit: dict) -> dict:

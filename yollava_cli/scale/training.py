@@ -91,9 +91,9 @@ def train_copy(env: Env, unit: dict) -> dict:
         result = train_concept(registry, env.vlm, unit["name"], TrainConfig(**unit["config"]), embedder=env.embedder)
         checkpoint = registry.current_checkpoint(registry.concept(unit["name"]).id)
         known = {tuple(row[:3]) for row in unit["answers"]}
-        return {"result": result.to_json(), "checkpoint": (registry.root / checkpoint["file"]).read_bytes(),
-                "run": registry.run_results(registry.latest_run_id()), "metrics": json.loads(checkpoint["metrics"]),
-                "data_hash": checkpoint["data_hash"], "model": env.vlm.ref, "fingerprint": env.vlm.fingerprint,
+        return {"result": result.to_json(), "checkpoint": (registry.root / checkpoint.file).read_bytes(),
+                "run": registry.run_results(registry.latest_run_id()), "metrics": json.loads(checkpoint.metrics),
+                "data_hash": checkpoint.data_hash, "model": env.vlm.ref, "fingerprint": env.vlm.fingerprint,
                 "answers": [row for row in registry.answers() if tuple(row[:3]) not in known]}
 
 

@@ -56,7 +56,7 @@ def served_models(registry: Registry, vlm: VLM) -> list[str]:
     names = []
     for concept in registry.concepts():
         checkpoint = registry.current_checkpoint(concept.id)
-        if concept.status == ConceptStatus.TRAINED and checkpoint and checkpoint["base_fingerprint"] == vlm.fingerprint:
+        if concept.status == ConceptStatus.TRAINED and checkpoint and checkpoint.base_fingerprint == vlm.fingerprint:
             names.append(concept.name)
     return [vlm.ref, *names]
 

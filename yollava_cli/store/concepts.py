@@ -227,10 +227,10 @@ def require_photos(registry: Registry, concept: Concept, negatives: bool = False
 def current_checkpoint_file(registry: Registry, concept: Concept) -> Path | None:
     """The concept's current checkpoint file (None when it has none), or a one-line error with the
     ways forward when the file its row names is gone."""
-    row = registry.current_checkpoint(concept.id)
-    if row is None:
+    checkpoint = registry.current_checkpoint(concept.id)
+    if checkpoint is None:
         return None
-    path = registry.root / row["file"]
+    path = registry.root / checkpoint.file
     if not path.is_file():
         name = concept.name
         raise UserError(f"<{name}>: its checkpoint {path} is missing (deleted or lost); train it again with "
@@ -278,7 +278,7 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
         "kind": concept.kind,
         "status": concept.status,
         "base_model": concept.base_model,
-        "metrics": json.loads(checkpoint["metrics"] or "null") if checkpoint else None,
+        "metrics": json.loads(checkpoint.metrics or "null") if checkpoint else None,
         "created_at": concept.created_at,
         "updated_at": concept.updated_at,
         "photos": [
@@ -301,7 +301,7 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
         },
         "attribute_conversations": attribute_conversation_count(registry, concept),
         "checkpoint": (
-            {key: checkpoint[key] for key in ("file", "base_model", "k", "data_hash", "created_at")} if checkpoint else None
+            {key: getattr(checkpoint, key) for key in ("file", "base_model", "k", "data_hash", "created_at")} if checkpoint else None
         ),
     }
 

@@ -53,10 +53,10 @@ def examine(registry: Registry, fix: bool = False, deep: bool = False) -> dict:
             found.append(problem("orphan", f"{rel(root, path)} is not in the registry", path=path))
 
     checkpoints = registry.checkpoints()
-    for r in checkpoints:
-        if not (root / r["file"]).is_file():
-            found.append(problem("checkpoint", f"{r['file']} is missing", checkpoint=r))
-    for path in stray_checkpoints(registry, {r["file"] for r in checkpoints}):
+    for checkpoint in checkpoints:
+        if not (root / checkpoint.file).is_file():
+            found.append(problem("checkpoint", f"{checkpoint.file} is missing", checkpoint=checkpoint))
+    for path in stray_checkpoints(registry, {checkpoint.file for checkpoint in checkpoints}):
         found.append(problem("orphan", f"{rel(root, path)} is not in the registry", path=path))
     for path in temporary_files(registry):
         found.append(problem("orphan", f"{rel(root, path)} is a temporary file left by a stopped write", path=path))
@@ -95,7 +95,7 @@ def repair(registry: Registry, found: list[dict], trash: Path) -> list[dict]:
     with registry.transaction():
         photos = registry.stored_photos()
         known_files = set(photos.values())
-        checkpoint_files = {r["file"] for r in registry.checkpoints()}
+        checkpoint_files = {checkpoint.file for checkpoint in registry.checkpoints()}
         live = {r["id"] for r in registry.running_runs()}
         for item in found:
             kind = item["kind"]
@@ -117,10 +117,10 @@ def repair(registry: Registry, found: list[dict], trash: Path) -> list[dict]:
                         continue
                     item["moved_to"] = rel(root, move_to_trash(root, path, trash))
             elif kind == "checkpoint":
-                r = item["checkpoint"]
-                if r["file"] not in checkpoint_files or (root / r["file"]).is_file():
+                checkpoint = item["checkpoint"]
+                if checkpoint.file not in checkpoint_files or (root / checkpoint.file).is_file():
                     continue
-                registry.forget_checkpoint(r["id"], r["concept_id"])
+                registry.forget_checkpoint(checkpoint.id, checkpoint.concept_id)
             elif kind == "run":
                 r = item["run"]
                 if r["id"] not in live or running(registry, r["name"]):

@@ -81,8 +81,8 @@ def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: b
     """Write the concept's bundle to `path`: a new file, or with `force` over an existing regular file."""
     concept = get_concept(registry, raw_name)
     check_export_target(path, force)
-    row = registry.current_checkpoint(concept.id)
-    if row is None:
+    checkpoint = registry.current_checkpoint(concept.id)
+    if checkpoint is None:
         raise UserError(f"<{concept.name}> is not trained yet: nothing to export (run `yollava train {concept.name}`)")
     tensors = current_checkpoint_file(registry, concept).read_bytes()
     photos = {}
@@ -90,10 +90,10 @@ def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: b
         for photo in registry.concept_photos(concept.id):
             photos[f"photos/{photo['sha256']}.jpg"] = (registry.root / photo["file"]).read_bytes()
     manifest = {
-        "format": FORMAT, "name": concept.name, "kind": concept.kind, "k": row["k"],
-        "base_model": row["base_model"], "base_fingerprint": row["base_fingerprint"],
-        "metrics": json.loads(row["metrics"] or "null"),
-        "config": json.loads(row["config"] or "null"), "data_hash": row["data_hash"], "exported_at": now(),
+        "format": FORMAT, "name": concept.name, "kind": concept.kind, "k": checkpoint.k,
+        "base_model": checkpoint.base_model, "base_fingerprint": checkpoint.base_fingerprint,
+        "metrics": json.loads(checkpoint.metrics or "null"),
+        "config": json.loads(checkpoint.config or "null"), "data_hash": checkpoint.data_hash, "exported_at": now(),
         "facts": [f["text"] for f in registry.facts(concept.id)],
         "checksums": {TENSORS: sha256(tensors), **{name: sha256(data) for name, data in photos.items()}},
     }

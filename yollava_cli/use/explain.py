@@ -57,7 +57,7 @@ def most_common(values: list):
 def training_seed(registry: Registry, name: str) -> int:
     """The seed the concept's current checkpoint was trained with (its rows started from it)."""
     checkpoint = registry.current_checkpoint(get_concept(registry, name).id)
-    return read_concept_file(registry.root / checkpoint["file"])[1].get("config", {}).get("seed", 0)
+    return read_concept_file(registry.root / checkpoint.file)[1].get("config", {}).get("seed", 0)
 
 
 def nearest_words(vlm: VLM, rows: torch.Tensor, n: int) -> list[list[str]]:

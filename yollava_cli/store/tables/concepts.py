@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from yollava_cli.store.connection import now
-from yollava_cli.store.records import Concept
+from yollava_cli.store.records import Checkpoint, Concept
 from yollava_cli.store.states import ConceptStatus
 
 
@@ -153,8 +153,9 @@ class ConceptRows:
 
     # -- checkpoints --------------------------------------------------------------------
 
-    def current_checkpoint(self, concept_id: int) -> dict | None:
-        return next(self.db["checkpoints"].rows_where("concept_id = ? AND is_current = 1", [concept_id]), None)
+    def current_checkpoint(self, concept_id: int) -> Checkpoint | None:
+        row = next(self.db["checkpoints"].rows_where("concept_id = ? AND is_current = 1", [concept_id]), None)
+        return Checkpoint.from_row(row) if row else None
 
     def record_checkpoint(self, concept_id: int, file: Path, base_model: str, base_fingerprint: str, k: int,
                           metrics, config, data_hash: str | None) -> None:
@@ -175,12 +176,12 @@ class ConceptRows:
         """The cuts calibrated with the current checkpoint (tokens, head, fused; the head's two only
         when it has a concept head), or {} when the concept is not trained."""
         checkpoint = self.current_checkpoint(concept_id)
-        metrics = json.loads(checkpoint["metrics"] or "null") if checkpoint else None
+        metrics = json.loads(checkpoint.metrics or "null") if checkpoint else None
         return dict((metrics or {}).get("thresholds") or {})
 
-    def checkpoints(self) -> list[dict]:
-        """{id, concept_id, file} of every checkpoint, the file relative to the data dir."""
-        return list(self.db["checkpoints"].rows_where(select="id, concept_id, file"))
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every checkpoint, current or not."""
+        return [Checkpoint.from_row(row) for row in self.db["checkpoints"].rows_where()]
 
     def forget_checkpoint(self, checkpoint_id: int, concept_id: int) -> None:
         """Drop the row of a checkpoint whose file is lost; a concept left with no current
