@@ -1,9 +1,11 @@
 import sqlite3
+from dataclasses import FrozenInstanceError, fields
 
 import pytest
 
 from yollava_cli.errors import UserError
 from yollava_cli.store.migrations import MIGRATIONS
+from yollava_cli.store.records import Checkpoint, Concept
 from yollava_cli.store.registry import Registry
 
 TABLES = {"concepts", "photos", "concept_photos", "pools", "pool_files", "embeddings", "negatives", "checkpoints", "runs"}
@@ -17,6 +19,21 @@ def test_migrates_an_empty_data_dir(tmp_path):
     assert registry.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert registry.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     registry.close()
+
+
+def test_records_carry_every_column_of_their_table(tmp_path):
+    """A migration that adds a column to concepts or checkpoints must add it to the record too, or
+    the rows crossing floors would silently lack it."""
+    with Registry(tmp_path) as registry:
+        for record, table in ((Concept, "concepts"), (Checkpoint, "checkpoints")):
+            assert [f.name for f in fields(record)] == [c.name for c in registry.db[table].columns]
+        concept = registry.create_concept("bo", "pet")
+        registry.record_checkpoint(concept.id, tmp_path / "bo.safetensors", "tiny", "fp", 2, {"thresholds": {}}, {}, None)
+        assert registry.concept("bo") == registry.concepts()[0] != concept  # trained since: a fresh record
+        assert (registry.concept("bo").status, registry.current_checkpoint(concept.id).file) == ("trained", "bo.safetensors")
+        assert registry.checkpoints() == [registry.current_checkpoint(concept.id)]
+        with pytest.raises(FrozenInstanceError):
+            concept.name = "mo"  # a record is read, never edited: a change goes through the registry
 
 
 def test_reopening_applies_nothing_twice(tmp_path):
