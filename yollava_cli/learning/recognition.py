@@ -27,6 +27,7 @@ from safetensors import safe_open
 from yollava_cli.errors import UserError
 from yollava_cli.learning.embeddings import cached_vectors, embed_photos
 from yollava_cli.learning.signals import registered
+from yollava_cli.models.cores import one_thread
 from yollava_cli.models.tensor_file import CheckpointMeta, file_meta, read_tensors, write_tensors
 from yollava_cli.store.concepts import current_checkpoint_file
 
@@ -110,7 +111,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, offset: np.ndarray | N
         loss.backward()
         return loss
 
-    optimizer.step(closure)
+    with one_thread():  # a few hundred rows: a second thread only waits to be scheduled
+        optimizer.step(closure)
     weights = w.detach().numpy()
     held = [i for i in nonpositive if weights[i] > 0]
     if held:  # without its feature, the weight's only pull is the penalty's, to 0
@@ -264,8 +266,8 @@ def knowing_others(registry, concept_id: int, recognizer: Recognizer) -> Recogni
     cat) would stay unknown to the head until the concept is retrained, and knowing the
     look-alike is what separates it (bench/results/library-find-others.md). Their vectors cached
     for the head's embedder (a concept mined or trained) are added, never a photo the concept holds
-    itself, and the head's weights are fitted again as training fits them (milliseconds): a new
-    negative alone changes nothing where training found no look-alike to weigh."""
+    itself, and the head's weights are fitted again as training fits them (a tenth of a second):
+    a new negative alone changes nothing where training found no look-alike to weigh."""
     own = {photo["sha256"] for photo in registry.concept_photos(concept_id)}
     vectors = cached_vectors(registry, recognizer.embedder,
                              [sha for sha in registry.other_concepts_photo_shas(concept_id) if sha not in own])
