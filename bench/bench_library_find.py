@@ -9,6 +9,9 @@ negatives' coverage.
 
     python bench/bench_library_find.py [--subjects dog cat ...] [--tag before]
         # writes bench/results/library-find[-TAG].json|md; embeddings are cached in --home
+    python bench/bench_library_find.py --others --tag others
+        # each subject still learned alone, then searched for as `find` does in a library that
+        # holds every subject as a concept: the others' train photos known to its head
     python bench/bench_library_find.py --fused bear_plushie cat --epochs 2
         # the CLI's own `train` then `find` (fused, the default) for each, in a copy of --home
         # holding that subject alone; adds them to bench/results/library-find-fused.json
@@ -149,7 +152,8 @@ def fused(home: Path, subject: str, epochs: int, manifest: dict) -> dict:
 def markdown(result: dict) -> str:
     lines = [f"# Library search, head ({result['tag']})", "",
              f"{result['library']} photos (the ImageNet sample pool + every subject's test photos), each subject "
-             f"learned alone. {result['where']['cpu']}, load {result['load']}.", "",
+             f"learned alone{'; searched for knowing the other subjects (their train photos), as `find` does in a library holding them all' if result.get('others') else ''}. "
+             f"{result['where']['cpu']}, load {result['load']}.", "",
              f"Totals: recall {result['totals']['recall']}, precision {result['totals']['precision']}, "
              f"false matches {result['totals']['false_matches']} ({result['totals']['false_per_concept']} per concept). "
              f"`likely`, not `match`: {result['totals'].get('found_likely', '-')} of the photos found, "
@@ -171,6 +175,8 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path("/tmp/yollava-library-bench"))
     parser.add_argument("--fused", nargs="*", help="subjects to train (tokens too) and find by the CLI; needs a run without it first")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--others", action="store_true",
+                        help="find as `find` does in a library holding every subject: the others' photos known (tag it)")
     args = parser.parse_args()
     manifest = json.loads((DATA / "concepts" / "manifest.json").read_text())
     if args.fused:
@@ -183,10 +189,16 @@ def main() -> None:
         return
     subjects = args.subjects or sorted(manifest)
     registry, embedder = setup(args.home)
+    from yollava_cli.learning.recognition import above_known_negatives, knowing_others
+
     photos = library(manifest)
+    learned = {subject: learn_alone(registry, embedder, subject) for subject in subjects}
     results = {}
     for subject in subjects:
-        recognizer, threshold, roles, timing = learn_alone(registry, embedder, subject)
+        recognizer, threshold, roles, timing = learned[subject]
+        if args.others:
+            recognizer = knowing_others(registry, registry.concept(subject).id, recognizer)
+            threshold = above_known_negatives(recognizer, {"head": threshold})["head"]
         results[subject] = {**search(registry, embedder, recognizer, threshold, photos, subject, roles), **timing}
         r = results[subject]
         print(f"{subject}: {r['found']}/{r['positives']} found, {len(r['false_matches'])} false, "
@@ -200,7 +212,7 @@ def main() -> None:
               "false_likely": sum(f["verdict"] == "likely" for r in results.values() for f in r["false_matches"]),
               "isolated_weighted": isolated_weighted(results, manifest),
               "head_s_mean": round(float(np.mean([r["head_s"] for r in results.values()])), 3)}
-    result = {"tag": args.tag or "current", "library": len(photos), "where": where(), "load": os.getloadavg()[0],
+    result = {"tag": args.tag or "current", "others": args.others, "library": len(photos), "where": where(), "load": os.getloadavg()[0],
               "totals": totals, "subjects": results}
     stem = RESULTS / f"library-find{'-' + args.tag if args.tag else ''}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")

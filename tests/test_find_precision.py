@@ -85,3 +85,24 @@ def test_find_explain_names_the_nearest_concept_photo_and_known_negative(world):
     text = invoke("find", "bo", "--explain", photo, "--by", "head", home=home).stdout.splitlines()
     assert text[1].startswith("  scores: head ") and text[2] == f"  nearest concept photo: {photo.resolve()} (similarity 1.000)"
     assert text[3].startswith("  nearest known other: ") and str((root / "pool").resolve()) in text[3]
+
+
+def test_find_knows_a_look_alike_added_after_training(tmp_path):
+    """A head knew the user's other concepts only as of its training: <twin>, another white-and-tan
+    dog added after <bo> was trained, was still matched as <bo> until `train bo` ran again. Its
+    photos (cached once `mine` embeds them) are now among <bo>'s known negatives whenever <bo> is used."""
+    world = tiny_world(tmp_path)
+    home, data = world["home"], world["data"]
+
+    def matched(folder) -> list[str]:
+        result = invoke("find", "bo", folder, "--by", "head", "--json", home=home)
+        assert result.returncode in (0, 1), result.stderr  # 1: nothing matched, as grep
+        return sorted(r["path"] for r in json.loads(result.stdout)["results"] if r["match"])
+
+    twin, own = data / "concepts" / "dog6", data / "concepts" / "dog" / "test"
+    before, own_before = matched(twin / "test"), matched(own)
+    for args in (["add", "twin", twin / "train", "--kind", "pet", "--no-train"], ["mine", "twin"]):
+        assert invoke(*args, home=home).returncode == 0
+    after = matched(twin / "test")
+    assert len(after) < len(before), (before, after)
+    assert matched(own) == own_before and own_before  # <bo>'s own new photos are still found

@@ -82,6 +82,13 @@ class Evaluation:
 
     def recognizer(self, subject: str):
         """The subject's head and fusion, read from its checkpoint once (head, fused and ask all use it)."""
+        return self.recognizer_and_cuts(subject)[0]
+
+    def cuts(self, subject: str) -> dict:
+        """The cuts that go with `recognizer(subject)`, by signal."""
+        return self.recognizer_and_cuts(subject)[1]
+
+    def recognizer_and_cuts(self, subject: str) -> tuple:
         if subject not in self.recognizers:
             self.recognizers[subject] = current(self.registry, self.registry.concept(subject))
         if self.recognizers[subject] is None:

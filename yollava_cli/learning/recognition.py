@@ -17,7 +17,7 @@ show it adds something. The head and the fusion (its weights by signal name) rid
 concept's checkpoint file (safetensors + JSON), so bundles carry them.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,9 @@ import torch
 from safetensors import safe_open
 
 from yollava_cli.errors import UserError
-from yollava_cli.learning.embeddings import embed_photos
+from yollava_cli.learning.embeddings import cached_vectors, embed_photos
 from yollava_cli.learning.signals import registered
+from yollava_cli.models.cores import one_thread
 from yollava_cli.models.tensor_file import CheckpointMeta, file_meta, read_tensors, write_tensors
 from yollava_cli.store.concepts import current_checkpoint_file
 
@@ -110,7 +111,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, offset: np.ndarray | N
         loss.backward()
         return loss
 
-    optimizer.step(closure)
+    with one_thread():  # a few hundred rows: a second thread only waits to be scheduled
+        optimizer.step(closure)
     weights = w.detach().numpy()
     held = [i for i in nonpositive if weights[i] > 0]
     if held:  # without its feature, the weight's only pull is the penalty's, to 0
@@ -245,7 +247,35 @@ def named_fusion(info: dict) -> dict[str, float]:
     return dict(HEAD_ALONE)
 
 
-def current(registry, concept: dict) -> Recognizer | None:
-    """The recognizer stored with the concept's current checkpoint, if it has one."""
+def current(registry, concept: dict) -> tuple[Recognizer, dict] | None:
+    """The recognizer stored with the concept's current checkpoint, if it has one, knowing the
+    user's other concepts as they are now, and its cuts by signal: those calibrated at training,
+    raised where the head refitted for a newer concept would let a known negative through."""
     path = current_checkpoint_file(registry, concept)
-    return load(path) if path else None
+    stored = load(path) if path else None
+    if stored is None:
+        return None
+    cuts = registry.thresholds(concept.id)
+    recognizer = knowing_others(registry, concept.id, stored)
+    return recognizer, cuts if recognizer is stored else above_known_negatives(recognizer, cuts)
+
+
+def knowing_others(registry, concept_id: int, recognizer: Recognizer) -> Recognizer:
+    """The head refitted with the user's other concepts' photos among its negatives. Training puts
+    the others of its day there; one added since (a look-alike: a second corgi, the neighbour's
+    cat) would stay unknown to the head until the concept is retrained, and knowing the
+    look-alike is what separates it (bench/results/library-find-others.md). Their vectors cached
+    for the head's embedder (a concept mined or trained) are added, never a photo the concept holds
+    itself, and the head's weights are fitted again as training fits them (a tenth of a second):
+    a new negative alone changes nothing where training found no look-alike to weigh."""
+    own = {photo["sha256"] for photo in registry.concept_photos(concept_id)}
+    vectors = cached_vectors(registry, recognizer.embedder,
+                             [sha for sha in registry.other_concepts_photo_shas(concept_id) if sha not in own])
+    known = recognizer.negatives
+    new = [v for v in vectors.values() if not len(known) or float((known @ v).max()) < 1 - 1e-5]
+    if not new:
+        return recognizer
+    photos = len(recognizer.positives) // 2  # the concept's photos, then their mirror images in the same order
+    groups = [str(i % photos) for i in range(len(recognizer.positives))] if photos else []
+    refit = train_head(recognizer.embedder, recognizer.positives, groups, np.concatenate([known, np.stack(new)]))
+    return replace(refit, fusion=recognizer.fusion)

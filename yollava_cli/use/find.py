@@ -60,8 +60,8 @@ def find(registry: Registry, vlm: VLM | None, name: str, inputs: list[Path], thr
     concept = get_concept(registry, name)
     paths = expand_photo_paths(inputs)
     photos, skipped = read_for_find(paths)
-    recognizer = current_recognizer(registry, concept) if by in ("head", "fused") else None
-    thresholds = registry.thresholds(concept.id)  # the cuts `recognize` uses too
+    recognizer, thresholds = (current_recognizer(registry, concept) if by in ("head", "fused")
+                              else (None, registry.thresholds(concept.id)))  # the cuts `recognize` uses too
     scores: dict[int, tuple[float, str]] = {}
     evidence: dict[int, dict] = {}  # each photo's score by every signal computed, for --explain
     if recognizer is not None:
@@ -161,22 +161,23 @@ def recognize(registry: Registry, vlm: VLM, concepts: list[str], images: list[Im
     verdicts = []
     for name in concepts:
         concept = get_concept(registry, name)
-        recognizer = current(registry, concept)
-        if recognizer is None:
+        found = current(registry, concept)
+        if found is None:
             continue
+        recognizer, cuts = found
         vector = embed_photos(registry, load_embedder(recognizer.embedder), {keys[0]: lambda: images[0]})[0][keys[0]]
         votes = signal_scores(recognizer.signals(), vlm, name, [Photo(keys[0], lambda: images[0])])
         probability = recognizer.fused_probabilities(vector[None], votes)[0]
-        present = probability >= registry.thresholds(concept.id).get("fused", 0.5)
+        present = probability >= cuts.get("fused", 0.5)
         verdicts.append({"concept": name, "present": present, "probability": round(probability, 4),
                          "line": f"<{name}> is {'' if present else 'not '}in this photo."})
     return verdicts
 
 
-def current_recognizer(registry: Registry, concept: Concept):
-    """The concept head and fusion stored with the current checkpoint, or a one-line error."""
-    recognizer = current(registry, concept)
-    if recognizer is None:
+def current_recognizer(registry: Registry, concept: Concept) -> tuple:
+    """The concept head and fusion stored with the current checkpoint and their cuts, or a one-line error."""
+    found = current(registry, concept)
+    if found is None:
         raise UserError(f"<{concept.name}> has no concept head (trained before heads existed, or without an "
                         f"image embedder): retrain it with `yollava train {concept.name}`, or use --by tokens")
-    return recognizer
+    return found

@@ -22,4 +22,4 @@ class Fused(Method):
         return recognizer.fused_probabilities(run.vectors(photos), votes)
 
     def threshold(self, run, subject, concept):
-        return run.registry.thresholds(concept.id).get("fused", 0.5)
+        return run.cuts(subject).get("fused", 0.5)

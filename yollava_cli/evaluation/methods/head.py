@@ -11,4 +11,4 @@ class Head(Method):
         return run.recognizer(subject).head_probabilities(run.vectors(photos))
 
     def threshold(self, run, subject, concept):
-        return run.registry.thresholds(concept.id).get("head", 0.5)
+        return run.cuts(subject).get("head", 0.5)
