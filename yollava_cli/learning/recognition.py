@@ -30,6 +30,7 @@ from yollava_cli.learning.signals import registered
 from yollava_cli.models.cores import one_thread
 from yollava_cli.models.tensor_file import CheckpointMeta, file_meta, read_tensors, write_tensors
 from yollava_cli.store.concepts import current_checkpoint_file
+from yollava_cli.store.records import Concept
 
 HEAD_TENSORS = ("head.positives", "head.negatives", "head.weights")
 # The fits see a handful of positives: keep weights modest. Similarities differ by hundredths
@@ -247,7 +248,7 @@ def named_fusion(info: dict) -> dict[str, float]:
     return dict(HEAD_ALONE)
 
 
-def current(registry, concept: dict) -> tuple[Recognizer, dict] | None:
+def current(registry, concept: Concept) -> tuple[Recognizer, dict] | None:
     """The recognizer stored with the concept's current checkpoint, if it has one, knowing the
     user's other concepts as they are now, and its cuts by signal: those calibrated at training,
     raised where the head refitted for a newer concept would let a known negative through."""
