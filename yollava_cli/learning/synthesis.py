@@ -116,9 +116,10 @@ def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos:
 def worth_learning(said: list[tuple[str, str, str]], concept: dict, label: str | None) -> list[tuple[str, str, str]]:
     """The (photo, question, answer) triples training learns from, renamed to the identifier: an
     answer that carries no attribute (only filler, the question's own words, the subject's class:
-    "A dog.", "What color is <bo>? A color.") is dropped, and an answer already kept for the
-    question is kept once. Where no answer to the type question survives, the label and the
-    owner's kind answer it ("<bo> is a pet dog.")."""
+    "A dog.", "What color is <bo>? A color.") or not the kind asked for ("What color is <bo>? A
+    Pembroke.") is dropped, and an answer already kept for the question is kept once. Where no
+    answer to the type question survives, the label and the owner's kind answer it ("<bo> is a
+    pet dog.")."""
     spec = templates()["attributes"]["person" if concept["kind"] == "person" else "other"]
     name, neutral = concept["name"], spec["neutral_name"]
     known = set(words(label or "")) | {concept["kind"]}
@@ -126,13 +127,24 @@ def worth_learning(said: list[tuple[str, str, str]], concept: dict, label: str |
     for photo, question, answer in said:
         plain = set(words(rename(question, neutral, name))) | set(words(neutral))
         key = (question, " ".join(words(answer)))
-        if answer and key not in seen and set(words(answer)) - FILLER - plain - known:
+        if answer and key not in seen and set(words(answer)) - FILLER - plain - known and names_what_is_asked(question, answer):
             seen.add(key)
             kept.append((photo, rename(question, neutral, name), rename(answer, neutral, name)))
     asked = rename(LABEL_QUESTION, neutral, name)
     if LABEL_QUESTION in spec["questions"] and said and not any(question == asked for _, question, _ in kept):
         kept.append((said[0][0], asked, label_answer(name, concept["kind"], label)))
     return kept
+
+
+def names_what_is_asked(question: str, answer: str) -> bool:
+    """Whether an answer to a question asking for a colour, material, shape or size names one
+    (templates.json "answer_words"); a small model answers "What color is it?" with a breed, and
+    the tokens would learn the breed as a colour. Other questions pass."""
+    asked = set(words(question))
+    for kind in templates()["answer_words"].values():
+        if isinstance(kind, dict) and asked & set(kind["asked_by"].split()):
+            return bool(set(words(answer)) & set(kind["words"].split())) or bool(kind["numbers"] and re.search(r"\d", answer))
+    return True
 
 
 def label_answer(name: str, kind: str, label: str | None) -> str:
