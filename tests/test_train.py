@@ -131,7 +131,8 @@ def test_an_attribute_question_is_learned_only_with_the_kind_of_answer_it_asks_f
             "What material is this subject made of?": ["A building material.", "Soft fur.", "A wall clock."],
             "What size is this subject?": ["A household object.", "A small container.", "A size 1."],
             "What shape does this subject have?": ["A container.", "A long body and short legs.", "A corgi."],
-            "What is the overall vibe of this subject?": ["Playful and happy.", "A corgi.", "A corgi."]}
+            "What is the overall vibe of this subject?": ["Playful and happy.", "A corgi.", "A corgi."],
+            "What's this subject's general texture like?": ["Sports equipment.", "Soft and fluffy.", "Clothing."]}
     questions = templates()["attributes"]["other"]["questions"]
     for i, photo in enumerate(photos):
         registry.store_answer(photo["sha256"], vlm.fingerprint, SUBJECT_QUESTION, "A dog.")
@@ -144,6 +145,7 @@ def test_an_attribute_question_is_learned_only_with_the_kind_of_answer_it_asks_f
                                               ("What is the overall vibe of <bo>?", "A corgi."),
                                               ("What material is <bo> made of?", "Soft fur."),
                                               ("What size is <bo>?", "A small container."),
+                                              ("What's <bo>'s general texture like?", "Soft and fluffy."),
                                               ("What type of object is <bo>?", "<bo> is a pet dog.")])
     person = {"kind": "person", "name": "mam"}
     answers = [("What is Riley's skin tone?", "Fair."), ("What is Riley's skin tone?", "Riley is a woman."),

@@ -137,13 +137,13 @@ def worth_learning(said: list[tuple[str, str, str]], concept: dict, label: str |
 
 
 def names_what_is_asked(question: str, answer: str) -> bool:
-    """Whether an answer to a question asking for a colour, material, shape or size names one
-    (templates.json "answer_words"); a small model answers "What color is it?" with a breed, and
-    the tokens would learn the breed as a colour. Other questions pass."""
-    asked = set(words(question))
+    """Whether an answer to a question asking for a colour, material, shape, size or texture names
+    one (templates.json "answer_words"); a small model answers "What color is it?" with a breed,
+    and the tokens would learn the breed as a colour. Other questions pass."""
+    asked, said = set(words(question)), set(words(answer))
     for kind in templates()["answer_words"].values():
         if isinstance(kind, dict) and asked & set(kind["asked_by"].split()):
-            return bool(set(words(answer)) & set(kind["words"].split())) or bool(kind["numbers"] and re.search(r"\d", answer))
+            return bool(said & set(kind["words"].split())) or bool(kind["numbers"] and re.search(r"\d", answer))
     return True
 
 
