@@ -316,7 +316,7 @@ def test_a_question_longer_than_the_context_is_refused_in_one_line(trained):
     chat = invoke("chat", "bo", "--model", model_dir, "--max-tokens", "4", home=home, input=lines)
     assert chat.returncode == 0, chat.stderr  # the chat goes on to the next question
     [error] = [line for line in chat.stderr.splitlines() if line.startswith("error: ")]
-    assert "over the 512 tokens" in error and chat.stdout.count("yollava> ") == 2
+    assert "over the 512 tokens" in error and chat.stdout.count("yollava> ") == 1  # the refused question has no answer line
 
 
 def test_ask_json_says_which_facts_were_left_out(trained, tmp_path):
@@ -461,6 +461,42 @@ def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained, tmp
         if proc.poll() is None:
             proc.kill()
         os.close(primary)
+
+
+def test_a_chat_transcript_has_no_empty_answer_line(trained, tmp_path):
+    """On a terminal, a notice about an answer (the facts left out with a photo loaded), a
+    /command's message and a refused question each read on a line of their own: no empty
+    "yollava> " line before them; each answer's line begins with its text."""
+    home, model_dir, _ = trained
+    shutil.copytree(home, tmp_path / "home")
+    assert invoke("note", "bo", "loves chasing tennis balls", home=tmp_path / "home").returncode == 0
+    photo = shared_data() / "concepts" / "dog" / "test" / "03.jpg"
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "yollava_cli", "chat", "bo", "--image", str(photo), "--model", str(model_dir),
+         "--max-tokens", "4"], stdin=secondary, stdout=secondary, stderr=secondary,
+        env={**os.environ, "YOLLAVA_HOME": str(tmp_path / "home"), "COLUMNS": "200"}, start_new_session=True)
+    os.close(secondary)
+    try:
+        transcript = read_until(primary, b"you> ", timeout=120)
+        for line in (b"what is in this photo?\n", b"/reset\n", b"tell me about <bo>" + b" and the thing" * 200 + b"\n",
+                     b"is <bo> here?\n"):
+            os.write(primary, line)
+            transcript += read_until(primary, b"you> ", timeout=120)
+        os.write(primary, b"\x04")  # Ctrl-D
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
+    lines = transcript.decode(errors="replace").replace("\r", "").split("\n")
+    notice = lines.index("1 fact left out: the question is about the photo")
+    assert lines[notice - 1] == "you> what is in this photo?" and lines[notice + 1].startswith("yollava> ")
+    assert lines[lines.index("History and photo cleared.") - 1] == "you> /reset"
+    [error] = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert lines[error - 1].startswith("you> tell me about <bo>") and "over the 512 tokens" in lines[error]
+    answers = [line for line in lines if line.startswith("yollava> ")]
+    assert len(answers) == 2 and all(line.strip() != "yollava>" for line in lines), transcript[-1500:]
 
 
 def test_chat_loads_concepts_mentioned_after_it_started(trained, tmp_path):
