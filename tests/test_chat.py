@@ -64,6 +64,29 @@ def test_notes_guide_answers_and_stay_out_of_what_is_said_about_a_photo(monkeypa
     assert any("1 fact left out: the question is about the photo" in line for line in said)
 
 
+def test_the_lean_does_not_lean_toward_what_a_note_keeps_the_thing_from(monkeypatch):
+    """Leaning away from the prompt without the notes made what every note names likelier, the
+    thing a note keeps <bo> from too: pocket answered "what should I buy him?" with "the vacuum
+    cleaner is a toy that he loves to play with". The prompt without the notes keeps those notes
+    (so their words do not move); the answer's own prompt still has every note."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    monkeypatch.setattr(asking, "quoted_note", lambda vlm, prompt, notes, gains=None: None)
+    generate, calls = vlm.generate, []
+
+    def spy(prompt, *args, contrast=None, **kwargs):
+        calls.append((prompt.notes, contrast))
+        return generate(prompt, *args, contrast=contrast, **kwargs)
+
+    monkeypatch.setattr(vlm, "generate", spy)
+    notes = ["<bo> is 4 years old.", "<bo> loves chasing tennis balls.", "<bo> is scared of the vacuum cleaner.",
+             "<bo> is allergic to chicken.", "<bo> hates thunderstorms."]
+    ask(vlm, ["bo"], "What should I buy <bo>?", [], [], GenerationOptions(max_tokens=4), notes=notes)
+    [(prompt_notes, contrast)] = calls
+    assert prompt_notes == ["What I know about <bo>:", *notes]
+    assert contrast.notes == ["What I know about <bo>:", *notes[2:]] and contrast.question == "What should I buy <bo>?"
+
+
 def test_facts_no_direct_question_asks_for_are_left_out_and_advice_gets_them_as_the_owners(monkeypatch, said):
     """Asked for an attribute no fact gives ("What colour is his fur?"), pocket recited one ("The
     answer is: dog is 4 years old."): facts a direct question does not ask for stay out of its
