@@ -46,8 +46,9 @@ AVERSION = re.compile(r"\b(?:is |are )?(?:scared of|afraid of|frightened of|terr
                       r"must not|mustn't|can't|cannot|never)\s+(.*)", re.IGNORECASE)
 CAUTION = re.compile(r"\b(scared|afraid|fears?|fearful|frighten\w*|terrif\w*|allerg\w*|hates?|dislikes?|avoid\w*|not|no|"
                      r"never|n't|without|away|instead|careful|keep)\b", re.IGNORECASE)
-LIKING = re.compile(r"\b(loves?|likes?|enjoys?|favou?rite|toys?|buy|gifts?|presents?|recommend\w*|suggest\w*|treats?|"
-                    r"play\w*|fun|great|perfect|ideal)\b", re.IGNORECASE)
+LIKING = re.compile(r"loves?|likes?|enjoys?|favou?rite|toys?|buy|gifts?|presents?|recommend\w*|suggest\w*|treats?|"
+                    r"play\w*|fun|great|perfect|ideal", re.IGNORECASE)
+NEAR = 3  # words between the thing and the liking ("the vacuum cleaner is a toy")
 ADVICE = ["What should I buy <{x}>?", "What could we do together this weekend?", "How can I make <{x}> happy?"]
 OFF_THE_POINT = re.compile(r"^\W*(you're right|you are right|i apologi[sz]e|i'm sorry|i should|what a (wonderful|great|cute|lovely)|"
                            r"the (story|sentence|text|passage|information|phrase))", re.IGNORECASE)
@@ -119,16 +120,19 @@ def judged(item: dict, answer: str, notes: list[str]) -> dict:
 
 def contradicts(answer: str, notes: list[str]) -> bool:
     """Whether a sentence of the answer names what a note keeps the subject from (its object's
-    content words) with a liking or a recommendation and no word of caution."""
+    content words) with a liking or a recommendation within NEAR words of it, and no word of caution."""
     def content(text: str) -> set[str]:
         return {w.removesuffix("s") for w in re.findall(r"[a-z]+", re.sub(r"<[^>]+>", " ", text.lower()))
                 if w not in STOP and len(w) > 2}  # "vacuum cleaners" names "the vacuum cleaner"
 
     kept_from = [content(m.group(1)) for n in notes if (m := AVERSION.search(n))]
     for sentence in re.split(r"(?<=[.!?])\s+|\n+", answer):
-        said = content(sentence)
-        if any(k and k <= said for k in kept_from) and LIKING.search(sentence) and not CAUTION.search(sentence):
-            return True
+        said = re.findall(r"[a-z']+", re.sub(r"<[^>]+>", " ", sentence.lower()))
+        liked = [i for i, w in enumerate(said) if LIKING.fullmatch(w)]
+        for thing in (k for k in kept_from if k and k <= content(sentence)):
+            named = [i for i, w in enumerate(said) if w.removesuffix("s") in thing]
+            if any(abs(i - j) <= NEAR for i in named for j in liked) and not CAUTION.search(sentence):
+                return True
     return False
 
 
