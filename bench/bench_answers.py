@@ -14,12 +14,17 @@ name is one word, punctuation dropped), as stuttering when a 1-3 word phrase fol
 and how many answers end mid-sentence. A paraphrase is right when its answer holds its fact (most of
 the fact's words), wrong when it holds another; an answer to a question no fact answers recites when
 it holds any fact; a gift answer opens off the point when its first sentence answers a claim or a
-story ("You're right, ...", "What a wonderful story!") instead of the question.
+story ("You're right, ...", "What a wonderful story!") instead of the question. Subjects with a note
+that says what to keep from them ("is scared of the vacuum cleaner", "is allergic to chicken") are
+also asked for advice (ADVICE), and a gift or advice answer contradicts a note when one of its
+sentences names that thing with a liking or a recommendation and no word of caution ("the vacuum
+cleaner is a toy that he loves to play with").
 
     python bench/bench_answers.py                  # old vs new: writes bench/results/answers.json
     python bench/bench_answers.py --candidates     # also the settings new was chosen among
     python bench/bench_answers.py --subjects dog cat backpack   # a few subjects only
     python bench/bench_answers.py --new-only --half held-out --out FILE   # today's guards, the odd half
+    python bench/bench_answers.py --new-only --kinds gift advice --subjects dog dog3 dog7 --out FILE
 """
 
 import argparse
@@ -37,6 +42,14 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "answers.json"
 STOP = {"the", "a", "an", "is", "are", "was", "were", "of", "in", "on", "to", "and", "my", "it", "for", "with", "at", "his",
         "her", "he", "she", "its", "very", "has", "have", "had", "be", "by", "from", "that", "this", "i", "thing"}
+AVERSION = re.compile(r"\b(?:is |are )?(?:scared of|afraid of|frightened of|terrified of|allergic to|hates?|dislikes?|"
+                      r"must not|mustn't|can't|cannot|never)\s+(.*)", re.IGNORECASE)
+CAUTION = re.compile(r"\b(scared|afraid|fears?|fearful|frighten\w*|terrif\w*|allerg\w*|hates?|dislikes?|avoid\w*|not|no|"
+                     r"never|n't|without|away|instead|careful|keep)\b", re.IGNORECASE)
+LIKING = re.compile(r"loves?|likes?|enjoys?|favou?rite|toys?|buy|gifts?|presents?|recommend\w*|suggest\w*|treats?|"
+                    r"play\w*|fun|great|perfect|ideal", re.IGNORECASE)
+NEAR = 3  # words between the thing and the liking ("the vacuum cleaner is a toy")
+ADVICE = ["What should I buy <{x}>?", "What could we do together this weekend?", "How can I make <{x}> happy?"]
 OFF_THE_POINT = re.compile(r"^\W*(you're right|you are right|i apologi[sz]e|i'm sorry|i should|what a (wonderful|great|cute|lovely)|"
                            r"the (story|sentence|text|passage|information|phrase))", re.IGNORECASE)
 
@@ -69,6 +82,8 @@ def every_question(subjects: list[str] | None) -> list[dict]:
         asked += [{"subject": name, "kind": "no_fact", "question": q} for q in paraphrases[name]["unanswered"]]
         for item in entry["questions"]:
             asked.append({"subject": name, "kind": "fact", "question": item["question"], "expect": item["answer_contains"]})
+        if any(AVERSION.search(f) for f in entry["facts"]):
+            asked += [{"subject": name, "kind": "advice", "question": q.format(x=name)} for q in ADVICE]
         if entry.get("gift"):
             asked.append({"subject": name, "kind": "gift", "question": entry["gift"]["question"], "expect": entry["gift"]["answer_contains"]})
         asked += [{"subject": name, "kind": "open", "question": item["question"]} for item in text_qa.get(f"<{name}>", [])[:2]]
@@ -97,8 +112,28 @@ def judged(item: dict, answer: str, notes: list[str]) -> dict:
     if item["kind"] == "no_fact":
         return {"recites": any(holds(answer, n) for n in notes)}
     if item["kind"] == "gift":
-        return {"off_the_point": bool(OFF_THE_POINT.search(answer))}
+        return {"off_the_point": bool(OFF_THE_POINT.search(answer)), "contradicts": contradicts(answer, notes)}
+    if item["kind"] == "advice":
+        return {"contradicts": contradicts(answer, notes)}
     return {}
+
+
+def contradicts(answer: str, notes: list[str]) -> bool:
+    """Whether a sentence of the answer names what a note keeps the subject from (its object's
+    content words) with a liking or a recommendation within NEAR words of it, and no word of caution."""
+    def content(text: str) -> set[str]:
+        return {w.removesuffix("s") for w in re.findall(r"[a-z]+", re.sub(r"<[^>]+>", " ", text.lower()))
+                if w not in STOP and len(w) > 2}  # "vacuum cleaners" names "the vacuum cleaner"
+
+    kept_from = [content(m.group(1)) for n in notes if (m := AVERSION.search(n))]
+    for sentence in re.split(r"(?<=[.!?])\s+|\n+", answer):
+        said = re.findall(r"[a-z']+", re.sub(r"<[^>]+>", " ", sentence.lower()))
+        liked = [i for i, w in enumerate(said) if LIKING.fullmatch(w)]
+        for thing in (k for k in kept_from if k and k <= content(sentence)):
+            named = [i for i, w in enumerate(said) if w.removesuffix("s") in thing]
+            if any(abs(i - j) <= NEAR for i in named for j in liked) and not CAUTION.search(sentence):
+                return True
+    return False
 
 
 def repeated_ngram(text: str, n: int = 4) -> bool:
@@ -119,7 +154,8 @@ def summary(rows: list[dict]) -> dict:
             "fact_hits": f"{sum(r['hit'] for r in facts)}/{len(facts)}",
             **{f"{kind} {label}": f"{sum(r[label] for r in rows if r['kind'] == kind)}/{sum(r['kind'] == kind for r in rows)}"
                for kind, label in (("paraphrase", "right"), ("paraphrase", "wrong"), ("no_fact", "recites"),
-                                   ("gift", "off_the_point")) if any(r["kind"] == kind for r in rows)},
+                                   ("gift", "off_the_point"), ("gift", "contradicts"), ("advice", "contradicts"))
+               if any(r["kind"] == kind for r in rows)},
             "mean_words": round(sum(len(words(r["answer"])) for r in rows) / len(rows), 1)}
 
 
@@ -130,7 +166,7 @@ def main() -> None:
     parser.add_argument("--subjects", nargs="*", help="only these subjects (default: all 20)")
     parser.add_argument("--half", choices=["calibration", "held-out"],
                         help="only the subjects at even (calibration) or odd (held-out) alphabetical positions")
-    parser.add_argument("--kinds", nargs="*", help="only these kinds of question (fact, gift, open, describe, paraphrase, no_fact)")
+    parser.add_argument("--kinds", nargs="*", help="only these kinds of question (fact, gift, advice, open, describe, paraphrase, no_fact)")
     parser.add_argument("--new-only", action="store_true", help="only today's guards")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()

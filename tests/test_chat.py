@@ -64,6 +64,29 @@ def test_notes_guide_answers_and_stay_out_of_what_is_said_about_a_photo(monkeypa
     assert any("1 fact left out: the question is about the photo" in line for line in said)
 
 
+def test_the_lean_does_not_lean_toward_what_a_note_keeps_the_thing_from(monkeypatch):
+    """Leaning away from the prompt without the notes made what every note names likelier, the
+    thing a note keeps <bo> from too: pocket answered "what should I buy him?" with "the vacuum
+    cleaner is a toy that he loves to play with". The prompt without the notes keeps those notes
+    (so their words do not move); the answer's own prompt still has every note."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    monkeypatch.setattr(asking, "quoted_note", lambda vlm, prompt, notes, gains=None: None)
+    generate, calls = vlm.generate, []
+
+    def spy(prompt, *args, contrast=None, **kwargs):
+        calls.append((prompt.notes, contrast))
+        return generate(prompt, *args, contrast=contrast, **kwargs)
+
+    monkeypatch.setattr(vlm, "generate", spy)
+    notes = ["<bo> is 4 years old.", "<bo> loves chasing tennis balls.", "<bo> is scared of the vacuum cleaner.",
+             "<bo> is allergic to chicken.", "<bo> hates thunderstorms."]
+    ask(vlm, ["bo"], "What should I buy <bo>?", [], [], GenerationOptions(max_tokens=4), notes=notes)
+    [(prompt_notes, contrast)] = calls
+    assert prompt_notes == ["What I know about <bo>:", *notes]
+    assert contrast.notes == ["What I know about <bo>:", *notes[2:]] and contrast.question == "What should I buy <bo>?"
+
+
 def test_facts_no_direct_question_asks_for_are_left_out_and_advice_gets_them_as_the_owners(monkeypatch, said):
     """Asked for an attribute no fact gives ("What colour is his fur?"), pocket recited one ("The
     answer is: dog is 4 years old."): facts a direct question does not ask for stay out of its
@@ -316,7 +339,7 @@ def test_a_question_longer_than_the_context_is_refused_in_one_line(trained):
     chat = invoke("chat", "bo", "--model", model_dir, "--max-tokens", "4", home=home, input=lines)
     assert chat.returncode == 0, chat.stderr  # the chat goes on to the next question
     [error] = [line for line in chat.stderr.splitlines() if line.startswith("error: ")]
-    assert "over the 512 tokens" in error and chat.stdout.count("yollava> ") == 2
+    assert "over the 512 tokens" in error and chat.stdout.count("yollava> ") == 1  # the refused question has no answer line
 
 
 def test_ask_json_says_which_facts_were_left_out(trained, tmp_path):
@@ -461,6 +484,42 @@ def test_chat_on_a_terminal_ctrl_c_stops_the_answer_not_the_session(trained, tmp
         if proc.poll() is None:
             proc.kill()
         os.close(primary)
+
+
+def test_a_chat_transcript_has_no_empty_answer_line(trained, tmp_path):
+    """On a terminal, a notice about an answer (the facts left out with a photo loaded), a
+    /command's message and a refused question each read on a line of their own: no empty
+    "yollava> " line before them; each answer's line begins with its text."""
+    home, model_dir, _ = trained
+    shutil.copytree(home, tmp_path / "home")
+    assert invoke("note", "bo", "loves chasing tennis balls", home=tmp_path / "home").returncode == 0
+    photo = shared_data() / "concepts" / "dog" / "test" / "03.jpg"
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "yollava_cli", "chat", "bo", "--image", str(photo), "--model", str(model_dir),
+         "--max-tokens", "4"], stdin=secondary, stdout=secondary, stderr=secondary,
+        env={**os.environ, "YOLLAVA_HOME": str(tmp_path / "home"), "COLUMNS": "200"}, start_new_session=True)
+    os.close(secondary)
+    try:
+        transcript = read_until(primary, b"you> ", timeout=120)
+        for line in (b"what is in this photo?\n", b"/reset\n", b"tell me about <bo>" + b" and the thing" * 200 + b"\n",
+                     b"is <bo> here?\n"):
+            os.write(primary, line)
+            transcript += read_until(primary, b"you> ", timeout=120)
+        os.write(primary, b"\x04")  # Ctrl-D
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
+    lines = transcript.decode(errors="replace").replace("\r", "").split("\n")
+    notice = lines.index("1 fact left out: the question is about the photo")
+    assert lines[notice - 1] == "you> what is in this photo?" and lines[notice + 1].startswith("yollava> ")
+    assert lines[lines.index("History and photo cleared.") - 1] == "you> /reset"
+    [error] = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert lines[error - 1].startswith("you> tell me about <bo>") and "over the 512 tokens" in lines[error]
+    answers = [line for line in lines if line.startswith("yollava> ")]
+    assert len(answers) == 2 and all(line.strip() != "yollava>" for line in lines), transcript[-1500:]
 
 
 def test_chat_loads_concepts_mentioned_after_it_started(trained, tmp_path):

