@@ -25,6 +25,7 @@ cleaner is a toy that he loves to play with").
     python bench/bench_answers.py --subjects dog cat backpack   # a few subjects only
     python bench/bench_answers.py --new-only --half held-out --out FILE   # today's guards, the odd half
     python bench/bench_answers.py --new-only --kinds gift advice --subjects dog dog3 dog7 --out FILE
+    python bench/bench_answers.py --candidates --only new "no stutter guard" --kinds gift advice --out FILE
 """
 
 import argparse
@@ -57,10 +58,10 @@ OFF_THE_POINT = re.compile(r"^\W*(you're right|you are right|i apologi[sz]e|i'm 
 def settings(candidates: bool, new_only: bool = False) -> dict:
     from yollava_cli.models.decoding import Guards
 
-    chosen = {"new": Guards()} if new_only else {"old": Guards(0, 1.0, False), "new": Guards()}
+    chosen = {"new": Guards()} if new_only else {"old": Guards(0, 1.0, False, 0), "new": Guards()}
     if candidates:
         chosen |= {"block 3-grams": Guards(3), "block 5-grams": Guards(5), "penalty 1.2": Guards(0, 1.2),
-                   "block 4-grams + penalty 1.1": Guards(4, 1.1)}
+                   "block 4-grams + penalty 1.1": Guards(4, 1.1), "no stutter guard": Guards(no_stutter=0)}
     return chosen
 
 
@@ -168,6 +169,7 @@ def main() -> None:
                         help="only the subjects at even (calibration) or odd (held-out) alphabetical positions")
     parser.add_argument("--kinds", nargs="*", help="only these kinds of question (fact, gift, advice, open, describe, paraphrase, no_fact)")
     parser.add_argument("--new-only", action="store_true", help="only today's guards")
+    parser.add_argument("--only", nargs="*", help="only these settings, by name (with --candidates: any of theirs)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     if args.half:
@@ -182,6 +184,8 @@ def main() -> None:
     facts = json.loads((DATA / "facts.json").read_text())
     classes = {name: entry["class"] for name, entry in json.loads((DATA / "manifest.json").read_text()).items()}
     chosen = settings(args.candidates, args.new_only)
+    if args.only:
+        chosen = {name: chosen[name] for name in args.only}
     rows = {setting: [] for setting in chosen}
     start = time.perf_counter()
     for item in questions(args.subjects, args.kinds):

@@ -199,9 +199,9 @@ def test_no_answer_holds_the_same_four_tokens_twice():
 def test_an_answer_cut_short_ends_at_its_last_full_sentence_as_streamed():
     vlm, answers = looping_vlm()
     prompt = Prompt("what should I buy <bo>?", concepts=["bo"])
-    vlm.guards = decoding.Guards(whole_sentences=False)
+    vlm.guards = decoding.Guards(whole_sentences=False, no_stutter=0)
     whole = vlm.generate(prompt, 40)
-    vlm.guards = decoding.Guards()
+    vlm.guards = decoding.Guards(no_stutter=0)  # this gibberish then ends a sentence at 40 tokens
     pieces = []
     cut = vlm.generate(prompt, 40, on_text=pieces.append)
     assert "".join(pieces).strip() == cut  # the streamed user reads what is returned, no more
@@ -224,6 +224,30 @@ def test_the_same_words_in_another_case_are_a_repeat_too():
     banned = set(torch.isinf(scores[0]).nonzero()[:, 0].tolist())
     photo = tok.encode(" photo", add_special_tokens=False)[0]
     assert photo in banned and banned == keys.ids[keys.key(photo)]
+
+
+def test_no_phrase_of_up_to_three_words_follows_itself():
+    """The 4-gram block lets "<bo>-friendly <bo>-friendly" and "as as" through: a phrase said twice
+    in a row, shorter than any n-gram it blocks. It is stopped at the piece that would complete it;
+    a sentence's end starts afresh, and numbers may repeat."""
+    tok = tiny_llava()[1].tokenizer
+    keys = decoding.WordKeys(tok)
+
+    def banned_after(text: str) -> set[str]:
+        answer = tok.encode(text, add_special_tokens=False)
+        scores = decoding.NoRepeats(0, 0, 1.0, [], keys, stutter=3)(torch.tensor([answer]), torch.zeros(1, len(tok)))
+        return {tok.decode([i]) for i in torch.isinf(scores[0]).nonzero()[:, 0].tolist()}
+
+    # this tokenizer spells most words in pieces: the repeat is stopped at the piece that completes it
+    assert "y" in banned_after("Get a dog-friendly toy or a dog-friendly dog-friendl")
+    assert "s" in banned_after("It is as a")  # "as as"
+    assert "s" in banned_after("He loves tennis balls tennis ball")  # "tennis balls tennis balls"
+    assert "s" not in banned_after("He loves tennis balls and ball")
+    assert banned_after("He loves it.") == set()  # a new sentence: "it. It" is no stutter
+    assert not banned_after("He was born in 200") & {"0", " 0"}
+    off = decoding.NoRepeats(0, 0, 1.0, [], keys)(torch.tensor([tok.encode("It is as", add_special_tokens=False)]),
+                                                 torch.zeros(1, len(tok)))
+    assert not torch.isinf(off).any()  # stutter=0: off
 
 
 def test_last_full_sentence():

@@ -59,6 +59,7 @@ class Guards:
     no_repeat_ngram: int = 4  # no n tokens, nor n words, of the answer twice (0: off)
     repetition_penalty: float = 1.0  # CTRL's, on the answer's own tokens (1: off)
     whole_sentences: bool = True  # an answer cut short ends at its last full sentence
+    no_stutter: int = 3  # no phrase of up to n words said twice in a row ("as as"; 0: off)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ def generate(vlm, prompt: Prompt, sampling: Sampling = Sampling(), steering: Ste
         start = ids.shape[1] - len(opening_ids)  # where the answer starts: an opening is its own
         processors = [WholeNames(names, vlm), SettleVerdict(steering.yes, ids.shape[1], vlm),
                       NoRepeats(start, guards.no_repeat_ngram, guards.repetition_penalty, names,
-                                vlm.word_keys if guards.no_repeat_ngram > 0 else None)]
+                                vlm.word_keys if guards.no_repeat_ngram or guards.no_stutter else None,
+                                guards.no_stutter)]
         if steering.contrast is not None:  # a text-only prompt, prefilled the same way
             other = torch.cat([vlm.prompts.encode(steering.contrast).input_ids,
                                torch.tensor(opening_ids, dtype=torch.long)])[None].to(vlm.device)
@@ -196,10 +198,13 @@ class NoRepeats(LogitsProcessor):
     token the answer already holds is less likely (CTRL's repetition penalty: positive scores
     divided, negative multiplied), a concept's name exempt: it is the answer's subject. With `words`,
     n-grams of words are blocked too, whatever their case or hyphens ("The answer is not ... the
-    answer is not", "with a built-in ... with a built in" are different tokens, the same words)."""
+    answer is not", "with a built-in ... with a built in" are different tokens, the same words), and
+    no phrase of up to `stutter` words follows itself in a sentence ("<bo>-friendly <bo>-friendly",
+    "as as": shorter than an n-gram block can be without stopping a name's function words)."""
 
-    def __init__(self, start: int, n: int, penalty: float, names: list[int], words: "WordKeys | None" = None):
-        self.start, self.n, self.penalty, self.names, self.words = start, n, penalty, names, words
+    def __init__(self, start: int, n: int, penalty: float, names: list[int], words: "WordKeys | None" = None,
+                 stutter: int = 0):
+        self.start, self.n, self.penalty, self.names, self.words, self.stutter = start, n, penalty, names, words, stutter
 
     def __call__(self, input_ids, scores):
         answer = input_ids[0, self.start :].tolist()
@@ -213,6 +218,8 @@ class NoRepeats(LogitsProcessor):
             keys = [key for key in map(self.words.key, answer) if key]
             for key in repeated_continuations(keys, self.n):
                 banned |= self.words.ids.get(key, set())
+            if self.stutter:
+                banned |= self.words.stutter_continuations(answer, self.stutter)
         if banned:
             scores = scores.index_fill(-1, torch.tensor(sorted(banned), device=scores.device), float("-inf"))
         return scores
@@ -228,9 +235,50 @@ class WordKeys:
         self.ids: dict[str, set[int]] = {}
         for i, key in enumerate(self.keys):
             self.ids.setdefault(key, set()).add(i)
+        # a word starts at a space (byte-level BPE's "Ġ", SentencePiece's "▁") or a name; a sentence
+        # ends at . ! or ?
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self.starts = {i for i, (text, piece) in enumerate(zip(texts, pieces))
+                       if text[:1].isspace() or str(piece)[:1] in ("Ġ", "▁", "<")}
+        self.ends = {i for i, text in enumerate(texts) if re.search(r"[.!?]", text)}
 
     def key(self, token: int) -> str:
         return self.keys[token] if token < len(self.keys) else f"<{token}>"  # a token added since: its own word
+
+    def starts_word(self, token: int) -> bool:
+        return token in self.starts or token >= len(self.keys)
+
+    def stutter_continuations(self, answer: list[int], n: int) -> set[int]:
+        """The tokens that would end the answer's last sentence in a phrase of up to n words said
+        twice in a row: a word that starts the repeat's last word, or a piece that completes it. A
+        repeat split into several pieces is stopped at its last one. Numbers may repeat ("2 0 0 0")."""
+        sentence = answer[max((i + 1 for i, t in enumerate(answer) if t in self.ends), default=0) :]
+        words, boundary = [], True  # boundary: the next piece with letters starts a word
+        for token in sentence:
+            boundary = boundary or self.starts_word(token)
+            if self.key(token):
+                if boundary:
+                    words.append(self.key(token))
+                else:
+                    words[-1] += self.key(token)
+                boundary = False
+        cases = [(words, "", None if boundary else True)]  # the next token starts a word (either kind after a space)
+        if words and not boundary:
+            cases.append((words[:-1], words[-1], False))  # or goes on with the last one
+        banned = set()
+        for before, partial, starting in cases:
+            for word in repeated_next_words(before, n):
+                if word.isdigit() or not word.startswith(partial) or word == partial:
+                    continue
+                rest = self.ids.get(word[len(partial) :], set())
+                banned |= {t for t in rest if starting is None or self.starts_word(t) == starting}
+        return banned
+
+
+def repeated_next_words(words: list[str], n: int) -> set[str]:
+    """The words that, appended, would end `words` in a phrase of up to n words said twice in a row."""
+    return {words[-k] for k in range(1, n + 1)
+            if len(words) >= 2 * k - 1 and words[len(words) - k + 1 :] == words[len(words) - 2 * k + 1 : len(words) - k]}
 
 
 def repeated_continuations(tokens: list, n: int) -> set:
