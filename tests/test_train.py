@@ -105,11 +105,7 @@ def test_attribute_conversations_say_something_once(registry):
     said = {"What color is this subject?": ["A color.", "This subject is orange and white.", "Orange and white."],
             "What shape does this subject have?": ["A dog.", "A dog.", "It is round."],
             "What type of object is this subject?": ["A dog.", "Dog.", "A dog"]}
-    questions = templates()["attributes"]["other"]["questions"]
-    for i, photo in enumerate(photos):
-        registry.store_answer(photo["sha256"], vlm.fingerprint, SUBJECT_QUESTION, "A dog.")
-        for question in questions:
-            registry.store_answer(photo["sha256"], vlm.fingerprint, question, said.get(question, ["A dog."] * 3)[i])
+    store_answers(registry, vlm, photos, said)
     data = build_training_data(registry, vlm, concept)
     assert data.attributes == [("What color is <bo>?", "<bo> is orange and white."),
                                ("What color is <bo>?", "Orange and white."),
@@ -118,6 +114,15 @@ def test_attribute_conversations_say_something_once(registry):
     shown = inspect_training_data(registry, replace(concept, base_fingerprint=vlm.fingerprint))
     assert [(c["question"], c["answer"]) for c in shown["attribute_conversations"]] == data.attributes
     assert shown["subject_word"] == "dog"
+
+
+def store_answers(registry, vlm, photos: list[dict], said: dict[str, list[str]]) -> None:
+    """The base model's answers as training finds them cached: "A dog." to the subject question, and
+    `said[question][i]` (else "A dog.") to each attribute question about photo i."""
+    for i, photo in enumerate(photos):
+        registry.store_answer(photo["sha256"], vlm.fingerprint, SUBJECT_QUESTION, "A dog.")
+        for question in templates()["attributes"]["other"]["questions"]:
+            registry.store_answer(photo["sha256"], vlm.fingerprint, question, said.get(question, ["A dog."] * 3)[i])
 
 
 def test_an_attribute_question_is_learned_only_with_the_kind_of_answer_it_asks_for(registry):
@@ -135,11 +140,7 @@ def test_an_attribute_question_is_learned_only_with_the_kind_of_answer_it_asks_f
             "What shape does this subject have?": ["A container.", "A long body and short legs.", "A corgi."],
             "What is the overall vibe of this subject?": ["Playful and happy.", "A corgi.", "A corgi."],
             "What's this subject's general texture like?": ["Sports equipment.", "Soft and fluffy.", "Clothing."]}
-    questions = templates()["attributes"]["other"]["questions"]
-    for i, photo in enumerate(photos):
-        registry.store_answer(photo["sha256"], vlm.fingerprint, SUBJECT_QUESTION, "A dog.")
-        for question in questions:
-            registry.store_answer(photo["sha256"], vlm.fingerprint, question, said.get(question, ["A dog."] * 3)[i])
+    store_answers(registry, vlm, photos, said)
     data = build_training_data(registry, vlm, concept)
     assert sorted(data.attributes) == sorted([("What color is <bo>?", "Orange and white."),
                                               ("What shape does <bo> have?", "A long body and short legs."),
@@ -149,7 +150,7 @@ def test_an_attribute_question_is_learned_only_with_the_kind_of_answer_it_asks_f
                                               ("What size is <bo>?", "A small container."),
                                               ("What's <bo>'s general texture like?", "Soft and fluffy."),
                                               ("What type of object is <bo>?", "<bo> is a pet dog.")])
-    person = {"kind": "person", "name": "mam"}
+    person = replace(concept, kind="person", name="mam")
     answers = [("What is Riley's skin tone?", "Fair."), ("What is Riley's skin tone?", "Riley is a woman."),
                ("What color are Riley's eyes?", "Hazel."), ("What is Riley's height?", "Riley is a woman."),
                ("What is Riley's height?", "About 5 feet 6 inches."), ("What is Riley's hair color?", "Riley.")]
