@@ -250,6 +250,20 @@ def test_no_phrase_of_up_to_three_words_follows_itself():
     assert not torch.isinf(off).any()  # stutter=0: off
 
 
+def test_onednn_is_back_on_after_blocks_that_overlap():
+    """Two threads' answers overlapping (eval's thread executor): the block that ended last restored
+    the "off" it found, and every later bf16 product in the process ran on the slow path."""
+    assert torch.backends.mkldnn.enabled
+    first, second = decoding.without_onednn(), decoding.without_onednn()
+    first.__enter__()
+    second.__enter__()
+    assert not torch.backends.mkldnn.enabled
+    first.__exit__(None, None, None)
+    assert not torch.backends.mkldnn.enabled  # the second block still runs
+    second.__exit__(None, None, None)
+    assert torch.backends.mkldnn.enabled
+
+
 def test_last_full_sentence():
     cut = decoding.last_full_sentence
     assert cut("He likes balls. Get him a") == "He likes balls."

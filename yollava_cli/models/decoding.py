@@ -388,13 +388,26 @@ def decode_answer(tokenizer, ids: list[int]) -> str:
     return text + tokenizer.decode(run, skip_special_tokens=True)
 
 
+ONEDNN_LOCK = threading.Lock()
+onednn_blocks, onednn_before = 0, True  # without_onednn blocks open now, and the switch before them
+
+
 @contextmanager
 def without_onednn():
     """Switch oneDNN (mkldnn, a CPU library) off for a block, restoring it after. Not torch's own
-    `mkldnn.flags`: that also sets TF32 and warns on every CPU-only torch."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    `mkldnn.flags`: that also sets TF32 and warns on every CPU-only torch. The switch is the
+    process's: blocks that overlap in two threads count as one, or the one that ends last would
+    restore "off" and leave every later bf16 product on the slow path."""
+    global onednn_blocks, onednn_before
+    with ONEDNN_LOCK:
+        if not onednn_blocks:
+            onednn_before = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = False
+        onednn_blocks += 1
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = before
+        with ONEDNN_LOCK:
+            onednn_blocks -= 1
+            if not onednn_blocks:
+                torch.backends.mkldnn.enabled = onednn_before
