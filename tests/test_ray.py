@@ -238,7 +238,8 @@ def test_eval_on_ray_gives_the_serial_runs_metrics_through_a_killed_worker_and_a
         with pytest.raises(KeyboardInterrupt), reporting(stop_after_one):
             run_eval(executor, data, tmp_path / "ray", methods, [], FAST)
     results = next((tmp_path / "ray").glob("results-*.fold0.json"))
-    assert len(json.loads(results.read_text())) == 1  # one subject, whole
+    first = json.loads(results.read_text())
+    assert len(first) == 1  # one subject, whole: either of the two that started first
     with RayExecutor("auto", str(tiny_model), None, EMBEDDER, needs_model=True) as executor:
         with reporting(kill_a_busy_worker):
             result = run_eval(executor, data, tmp_path / "ray", methods, [], FAST)
@@ -246,7 +247,7 @@ def test_eval_on_ray_gives_the_serial_runs_metrics_through_a_killed_worker_and_a
     assert killed and killed[0] is not None
     # the workers' events reached this reporter, each subject's before the count that finished it
     assert [e.done for e in heard if isinstance(e, SubjectsEvaluated)] == [0, 1, 2, 3]
-    assert sorted(e.subject for e in heard if isinstance(e, SubjectStarted)) == ["backpack", "cat"]
+    assert sorted(e.subject for e in heard if isinstance(e, SubjectStarted)) == sorted({"dog", "cat", "backpack"} - set(first))
     assert sum(report["units_per_worker"].values()) == 3  # two subjects (one of them run twice counts once) and the forgetting check
     for key in ("subjects", "methods", "forgetting", "folds", "negatives", "protocol", "model"):
         assert result[key] == serial[key], key
