@@ -58,10 +58,11 @@ OFF_THE_POINT = re.compile(r"^\W*(you're right|you are right|i apologi[sz]e|i'm 
 def settings(candidates: bool, new_only: bool = False) -> dict:
     from yollava_cli.models.decoding import Guards
 
-    chosen = {"new": Guards()} if new_only else {"old": Guards(0, 1.0, False, 0), "new": Guards()}
+    chosen = {"new": Guards()} if new_only else {"old": Guards(0, 1.0, False, 0, 0.0), "new": Guards()}
     if candidates:
         chosen |= {"block 3-grams": Guards(3), "block 5-grams": Guards(5), "penalty 1.2": Guards(0, 1.2),
-                   "block 4-grams + penalty 1.1": Guards(4, 1.1), "no stutter guard": Guards(no_stutter=0)}
+                   "block 4-grams + penalty 1.1": Guards(4, 1.1), "no stutter guard": Guards(no_stutter=0),
+                   "no name penalty": Guards(name_penalty=0.0)}
     return chosen
 
 
@@ -176,9 +177,10 @@ def main() -> None:
         names = sorted(json.loads((DATA / "facts.json").read_text()))
         args.subjects = names[args.half == "held-out" :: 2]
     os.environ.setdefault("YOLLAVA_HOME", tempfile.mkdtemp(prefix="yollava-bench-"))
+    from yollava_cli.models.decoding import Sampling
     from yollava_cli.models.loading import load_vlm
     from yollava_cli.store.facts import as_sentence
-    from yollava_cli.use.ask import GenerationOptions, ask
+    from yollava_cli.use.ask import ask
 
     vlm = load_vlm("pocket")
     facts = json.loads((DATA / "facts.json").read_text())
@@ -194,7 +196,7 @@ def main() -> None:
         notes = [as_sentence(name, f) for f in facts[name]["facts"]]
         for setting, guards in chosen.items():
             vlm.guards = guards
-            answer = ask(vlm, [name], item["question"], [], [], GenerationOptions(args.max_tokens), notes=notes)["answer"]
+            answer = ask(vlm, [name], item["question"], [], [], Sampling(args.max_tokens), notes=notes)["answer"]
             rows[setting].append({**{k: v for k, v in item.items() if k != "expect"}, "answer": answer,
                                   "repeated_4gram": repeated_ngram(answer), "stutters": stutters(answer),
                                   "hit": any(w.lower() in answer.lower() for w in item.get("expect", [])),

@@ -47,9 +47,10 @@ def main():
 
     from yollava_cli.config import data_dir
     from yollava_cli.learning.training import TrainConfig, train_concept
+    from yollava_cli.models.decoding import Sampling
     from yollava_cli.models.pocket.model import load_pocket
     from yollava_cli.models.prompts import Prompt
-    from yollava_cli.use.ask import GenerationOptions, ask
+    from yollava_cli.use.ask import ask
     from yollava_cli.use.find import find
     from yollava_cli.use.session import open_images
 
@@ -58,7 +59,7 @@ def main():
 
     photo = sorted((DATA / "concepts" / args.subject / "test").glob("*.jpg"))[0]
     images, keys = open_images([photo])
-    options = GenerationOptions(max_tokens=48)
+    options = Sampling(max_new_tokens=48)
     cold = ask(vlm, [args.subject], f"What is <{args.subject}> doing?", images, keys, options)["timings"]
     warm = [ask(vlm, [args.subject], f"What is <{args.subject}> doing?", images, keys, options)["timings"] for _ in range(args.repeats)]
     text = [ask(vlm, [args.subject], "What should I buy him for his birthday?", [], [], options)["timings"] for _ in range(args.repeats)]
@@ -90,7 +91,7 @@ def main():
         return (out.shape[1] - ids.shape[1] - 1) / (times[-1] - times[1])
 
     plain_model, _ = load_pocket(data_dir() / "models" / "pocket")  # as transformers loads it: fp32 on CPU
-    story_runs = [ask(vlm, [], story, [], [], GenerationOptions(max_tokens=64))["timings"] for _ in range(args.repeats)]
+    story_runs = [ask(vlm, [], story, [], [], Sampling(max_new_tokens=64))["timings"] for _ in range(args.repeats)]
     decode = {"ours": statistics.median(map(rate, story_runs)),
               "plain": statistics.median(plain_rate(plain_model) for _ in range(args.repeats))}
     del plain_model

@@ -31,17 +31,18 @@ def facts(case: str) -> list[str]:
 
 def one_run(case: str) -> dict:
     """In the child: pocket, a concept at neutral rows, the facts, one answer."""
+    from yollava_cli.models.decoding import Sampling
     from yollava_cli.models.loading import load_vlm
     from yollava_cli.models.prompts import Prompt
     from yollava_cli.reporting import Status, collecting
-    from yollava_cli.use.ask import GenerationOptions, ask, prompt_tokens
+    from yollava_cli.use.ask import ask, prompt_tokens
 
     vlm = load_vlm("pocket")
     vlm.tokens.add("dog", 16)
     noted = facts(case)
     start = time.perf_counter()
     with collecting() as heard:
-        result = ask(vlm, ["dog"], QUESTION, [], [], GenerationOptions(max_tokens=ANSWER_TOKENS), notes=noted)
+        result = ask(vlm, ["dog"], QUESTION, [], [], Sampling(max_new_tokens=ANSWER_TOKENS), notes=noted)
     said = [event.text for event in heard if isinstance(event, Status)]
     return {"seconds": round(time.perf_counter() - start, 2), "first_word_s": result["timings"]["first_token_s"],
             "facts": len(noted), "fact_chars": max(map(len, noted)), "facts_kept": len(noted) - len(result["notes_left_out"]),

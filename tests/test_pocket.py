@@ -189,7 +189,7 @@ def test_text_turns_answer_exactly_as_the_bare_language_model(pocket_cache):
     from yollava_cli.models.vlm import VLM, store_matrices_in_bf16
 
     vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")
-    vlm.guards = Guards(0, 1.0, False)  # the bare model's own greedy decoding: no blocking, no trimming
+    vlm.guards = Guards(0, 1.0, False, 0, 0.0)  # the bare model's own greedy decoding: no blocking, no trimming
     lm_dir = pocket_cache / "smollm2-135m-instruct"
     bare = LlamaForCausalLM(LlamaConfig.from_json_file(lm_dir / "config.json"))
     from safetensors.torch import load_file
@@ -266,14 +266,15 @@ def test_the_readmes_birthday_answer_does_not_loop_and_ends_a_sentence(pocket_ca
     twice), and the answer ends at the end of a sentence, as it streamed."""
     import re
 
+    from yollava_cli.models.decoding import Sampling
     from yollava_cli.models.vlm import VLM
-    from yollava_cli.use.ask import GenerationOptions, ask
+    from yollava_cli.use.ask import ask
 
     vlm = VLM(*pocket.load_pocket(pocket_cache), "pocket")
     vlm.tokens.add("dog", 16)
     notes = ["<dog> is 4 years old.", "<dog> loves chasing tennis balls.", "<dog> is scared of the vacuum cleaner."]
     pieces = []
-    answer = ask(vlm, ["dog"], "what should I buy him for his birthday?", [], [], GenerationOptions(256), pieces.append,
+    answer = ask(vlm, ["dog"], "what should I buy him for his birthday?", [], [], Sampling(256), pieces.append,
                  notes=notes)["answer"]
     words = re.findall(r"<\w+>|[\w']+", answer.lower())
     grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]

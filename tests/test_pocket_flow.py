@@ -114,11 +114,12 @@ def test_find_ranks_its_own_photos_first_on_average(flow):
 
 
 def test_ask_streams_an_answer_about_the_concept(flow):
+    from yollava_cli.models.decoding import Sampling
     from yollava_cli.store.photos import read_photo
-    from yollava_cli.use.ask import GenerationOptions, ask
+    from yollava_cli.use.ask import ask
     from yollava_cli.use.find import recognize
 
-    options = GenerationOptions(max_tokens=24)
+    options = Sampling(max_new_tokens=24)
     pieces = []
     result = ask(flow["vlm"], ["dog"], "What should I buy him for his birthday?", [], [], options, pieces.append)
     assert pieces and "".join(pieces).strip() == result["answer"]  # whole sentences, as they end

@@ -13,9 +13,9 @@ from tiny import tiny_llava
 
 from yollava_cli.cli.render import Display, showing
 from yollava_cli.learning import events
+from yollava_cli.models.decoding import Sampling
 from yollava_cli.models.vlm import VLM
 from yollava_cli.reporting import Counted, Status, collecting, report
-from yollava_cli.use.ask import GenerationOptions
 from yollava_cli.use.explain import explain
 
 
@@ -92,7 +92,7 @@ def test_explain_counts_the_tokens():
     vlm = VLM(*tiny_llava(), "tiny")
     vlm.tokens.add("bo", 3)
     with collecting() as counted:
-        explain(vlm, "bo", GenerationOptions(max_tokens=2))
+        explain(vlm, "bo", Sampling(max_new_tokens=2))
     assert counted == [events.ExplainingTokens(1, 3), events.ExplainingTokens(2, 3), events.ExplainingTokens(3, 3)]
 
 

@@ -65,8 +65,8 @@ def ask(
         raise UserError("quote the question: yollava ask [NAME] \"QUESTION\"")
     *names, question = name_or_question
     require_concepts(names, question, trained=no_train)
+    from yollava_cli.models.decoding import Sampling
     from yollava_cli.store.facts import prompt_notes
-    from yollava_cli.use.ask import GenerationOptions
     from yollava_cli.use.ask import ask as answer
     from yollava_cli.use.find import recognize
     from yollava_cli.use.session import open_images
@@ -74,7 +74,7 @@ def ask(
     images, keys = open_images(image or [])  # bad photos fail before the model loads
     registry, vlm, wanted = open_session(names, question, model, no_train, quantize)
     stream = None if json_ else (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-    result = answer(vlm, wanted, question, images, keys, GenerationOptions(max_tokens, temperature, seed), stream,
+    result = answer(vlm, wanted, question, images, keys, Sampling(max_tokens, temperature, seed), stream,
                     notes=prompt_notes(registry, wanted), verdicts=recognize(registry, vlm, wanted, images, keys))
     if json_:
         return print_json(result)
@@ -105,12 +105,12 @@ def chat(
 
     Example: yollava chat bo mam --image park.jpg
     """
+    from yollava_cli.models.decoding import Sampling
     from yollava_cli.store.facts import prompt_notes
-    from yollava_cli.use.ask import GenerationOptions
     from yollava_cli.use.chat import ChatSession, input_history
 
     registry, vlm, wanted = open_session(names or [], "", model, no_train=False, quantize=quantize)
-    chat_session = ChatSession(vlm, wanted, GenerationOptions(max_tokens, temperature, seed),
+    chat_session = ChatSession(vlm, wanted, Sampling(max_tokens, temperature, seed),
                                notes=prompt_notes(registry, wanted), registry=registry)
     if image:
         chat_session.set_image(image)
@@ -280,14 +280,14 @@ def explain(
 
     Example: yollava explain bo
     """
-    from yollava_cli.use.ask import GenerationOptions
+    from yollava_cli.models.decoding import Sampling
     from yollava_cli.use.explain import explain as explain_tokens
     from yollava_cli.use.explain import training_seed
 
     registry, vlm, wanted = open_session([name], "", model, no_train=True, quantize=quantize)
     explaining = f"Explaining <{wanted[0]}>'s latent tokens"
     with showing(labels={events.ExplainingTokens: explaining}, waiting=explaining):
-        result = explain_tokens(vlm, wanted[0], GenerationOptions(max_tokens), training_seed(registry, wanted[0]))
+        result = explain_tokens(vlm, wanted[0], Sampling(max_tokens), training_seed(registry, wanted[0]))
     if json_:
         return print_json(result)
     shared = result["shared_nearest_words"]

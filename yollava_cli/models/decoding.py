@@ -14,6 +14,10 @@ The steering modes:
   logits move away from it, logits + CONTRAST_WEIGHT * (logits - logits_without), context-aware
   decoding (Shi et al. 2023); the concepts' names do not move. What the notes make likelier has to
   win over what the model says anyway. Costs a second pass per token.
+- `kept_from`: words naming what the owner's notes keep the thing from ("vacuum" in "is scared of
+  the vacuum cleaner"): such a word may be written only in a sentence that already holds a word of
+  caution (CAUTION). A small model turns the note into its opposite ("a dog loves chasing the vacuum
+  cleaner. This could be a great idea for a toy").
 """
 
 import re
@@ -40,6 +44,9 @@ CONTRAST_WEIGHT = 0.5  # context-aware decoding's alpha (Shi et al. 2023, their 
 LOOP_NGRAM = 8  # an answer whose last 8 tokens already occurred in it is looping: stop it
 # a sentence ends at . ! ? (and any closing quote or bracket) before a space, or at a line break
 SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s)|\n")
+# words by which a sentence cautions ("is scared of", "keep him away from", "avoid")
+CAUTION = re.compile(r"\b(scared|afraid|fears?|fearful|frighten\w*|terrif\w*|allerg\w*|hates?|dislikes?|avoid\w*|not|no|"
+                     r"never|without|away|instead|careful|keep|stress\w*|anxi\w*|nervous|upset\w*)\b|n't\b", re.IGNORECASE)
 YES_WORDS = ("Yes", "yes", " Yes", " yes", "YES")
 NO_WORDS = ("No", "no", " No", " no", "NO")
 
@@ -60,6 +67,7 @@ class Guards:
     repetition_penalty: float = 1.0  # CTRL's, on the answer's own tokens (1: off)
     whole_sentences: bool = True  # an answer cut short ends at its last full sentence
     no_stutter: int = 3  # no phrase of up to n words said twice in a row ("as as"; 0: off)
+    name_penalty: float = 1.0  # nats off a concept's name per time the answer already said it (0: off)
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,7 @@ class Steering:
     yes: bool | None = None
     opening: str | None = None
     contrast: Prompt | None = None
+    kept_from: tuple[str, ...] = ()
 
 
 def generate(vlm, prompt: Prompt, sampling: Sampling = Sampling(), steering: Steering = Steering(),
@@ -90,7 +99,9 @@ def generate(vlm, prompt: Prompt, sampling: Sampling = Sampling(), steering: Ste
         processors = [WholeNames(names, vlm), SettleVerdict(steering.yes, ids.shape[1], vlm),
                       NoRepeats(start, guards.no_repeat_ngram, guards.repetition_penalty, names,
                                 vlm.word_keys if guards.no_repeat_ngram or guards.no_stutter else None,
-                                guards.no_stutter)]
+                                guards.no_stutter, guards.name_penalty)]
+        if steering.kept_from:
+            processors.append(Cautious(start, steering.kept_from, vlm.tokenizer))
         if steering.contrast is not None:  # a text-only prompt, prefilled the same way
             other = torch.cat([vlm.prompts.encode(steering.contrast).input_ids,
                                torch.tensor(opening_ids, dtype=torch.long)])[None].to(vlm.device)
@@ -200,14 +211,22 @@ class NoRepeats(LogitsProcessor):
     n-grams of words are blocked too, whatever their case or hyphens ("The answer is not ... the
     answer is not", "with a built-in ... with a built in" are different tokens, the same words), and
     no phrase of up to `stutter` words follows itself in a sentence ("<bo>-friendly <bo>-friendly",
-    "as as": shorter than an n-gram block can be without stopping a name's function words)."""
+    "as as": shorter than an n-gram block can be without stopping a name's function words). Each
+    time the answer has said a concept's name, the name loses `name_penalty` nats: its trained
+    output row lifts it everywhere, and pocket crowded answers with it ("a <dog>-friendly <dog>
+    food that is <dog> meat"); the first mention is free."""
 
     def __init__(self, start: int, n: int, penalty: float, names: list[int], words: "WordKeys | None" = None,
-                 stutter: int = 0):
+                 stutter: int = 0, name_penalty: float = 0.0):
         self.start, self.n, self.penalty, self.names, self.words, self.stutter = start, n, penalty, names, words, stutter
+        self.name_penalty = name_penalty
 
     def __call__(self, input_ids, scores):
         answer = input_ids[0, self.start :].tolist()
+        if self.name_penalty and (said := [name for name in self.names if name in answer]):
+            counts = torch.tensor([answer.count(name) for name in said], dtype=scores.dtype, device=scores.device)
+            index = torch.tensor(said, dtype=torch.long, device=scores.device)
+            scores = scores.index_copy(-1, index, scores[:, index] - self.name_penalty * counts)
         if self.penalty != 1.0 and answer:
             seen = torch.tensor(sorted(set(answer) - set(self.names)), dtype=torch.long, device=scores.device)
             if len(seen):
@@ -223,6 +242,30 @@ class NoRepeats(LogitsProcessor):
         if banned:
             scores = scores.index_fill(-1, torch.tensor(sorted(banned), device=scores.device), float("-inf"))
         return scores
+
+
+class Cautious(LogitsProcessor):
+    """A word naming what a note keeps the thing from is written only in a sentence that already
+    cautions (Steering.kept_from): elsewhere it is ruled out, in each case and with or without a
+    space, singular or plural, where the tokenizer spells it as one token (a word in pieces is let
+    through: ruling out its first piece, "Clean" of "Cleaner", would rule out other words)."""
+
+    def __init__(self, start: int, words: tuple[str, ...], tokenizer):
+        self.start, self.tokenizer = start, tokenizer
+        forms = {case(form) for word in words for stem in {word, word.removesuffix("s")} for form in (stem, stem + "s")
+                 for case in (str.lower, str.capitalize)}
+        whole = [ids[0] for form in forms for space in ("", " ")
+                 if len(ids := tokenizer.encode(f"{space}{form}", add_special_tokens=False)) == 1]
+        self.banned = sorted(set(whole))
+
+    def __call__(self, input_ids, scores):
+        if not self.banned:
+            return scores
+        text = self.tokenizer.decode(input_ids[0, self.start :].tolist())
+        sentence = SENTENCE_END.split(text)[-1]
+        if CAUTION.search(sentence):
+            return scores
+        return scores.index_fill(-1, torch.tensor(self.banned, device=scores.device), float("-inf"))
 
 
 class WordKeys:

