@@ -34,7 +34,8 @@ def test_records_carry_every_column_of_their_table(tmp_path):
         mo, sha = photographed(registry, "mo"), "ab" * 32
         registry.replace_negatives(mo.id, [(sha, "hard", 0.5, "/pool/a.jpg")], "color")
         for handed, ties in ((registry.stored_photo_rows()[0], None), (registry.photo(sha), None),
-                             (registry.negative_photos(mo.id)[0], None), (registry.concept_photos(mo.id)[0], "concept_photos"),
+                             (registry.negative_photos(mo.id)[0], None),
+                             (registry.concept_photos(mo.id)[0], "concept_photos"),
                              (registry.negative_rows(mo.id)[0], "negatives")):
             expected = columns("photos") + (columns(ties, "concept_id", "sha256") if ties else [])
             assert [f.name for f in fields(handed)] == expected, type(handed)
@@ -50,11 +51,12 @@ def test_records_carry_every_column_of_their_table(tmp_path):
 
 
 def test_photo_rows_come_as_records_in_the_registrys_order(tmp_path):
-    """Each way the registry hands photos gives records holding what the rows hold, in the order
-    the rows came in before records: a concept's photos by when they were added, its negatives by
-    kind then most similar first, the other concepts' photos once each."""
+    """Each way the registry hands photos gives records holding what the rows hold, in the
+    registry's order: a concept's photos by when they were added, its negatives by kind then most
+    similar first, the other concepts' photos once each."""
     with Registry(tmp_path) as registry:
-        bo, mo, zo = photographed(registry, "bo", photos=4), registry.create_concept("mo", "pet"), registry.create_concept("zo", "pet")
+        bo = photographed(registry, "bo", photos=4)
+        mo, zo = registry.create_concept("mo", "pet"), registry.create_concept("zo", "pet")
         ab, ac, ad, ae = ("ab" * 32, "ac" * 32, "ad" * 32, "ae" * 32)
         registry.add_concept_photo(mo.id, ac, "/photos/mo.jpg")
         stored = {p.sha256: p for p in registry.stored_photo_rows()}
