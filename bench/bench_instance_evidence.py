@@ -224,7 +224,7 @@ def main() -> None:
     subjects, learnt = np.array([s or "" for _, s in photos]), {}
     for subject in sorted(manifest):
         recognizer, threshold, roles, _ = learn_alone(registry, embedder, subject)
-        concept = [p["sha256"] for p in registry.concept_photos(registry.db.execute(
+        concept = [p.sha256 for p in registry.concept_photos(registry.db.execute(
             "SELECT id FROM concepts WHERE name = ?", [subject]).fetchone()[0])]
         learnt[subject] = {"probabilities": np.array(recognizer.head_probabilities(matrix)), "threshold": threshold,
                            "roles": roles, "concept": concept, "recognizer": recognizer}

@@ -68,7 +68,7 @@ def learn_alone(registry, embedder, subject: str):
     started = time.perf_counter()
     mine(registry, subject, embedder)
     mined = time.perf_counter() - started
-    data = TrainingData([p["sha256"] for p in registry.concept_photos(concept.id)], registry.negatives(concept.id), [])
+    data = TrainingData([p.sha256 for p in registry.concept_photos(concept.id)], registry.negatives(concept.id), [])
     split = split_data(data, TrainConfig())
     started = time.perf_counter()
     fit = fit_head(registry, embedder, PhotoViews(registry), split.positives, split.val_positives, split.val_negatives,

@@ -20,12 +20,13 @@ from PIL import Image
 
 from yollava_cli.store.photo_check import stored_damage
 from yollava_cli.store.photos import jpeg_bytes
+from yollava_cli.store.records import StoredPhoto
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
 
-def build_store(folder: Path, count: int) -> list[dict]:
+def build_store(folder: Path, count: int) -> list[StoredPhoto]:
     sources = sorted(DATA.glob("concepts/*/*/*.jpg")) + sorted(DATA.glob("pool/imagenet-sample/*.jpg"))
     rows = []
     for i, source in enumerate(sources[:count]):
@@ -33,13 +34,14 @@ def build_store(folder: Path, count: int) -> list[dict]:
         image = image.resize((1024, round(1024 * image.height / image.width)))
         data = jpeg_bytes(image)
         (folder / f"{i}.jpg").write_bytes(data)
-        rows.append({"file": f"{i}.jpg", "bytes": len(data), "stored_sha256": hashlib.sha256(data).hexdigest()})
+        digest = hashlib.sha256(data).hexdigest()
+        rows.append(StoredPhoto(digest, f"{i}.jpg", *image.size, len(data), "", digest))
     return rows
 
 
-def verify_all(folder: Path, rows: list[dict]) -> None:
+def verify_all(folder: Path, rows: list[StoredPhoto]) -> None:
     for row in rows:
-        with Image.open(folder / row["file"]) as image:
+        with Image.open(folder / row.file) as image:
             image.verify()
 
 
@@ -56,7 +58,7 @@ def main() -> None:
             "--deep (SHA-256)": median_time(lambda: [stored_damage(folder, r, deep=True) for r in rows], args.repeats, True),
             "before (PIL open + verify)": median_time(lambda: verify_all(folder, rows), args.repeats, True),
         }
-    mean_kb = sum(r["bytes"] for r in rows) / len(rows) / 1024
+    mean_kb = sum(r.bytes for r in rows) / len(rows) / 1024
     result = {"where": where(), "load_average": os.getloadavg(), "photos": len(rows), "mean_stored_kb": round(mean_kb, 1),
               "per_photo_us": {k: round(v / len(rows) * 1e6, 1) for k, v in timings.items()},
               "seconds_per_100k_photos": {k: round(v / len(rows) * 100_000, 1) for k, v in timings.items()},

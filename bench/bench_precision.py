@@ -64,11 +64,11 @@ def measure(policy: str, registry, subject: str, repeats: int) -> dict:
     os.environ["YOLLAVA_PRECISION"] = policy
     vlm = load_vlm("pocket")
     assert vlm.policy.precision == policy
-    photos = [p["sha256"] for p in registry.concept_photos(registry.concept(subject).id)]
+    photos = [p.sha256 for p in registry.concept_photos(registry.concept(subject).id)]
     negatives = [sha for sha, _ in registry.negatives(registry.concept(subject).id)]
 
     def views(sha: str):
-        return Image.open(registry.root / registry.photo(sha)["file"]).convert("RGB")
+        return Image.open(registry.root / registry.photo(sha).file).convert("RGB")
 
     vlm.tokens.add(subject, 16, seed=0, init_word="dog")
     params = vlm.tokens.parameters(subject)

@@ -230,7 +230,7 @@ def test_mining_names_the_concepts_photos_missing_from_the_store(pooled):
     registry, _ = pooled
     photos = registry.concept_photos(registry.concept("bo").id)
     for photo in photos:
-        (registry.root / photo["file"]).unlink()
+        (registry.root / photo.file).unlink()
     with pytest.raises(UserError, match=r"<bo>: 2 stored photos are missing from the store \(.*0\.png, .*1\.png\)"):
         mining.mine(registry, "bo", ColorEmbedder(), hard=2, easy=2)
     with pytest.raises(UserError, match="2 stored photos are missing from the store"):

@@ -1,10 +1,12 @@
 import sqlite3
-from dataclasses import FrozenInstanceError, fields
+from dataclasses import FrozenInstanceError, asdict, fields
 
 import pytest
+from PIL import Image
 
 from yollava_cli.errors import UserError
 from yollava_cli.store.migrations import MIGRATIONS
+from yollava_cli.store.photos import jpeg_bytes
 from yollava_cli.store.records import Checkpoint, Concept
 from yollava_cli.store.registry import Registry
 
@@ -22,11 +24,23 @@ def test_migrates_an_empty_data_dir(tmp_path):
 
 
 def test_records_carry_every_column_of_their_table(tmp_path):
-    """A migration that adds a column to concepts or checkpoints must add it to the record too, or
-    the rows crossing floors would silently lack it."""
+    """A migration that adds a column to a table must add it to its record too, or the rows
+    crossing floors would silently lack it. A photo's record is its photos row, followed, where the
+    registry hands it as a concept's photo or negative, by the row that ties it to the concept."""
     with Registry(tmp_path) as registry:
+        columns = lambda table, *known: [c.name for c in registry.db[table].columns if c.name not in known]
         for record, table in ((Concept, "concepts"), (Checkpoint, "checkpoints")):
-            assert [f.name for f in fields(record)] == [c.name for c in registry.db[table].columns]
+            assert [f.name for f in fields(record)] == columns(table)
+        mo, sha = photographed(registry, "mo"), "ab" * 32
+        registry.replace_negatives(mo.id, [(sha, "hard", 0.5, "/pool/a.jpg")], "color")
+        for handed, ties in ((registry.stored_photo_rows()[0], None), (registry.photo(sha), None),
+                             (registry.negative_photos(mo.id)[0], None),
+                             (registry.concept_photos(mo.id)[0], "concept_photos"),
+                             (registry.negative_rows(mo.id)[0], "negatives")):
+            expected = columns("photos") + (columns(ties, "concept_id", "sha256") if ties else [])
+            assert [f.name for f in fields(handed)] == expected, type(handed)
+            with pytest.raises(FrozenInstanceError):
+                handed.file = "elsewhere.jpg"
         concept = registry.create_concept("bo", "pet")
         registry.record_checkpoint(concept.id, tmp_path / "bo.safetensors", "tiny", "fp", 2, {"thresholds": {}}, {}, None)
         assert registry.concept("bo") == registry.concepts()[0] != concept  # trained since: a fresh record
@@ -34,6 +48,44 @@ def test_records_carry_every_column_of_their_table(tmp_path):
         assert registry.checkpoints() == [registry.current_checkpoint(concept.id)]
         with pytest.raises(FrozenInstanceError):
             concept.name = "mo"  # a record is read, never edited: a change goes through the registry
+
+
+def test_photo_rows_come_as_records_in_the_registrys_order(tmp_path):
+    """Each way the registry hands photos gives records holding what the rows hold, in the
+    registry's order: a concept's photos by when they were added, its negatives by kind then most
+    similar first, the other concepts' photos once each."""
+    with Registry(tmp_path) as registry:
+        bo = photographed(registry, "bo", photos=4)
+        mo, zo = registry.create_concept("mo", "pet"), registry.create_concept("zo", "pet")
+        ab, ac, ad, ae = ("ab" * 32, "ac" * 32, "ad" * 32, "ae" * 32)
+        registry.add_concept_photo(mo.id, ac, "/photos/mo.jpg")
+        stored = {p.sha256: p for p in registry.stored_photo_rows()}
+        assert [(p.sha256, p.file, p.width, p.height, p.bytes) for p in stored.values()] == [
+            (sha, f"photos/{sha[:2]}/{sha}.jpg", 8 + i, 6, (tmp_path / "photos" / sha[:2] / f"{sha}.jpg").stat().st_size)
+            for i, sha in enumerate((ab, ac, ad, ae))]
+        assert all(p.stored_sha256 and p.created_at for p in stored.values())
+        assert registry.photo(ac) == stored[ac] and registry.photo("ff" * 32) is None
+        assert [asdict(p) for p in registry.concept_photos(bo.id)] == [
+            {**asdict(stored[sha]), "role": "train", "source_path": f"/photos/bo{i}.jpg", "added_at": f"2026-01-0{9 - i}"}
+            for i, sha in ((3, ae), (2, ad), (1, ac), (0, ab))]
+        assert registry.other_concepts_photos(zo.id) == [stored[ab], stored[ac], stored[ad], stored[ae]]
+        registry.replace_negatives(mo.id, [(ab, "easy", 0.1, "/pool/b.jpg"), (ad, "hard", 0.4, "/pool/d.jpg"),
+                                           (ae, "hard", 0.9, "/pool/e.jpg")], "color")
+        assert [asdict(n) for n in registry.negative_rows(mo.id)] == [
+            {**asdict(stored[sha]), "kind": kind, "score": score, "source_path": f"/pool/{sha[1]}.jpg", "embedder": "color"}
+            for sha, kind, score in ((ab, "easy", 0.1), (ae, "hard", 0.9), (ad, "hard", 0.4))]
+        assert sorted(registry.negative_photos(mo.id), key=lambda p: p.sha256) == [stored[ab], stored[ad], stored[ae]]
+
+
+def photographed(registry: Registry, name: str, photos: int = 1):
+    """A concept holding `photos` stored photos, real JPEGs named "ab"*32, "ac"*32, ..., photo i
+    added on 2026-01-0(9 - i)."""
+    concept = registry.create_concept(name, "pet")
+    for i in range(photos):
+        sha = f"a{'bcdef'[i]}" * 32
+        registry.store_photo(sha, jpeg_bytes(Image.new("RGB", (8 + i, 6), (40 * i, 90, 200))), 8 + i, 6)
+        registry.add_concept_photo(concept.id, sha, f"/photos/{name}{i}.jpg", f"2026-01-0{9 - i}")
+    return concept
 
 
 def test_reopening_applies_nothing_twice(tmp_path):

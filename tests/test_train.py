@@ -33,6 +33,7 @@ from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
 from yollava_cli.reporting import reporting
 from yollava_cli.store.concepts import add_concept, describe_concept
+from yollava_cli.store.records import ConceptPhoto
 from yollava_cli.store.registry import Registry
 
 FAST = TrainConfig(k=4, epochs=3, batch_size=8, positive_repeats=1, attributes_per_epoch=4)
@@ -86,7 +87,7 @@ def test_the_identifier_starts_at_the_base_models_word_for_the_subject(registry)
     vlm = tiny_vlm()
     photos = registry.concept_photos(registry.concept("bo").id)
     for photo, answer in zip(photos, ["A dog.", "Dog", "a cat!"]):
-        registry.store_answer(photo["sha256"], vlm.fingerprint, SUBJECT_QUESTION, answer)
+        registry.store_answer(photo.sha256, vlm.fingerprint, SUBJECT_QUESTION, answer)
     assert subject_word(registry, vlm, photos) == "dog"  # articles and case dropped, most frequent wins
     vlm.tokens.add("bo", 4, init_word="dog")
     rows = vlm.tokens.embedding.tables["bo"].detach()
@@ -116,13 +117,13 @@ def test_attribute_conversations_say_something_once(registry):
     assert shown["subject_word"] == "dog"
 
 
-def store_answers(registry, vlm, photos: list[dict], said: dict[str, list[str]]) -> None:
+def store_answers(registry, vlm, photos: list[ConceptPhoto], said: dict[str, list[str]]) -> None:
     """The base model's answers as training finds them cached: "A dog." to the subject question, and
     `said[question][i]` (else "A dog.") to each attribute question about photo i."""
     for i, photo in enumerate(photos):
-        registry.store_answer(photo["sha256"], vlm.fingerprint, SUBJECT_QUESTION, "A dog.")
+        registry.store_answer(photo.sha256, vlm.fingerprint, SUBJECT_QUESTION, "A dog.")
         for question in templates()["attributes"]["other"]["questions"]:
-            registry.store_answer(photo["sha256"], vlm.fingerprint, question, said.get(question, ["A dog."] * 3)[i])
+            registry.store_answer(photo.sha256, vlm.fingerprint, question, said.get(question, ["A dog."] * 3)[i])
 
 
 def test_an_attribute_question_is_learned_only_with_the_kind_of_answer_it_asks_for(registry):
@@ -300,7 +301,7 @@ def test_each_class_weighs_half_so_an_undecided_model_is_not_pushed_to_say_no(re
     cross-entropy over every answer token, a model that cannot tell yet is pushed toward "no" by
     the mix alone; scored apart and balanced, the decision's gradient at P(yes) = 0.5 nets to zero."""
     concept = registry.concept("bo")
-    photos = [p["sha256"] for p in registry.concept_photos(concept.id)]
+    photos = [p.sha256 for p in registry.concept_photos(concept.id)]
     data = TrainingData(photos, registry.negatives(concept.id), [("What color is <bo>?", "<bo> is red.")] * 4)
     labels = [e.label for e in epoch_examples("bo", split_data(data, FAST), 0, FAST)]
     assert labels.count("negative") > labels.count("positive")

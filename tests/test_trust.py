@@ -313,7 +313,7 @@ def test_doctor_finds_and_repairs(world, tmp_path):
     home = fresh_home(world, tmp_path)
     registry = Registry(home)
     stored = registry.concept_photos(registry.concept("bo").id)[0]
-    (home / stored["file"]).unlink()
+    (home / stored.file).unlink()
     (home / "photos" / "zz").mkdir()
     (home / "photos" / "zz" / "stray.jpg").write_bytes(b"x")
     (home / "checkpoints" / "bo" / ".x.partial").write_bytes(b"x")
@@ -360,25 +360,25 @@ def damage_a_stored_photo(world, tmp_path, how):
     home = fresh_home(world, tmp_path)
     registry = Registry(home)
     stored, other = registry.concept_photos(registry.concept("bo").id)[:2]
-    DAMAGE[how][0](home / stored["file"], home / other["file"])
+    DAMAGE[how][0](home / stored.file, home / other.file)
     return home, stored
 
 
 @pytest.mark.parametrize("how", DAMAGE)
 def test_doctor_finds_a_damaged_photo_train_names_it_and_re_adding_restores_it(world, tmp_path, how):
     home, stored = damage_a_stored_photo(world, tmp_path, how)
-    damaged = (home / stored["file"]).read_bytes()
+    damaged = (home / stored.file).read_bytes()
     shallow, deep = run_cli("doctor", home=home), run_cli("doctor", "--deep", home=home)
     assert (shallow.returncode, deep.returncode) == ((1, 1) if DAMAGE[how][1] else (0, 1)), (shallow.stdout, deep.stdout)
     [line] = [line for line in deep.stderr.splitlines() if line.startswith("photo:")]
-    assert stored["file"] in line and f"yollava add bo {stored['source_path']}" in line and "doctor --fix" in line
+    assert stored.file in line and f"yollava add bo {stored.source_path}" in line and "doctor --fix" in line
     if DAMAGE[how][2]:
         trained = invoke("train", "bo", "--model", world["model"], "--epochs", "1", "--k", "4", home=home)
         assert trained.returncode == 1 and "Traceback" not in trained.stderr
         error = trained.stderr.strip().splitlines()[-1]  # after the lines of the steps before it
         assert error.startswith("error: "), trained.stderr
-        assert str(home / stored["file"]) in error and "`yollava doctor" in error and "--fix`" in error, trained.stderr
-    again = invoke("add", "bo", stored["source_path"], "--no-train", home=home)
+        assert str(home / stored.file) in error and "`yollava doctor" in error and "--fix`" in error, trained.stderr
+    again = invoke("add", "bo", stored.source_path, "--no-train", home=home)
     assert again.returncode == 0 and "0 new photo(s), 1 restored to the store, 3 in all" in again.stdout, again.stdout
     assert run_cli("doctor", "--deep", home=home).returncode == 0
     assert [p.read_bytes() for p in (home / "trash").rglob("*.jpg")] == [damaged]  # set aside, not deleted
@@ -389,8 +389,8 @@ def test_doctor_fix_moves_a_damaged_photo_to_the_trash(world, tmp_path):
     fixed = run_cli("doctor", "--fix", home=home)
     assert fixed.returncode == 0 and "fixed 1 problem(s)" in fixed.stdout, fixed.stdout + fixed.stderr
     assert [len(p.read_bytes()) for p in (home / "trash").rglob("*.jpg")] == [5000]
-    assert not (home / stored["file"]).exists() and run_cli("doctor", home=home).returncode == 0
-    restored = invoke("add", "bo", stored["source_path"], "--no-train", home=home)
+    assert not (home / stored.file).exists() and run_cli("doctor", home=home).returncode == 0
+    restored = invoke("add", "bo", stored.source_path, "--no-train", home=home)
     assert restored.returncode == 0 and "1 new photo(s), 3 in all" in restored.stdout
 
 

@@ -191,7 +191,7 @@ def mine(registry: Registry, raw_name: str, embedder: Embedder, pools: list[str]
     """Choose and store a concept's hard and easy negatives (replacing earlier ones)."""
     concept = get_concept(registry, raw_name)
     require_photos(registry, concept)
-    own = {p["sha256"]: registry.root / p["file"] for p in registry.concept_photos(concept.id)}
+    own = {p.sha256: registry.root / p.file for p in registry.concept_photos(concept.id)}
     candidates, source = gather_candidates(registry, concept, pools)
     candidates = [c for c in candidates if c.sha256 not in own]
     loaders = {sha: file_loader(path) for sha, path in own.items()}
@@ -241,7 +241,7 @@ def gather_candidates(registry: Registry, concept: Concept, pools: list[str] | N
             f"library is best) with `yollava pool add NAME DIR`, then `yollava train {concept.name}`"
         )
     report(Status(f"No pool registered: mining among your other concepts' {len(others)} photos"))
-    return [Candidate(r["sha256"], str(registry.root / r["file"]), file_loader(registry.root / r["file"])) for r in others], "other concepts"
+    return [Candidate(p.sha256, str(registry.root / p.file), file_loader(registry.root / p.file)) for p in others], "other concepts"
 
 
 def store_negatives(registry: Registry, concept: Concept, picked: list, embedder_id: str) -> MineResult:

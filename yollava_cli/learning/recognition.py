@@ -269,7 +269,7 @@ def knowing_others(registry, concept_id: int, recognizer: Recognizer) -> Recogni
     for the head's embedder (a concept mined or trained) are added, never a photo the concept holds
     itself, and the head's weights are fitted again as training fits them (a tenth of a second):
     a new negative alone changes nothing where training found no look-alike to weigh."""
-    own = {photo["sha256"] for photo in registry.concept_photos(concept_id)}
+    own = {photo.sha256 for photo in registry.concept_photos(concept_id)}
     vectors = cached_vectors(registry, recognizer.embedder,
                              [sha for sha in registry.other_concepts_photo_shas(concept_id) if sha not in own])
     known = recognizer.negatives

@@ -26,7 +26,7 @@ from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM
 from yollava_cli.reporting import report
 from yollava_cli.store.facts import as_sentence
-from yollava_cli.store.records import Concept
+from yollava_cli.store.records import Concept, StoredPhoto
 from yollava_cli.store.registry import Registry
 
 ATTRIBUTE_MAX_TOKENS = 48  # short answers keep training sequences (and steps) short
@@ -88,7 +88,7 @@ def build_training_data(registry: Registry, vlm: VLM, concept: Concept, facts: l
     negatives = registry.negatives(concept.id)
     word = subject_word(registry, vlm, photos)
     attributes = [(q, a) for _, q, a in attribute_conversations(registry, vlm, concept, photos, word)]
-    return TrainingData([p["sha256"] for p in photos], negatives, attributes, word,
+    return TrainingData([p.sha256 for p in photos], negatives, attributes, word,
                         [fact_conversations(concept.name, fact) for fact in facts])
 
 
@@ -98,7 +98,7 @@ def fact_conversations(name: str, fact: str) -> list[tuple[str, str]]:
     return [(question.format(sks=identifier(name)), as_sentence(name, fact)) for question in templates()["facts"]["questions"]]
 
 
-def attribute_conversations(registry: Registry, vlm: VLM, concept: Concept, photos: list[dict],
+def attribute_conversations(registry: Registry, vlm: VLM, concept: Concept, photos: list[StoredPhoto],
                             label: str | None) -> list[tuple[str, str, str]]:
     """(photo, question, answer) worth learning (`worth_learning`) from the base model's answers
     about each photo; `label`: what the base model calls the subject (subject_word)."""
@@ -107,8 +107,8 @@ def attribute_conversations(registry: Registry, vlm: VLM, concept: Concept, phot
     said, done = [], 0
     for photo in photos:
         for question in spec["questions"]:
-            prompt = Prompt(question, [photo_loader(registry, photo)], [photo["sha256"]])
-            said.append((photo["sha256"], question, answer_once(registry, vlm, photo["sha256"], question, prompt, ATTRIBUTE_MAX_TOKENS)))
+            prompt = Prompt(question, [photo_loader(registry, photo)], [photo.sha256])
+            said.append((photo.sha256, question, answer_once(registry, vlm, photo.sha256, question, prompt, ATTRIBUTE_MAX_TOKENS)))
             done += 1
             report(WritingConversations(done, total))
     return worth_learning(said, concept, label)
@@ -159,17 +159,17 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", re.sub(r"<[^>]*>", " ", text.lower()))
 
 
-def photo_loader(registry: Registry, photo: dict) -> Callable[[], Image.Image]:
+def photo_loader(registry: Registry, photo: StoredPhoto) -> Callable[[], Image.Image]:
     """The stored photo, decoded only if the model's feature cache does not already hold it."""
-    return lambda: Image.open(registry.root / photo["file"]).convert("RGB")
+    return lambda: Image.open(registry.root / photo.file).convert("RGB")
 
 
-def subject_word(registry: Registry, vlm: VLM, photos: list[dict]) -> str | None:
+def subject_word(registry: Registry, vlm: VLM, photos: list[StoredPhoto]) -> str | None:
     """The base model's most frequent one-word name for the subject across the photos ("dog").
     Starting the identifier there makes "Is <bo> in this photo?" mean "is a dog in it" from step 0;
     from the neutral start a small model says yes to every photo and training mostly learns "no"."""
-    answers = [answer_once(registry, vlm, p["sha256"], SUBJECT_QUESTION,
-                           Prompt(SUBJECT_QUESTION, [photo_loader(registry, p)], [p["sha256"]]), 8) for p in photos]
+    answers = [answer_once(registry, vlm, p.sha256, SUBJECT_QUESTION,
+                           Prompt(SUBJECT_QUESTION, [photo_loader(registry, p)], [p.sha256]), 8) for p in photos]
     return most_common_word(answers)
 
 
@@ -204,12 +204,12 @@ def inspect_training_data(registry: Registry, concept: Concept) -> dict:
     spec = templates()["attributes"]["person" if concept.kind == "person" else "other"]
     photos = registry.concept_photos(concept.id)
     fingerprint = concept.base_fingerprint or ""
-    said = [(photo["sha256"], question, answer) for photo in photos for question in spec["questions"]
-            if (answer := registry.cached_answer(photo["sha256"], fingerprint, question))]
-    names = [registry.cached_answer(p["sha256"], fingerprint, SUBJECT_QUESTION) for p in photos]
+    said = [(photo.sha256, question, answer) for photo in photos for question in spec["questions"]
+            if (answer := registry.cached_answer(photo.sha256, fingerprint, question))]
+    names = [registry.cached_answer(p.sha256, fingerprint, SUBJECT_QUESTION) for p in photos]
     label = most_common_word([n for n in names if n])
-    conversations = [{"photo": photo[:12], "question": question, "answer": answer}
-                     for photo, question, answer in worth_learning(said, concept, label)]
+    conversations = [{"photo": sha[:12], "question": question, "answer": answer}
+                     for sha, question, answer in worth_learning(said, concept, label)]
     kinds = registry.negative_counts(concept.id)
     return {"positive_photos": len(photos), "positive_views": 2 * len(photos), "hard_negatives": kinds.get("hard", 0),
             "easy_negatives": kinds.get("easy", 0), "recognition_templates": {side: len(pairs) for side, pairs in templates()["recognition"].items()},

@@ -46,15 +46,13 @@ def pack_concept(registry: Registry, name: str, config: TrainConfig) -> dict:
     """What a worker needs to train the concept as this registry would: stored photos' bytes
     under their hashes, in the registry's order."""
     concept = registry.concept(name)
-    photos = [[p["sha256"], (registry.root / p["file"]).read_bytes(), p["width"], p["height"], p["source_path"], p["added_at"]]
+    photos = [[p.sha256, (registry.root / p.file).read_bytes(), p.width, p.height, p.source_path, p.added_at]
               for p in registry.concept_photos(concept.id)]
-    negatives = [[r["sha256"], r["kind"], r["score"], r["source_path"], (registry.root / r["file"]).read_bytes(), r["width"], r["height"]]
-                 for r in registry.negative_rows(concept.id)]
+    negatives = [[n.sha256, n.kind, n.score, n.source_path, (registry.root / n.file).read_bytes(), n.width, n.height]
+                 for n in registry.negative_rows(concept.id)]
     embedder = registry.negatives_embedder(concept.id)
-    others = []
-    for row in registry.other_concepts_photos(concept.id):
-        photo = registry.photo(row["sha256"])
-        others.append([row["sha256"], (registry.root / row["file"]).read_bytes(), photo["width"], photo["height"]])
+    others = [[o.sha256, (registry.root / o.file).read_bytes(), o.width, o.height]
+              for o in registry.other_concepts_photos(concept.id)]
     shas = [p[0] for p in photos]
     answers = registry.answers(shas)
     every = list(dict.fromkeys(shas + [n[0] for n in negatives] + [o[0] for o in others]))

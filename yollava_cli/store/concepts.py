@@ -16,7 +16,7 @@ from yollava_cli.errors import UserError
 from yollava_cli.store.fileio import path_text, staging_folder
 from yollava_cli.store.photo_check import stored_damage
 from yollava_cli.store.photos import expand_photo_paths, stage_photos
-from yollava_cli.store.records import Concept
+from yollava_cli.store.records import Concept, ConceptPhoto
 from yollava_cli.store.registry import Registry
 from yollava_cli.store.states import ConceptStatus, NegativeKind
 from yollava_cli.store.trash import move_to_trash, trash_folder
@@ -182,17 +182,17 @@ def check_collisions(registry: Registry, name: str, kind: str | None, replace: b
             )
 
 
-def missing_photos(registry: Registry, photos: list[dict]) -> list[dict]:
-    """Of a concept's photo rows, those whose stored files are gone (deleted by hand, a failed disk)."""
-    return [{"sha256": p["sha256"], "source": p["source_path"], "stored": str(registry.root / p["file"])}
-            for p in photos if not (registry.root / p["file"]).is_file()]
+def missing_photos(registry: Registry, photos: list[ConceptPhoto]) -> list[dict]:
+    """Of a concept's photos, those whose stored files are gone (deleted by hand, a failed disk)."""
+    return [{"sha256": p.sha256, "source": p.source_path, "stored": str(registry.root / p.file)}
+            for p in photos if not (registry.root / p.file).is_file()]
 
 
-def damaged_photos(registry: Registry, photos: list[dict]) -> list[dict]:
-    """Of a concept's photo rows, those whose stored files are there but not as the store wrote
+def damaged_photos(registry: Registry, photos: list[ConceptPhoto]) -> list[dict]:
+    """Of a concept's photos, those whose stored files are there but not as the store wrote
     them (by size: a stat each, photo_check)."""
-    return [{"sha256": p["sha256"], "source": p["source_path"], "stored": str(registry.root / p["file"])}
-            for p in photos if (registry.root / p["file"]).is_file() and stored_damage(registry.root, p)]
+    return [{"sha256": p.sha256, "source": p.source_path, "stored": str(registry.root / p.file)}
+            for p in photos if (registry.root / p.file).is_file() and stored_damage(registry.root, p)]
 
 
 def require_photos(registry: Registry, concept: Concept, negatives: bool = False) -> None:
@@ -218,7 +218,7 @@ def require_photos(registry: Registry, concept: Concept, negatives: bool = False
             f"re-add {'it' if one else 'them'} with `yollava add {name} {' '.join(map(shlex.quote, sources[:3]))}`, "
             f"or forget {'it' if one else 'them'} with `yollava doctor --fix`"
         )
-    lost = [p["file"] for p in registry.negative_photos(concept.id) if stored_damage(registry.root, p)] if negatives else []
+    lost = [p.file for p in registry.negative_photos(concept.id) if stored_damage(registry.root, p)] if negatives else []
     if lost:
         raise UserError(f"<{name}>: {len(lost)} of its negatives are missing from the store or damaged (e.g. {lost[0]}); "
                         f"choose them again with `yollava mine {name}`, or forget them with `yollava doctor --fix`")
@@ -246,7 +246,7 @@ def remove_concept(registry: Registry, raw_name: str) -> dict:
     name = concept.name
     with registry.lock(f"train-{name}", f"training <{name}>"):
         checkpoint_files = [registry.root / file for file in registry.checkpoint_files(concept.id)]
-        photo_files = [registry.root / p["file"] for p in registry.concept_photos(concept.id)]
+        photo_files = [registry.root / p.file for p in registry.concept_photos(concept.id)]
         for folder in sorted({path.parent for path in checkpoint_files + photo_files if path.exists()}):
             try:
                 tempfile.TemporaryFile(dir=folder).close()  # a file created and gone: what deleting needs
@@ -283,12 +283,12 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
         "updated_at": concept.updated_at,
         "photos": [
             {
-                "sha256": p["sha256"],
-                "role": p["role"],
-                "source": p["source_path"],
-                "stored": str(registry.root / p["file"]),
-                "size": [p["width"], p["height"]],
-                "missing": any(m["sha256"] == p["sha256"] for m in missing),
+                "sha256": p.sha256,
+                "role": p.role,
+                "source": p.source_path,
+                "stored": str(registry.root / p.file),
+                "size": [p.width, p.height],
+                "missing": any(m["sha256"] == p.sha256 for m in missing),
             }
             for p in photos
         ],

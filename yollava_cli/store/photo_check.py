@@ -10,6 +10,8 @@ from stat import S_ISREG
 
 from PIL import Image
 
+from yollava_cli.store.records import StoredPhoto
+
 HASH_CHUNK = 1 << 20
 JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 
@@ -22,21 +24,21 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def stored_damage(root: Path, row: dict, deep: bool = False) -> str | None:
-    """None for a sound stored copy of the photo `row`, else what is wrong, in a few words."""
-    path = root / row["file"]
+def stored_damage(root: Path, photo: StoredPhoto, deep: bool = False) -> str | None:
+    """None for a sound stored copy of `photo`, else what is wrong, in a few words."""
+    path = root / photo.file
     try:
         stat = path.stat()
         if not S_ISREG(stat.st_mode):
             return "is not a regular file"
-        if stat.st_size != row["bytes"]:
-            return f"is {stat.st_size} bytes where the store wrote {row['bytes']} (truncated or overwritten)"
+        if stat.st_size != photo.bytes:
+            return f"is {stat.st_size} bytes where the store wrote {photo.bytes} (truncated or overwritten)"
         if not jpeg_framed(path, stat.st_size):
             return "is not a whole JPEG any more (its first or last bytes changed)"
         if not deep:
             return None
-        if row.get("stored_sha256"):
-            return None if file_sha256(path) == row["stored_sha256"] else "has changed since it was stored (its SHA-256 differs)"
+        if photo.stored_sha256:
+            return None if file_sha256(path) == photo.stored_sha256 else "has changed since it was stored (its SHA-256 differs)"
     except FileNotFoundError:
         return "is missing"
     except OSError as e:
@@ -66,24 +68,24 @@ def photo_problems(registry, deep: bool) -> list[dict]:
     """doctor's problems with stored photos: one per missing or damaged copy, saying whose photo
     it is and the two ways forward."""
     found = []
-    for row in registry.stored_photo_rows():
-        damage = stored_damage(registry.root, row, deep)
+    for photo in registry.stored_photo_rows():
+        damage = stored_damage(registry.root, photo, deep)
         if damage:
-            found.append({"kind": "photo", "detail": photo_detail(registry, row, damage), "fixed": False,
-                          "sha": row["sha256"], "deep": deep})
+            found.append({"kind": "photo", "detail": photo_detail(registry, photo, damage), "fixed": False,
+                          "sha": photo.sha256, "deep": deep})
     return found
 
 
-def photo_detail(registry, row: dict, damage: str) -> str:
+def photo_detail(registry, photo: StoredPhoto, damage: str) -> str:
     uses = registry.db.execute(
         "SELECT c.name, cp.source_path FROM concept_photos cp JOIN concepts c ON c.id = cp.concept_id "
-        "WHERE cp.sha256 = ? ORDER BY c.name LIMIT 1", [row["sha256"]]).fetchone()
+        "WHERE cp.sha256 = ? ORDER BY c.name LIMIT 1", [photo.sha256]).fetchone()
     fix = f"re-add the original to restore it (`yollava add {uses[0]} {shlex.quote(uses[1])}`), or " if uses else ""
-    return (f"stored photo {row['sha256'][:12]} ({row['file']}) {damage}; "
+    return (f"stored photo {photo.sha256[:12]} ({photo.file}) {damage}; "
             f"{fix}`yollava doctor --fix` moves it to the trash and forgets it")
 
 
 def still_damaged(registry, item: dict) -> bool:
     """Checked again under the write lock before a repair: a re-add may have restored it meanwhile."""
-    row = registry.photo(item["sha"])
-    return row is not None and stored_damage(registry.root, row, item.get("deep", False)) is not None
+    photo = registry.photo(item["sha"])
+    return photo is not None and stored_damage(registry.root, photo, item.get("deep", False)) is not None

@@ -4,8 +4,18 @@ misspelt field fails where it is read, and an editor can follow it. Dicts only a
 from dataclasses import dataclass, fields
 
 
+class Record:
+    """A row's record: one field per column, named as the column is."""
+
+    @classmethod
+    def from_row(cls, row: dict):
+        """The record of a row as sqlite-utils reads it (columns a later migration adds are ignored
+        until the record names them)."""
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
 @dataclass(frozen=True)
-class Concept:
+class Concept(Record):
     """One row of the concepts table."""
 
     id: int
@@ -17,15 +27,9 @@ class Concept:
     created_at: str
     updated_at: str
 
-    @classmethod
-    def from_row(cls, row: dict) -> "Concept":
-        """The record of a row as sqlite-utils reads it (columns a later migration adds are ignored
-        until the record names them)."""
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
-
 
 @dataclass(frozen=True)
-class Checkpoint:
+class Checkpoint(Record):
     """One row of the checkpoints table: a trained concept file and what training measured on it."""
 
     id: int
@@ -40,6 +44,34 @@ class Checkpoint:
     is_current: int
     created_at: str
 
-    @classmethod
-    def from_row(cls, row: dict) -> "Checkpoint":
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+@dataclass(frozen=True)
+class StoredPhoto(Record):
+    """One row of the photos table: a photo file in the content-addressed store."""
+
+    sha256: str  # of the source file's bytes: the photo's name
+    file: str  # the stored JPEG, relative to the data dir
+    width: int
+    height: int
+    bytes: int  # the stored file's size, checked by photo_check
+    created_at: str
+    stored_sha256: str | None  # of the stored file; None for photos stored before m005
+
+
+@dataclass(frozen=True)
+class ConceptPhoto(StoredPhoto):
+    """A stored photo as a concept holds it: its photos row and its concept_photos row."""
+
+    role: str  # train | validation
+    source_path: str  # the file it was added from
+    added_at: str
+
+
+@dataclass(frozen=True)
+class NegativePhoto(StoredPhoto):
+    """A stored photo as one of a concept's negatives: its photos row and its negatives row."""
+
+    kind: str  # a NegativeKind value: hard | easy
+    score: float | None  # its similarity to the concept's photos when it was mined
+    source_path: str  # where it was mined from
+    embedder: str | None  # the embedder that mined it

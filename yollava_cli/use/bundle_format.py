@@ -88,7 +88,7 @@ def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: b
     photos = {}
     if with_photos:
         for photo in registry.concept_photos(concept.id):
-            photos[f"photos/{photo['sha256']}.jpg"] = (registry.root / photo["file"]).read_bytes()
+            photos[f"photos/{photo.sha256}.jpg"] = (registry.root / photo.file).read_bytes()
     manifest = {
         "format": FORMAT, "name": concept.name, "kind": concept.kind, "k": checkpoint.k,
         "base_model": checkpoint.base_model, "base_fingerprint": checkpoint.base_fingerprint,

@@ -98,8 +98,8 @@ def import_concept(registry: Registry, path: Path, new_name: str | None = None, 
     decoded = []
     for member, data in photos.items():
         stored = registry.photo(member.removeprefix("photos/").removesuffix(".jpg"))
-        if stored and (registry.root / stored["file"]).read_bytes() == data:  # exported from here: the same photo
-            decoded.append((stored["sha256"], data, (stored["width"], stored["height"])))
+        if stored and (registry.root / stored.file).read_bytes() == data:  # exported from here: the same photo
+            decoded.append((stored.sha256, data, (stored.width, stored.height)))
             continue
         try:
             image = decode(data, 1024)

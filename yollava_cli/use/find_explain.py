@@ -29,7 +29,7 @@ def explain(registry: Registry, concept: Concept, recognizer: Recognizer, vector
     """Why a photo scored as it did: the nearest of the concept's photos and of the known
     non-concept photos (its negatives, the user's other concepts), by the head's embeddings,
     with `scores` (head, tokens, fused: those computed) beside them."""
-    own = {p["sha256"]: p["source_path"] for p in registry.concept_photos(concept.id)}
+    own = {p.sha256: p.source_path for p in registry.concept_photos(concept.id)}
     known = {sha: f"{kind} negative {source}" for sha, kind, source in registry.negative_sources(concept.id)}
     known.update({sha: f"<{name}>'s photo {source}" for sha, name, source in registry.other_concepts_photo_sources(concept.id)})
     return {**scores, "nearest_concept_photo": nearest(registry, recognizer.embedder, own, vector),

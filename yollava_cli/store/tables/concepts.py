@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from yollava_cli.store.connection import now
-from yollava_cli.store.records import Checkpoint, Concept
+from yollava_cli.store.records import Checkpoint, Concept, ConceptPhoto, NegativePhoto, StoredPhoto
 from yollava_cli.store.states import ConceptStatus
 
 
@@ -64,12 +64,12 @@ class ConceptRows:
     def concept_photo_count(self, concept_id: int) -> int:
         return self.db["concept_photos"].count_where("concept_id = ?", [concept_id])
 
-    def other_concepts_photos(self, concept_id: int) -> list[dict]:
-        """{sha256, file} of every photo of the other concepts: a pool to mine when none is registered."""
-        return list(self.db.query(
-            "SELECT DISTINCT p.sha256, p.file FROM concept_photos cp JOIN photos p USING (sha256) WHERE cp.concept_id != ?",
+    def other_concepts_photos(self, concept_id: int) -> list[StoredPhoto]:
+        """Every photo of the other concepts: a pool to mine when none is registered."""
+        return [StoredPhoto.from_row(r) for r in self.db.query(
+            "SELECT DISTINCT p.* FROM concept_photos cp JOIN photos p USING (sha256) WHERE cp.concept_id != ?",
             [concept_id],
-        ))
+        )]
 
     def other_concepts_photo_shas(self, concept_id: int) -> list[str]:
         """The other concepts' photos in hash order: more negatives for the concept's head."""
@@ -87,15 +87,13 @@ class ConceptRows:
         return [tuple(r) for r in self.db.execute(
             "SELECT sha256, kind, source_path FROM negatives WHERE concept_id = ?", [concept_id])]
 
-    def concept_photos(self, concept_id: int) -> list[dict]:
-        return list(
-            self.db.query(
-                "SELECT cp.sha256, cp.role, cp.source_path, cp.added_at, p.file, p.width, p.height, p.bytes "
-                "FROM concept_photos cp JOIN photos p USING (sha256) "
-                "WHERE cp.concept_id = ? ORDER BY cp.added_at, cp.source_path",
-                [concept_id],
-            )
-        )
+    def concept_photos(self, concept_id: int) -> list[ConceptPhoto]:
+        """The concept's photos in the order they were added."""
+        return [ConceptPhoto.from_row(r) for r in self.db.query(
+            "SELECT p.*, cp.role, cp.source_path, cp.added_at FROM concept_photos cp JOIN photos p USING (sha256) "
+            "WHERE cp.concept_id = ? ORDER BY cp.added_at, cp.source_path",
+            [concept_id],
+        )]
 
     # -- negatives ----------------------------------------------------------------------
 
@@ -107,20 +105,19 @@ class ConceptRows:
 
     def negative_files(self, concept_id: int) -> list[str]:
         """The stored files of the concept's negatives (relative to the data dir)."""
-        return [r["file"] for r in self.negative_photos(concept_id)]
+        return [photo.file for photo in self.negative_photos(concept_id)]
 
-    def negative_photos(self, concept_id: int) -> list[dict]:
-        """The photo rows (file, bytes) of the concept's negatives."""
-        return list(self.db.query(
-            "SELECT p.sha256, p.file, p.bytes FROM negatives n JOIN photos p USING (sha256) WHERE n.concept_id = ?",
-            [concept_id]))
+    def negative_photos(self, concept_id: int) -> list[StoredPhoto]:
+        """The stored photos of the concept's negatives."""
+        return [StoredPhoto.from_row(r) for r in self.db.query(
+            "SELECT p.* FROM negatives n JOIN photos p USING (sha256) WHERE n.concept_id = ?", [concept_id])]
 
-    def negative_rows(self, concept_id: int) -> list[dict]:
-        """Every negative with its photo row: {sha256, kind, score, source_path, file, width, height},
-        by kind, then most similar first (what a copy of the concept needs)."""
-        return list(self.db.query(
-            "SELECT n.sha256, n.kind, n.score, n.source_path, p.file, p.width, p.height FROM negatives n "
-            "JOIN photos p USING (sha256) WHERE n.concept_id = ? ORDER BY n.kind, n.score DESC", [concept_id]))
+    def negative_rows(self, concept_id: int) -> list[NegativePhoto]:
+        """Every negative with its photo, by kind, then most similar first (what a copy of the
+        concept needs)."""
+        return [NegativePhoto.from_row(r) for r in self.db.query(
+            "SELECT p.*, n.kind, n.score, n.source_path, n.embedder FROM negatives n "
+            "JOIN photos p USING (sha256) WHERE n.concept_id = ? ORDER BY n.kind, n.score DESC", [concept_id])]
 
     def negatives_embedder(self, concept_id: int) -> str | None:
         """The embedder the concept's negatives were mined with; None before mining."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from yollava_cli.store.connection import now
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.photo_check import file_sha256, stored_damage
+from yollava_cli.store.records import StoredPhoto
 from yollava_cli.store.states import ConceptStatus
 from yollava_cli.store.trash import move_to_trash, trash_folder
 
@@ -19,8 +20,9 @@ class PhotoRows:
     def photo_file(self, sha256: str) -> Path:
         return self.root / "photos" / sha256[:2] / f"{sha256}.jpg"
 
-    def photo(self, sha256: str) -> dict | None:
-        return next(self.db["photos"].rows_where("sha256 = ?", [sha256]), None)
+    def photo(self, sha256: str) -> StoredPhoto | None:
+        row = next(self.db["photos"].rows_where("sha256 = ?", [sha256]), None)
+        return StoredPhoto.from_row(row) if row else None
 
     def store_photo(self, sha256: str, jpeg: bytes | Path, width: int, height: int) -> bool:
         """Write the photo file (if new, or if its stored copy went missing or was damaged: adding
@@ -30,12 +32,12 @@ class PhotoRows:
         for doctor (photo_check)."""
         size = jpeg.stat().st_size if isinstance(jpeg, Path) else len(jpeg)
         digest = file_sha256(jpeg) if isinstance(jpeg, Path) else hashlib.sha256(jpeg).hexdigest()
-        row = self.photo(sha256)
-        if row:
+        stored = self.photo(sha256)
+        if stored:
             if self.photo_needs_restoring(sha256):
-                if (self.root / row["file"]).is_file():
-                    move_to_trash(self.root, self.root / row["file"], trash_folder(self.root))
-                place(self.root / row["file"], jpeg)
+                if (self.root / stored.file).is_file():
+                    move_to_trash(self.root, self.root / stored.file, trash_folder(self.root))
+                place(self.root / stored.file, jpeg)
                 self.db["photos"].update(sha256, {"bytes": size, "stored_sha256": digest})
             return False
         path = self.photo_file(sha256)
@@ -48,16 +50,16 @@ class PhotoRows:
     def photo_needs_restoring(self, sha256: str) -> bool:
         """The photo has a row but its stored copy is gone or damaged (checked deep where its hash
         was kept: a re-add reads only the photos it adds)."""
-        row = self.photo(sha256)
-        return row is not None and stored_damage(self.root, row, deep=bool(row["stored_sha256"])) is not None
+        stored = self.photo(sha256)
+        return stored is not None and stored_damage(self.root, stored, deep=bool(stored.stored_sha256)) is not None
 
     def stored_photos(self) -> dict[str, str]:
         """{sha256: file} of every stored photo, the file relative to the data dir."""
         return {r["sha256"]: r["file"] for r in self.db["photos"].rows_where(select="sha256, file")}
 
-    def stored_photo_rows(self) -> list[dict]:
-        """What doctor checks of each stored photo: sha256, file, bytes, stored_sha256."""
-        return list(self.db["photos"].rows_where(select="sha256, file, bytes, stored_sha256"))
+    def stored_photo_rows(self) -> list[StoredPhoto]:
+        """Every stored photo: what doctor checks."""
+        return [StoredPhoto.from_row(r) for r in self.db["photos"].rows_where()]
 
     def forget_photo(self, sha256: str) -> None:
         """Drop every row of a photo whose file is lost or damaged; the concepts that had it have
