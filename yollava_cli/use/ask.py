@@ -164,9 +164,9 @@ def quote_or_lean(prompt: Prompt, quoted: str | None) -> dict:
         return {"opening": quoted}
     if prompt.images:  # the lean compares text-only prompts
         return {}
-    kept_from = [note for note in prompt.notes if KEEPS_FROM.search(note)]
+    cautions = [note for note in prompt.notes if KEEPS_FROM.search(note)]
     return {"contrast": Prompt(prompt.question, concepts=prompt.concepts, history=prompt.history,
-                               notes=owners(prompt, kept_from))}
+                               notes=owners(prompt, cautions))}
 
 
 def kept_from(notes: list[str]) -> tuple[str, ...]:
