@@ -137,7 +137,7 @@ def test_doctor_reports_a_fact_written_around_note(home, tmp_path):
     conn.close()
     result = invoke("doctor", "--fix", home=home)
     assert result.returncode == 1 and "fact: <bo>" in result.stderr
-    assert Registry(home).facts(Registry(home).concept("bo").id)[0]["text"] == "two\nlines"  # never rewritten
+    assert Registry(home).facts(Registry(home).concept("bo").id)[0].text == "two\nlines"  # never rewritten
 
 
 def test_facts_in_tokens_become_text_only_conversations_each_epoch():

@@ -77,6 +77,33 @@ def test_photo_rows_come_as_records_in_the_registrys_order(tmp_path):
         assert sorted(registry.negative_photos(mo.id), key=lambda p: p.sha256) == [stored[ab], stored[ad], stored[ae]]
 
 
+def test_facts_runs_and_hardest_negatives_come_as_records(tmp_path):
+    """Facts numbered as `note` lists them, `show`'s hardest negatives, doctor's running runs and
+    `eval --history`'s runs: records, read through the callers that hand them on."""
+    from yollava_cli.evaluation.runs import history
+    from yollava_cli.store.doctor import examine
+    from yollava_cli.store.facts import list_facts, remove_fact
+
+    with Registry(tmp_path) as registry:
+        mo = photographed(registry, "mo", photos=3)
+        registry.add_facts(mo.id, ["is 4 years old", "loves tennis balls"])
+        assert [(f.number, f.text) for f in list_facts(registry, "mo")] == [(1, "is 4 years old"), (2, "loves tennis balls")]
+        assert [(f.name, f.text) for f in registry.all_facts()] == [("mo", "is 4 years old"), ("mo", "loves tennis balls")]
+        assert remove_fact(registry, "mo", 1).text == "is 4 years old"
+        assert [(f.number, f.text) for f in list_facts(registry, "mo")] == [(1, "loves tennis balls")]
+        registry.replace_negatives(mo.id, [("ab" * 32, "hard", 0.4, "/pool/b.jpg"), ("ac" * 32, "hard", 0.9, "/pool/c.jpg"),
+                                           ("ad" * 32, "easy", 0.1, "/pool/d.jpg")], "color")
+        assert [(n.source_path, n.score) for n in registry.hardest_negatives(mo.id, 5)] == [("/pool/c.jpg", 0.9), ("/pool/b.jpg", 0.4)]
+        run = registry.start_run("train", mo.id, {})  # no process holds mo's training lock: left by one that died
+        assert [(r.id, r.name) for r in registry.running_runs()] == [(run, "mo")]
+        fixed = examine(registry, fix=True)["problems"]
+        assert [(p["kind"], p["fixed"]) for p in fixed] == [("run", True)] and not registry.running_runs()
+        results = {"model": "tiny", "dataset": "d", "wall_s": 1.0, "methods": {"fused": {"recognition": {"weighted": 0.9}}}}
+        eval_run = registry.record_eval_run({}, results, "2026-12-07T00:00:00")
+        assert history(registry) == [{"id": eval_run, "finished_at": "2026-12-07T00:00:00", "model": "tiny", "dataset": "d",
+                                      "wall_s": 1.0, "weighted": {"fused": 0.9}}]
+
+
 def photographed(registry: Registry, name: str, photos: int = 1):
     """A concept holding `photos` stored photos, real JPEGs named "ab"*32, "ac"*32, ..., photo i
     added on 2026-01-0(9 - i)."""

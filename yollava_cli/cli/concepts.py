@@ -1,6 +1,7 @@
 """Commands that manage concepts: add, mine, train, note, list, show, rm, export, import."""
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -197,15 +198,15 @@ def note(
     if rm is not None:
         removed = facts.remove_fact(registry, name, rm)
         if json_:
-            return print_json({"concept": concepts.parse_name(name), "removed": removed})
-        return out.print(f"Removed fact {removed['number']}: {removed['text']}", markup=False, highlight=False)
+            return print_json({"concept": concepts.parse_name(name), "removed": {"number": removed.number, "text": removed.text}})
+        return out.print(f"Removed fact {removed.number}: {removed.text}", markup=False, highlight=False)
     listed = facts.add_facts(registry, name, [fact]) if fact is not None else facts.list_facts(registry, name)
     if json_:
-        return print_json({"concept": concepts.parse_name(name), "facts": listed})
+        return print_json({"concept": concepts.parse_name(name), "facts": [asdict(fact) for fact in listed]})
     if not listed:
         return status(f"No facts about <{concepts.parse_name(name)}> yet. Add one: yollava note {concepts.parse_name(name)} \"loves tennis balls\"")
     for item in listed:
-        sys.stdout.write(f"{item['number']}\t{item['text']}\n")
+        sys.stdout.write(f"{item.number}\t{item.text}\n")
 
 
 @app.command("list")

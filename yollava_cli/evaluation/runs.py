@@ -210,11 +210,10 @@ def record_run(registry: Registry, result: dict) -> int:
 
 
 def history(registry: Registry) -> list[dict]:
-    rows = registry.eval_runs()
     out = []
-    for row in rows:
-        result = json.loads(row["results"])
-        out.append({"id": row["id"], "finished_at": row["finished_at"], "model": result["model"],
+    for run in registry.eval_runs():
+        result = json.loads(run.results)
+        out.append({"id": run.id, "finished_at": run.finished_at, "model": result["model"],
                     "dataset": result["dataset"], "wall_s": result.get("wall_s"),
                     "weighted": {m: v.get("recognition", {}).get("weighted") for m, v in result["methods"].items()}})
     return out

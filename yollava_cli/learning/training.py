@@ -180,7 +180,7 @@ class Trainer:
 
     def run(self, resume: bool = False) -> TrainResult:
         facts = self.registry.facts(self.concept.id) if self.config.facts_in_tokens else []
-        data = build_training_data(self.registry, self.vlm, self.concept, [f["text"] for f in facts])
+        data = build_training_data(self.registry, self.vlm, self.concept, [f.text for f in facts])
         if not data.negatives:
             raise UserError(f"<{self.name}> has no negatives yet: run `yollava mine {self.name}` first (it needs a pool)")
         split = split_data(data, self.config)

@@ -60,7 +60,7 @@ def pack_concept(registry: Registry, name: str, config: TrainConfig) -> dict:
     for embedding in registry.embedders():
         vectors[embedding] = registry.embeddings(embedding, every)
     return {"name": name, "kind": concept.kind, "photos": photos, "negatives": negatives, "embedder": embedder,
-            "others": others, "facts": [f["text"] for f in registry.facts(concept.id)], "answers": answers,
+            "others": others, "facts": [f.text for f in registry.facts(concept.id)], "answers": answers,
             "embeddings": vectors, "config": asdict(config)}
 
 

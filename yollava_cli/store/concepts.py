@@ -293,11 +293,11 @@ def describe_concept(registry: Registry, raw_name: str) -> dict:
             for p in photos
         ],
         "missing_photos": missing,
-        "facts": [{"number": f["number"], "text": f["text"]} for f in registry.facts(concept.id)],
+        "facts": [{"number": f.number, "text": f.text} for f in registry.facts(concept.id)],
         "negatives": {
             "hard": negatives.get(NegativeKind.HARD, 0),
             "easy": negatives.get(NegativeKind.EASY, 0),
-            "hardest": [{"photo": r["source_path"], "score": r["score"]} for r in hardest],
+            "hardest": [{"photo": r.source_path, "score": r.score} for r in hardest],
         },
         "attribute_conversations": attribute_conversation_count(registry, concept),
         "checkpoint": (

@@ -62,14 +62,14 @@ def examine(registry: Registry, fix: bool = False, deep: bool = False) -> dict:
         found.append(problem("orphan", f"{rel(root, path)} is a temporary file left by a stopped write", path=path))
 
     for r in registry.running_runs():
-        if not running(registry, r["name"]):
-            found.append(problem("run", f"run {r['id']} ({r['name'] or 'eval'}) was left running by a process that died", run=r))
+        if not running(registry, r.name):
+            found.append(problem("run", f"run {r.id} ({r.name or 'eval'}) was left running by a process that died", run=r))
 
     for r in registry.all_facts():  # written around `note` (by hand, an old tool): reported, never rewritten
         try:
-            check_fact(r["text"])
+            check_fact(r.text)
         except UserError as e:
-            found.append(problem("fact", f"<{r['name']}>: {e} (see `yollava note {r['name']}`; remove it with --rm N)"))
+            found.append(problem("fact", f"<{r.name}>: {e} (see `yollava note {r.name}`; remove it with --rm N)"))
 
     trash = None
     if fix and any(p["kind"] not in ("database", "fact") for p in found):
@@ -96,7 +96,7 @@ def repair(registry: Registry, found: list[dict], trash: Path) -> list[dict]:
         photos = registry.stored_photos()
         known_files = set(photos.values())
         checkpoint_files = {checkpoint.file for checkpoint in registry.checkpoints()}
-        live = {r["id"] for r in registry.running_runs()}
+        live = {r.id for r in registry.running_runs()}
         for item in found:
             kind = item["kind"]
             if kind == "photo":
@@ -123,9 +123,9 @@ def repair(registry: Registry, found: list[dict], trash: Path) -> list[dict]:
                 registry.forget_checkpoint(checkpoint.id, checkpoint.concept_id)
             elif kind == "run":
                 r = item["run"]
-                if r["id"] not in live or running(registry, r["name"]):
+                if r.id not in live or running(registry, r.name):
                     continue
-                registry.interrupt_run(r["id"])
+                registry.interrupt_run(r.id)
             item["fixed"] = kind not in ("database", "fact")
             still.append(item)
     return still

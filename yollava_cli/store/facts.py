@@ -12,7 +12,7 @@ from pathlib import Path
 
 from yollava_cli.errors import UserError
 from yollava_cli.store.concepts import AddResult, add_concept, get_concept
-from yollava_cli.store.records import Concept
+from yollava_cli.store.records import Concept, Fact
 from yollava_cli.store.registry import Registry
 
 MAX_CHARS = 500
@@ -57,7 +57,7 @@ def read_notes_file(path: Path) -> list[str]:
             if line.strip() and not line.lstrip().startswith("#")]
 
 
-def add_facts(registry: Registry, name: str, texts: list[str]) -> list[dict]:
+def add_facts(registry: Registry, name: str, texts: list[str]) -> list[Fact]:
     """Append facts to a concept in one transaction (all or none); returns the full list."""
     facts = [check_fact(t) for t in texts]
     concept = get_concept(registry, name)
@@ -94,12 +94,12 @@ def set_facts(registry: Registry, name: str, texts: list[str]) -> None:
     registry.replace_facts(concept.id, facts)
 
 
-def list_facts(registry: Registry, name: str) -> list[dict]:
+def list_facts(registry: Registry, name: str) -> list[Fact]:
     """The concept's facts, numbered from 1 in the order they were noted."""
     return registry.facts(get_concept(registry, name).id)
 
 
-def remove_fact(registry: Registry, name: str, number: int) -> dict:
+def remove_fact(registry: Registry, name: str, number: int) -> Fact:
     """Remove fact `number` (as `note NAME` lists it); returns the removed fact."""
     concept = get_concept(registry, name)
     with registry.transaction():
@@ -108,11 +108,11 @@ def remove_fact(registry: Registry, name: str, number: int) -> dict:
             raise UserError(f"<{concept.name}> has no fact {number}; `yollava note {concept.name}` lists "
                             f"{len(facts)} fact(s)")
         registry.remove_fact(concept.id, number)
-    return {"number": number, "text": facts[number - 1]["text"]}
+    return facts[number - 1]
 
 
 def fact_texts(registry: Registry, name: str) -> list[str]:
-    return [f["text"] for f in list_facts(registry, name)]
+    return [f.text for f in list_facts(registry, name)]
 
 
 def as_sentence(name: str, fact: str) -> str:

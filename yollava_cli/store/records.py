@@ -75,3 +75,45 @@ class NegativePhoto(StoredPhoto):
     score: float | None  # its similarity to the concept's photos when it was mined
     source_path: str  # where it was mined from
     embedder: str | None  # the embedder that mined it
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One of a concept's facts, as `note` lists it."""
+
+    number: int  # from 1, in the order they were noted: what `note --rm N` takes
+    text: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class ConceptFact(Record):
+    """A fact with the name of the concept it is about (doctor checks every concept's)."""
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class MinedNegative(Record):
+    """A hard negative as `show` lists it: where it was mined from, and how like the concept it was."""
+
+    source_path: str
+    score: float | None
+
+
+@dataclass(frozen=True)
+class RunningRun(Record):
+    """A run marked running: its id and its concept's name (None for an eval run)."""
+
+    id: int
+    name: str | None
+
+
+@dataclass(frozen=True)
+class EvalRun(Record):
+    """A finished eval run as `eval --history` reads it."""
+
+    id: int
+    results: str  # JSON: the eval's results file
+    finished_at: str

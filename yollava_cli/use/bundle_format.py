@@ -94,7 +94,7 @@ def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: b
         "base_model": checkpoint.base_model, "base_fingerprint": checkpoint.base_fingerprint,
         "metrics": json.loads(checkpoint.metrics or "null"),
         "config": json.loads(checkpoint.config or "null"), "data_hash": checkpoint.data_hash, "exported_at": now(),
-        "facts": [f["text"] for f in registry.facts(concept.id)],
+        "facts": [f.text for f in registry.facts(concept.id)],
         "checksums": {TENSORS: sha256(tensors), **{name: sha256(data) for name, data in photos.items()}},
     }
     buffer = io.BytesIO()

@@ -4,7 +4,8 @@ import json
 from pathlib import Path
 
 from yollava_cli.store.connection import now
-from yollava_cli.store.records import Checkpoint, Concept, ConceptPhoto, NegativePhoto, StoredPhoto
+from yollava_cli.store.records import (Checkpoint, Concept, ConceptFact, ConceptPhoto, Fact, MinedNegative, NegativePhoto,
+                                       StoredPhoto)
 from yollava_cli.store.states import ConceptStatus
 
 
@@ -141,12 +142,12 @@ class ConceptRows:
             "SELECT kind, count(*) FROM negatives WHERE concept_id = ? GROUP BY kind", [concept_id]
         ).fetchall())
 
-    def hardest_negatives(self, concept_id: int, limit: int) -> list[dict]:
-        """The hard negatives most similar to the concept: {source_path, score}, most similar first."""
-        return list(self.db.query(
+    def hardest_negatives(self, concept_id: int, limit: int) -> list[MinedNegative]:
+        """The hard negatives most similar to the concept, most similar first."""
+        return [MinedNegative.from_row(row) for row in self.db.query(
             "SELECT source_path, score FROM negatives WHERE concept_id = ? AND kind = 'hard' ORDER BY score DESC LIMIT ?",
             [concept_id, limit],
-        ))
+        )]
 
     # -- checkpoints --------------------------------------------------------------------
 
@@ -197,14 +198,15 @@ class ConceptRows:
 
     # -- facts --------------------------------------------------------------------------
 
-    def facts(self, concept_id: int) -> list[dict]:
+    def facts(self, concept_id: int) -> list[Fact]:
         """The concept's facts in the order they were noted (`note` numbers them from 1)."""
         rows = self.db["facts"].rows_where("concept_id = ?", [concept_id], select="text, created_at", order_by="id")
-        return [{"number": i, "text": r["text"], "created_at": r["created_at"]} for i, r in enumerate(rows, 1)]
+        return [Fact(i, r["text"], r["created_at"]) for i, r in enumerate(rows, 1)]
 
-    def all_facts(self) -> list[dict]:
-        """Every concept's facts as {text, name}, in the order they were noted."""
-        return list(self.db.query("SELECT f.text, c.name FROM facts f JOIN concepts c ON c.id = f.concept_id ORDER BY f.id"))
+    def all_facts(self) -> list[ConceptFact]:
+        """Every concept's facts, in the order they were noted."""
+        return [ConceptFact.from_row(row) for row in
+                self.db.query("SELECT f.text, c.name FROM facts f JOIN concepts c ON c.id = f.concept_id ORDER BY f.id")]
 
     def add_facts(self, concept_id: int, texts: list[str]) -> None:
         with self.transaction() as db:

@@ -3,6 +3,7 @@
 import json
 
 from yollava_cli.store.connection import now
+from yollava_cli.store.records import EvalRun, RunningRun
 from yollava_cli.store.states import RunStatus
 
 
@@ -28,11 +29,11 @@ class RunRows:
     def latest_run_id(self) -> int | None:
         return self.db.execute("SELECT max(id) FROM runs").fetchone()[0]
 
-    def running_runs(self) -> list[dict]:
-        """{id, name} of the runs marked running; name is the concept's, None for a run without one."""
-        return list(self.db.query(
+    def running_runs(self) -> list[RunningRun]:
+        """The runs marked running."""
+        return [RunningRun.from_row(row) for row in self.db.query(
             "SELECT r.id, c.name FROM runs r LEFT JOIN concepts c ON c.id = r.concept_id WHERE r.status = ?", [RunStatus.RUNNING]
-        ))
+        )]
 
     def interrupt_run(self, run_id: int) -> None:
         """Mark a run that its dead process left running as interrupted."""
@@ -45,6 +46,7 @@ class RunRows:
                                       "results": json.dumps(results), "started_at": finished_at,
                                       "finished_at": finished_at}).last_pk
 
-    def eval_runs(self) -> list[dict]:
-        """Every eval run's id, results (JSON) and finish time, oldest first."""
-        return list(self.db["runs"].rows_where("kind = 'eval'", select="id, results, finished_at", order_by="id"))
+    def eval_runs(self) -> list[EvalRun]:
+        """Every eval run, oldest first."""
+        return [EvalRun.from_row(row) for row in
+                self.db["runs"].rows_where("kind = 'eval'", select="id, results, finished_at", order_by="id")]
