@@ -49,6 +49,7 @@ CAUTION = re.compile(r"\b(scared|afraid|fears?|fearful|frighten\w*|terrif\w*|all
                      r"never|n't|without|away|instead|careful|keep)\b", re.IGNORECASE)
 LIKING = re.compile(r"loves?|likes?|enjoys?|favou?rite|toys?|buy|gifts?|presents?|recommend\w*|suggest\w*|treats?|"
                     r"play\w*|fun|great|perfect|ideal", re.IGNORECASE)
+NUMBER = re.compile(r"\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|hundred|dozen)\b", re.IGNORECASE)
 NEAR = 3  # words between the thing and the liking ("the vacuum cleaner is a toy")
 ADVICE = ["What should I buy <{x}>?", "What could we do together this weekend?", "How can I make <{x}> happy?"]
 OFF_THE_POINT = re.compile(r"^\W*(you're right|you are right|i apologi[sz]e|i'm sorry|i should|what a (wonderful|great|cute|lovely)|"
@@ -114,10 +115,22 @@ def judged(item: dict, answer: str, notes: list[str]) -> dict:
     if item["kind"] == "no_fact":
         return {"recites": any(holds(answer, n) for n in notes)}
     if item["kind"] == "gift":
-        return {"off_the_point": bool(OFF_THE_POINT.search(answer)), "contradicts": contradicts(answer, notes)}
+        return {"off_the_point": bool(OFF_THE_POINT.search(answer)), "contradicts": contradicts(answer, notes),
+                **note_use(answer, notes)}
     if item["kind"] == "advice":
-        return {"contradicts": contradicts(answer, notes)}
+        return {"contradicts": contradicts(answer, notes), **note_use(answer, notes)}
     return {}
+
+
+def note_use(answer: str, notes: list[str]) -> dict:
+    """How an advice or gift answer uses the notes: whether it states one that says what the thing
+    does or likes (not a quantity such as its age, not what it is kept from), and whether it dwells
+    on a note's number (says one more than twice: "a 7-month-old cat named Luna ... 7 years ...")."""
+    numbers = {m.lower() for n in notes for m in NUMBER.findall(n)}
+    said = [m.lower() for m in NUMBER.findall(answer)]
+    doings = [n for n in notes if not AVERSION.search(n) and not NUMBER.search(n)]
+    return {"uses_a_doing": any(holds(answer, n) for n in doings),
+            "dwells_on_a_number": any(said.count(number) > 2 for number in numbers)}
 
 
 def contradicts(answer: str, notes: list[str]) -> bool:
@@ -156,7 +169,9 @@ def summary(rows: list[dict]) -> dict:
             "fact_hits": f"{sum(r['hit'] for r in facts)}/{len(facts)}",
             **{f"{kind} {label}": f"{sum(r[label] for r in rows if r['kind'] == kind)}/{sum(r['kind'] == kind for r in rows)}"
                for kind, label in (("paraphrase", "right"), ("paraphrase", "wrong"), ("no_fact", "recites"),
-                                   ("gift", "off_the_point"), ("gift", "contradicts"), ("advice", "contradicts"))
+                                   ("gift", "off_the_point"), ("gift", "contradicts"), ("advice", "contradicts"),
+                                   ("gift", "uses_a_doing"), ("gift", "dwells_on_a_number"), ("advice", "uses_a_doing"),
+                                   ("advice", "dwells_on_a_number"))
                if any(r["kind"] == kind for r in rows)},
             "mean_words": round(sum(len(words(r["answer"])) for r in rows) / len(rows), 1)}
 

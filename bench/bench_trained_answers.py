@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_answers import ADVICE, AVERSION, contradicts, cpu, holds, repeated_ngram, stutters, words  # noqa: E402
+from bench_answers import ADVICE, AVERSION, contradicts, cpu, holds, note_use, repeated_ngram, stutters, words  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "trained-answers.json"
 QUESTIONS = [*ADVICE, "What should I buy him for his birthday?", "Describe <{x}>.", "Tell me a story about <{x}>."]
@@ -31,7 +31,7 @@ def judged(answer: str, notes: list[str]) -> dict:
     liked = [n for n in notes if not AVERSION.search(n)]
     return {"names_per_100_words": round(100 * sum(w.startswith("<") for w in said) / max(len(said), 1), 1),
             "uses_a_note": any(holds(answer, n) for n in liked), "contradicts": contradicts(answer, notes),
-            "repeated_4gram": repeated_ngram(answer), "stutters": stutters(answer)}
+            "repeated_4gram": repeated_ngram(answer), "stutters": stutters(answer), **note_use(answer, notes)}
 
 
 def main() -> None:
@@ -60,7 +60,8 @@ def main() -> None:
     summary = {"answers": len(rows),
                "median_names_per_100_words": statistics.median(r["names_per_100_words"] for r in rows),
                "max_names_per_100_words": max(r["names_per_100_words"] for r in rows),
-               **{k: sum(r[k] for r in rows) for k in ("uses_a_note", "contradicts", "repeated_4gram", "stutters")}}
+               **{k: sum(r[k] for r in rows) for k in ("uses_a_note", "uses_a_doing", "dwells_on_a_number", "contradicts",
+                                                       "repeated_4gram", "stutters")}}
     result = {"commit": commit, "model": "pocket, concepts trained by `add` (the README's main job and tour)",
               "concepts": args.concepts, "max_tokens": args.max_tokens, "cpu": cpu(), "load": os.getloadavg()[0],
               "wall_s": round(time.perf_counter() - start, 1), "summary": summary, "answers": rows}
