@@ -35,6 +35,9 @@ RESULTS = REPO / "bench" / "results"
 VARIANTS = {
     "today": {"decision_weight": 0.0},
     "decision1": {"decision_weight": 1.0},  # the default
+    # (also measured, at 7244b04: "baltext", the answers' text tokens weighted by their row's class as
+    # the decision is; on the four subjects whose positives fell it changed no collapse and lost
+    # 0.01 on each (training-baltext.md), and the setting was removed)
     # (also measured, at 5955957: "rectext0.2", the recognition answers' text at a fifth of the
     # attributes' weight; it lost on dog's test photos, and the setting was removed)
     "decision4": {"decision_weight": 4.0},
