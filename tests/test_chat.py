@@ -167,6 +167,22 @@ def test_a_question_about_how_it_looks_quotes_only_a_fact_that_names_what_it_ask
     assert asking.quoted_note(vlm, afraid, notes, gains=[0.0, 0.0, 9.0]) == notes[2]
 
 
+def test_a_question_about_its_size_quotes_only_a_fact_that_gives_one(monkeypatch):
+    """Asked "How big is he?", the README's dog got "<dog> is 4 years old." (pmi and cosine passed
+    the cut: "how big" reads like "how old"). A size is how the thing looks: a fact that gives no
+    size or weight is not quoted; one that does is, in its own words ("weighs 12 kg")."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    monkeypatch.setattr(asking, "load_sentences", lambda: None)
+    notes = ["<bo> is 4 years old.", "<bo> weighs 12 kg.", "<bo> is scared of the vacuum cleaner."]
+    for question in ("About <bo>: How big is he?", "How tall is <bo>?", "Is <bo> a small dog?"):
+        assert asking.quoted_note(vlm, Prompt(question, concepts=["bo"]), notes, gains=[9.0, 0.0, 0.0]) is None
+    for question in ("About <bo>: How heavy is he?", "How big is <bo>?", "What does <bo> weigh?"):
+        assert asking.quoted_note(vlm, Prompt(question, concepts=["bo"]), notes, gains=[0.0, 9.0, 0.0]) == notes[1]
+    old = Prompt("About <bo>: How old is he?", concepts=["bo"])
+    assert asking.quoted_note(vlm, old, notes, gains=[9.0, 0.0, 0.0]) == notes[0]
+
+
 def verdict(name: str, present: bool) -> dict:
     return {"concept": name, "present": present, "probability": 0.9 if present else 0.1,
             "line": f"<{name}> is {'' if present else 'not '}in this photo."}

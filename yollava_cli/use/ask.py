@@ -41,13 +41,19 @@ ASKS_FOR_ADVICE = re.compile(r"\b(should|could|would|recommend|suggest|suggestio
 # direct question when not ("How do I boil an egg?")
 ASKS_HOW_TO_TREAT = re.compile(rf"^\W*how\s+(?:can|could|do|might|shall)\s+(?:i|we)\b.*(?:{IDENTIFIER}|"
                                r"\b(?:him|her|them|he|she|they|his|hers|its|it)\b)", re.IGNORECASE)
-# words by which a question asks how the thing looks ("what colour is his fur?", "what breed is he?"):
-# the photos' to answer, not the owner's facts, unless a fact names what it asks about (looks_unanswered)
-ASKS_HOW_IT_LOOKS = re.compile(r"\b(colou?rs?|breed|fur|coat|markings?|looks?\s+like)\b", re.IGNORECASE)
+# words by which a question asks how the thing looks ("what colour is his fur?", "what breed is he?",
+# "how big is he?"): the photos' to answer, not the owner's facts, unless a fact names what it asks
+# about (looks_unanswered)
+ASKS_HOW_IT_LOOKS = re.compile(r"\b(colou?rs?|breed|fur|coat|markings?|looks?\s+like|big|small|large|tall|heavy|tiny|huge|"
+                               r"sizes?|height|weight|weighs?)\b", re.IGNORECASE)
 PLAIN_WORDS = {"what", "which", "how", "is", "are", "was", "does", "do", "did", "the", "a", "an", "of", "in", "on", "to",
                "his", "her", "its", "their", "he", "she", "it", "they", "my", "your", "about", "and", "with", "for", "s"}
 COLOURS = {"black", "white", "grey", "gray", "brown", "red", "orange", "yellow", "green", "blue", "purple", "pink",
            "golden", "ginger", "cream", "tan", "silver"}
+# words that say a size or weight, in a question or a note ("How heavy is he?": "weighs 12 kg")
+SIZES = {"big", "small", "large", "tall", "heavy", "tiny", "huge", "size", "sizes", "height", "weight", "weigh", "weighs",
+         "kg", "kilos", "kilograms", "grams", "lb", "lbs", "pounds", "cm", "mm", "centimetres", "centimeters", "metres",
+         "meters", "inches", "feet", "foot"}
 # words by which a note says what to keep the thing from ("is scared of the vacuum cleaner")
 KEEPS_FROM = re.compile(r"\b(scared|afraid|frightened|terrified|fears?|allergic|hates?|dislikes?|must not|mustn't|"
                         r"can't|cannot|should not|shouldn't|never|avoid)\b", re.IGNORECASE)
@@ -121,7 +127,8 @@ def quoted_note(vlm: VLM, prompt: Prompt, notes: list[str], gains: list[float] |
 def looks_unanswered(question: str, note: str) -> bool:
     """Whether a question asks how the thing looks and the note names nothing it asks about. The
     owner's facts say what photos cannot show, yet both scores quoted one for such questions: "What
-    colour is his fur?" got "<dog> is scared of the vacuum cleaner." (pmi 3.0 + 27 x cosine 0.28).
+    colour is his fur?" got "<dog> is scared of the vacuum cleaner." (pmi 3.0 + 27 x cosine 0.28), and
+    "How big is he?" got "<dog> is 4 years old.".
     "What colour is the basket <dog5> sleeps in?" shares "basket" with its fact and keeps it."""
     def content(text: str) -> set[str]:
         return set(re.findall(r"[a-z]+", re.sub(IDENTIFIER, " ", text.lower()))) - PLAIN_WORDS
@@ -131,6 +138,7 @@ def looks_unanswered(question: str, note: str) -> bool:
         return False
     noted = content(note)
     noted |= {"colour", "colours", "color", "colors"} if noted & COLOURS else set()  # "What colour is <bo>?": "<bo> is red."
+    noted |= SIZES if noted & SIZES else set()  # "How heavy is <bo>?": "<bo> weighs 12 kg."
     return not content(asked) & noted
 
 
