@@ -202,7 +202,7 @@ def note(
         return out.print(f"Removed fact {removed.number}: {removed.text}", markup=False, highlight=False)
     listed = facts.add_facts(registry, name, [fact]) if fact is not None else facts.list_facts(registry, name)
     if json_:
-        return print_json({"concept": concepts.parse_name(name), "facts": [asdict(fact) for fact in listed]})
+        return print_json({"concept": concepts.parse_name(name), "facts": [asdict(item) for item in listed]})
     if not listed:
         return status(f"No facts about <{concepts.parse_name(name)}> yet. Add one: yollava note {concepts.parse_name(name)} \"loves tennis balls\"")
     for item in listed:
