@@ -41,19 +41,19 @@ ASKS_FOR_ADVICE = re.compile(r"\b(should|could|would|recommend|suggest|suggestio
 # direct question when not ("How do I boil an egg?")
 ASKS_HOW_TO_TREAT = re.compile(rf"^\W*how\s+(?:can|could|do|might|shall)\s+(?:i|we)\b.*(?:{IDENTIFIER}|"
                                r"\b(?:him|her|them|he|she|they|his|hers|its|it)\b)", re.IGNORECASE)
+# words that say a size or weight ("How heavy is he?"), and the units a note may give one in ("weighs 12 kg")
+SIZE_WORDS = {"big", "small", "large", "tall", "heavy", "tiny", "huge", "size", "sizes", "height", "weight", "weigh", "weighs"}
+SIZES = SIZE_WORDS | {"kg", "kilos", "kilograms", "grams", "lb", "lbs", "pounds", "cm", "mm", "centimetres", "centimeters",
+                      "metres", "meters", "inches", "feet", "foot"}
 # words by which a question asks how the thing looks ("what colour is his fur?", "what breed is he?",
 # "how big is he?"): the photos' to answer, not the owner's facts, unless a fact names what it asks
 # about (looks_unanswered)
-ASKS_HOW_IT_LOOKS = re.compile(r"\b(colou?rs?|breed|fur|coat|markings?|looks?\s+like|big|small|large|tall|heavy|tiny|huge|"
-                               r"sizes?|height|weight|weighs?)\b", re.IGNORECASE)
+ASKS_HOW_IT_LOOKS = re.compile(rf"\b(colou?rs?|breed|fur|coat|markings?|looks?\s+like|{'|'.join(sorted(SIZE_WORDS))})\b",
+                               re.IGNORECASE)
 PLAIN_WORDS = {"what", "which", "how", "is", "are", "was", "does", "do", "did", "the", "a", "an", "of", "in", "on", "to",
                "his", "her", "its", "their", "he", "she", "it", "they", "my", "your", "about", "and", "with", "for", "s"}
 COLOURS = {"black", "white", "grey", "gray", "brown", "red", "orange", "yellow", "green", "blue", "purple", "pink",
            "golden", "ginger", "cream", "tan", "silver"}
-# words that say a size or weight, in a question or a note ("How heavy is he?": "weighs 12 kg")
-SIZES = {"big", "small", "large", "tall", "heavy", "tiny", "huge", "size", "sizes", "height", "weight", "weigh", "weighs",
-         "kg", "kilos", "kilograms", "grams", "lb", "lbs", "pounds", "cm", "mm", "centimetres", "centimeters", "metres",
-         "meters", "inches", "feet", "foot"}
 # words by which a note says what to keep the thing from ("is scared of the vacuum cleaner")
 KEEPS_FROM = re.compile(r"\b(scared|afraid|frightened|terrified|fears?|allergic|hates?|dislikes?|must not|mustn't|"
                         r"can't|cannot|should not|shouldn't|never|avoid)\b", re.IGNORECASE)
