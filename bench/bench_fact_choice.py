@@ -84,7 +84,7 @@ def spread(rows: list[dict], key: str) -> float:
 
 def main() -> None:
     os.environ.setdefault("YOLLAVA_HOME", tempfile.mkdtemp(prefix="yollava-bench-"))
-    from yollava_cli.use.ask import QUOTE_NATS, QUOTE_SCORE, QUOTE_WEIGHT, looks_unanswered
+    from yollava_cli.use.ask import QUOTE_COSINE, QUOTE_NATS, QUOTE_SCORE, QUOTE_WEIGHT, looks_unanswered
 
     rows = scores() if "--rescore" in sys.argv or not OUT.exists() else json.loads(OUT.read_text())["rows"]
     if "--cosine" in sys.argv:  # the sentence model's scores only, the language model's kept
@@ -100,12 +100,13 @@ def main() -> None:
     def combined(w):
         return lambda r: [p + w * c for p, c in zip(r["pmi"], r["cosine"])]
 
-    def looks_checked(score):  # a question about looks quotes only a fact naming what it asks (use.ask)
-        def checked(r):
+    def checked(score, floor=-1.0):  # use.ask: a question about looks quotes only a fact naming what it asks,
+        def rule(r):                   # and a fact under the cosine floor is not quoted
             values = score(r)
             best = max(range(len(values)), key=values.__getitem__)
-            return [-1e9] * len(values) if looks_unanswered(r["question"], r["facts"][best]) else values
-        return checked
+            unanswered = looks_unanswered(r["question"], r["facts"][best]) or r["cosine"][best] < floor
+            return [-1e9] * len(values) if unanswered else values
+        return rule
 
     def cosine(r):
         return r["cosine"]
@@ -117,8 +118,10 @@ def main() -> None:
              "cosine, cut on the calibration half": (cosine, calibrated_cut(part["calibration"], cosine)),
              f"pmi + {weight} x cosine, cut on the calibration half": (combined(weight), calibrated_cut(part["calibration"], combined(weight))),
              f"pmi + {QUOTE_WEIGHT} x cosine > {QUOTE_SCORE}": (combined(QUOTE_WEIGHT), QUOTE_SCORE),
-             f"pmi + {QUOTE_WEIGHT} x cosine > {QUOTE_SCORE}, looks questions checked (use.ask)":
-                 (looks_checked(combined(QUOTE_WEIGHT)), QUOTE_SCORE)}
+             f"pmi + {QUOTE_WEIGHT} x cosine > {QUOTE_SCORE}, looks questions checked":
+                 (checked(combined(QUOTE_WEIGHT)), QUOTE_SCORE),
+             f"pmi + {QUOTE_WEIGHT} x cosine > {QUOTE_SCORE}, looks questions checked, cosine >= {QUOTE_COSINE} (use.ask)":
+                 (checked(combined(QUOTE_WEIGHT), QUOTE_COSINE), QUOTE_SCORE)}
     result = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
               "model": "pocket (neutral concept rows) + all-MiniLM-L6-v2", "halves": halves,
               "argmax_right": {"pmi": rates(rows, pmi, -1e9)["right"], "cosine": rates(rows, cosine, -1e9)["right"],

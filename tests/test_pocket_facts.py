@@ -42,6 +42,20 @@ def test_paraphrases_quote_the_fact_that_answers_them_and_no_other(vlm):
     assert got == asked
 
 
+def test_a_question_about_something_else_quotes_no_fact(vlm):
+    """"How do I boil an egg?" asked about <berry_bowl> quoted "must not go in the dishwasher": the
+    model's gain (5.4 nats) carried a note the question shares no word with (cosine 0.17)."""
+    bowl = ["<berry_bowl> was made by a potter in Kyoto.", "<berry_bowl> is only for blueberries.",
+            "<berry_bowl> must not go in the dishwasher."]
+    vlm.tokens.add("berry_bowl", 16)
+    try:
+        got = {q: quoted_note(vlm, Prompt(with_identifiers(q, ["berry_bowl"]), concepts=["berry_bowl"]), bowl)
+               for q in ("How do I boil an egg?", "Which fruit goes in it?")}
+    finally:
+        vlm.tokens.remove("berry_bowl")
+    assert got == {"How do I boil an egg?": None, "Which fruit goes in it?": bowl[1]}
+
+
 def test_the_sentence_model_is_read_from_its_files_and_nothing_of_its_package_runs():
     import sys
 

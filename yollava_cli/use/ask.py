@@ -26,6 +26,10 @@ IDENTIFIER = r"<[a-z0-9][a-z0-9_-]*>"
 QUOTE_WEIGHT = 27.0  # nats per unit of cosine: the ratio of the two scores' spreads
 QUOTE_SCORE = 10.0
 QUOTE_NATS = 5.0
+# nor when its cosine is under QUOTE_COSINE: the model's gain alone then carries a note no word of
+# the question is about ("How do I boil an egg?" quoted "<berry_bowl> must not go in the
+# dishwasher.", pmi 5.4 + 27 x 0.17). The largest floor that lost no right quote on the calibration half.
+QUOTE_COSINE = 0.2
 # words by which a question asks about the photo in front of it ("what is <bo> doing here?"): the
 # owner's facts stay out of those answers
 ABOUT_THE_PHOTO = re.compile(r"\b(here|this|these|photo|photos|picture|pictures|image|images|pic|shot|snapshot|see|seen|"
@@ -110,18 +114,19 @@ def quoted_note(vlm: VLM, prompt: Prompt, notes: list[str], gains: list[float] |
     by the model's own gain (note_gains; `gains` when already known) plus QUOTE_WEIGHT x the
     sentence model's cosine similarity of question and note, which knows that "What toy would he
     like?" asks about "loves chasing tennis balls" (alone, the gain ranked "is 4 years old" first).
-    The best note is quoted when it scores over QUOTE_SCORE (without the sentence model: gains over
-    QUOTE_NATS); a question no note answers ("what should I buy him?") is answered with every note
+    The best note is quoted when it scores over QUOTE_SCORE with a cosine of at least QUOTE_COSINE
+    (without the sentence model: gains over QUOTE_NATS); a question no note answers ("what should I buy him?") is answered with every note
     in the prompt."""
     if not notes:
         return None
     gains = gains if gains is not None else note_gains(vlm, prompt, notes)
-    scores, cut = gains, QUOTE_NATS
+    scores, cut, similar = gains, QUOTE_NATS, [1.0] * len(notes)
     if (sentences := load_sentences()) is not None:
         similar = sentences.similarity(prompt.question, notes)
         scores, cut = [g + QUOTE_WEIGHT * c for g, c in zip(gains, similar)], QUOTE_SCORE
     best = max(range(len(notes)), key=scores.__getitem__)
-    return notes[best] if scores[best] > cut and not looks_unanswered(prompt.question, notes[best]) else None
+    answers = scores[best] > cut and similar[best] >= QUOTE_COSINE
+    return notes[best] if answers and not looks_unanswered(prompt.question, notes[best]) else None
 
 
 def looks_unanswered(question: str, note: str) -> bool:
