@@ -57,7 +57,7 @@ def eval_(
     with executor(ray, model, quantize, needs_model=True) as ex, showing(epochs):
         result = runs.evaluate(registry, ex, settings)
     if json_:
-        return print_json(result)
+        return print_json(result.to_json())
     out.print(reports.markdown(result), markup=False, highlight=False)
 
 
