@@ -3,7 +3,7 @@ report instead of string-keyed dicts: a misspelt figure fails where it is read. 
 `from_json` are the JSON edge (the results files a run resumes from, report.json, `eval --json`,
 the registry's eval runs), and keep its keys and their order."""
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 # The facts metric's settings, two per run: with and without the facts in the prompt, on tokens
 # trained without them (facts_in_tokens off) or with them (on).
@@ -231,3 +231,18 @@ class RunResult:
                "negatives": self.negatives, "protocol": self.protocol, "wall_s": self.wall_s, "finished_at": self.finished_at}
         added = {"ray": self.ray, "run_id": self.run_id, "report_files": self.report_files}
         return out | {key: value for key, value in added.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class PastRun:
+    """A recorded eval run as `eval --history` lists it."""
+
+    id: int
+    finished_at: str
+    model: str
+    dataset: str
+    wall_s: float | None  # None where the stored run has none
+    weighted: dict[str, float | None]  # weighted recognition by method
+
+    def to_json(self) -> dict:
+        return asdict(self)

@@ -20,6 +20,7 @@ from yollava_cli.evaluation.methods import build_methods, method_names
 from yollava_cli.evaluation.metrics import PROTOCOLS, merge_folds, summarise
 from yollava_cli.evaluation.records import (
     Forgetting,
+    PastRun,
     RunResult,
     SubjectResults,
     subjects_from_json,
@@ -222,13 +223,13 @@ def record_run(registry: Registry, result: RunResult) -> int:
                                     result.to_json(), result.finished_at)
 
 
-def history(registry: Registry) -> list[dict]:
+def history(registry: Registry) -> list[PastRun]:
+    """The recorded runs, read from their stored JSON whichever version wrote it."""
     out = []
     for run in registry.eval_runs():
         result = json.loads(run.results)
-        out.append({"id": run.id, "finished_at": run.finished_at, "model": result["model"],
-                    "dataset": result["dataset"], "wall_s": result.get("wall_s"),
-                    "weighted": {m: v.get("recognition", {}).get("weighted") for m, v in result["methods"].items()}})
+        out.append(PastRun(run.id, run.finished_at, result["model"], result["dataset"], result.get("wall_s"),
+                           {m: v.get("recognition", {}).get("weighted") for m, v in result["methods"].items()}))
     return out
 
 
