@@ -24,7 +24,7 @@ def fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def value(group, figure: str):
+def summary_value(group, figure: str):
     """A summary's figure (a Mean's value), or None where the method has no such group."""
     return getattr(group, figure).value if group is not None else None
 
@@ -38,10 +38,11 @@ def markdown(result: RunResult) -> str:
     for method, m in result.methods.items():
         r = m.recognition
         ci = r.weighted.ci95 if r else None
-        lines.append(f"| {method} | {fmt(value(r, 'positive'))} | {fmt(value(r, 'negative'))} | {fmt(value(r, 'weighted'))}"
-                     f"{f' ({ci[0]:.2f}-{ci[1]:.2f})' if ci else ''} | {fmt(value(r, 'auc'))} | "
-                     f"{fmt(value(m.text_mcq, 'accuracy'))} | {fmt(value(m.visual_mcq, 'accuracy'))} | "
-                     f"{fmt(value(m.caption_recall, 'recall'))} |")
+        lines.append(f"| {method} | {fmt(summary_value(r, 'positive'))} | {fmt(summary_value(r, 'negative'))} | "
+                     f"{fmt(summary_value(r, 'weighted'))}"
+                     f"{f' ({ci[0]:.2f}-{ci[1]:.2f})' if ci else ''} | {fmt(summary_value(r, 'auc'))} | "
+                     f"{fmt(summary_value(m.text_mcq, 'accuracy'))} | {fmt(summary_value(m.visual_mcq, 'accuracy'))} | "
+                     f"{fmt(summary_value(m.caption_recall, 'recall'))} |")
     lines += ["", "## Weighted recognition per subject", "",
               "| subject | " + " | ".join(result.methods) + " |", "| --- |" + " --- |" * len(result.methods)]
     for subject, methods in result.subjects.items():
