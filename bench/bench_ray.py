@@ -67,7 +67,7 @@ def serial(task: str, repeats: int, epochs: int) -> dict:
         from yollava_cli.learning.train_config import TrainConfig
 
         return run_eval(LocalExecutor(vlm=vlm, loaded_embedder=embedder), load_dataset(DATA / "concepts", SUBJECTS),
-                        home / "eval", METHODS, [], TrainConfig(epochs=epochs))
+                        home / "eval", METHODS, [], TrainConfig(epochs=epochs)).to_json()
     return timed(run, repeats)
 
 
@@ -97,7 +97,7 @@ def on_ray(task: str, repeats: int, epochs: int) -> dict:
             from yollava_cli.learning.train_config import TrainConfig
 
             result = timed(lambda home: run_eval(executor, load_dataset(DATA / "concepts", SUBJECTS), home / "eval", METHODS, [],
-                                                 TrainConfig(epochs=epochs)), repeats)
+                                                 TrainConfig(epochs=epochs)).to_json(), repeats)
         result["ray"] = executor.report()
     ray.shutdown()
     cluster.shutdown()

@@ -14,6 +14,8 @@ from tiny import tiny_llava
 from yollava_cli.errors import UserError
 from yollava_cli.evaluation.dataset import load_dataset
 from yollava_cli.evaluation.metrics import auc, bootstrap_ci, summarise
+from yollava_cli.evaluation.records import Facts, Forgetting, MethodResult, Recognition, RunResult
+from yollava_cli.evaluation.records import subjects_from_json, subjects_to_json
 from yollava_cli.evaluation.report import markdown, write_report
 from yollava_cli.evaluation.runs import run_eval
 from yollava_cli.learning.executor import LocalExecutor
@@ -33,12 +35,10 @@ def test_metric_arithmetic_by_hand():
     assert (metrics["positive"], metrics["negative"], metrics["weighted"]) == (0.5, 0.5, 0.5)  # 0.5 counts as yes
     low, high = bootstrap_ci([0.2, 0.4, 0.6, 0.8])
     assert low < 0.5 < high and 0.2 <= low and high <= 0.8
-    overall = summarise({"a": {"m": {"recognition": {"positive": 1.0, "negative": 0.5, "weighted": 0.75, "auc": 1.0,
-                                                     "weighted_at_threshold": 0.75}}},
-                         "b": {"m": {"recognition": {"positive": 0.0, "negative": 1.0, "weighted": 0.5, "auc": 0.5,
-                                                     "weighted_at_threshold": 0.5}}}}, ["m"])
-    assert overall["m"]["recognition"]["weighted"] == pytest.approx(0.625)
-    assert overall["m"]["recognition"]["auc"] == pytest.approx(0.75)
+    overall = summarise({"a": {"m": MethodResult(Recognition(1.0, 0.5, 0.75, 1.0, 0.5, 0.75))},
+                         "b": {"m": MethodResult(Recognition(0.0, 1.0, 0.5, 0.5, 0.5, 0.5))}}, ["m"])
+    assert overall["m"].recognition.weighted.value == pytest.approx(0.625)
+    assert overall["m"].recognition.auc.value == pytest.approx(0.75)
 
 
 def test_a_subjects_metrics_by_hand(monkeypatch):
@@ -86,24 +86,26 @@ def test_a_subjects_metrics_by_hand(monkeypatch):
     monkeypatch.setattr(run, "train", lambda subject: {})
     # own photos 0.9, 0.6, 0.3 and others' 0.7, 0.2; cut at 0.5: 2 of 3 and 1 of 2 right; 4 of the 6
     # (own, other) pairs ordered right; at the threshold 0.75: 1 of 3 and 2 of 2
-    recognition = run.evaluate_subject(dataset.subjects["bo"])["scripted"]["recognition"]
-    assert recognition["positive"] == pytest.approx(2 / 3) and recognition["negative"] == 0.5
-    assert recognition["weighted"] == pytest.approx(7 / 12) and recognition["auc"] == pytest.approx(4 / 6)
-    assert recognition["threshold"] == 0.75 and recognition["weighted_at_threshold"] == pytest.approx(2 / 3)
+    recognition = run.evaluate_subject(dataset.subjects["bo"])["scripted"].recognition
+    assert recognition.positive == pytest.approx(2 / 3) and recognition.negative == 0.5
+    assert recognition.weighted == pytest.approx(7 / 12) and recognition.auc == pytest.approx(4 / 6)
+    assert recognition.threshold == 0.75 and recognition.weighted_at_threshold == pytest.approx(2 / 3)
     run.methods = [Scripted(False)]  # scores that are not probabilities are cut at the threshold only
-    recognition = run.evaluate_subject(dataset.subjects["bo"])["scripted"]["recognition"]
-    assert (recognition["positive"], recognition["negative"]) == (pytest.approx(1 / 3), 1.0)
-    assert recognition["weighted"] == pytest.approx(2 / 3)
+    recognition = run.evaluate_subject(dataset.subjects["bo"])["scripted"].recognition
+    assert (recognition.positive, recognition.negative) == (pytest.approx(1 / 3), 1.0)
+    assert recognition.weighted == pytest.approx(2 / 3)
     # facts: with the notes 4 and tennis are right, thunder is not, the gift builds on a ball; without
     # them only the vacuum (a word of the expected answer, any case) is right
     bo = run.facts_metrics(Method(), "bo")
-    assert bo == {"facts_prompt": {"accuracy": pytest.approx(2 / 3), "n": 3, "gift_hits": 1},
-                  "facts_none": {"accuracy": pytest.approx(1 / 3), "n": 3, "gift_hits": 0}}
+    assert bo == {"facts_prompt": Facts(pytest.approx(2 / 3), 3, 1), "facts_none": Facts(pytest.approx(1 / 3), 3, 0)}
+    assert list(bo) == ["facts_prompt", "facts_none"]  # FACT_SETTINGS' order, the results file's
     assert run.facts_metrics(Method(), "mam") == {}  # no facts noted: not asked
-    mam = {"facts_prompt": {"accuracy": 1.0, "n": 2, "gift_hits": None}}
-    overall = summarise({"bo": {"m": bo}, "mam": {"m": mam}}, ["m"])["m"]["facts_prompt"]
-    assert overall["accuracy"] == pytest.approx(5 / 6) and overall["n"] == 5  # mean of 2/3 and 1, 3 + 2 questions
-    assert (overall["gift_hits"], overall["gift_asked"]) == (1, 1)  # mam was not asked one
+    recognition = Recognition(1.0, 1.0, 1.0, 1.0, 0.5, 1.0)
+    mam = {"facts_prompt": Facts(1.0, 2, None)}
+    overall = summarise({"bo": {"m": MethodResult(recognition, facts=bo)}, "mam": {"m": MethodResult(recognition, facts=mam)}},
+                        ["m"])["m"].facts["facts_prompt"]
+    assert overall.accuracy.value == pytest.approx(5 / 6) and overall.n == 5  # mean of 2/3 and 1, 3 + 2 questions
+    assert (overall.gift_hits, overall.gift_asked) == (1, 1)  # mam was not asked one
 
 
 def test_eval_asks_its_fact_questions_with_the_prompt_ask_builds(monkeypatch):
@@ -213,25 +215,27 @@ def test_a_small_run_reports_every_method_and_resumes(dataset, tmp_path):
         result = run_eval(LocalExecutor(vlm=VLM(*tiny_llava(), "tiny"), loaded_embedder=embedder), data, tmp_path / "eval", methods, [pool], FAST)
     evaluated = {e.subject for e in seen if isinstance(e, Scoring)}
     assert evaluated == {"cat", "backpack"}  # dog finished before the interruption: not recomputed
-    assert set(result["methods"]) == set(methods) and set(result["subjects"]) == set(SUBJECTS)
-    for method in methods:
-        recognition = result["methods"][method]["recognition"]
-        assert set(recognition) >= {"positive", "negative", "weighted", "auc"}  # values: test_a_subjects_metrics_by_hand
+    assert set(result.methods) == set(methods) and set(result.subjects) == set(SUBJECTS)
+    for method in methods:  # values: test_a_subjects_metrics_by_hand
+        recognition = result.methods[method].recognition
+        assert None not in (recognition.positive.value, recognition.negative.value, recognition.weighted.value)
     for method in ("embedding", "head", "fused", "ask", "word-init"):
-        assert "text_mcq" not in result["methods"][method]
+        assert result.methods[method].text_mcq is None
     for subject in SUBJECTS:  # ask's answers are read as yes (1) / no (0); the head's are probabilities
-        assert set(result["subjects"][subject]["ask"]["recognition"]) >= {"weighted", "auc"}
-        assert result["subjects"][subject]["ask"]["agreement_with_fused"]["rate"] == 1.0  # the verdict opens the answer
-    assert result["methods"]["vanilla"]["text_mcq"]["n"] == 15
-    assert result["methods"]["yollava"]["visual_mcq"]["n"] == sum(len(data.subjects[s].test) for s in SUBJECTS)
-    forgetting = result["forgetting"]  # every concept loaded: generic answers must not change at all
-    assert forgetting == {"identical": 6, "compared": 6, "passed": True}
-    facts = result["methods"]["yollava"]["facts_prompt"]
-    assert facts["n"] == 9 and facts["accuracy"] is not None  # its arithmetic: test_a_subjects_metrics_by_hand
-    assert (facts["gift_asked"], result["methods"]["vanilla"]["facts_none"]["gift_asked"]) == (2, 2)  # dog, cat
-    assert "facts_tokens" not in result["methods"]["yollava"]  # only a run that trains facts into the tokens has it
+        assert result.subjects[subject]["ask"].recognition.weighted is not None
+        assert result.subjects[subject]["ask"].agreement_with_fused.rate == 1.0  # the verdict opens the answer
+    assert result.methods["vanilla"].text_mcq.n == 15
+    assert result.methods["yollava"].visual_mcq.n == sum(len(data.subjects[s].test) for s in SUBJECTS)
+    # every concept loaded: generic answers must not change at all
+    assert result.forgetting == Forgetting(identical=6, compared=6, passed=True)
+    facts = result.methods["yollava"].facts["facts_prompt"]
+    assert facts.n == 9 and facts.accuracy.value is not None  # its arithmetic: test_a_subjects_metrics_by_hand
+    assert (facts.gift_asked, result.methods["vanilla"].facts["facts_none"].gift_asked) == (2, 2)  # dog, cat
+    assert "facts_tokens" not in result.methods["yollava"].facts  # only a run that trains facts into the tokens has it
     files = write_report(result, tmp_path / "report")
     assert json.loads(files[0].read_text())["model"] == "tiny"
+    resumed = next((tmp_path / "eval").glob("results-*.fold0.json")).read_text()  # what a third run would resume from
+    assert json.dumps(subjects_to_json(subjects_from_json(json.loads(resumed))), indent=1) == resumed
     assert "| yollava |" in files[1].read_text() and "| vanilla | " in files[1].read_text().split("Personal facts")[1]
     assert Image.open(files[2]).size[0] > 500
 
@@ -245,8 +249,8 @@ def test_a_subset_without_pool_mines_the_other_subjects_train_photos(tmp_path):
     data = load_dataset(shared_data() / "concepts", ["dog", "cat"])  # the other 18 subjects are not evaluated
     result = run_eval(LocalExecutor(vlm=VLM(*tiny_llava(), "tiny"), loaded_embedder=load_embedder("efficientnet-lite0")), data, tmp_path / "eval",
                       ["yollava", "embedding"], [], FAST, protocol="library")
-    assert set(result["subjects"]) == {"dog", "cat"} and result["negatives"] == "other subjects' train photos"
-    assert result["protocol"] == "library"
+    assert set(result.subjects) == {"dog", "cat"} and result.negatives == "other subjects' train photos"
+    assert result.protocol == "library"
     registry = Registry(tmp_path / "eval" / "fold0")
     owners = {r[0] for r in registry.db.execute(
         "SELECT DISTINCT owner.name FROM negatives n JOIN concepts c ON c.id = n.concept_id "
@@ -265,7 +269,7 @@ def test_the_isolated_protocol_trains_each_subject_alone(tmp_path):
     data = load_dataset(shared_data() / "concepts", ["dog", "dog6"])  # the two corgis
     result = run_eval(LocalExecutor(vlm=VLM(*tiny_llava(), "tiny"), loaded_embedder=load_embedder("efficientnet-lite0")), data, tmp_path / "eval",
                       ["embedding", "head"], [], FAST)
-    assert result["protocol"] == "isolated" and set(result["subjects"]) == {"dog", "dog6"}
+    assert result.protocol == "isolated" and set(result.subjects) == {"dog", "dog6"}
     for subject in ("dog", "dog6"):
         registry = Registry(tmp_path / "eval" / "fold0-isolated" / subject)
         concept = registry.concept(subject)
@@ -384,6 +388,6 @@ def test_the_base_method_is_no_method_and_the_report_defaults_to_the_runs_protoc
                               "ask", "word-init"]
     assert Method not in METHODS.values() and METHODS["vanilla"] is not Method
     assert not any(issubclass(METHODS["word-init"], other) for other in (METHODS["yollava"],))
-    result = {"model": "tiny", "dataset": "d", "methods": {}, "subjects": {}, "forgetting": {"identical": 0, "compared": 0,
-              "passed": True}, "folds": 1, "negatives": "n", "wall_s": 1}
-    assert f"{PROTOCOLS[0]} protocol" in markdown(result) and EvalSettings(Path(".")).protocol == PROTOCOLS[0]
+    protocol = EvalSettings(Path(".")).protocol
+    result = RunResult("tiny", "d", {}, {}, Forgetting(0, 0, True), 1, "n", protocol, 1, "t")
+    assert protocol == PROTOCOLS[0] and f"{PROTOCOLS[0]} protocol" in markdown(result)

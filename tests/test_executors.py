@@ -105,10 +105,10 @@ def test_a_thread_pool_executor_gives_the_local_executors_results(tmp_path, monk
     # before it on the same model (the feature cache keys a photo by its hash, and the pool's copy
     # of a photo decodes a little differently from the stored one), and two threads are two models.
     for part in ("subjects", "methods"):
-        mine, theirs = leaves(pooled[part]), leaves(local[part])
+        mine, theirs = leaves(pooled.to_json()[part]), leaves(local.to_json()[part])
         assert mine.keys() == theirs.keys()
         assert [k for k in mine if not close(mine[k], theirs[k])] == []
-    assert set(local["methods"]) == set(methods) and local["methods"]["brightest"]
+    assert set(local.methods) == set(methods) and local.methods["brightest"].recognition
 
 
 def leaves(tree, prefix: str = "") -> dict:

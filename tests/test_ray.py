@@ -250,7 +250,7 @@ def test_eval_on_ray_gives_the_serial_runs_metrics_through_a_killed_worker_and_a
     assert sorted(e.subject for e in heard if isinstance(e, SubjectStarted)) == sorted({"dog", "cat", "backpack"} - set(first))
     assert sum(report["units_per_worker"].values()) == 3  # two subjects (one of them run twice counts once) and the forgetting check
     for key in ("subjects", "methods", "forgetting", "folds", "negatives", "protocol", "model"):
-        assert result[key] == serial[key], key
+        assert getattr(result, key) == getattr(serial, key), key
     checkpoints = sorted(p.name for p in results.with_suffix(".checkpoints").iterdir())
     assert checkpoints == ["backpack.safetensors", "cat.safetensors", "dog.safetensors"]
 

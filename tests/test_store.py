@@ -100,8 +100,8 @@ def test_facts_runs_and_hardest_negatives_come_as_records(tmp_path):
         assert [(p["kind"], p["fixed"]) for p in fixed] == [("run", True)] and not registry.running_runs()
         results = {"model": "tiny", "dataset": "d", "wall_s": 1.0, "methods": {"fused": {"recognition": {"weighted": 0.9}}}}
         eval_run = registry.record_eval_run({}, results, "2026-12-07T00:00:00")
-        assert history(registry) == [{"id": eval_run, "finished_at": "2026-12-07T00:00:00", "model": "tiny", "dataset": "d",
-                                      "wall_s": 1.0, "weighted": {"fused": 0.9}}]
+        assert [r.to_json() for r in history(registry)] == [{"id": eval_run, "finished_at": "2026-12-07T00:00:00", "model": "tiny",
+                                                             "dataset": "d", "wall_s": 1.0, "weighted": {"fused": 0.9}}]
 
 
 def photographed(registry: Registry, name: str, photos: int = 1):

@@ -45,10 +45,10 @@ def eval_(
     if history:
         rows = runs.history(registry)
         if json_:
-            return print_json({"runs": rows})
+            return print_json({"runs": [r.to_json() for r in rows]})
         return print_table(["id", "finished", "model", "dataset", "weighted recognition"],
-                           [[str(r["id"]), r["finished_at"], r["model"], r["dataset"],
-                             ", ".join(f"{m} {v:.3f}" for m, v in r["weighted"].items() if v is not None)] for r in rows])
+                           [[str(r.id), r.finished_at, r.model, r.dataset,
+                             ", ".join(f"{m} {v:.3f}" for m, v in r.weighted.items() if v is not None)] for r in rows])
     if dataset is None:
         raise UserError("name a dataset folder (or pass --history)")
     settings = runs.EvalSettings(dataset, methods.split(",") if methods else None, subjects.split(",") if subjects else None, pool or [],
@@ -57,7 +57,7 @@ def eval_(
     with executor(ray, model, quantize, needs_model=True) as ex, showing(epochs):
         result = runs.evaluate(registry, ex, settings)
     if json_:
-        return print_json(result)
+        return print_json(result.to_json())
     out.print(reports.markdown(result), markup=False, highlight=False)
 
 

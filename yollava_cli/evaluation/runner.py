@@ -6,7 +6,7 @@ and the forgetting check. evaluation.runs runs it over a dataset's subjects.
 import hashlib
 import json
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,17 @@ import numpy as np
 from yollava_cli.errors import UserError
 from yollava_cli.evaluation.dataset import Dataset, Subject
 from yollava_cli.evaluation.methods import Method, build_methods
-from yollava_cli.evaluation.metrics import FACT_SETTINGS, auc
+from yollava_cli.evaluation.metrics import auc
+from yollava_cli.evaluation.records import (
+    FACT_SETTINGS,
+    Choices,
+    Facts,
+    Forgetting,
+    MethodResult,
+    Recall,
+    Recognition,
+    SubjectResults,
+)
 from yollava_cli.learning.events import Scoring
 from yollava_cli.learning.recognition import current
 from yollava_cli.learning.synthesis import answer_once, score_question, subject_word
@@ -118,7 +128,7 @@ class Evaluation:
         ), CAPTION_TOKENS)
         return f"<{subject}> is the subject of these photos: {summary}"
 
-    def train(self, subject: Subject) -> dict:
+    def train(self, subject: Subject) -> Concept:
         add_concept(self.registry, subject.name, subject.train, kind=subject.kind)
         if self.config.facts_in_tokens and subject.name in self.dataset.facts:
             set_facts(self.registry, subject.name, self.dataset.facts[subject.name]["facts"])
@@ -154,7 +164,7 @@ class Evaluation:
         neg = (self.embedder.embed([read_photo(f).image for f in files]) @ train.T).max(axis=1).tolist() if files else []
         return calibrate(recognition_metrics(pos, neg))
 
-    def evaluate_subject(self, subject: Subject) -> dict:
+    def evaluate_subject(self, subject: Subject) -> SubjectResults:
         concept = self.train(subject)
         others = [p for s in self.dataset.subjects.values() if s.name != subject.name for p in s.test]
         results = {}
@@ -165,13 +175,11 @@ class Evaluation:
                 threshold = method.threshold(self, subject.name, concept)
                 at_half = recognition_metrics(pos, neg, 0.5 if method.cut_at_half else threshold)
                 at_threshold = recognition_metrics(pos, neg, threshold)
-                entry = {"recognition": {"positive": at_half["positive"], "negative": at_half["negative"],
-                                         "weighted": at_half["weighted"], "auc": auc(pos, neg),
-                                         "threshold": threshold, "weighted_at_threshold": at_threshold["weighted"]}}
+                entry = MethodResult(Recognition(at_half["positive"], at_half["negative"], at_half["weighted"], auc(pos, neg),
+                                                 threshold, at_threshold["weighted"]))
                 if method.language:
-                    entry.update(self.language_metrics(method, subject))
-                entry.update(method.extra(self, subject.name))
-            results[method.name] = entry
+                    entry = self.language_metrics(method, subject, entry)
+                results[method.name] = method.extra(self, subject.name, entry)
         return results
 
     @contextmanager
@@ -188,7 +196,8 @@ class Evaluation:
         finally:
             self.vlm.tokens.add(subject, k, rows, head)
 
-    def language_metrics(self, method: Method, subject: Subject) -> dict:
+    def language_metrics(self, method: Method, subject: Subject, entry: MethodResult) -> MethodResult:
+        """The entry with the multiple-choice, caption and facts figures added."""
         text = self.dataset.text_qa.get(subject.name, [])
         visual = [(p, item) for p, item in self.dataset.visual_qa.items() if item["subject"].strip("<>") == subject.name and p in subject.test]
         text_right = visual_right = 0
@@ -201,12 +210,12 @@ class Evaluation:
         captions = [self.vlm.generate(self.prompt(method, subject.name, CAPTION_PROMPT, [p]), max_new_tokens=CAPTION_TOKENS)
                     for p in subject.test]
         recalled = sum(f"<{subject.name}>" in c for c in captions)
-        return {"text_mcq": {"accuracy": text_right / len(text) if text else None, "n": len(text)},
-                "visual_mcq": {"accuracy": visual_right / len(visual) if visual else None, "n": len(visual)},
-                "caption_recall": {"recall": recalled / len(captions), "n": len(captions)},
-                **self.facts_metrics(method, subject.name)}
+        return replace(entry, text_mcq=Choices(text_right / len(text) if text else None, len(text)),
+                       visual_mcq=Choices(visual_right / len(visual) if visual else None, len(visual)),
+                       caption_recall=Recall(recalled / len(captions), len(captions)),
+                       facts=self.facts_metrics(method, subject.name))
 
-    def facts_metrics(self, method: Method, subject: str) -> dict:
+    def facts_metrics(self, method: Method, subject: str) -> dict[str, Facts]:
         """The owner's facts in the concept's opening line or not, on tokens trained with or
         without them (FACT_SETTINGS); each paraphrased question asked, right when the answer
         contains an expected word. The gift question counts a hit when its answer builds on a fact."""
@@ -225,11 +234,10 @@ class Evaluation:
                 answer = answered(self.vlm, fitted.prompt, guidance, FACT_TOKENS).lower()
                 right.append(any(word.lower() in answer for word in item["answer_contains"]))
             asked = len(entry["questions"])
-            out[setting] = {"accuracy": sum(right[:asked]) / asked, "n": asked,
-                            "gift_hits": int(right[asked]) if entry.get("gift") else None}
+            out[setting] = Facts(sum(right[:asked]) / asked, asked, int(right[asked]) if entry.get("gift") else None)
         return out
 
-    def forgetting_check(self) -> dict:
+    def forgetting_check(self) -> Forgetting:
         """With every concept loaded, generic answers must equal the bare base model's (appendix B)."""
         photos = [s.test[0] for s in list(self.dataset.subjects.values())[:3]]
         prompts = [self.prompt(Method(), "", q, [p]) for p in photos for q in FORGETTING_QUESTIONS]
@@ -241,4 +249,4 @@ class Evaluation:
         for name, (rows, head, k) in loaded.items():
             self.vlm.tokens.add(name, k, rows, head)
         same = sum(a == b for a, b in zip(with_concepts, bare))
-        return {"passed": same == len(prompts), "identical": same, "compared": len(prompts), "concepts_loaded": len(loaded)}
+        return Forgetting(same, len(prompts), same == len(prompts))

@@ -10,7 +10,7 @@ interrupted run resumes) and, beside it, each subject's checkpoint for the forge
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from yollava_cli.config import data_dir
@@ -18,6 +18,14 @@ from yollava_cli.errors import UserError
 from yollava_cli.evaluation.dataset import FILES, Dataset, Subject, load_dataset, rotate
 from yollava_cli.evaluation.methods import build_methods, method_names
 from yollava_cli.evaluation.metrics import PROTOCOLS, merge_folds, summarise
+from yollava_cli.evaluation.records import (
+    Forgetting,
+    PastRun,
+    RunResult,
+    SubjectResults,
+    subjects_from_json,
+    subjects_to_json,
+)
 from yollava_cli.evaluation.report import write_report
 from yollava_cli.evaluation.runner import Evaluation
 from yollava_cli.learning.events import SubjectsEvaluated, SubjectStarted
@@ -38,7 +46,7 @@ def results_path(eval_root: Path, dataset: Dataset, model_fingerprint: str, meth
 
 
 def run_eval(executor, dataset: Dataset, eval_root: Path, methods: list[str], pools: list[Path],
-             config: TrainConfig | None = None, folds: int = 1, protocol: str = PROTOCOLS[0]) -> dict:
+             config: TrainConfig | None = None, folds: int = 1, protocol: str = PROTOCOLS[0]) -> RunResult:
     """Evaluate every subject not finished yet (on the executor), then each fold's forgetting check,
     and summarise with intervals.
 
@@ -60,7 +68,7 @@ def run_eval(executor, dataset: Dataset, eval_root: Path, methods: list[str], po
     for fold in range(folds):
         fold_data = rotate(dataset, fold) if folds > 1 else dataset
         path = results_path(eval_root, fold_data, model["fingerprint"], methods, config, pools, protocol).with_suffix(f".fold{fold}.json")
-        done = json.loads(path.read_text()) if path.exists() else {}
+        done = subjects_from_json(json.loads(path.read_text())) if path.exists() else {}
         folds_done.append((path, done))
         for index, name in enumerate(fold_data.subjects):
             if name in done and (checkpoints_folder(path) / f"{name}.safetensors").exists():
@@ -72,13 +80,13 @@ def run_eval(executor, dataset: Dataset, eval_root: Path, methods: list[str], po
     total, finished = len(units) + folds, 0
     report(SubjectsEvaluated(0, total))
 
-    def write(unit: tuple, result: dict) -> None:
+    def write(unit: tuple, scored: ScoredSubject) -> None:
         """One finished subject, in its own writes: its checkpoint, then the results file that names it."""
         nonlocal finished
         path, done = folds_done[unit[0]["fold"]]
-        atomic_write_bytes(checkpoints_folder(path) / f"{unit[0]['subject']}.safetensors", result["checkpoint"])
-        done[unit[0]["subject"]] = result["results"]
-        atomic_write_bytes(path, json.dumps(done, indent=1).encode())
+        atomic_write_bytes(checkpoints_folder(path) / f"{unit[0]['subject']}.safetensors", scored.checkpoint)
+        done[unit[0]["subject"]] = scored.results
+        atomic_write_bytes(path, json.dumps(subjects_to_json(done), indent=1).encode())
         finished += 1
         report(SubjectsEvaluated(finished, total))
 
@@ -88,9 +96,9 @@ def run_eval(executor, dataset: Dataset, eval_root: Path, methods: list[str], po
               for fold, (path, done) in enumerate(folds_done)]
     forgotten = {}
 
-    def count(unit: tuple, result: dict) -> None:
+    def count(unit: tuple, check: Forgetting) -> None:
         nonlocal finished
-        forgotten[unit[0]["fold"]] = result
+        forgotten[unit[0]["fold"]] = check
         finished += 1
         report(SubjectsEvaluated(finished, total))
 
@@ -115,7 +123,15 @@ def unit_dataset(env: Env, unit: dict) -> Dataset:
     return rotate(data, unit["fold"]) if unit["folds"] > 1 else data
 
 
-def evaluate_subject(env: Env, unit: dict) -> dict:
+@dataclass(frozen=True)
+class ScoredSubject:
+    """What a subject's unit sends back: its figures, and its checkpoint for the forgetting check."""
+
+    results: SubjectResults
+    checkpoint: bytes  # the checkpoint file's bytes
+
+
+def evaluate_subject(env: Env, unit: dict) -> ScoredSubject:
     """One subject (in one fold), trained and scored in a registry of its own: its metrics and its
     checkpoint file's bytes."""
     data = unit_dataset(env, unit)
@@ -131,10 +147,10 @@ def evaluate_subject(env: Env, unit: dict) -> dict:
             evaluation = Evaluation(data, env.vlm, registry, env.embedder, unit["methods"], TrainConfig(**unit["config"]))
             results = evaluation.evaluate_subject(subject)
             checkpoint = registry.current_checkpoint(registry.concept(subject.name).id)
-            return {"results": results, "checkpoint": (registry.root / checkpoint.file).read_bytes()}
+            return ScoredSubject(results, (registry.root / checkpoint.file).read_bytes())
 
 
-def forgetting(env: Env, unit: dict) -> dict:
+def forgetting(env: Env, unit: dict) -> Forgetting:
     """The forgetting check with every subject's checkpoint loaded, in the dataset's order."""
     data = unit_dataset(env, unit)
     with env.workspace(None) as folder:
@@ -155,17 +171,15 @@ def check_run(dataset: Dataset, methods: list[str], protocol: str) -> None:
                         "test photos; name another in --subjects")
 
 
-def run_summary(dataset: Dataset, model: str, folded: list[tuple[dict, dict]], methods: list[str], pools: list[Path],
-                protocol: str, start: float) -> dict:
+def run_summary(dataset: Dataset, model: str, folded: list[tuple[dict[str, SubjectResults], Forgetting]], methods: list[str],
+                pools: list[Path], protocol: str, start: float) -> RunResult:
     """The run's result from each fold's (per-subject results, forgetting check)."""
-    per_subject = {name: merge_folds([f[0][name] for f in folded]) for name in dataset.subjects}
-    forgetting = {k: sum(f[1][k] for f in folded) for k in ("identical", "compared")}
-    forgetting["passed"] = all(f[1]["passed"] for f in folded)
-    return {"model": model, "dataset": str(dataset.root), "methods": summarise(per_subject, methods),
-            "subjects": per_subject, "forgetting": forgetting, "folds": len(folded),
-            "negatives": f"pools {', '.join(map(str, pools))}" if pools else "other subjects' train photos",
-            "protocol": protocol,
-            "wall_s": round(time.perf_counter() - start, 1), "finished_at": now()}
+    per_subject = {name: merge_folds([done[name] for done, _ in folded]) for name in dataset.subjects}
+    checks = [check for _, check in folded]
+    forgetting = Forgetting(sum(c.identical for c in checks), sum(c.compared for c in checks), all(c.passed for c in checks))
+    return RunResult(model, str(dataset.root), summarise(per_subject, methods), per_subject, forgetting, len(folded),
+                     f"pools {', '.join(map(str, pools))}" if pools else "other subjects' train photos", protocol,
+                     round(time.perf_counter() - start, 1), now())
 
 
 def library_registry(folder: Path, data: Dataset, pools: list[Path], embedder) -> Registry:
@@ -203,19 +217,19 @@ def add_pools(registry: Registry, pools: list[Path], embedder) -> None:
             add_pool(registry, f"pool{i}", pool, embedder)
 
 
-def record_run(registry: Registry, result: dict) -> int:
+def record_run(registry: Registry, result: RunResult) -> int:
     """Keep the run in the user's registry, so cron jobs can track drift (`eval --history`)."""
-    return registry.record_eval_run({"model": result["model"], "dataset": result["dataset"], "folds": result["folds"]},
-                                    result, result["finished_at"])
+    return registry.record_eval_run({"model": result.model, "dataset": result.dataset, "folds": result.folds},
+                                    result.to_json(), result.finished_at)
 
 
-def history(registry: Registry) -> list[dict]:
+def history(registry: Registry) -> list[PastRun]:
+    """The recorded runs, read from their stored JSON whichever version wrote it."""
     out = []
     for run in registry.eval_runs():
         result = json.loads(run.results)
-        out.append({"id": run.id, "finished_at": run.finished_at, "model": result["model"],
-                    "dataset": result["dataset"], "wall_s": result.get("wall_s"),
-                    "weighted": {m: v.get("recognition", {}).get("weighted") for m, v in result["methods"].items()}})
+        out.append(PastRun(run.id, run.finished_at, result["model"], result["dataset"], result.get("wall_s"),
+                           {m: v.get("recognition", {}).get("weighted") for m, v in result["methods"].items()}))
     return out
 
 
@@ -233,7 +247,7 @@ class EvalSettings:
     report: Path | None = None
 
 
-def evaluate(registry: Registry, executor, settings: EvalSettings) -> dict:
+def evaluate(registry: Registry, executor, settings: EvalSettings) -> RunResult:
     """`yollava eval`: the dataset checked before any model loads, the run (in the data dir's eval/
     registries), recorded in the user's registry for --history, and its report written if asked."""
     data = load_dataset(settings.dataset, settings.subjects)
@@ -241,9 +255,8 @@ def evaluate(registry: Registry, executor, settings: EvalSettings) -> dict:
     check_run(data, methods, settings.protocol)
     result = run_eval(executor, data, data_dir() / "eval", methods, settings.pools, settings.config,
                       settings.folds, settings.protocol)
-    if executor.report() is not None:
-        result["ray"] = executor.report()
-    result["run_id"] = record_run(registry, result)
+    result = replace(result, ray=executor.report())
+    result = replace(result, run_id=record_run(registry, result))
     if settings.report:
-        result["report_files"] = [str(p) for p in write_report(result, settings.report)]
+        result = replace(result, report_files=[str(p) for p in write_report(result, settings.report)])
     return result

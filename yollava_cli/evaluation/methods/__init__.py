@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from yollava_cli.errors import UserError
+from yollava_cli.evaluation.records import MethodResult
 from yollava_cli.store.records import Concept
 
 METHODS: dict[str, type["Method"]] = {}
@@ -62,9 +63,9 @@ class Method:
         """How the identifier's rows start for this method when it does not read the trained ones."""
         return {}
 
-    def extra(self, run: Run, subject: str) -> dict:
-        """Figures of this method's own, after its scores, beside the recognition entry."""
-        return {}
+    def extra(self, run: Run, subject: str, entry: MethodResult) -> MethodResult:
+        """The subject's entry with figures of this method's own added, after its scores."""
+        return entry
 
 
 def register(method: type[Method]) -> type[Method]:

@@ -1,8 +1,11 @@
 """What a user sees: the free-text answer to the recognition question, with the fused verdict as
 its grounding line and settling its yes/no as `ask` does, read as yes (1) or no (0)."""
 
+from dataclasses import replace
+
 from yollava_cli.evaluation.methods import Method, register
 from yollava_cli.evaluation.methods.fused import Fused
+from yollava_cli.evaluation.records import Agreement
 from yollava_cli.learning.synthesis import score_question
 
 ASK_TOKENS = 4
@@ -27,6 +30,6 @@ class Ask(Method):
             self.agreement.setdefault(subject, []).append(answers[-1] == (probability >= cut))
         return answers
 
-    def extra(self, run, subject):
+    def extra(self, run, subject, entry):
         agreed = self.agreement.pop(subject, [])
-        return {"agreement_with_fused": {"rate": sum(agreed) / len(agreed), "n": len(agreed)}} if agreed else {}
+        return replace(entry, agreement_with_fused=Agreement(sum(agreed) / len(agreed), len(agreed))) if agreed else entry
