@@ -37,7 +37,7 @@ def open_session(names: list[str], question: str, model: Optional[str], no_train
     from yollava_cli.use.session import open_session as load
 
     registry = open_registry()
-    train = None if no_train else (lambda name: train_showing_progress(registry, name, model, quantize=quantize))
+    train = None if no_train else (lambda name: train_showing_progress(registry, name, model, quantize))
     vlm, wanted = load(registry, names, question, model, quantize, train)
     return registry, vlm, wanted
 

@@ -65,7 +65,7 @@ def add(
     if not json_:
         out.print(added_line(result, len(notes)), markup=False, highlight=False)
     if not no_train and needs_training(registry, result.concept, result.new_photos):
-        trained = train_showing_progress(registry, result.concept, model, quantize=quantize)
+        trained = train_showing_progress(registry, result.concept, model, quantize)
         data["trained"] = trained.to_json()
         if not json_:
             render_train(trained, False)
@@ -152,27 +152,19 @@ def train(
     names = [c.name for c in registry.concepts()] if all_ else list(dict.fromkeys(names or []))
     if not names:
         raise UserError("name the concept(s) to train, or pass --all" + (" (there are no concepts yet)" if all_ else ""))
-    with executor(ray, model, quantize, needs_model=True) as ex:
-        if not ex.local:  # each concept a unit on a worker
-            from yollava_cli.learning.training import TrainResult
+    from yollava_cli.learning.training import TrainResult
+    from yollava_cli.use.train import train_concepts
 
-            if resume:
-                raise UserError("--resume continues an interrupted run on this machine: drop --ray")
-            on_workers = f"Training {len(names)} concept(s) on workers"
-            with showing(epochs, {events.ConceptsTrained: on_workers}, waiting=on_workers):
-                result = ex.train(registry, names, config)
-            if json_:
-                return print_json(result)
-            for item in result["concepts"]:
-                render_train(TrainResult(**item), json_=False)
-            return
-    if len(names) == 1 and not all_:
-        return render_train(train_showing_progress(registry, names[0], model, config, resume, quantize), json_)
-    results = [train_showing_progress(registry, name, model, config, resume, quantize) for name in names]
+    training = f"Training {len(names)} concept(s)"
+    with executor(ray, model, quantize, needs_model=True) as ex, showing(epochs, {events.ConceptsTrained: training}, waiting=training):
+        result = train_concepts(registry, names, ex, config, resume)
+    trained = [TrainResult(**item) for item in result["concepts"]]
+    if len(names) == 1 and not all_ and "ray" not in result:  # one concept trained here: its own document
+        return render_train(trained[0], json_)
     if json_:
-        return print_json({"concepts": [r.to_json() for r in results]})
-    for result in results:
-        render_train(result, json_=False)
+        return print_json(result)
+    for item in trained:
+        render_train(item, json_=False)
 
 
 @app.command()

@@ -30,7 +30,7 @@ LABELS = {
     events.ScoringPhotos: "Scoring photos",
     events.ExplainingTokens: "Explaining the latent tokens",
     events.SubjectsEvaluated: "Evaluating subjects",
-    events.ConceptsTrained: "Training concepts on workers",
+    events.ConceptsTrained: "Training concepts",
 }
 
 
@@ -118,14 +118,12 @@ def render_train(result, json_: bool) -> None:
     )
 
 
-def train_showing_progress(registry: Registry, name: str, model: str | None, config: TrainConfig | None = None,
-                           resume: bool = False, quantize: str | None = None):
-    """use.session.train, with its progress on stderr."""
+def train_showing_progress(registry: Registry, name: str, model: str | None, quantize: str | None = None):
+    """use.session.train (what `add` and `ask` run for a concept that needs it), with its progress on stderr."""
     from yollava_cli.use import session
 
-    config = config or TrainConfig()
-    with showing(config.epochs):
-        return session.train(registry, name, model, quantize, config, resume)
+    with showing(TrainConfig.epochs):
+        return session.train(registry, name, model, quantize)
 
 
 def render_concept(info: dict) -> None:

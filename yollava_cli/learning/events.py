@@ -99,8 +99,8 @@ class SubjectsEvaluated(Counted):
     """Units of an eval run finished (subjects in folds, then each fold's forgetting check)."""
 
 
-# -- train --ray ----------------------------------------------------------------------------
+# -- train (use.train) ---------------------------------------------------------------------
 
 
 class ConceptsTrained(Counted):
-    """Concepts trained on Ray workers and recorded here."""
+    """Concepts trained, each a unit on the executor, and recorded here."""

@@ -1,7 +1,7 @@
 """Where units of work run. A unit is a module-level function `fn(env, *inputs) -> output` of plain
 inputs and outputs (paths, dicts, lists, bytes): eval's subject, a batch of photos to embed, a
 concept to train. An executor runs units; `LocalExecutor` here, one after another in this process,
-`scale.executor.RayExecutor` on Ray workers (`--ray`). The code of a unit is the same on both, so a
+`scale.driver.RayExecutor` on Ray workers (`--ray`). The code of a unit is the same on both, so a
 change to eval or training is made once.
 
 `Env` is what a unit may use where it runs: the model and the embedder, loaded once per worker;
@@ -9,9 +9,10 @@ the folders the driver shared (`executor.share`); and a folder to work in. What 
 (yollava_cli.reporting) reaches the command's reporter: directly here, sent back with the result
 from a Ray worker. `Executor` says what an executor provides: another one (a thread pool, another
 cluster) is one class with those members, passed wherever an executor is taken
-(evaluation.runs.run_eval, scale.training, scale.embedding, the CLI's options).
+(evaluation.runs.run_eval, use.train, scale.embedding, the CLI's options).
 """
 
+import gc
 import hashlib
 import shutil
 import tempfile
@@ -64,6 +65,8 @@ class Env:
                  vlm=None, loaded_embedder=None):
         self.model_ref, self.quantize, self.embedder_name = model, quantize, embedder
         self._vlm, self._embedder = vlm, loaded_embedder
+        self.reloadable = vlm is None  # a model handed in is used as it is
+        self.bare_vocabulary: int | None = None
 
     @property
     def vlm(self):
@@ -71,7 +74,17 @@ class Env:
             from yollava_cli.models.loading import load_vlm
 
             self._vlm = load_vlm(self.model_ref, quantize=self.quantize)
+            self.bare_vocabulary = len(self._vlm.tokens.tokenizer)
         return self._vlm
+
+    def bare_vlm(self):
+        """The model as loaded, no concept ever added. Unloading a concept leaves its tokens in the
+        tokenizer, which shifts a later concept's ids and so the sums of its passes: a unit whose
+        result must equal a run of its own (training one concept) gets the model loaded afresh."""
+        if self._vlm is not None and self.reloadable and len(self._vlm.tokens.tokenizer) != self.bare_vocabulary:
+            self._vlm = None
+            gc.collect()  # the used model's memory is free before the fresh one loads
+        return self.vlm
 
     @property
     def embedder(self):

@@ -192,11 +192,5 @@ class RayExecutor:
     def ordered(self, fn: Callable, calls: Iterable[tuple]) -> Iterator:
         return self.workers().ordered(fn, calls)
 
-    def train(self, registry, names: list[str], config) -> dict:
-        """`train --ray`: each concept a unit (see scale.training)."""
-        from yollava_cli.scale.training import train
-
-        return train(registry, names, self, config)
-
     def report(self) -> dict:
         return self.started.report() if self.started else {"workers": 0, "units_per_worker": {}}

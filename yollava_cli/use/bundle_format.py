@@ -1,32 +1,29 @@
 """What a bundle is, readable without torch: its manifest, its limits, writing one (export), and
-reading its members back within their limits and checksums. Export and an import's refusals
-(a taken name, a damaged file) need no model and no torch, so they cost what `list` costs;
-bundles.py checks the tensors and imports."""
+reading its members back within their limits and checksums. A bundle is a concept snapshot
+(snapshot.py: the format, its writer and reader) with the trained checkpoint in it. Export and an
+import's refusals (a taken name, a damaged file) need no model and no torch, so they cost what
+`list` costs; bundles.py checks the tensors and imports."""
 
-import hashlib
-import io
 import json
 import stat
-import zipfile
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from pydantic import Field
 
 from yollava_cli.errors import UserError
 from yollava_cli.learning.train_config import RANGES
-from yollava_cli.schema import Fraction, OpenSchema, Text, parse_json, validate
+from yollava_cli.schema import Fraction, OpenSchema, Text
 from yollava_cli.store.concepts import check_collisions, current_checkpoint_file, get_concept, parse_name
-from yollava_cli.store.facts import MAX_FACTS
 from yollava_cli.store.fileio import atomic_write_bytes
 from yollava_cli.store.registry import Registry, now
-from yollava_cli.store.schemas import ConceptName, Fact, Fingerprint, Kind, Sha256
+from yollava_cli.store.schemas import Fingerprint
 from yollava_cli.use.bundle_zip import check_directory, open_zip, read_member
+from yollava_cli.use.snapshot import MANIFEST, Snapshot, check_manifest, concept_parts, pack, read_listed
 
-FORMAT = "yollava-concept-bundle/1"
 MAX_BUNDLE_BYTES = 256 * 2**20
 MAX_PHOTOS = 200
-TENSORS, MANIFEST = "concept.safetensors", "manifest.json"
+TENSORS = "concept.safetensors"
 
 
 class Validation(OpenSchema):
@@ -55,12 +52,9 @@ class TrainSettings(OpenSchema):
     seed: int
 
 
-class Manifest(OpenSchema):
-    """manifest.json of a bundle; keys a newer yollava adds are kept, not refused."""
+class Manifest(Snapshot):
+    """manifest.json of a bundle: a snapshot's, and the checkpoint's."""
 
-    format: Literal[FORMAT]
-    name: ConceptName
-    kind: Kind = "object"
     k: Annotated[int, Field(ge=RANGES["k"][0], le=RANGES["k"][1])]
     base_model: Text
     base_fingerprint: Fingerprint
@@ -69,12 +63,6 @@ class Manifest(OpenSchema):
     config: TrainSettings | None = None
     data_hash: Text | None = None
     exported_at: Text | None = None
-    facts: Annotated[list[Fact], Field(max_length=MAX_FACTS)] = []
-    checksums: dict[str, Sha256]
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: bool = False, force: bool = False) -> dict:
@@ -85,26 +73,15 @@ def export_concept(registry: Registry, raw_name: str, path: Path, with_photos: b
     if checkpoint is None:
         raise UserError(f"<{concept.name}> is not trained yet: nothing to export (run `yollava train {concept.name}`)")
     tensors = current_checkpoint_file(registry, concept).read_bytes()
-    photos = {}
-    if with_photos:
-        for photo in registry.concept_photos(concept.id):
-            photos[f"photos/{photo.sha256}.jpg"] = (registry.root / photo.file).read_bytes()
-    manifest = {
-        "format": FORMAT, "name": concept.name, "kind": concept.kind, "k": checkpoint.k,
-        "base_model": checkpoint.base_model, "base_fingerprint": checkpoint.base_fingerprint,
+    manifest, photos = concept_parts(registry, concept, with_photos)
+    manifest.update({
+        "k": checkpoint.k, "base_model": checkpoint.base_model, "base_fingerprint": checkpoint.base_fingerprint,
         "metrics": json.loads(checkpoint.metrics or "null"),
         "config": json.loads(checkpoint.config or "null"), "data_hash": checkpoint.data_hash, "exported_at": now(),
-        "facts": [f.text for f in registry.facts(concept.id)],
-        "checksums": {TENSORS: sha256(tensors), **{name: sha256(data) for name, data in photos.items()}},
-    }
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
-        bundle.writestr(MANIFEST, json.dumps(manifest, indent=2))
-        bundle.writestr(TENSORS, tensors)
-        for name, data in photos.items():
-            bundle.writestr(name, data)
-    atomic_write_bytes(path, buffer.getvalue())
-    return {"concept": concept.name, "file": str(path), "bytes": len(buffer.getvalue()), "photos": len(photos)}
+    })
+    data = pack(manifest, {TENSORS: tensors, **photos})
+    atomic_write_bytes(path, data)
+    return {"concept": concept.name, "file": str(path), "bytes": len(data), "photos": len(photos)}
 
 
 def check_export_target(path: Path, force: bool) -> None:
@@ -137,22 +114,9 @@ def read_bundle(path: Path) -> tuple[dict, bytes, dict[str, bytes]]:
         if unexpected or len(photo_names) > MAX_PHOTOS:
             raise UserError(f"{path}: unexpected content in the bundle ({(unexpected or photo_names)[0]!r}); refusing it")
         check_directory(bundle, path)
-        manifest = check_manifest(read_member(bundle, MANIFEST, path), path)
-        checksums = manifest["checksums"]
-        if unlisted := next((n for n in [TENSORS, *photo_names] if n not in checksums), None):
-            raise UserError(f"{path}: checksum mismatch for {unlisted} (the manifest lists none): the bundle was altered")
-        tensors_bytes = read_member(bundle, TENSORS, path, checksums[TENSORS])
-        photos = {n: read_member(bundle, n, path, checksums[n]) for n in photo_names}
-    return manifest, tensors_bytes, photos
-
-
-def check_manifest(data: bytes, path: Path) -> dict:
-    """The manifest, checked against `Manifest`: first that it is one (its format), then every key."""
-    where = f"{path}: {MANIFEST}"
-    manifest = parse_json(data, Any, where)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserError(f"{path}: not a {FORMAT} bundle")
-    return validate(manifest, Manifest, where).model_dump()
+        manifest = check_manifest(read_member(bundle, MANIFEST, path), path, Manifest)
+        members = read_listed(bundle, [TENSORS, *photo_names], manifest, path)
+    return manifest, members.pop(TENSORS), members
 
 
 def new_concept_name(registry: Registry, raw_name: str) -> str:

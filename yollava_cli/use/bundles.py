@@ -21,7 +21,8 @@ from yollava_cli.models.tensor_file import META_KEY, CheckpointMeta, RecognizerM
 from yollava_cli.schema import OpenSchema, parse_json, validate
 from yollava_cli.store.photos import BadPhoto, decode, jpeg_bytes
 from yollava_cli.store.registry import Registry
-from yollava_cli.use.bundle_format import TENSORS, new_concept_name, read_bundle, sha256
+from yollava_cli.use.bundle_format import TENSORS, new_concept_name, read_bundle
+from yollava_cli.use.snapshot import sha256
 
 
 class BundledHead(OpenSchema):

@@ -8,7 +8,6 @@ from PIL import Image
 
 from yollava_cli.errors import UserError
 from yollava_cli.learning.embeddings import load_embedder
-from yollava_cli.learning.train_config import TrainConfig
 from yollava_cli.learning.training import TrainResult, prepare_concept
 from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.vlm import VLM
@@ -72,9 +71,7 @@ def needs_training(registry: Registry, name: str, new_photos: int) -> bool:
     return bool(new_photos) or get_concept(registry, name).status != ConceptStatus.TRAINED
 
 
-def train(registry: Registry, name: str, model: str | None = None, quantize: str | None = None,
-          config: TrainConfig | None = None, resume: bool = False) -> TrainResult:
-    """Mine the concept's negatives if it has none, then train it; the model and embedder load only
-    once the photos are known to be there."""
-    return prepare_concept(registry, name, lambda: load_vlm(model, quantize=quantize), load_embedder,
-                           config or TrainConfig(), resume)
+def train(registry: Registry, name: str, model: str | None = None, quantize: str | None = None) -> TrainResult:
+    """Mine the concept's negatives if it has none, then train it (what `add` and `ask` need); the
+    model and embedder load only once the photos are known to be there."""
+    return prepare_concept(registry, name, lambda: load_vlm(model, quantize=quantize), load_embedder)
