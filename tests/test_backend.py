@@ -13,7 +13,7 @@ from tiny import FAMILIES, tiny_llava
 from yollava_cli.errors import UserError
 from yollava_cli.models import decoding
 from yollava_cli.models.concept_tokens import concept_prompt
-from yollava_cli.models.decoding import CallbackStreamer, decode_answer, repeats_itself
+from yollava_cli.models.decoding import CallbackStreamer, decode_answer
 from yollava_cli.models.loading import load_vlm
 from yollava_cli.models.prompts import Prompt
 from yollava_cli.models.vlm import VLM

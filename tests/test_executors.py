@@ -84,6 +84,7 @@ def test_a_thread_pool_executor_gives_the_local_executors_results(tmp_path, monk
     import yollava_cli.evaluation.methods as methods
     from yollava_cli.learning.embeddings import load_embedder
 
+    methods.registered()  # the shipped methods imported into the real registry, not only the test's copy
     monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
     register(Brightest)
 

@@ -10,8 +10,9 @@ interrupted run resumes) and, beside it, each subject's checkpoint for the forge
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from yollava_cli.config import data_dir
 from yollava_cli.errors import UserError
@@ -74,31 +75,30 @@ def run_eval(executor, dataset: Dataset, eval_root: Path, methods: list[str], po
             if name in done and (checkpoints_folder(path) / f"{name}.safetensors").exists():
                 continue
             workspace = eval_root / (f"fold{fold}" if protocol == "library" else f"fold{fold}-isolated/{name}")
-            units.append(({"dataset": shared, "pools": shared_pools, "only": only, "fold": fold, "folds": folds,
-                           "subject": name, "index": index, "methods": methods, "config": asdict(config),
-                           "protocol": protocol, "workspace": workspace if executor.local else None},))
+            units.append((SubjectUnit(shared, only, fold, folds, name, index, shared_pools, methods, config, protocol,
+                                      workspace if executor.local else None),))
     total, finished = len(units) + folds, 0
     report(SubjectsEvaluated(0, total))
 
     def write(unit: tuple, scored: ScoredSubject) -> None:
         """One finished subject, in its own writes: its checkpoint, then the results file that names it."""
         nonlocal finished
-        path, done = folds_done[unit[0]["fold"]]
-        atomic_write_bytes(checkpoints_folder(path) / f"{unit[0]['subject']}.safetensors", scored.checkpoint)
-        done[unit[0]["subject"]] = scored.results
+        path, done = folds_done[unit[0].fold]
+        atomic_write_bytes(checkpoints_folder(path) / f"{unit[0].subject}.safetensors", scored.checkpoint)
+        done[unit[0].subject] = scored.results
         atomic_write_bytes(path, json.dumps(subjects_to_json(done), indent=1).encode())
         finished += 1
         report(SubjectsEvaluated(finished, total))
 
     executor.run(evaluate_subject, units, write)
-    checks = [({"dataset": shared, "only": only, "fold": fold, "folds": folds,
-                "checkpoints": {name: (checkpoints_folder(path) / f"{name}.safetensors").read_bytes() for name in done}},)
+    checks = [(ForgettingUnit(shared, only, fold, folds,
+                              {name: (checkpoints_folder(path) / f"{name}.safetensors").read_bytes() for name in done}),)
               for fold, (path, done) in enumerate(folds_done)]
     forgotten = {}
 
     def count(unit: tuple, check: Forgetting) -> None:
         nonlocal finished
-        forgotten[unit[0]["fold"]] = check
+        forgotten[unit[0].fold] = check
         finished += 1
         report(SubjectsEvaluated(finished, total))
 
@@ -117,10 +117,41 @@ def dataset_files(dataset: Dataset) -> list[Path]:
     return sorted(photos) + [dataset.root / name for name in [*FILES, "facts.json"] if (dataset.root / name).exists()]
 
 
-def unit_dataset(env: Env, unit: dict) -> Dataset:
-    """The unit's fold of the dataset, as the driver loaded it."""
-    data = load_dataset(env.folder(unit["dataset"]), unit["only"])
-    return rotate(data, unit["fold"]) if unit["folds"] > 1 else data
+@dataclass(frozen=True)
+class FoldUnit:
+    """Which fold of the dataset a unit works on: the driver's shared copy of it (executor.share),
+    the subjects it holds (None: all), and the fold's rotation."""
+
+    dataset: Any
+    only: list[str] | None
+    fold: int
+    folds: int
+
+    def data(self, env: Env) -> Dataset:
+        """The unit's fold of the dataset, as the driver loaded it."""
+        data = load_dataset(env.folder(self.dataset), self.only)
+        return rotate(data, self.fold) if self.folds > 1 else data
+
+
+@dataclass(frozen=True)
+class SubjectUnit(FoldUnit):
+    """One subject of one fold to train and score (evaluate_subject); `workspace` is its registry's
+    folder where the driver's disk is the unit's, else None (a scratch folder)."""
+
+    subject: str
+    index: int
+    pools: list
+    methods: list[str]
+    config: TrainConfig
+    protocol: str
+    workspace: Path | None
+
+
+@dataclass(frozen=True)
+class ForgettingUnit(FoldUnit):
+    """A fold's forgetting check (forgetting): every subject's checkpoint file's bytes, by name."""
+
+    checkpoints: dict[str, bytes]
 
 
 @dataclass(frozen=True)
@@ -131,32 +162,32 @@ class ScoredSubject:
     checkpoint: bytes  # the checkpoint file's bytes
 
 
-def evaluate_subject(env: Env, unit: dict) -> ScoredSubject:
+def evaluate_subject(env: Env, unit: SubjectUnit) -> ScoredSubject:
     """One subject (in one fold), trained and scored in a registry of its own: its metrics and its
     checkpoint file's bytes."""
-    data = unit_dataset(env, unit)
-    subject = data.subjects[unit["subject"]]
-    report(SubjectStarted(subject.name, unit["index"], len(data.subjects), unit["fold"], unit["folds"]))
-    pools = [env.folder(pool) for pool in unit["pools"]]
-    with env.workspace(unit["workspace"]) as folder:
-        if unit["protocol"] == "library":
+    data = unit.data(env)
+    subject = data.subjects[unit.subject]
+    report(SubjectStarted(subject.name, unit.index, len(data.subjects), unit.fold, unit.folds))
+    pools = [env.folder(pool) for pool in unit.pools]
+    with env.workspace(unit.workspace) as folder:
+        if unit.protocol == "library":
             registry = library_registry(folder, data, pools, env.embedder)
         else:
             registry = isolated_registry(folder, data, subject, pools, env.embedder)
         with registry:
-            evaluation = Evaluation(data, env.vlm, registry, env.embedder, unit["methods"], TrainConfig(**unit["config"]))
+            evaluation = Evaluation(data, env.vlm, registry, env.embedder, unit.methods, unit.config)
             results = evaluation.evaluate_subject(subject)
             checkpoint = registry.current_checkpoint(registry.concept(subject.name).id)
             return ScoredSubject(results, (registry.root / checkpoint.file).read_bytes())
 
 
-def forgetting(env: Env, unit: dict) -> Forgetting:
+def forgetting(env: Env, unit: ForgettingUnit) -> Forgetting:
     """The forgetting check with every subject's checkpoint loaded, in the dataset's order."""
-    data = unit_dataset(env, unit)
+    data = unit.data(env)
     with env.workspace(None) as folder:
         for name in data.subjects:
             path = folder / f"{name}.safetensors"
-            path.write_bytes(unit["checkpoints"][name])
+            path.write_bytes(unit.checkpoints[name])
             env.vlm.tokens.load(path, name)
         return Evaluation(data, env.vlm, None, env.embedder, [], TrainConfig()).forgetting_check()
 

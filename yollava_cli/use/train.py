@@ -7,7 +7,8 @@ transaction. Either way the driver holds each concept's training lock throughout
 
 import json
 from contextlib import ExitStack
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from yollava_cli.errors import UserError
 from yollava_cli.learning.events import ConceptsTrained
@@ -42,13 +43,12 @@ def train_concepts(registry: Registry, names: list[str], executor, config: Train
             mine_if_needed(registry, concept.name, executor.embedder())
         for concept in concepts:
             require_photos(registry, get_concept(registry, concept.name), negatives=True)
-        units = [({"name": c.name, "config": asdict(config), "resume": resume,
-                   "registry": registry.root if executor.local else None,
-                   "snapshot": None if executor.local else training_snapshot(registry, c.name)},) for c in concepts]
+        units = [(TrainUnit(c.name, config, resume, registry.root) if executor.local
+                  else TrainUnit(c.name, config, resume, snapshot=training_snapshot(registry, c.name)),) for c in concepts]
 
         def write(unit: tuple, result: dict) -> None:
-            name = unit[0]["name"]
-            results[name] = result["result"] if unit[0]["snapshot"] is None else record(registry, name, config, result)
+            name = unit[0].name
+            results[name] = result["result"] if unit[0].snapshot is None else record(registry, name, config, result)
             report(ConceptsTrained(len(results), len(concepts)))
             if results[name]["interrupted"]:
                 raise Interrupted
@@ -62,17 +62,28 @@ def train_concepts(registry: Registry, names: list[str], executor, config: Train
     return trained | ({"ray": executor.report()} if executor.report() is not None else {})
 
 
-def train_unit(env: Env, unit: dict) -> dict:
-    """A unit: one concept trained in the registry at `registry`, or in a scratch one restored from
-    `snapshot`; its TrainResult as JSON, and from a snapshot what the driver records."""
-    config, vlm = TrainConfig(**unit["config"]), env.bare_vlm()  # as if the concept were trained alone
-    with env.workspace(unit["registry"]) as folder, Registry(folder) as registry:
-        if unit["snapshot"] is None:
-            result = Trainer(registry, vlm, unit["name"], config, env.embedder).run(unit["resume"])
+@dataclass(frozen=True)
+class TrainUnit:
+    """One concept to train: in the registry at `registry` (this machine's disk), or in a scratch
+    one restored from `snapshot` (use.snapshot's bytes, on a worker)."""
+
+    name: str
+    config: TrainConfig
+    resume: bool = False
+    registry: Path | None = None
+    snapshot: bytes | None = None
+
+
+def train_unit(env: Env, unit: TrainUnit) -> dict:
+    """A unit: its TrainResult as JSON, and from a snapshot what the driver records."""
+    vlm = env.bare_vlm()  # as if the concept were trained alone
+    with env.workspace(unit.registry) as folder, Registry(folder) as registry:
+        if unit.snapshot is None:
+            result = Trainer(registry, vlm, unit.name, unit.config, env.embedder).run(unit.resume)
             return {"result": result.to_json()}
-        manifest = restore_for_training(registry, unit["snapshot"])
-        result = Trainer(registry, vlm, unit["name"], config, env.embedder).run()
-        checkpoint = registry.current_checkpoint(registry.concept(unit["name"]).id)
+        manifest = restore_for_training(registry, unit.snapshot)
+        result = Trainer(registry, vlm, unit.name, unit.config, env.embedder).run()
+        checkpoint = registry.current_checkpoint(registry.concept(unit.name).id)
         known = {tuple(answer[key] for key in ANSWER[:3]) for answer in manifest["training"]["answers"]}
         return {"result": result.to_json(), "checkpoint": (registry.root / checkpoint.file).read_bytes(),
                 "run": registry.run_results(registry.latest_run_id()), "metrics": json.loads(checkpoint.metrics),
