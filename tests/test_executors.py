@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import shared_data
+from safetensors.torch import load_file
 from tiny import tiny_llava
 
 from yollava_cli.evaluation.dataset import load_dataset
@@ -16,6 +17,7 @@ from yollava_cli.evaluation.methods import Method, register
 from yollava_cli.evaluation.runs import run_eval
 from yollava_cli.learning.executor import Env, Executor, LocalExecutor, call
 from yollava_cli.learning.train_config import TrainConfig
+from yollava_cli.models.cores import one_thread
 from yollava_cli.models.vlm import VLM
 
 FAST = TrainConfig(k=2, epochs=1, positive_repeats=1, attributes_per_epoch=2)
@@ -124,3 +126,38 @@ def leaves(tree, prefix: str = "") -> dict:
 def close(a, b) -> bool:
     numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
     return abs(a - b) <= 1e-3 if numbers else a == b
+
+
+class FreshExecutor(LocalExecutor):
+    """Each unit on a model loaded for it alone: what a subject's figures are when nothing ran before."""
+
+    def run(self, fn, units, on_result):
+        for unit in units:
+            on_result(unit, call(Env(self.env.model_ref, loaded_embedder=self.env.embedder), fn, unit))
+
+
+@pytest.mark.slow
+def test_a_subjects_figures_do_not_depend_on_the_subjects_run_before_it(tmp_path, home):
+    """Eval's units shared one model, and a subject trained after another saw that one's tokens
+    left in the tokenizer: the same eval on 2 Ray workers and here gave backpack's tokens cut 0.817
+    and 0.774. A unit now starts from the model as loaded (Env.bare_vlm)."""
+    from yollava_cli.learning.embeddings import load_embedder
+
+    model, processor = tiny_llava()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    embedder = load_embedder("efficientnet-lite0")
+    data = load_dataset(shared_data() / "concepts", ["dog", "cat"])
+    (tmp_path / "pool").mkdir()
+    for photo in sorted((shared_data() / "pool" / "imagenet-sample").glob("*.jpg"))[::100]:
+        (tmp_path / "pool" / photo.name).write_bytes(photo.read_bytes())
+    with one_thread():  # sums add up in one order
+        runs = [run_eval(executor(str(tmp_path / "model"), loaded_embedder=embedder), data, tmp_path / name,
+                         ["yollava", "head"], [tmp_path / "pool"], FAST)
+                for name, executor in (("shared", LocalExecutor), ("fresh", FreshExecutor))]
+    shared, fresh = (run.to_json() for run in runs)
+    assert shared["subjects"] == fresh["subjects"] and shared["methods"] == fresh["methods"]
+    for subject in ("dog", "cat"):  # the trained tokens themselves, which the rounded figures may hide
+        [a], [b] = (list((tmp_path / name).glob(f"*.checkpoints/{subject}.safetensors")) for name in ("shared", "fresh"))
+        a, b = load_file(a), load_file(b)
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)

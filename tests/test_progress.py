@@ -72,8 +72,8 @@ def test_the_view_renders_every_event_and_refuses_anything_else():
         (events.ScanningPool(4, None), [("Scanning the pool's folder", 4, None, "")], []),
         (events.ScoringPhotos(1, 2), [("Scoring photos", 1, 2, "")], []),
         (events.ExplainingTokens(1, 2), [("Explaining the latent tokens", 1, 2, "")], []),
-        (events.ConceptsTrained(1, 2), [("Training concepts on workers", 1, 2, "")], []),
-        (Status("Mining negatives for <dog>..."), [("Training concepts on workers", 1, 2, "")], ["Mining negatives for <dog>..."]),
+        (events.ConceptsTrained(1, 2), [("Training concepts", 1, 2, "")], []),
+        (Status("Mining negatives for <dog>..."), [("Training concepts", 1, 2, "")], ["Mining negatives for <dog>..."]),
     ]
     every = {c for c in vars(events).values() if isinstance(c, type) and dataclasses.is_dataclass(c) and c is not Counted}
     assert {type(e) for e, _, _ in expected} == every | {Status}  # a new event must be rendered too

@@ -175,7 +175,9 @@ def evaluate_subject(env: Env, unit: SubjectUnit) -> ScoredSubject:
         else:
             registry = isolated_registry(folder, data, subject, pools, env.embedder)
         with registry:
-            evaluation = Evaluation(data, env.vlm, registry, env.embedder, unit.methods, unit.config)
+            # on the model as loaded: a subject's figures do not depend on which subjects ran before it
+            # on this process or worker (their tokens left in the tokenizer shifted its training's sums)
+            evaluation = Evaluation(data, env.bare_vlm(), registry, env.embedder, unit.methods, unit.config)
             results = evaluation.evaluate_subject(subject)
             checkpoint = registry.current_checkpoint(registry.concept(subject.name).id)
             return ScoredSubject(results, (registry.root / checkpoint.file).read_bytes())
@@ -183,13 +185,13 @@ def evaluate_subject(env: Env, unit: SubjectUnit) -> ScoredSubject:
 
 def forgetting(env: Env, unit: ForgettingUnit) -> Forgetting:
     """The forgetting check with every subject's checkpoint loaded, in the dataset's order."""
-    data = unit.data(env)
+    data, vlm = unit.data(env), env.bare_vlm()
     with env.workspace(None) as folder:
         for name in data.subjects:
             path = folder / f"{name}.safetensors"
             path.write_bytes(unit.checkpoints[name])
-            env.vlm.tokens.load(path, name)
-        return Evaluation(data, env.vlm, None, env.embedder, [], TrainConfig()).forgetting_check()
+            vlm.tokens.load(path, name)
+        return Evaluation(data, vlm, None, env.embedder, [], TrainConfig()).forgetting_check()
 
 
 def check_run(dataset: Dataset, methods: list[str], protocol: str) -> None:

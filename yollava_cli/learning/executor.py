@@ -80,7 +80,8 @@ class Env:
     def bare_vlm(self):
         """The model as loaded, no concept ever added. Unloading a concept leaves its tokens in the
         tokenizer, which shifts a later concept's ids and so the sums of its passes: a unit whose
-        result must equal a run of its own (training one concept) gets the model loaded afresh."""
+        result must equal a run of its own (training one concept, evaluating one subject) gets the
+        model loaded afresh."""
         if self._vlm is not None and self.reloadable and len(self._vlm.tokens.tokenizer) != self.bare_vocabulary:
             self._vlm = None
             gc.collect()  # the used model's memory is free before the fresh one loads
