@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from bench_instance_evidence import descriptors, fit_and_search, object_descriptors, pooled_rows, tally
+from bench_instance_evidence import candidate_table, descriptors, fit_and_search, object_descriptors, pooled_rows, tally
 from bench_library_find import DATA, RESULTS, learn_alone, library, setup
 from measure import where
 
@@ -117,11 +117,7 @@ def markdown(result: dict) -> str:
     lines = ["# Library search: the object's colour as instance evidence (issue #38)", "",
              f"{result['library']} photos, each of the 20 subjects learned alone (bench_library_find.py's setting). "
              f"{result['where']['cpu']}, {result['where']['cores']} cores, load {result['load']:.1f}.", "",
-             "| candidate | false | per concept | recall | precision | worst false matches |", "|---|---|---|---|---|---|"]
-    for c in result["candidates"]:
-        worst = "; ".join(f"{w['photo']} for {w['concept']} {w['probability']}" for w in c["worst"][:3])
-        lines.append(f"| {c['candidate']} | {c['false_matches']} | {c['false_per_concept']} | {c['found']}/{c['positives']} "
-                     f"| {c['precision']} | {worst} |")
+             *candidate_table(result["candidates"])]
     lines += ["", "The pooled vector's similarity to the nearest concept photo (the head's first feature): the "
               "subject's own test photos, and the two closest photos of anything else.", "",
               "| subject | own test photos | closest others |", "|---|---|---|"]

@@ -267,12 +267,18 @@ def markdown(result: dict) -> str:
     lines = ["# Library search: instance-level evidence (issue #38)", "",
              f"{result['library']} photos, each of the 20 subjects learned alone (bench_library_find.py's setting). "
              f"{result['where']['cpu']}, 2 cores, load {result['load']:.1f}. Costs: {json.dumps(result['costs'])}.", "",
-             "| candidate | false | per concept | recall | precision | worst false matches |", "|---|---|---|---|---|---|"]
-    for c in result["candidates"]:
+             *candidate_table(result["candidates"])]
+    return "\n".join(lines) + "\n"
+
+
+def candidate_table(candidates: list[dict]) -> list[str]:
+    """The candidates' tallies as a markdown table, with each one's three worst false matches."""
+    lines = ["| candidate | false | per concept | recall | precision | worst false matches |", "|---|---|---|---|---|---|"]
+    for c in candidates:
         worst = "; ".join(f"{w['photo']} for {w['concept']} {w['probability']}" for w in c["worst"][:3])
         lines.append(f"| {c['candidate']} | {c['false_matches']} | {c['false_per_concept']} | {c['found']}/{c['positives']} "
                      f"| {c['precision']} | {worst} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":
