@@ -342,6 +342,19 @@ def test_the_decision_is_read_at_the_answers_first_token_and_left_out_of_the_tex
     assert shifted[2, first[2]] != -100  # an attribute answer keeps its first token in the text
 
 
+def test_a_batch_of_attribute_answers_alone_has_a_finite_loss():
+    """Blocked vocabulary entries hold -inf logits; a batch with no yes/no decision in it (eval's
+    backpack: its epoch ended on one attribute answer) printed "loss nan" for the epoch."""
+    logits = torch.randn(1, 4, 10, requires_grad=True)
+    logits.data[..., 9] = float("-inf")  # a blocked identifier
+    labels = torch.tensor([[-100, -100, 3, 5]])
+    targets, weights = decision_targets(["attribute"], class_weights(["attribute"]))
+    text, decision = step_losses(logits, labels, targets, weights, [1], [2])
+    assert decision.item() == 0.0 and torch.isfinite(text)
+    (text + decision).backward()
+    assert torch.isfinite(logits.grad).all()
+
+
 def test_training_records_the_decisions_part_of_the_loss(registry):
     result = train_concept(registry, tiny_vlm(), "bo", TrainConfig(k=4, epochs=1, batch_size=8, positive_repeats=1,
                                                                    attributes_per_epoch=4))

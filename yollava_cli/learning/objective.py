@@ -37,7 +37,9 @@ def step_losses(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tenso
     """(text, decision) losses of a collated batch's logits (rows, T, vocab) and labels (rows, T).
     Text: mean cross-entropy over answer tokens, the deciding rows' first token left out. Decision:
     the class-weighted binary cross-entropy of log P(yes words) - log P(no words) at that token,
-    averaged over the deciding rows (zero when none)."""
+    averaged over the deciding rows (zero when none). A part with nothing to score is a plain zero:
+    blocked vocabulary entries hold -inf logits (models.concept_tokens), and 0 x their sum is NaN,
+    which a batch of attribute answers alone printed as the epoch's loss."""
     logits, labels = logits[:, :-1].float(), labels[:, 1:].to(logits.device)
     targets, weights = targets.to(logits.device), weights.to(logits.device)
     deciding = ~torch.isnan(targets)
@@ -45,10 +47,11 @@ def step_losses(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tenso
     first = (labels != -100).int().argmax(dim=1)[rows]  # each deciding row's first answer position
     text_labels = labels.clone()
     text_labels[rows, first] = -100
+    zero = logits.new_zeros(())  # every row has answer tokens or a decision, so one part always has a gradient
     text = (F.cross_entropy(logits.reshape(-1, logits.shape[-1]), text_labels.reshape(-1), ignore_index=-100)
-            if (text_labels != -100).any() else logits.sum() * 0)
+            if (text_labels != -100).any() else zero)
     if not len(rows):
-        return text, logits.sum() * 0
+        return text, zero
     at = logits[rows, first]
     margin = torch.logsumexp(at[:, yes], -1) - torch.logsumexp(at[:, no], -1)
     decision = F.binary_cross_entropy_with_logits(margin, targets[rows], weight=weights[rows], reduction="sum") / len(rows)
